@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything the tests need (system packages included) and run the whole suite:
+# lint, type check, unit and integration tests against real SIP peers and databases.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing system packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python -m pip install -q --upgrade pip
+python -m pip install -q -e '.[test,fast]'
+
+ruff check src tests bench
+mypy --strict src/pbxwarden
+python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,301 @@
+"""The ``pbxwarden`` command line.
+
+Errors the user can fix (bad config, duplicate extension, weak password) are one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pbxwarden.config import (
+    CONFIG_FILE,
+    DEFAULT_CONFIG_TEXT,
+    Config,
+    ConfigError,
+    load_config,
+    load_or_create_secret,
+    parse_hostport,
+)
+from pbxwarden.store.db import DEFAULT_TENANT, Store, StoreError, generate_password
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="pbxwarden: a virtual PBX that is secure by default against toll fraud.",
+)
+extension_app = typer.Typer(no_args_is_help=True, help="Manage extensions (SIP accounts).")
+app.add_typer(extension_app, name="extension")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class State:
+    data_dir: Path = Path("pbxwarden-data")
+
+
+state = State()
+
+
+@app.callback()
+def main(
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            envvar="PBXWARDEN_DATA_DIR",
+            help="Where the configuration, database and secrets live.",
+        ),
+    ] = Path("pbxwarden-data"),
+) -> None:
+    state.data_dir = data_dir
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _config() -> Config:
+    if not (state.data_dir / CONFIG_FILE).exists():
+        raise fail(
+            f"{state.data_dir} is not initialised: run 'pbxwarden --data-dir "
+            f"{state.data_dir} init' first"
+        )
+    try:
+        return load_config(state.data_dir)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+def _store(config: Config) -> Store:
+    store = Store(config.database_url(state.data_dir))
+    try:
+        store.migrate()
+    except Exception as exc:
+        raise fail(f"cannot open the database: {exc}") from None
+    return store
+
+
+@app.command()
+def init() -> None:
+    """Create the data directory, configuration, secrets and database (safe to re-run)."""
+    data_dir = state.data_dir
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cfg_path = data_dir / CONFIG_FILE
+        if not cfg_path.exists():
+            cfg_path.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+        load_or_create_secret(data_dir)
+    except (OSError, ConfigError) as exc:
+        raise fail(f"cannot initialise {data_dir}: {exc}") from None
+    config = _config()
+    store = _store(config)
+    try:
+        store.ensure_tenant(DEFAULT_TENANT, config.sip.realm)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(
+        f"initialised {data_dir} (realm {config.sip.realm!r}, "
+        f"database {config.database_url(data_dir).split('://')[0]})"
+    )
+
+
+@extension_app.command("add")
+def extension_add(
+    number: str,
+    password: Annotated[
+        str | None, typer.Option(help="SIP password; omit to generate a strong one (printed once).")
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant the extension belongs to.")] = DEFAULT_TENANT,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Add an extension. Only digest hashes of the password are stored."""
+    config = _config()
+    store = _store(config)
+    generated = password is None
+    secret = generate_password() if password is None else password
+    try:
+        store.add_extensions([(number, secret)], tenant=tenant, display_name=name)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"extension {number} added to tenant {tenant}")
+    if generated:
+        out.print(f"password: {secret}", highlight=False)
+        err.print("this password is shown once and is not stored; keep it now")
+
+
+@extension_app.command("import")
+def extension_import(
+    file: Annotated[Path, typer.Argument(help="CSV file with lines 'number,password'.")],
+    tenant: Annotated[str, typer.Option(help="Tenant the extensions belong to.")] = DEFAULT_TENANT,
+) -> None:
+    """Add many extensions from a CSV file, all or none."""
+    config = _config()
+    try:
+        with file.open(newline="", encoding="utf-8") as fh:
+            rows = [(r[0].strip(), r[1].strip()) for r in csv.reader(fh) if r and r[0].strip()]
+    except (OSError, UnicodeDecodeError, IndexError) as exc:
+        raise fail(f"cannot read {file}: {exc}") from None
+    store = _store(config)
+    try:
+        count = store.add_extensions(rows, tenant=tenant)
+    except StoreError as exc:
+        raise fail(f"nothing imported: {exc}") from None
+    finally:
+        store.close()
+    out.print(f"imported {count} extensions into tenant {tenant}")
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        out.print(f"no {title}")
+        return
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    out.print(table)
+
+
+@extension_app.command("list")
+def extension_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """List extensions and how many live registrations each has."""
+    store = _store(_config())
+    try:
+        _print_rows(store.list_extensions(tenant), as_json, "extensions")
+    finally:
+        store.close()
+
+
+@app.command()
+def registrations(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """List live registrations as last written to the database."""
+    store = _store(_config())
+    try:
+        _print_rows(store.list_bindings(time.time()), as_json, "registrations")
+    finally:
+        store.close()
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, config.log.level.upper())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if config.log.json_format
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+@app.command()
+def serve(
+    sip: Annotated[
+        str | None,
+        typer.Option(help="SIP listen address HOST:PORT (UDP and TCP); overrides the config."),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            help="Admin HTTP address HOST:PORT (kept for the admin API; not served yet)."
+        ),
+    ] = None,
+) -> None:
+    """Run the PBX until SIGINT or SIGTERM."""
+    config = _config()
+    try:
+        if sip is not None:
+            parse_hostport(sip, 5060)
+            config = config.model_copy(
+                update={
+                    "sip": config.sip.model_validate({**config.sip.model_dump(), "listen": sip})
+                }
+            )
+        if http is not None:
+            parse_hostport(http, 8080)
+            config = config.model_copy(
+                update={"http": config.http.model_copy(update={"listen": http})}
+            )
+    except ValueError as exc:
+        raise fail(f"bad listen address: {exc}".replace("\n", " ")) from None
+    _setup_logging(config)
+    store = _store(config)
+    try:
+        _install_fast_loop()
+        asyncio.run(_serve(config, store))
+    except OSError as exc:
+        raise fail(f"cannot listen: {exc}") from None
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+
+
+def _install_fast_loop() -> None:
+    if os.environ.get("PBXWARDEN_NO_UVLOOP"):
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: Config, store: Store) -> None:
+    from pbxwarden.server import SipServer
+
+    server = SipServer(config, store, state.data_dir)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print("pbxwarden ready", flush=True)
+    await stop.wait()
+    await server.stop()
+
+
+def run() -> None:
+    os.umask(0o077)  # the database holds digest hashes: owner-only files by default
+    app()
+
+
+if __name__ == "__main__":
+    run()

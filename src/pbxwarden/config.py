@@ -1,0 +1,226 @@
+"""Configuration: ``pbxwarden.toml`` in the data directory, overridden by environment variables.
+
+Environment variables are ``PBXWARDEN_<SECTION>__<KEY>`` (e.g. ``PBXWARDEN_SIP__LISTEN``).
+Everything is validated by pydantic so that a bad value is one clear message at start-up,
+not a failure in the middle of a call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIG_FILE = "pbxwarden.toml"
+SECRET_FILE = "digest.key"
+ENV_PREFIX = "PBXWARDEN_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what to fix."""
+
+
+def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``host``; raises ValueError with a readable reason."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"bad address {value!r}")
+    elif value.count(":") > 1:  # bare IPv6 without port
+        host, port_text = value, ""
+    else:
+        host, _, port_text = value.partition(":")
+    if not host:
+        raise ValueError(f"missing host in {value!r}")
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ValueError(f"bad port in {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, port
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(_Section):
+    listen: str = Field("127.0.0.1:5061", description="TLS listen address, host:port")
+    cert_file: Path
+    key_file: Path
+
+
+class SipConfig(_Section):
+    listen: str = Field("127.0.0.1:5060", description="SIP listen address (UDP and TCP)")
+    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    tls: TlsConfig | None = None
+    realm: str = Field("pbxwarden", description="digest realm of the default tenant")
+    t1: float = Field(0.5, gt=0, le=10)
+    t2: float = Field(4.0, gt=0, le=64)
+    t4: float = Field(5.0, gt=0, le=64)
+    min_expires: int = Field(60, ge=1, le=86400)
+    max_expires: int = Field(3600, ge=1, le=604800)
+    default_expires: int = Field(3600, ge=1, le=604800)
+    max_contacts: int = Field(10, ge=1, le=100)
+    nonce_lifetime: float = Field(300.0, ge=5, le=86400)
+    # MD5 alone by default: many phones (and SIPp) read only the first challenge and fail
+    # on SHA-256. Add "SHA-256" once every phone supports it; it is then offered first.
+    digest_algorithms: list[Literal["SHA-256", "MD5"]] = ["MD5"]
+    user_agent: str = "pbxwarden"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, _ = parse_hostport(value, 5060)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"listen host must be an IP address, got {host!r}") from None
+        return value
+
+    @field_validator("digest_algorithms")
+    @classmethod
+    def _nonempty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one digest algorithm is needed")
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_hostport(self.listen, 5060)
+
+
+class HttpConfig(_Section):
+    listen: str = Field("127.0.0.1:8080", description="admin HTTP listen address")
+
+
+class StorageConfig(_Section):
+    url: str | None = Field(None, description="SQLAlchemy URL; SQLite in the data dir if unset")
+    flush_interval: float = Field(0.2, gt=0, le=10, description="registration write-back period")
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_format: bool = Field(False, alias="json")
+
+
+class Config(_Section):
+    sip: SipConfig = SipConfig()
+    http: HttpConfig = HttpConfig()
+    storage: StorageConfig = StorageConfig()
+    log: LogConfig = LogConfig()
+
+    def database_url(self, data_dir: Path) -> str:
+        return self.storage.url or f"sqlite:///{data_dir / 'pbxwarden.db'}"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """Turn ``PBXWARDEN_SIP__LISTEN=...`` into ``{"sip": {"listen": ...}}``.
+
+    Values that look like JSON lists (``["udp"]``) are decoded, so list settings can be set.
+    """
+    import json
+
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {key} conflicts with another")
+        parsed: Any = value
+        if value.startswith("["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {key} is not a valid list") from None
+        node[path[-1]] = parsed
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config:
+    """Load and validate; raises :class:`ConfigError` with a human-readable message."""
+    path = data_dir / CONFIG_FILE
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+    env = _env_overrides(dict(os.environ if environ is None else environ))
+    try:
+        return Config.model_validate(_merge(raw, env))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, f"{path} and {ENV_PREFIX}* variables")) from None
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    """The server secret that signs digest nonces; created once, readable by the owner only."""
+    path = data_dir / SECRET_FILE
+    if path.exists():
+        secret = path.read_bytes()
+        if len(secret) < 32:
+            raise ConfigError(f"{path} is too short to be a secret; delete it to regenerate")
+        return secret
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secret)
+    return secret
+
+
+DEFAULT_CONFIG_TEXT = """\
+# pbxwarden configuration. Every key can be overridden by an environment variable
+# PBXWARDEN_<SECTION>__<KEY>, e.g. PBXWARDEN_SIP__LISTEN=0.0.0.0:5060.
+
+[sip]
+listen = "127.0.0.1:5060"        # UDP and TCP
+transports = ["udp", "tcp"]
+realm = "pbxwarden"              # digest realm; changing it invalidates stored SIP passwords
+digest_algorithms = ["MD5"]      # add "SHA-256" (RFC 8760) when all phones support it
+min_expires = 60
+max_expires = 3600
+default_expires = 3600
+# [sip.tls]
+# listen = "127.0.0.1:5061"
+# cert_file = "/etc/pbxwarden/cert.pem"
+# key_file = "/etc/pbxwarden/key.pem"
+
+[http]
+listen = "127.0.0.1:8080"
+
+[storage]
+# url = "postgresql+psycopg://pbx:secret@127.0.0.1/pbxwarden"   # default: SQLite in the data dir
+
+[log]
+level = "info"
+"""

@@ -1,0 +1,116 @@
+"""Location service: the contact bindings of every extension (RFC 3261 10.3).
+
+Kept in memory for the per-request path and written back to the database in batches
+(like Kamailio's usrloc write-back mode), so REGISTER storms do not become
+per-request disk syncs while a restart still finds every binding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pbxwarden.store.db import BindingRow
+
+
+@dataclass(slots=True)
+class Binding:
+    extension_id: int
+    contact: str
+    expires_at: float
+    q: float | None
+    call_id: str
+    cseq: int
+    source: str
+    user_agent: str | None
+
+    def row(self) -> BindingRow:
+        return BindingRow(
+            self.extension_id,
+            self.contact,
+            self.expires_at,
+            self.q,
+            self.call_id,
+            self.cseq,
+            self.source,
+            self.user_agent,
+        )
+
+
+class LocationService:
+    """AOR key (``realm/number``) -> contact URI -> :class:`Binding`; tracks unsaved changes."""
+
+    def __init__(self) -> None:
+        self._bindings: dict[str, dict[str, Binding]] = {}
+        self._dirty: dict[tuple[int, str], Binding | None] = {}
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._bindings.values())
+
+    def load(self, rows: list[tuple[str, BindingRow]]) -> None:
+        for aor, r in rows:
+            self._bindings.setdefault(aor, {})[r.contact] = Binding(
+                r.extension_id,
+                r.contact,
+                r.expires_at,
+                r.q,
+                r.call_id,
+                r.cseq,
+                r.source,
+                r.user_agent,
+            )
+
+    def lookup(self, aor: str, now: float) -> list[Binding]:
+        """Live bindings, highest q first (RFC 3261 16.6 target ordering)."""
+        bindings = self._bindings.get(aor)
+        if not bindings:
+            return []
+        live = [b for b in bindings.values() if b.expires_at > now]
+        live.sort(key=lambda b: -(b.q if b.q is not None else 1.0))
+        return live
+
+    def get(self, aor: str, contact: str) -> Binding | None:
+        return self._bindings.get(aor, {}).get(contact)
+
+    def put(self, aor: str, binding: Binding) -> None:
+        self._bindings.setdefault(aor, {})[binding.contact] = binding
+        self._dirty[(binding.extension_id, binding.contact)] = binding
+
+    def remove(self, aor: str, contact: str) -> None:
+        bindings = self._bindings.get(aor)
+        if bindings is None:
+            return
+        binding = bindings.pop(contact, None)
+        if binding is not None:
+            self._dirty[(binding.extension_id, contact)] = None
+        if not bindings:
+            del self._bindings[aor]
+
+    def purge(self, now: float) -> int:
+        """Drop expired bindings from memory (the database purges its own on write-back)."""
+        removed = 0
+        for aor in list(self._bindings):
+            bindings = self._bindings[aor]
+            for contact in [c for c, b in bindings.items() if b.expires_at <= now]:
+                del bindings[contact]
+                removed += 1
+            if not bindings:
+                del self._bindings[aor]
+        return removed
+
+    def drain_changes(self) -> tuple[list[BindingRow], list[tuple[int, str]]]:
+        """Unsaved upserts and deletions since the last call, for the write-back task."""
+        upserts = [b.row() for b in self._dirty.values() if b is not None]
+        deletes = [key for key, b in self._dirty.items() if b is None]
+        self._dirty = {}
+        return upserts, deletes
+
+    def requeue(self, upserts: list[BindingRow], deletes: list[tuple[int, str]]) -> None:
+        """Give back changes whose write failed, unless newer ones replaced them meanwhile."""
+        for row in upserts:
+            self._dirty.setdefault((row.extension_id, row.contact), Binding(**asdict(row)))
+        for key in deletes:
+            self._dirty.setdefault(key, None)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._dirty)

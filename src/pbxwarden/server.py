@@ -1,0 +1,299 @@
+"""The running PBX: wires the stages together in the one direction data flows.
+
+transport -> firewall pre-check -> parse -> transaction layer -> PBX routing -> action.
+Everything here is glue and scheduling; the decisions live in the sans-I/O modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pbxwarden.config import Config, load_or_create_secret
+from pbxwarden.pbx.auth import Authenticator
+from pbxwarden.pbx.directory import Directory
+from pbxwarden.pbx.location import LocationService
+from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
+from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
+from pbxwarden.sip.errors import ParseError
+from pbxwarden.sip.message import (
+    Request,
+    Response,
+    error_response_bytes,
+    make_response,
+    parse_message,
+    safe_reason,
+)
+from pbxwarden.sip.transaction import (
+    Action,
+    Address,
+    DeliverRequest,
+    SendMessage,
+    TimerConfig,
+    TransactionError,
+    TransactionKey,
+    TransactionLayer,
+)
+from pbxwarden.store.db import Store
+from pbxwarden.transport.network import Transports, tls_context
+
+log = structlog.get_logger("pbxwarden.server")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, NOTIFY, REFER, UPDATE, INFO, MESSAGE"
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    parse_errors: int = 0
+    registers_ok: int = 0
+    auth_failures: int = 0
+
+
+class SipServer:
+    def __init__(self, config: Config, store: Store, data_dir: Path) -> None:
+        self.config = config
+        self.store = store
+        sip = config.sip
+        secret = load_or_create_secret(data_dir)
+        algorithms = [Algorithm(a) for a in sip.digest_algorithms]
+        realms = store.known_realms() or [sip.realm]
+        self.digest = {
+            realm: DigestServer(secret, realm, algorithms, nonce_lifetime=sip.nonce_lifetime)
+            for realm in realms
+        }
+        self.auth = Authenticator(
+            self.digest, sip.realm if sip.realm in self.digest else realms[0], sip.user_agent
+        )
+        self.location = LocationService()
+        self.registrar = Registrar(
+            self.location,
+            RegistrarPolicy(
+                sip.min_expires, sip.max_expires, sip.default_expires, sip.max_contacts
+            ),
+            sip.user_agent,
+        )
+        self.directory = Directory(store)
+        self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
+        self.transports = Transports(self.on_message)
+        self.stats = Stats()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        rows = await asyncio.to_thread(self.store.load_bindings, time.time())
+        self.location.load(rows)
+        host, port = self.config.sip.listen_address
+        if "udp" in self.config.sip.transports:
+            await self.transports.listen_udp(host, port)
+        if "tcp" in self.config.sip.transports:
+            await self.transports.listen_stream(host, port)
+        tls = self.config.sip.tls
+        if tls is not None:
+            from pbxwarden.config import parse_hostport
+
+            thost, tport = parse_hostport(tls.listen, 5061)
+            await self.transports.listen_stream(
+                thost, tport, tls_context(str(tls.cert_file), str(tls.key_file))
+            )
+        self._background.append(asyncio.create_task(self._write_back()))
+        log.info(
+            "sip listening",
+            addresses={k: f"{h}:{p}" for k, (h, p) in self.transports.bound.items()},
+            bindings=len(self.location),
+        )
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.transports.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        await self._flush()
+
+    async def _write_back(self) -> None:
+        interval = self.config.storage.flush_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.location.purge(time.time())
+                await self._flush()
+            except Exception:  # the database may be briefly locked; retry next round
+                log.exception("registration write-back failed")
+
+    async def _flush(self) -> None:
+        if not self.location.has_changes:
+            return
+        upserts, deletes = self.location.drain_changes()
+        try:
+            await asyncio.to_thread(self.store.write_bindings, upserts, deletes, time.time())
+        except Exception:
+            self.location.requeue(upserts, deletes)  # nothing is lost; the next round retries
+            raise
+
+    # -- inbound path --------------------------------------------------------------------
+
+    def on_message(self, data: bytes, source: Address) -> None:
+        """Entry point for every message from every transport."""
+        self.stats.received += 1
+        # Firewall pre-check goes here (ban set, rate limits) before any parsing work.
+        try:
+            message = parse_message(data)
+        except ParseError as exc:
+            self.stats.parse_errors += 1
+            reply = error_response_bytes(data, exc.status, f"{_phrase(exc.status)} ({exc.reason})")
+            if reply is not None:
+                self.transports.send(reply, source)
+            log.debug("unparseable message", source=str(source), reason=exc.reason)
+            return
+        now = self._now()
+        if isinstance(message, Request):
+            _stamp_via(message, source)
+            actions = self.tx.receive_request(message, source, now)
+        else:
+            actions = self.tx.receive_response(message, now)
+        self._run(actions)
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _run(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendMessage):
+                self.transports.send(action.message.to_bytes(), action.dest)
+            elif isinstance(action, DeliverRequest):
+                self._dispatch(action.request, action.source, action.key)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        deadline = self.tx.next_deadline()
+        if deadline is None or deadline >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self._run(self.tx.handle_timers(self._now()))
+
+    def respond(self, key: TransactionKey | None, request: Request, response: Response) -> None:
+        if key is None:
+            return
+        try:
+            actions = self.tx.send_response(key, response, self._now())
+        except TransactionError:
+            log.debug("transaction ended before the answer", method=request.method)
+            return
+        self._run(actions)
+
+    # -- routing -------------------------------------------------------------------------
+
+    def _dispatch(self, request: Request, source: Address, key: TransactionKey | None) -> None:
+        method = request.method
+        if method == "ACK":
+            return
+        if method == "REGISTER":
+            self._spawn(self._register(request, source, key))
+        elif method == "OPTIONS":
+            self.respond(
+                key,
+                request,
+                make_response(
+                    request,
+                    200,
+                    headers=[
+                        ("Allow", ALLOW),
+                        ("Accept", "application/sdp"),
+                        ("Server", self.config.sip.user_agent),
+                    ],
+                ),
+            )
+        elif method in ("CANCEL", "BYE", "INFO", "UPDATE", "NOTIFY", "PRACK"):
+            self.respond(key, request, make_response(request, 481))
+        else:
+            self.respond(
+                key,
+                request,
+                make_response(request, 405 if method in ALLOW else 501, headers=[("Allow", ALLOW)]),
+            )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request handler failed", error=repr(task.exception()))
+
+    async def _register(
+        self, request: Request, source: Address, key: TransactionKey | None
+    ) -> None:
+        wall = time.time()
+        try:
+            credentials = self.auth.credentials(request)
+        except DigestError as exc:
+            self.respond(
+                key, request, make_response(request, 400, f"Bad Request ({safe_reason(str(exc))})")
+            )
+            return
+        extension = None
+        if credentials is not None:
+            realm = self.auth.realm_for(request)
+            hit, extension = self.directory.cached(realm, credentials.username, wall)
+            if not hit:
+                extension = await self.directory.lookup(realm, credentials.username, wall)
+        outcome = self.auth.authenticate(request, credentials, extension, wall)
+        if outcome.response is not None:
+            if credentials is not None:
+                self.stats.auth_failures += 1
+                log.info(
+                    "register refused",
+                    source=str(source),
+                    user=credentials.username[:64],
+                    reason=outcome.reason,
+                )
+            self.respond(key, request, outcome.response)
+            return
+        assert outcome.extension is not None
+        response = self.registrar.register(request, outcome.extension, str(source), wall)
+        if response.status == 200:
+            self.stats.registers_ok += 1
+        self.respond(key, request, response)
+
+
+def _phrase(status: int) -> str:
+    from pbxwarden.sip.message import REASON_PHRASES
+
+    return REASON_PHRASES.get(status, "Bad Request")
+
+
+def _stamp_via(request: Request, source: Address) -> None:
+    """RFC 3261 18.2.1 and RFC 3581: record where the request really came from."""
+    top = request.via[0]
+    if top.host != source.host:
+        top.params["received"] = source.host
+    if "rport" in top.params and top.params["rport"] is None:
+        top.params["rport"] = str(source.port)

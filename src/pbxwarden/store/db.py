@@ -1,0 +1,329 @@
+"""Storage access: one :class:`Store` over SQLAlchemy, SQLite (WAL) or PostgreSQL.
+
+Synchronous on purpose: the asyncio layer calls it from a worker thread, and the CLI
+calls it directly. Every public method is one short transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pbxwarden.sip.digest import Algorithm, compute_ha1
+from pbxwarden.store.models import Extension, Registration, Tenant
+
+EXTENSION_RE = re.compile(r"[0-9]{2,15}")
+TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MIN_PASSWORD_LENGTH = 12
+DEFAULT_TENANT = "default"
+
+
+class StoreError(Exception):
+    """A request the store refuses (duplicate, unknown tenant, weak password)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionAuth:
+    """What the registrar needs to authenticate an extension, cached in memory."""
+
+    id: int
+    tenant: str
+    number: str
+    realm: str
+    ha1: dict[Algorithm, str]
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRow:
+    extension_id: int
+    contact: str
+    expires_at: float
+    q: float | None
+    call_id: str
+    cseq: int
+    source: str
+    user_agent: str | None
+
+
+def generate_password() -> str:
+    """24 URL-safe characters (144 bits): strong, and typeable into a phone's keypad menu."""
+    return secrets.token_urlsafe(18)
+
+
+def check_password(number: str, password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise StoreError(
+            f"password too short: use at least {MIN_PASSWORD_LENGTH} characters, "
+            "or omit --password to have a strong one generated"
+        )
+    if number in password or len(set(password)) < 6:
+        raise StoreError("password too guessable: it contains the extension number or repeats")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    # -- tenants -------------------------------------------------------------------------
+
+    def ensure_tenant(self, name: str, realm: str, country: str = "US") -> int:
+        if not TENANT_RE.fullmatch(name):
+            raise StoreError(f"invalid tenant name {name!r}: lowercase letters, digits, - and _")
+        with Session(self.engine) as s, s.begin():
+            tenant = s.scalar(select(Tenant).where(Tenant.name == name))
+            if tenant is None:
+                if s.scalar(select(Tenant).where(Tenant.realm == realm)) is not None:
+                    raise StoreError(f"realm {realm!r} already belongs to another tenant")
+                tenant = Tenant(name=name, realm=realm, country=country, created_at=time.time())
+                s.add(tenant)
+                s.flush()
+            return tenant.id
+
+    def tenant_realm(self, name: str) -> str:
+        with Session(self.engine) as s:
+            realm = s.scalar(select(Tenant.realm).where(Tenant.name == name))
+        if realm is None:
+            raise StoreError(f"unknown tenant {name!r}")
+        return realm
+
+    # -- extensions ----------------------------------------------------------------------
+
+    def add_extensions(
+        self,
+        entries: Iterable[tuple[str, str]],
+        tenant: str = DEFAULT_TENANT,
+        display_name: str | None = None,
+    ) -> int:
+        """Add (number, password) pairs in one transaction: all or nothing."""
+        now = time.time()
+        with Session(self.engine) as s, s.begin():
+            row = s.execute(select(Tenant.id, Tenant.realm).where(Tenant.name == tenant)).first()
+            if row is None:
+                raise StoreError(f"unknown tenant {tenant!r} (run 'pbxwarden init' first?)")
+            tenant_id, realm = row
+            count = 0
+            for number, password in entries:
+                if not EXTENSION_RE.fullmatch(number):
+                    raise StoreError(f"invalid extension number {number!r}: 2 to 15 digits")
+                check_password(number, password)
+                s.add(
+                    Extension(
+                        tenant_id=tenant_id,
+                        number=number,
+                        display_name=display_name,
+                        realm=realm,
+                        ha1_md5=compute_ha1(number, realm, password, Algorithm.MD5),
+                        ha1_sha256=compute_ha1(number, realm, password, Algorithm.SHA256),
+                        enabled=True,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                count += 1
+            try:
+                s.flush()
+            except IntegrityError:
+                raise StoreError("extension already exists (in this tenant)") from None
+            return count
+
+    def list_extensions(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        stmt = (
+            select(
+                Tenant.name,
+                Extension.number,
+                Extension.display_name,
+                Extension.enabled,
+                func.count(Registration.id),
+            )
+            .join(Tenant, Tenant.id == Extension.tenant_id)
+            .outerjoin(
+                Registration,
+                (Registration.extension_id == Extension.id)
+                & (Registration.expires_at > time.time()),
+            )
+            .group_by(Extension.id, Tenant.name)
+            .order_by(Tenant.name, Extension.number)
+        )
+        if tenant is not None:
+            stmt = stmt.where(Tenant.name == tenant)
+        with Session(self.engine) as s:
+            return [
+                {"tenant": t, "number": n, "display_name": d, "enabled": e, "registrations": c}
+                for t, n, d, e, c in s.execute(stmt)
+            ]
+
+    def extension_auth(self, realm: str, number: str) -> ExtensionAuth | None:
+        stmt = (
+            select(
+                Extension.id,
+                Tenant.name,
+                Extension.number,
+                Extension.realm,
+                Extension.ha1_md5,
+                Extension.ha1_sha256,
+                Extension.enabled,
+            )
+            .join(Tenant, Tenant.id == Extension.tenant_id)
+            .where(Tenant.realm == realm, Extension.number == number)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        ext_id, tenant, num, ext_realm, md5, sha256, enabled = row
+        return ExtensionAuth(
+            ext_id, tenant, num, ext_realm, {Algorithm.MD5: md5, Algorithm.SHA256: sha256}, enabled
+        )
+
+    def known_realms(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(select(Tenant.realm)))
+
+    # -- registrations -------------------------------------------------------------------
+
+    def load_bindings(self, now: float) -> list[tuple[str, BindingRow]]:
+        """Live bindings with their extension's realm, for the location service at start-up."""
+        stmt = (
+            select(Extension.realm, Extension.number, Registration)
+            .join(Extension, Extension.id == Registration.extension_id)
+            .where(Registration.expires_at > now)
+        )
+        with Session(self.engine) as s:
+            return [
+                (
+                    f"{realm}/{number}",
+                    BindingRow(
+                        r.extension_id,
+                        r.contact,
+                        r.expires_at,
+                        r.q,
+                        r.call_id,
+                        r.cseq,
+                        r.source,
+                        r.user_agent,
+                    ),
+                )
+                for realm, number, r in s.execute(stmt)
+            ]
+
+    def write_bindings(
+        self, upserts: Sequence[BindingRow], deletes: Sequence[tuple[int, str]], now: float
+    ) -> None:
+        """Apply a batch of location changes and purge expired rows, in one transaction."""
+        with self.engine.begin() as conn:
+            if upserts:
+                dialect_insert = (
+                    postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                )
+                stmt = dialect_insert(Registration)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["extension_id", "contact"],
+                    set_={
+                        c: stmt.excluded[c]
+                        for c in (
+                            "expires_at",
+                            "q",
+                            "call_id",
+                            "cseq",
+                            "source",
+                            "user_agent",
+                            "updated_at",
+                        )
+                    },
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "extension_id": b.extension_id,
+                            "contact": b.contact,
+                            "expires_at": b.expires_at,
+                            "q": b.q,
+                            "call_id": b.call_id,
+                            "cseq": b.cseq,
+                            "source": b.source,
+                            "user_agent": b.user_agent,
+                            "updated_at": now,
+                        }
+                        for b in upserts
+                    ],
+                )
+            for ext_id, contact in deletes:
+                conn.execute(
+                    delete(Registration).where(
+                        Registration.extension_id == ext_id, Registration.contact == contact
+                    )
+                )
+            conn.execute(delete(Registration).where(Registration.expires_at <= now))
+
+    def list_bindings(self, now: float) -> list[dict[str, Any]]:
+        stmt = (
+            select(
+                Tenant.name,
+                Extension.number,
+                Registration.contact,
+                Registration.expires_at,
+                Registration.source,
+                Registration.user_agent,
+            )
+            .join(Extension, Extension.id == Registration.extension_id)
+            .join(Tenant, Tenant.id == Extension.tenant_id)
+            .where(Registration.expires_at > now)
+            .order_by(Tenant.name, Extension.number)
+        )
+        with self.engine.connect() as conn:
+            return [
+                {
+                    "tenant": t,
+                    "number": n,
+                    "contact": c,
+                    "expires_in": int(e - now),
+                    "source": src,
+                    "user_agent": ua,
+                }
+                for t, n, c, e, src, ua in conn.execute(stmt)
+            ]

@@ -1,0 +1,68 @@
+"""Database schema (SQLAlchemy 2 declarative). Migrations live in ``migrations/``.
+
+SIP passwords are never stored: only the digest HA1 values for the realm the
+extension belongs to, one per algorithm, which is all that digest verification needs.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    realm: Mapped[str] = mapped_column(String(255), unique=True)
+    country: Mapped[str] = mapped_column(String(2), default="US")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Extension(Base):
+    __tablename__ = "extensions"
+    __table_args__ = (UniqueConstraint("tenant_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    number: Mapped[str] = mapped_column(String(32))
+    display_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    realm: Mapped[str] = mapped_column(String(255))
+    ha1_md5: Mapped[str] = mapped_column(String(32))
+    ha1_sha256: Mapped[str] = mapped_column(String(64))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Registration(Base):
+    """One contact binding of an extension (RFC 3261 10.3); several per extension."""
+
+    __tablename__ = "registrations"
+    __table_args__ = (UniqueConstraint("extension_id", "contact"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    extension_id: Mapped[int] = mapped_column(
+        ForeignKey("extensions.id", ondelete="CASCADE"), index=True
+    )
+    contact: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    q: Mapped[float | None] = mapped_column(Float, nullable=True)
+    call_id: Mapped[str] = mapped_column(String(255))
+    cseq: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(128))
+    user_agent: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
