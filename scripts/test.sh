@@ -24,6 +24,6 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test,fast]'
 
-ruff check src tests bench
+ruff check .
 mypy --strict src/pbxwarden
 python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,98 @@
+"""The store on both engines it supports: SQLite (embedded) and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from pbxwarden.sip.digest import Algorithm, compute_ha1
+from pbxwarden.store.db import BindingRow, Store, StoreError
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        import psycopg
+
+        base = request.getfixturevalue("postgres_url")
+        name = f"t_{secrets.token_hex(6)}"
+        host_part = base.split("@", 1)[1].split("/", 1)[0]
+        host, port = host_part.split(":")
+        with psycopg.connect(f"host={host} port={port} user=pbx dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        url = base.rsplit("/", 1)[0] + f"/{name}"
+    s = Store(url)
+    s.migrate()
+    s.ensure_tenant("default", "pbxwarden")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_schema_is_migrated(store: Store) -> None:
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"tenants", "extensions", "registrations", "alembic_version"} <= tables
+    store.migrate()  # idempotent
+
+
+def test_extension_stores_only_hashes(store: Store) -> None:
+    store.add_extensions([("1000", "Very-Secret-Pass1")])
+    auth = store.extension_auth("pbxwarden", "1000")
+    assert auth is not None and auth.enabled
+    assert auth.ha1[Algorithm.MD5] == compute_ha1("1000", "pbxwarden", "Very-Secret-Pass1",
+                                                  Algorithm.MD5)
+    assert auth.ha1[Algorithm.SHA256] == compute_ha1("1000", "pbxwarden", "Very-Secret-Pass1",
+                                                     Algorithm.SHA256)
+    with store.engine.connect() as conn:
+        dump = " ".join(str(row) for row in conn.exec_driver_sql("SELECT * FROM extensions"))
+    assert "Very-Secret-Pass1" not in dump
+    assert store.extension_auth("pbxwarden", "1001") is None
+    assert store.extension_auth("other-realm", "1000") is None
+
+
+def test_bad_input_is_refused_and_nothing_is_lost(store: Store) -> None:
+    store.add_extensions([("1000", "Very-Secret-Pass1")])
+    with pytest.raises(StoreError, match="already exists"):
+        store.add_extensions([("1001", "Very-Secret-Pass2"), ("1000", "Very-Secret-Pass3")])
+    with pytest.raises(StoreError, match="too short"):
+        store.add_extensions([("1002", "short")])
+    with pytest.raises(StoreError, match="invalid extension"):
+        store.add_extensions([("10a2", "Very-Secret-Pass2")])
+    with pytest.raises(StoreError, match="unknown tenant"):
+        store.add_extensions([("1003", "Very-Secret-Pass2")], tenant="nope")
+    # All-or-nothing: 1001 from the failed batch is absent, 1000 unchanged.
+    assert [e["number"] for e in store.list_extensions()] == ["1000"]
+    auth = store.extension_auth("pbxwarden", "1000")
+    assert auth is not None
+    assert auth.ha1[Algorithm.MD5] == compute_ha1("1000", "pbxwarden", "Very-Secret-Pass1",
+                                                  Algorithm.MD5)
+
+
+def test_bindings_round_trip_upsert_and_expiry(store: Store) -> None:
+    store.add_extensions([("1000", "Very-Secret-Pass1")])
+    auth = store.extension_auth("pbxwarden", "1000")
+    assert auth is not None
+    now = time.time()
+    live = BindingRow(auth.id, "sip:1000@192.0.2.1:5060", now + 60, 0.5, "cid", 1,
+                      "udp:192.0.2.1:5060", "phone")
+    stale = BindingRow(auth.id, "sip:1000@192.0.2.2:5060", now - 1, None, "cid2", 1,
+                       "udp:192.0.2.2:5060", None)
+    store.write_bindings([live, stale], [], now - 5)
+    refreshed = BindingRow(auth.id, live.contact, now + 120, 0.5, "cid", 2, live.source, "phone")
+    store.write_bindings([refreshed], [], now)
+    rows = store.load_bindings(now)
+    assert len(rows) == 1
+    aor, row = rows[0]
+    assert aor == "pbxwarden/1000" and row.cseq == 2 and row.expires_at == pytest.approx(now + 120)
+    assert store.list_extensions()[0]["registrations"] == 1
+    store.write_bindings([], [(auth.id, live.contact)], now)
+    assert store.load_bindings(now) == []
