@@ -28,7 +28,7 @@ def postgres_url() -> Iterator[str]:
     if initdb is None or pg_ctl is None:
         pytest.skip("PostgreSQL server binaries not installed (Debian package postgresql)")
     try:
-        import psycopg  # noqa: F401
+        import psycopg
     except ImportError:
         pytest.skip("psycopg not installed")
     root = Path(tempfile.mkdtemp(prefix="pbxwarden-pg-"))
@@ -39,11 +39,31 @@ def postgres_url() -> Iterator[str]:
         os.chmod(root, 0o700)
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "pbx"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60",
-                    "-o", f"-h 127.0.0.1 -p {port} -k {root} -F", "start"],
-                   check=True, capture_output=True, timeout=90)
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "pbx"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {root} -F",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=90,
+    )
     try:
         url = f"postgresql+psycopg://pbx@127.0.0.1:{port}/postgres"
         deadline = time.monotonic() + 20
@@ -59,6 +79,9 @@ def postgres_url() -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)

@@ -25,8 +25,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         name = f"t_{secrets.token_hex(6)}"
         host_part = base.split("@", 1)[1].split("/", 1)[0]
         host, port = host_part.split(":")
-        with psycopg.connect(f"host={host} port={port} user=pbx dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host={host} port={port} user=pbx dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         url = base.rsplit("/", 1)[0] + f"/{name}"
     s = Store(url)
@@ -48,10 +49,12 @@ def test_extension_stores_only_hashes(store: Store) -> None:
     store.add_extensions([("1000", "Very-Secret-Pass1")])
     auth = store.extension_auth("pbxwarden", "1000")
     assert auth is not None and auth.enabled
-    assert auth.ha1[Algorithm.MD5] == compute_ha1("1000", "pbxwarden", "Very-Secret-Pass1",
-                                                  Algorithm.MD5)
-    assert auth.ha1[Algorithm.SHA256] == compute_ha1("1000", "pbxwarden", "Very-Secret-Pass1",
-                                                     Algorithm.SHA256)
+    assert auth.ha1[Algorithm.MD5] == compute_ha1(
+        "1000", "pbxwarden", "Very-Secret-Pass1", Algorithm.MD5
+    )
+    assert auth.ha1[Algorithm.SHA256] == compute_ha1(
+        "1000", "pbxwarden", "Very-Secret-Pass1", Algorithm.SHA256
+    )
     with store.engine.connect() as conn:
         dump = " ".join(str(row) for row in conn.exec_driver_sql("SELECT * FROM extensions"))
     assert "Very-Secret-Pass1" not in dump
@@ -73,8 +76,9 @@ def test_bad_input_is_refused_and_nothing_is_lost(store: Store) -> None:
     assert [e["number"] for e in store.list_extensions()] == ["1000"]
     auth = store.extension_auth("pbxwarden", "1000")
     assert auth is not None
-    assert auth.ha1[Algorithm.MD5] == compute_ha1("1000", "pbxwarden", "Very-Secret-Pass1",
-                                                  Algorithm.MD5)
+    assert auth.ha1[Algorithm.MD5] == compute_ha1(
+        "1000", "pbxwarden", "Very-Secret-Pass1", Algorithm.MD5
+    )
 
 
 def test_bindings_round_trip_upsert_and_expiry(store: Store) -> None:
@@ -82,10 +86,12 @@ def test_bindings_round_trip_upsert_and_expiry(store: Store) -> None:
     auth = store.extension_auth("pbxwarden", "1000")
     assert auth is not None
     now = time.time()
-    live = BindingRow(auth.id, "sip:1000@192.0.2.1:5060", now + 60, 0.5, "cid", 1,
-                      "udp:192.0.2.1:5060", "phone")
-    stale = BindingRow(auth.id, "sip:1000@192.0.2.2:5060", now - 1, None, "cid2", 1,
-                       "udp:192.0.2.2:5060", None)
+    live = BindingRow(
+        auth.id, "sip:1000@192.0.2.1:5060", now + 60, 0.5, "cid", 1, "udp:192.0.2.1:5060", "phone"
+    )
+    stale = BindingRow(
+        auth.id, "sip:1000@192.0.2.2:5060", now - 1, None, "cid2", 1, "udp:192.0.2.2:5060", None
+    )
     store.write_bindings([live, stale], [], now - 5)
     refreshed = BindingRow(auth.id, live.contact, now + 120, 0.5, "cid", 2, live.source, "phone")
     store.write_bindings([refreshed], [], now)

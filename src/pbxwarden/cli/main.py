@@ -233,9 +233,7 @@ def serve(
     ] = None,
     http: Annotated[
         str | None,
-        typer.Option(
-            help="Admin HTTP address HOST:PORT (kept for the admin API; not served yet)."
-        ),
+        typer.Option(help="Admin HTTP address HOST:PORT (kept for the admin API; not served yet)."),
     ] = None,
 ) -> None:
     """Run the PBX until SIGINT or SIGTERM."""
