@@ -267,8 +267,11 @@ class SipClient:
     (SHA-256 digest) and lets tests look at individual responses.
     """
 
-    def __init__(self, server: tuple[str, int], source_ip: str = "127.0.0.1") -> None:
+    def __init__(
+        self, server: tuple[str, int], source_ip: str = "127.0.0.1", domain: str | None = None
+    ) -> None:
         self.server = server
+        self.domain = domain or server[0]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((source_ip, 0))
         self.sock.settimeout(3)
@@ -291,9 +294,9 @@ class SipClient:
         from pbxwarden.sip.message import generate_branch
 
         self.cseq += 1
-        host, port = self.server
+        host = self.domain
         lines = [
-            f"REGISTER sip:{host}:{port} SIP/2.0",
+            f"REGISTER sip:{host} SIP/2.0",
             f"Via: SIP/2.0/UDP {self.local[0]}:{self.local[1]};branch={generate_branch()};rport",
             "Max-Forwards: 70",
             f"From: <sip:{user}@{host}>;tag=t{self.cseq}",

@@ -62,13 +62,11 @@ class SipServer:
         self.config = config
         self.store = store
         sip = config.sip
-        secret = load_or_create_secret(data_dir)
-        algorithms = [Algorithm(a) for a in sip.digest_algorithms]
+        self._secret = load_or_create_secret(data_dir)
+        self._algorithms = [Algorithm(a) for a in sip.digest_algorithms]
         realms = store.known_realms() or [sip.realm]
-        self.digest = {
-            realm: DigestServer(secret, realm, algorithms, nonce_lifetime=sip.nonce_lifetime)
-            for realm in realms
-        }
+        self.digest: dict[str, DigestServer] = {}
+        self._add_realms(realms)
         self.auth = Authenticator(
             self.digest, sip.realm if sip.realm in self.digest else realms[0], sip.user_agent
         )
@@ -89,6 +87,16 @@ class SipServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _add_realms(self, realms: list[str]) -> None:
+        for realm in realms:
+            if realm not in self.digest:
+                self.digest[realm] = DigestServer(
+                    self._secret,
+                    realm,
+                    self._algorithms,
+                    nonce_lifetime=self.config.sip.nonce_lifetime,
+                )
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -129,11 +137,16 @@ class SipServer:
 
     async def _write_back(self) -> None:
         interval = self.config.storage.flush_interval
+        next_realm_check = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
-                self.location.purge(time.time())
+                now = time.time()
+                self.location.purge(now)
                 await self._flush()
+                if now >= next_realm_check:  # tenants added from the CLI meanwhile
+                    self._add_realms(await asyncio.to_thread(self.store.known_realms))
+                    next_realm_check = now + 5.0
             except Exception:  # the database may be briefly locked; retry next round
                 log.exception("registration write-back failed")
 

@@ -41,6 +41,8 @@ app = typer.Typer(
 )
 extension_app = typer.Typer(no_args_is_help=True, help="Manage extensions (SIP accounts).")
 app.add_typer(extension_app, name="extension")
+tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (companies on this PBX).")
+app.add_typer(tenant_app, name="tenant")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -165,6 +167,35 @@ def extension_import(
     finally:
         store.close()
     out.print(f"imported {count} extensions into tenant {tenant}")
+
+
+@tenant_app.command("add")
+def tenant_add(
+    name: str,
+    realm: Annotated[str, typer.Option(help="The tenant's SIP domain; also its digest realm.")],
+    country: Annotated[str, typer.Option(help="Home country, ISO 3166 alpha-2.")] = "US",
+) -> None:
+    """Add a tenant. Its phones register to its SIP domain (the realm)."""
+    store = _store(_config())
+    try:
+        store.add_tenant(name, realm, country)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"tenant {name} added (realm {realm}, country {country})")
+
+
+@tenant_app.command("list")
+def tenant_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """List tenants with their realm, country and number of extensions."""
+    store = _store(_config())
+    try:
+        _print_rows(store.list_tenants(), as_json, "tenants")
+    finally:
+        store.close()
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:

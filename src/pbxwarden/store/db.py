@@ -26,6 +26,8 @@ from pbxwarden.store.models import Extension, Registration, Tenant
 
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+REALM_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?")
+COUNTRY_RE = re.compile(r"[A-Z]{2}")
 MIN_PASSWORD_LENGTH = 12
 DEFAULT_TENANT = "default"
 
@@ -122,6 +124,30 @@ class Store:
                 s.add(tenant)
                 s.flush()
             return tenant.id
+
+    def add_tenant(self, name: str, realm: str, country: str = "US") -> int:
+        """A new tenant; its realm is the SIP domain its phones register to."""
+        if not REALM_RE.fullmatch(realm):
+            raise StoreError(f"invalid realm {realm!r}: use the tenant's SIP domain name")
+        if not COUNTRY_RE.fullmatch(country):
+            raise StoreError(f"invalid country {country!r}: two-letter ISO code such as US, DE")
+        with Session(self.engine) as s:
+            if s.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
+                raise StoreError(f"tenant {name!r} already exists")
+        return self.ensure_tenant(name, realm, country)
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        stmt = (
+            select(Tenant.name, Tenant.realm, Tenant.country, func.count(Extension.id))
+            .outerjoin(Extension, Extension.tenant_id == Tenant.id)
+            .group_by(Tenant.id)
+            .order_by(Tenant.name)
+        )
+        with self.engine.connect() as conn:
+            return [
+                {"tenant": n, "realm": r, "country": c, "extensions": k}
+                for n, r, c, k in conn.execute(stmt)
+            ]
 
     def tenant_realm(self, name: str) -> str:
         with Session(self.engine) as s:

@@ -1,0 +1,130 @@
+"""The pbxwarden command as a user runs it: clear messages and exit codes, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+from pbxwarden.sip.message import Response, parse_message
+from tests.helpers import PbxProcess, SipClient, cli, free_port
+
+
+def test_init_is_idempotent_and_private(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    assert "initialised" in cli(data, "init").stdout
+    key = (data / "digest.key").read_bytes()
+    cli(data, "init")
+    assert (data / "digest.key").read_bytes() == key
+    assert (data / "digest.key").stat().st_mode & 0o077 == 0
+    assert (data / "pbxwarden.db").stat().st_mode & 0o077 == 0
+
+
+def test_commands_before_init_explain_what_to_do(tmp_path: Path) -> None:
+    proc = cli(tmp_path / "missing", "extension", "list", check=False)
+    assert proc.returncode != 0 and "init" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generated_password_is_strong_and_shown_once(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    cli(data, "init")
+    out = cli(data, "extension", "add", "1000").stdout
+    password = out.split("password:")[1].split()[0]
+    assert len(password) >= 20
+    listing = cli(data, "extension", "list", "--json").stdout
+    assert password not in listing
+    assert json.loads(listing) == [
+        {
+            "tenant": "default",
+            "number": "1000",
+            "display_name": None,
+            "enabled": True,
+            "registrations": 0,
+        }
+    ]
+    assert password.encode() not in (data / "pbxwarden.db").read_bytes()
+
+
+def test_bad_input_is_refused_clearly_and_nothing_is_lost(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    cli(data, "init")
+    cli(data, "extension", "add", "1000", "--password", "Good-Passw0rd-1")
+    for args, expected in [
+        (("extension", "add", "1001", "--password", "short"), "too short"),
+        (("extension", "add", "1000", "--password", "Good-Passw0rd-2"), "already exists"),
+        (("extension", "add", "12ab", "--password", "Good-Passw0rd-2"), "invalid extension"),
+        (("extension", "add", "1002", "--tenant", "nope"), "unknown tenant"),
+        (("tenant", "add", "acme", "--realm", "bad realm!"), "invalid realm"),
+    ]:
+        proc = cli(data, *args, check=False)
+        assert proc.returncode == 1, args
+        assert expected in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("2000,Good-Passw0rd-3\n2001,weak\n")
+    proc = cli(data, "extension", "import", str(bad_csv), check=False)
+    assert proc.returncode == 1 and "nothing imported" in proc.stderr
+    numbers = [e["number"] for e in json.loads(cli(data, "extension", "list", "--json").stdout)]
+    assert numbers == ["1000"]
+
+
+def test_bad_config_is_one_clear_message(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    cli(data, "init")
+    proc = cli(data, "serve", check=False, env={"PBXWARDEN_SIP__MIN_EXPIRES": "-5"})
+    assert proc.returncode == 1 and "sip.min_expires" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (data / "pbxwarden.toml").write_text("[sip\nlisten = 1")
+    proc = cli(data, "extension", "list", check=False)
+    assert proc.returncode == 1 and "cannot read" in proc.stderr
+    (data / "pbxwarden.toml").write_text('[sip]\nlisten = "localhost:5060"\nbogus = 1\n')
+    proc = cli(data, "extension", "list", check=False)
+    assert proc.returncode == 1 and "sip.listen" in proc.stderr and "sip.bogus" in proc.stderr
+
+
+def test_serve_reports_bad_or_busy_address(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    cli(data, "init")
+    proc = cli(data, "serve", "--sip", "127.0.0.1:99999", check=False)
+    assert proc.returncode == 1 and "port" in proc.stderr and "Traceback" not in proc.stderr
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", port))
+        proc = cli(data, "serve", "--sip", f"127.0.0.1:{port}", check=False)
+    assert proc.returncode == 1 and "cannot listen" in proc.stderr
+
+
+def test_tenants_have_their_own_realm(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    cli(data, "init")
+    cli(data, "extension", "add", "1000", "--password", "Default-Passw0rd")
+    pbx = PbxProcess(data)
+    pbx.start()
+    try:
+        # Added while the server runs: picked up without a restart.
+        cli(data, "tenant", "add", "acme", "--realm", "acme.example", "--country", "DE")
+        cli(data, "extension", "add", "1000", "--tenant", "acme", "--password", "Acme-Passw0rd-1")
+        tenants = json.loads(cli(data, "tenant", "list", "--json").stdout)
+        assert {t["tenant"]: t["realm"] for t in tenants} == {
+            "acme": "acme.example",
+            "default": "pbxwarden",
+        }
+        time.sleep(6)  # the server re-reads tenants every 5 s
+        acme = SipClient((pbx.host, pbx.port), domain="acme.example")
+        default = SipClient((pbx.host, pbx.port))
+        try:
+            challenge = parse_message(acme.request("1000"))
+            assert 'realm="acme.example"' in (challenge.headers.get("WWW-Authenticate") or "")
+            ok = parse_message(acme.register("1000", "Acme-Passw0rd-1"))
+            assert isinstance(ok, Response) and ok.status == 200
+            # The default tenant's 1000 has another password; each realm checks its own.
+            wrong = parse_message(acme.register("1000", "Default-Passw0rd"))
+            assert isinstance(wrong, Response) and wrong.status == 403
+            ok2 = parse_message(default.register("1000", "Default-Passw0rd"))
+            assert isinstance(ok2, Response) and ok2.status == 200
+        finally:
+            acme.close()
+            default.close()
+    finally:
+        pbx.stop()
