@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.pbx.auth import Authenticator
-from pbxwarden.pbx.directory import Directory
+from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
 from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
@@ -78,13 +77,12 @@ class SipServer:
             ),
             sip.user_agent,
         )
-        self.directory = Directory(store)
+        self.directory = Directory()
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
         self.transports = Transports(self.on_message)
         self.stats = Stats()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -104,6 +102,7 @@ class SipServer:
         self._loop = asyncio.get_running_loop()
         rows = await asyncio.to_thread(self.store.load_bindings, time.time())
         self.location.load(rows)
+        await self._refresh_directory()
         host, port = self.config.sip.listen_address
         if "udp" in self.config.sip.transports:
             await self.transports.listen_udp(host, port)
@@ -144,11 +143,22 @@ class SipServer:
                 now = time.time()
                 self.location.purge(now)
                 await self._flush()
-                if now >= next_realm_check:  # tenants added from the CLI meanwhile
+                if now >= next_realm_check:  # tenants and extensions added from the CLI
                     self._add_realms(await asyncio.to_thread(self.store.known_realms))
-                    next_realm_check = now + 5.0
+                    await self._refresh_directory()
+                    next_realm_check = now + 1.0
             except Exception:  # the database may be briefly locked; retry next round
                 log.exception("registration write-back failed")
+
+    async def _refresh_directory(self) -> None:
+        changes = await asyncio.to_thread(fetch_changes, self.store, self.directory.version)
+        if changes is None:
+            return
+        full, entries, version = changes
+        if full:
+            self.directory.replace_all(entries, version)
+        else:
+            self.directory.update(entries, version)
 
     async def _flush(self) -> None:
         if not self.location.has_changes:
@@ -227,7 +237,7 @@ class SipServer:
         if method == "ACK":
             return
         if method == "REGISTER":
-            self._spawn(self._register(request, source, key))
+            self._register(request, source, key)
         elif method == "OPTIONS":
             self.respond(
                 key,
@@ -251,19 +261,7 @@ class SipServer:
                 make_response(request, 405 if method in ALLOW else 501, headers=[("Allow", ALLOW)]),
             )
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("request handler failed", error=repr(task.exception()))
-
-    async def _register(
-        self, request: Request, source: Address, key: TransactionKey | None
-    ) -> None:
+    def _register(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         wall = time.time()
         try:
             credentials = self.auth.credentials(request)
@@ -274,10 +272,7 @@ class SipServer:
             return
         extension = None
         if credentials is not None:
-            realm = self.auth.realm_for(request)
-            hit, extension = self.directory.cached(realm, credentials.username, wall)
-            if not hit:
-                extension = await self.directory.lookup(realm, credentials.username, wall)
+            extension = self.directory.get(self.auth.realm_for(request), credentials.username)
         outcome = self.auth.authenticate(request, credentials, extension, wall)
         if outcome.response is not None:
             if credentials is not None:

@@ -1,44 +1,55 @@
-"""A short-lived cache of extension credentials in front of the database.
+"""The extension directory: every extension's credentials, held in memory.
 
-REGISTER refreshes arrive every few minutes from every phone; a few seconds of
-caching turns a storm of identical lookups into one, while a password changed
-from the CLI (another process) still takes effect within ``ttl`` seconds.
-Negative answers are cached too, in a bounded LRU, because scanners ask for
-thousands of extensions that do not exist.
+A REGISTER or INVITE must be authenticated without waiting on the database, and
+scanners asking for extensions that do not exist must cost nothing. So the whole
+directory (a few hundred bytes per extension) lives in memory, and is kept in step
+with the database by a cheap version check: a password changed or an extension
+added from the CLI (another process) takes effect within one refresh period.
 """
 
 from __future__ import annotations
-
-import asyncio
-from collections import OrderedDict
 
 from pbxwarden.store.db import ExtensionAuth, Store
 
 
 class Directory:
-    def __init__(self, store: Store, ttl: float = 5.0, max_entries: int = 50_000) -> None:
-        self._store = store
-        self._ttl = ttl
-        self._max = max_entries
-        self._cache: OrderedDict[tuple[str, str], tuple[float, ExtensionAuth | None]] = (
-            OrderedDict()
-        )
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], ExtensionAuth] = {}
+        self._version: tuple[int, float] = (-1, 0.0)
 
-    def cached(self, realm: str, number: str, now: float) -> tuple[bool, ExtensionAuth | None]:
-        """(hit, value) without touching the database."""
-        entry = self._cache.get((realm, number))
-        if entry is None or entry[0] <= now:
-            return False, None
-        return True, entry[1]
+    def __len__(self) -> int:
+        return len(self._entries)
 
-    async def lookup(self, realm: str, number: str, now: float) -> ExtensionAuth | None:
-        hit, value = self.cached(realm, number, now)
-        if hit:
-            return value
-        value = await asyncio.to_thread(self._store.extension_auth, realm, number)
-        key = (realm, number)
-        self._cache[key] = (now + self._ttl, value)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._max:
-            self._cache.popitem(last=False)
-        return value
+    def get(self, realm: str, number: str) -> ExtensionAuth | None:
+        return self._entries.get((realm, number))
+
+    def replace_all(self, entries: list[ExtensionAuth], version: tuple[int, float]) -> None:
+        self._entries = {(e.realm, e.number): e for e in entries}
+        self._version = version
+
+    def update(self, entries: list[ExtensionAuth], version: tuple[int, float]) -> None:
+        for e in entries:
+            self._entries[(e.realm, e.number)] = e
+        self._version = version
+
+    @property
+    def version(self) -> tuple[int, float]:
+        return self._version
+
+
+def fetch_changes(
+    store: Store, directory_version: tuple[int, float]
+) -> tuple[bool, list[ExtensionAuth], tuple[int, float]] | None:
+    """Runs in a worker thread: None if nothing changed, else (full, entries, version).
+
+    A lower count means something was deleted: reload everything. Otherwise load the
+    rows updated since the newest change we have seen (equal timestamps re-applied,
+    which is harmless, so that a change in the same instant is never missed).
+    """
+    version = store.extensions_version()
+    if version == directory_version:
+        return None
+    count, newest = directory_version
+    if count < 0 or version[0] < count:
+        return True, store.extensions_changed_since(None), version
+    return False, store.extensions_changed_since(newest), version

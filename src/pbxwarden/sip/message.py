@@ -429,10 +429,13 @@ def make_response(
     headers: Iterable[tuple[str, str]] = (),
     body: bytes = b"",
 ) -> Response:
-    """Build a response the way RFC 3261 8.2.6 says: copy Via, From, To, Call-ID, CSeq."""
+    """Build a response the way RFC 3261 8.2.6 says: copy Via, From, To, Call-ID, CSeq.
+
+    Any response but 100 gets a To tag when the request had none (8.2.6.2).
+    """
     to = request.to
-    if to_tag is not None and to.tag is None and status > 100:
-        to = to.with_tag(to_tag)
+    if to.tag is None and status > 100:
+        to = to.with_tag(to_tag or generate_tag())
     extra = Headers(headers)
     if status == 100 and (ts := request.headers.get("Timestamp")) is not None:
         extra.add("Timestamp", ts)

@@ -19,8 +19,11 @@ _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 # user = 1*( unreserved / escaped / user-unreserved ), user-unreserved = & = + $ , ; ? /
 _USER_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
 _PASSWORD_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?")
-_IPV4_RE = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+# hostname = *( domainlabel "." ) toplabel [ "." ], toplabel starting with a letter.
+# Possessive quantifiers: no backtracking, whatever a scanner sends.
+_HOSTNAME_RE = re.compile(r"(?:[A-Za-z0-9\-]++\.)*+[A-Za-z][A-Za-z0-9\-]*+\.?")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|[01]?\d?\d)"
+_IPV4_RE = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 _IPV6_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
 # paramchar = param-unreserved / unreserved / escaped; param-unreserved = [ ] / : & + $
 _PARAM_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+")
@@ -55,11 +58,18 @@ def _render_params(params: Params) -> str:
 
 
 def _valid_host(host: str) -> bool:
-    if _IPV6_RE.fullmatch(host):
+    if _IPV4_RE.fullmatch(host) or _IPV6_RE.fullmatch(host):
         return True
-    if _IPV4_RE.fullmatch(host):
-        return all(int(p) <= 255 for p in host.split("."))
-    return bool(_HOSTNAME_RE.fullmatch(host))
+    if not _HOSTNAME_RE.fullmatch(host):
+        return False
+    # Labels neither start nor end with '-', and none is empty.
+    return not (
+        host[0] == "-"
+        or "-." in host
+        or ".-" in host
+        or ".." in host
+        or host.rstrip(".").endswith("-")
+    )
 
 
 def split_hostport(text: str, what: str) -> tuple[str, int | None]:

@@ -222,28 +222,48 @@ class Store:
                 for t, n, d, e, c in s.execute(stmt)
             ]
 
+    _AUTH_COLUMNS = (
+        Extension.id,
+        Tenant.name,
+        Extension.number,
+        Extension.realm,
+        Extension.ha1_md5,
+        Extension.ha1_sha256,
+        Extension.enabled,
+    )
+
+    @staticmethod
+    def _auth_row(row: Any) -> ExtensionAuth:
+        ext_id, tenant, num, ext_realm, md5, sha256, enabled = row
+        return ExtensionAuth(
+            ext_id, tenant, num, ext_realm, {Algorithm.MD5: md5, Algorithm.SHA256: sha256}, enabled
+        )
+
     def extension_auth(self, realm: str, number: str) -> ExtensionAuth | None:
         stmt = (
-            select(
-                Extension.id,
-                Tenant.name,
-                Extension.number,
-                Extension.realm,
-                Extension.ha1_md5,
-                Extension.ha1_sha256,
-                Extension.enabled,
-            )
+            select(*self._AUTH_COLUMNS)
             .join(Tenant, Tenant.id == Extension.tenant_id)
             .where(Tenant.realm == realm, Extension.number == number)
         )
         with self.engine.connect() as conn:
             row = conn.execute(stmt).first()
-        if row is None:
-            return None
-        ext_id, tenant, num, ext_realm, md5, sha256, enabled = row
-        return ExtensionAuth(
-            ext_id, tenant, num, ext_realm, {Algorithm.MD5: md5, Algorithm.SHA256: sha256}, enabled
-        )
+        return None if row is None else self._auth_row(row)
+
+    def extensions_version(self) -> tuple[int, float]:
+        """(count, newest updated_at): changes when any extension is added or changed."""
+        with self.engine.connect() as conn:
+            count, newest = conn.execute(
+                select(func.count(Extension.id), func.max(Extension.updated_at))
+            ).one()
+        return int(count), float(newest or 0.0)
+
+    def extensions_changed_since(self, watermark: float | None) -> list[ExtensionAuth]:
+        """Credentials of extensions updated at or after ``watermark`` (all when None)."""
+        stmt = select(*self._AUTH_COLUMNS).join(Tenant, Tenant.id == Extension.tenant_id)
+        if watermark is not None:
+            stmt = stmt.where(Extension.updated_at >= watermark)
+        with self.engine.connect() as conn:
+            return [self._auth_row(row) for row in conn.execute(stmt)]
 
     def known_realms(self) -> list[str]:
         with self.engine.connect() as conn:

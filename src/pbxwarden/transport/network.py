@@ -8,6 +8,7 @@ callback. It knows nothing of SIP beyond framing.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, cast
@@ -116,6 +117,7 @@ class Transports:
         )
         self._udp = proto
         assert proto.transport is not None
+        _grow_receive_buffer(proto.transport.get_extra_info("socket"))
         self.bound["UDP"] = proto.transport.get_extra_info("sockname")[:2]
 
     async def listen_stream(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
@@ -150,6 +152,27 @@ class Transports:
         for server in self._servers:
             server.close()
             await server.wait_closed()
+
+
+RECEIVE_BUFFER = 8 * 1024 * 1024
+
+
+def _grow_receive_buffer(sock: Any) -> None:
+    """A REGISTER storm must queue in the kernel, not be dropped by it (as Kamailio does).
+
+    SO_RCVBUFFORCE passes the system cap when we may (root); otherwise SO_RCVBUF gets
+    as much as ``net.core.rmem_max`` allows.
+    """
+    if sock is None:
+        return
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
