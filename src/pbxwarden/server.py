@@ -303,5 +303,7 @@ def _stamp_via(request: Request, source: Address) -> None:
     top = request.via[0]
     if top.host != source.host:
         top.params["received"] = source.host
+        top.raw = None
     if "rport" in top.params and top.params["rport"] is None:
         top.params["rport"] = str(source.port)
+        top.raw = None

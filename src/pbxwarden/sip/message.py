@@ -291,6 +291,9 @@ class Via:
     host: str
     port: int | None = None
     params: Params = field(default_factory=dict)
+    # The value as received, reused when the Via is echoed unchanged in a response
+    # (most Vias are): whoever changes ``params`` in place must reset it to None.
+    raw: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def branch(self) -> str | None:
@@ -301,6 +304,8 @@ class Via:
         return self.host, self.port
 
     def __str__(self) -> str:
+        if self.raw is not None:
+            return self.raw
         host = self.host if self.port is None else f"{self.host}:{self.port}"
         params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items())
         return f"SIP/2.0/{self.transport} {host}{params}"
@@ -330,7 +335,7 @@ def parse_via(value: str) -> Via:
     ttl = params.get("ttl")
     if ttl is not None and (not ttl.isdigit() or int(ttl) > 255):
         raise ParseError("bad Via ttl")
-    return Via(m.group(3).upper(), host, port, params)
+    return Via(m.group(3).upper(), host, port, params, value)
 
 
 @dataclass(slots=True, frozen=True)

@@ -203,6 +203,9 @@ class NameAddr:
     uri: URI
     display_name: str | None = None
     params: Params = field(default_factory=dict)
+    # The text as received, reused when echoed unchanged (From and To in every
+    # response): whoever changes the fields in place must reset it to None.
+    raw: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def tag(self) -> str | None:
@@ -211,9 +214,11 @@ class NameAddr:
     def with_tag(self, tag: str) -> NameAddr:
         params = dict(self.params)
         params["tag"] = tag
-        return replace(self, params=params)
+        return replace(self, params=params, raw=None)
 
     def __str__(self) -> str:
+        if self.raw is not None:
+            return self.raw
         name = f"{self.display_name} " if self.display_name else ""
         return f"{name}<{self.uri}>{_render_params(self.params)}"
 
@@ -288,7 +293,7 @@ def parse_name_addr(text: str, what: str) -> NameAddr:
     In the addr-spec form (no angle brackets) everything after the first ``;`` is a
     header parameter, and ``?`` or ``,`` are not allowed (RFC 3261 20.10).
     """
-    text = text.strip()
+    text = original = text.strip()
     display: str | None = None
     if not text:
         raise ParseError(f"empty {what}")
@@ -310,9 +315,9 @@ def parse_name_addr(text: str, what: str) -> NameAddr:
         if gt < 0:
             raise ParseError(f"missing '>' in {what}")
         uri = parse_uri(text[lt + 1 : gt], what)
-        return NameAddr(uri, display, parse_header_params(text[gt + 1 :], what))
+        return NameAddr(uri, display, parse_header_params(text[gt + 1 :], what), original)
     spec, semi, param_text = text.partition(";")
     if "?" in spec or "," in spec or " " in spec.strip() or "\t" in spec.strip():
         raise ParseError(f"URI with '?', ',' or spaces must be enclosed in <> in {what}")
     params = parse_header_params(semi + param_text, what) if semi else {}
-    return NameAddr(parse_uri(spec.strip(), what), None, params)
+    return NameAddr(parse_uri(spec.strip(), what), None, params, original)

@@ -17,7 +17,6 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, delete, event, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -296,45 +295,51 @@ class Store:
                 for realm, number, r in s.execute(stmt)
             ]
 
+    _UPSERT_COLUMNS = (
+        "extension_id",
+        "contact",
+        "expires_at",
+        "q",
+        "call_id",
+        "cseq",
+        "source",
+        "user_agent",
+        "updated_at",
+    )
+
+    def _upsert_sql(self) -> str:
+        """The binding upsert as driver SQL: the same ON CONFLICT statement on SQLite and
+        PostgreSQL, handed straight to the driver's executemany, because this runs for
+        every REGISTER refresh and the ORM's per-row work showed up in profiles."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        cols = ", ".join(self._UPSERT_COLUMNS)
+        marks = ", ".join([mark] * len(self._UPSERT_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in self._UPSERT_COLUMNS[2:])
+        return (
+            f"INSERT INTO registrations ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT (extension_id, contact) DO UPDATE SET {updates}"
+        )
+
     def write_bindings(
         self, upserts: Sequence[BindingRow], deletes: Sequence[tuple[int, str]], now: float
     ) -> None:
         """Apply a batch of location changes and purge expired rows, in one transaction."""
         with self.engine.begin() as conn:
             if upserts:
-                dialect_insert = (
-                    postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-                )
-                stmt = dialect_insert(Registration)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["extension_id", "contact"],
-                    set_={
-                        c: stmt.excluded[c]
-                        for c in (
-                            "expires_at",
-                            "q",
-                            "call_id",
-                            "cseq",
-                            "source",
-                            "user_agent",
-                            "updated_at",
-                        )
-                    },
-                )
-                conn.execute(
-                    stmt,
+                conn.exec_driver_sql(
+                    self._upsert_sql(),
                     [
-                        {
-                            "extension_id": b.extension_id,
-                            "contact": b.contact,
-                            "expires_at": b.expires_at,
-                            "q": b.q,
-                            "call_id": b.call_id,
-                            "cseq": b.cseq,
-                            "source": b.source,
-                            "user_agent": b.user_agent,
-                            "updated_at": now,
-                        }
+                        (
+                            b.extension_id,
+                            b.contact,
+                            b.expires_at,
+                            b.q,
+                            b.call_id,
+                            b.cseq,
+                            b.source,
+                            b.user_agent,
+                            now,
+                        )
                         for b in upserts
                     ],
                 )
