@@ -747,3 +747,59 @@ def test_verify_never_raises_on_parsed_input(tail: str) -> None:
         parsed = creds
     for ha1 in (_ha1(), None):
         assert isinstance(server.verify("INVITE", parsed, ha1, NOW), AuthResult)
+
+
+_PARAM_NAMES = st.sampled_from(
+    [
+        "username",
+        "realm",
+        "nonce",
+        "uri",
+        "response",
+        "qop",
+        "nc",
+        "cnonce",
+        "algorithm",
+        "opaque",
+        "Realm",
+        "x-y",
+    ]
+)
+_VALUES = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_PARAM_NAMES, _VALUES, st.booleans(), st.sampled_from(["", " ", "\t", "  "])),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from(["Digest ", "digest\t", " DIGEST  "]),
+)
+def test_fast_and_exact_parameter_parsers_agree(
+    items: list[tuple[str, str, bool, str]], scheme: str
+) -> None:
+    from pbxwarden.sip.digest import _fast_params, _parse_params_exact
+
+    text = scheme + ",".join(
+        f"{ws}{name}{ws}={ws}" + (f'"{value}"' if quoted else value) + ws
+        for name, value, quoted, ws in items
+    )
+    fast = _fast_params(text)
+    if fast is None:
+        return  # the exact parser handles it alone
+    assert fast == _parse_params_exact(text)
+
+
+def test_fast_path_takes_a_typical_phone_header() -> None:
+    from pbxwarden.sip.digest import _fast_params, _parse_params_exact
+
+    header = (
+        'Digest username="1000",realm="pbxwarden",cnonce="6b8b4567",nc=00000001,'
+        'qop=auth,uri="sip:127.0.0.1",nonce="AAABoxiTPoCKQkNN",'
+        'response="4a5f2c8e9d3b1a7f6e5d4c3b2a190817",algorithm=MD5'
+    )
+    fast = _fast_params(header)
+    assert fast is not None and fast == _parse_params_exact(header)
+    assert fast["qop"] == "auth" and fast["uri"] == "sip:127.0.0.1"

@@ -24,6 +24,18 @@ class RegistrarPolicy:
     max_contacts: int = 10
 
 
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _http_date(now: float) -> str:
+    """RFC 1123 date for the Date header; formatted once per second, not per REGISTER."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, usegmt=True))
+    return _date_cache[1]
+
+
 def aor_key(realm: str, number: str) -> str:
     return f"{realm}/{number}"
 
@@ -125,7 +137,7 @@ class Registrar:
         return self._ok(request, aor, now)
 
     def _ok(self, request: Request, aor: str, now: float) -> Response:
-        headers = [("Date", formatdate(now, usegmt=True))]
+        headers = [("Date", _http_date(now))]
         response = self._reply(request, 200, headers=headers)
         for binding in self.location.lookup(aor, now):
             contact = f"<{binding.contact}>;expires={max(0, int(binding.expires_at - now))}"

@@ -51,12 +51,6 @@ _MAX_HEADER_LENGTH = 8192
 _MAX_NC = 0xFFFFFFFF
 
 _WS = frozenset(" \t\r\n")
-# RFC 9110 tchar; a superset of the RFC 3261 token alphabet.
-_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-# Unquoted values: lenient, because some UAs send e.g. uri=sip:a@b without quotes.
-_BARE_VALUE_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset('",\\')
-_HEX = frozenset("0123456789abcdefABCDEF")
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 class DigestError(ParseError):
@@ -154,6 +148,9 @@ def _shown(value: str) -> str:
     return repr(value[:40] + ("..." if len(value) > 40 else ""))
 
 
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
+_B64URL_RE = re.compile(r"[A-Za-z0-9_\-]+")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN_AT_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _BARE_AT_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]*")
 # Runs of quoted-string characters that need no attention (not '"', not '\\').
@@ -210,15 +207,51 @@ def _parse_quoted(s: str, i: int) -> tuple[str, int]:
     raise DigestError("unterminated quoted string")
 
 
+_FAST_SCHEME_RE = re.compile(r"[ \t]*[Dd][Ii][Gg][Ee][Ss][Tt][ \t]+")
+_FAST_PARAM_RE = re.compile(
+    r"[ \t]*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*"
+    r'(?:"([\t\x20\x21\x23-\x5b\x5d-\x7e]*)"|([\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]+))'
+    r"[ \t]*(?:,|\Z)"
+)
+
+
+def _fast_params(s: str) -> dict[str, str] | None:
+    """The common case in one regex step per parameter: plain ASCII, no escapes.
+
+    Returns None for anything else (escapes, UTF-8, odd whitespace, errors), which
+    the exact parser then handles, so both paths agree on every input.
+    """
+    m = _FAST_SCHEME_RE.match(s)
+    if m is None:
+        return None
+    pos, n = m.end(), len(s)
+    params: dict[str, str] = {}
+    while pos < n:
+        m = _FAST_PARAM_RE.match(s, pos)
+        if m is None:
+            return None
+        name = m.group(1).lower()
+        if name in params:
+            return None
+        quoted = m.group(2)
+        params[name] = quoted if quoted is not None else m.group(3)
+        pos = m.end()
+    return params or None
+
+
 def _parse_params(header_value: str) -> dict[str, str]:
     """Split ``Digest a=b, c="d"`` into lowercase names and unquoted values.
 
     A single pass with explicit errors; regexes only scan runs of one character class,
     so there is no backtracking to bound.
     """
-    s = header_value
-    if len(s) > _MAX_HEADER_LENGTH:
+    if len(header_value) > _MAX_HEADER_LENGTH:
         raise DigestError("header value too long")
+    fast = _fast_params(header_value)
+    return fast if fast is not None else _parse_params_exact(header_value)
+
+
+def _parse_params_exact(s: str) -> dict[str, str]:
     start = _skip_ws(s, 0)
     i = _scan(_TOKEN_AT_RE, s, start)
     scheme = s[start:i]
@@ -275,7 +308,7 @@ def _require(params: dict[str, str], name: str) -> str:
 
 
 def _parse_nc(value: str) -> int | None:
-    if len(value) != 8 or not all(c in _HEX for c in value):
+    if len(value) != 8 or not _HEX_RE.fullmatch(value):
         return None
     return int(value, 16)
 
@@ -307,14 +340,14 @@ def parse_credentials(header_value: str) -> Credentials:
     nonce = _require(params, "nonce")
     uri = _require(params, "uri")
     response = _require(params, "response")
-    if not response or len(response) > 128 or not all(c in _HEX for c in response):
+    if not response or len(response) > 128 or not _HEX_RE.fullmatch(response):
         raise DigestError("response must be a hexadecimal digest")
     algorithm = Algorithm.parse(params["algorithm"]) if "algorithm" in params else Algorithm.MD5
     nc = params.get("nc")
     if nc is not None and _parse_nc(nc) is None:
         raise DigestError("nc must be exactly 8 hexadecimal digits")
     qop = params.get("qop")
-    if qop is not None and (not qop or not all(c in _TCHAR for c in qop)):
+    if qop is not None and (not qop or not _TOKEN_RE.fullmatch(qop)):
         raise DigestError("qop must be a single token")
     return Credentials(
         username=username,
@@ -502,7 +535,7 @@ class NonceFactory:
 
     def issued_at(self, nonce: str, realm: str) -> float | None:
         """Issue time (seconds) of an authentic nonce, else None; ignores expiry."""
-        if len(nonce) != _NONCE_TEXT_LEN or not all(c in _B64URL for c in nonce):
+        if len(nonce) != _NONCE_TEXT_LEN or not _B64URL_RE.fullmatch(nonce):
             return None
         raw = base64.urlsafe_b64decode(nonce + "=")
         # Reject non-canonical spellings (stray low bits in the last character), so one
@@ -517,7 +550,10 @@ class NonceFactory:
     def check(self, nonce: str, now: float, realm: str) -> NonceStatus:
         if not math.isfinite(now):
             raise ValueError("now must be finite")
-        issued = self.issued_at(nonce, realm)
+        return self.status(self.issued_at(nonce, realm), now)
+
+    def status(self, issued: float | None, now: float) -> NonceStatus:
+        """The status of a nonce whose authenticated issue time (or None) is known."""
         if issued is None or issued - now > self.max_skew:
             return NonceStatus.INVALID
         if now - issued > self.lifetime:
@@ -686,13 +722,16 @@ class DigestServer:
             nc = _parse_nc(c.nc)
             if not nc:
                 return _failed("invalid nonce count")
-        nonce_status = self._nonces.check(c.nonce, now, self._realm)
+        if not math.isfinite(now):
+            raise ValueError("now must be finite")
+        issued = self._nonces.issued_at(c.nonce, self._realm)
+        nonce_status = self._nonces.status(issued, now)
         if nonce_status is NonceStatus.INVALID:
             return _failed("invalid nonce")
 
         if ha1 is not None:
             key = ha1.lower()
-            if len(key) != c.algorithm.hex_length or not all(ch in _HEX for ch in key):
+            if len(key) != c.algorithm.hex_length or not _HEX_RE.fullmatch(key):
                 raise ValueError(f"stored HA1 is not a {c.algorithm.base.value} digest")
         else:
             key = self._dummy_ha1[c.algorithm.base]
@@ -713,7 +752,6 @@ class DigestServer:
         if nonce_status is NonceStatus.STALE:
             return AuthResult(AuthStatus.STALE, "nonce expired")
         if nc is not None:
-            issued = self._nonces.issued_at(c.nonce, self._realm)
             forgotten = issued is not None and issued <= self._tracker.horizon
             if forgotten and c.nonce not in self._tracker:
                 # Evicted from replay memory: a fresh nonce costs the client one round trip.

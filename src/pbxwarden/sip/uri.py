@@ -148,8 +148,41 @@ class URI:
         )
 
 
+_CACHE: dict[str, URI] = {}
+_CACHE_MAX = 4096
+
+
+def _copy(uri: URI) -> URI:
+    return URI(
+        uri.scheme,
+        uri.user,
+        uri.password,
+        uri.host,
+        uri.port,
+        dict(uri.params),
+        uri.headers,
+        uri.opaque,
+    )
+
+
 def parse_uri(text: str, what: str = "URI") -> URI:
-    """Parse any URI; SIP/SIPS/tel strictly, other schemes as RFC 2396 absolute URIs."""
+    """Parse any URI; SIP/SIPS/tel strictly, other schemes as RFC 2396 absolute URIs.
+
+    The same few URIs recur in every message (the PBX's own address, each phone's
+    AOR and contact), so valid parses are remembered by their exact text in a bounded
+    table and handed out as copies; invalid text is parsed (and refused) every time.
+    """
+    cached = _CACHE.get(text)
+    if cached is not None:
+        return _copy(cached)
+    uri = _parse_uri(text, what)
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[text] = _copy(uri)
+    return uri
+
+
+def _parse_uri(text: str, what: str) -> URI:
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.fullmatch(scheme) or not rest:
         raise ParseError(f"malformed {what} {text!r}")
