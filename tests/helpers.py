@@ -162,6 +162,7 @@ def run_sipp(
     transport: str = "u1",
     extra: list[str] | None = None,
     timeout: float = 30,
+    recv_timeout_ms: int = 5000,
     workdir: Path,
 ) -> SippResult:
     """Run SIPp as a UAC against ``target``; counts come from its statistics file.
@@ -202,7 +203,7 @@ def run_sipp(
         "-error_file",
         str(workdir / "sipp-errors.log"),
         "-recv_timeout",
-        "5000",
+        str(recv_timeout_ms),
         "-max_retrans",
         "3",
         "-nd",
@@ -234,6 +235,18 @@ def _sipp_counts(stat_file: Path) -> tuple[int, int]:
     last = lines[-1].split(";")
     row = dict(zip(header, last, strict=False))
     return int(row.get("SuccessfulCall(C)", 0)), int(row.get("FailedCall(C)", 0))
+
+
+def options_request(dest: tuple[str, int], user_agent: str = "pbxwarden-tests") -> bytes:
+    from pbxwarden.sip.message import generate_branch
+
+    return (
+        f"OPTIONS sip:{dest[0]}:{dest[1]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={generate_branch()};rport\r\n"
+        "From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:probe@127.0.0.1>\r\n"
+        f"Call-ID: {generate_branch()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+        f"User-Agent: {user_agent}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def udp_exchange(

@@ -107,6 +107,34 @@ class StorageConfig(_Section):
     flush_interval: float = Field(0.2, gt=0, le=10, description="registration write-back period")
 
 
+class FirewallConfig(_Section):
+    rate_limit: int = Field(100, ge=1, description="requests per source per rate_window")
+    rate_window: float = Field(2.0, gt=0, le=60)
+    auth_failure_limit: int = Field(10, ge=1, le=1000)
+    auth_failure_window: float = Field(300.0, gt=0, le=86400)
+    distributed_sources: int = Field(5, ge=2, le=1000)
+    ban_steps: list[float] = Field([600.0, 3600.0, 86400.0], min_length=1)
+    reject_banned: bool = Field(False, description="answer 403 instead of silence")
+    allow: list[str] = Field([], description="networks never banned (trunks, admins)")
+
+    @field_validator("allow")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"not a network: {net!r} (use CIDR, e.g. 192.0.2.0/24)") from None
+        return value
+
+    @field_validator("ban_steps")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("ban durations must be positive seconds")
+        return value
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = Field(False, alias="json")
@@ -116,6 +144,7 @@ class Config(_Section):
     sip: SipConfig = SipConfig()
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
+    firewall: FirewallConfig = FirewallConfig()
     log: LogConfig = LogConfig()
 
     def database_url(self, data_dir: Path) -> str:
@@ -220,6 +249,15 @@ listen = "127.0.0.1:8080"
 
 [storage]
 # url = "postgresql+psycopg://pbx:secret@127.0.0.1/pbxwarden"   # default: SQLite in the data dir
+
+[firewall]
+rate_limit = 100                 # requests per source per rate_window (seconds); more is a flood
+rate_window = 2.0
+auth_failure_limit = 10          # failed authentications per source within auth_failure_window
+auth_failure_window = 300
+ban_steps = [600, 3600, 86400]   # first, second, third and later bans (seconds)
+reject_banned = false            # false: banned sources get silence, which teaches them nothing
+allow = []                       # networks never banned: your trunks and admin networks (CIDR)
 
 [log]
 level = "info"

@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from pbxwarden.config import Config, load_or_create_secret
+from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.location import LocationService
@@ -54,6 +55,7 @@ class Stats:
     parse_errors: int = 0
     registers_ok: int = 0
     auth_failures: int = 0
+    refused: int = 0
 
 
 class SipServer:
@@ -79,6 +81,20 @@ class SipServer:
         )
         self.directory = Directory()
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
+        fw = config.firewall
+        self.firewall = Firewall(
+            FirewallSettings(
+                rate_window=fw.rate_window,
+                rate_limit=fw.rate_limit,
+                auth_failure_limit=fw.auth_failure_limit,
+                auth_failure_window=fw.auth_failure_window,
+                distributed_sources=fw.distributed_sources,
+                ban_steps=tuple(fw.ban_steps),
+                reject_banned=fw.reject_banned,
+                allow=tuple(fw.allow),
+            )
+        )
+        self._unsaved_bans: dict[str, Ban] = {}
         self.transports = Transports(self.on_message)
         self.stats = Stats()
         self._timer: asyncio.TimerHandle | None = None
@@ -103,6 +119,7 @@ class SipServer:
         rows = await asyncio.to_thread(self.store.load_bindings, time.time())
         self.location.load(rows)
         await self._refresh_directory()
+        await self._sync_firewall()
         host, port = self.config.sip.listen_address
         if "udp" in self.config.sip.transports:
             await self.transports.listen_udp(host, port)
@@ -146,6 +163,7 @@ class SipServer:
                 if now >= next_realm_check:  # tenants and extensions added from the CLI
                     self._add_realms(await asyncio.to_thread(self.store.known_realms))
                     await self._refresh_directory()
+                    await self._sync_firewall()
                     next_realm_check = now + 1.0
             except Exception:  # the database may be briefly locked; retry next round
                 log.exception("registration write-back failed")
@@ -159,6 +177,32 @@ class SipServer:
             self.directory.replace_all(entries, version)
         else:
             self.directory.update(entries, version)
+
+    async def _sync_firewall(self) -> None:
+        """Persist new bans, then adopt the stored set (bans added or removed by the CLI)."""
+        now = time.time()
+        for event in self.firewall.drain_events():
+            log.warning(
+                "firewall " + event.kind,
+                address=event.address,
+                reason=event.reason,
+                until=event.until,
+                extension=event.extension,
+            )
+            if event.kind == "ban" and event.address in self.firewall.bans:
+                self._unsaved_bans[event.address] = self.firewall.bans[event.address]
+        if self._unsaved_bans:
+            rows = [
+                (b.address, b.until, b.reason, b.level, b.created_at)
+                for b in self._unsaved_bans.values()
+            ]
+            await asyncio.to_thread(self.store.save_bans, rows)
+            self._unsaved_bans.clear()
+        since = now - self.firewall.settings.repeat_memory
+        stored = await asyncio.to_thread(self.store.load_bans, now, since)
+        self.firewall.load([Ban(*row) for row in stored], now)
+        for event in self.firewall.drain_events():
+            log.warning("firewall " + event.kind, address=event.address, reason=event.reason)
 
     async def _flush(self) -> None:
         if not self.location.has_changes:
@@ -175,7 +219,11 @@ class SipServer:
     def on_message(self, data: bytes, source: Address) -> None:
         """Entry point for every message from every transport."""
         self.stats.received += 1
-        # Firewall pre-check goes here (ban set, rate limits) before any parsing work.
+        wall = time.time()
+        verdict = self.firewall.check_source(source.host, wall)
+        if verdict is not Verdict.ALLOW:
+            self._refuse(verdict, data, source)
+            return
         try:
             message = parse_message(data)
         except ParseError as exc:
@@ -187,11 +235,23 @@ class SipServer:
             return
         now = self._now()
         if isinstance(message, Request):
+            verdict = self.firewall.inspect(message, source.host, wall)
+            if verdict is not Verdict.ALLOW:
+                self._refuse(verdict, data, source)
+                return
             _stamp_via(message, source)
             actions = self.tx.receive_request(message, source, now)
         else:
             actions = self.tx.receive_response(message, now)
         self._run(actions)
+
+    def _refuse(self, verdict: Verdict, data: bytes, source: Address) -> None:
+        """Banned: silence by default; 403 if the operator prefers an answer."""
+        self.stats.refused += 1
+        if verdict is Verdict.REJECT:
+            reply = error_response_bytes(data, 403, "Forbidden")
+            if reply is not None:
+                self.transports.send(reply, source)
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -275,7 +335,8 @@ class SipServer:
             extension = self.directory.get(self.auth.realm_for(request), credentials.username)
         outcome = self.auth.authenticate(request, credentials, extension, wall)
         if outcome.response is not None:
-            if credentials is not None:
+            if credentials is not None and outcome.response.status == 403:
+                self.firewall.auth_failed(source.host, credentials.username, wall)
                 self.stats.auth_failures += 1
                 log.info(
                     "register refused",
@@ -286,6 +347,7 @@ class SipServer:
             self.respond(key, request, outcome.response)
             return
         assert outcome.extension is not None
+        self.firewall.auth_succeeded(source.host)
         response = self.registrar.register(request, outcome.extension, str(source), wall)
         if response.status == 200:
             self.stats.registers_ok += 1

@@ -43,6 +43,8 @@ extension_app = typer.Typer(no_args_is_help=True, help="Manage extensions (SIP a
 app.add_typer(extension_app, name="extension")
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (companies on this PBX).")
 app.add_typer(tenant_app, name="tenant")
+bans_app = typer.Typer(no_args_is_help=True, help="SIP firewall bans (a running server follows).")
+app.add_typer(bans_app, name="bans")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -236,6 +238,64 @@ def registrations(
         _print_rows(store.list_bindings(time.time()), as_json, "registrations")
     finally:
         store.close()
+
+
+@bans_app.command("list")
+def bans_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """Active bans: address, reason, remaining time, and how many times it was banned."""
+    store = _store(_config())
+    now = time.time()
+    try:
+        rows = [
+            {"address": a, "reason": r, "expires_in": int(u - now), "level": lv}
+            for a, u, r, lv, _ in store.load_bans(now, now)
+        ]
+    finally:
+        store.close()
+    _print_rows(sorted(rows, key=lambda r: str(r["address"])), as_json, "bans")
+
+
+@bans_app.command("add")
+def bans_add(
+    address: str,
+    duration: Annotated[float, typer.Option(help="Seconds.", min=1)] = 86400.0,
+    reason: Annotated[str, typer.Option(help="Why, for the log and the list.")] = "manual ban",
+) -> None:
+    """Ban an address now (the running server applies it within a second)."""
+    import ipaddress
+
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise fail(f"not an IP address: {address!r}") from None
+    config = _config()
+    if any(
+        ipaddress.ip_address(address) in ipaddress.ip_network(n, strict=False)
+        for n in config.firewall.allow
+    ):
+        raise fail(f"{address} is in firewall.allow and would never be banned; remove it there")
+    store = _store(config)
+    now = time.time()
+    try:
+        store.save_bans([(address, now + duration, reason[:255], 1, now)])
+    finally:
+        store.close()
+    out.print(f"banned {address} for {int(duration)} s")
+
+
+@bans_app.command("remove")
+def bans_remove(address: str) -> None:
+    """Lift a ban (and forget it, so the next ban starts short again)."""
+    store = _store(_config())
+    try:
+        removed = store.remove_ban(address)
+    finally:
+        store.close()
+    if not removed:
+        raise fail(f"{address} is not banned")
+    out.print(f"unbanned {address}")
 
 
 def _setup_logging(config: Config) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pbxwarden.sip.digest import Algorithm, compute_ha1
-from pbxwarden.store.models import Extension, Registration, Tenant
+from pbxwarden.store.models import BanRow, Extension, Registration, Tenant
 
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -378,3 +378,32 @@ class Store:
                 }
                 for t, n, c, e, src, ua in conn.execute(stmt)
             ]
+
+    # -- firewall bans -------------------------------------------------------------------
+
+    def save_bans(self, bans: Sequence[tuple[str, float, str, int, float]]) -> None:
+        """Upsert (address, until, reason, level, created_at) rows."""
+        if not bans:
+            return
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            f"INSERT INTO bans (address, until, reason, level, created_at) "
+            f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT (address) DO UPDATE "
+            "SET until = excluded.until, reason = excluded.reason, level = excluded.level, "
+            "created_at = excluded.created_at"
+        )
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(sql, list(bans))
+
+    def load_bans(self, now: float, since: float) -> list[tuple[str, float, str, int, float]]:
+        """Bans active at ``now`` or created after ``since`` (recent ones count for
+        escalation: a repeat offender gets a longer ban)."""
+        stmt = select(
+            BanRow.address, BanRow.until, BanRow.reason, BanRow.level, BanRow.created_at
+        ).where((BanRow.until > now) | (BanRow.created_at >= since))
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(stmt)]  # type: ignore[misc]
+
+    def remove_ban(self, address: str) -> bool:
+        with self.engine.begin() as conn:
+            return bool(conn.execute(delete(BanRow).where(BanRow.address == address)).rowcount)

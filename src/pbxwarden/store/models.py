@@ -66,3 +66,16 @@ class Registration(Base):
     source: Mapped[str] = mapped_column(String(128))
     user_agent: Mapped[str | None] = mapped_column(String(255), nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class BanRow(Base):
+    """A banned source address. Kept after expiry for a while so repeat offenders
+    get longer bans; ``until`` in the past means no longer active."""
+
+    __tablename__ = "bans"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    until: Mapped[float] = mapped_column(Float, index=True)
+    reason: Mapped[str] = mapped_column(String(255))
+    level: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,140 @@
+"""Firewall decisions on a fake clock: floods, brute force, scanners, escalation, allow lists."""
+
+from __future__ import annotations
+
+from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
+from pbxwarden.sip.message import Request, parse_message
+
+T0 = 1_800_000_000.0
+
+
+def options(agent: str | None) -> Request:
+    ua = f"User-Agent: {agent}\r\n" if agent else ""
+    msg = parse_message(
+        (
+            "OPTIONS sip:100@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.7;branch=z9hG4bKx\r\n"
+            "From: <sip:100@pbx>;tag=1\r\nTo: <sip:100@pbx>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
+            f"{ua}Content-Length: 0\r\n\r\n"
+        ).encode()
+    )
+    assert isinstance(msg, Request)
+    return msg
+
+
+def test_flood_is_banned_and_then_dropped_before_parsing() -> None:
+    fw = Firewall(FirewallSettings(rate_limit=20, rate_window=2.0))
+    verdicts = [fw.check_source("203.0.113.7", T0 + i * 0.01) for i in range(25)]
+    assert verdicts[:20] == [Verdict.ALLOW] * 20
+    assert verdicts[20] is Verdict.DROP
+    assert "203.0.113.7" in fw.bans and fw.bans["203.0.113.7"].reason == "request flood"
+    assert fw.check_source("203.0.113.7", T0 + 60) is Verdict.DROP
+    # Another source is not affected.
+    assert fw.check_source("198.51.100.1", T0 + 1) is Verdict.ALLOW
+    events = fw.drain_events()
+    assert [e.kind for e in events] == ["ban"]
+
+
+def test_steady_traffic_below_the_limit_is_never_banned() -> None:
+    fw = Firewall(FirewallSettings(rate_limit=20, rate_window=2.0))
+    # 9 requests per second for a minute: 18 per window, under 20 even with decay.
+    for i in range(540):
+        assert fw.check_source("192.0.2.10", T0 + i / 9) is Verdict.ALLOW
+    assert not fw.bans
+
+
+def test_brute_force_ban_escalates_and_expires() -> None:
+    fw = Firewall(FirewallSettings(auth_failure_limit=5, ban_steps=(600.0, 3600.0, 86400.0)))
+    now = T0
+    durations = []
+    for _round in range(4):
+        for _ in range(5):
+            fw.auth_failed("203.0.113.9", "1000", now)
+        ban = fw.bans["203.0.113.9"]
+        durations.append(ban.until - now)
+        assert fw.check_source("203.0.113.9", ban.until - 1) is Verdict.DROP
+        now = ban.until + 1
+        assert fw.check_source("203.0.113.9", now) is Verdict.ALLOW
+    assert durations == [600.0, 3600.0, 86400.0, 86400.0]
+    kinds = [e.kind for e in fw.drain_events()]
+    assert kinds.count("ban") == 4 and kinds.count("unban") == 4
+
+
+def test_success_resets_the_failure_count() -> None:
+    fw = Firewall(FirewallSettings(auth_failure_limit=3))
+    fw.auth_failed("192.0.2.5", "1000", T0)
+    fw.auth_failed("192.0.2.5", "1000", T0 + 1)
+    fw.auth_succeeded("192.0.2.5")
+    fw.auth_failed("192.0.2.5", "1000", T0 + 2)
+    assert not fw.bans
+
+
+def test_failures_outside_the_window_do_not_add_up() -> None:
+    fw = Firewall(FirewallSettings(auth_failure_limit=3, auth_failure_window=60))
+    for i in range(10):
+        fw.auth_failed("192.0.2.5", "1000", T0 + i * 31)
+    assert not fw.bans
+
+
+def test_distributed_brute_force_alerts_once() -> None:
+    fw = Firewall(FirewallSettings(distributed_sources=4, auth_failure_limit=100))
+    for i in range(8):
+        fw.auth_failed(f"203.0.113.{i}", "1000", T0 + i)
+    alerts = [e for e in fw.drain_events() if e.kind == "distributed-brute-force"]
+    assert len(alerts) == 1 and alerts[0].extension == "1000"
+    assert "4 sources" in alerts[0].reason
+
+
+def test_scanner_user_agents_are_banned() -> None:
+    fw = Firewall()
+    assert fw.inspect(options("friendly-scanner"), "203.0.113.50", T0) is Verdict.DROP
+    assert fw.inspect(options("sipcli/v1.8"), "203.0.113.51", T0) is Verdict.DROP
+    assert fw.inspect(options("VaxSIPUserAgent/3.1"), "203.0.113.52", T0) is Verdict.DROP
+    assert fw.inspect(options("Yealink SIP-T46S 66.86.0.15"), "192.0.2.1", T0) is Verdict.ALLOW
+    assert fw.inspect(options(None), "192.0.2.2", T0) is Verdict.ALLOW
+    assert set(fw.bans) == {"203.0.113.50", "203.0.113.51", "203.0.113.52"}
+
+
+def test_allowlisted_networks_are_never_banned() -> None:
+    fw = Firewall(
+        FirewallSettings(
+            rate_limit=5, auth_failure_limit=2, allow=("198.51.100.0/24", "2001:db8::/32")
+        )
+    )
+    for i in range(50):
+        assert fw.check_source("198.51.100.20", T0 + i * 0.001) is Verdict.ALLOW
+        fw.auth_failed("2001:db8::5", "1000", T0)
+    assert fw.inspect(options("friendly-scanner"), "198.51.100.20", T0) is Verdict.ALLOW
+    assert not fw.bans
+
+
+def test_reject_mode() -> None:
+    fw = Firewall(FirewallSettings(reject_banned=True))
+    fw.ban("203.0.113.3", "manual", T0)
+    assert fw.check_source("203.0.113.3", T0 + 1) is Verdict.REJECT
+
+
+def test_loaded_bans_replace_memory_and_keep_escalation() -> None:
+    fw = Firewall(FirewallSettings(auth_failure_limit=1, ban_steps=(10.0, 100.0)))
+    fw.ban("203.0.113.4", "x", T0)
+    fw.drain_events()
+    # The store no longer has it (an admin removed it): unbanned, with an event.
+    fw.load([Ban("192.0.2.99", T0 + 50, "manual", 1, T0)], T0 + 1)
+    assert set(fw.bans) == {"192.0.2.99"}
+    assert [(e.kind, e.reason) for e in fw.drain_events()] == [
+        ("unban", "removed by an administrator")
+    ]
+    # A ban remembered from the store makes the next one longer.
+    fw.load([Ban("203.0.113.8", T0 - 5, "old", 1, T0 - 20)], T0)
+    fw.auth_failed("203.0.113.8", "1000", T0 + 1)
+    assert fw.bans["203.0.113.8"].until == T0 + 1 + 100.0
+
+
+def test_memory_is_bounded_under_spoofed_sources() -> None:
+    fw = Firewall(FirewallSettings(max_tracked=1000, auth_failure_limit=1000))
+    for i in range(20_000):
+        address = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        fw.check_source(address, T0)
+        fw.auth_failed(address, str(1000 + i), T0)
+    assert len(fw._current) <= 1000
+    assert len(fw._source_failures) <= 1001
+    assert len(fw._extension_sources) <= 1001

@@ -1,0 +1,186 @@
+"""The SIP firewall against real traffic from distinct loopback source addresses.
+
+127.0.0.0/8 gives each test its own attacker addresses; the legitimate phone stays on
+127.0.0.1 and must keep registering throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pbxwarden.sip.message import Response, parse_message
+from tests.helpers import (
+    PbxProcess,
+    SipClient,
+    cli,
+    options_request,
+    run_sipp,
+    running_pbx,
+    sipp_available,
+    status_of,
+    udp_exchange,
+)
+
+PHONE = {"1000": "Phone-Passw0rd-ok"}
+FAST_BANS = {
+    "PBXWARDEN_FIREWALL__AUTH_FAILURE_LIMIT": "5",
+    "PBXWARDEN_FIREWALL__RATE_LIMIT": "60",
+}
+
+
+def phone_registers(pbx: PbxProcess) -> bool:
+    client = SipClient((pbx.host, pbx.port))
+    try:
+        reply = parse_message(client.register("1000", PHONE["1000"]))
+        return isinstance(reply, Response) and reply.status == 200
+    finally:
+        client.close()
+
+
+def answered(pbx: PbxProcess, source: str, user_agent: str = "pbxwarden-tests") -> bool:
+    dest = (pbx.host, pbx.port)
+    reply = udp_exchange(options_request(dest, user_agent), dest, timeout=0.7, source_ip=source)
+    return status_of(reply) == 200
+
+
+def bans(pbx: PbxProcess) -> dict[str, dict[str, object]]:
+    out = cli(pbx.data_dir, "bans", "list", "--json").stdout
+    return {} if out.strip() == "no bans" else {b["address"]: b for b in json.loads(out)}
+
+
+def wait_for(predicate: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
+def test_password_brute_force_is_banned_while_the_phone_keeps_working(tmp_path: Path) -> None:
+    with running_pbx(tmp_path / "data", PHONE, env=FAST_BANS) as pbx:
+        attacker = "127.0.0.9"
+        guesses = {"1000": "guess-number-one"}
+        result = run_sipp(
+            "register_wrong_password.xml",
+            f"{pbx.host}:{pbx.port}",
+            users=guesses,
+            calls=8,
+            rate=4,
+            local_ip=attacker,
+            recv_timeout_ms=1000,
+            timeout=25,
+            workdir=tmp_path,
+        )
+        # Five wrong guesses are answered 403; from then on the attacker hears nothing.
+        assert (result.successful, result.failed) == (5, 3), result.output
+        assert phone_registers(pbx)
+        assert not answered(pbx, attacker)
+        assert answered(pbx, "127.0.0.1")
+        assert wait_for(lambda: attacker in bans(pbx))
+        assert "5 failed authentications" in str(bans(pbx)[attacker]["reason"])
+        # An administrator lifts the ban; the running server follows within a second or two.
+        cli(pbx.data_dir, "bans", "remove", attacker)
+        assert wait_for(lambda: answered(pbx, attacker))
+
+
+def test_scanner_fingerprint_is_banned_on_sight(tmp_path: Path) -> None:
+    with running_pbx(tmp_path / "data", PHONE) as pbx:
+        assert not answered(pbx, "127.0.0.10", user_agent="friendly-scanner")
+        assert not answered(pbx, "127.0.0.10")  # banned now, whatever it claims to be
+        assert answered(pbx, "127.0.0.11")
+        assert phone_registers(pbx)
+
+
+def test_flood_is_cut_off_and_others_are_served(tmp_path: Path) -> None:
+    import socket
+
+    with running_pbx(tmp_path / "data", PHONE, env=FAST_BANS) as pbx:
+        dest = (pbx.host, pbx.port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.12", 0))
+            sock.settimeout(0.5)
+            for _ in range(300):
+                sock.sendto(options_request(dest), dest)
+            replies = 0
+            try:
+                while True:
+                    sock.recv(65535)
+                    replies += 1
+            except TimeoutError:
+                pass
+        assert 50 <= replies <= 70, replies  # the limit is 60 per 2 s window
+        assert not answered(pbx, "127.0.0.12")
+        assert answered(pbx, "127.0.0.13")
+        assert phone_registers(pbx)
+
+
+def test_bans_survive_restart_and_cli_bans_apply_live(tmp_path: Path) -> None:
+    with running_pbx(tmp_path / "data", PHONE) as pbx:
+        cli(
+            pbx.data_dir,
+            "bans",
+            "add",
+            "127.0.0.14",
+            "--duration",
+            "3600",
+            "--reason",
+            "seen in the logs",
+        )
+        assert wait_for(lambda: not answered(pbx, "127.0.0.14"))
+        assert not answered(pbx, "127.0.0.15", user_agent="sipcli/v1.8")
+        assert wait_for(lambda: "127.0.0.15" in bans(pbx))
+        pbx.stop()
+        pbx.start()
+        assert not answered(pbx, "127.0.0.14")
+        assert not answered(pbx, "127.0.0.15")
+        assert answered(pbx, "127.0.0.16")
+        proc = cli(pbx.data_dir, "bans", "add", "not-an-ip", check=False)
+        assert proc.returncode == 1 and "not an IP address" in proc.stderr
+
+
+def test_reject_mode_answers_403(tmp_path: Path) -> None:
+    env = {"PBXWARDEN_FIREWALL__REJECT_BANNED": "true"}
+    with running_pbx(tmp_path / "data", PHONE, env=env) as pbx:
+        cli(pbx.data_dir, "bans", "add", "127.0.0.17")
+        dest = (pbx.host, pbx.port)
+        assert wait_for(
+            lambda: (
+                status_of(
+                    udp_exchange(options_request(dest), dest, timeout=0.5, source_ip="127.0.0.17")
+                )
+                == 403
+            )
+        )
+
+
+def test_unknown_and_known_extension_answers_compare_equal(tmp_path: Path) -> None:
+    """No enumeration through REGISTER: same status, reason and header names."""
+    with running_pbx(tmp_path / "data", PHONE) as pbx:
+        shapes = []
+        for user in ("1000", "1999"):  # 1000 exists, 1999 does not
+            client = SipClient((pbx.host, pbx.port))
+            try:
+                first = parse_message(client.request(user))
+                final = parse_message(client.register(user, "Wrong-Passw0rd-x"))
+            finally:
+                client.close()
+            assert isinstance(first, Response) and isinstance(final, Response)
+            shapes.append(
+                [
+                    (
+                        r.status,
+                        r.reason,
+                        sorted(name for name, _ in r.headers),
+                        [v.split("nonce=")[0] for v in r.headers.get_all("WWW-Authenticate")],
+                    )
+                    for r in (first, final)
+                ]
+            )
+        assert shapes[0] == shapes[1]
+        assert shapes[0][1][0] == 403
