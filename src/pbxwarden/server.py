@@ -346,7 +346,19 @@ class SipServer:
                 )
             self.respond(key, request, outcome.response)
             return
-        assert outcome.extension is not None
+        assert outcome.extension is not None and credentials is not None
+        if not outcome.extension.allows(source.host):
+            # The right password from the wrong network: likely stolen credentials. Same
+            # answer as a wrong password, counted towards a ban, and loudly logged.
+            self.firewall.auth_failed(source.host, credentials.username, wall)
+            log.warning(
+                "register from outside the extension's networks",
+                source=str(source),
+                extension=outcome.extension.number,
+                tenant=outcome.extension.tenant,
+            )
+            self.respond(key, request, self.auth.forbidden(request))
+            return
         self.firewall.auth_succeeded(source.host)
         response = self.registrar.register(request, outcome.extension, str(source), wall)
         if response.status == 200:

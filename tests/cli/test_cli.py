@@ -40,6 +40,7 @@ def test_generated_password_is_strong_and_shown_once(tmp_path: Path) -> None:
             "number": "1000",
             "display_name": None,
             "enabled": True,
+            "networks": None,
             "registrations": 0,
         }
     ]

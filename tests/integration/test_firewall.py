@@ -184,3 +184,37 @@ def test_unknown_and_known_extension_answers_compare_equal(tmp_path: Path) -> No
             )
         assert shapes[0] == shapes[1]
         assert shapes[0][1][0] == 403
+
+
+def test_extension_acl_limits_where_a_phone_may_register(tmp_path: Path) -> None:
+    with running_pbx(tmp_path / "data", PHONE) as pbx:
+        cli(pbx.data_dir, "extension", "acl", "1000", "--allow", "127.0.0.0/30")
+        time.sleep(1.5)  # the server re-reads extensions every second
+        inside = SipClient((pbx.host, pbx.port), source_ip="127.0.0.2")
+        outside = SipClient((pbx.host, pbx.port), source_ip="127.0.0.20")
+        try:
+            ok = parse_message(inside.register("1000", PHONE["1000"]))
+            assert isinstance(ok, Response) and ok.status == 200
+            # The right password from elsewhere looks exactly like a wrong one.
+            refused = parse_message(outside.register("1000", PHONE["1000"]))
+            assert isinstance(refused, Response) and refused.status == 403
+            wrong = parse_message(outside.register("1000", "Wrong-Passw0rd-x"))
+            assert isinstance(wrong, Response)
+            assert (refused.status, refused.reason) == (wrong.status, wrong.reason)
+        finally:
+            inside.close()
+            outside.close()
+        assert "outside the extension's networks" in pbx.log()
+        listed = json.loads(cli(pbx.data_dir, "extension", "list", "--json").stdout)
+        assert listed[0]["networks"] == "127.0.0.0/30"
+        bad = cli(pbx.data_dir, "extension", "acl", "1000", "--allow", "10.0.0.300/8",
+                  check=False)
+        assert bad.returncode == 1 and "not a network" in bad.stderr
+        cli(pbx.data_dir, "extension", "acl", "1000", "--clear")
+        time.sleep(1.5)
+        anywhere = SipClient((pbx.host, pbx.port), source_ip="127.0.0.21")
+        try:
+            ok = parse_message(anywhere.register("1000", PHONE["1000"]))
+            assert isinstance(ok, Response) and ok.status == 200
+        finally:
+            anywhere.close()

@@ -215,6 +215,29 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     out.print(table)
 
 
+@extension_app.command("acl")
+def extension_acl(
+    number: str,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="Network (CIDR) the phone may register from; repeat for several."),
+    ] = None,
+    clear: Annotated[bool, typer.Option(help="Allow any network again.")] = False,
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Restrict an extension to its networks: a desk phone registers only from the office."""
+    if clear == bool(allow):
+        raise fail("give --allow CIDR (one or more) or --clear")
+    store = _store(_config())
+    try:
+        store.set_acl(tenant, number, None if clear else ", ".join(allow or []))
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"extension {number}: " + ("any network" if clear else ", ".join(allow or [])))
+
+
 @extension_app.command("list")
 def extension_list(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,

@@ -6,6 +6,7 @@ calls it directly. Every public method is one short transaction.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import time
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from pbxwarden.sip.digest import Algorithm, compute_ha1
 from pbxwarden.store.models import BanRow, Extension, Registration, Tenant
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 REALM_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?")
@@ -45,6 +47,33 @@ class ExtensionAuth:
     realm: str
     ha1: dict[Algorithm, str]
     enabled: bool
+    # Networks the extension may register and call from; empty means anywhere.
+    networks: tuple[IPNetwork, ...] = ()
+
+    def allows(self, address: str) -> bool:
+        if not self.networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+
+def parse_networks(text: str | None) -> tuple[IPNetwork, ...]:
+    """``"192.0.2.0/24, 2001:db8::/48"`` -> networks; raises StoreError naming a bad one."""
+    if not text:
+        return ()
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise StoreError(f"not a network: {part!r} (use CIDR, e.g. 192.0.2.0/24)") from None
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +231,7 @@ class Store:
                 Extension.number,
                 Extension.display_name,
                 Extension.enabled,
+                Extension.acl,
                 func.count(Registration.id),
             )
             .join(Tenant, Tenant.id == Extension.tenant_id)
@@ -217,8 +247,15 @@ class Store:
             stmt = stmt.where(Tenant.name == tenant)
         with Session(self.engine) as s:
             return [
-                {"tenant": t, "number": n, "display_name": d, "enabled": e, "registrations": c}
-                for t, n, d, e, c in s.execute(stmt)
+                {
+                    "tenant": t,
+                    "number": n,
+                    "display_name": d,
+                    "enabled": e,
+                    "networks": acl,
+                    "registrations": c,
+                }
+                for t, n, d, e, acl, c in s.execute(stmt)
             ]
 
     _AUTH_COLUMNS = (
@@ -229,14 +266,40 @@ class Store:
         Extension.ha1_md5,
         Extension.ha1_sha256,
         Extension.enabled,
+        Extension.acl,
     )
 
     @staticmethod
     def _auth_row(row: Any) -> ExtensionAuth:
-        ext_id, tenant, num, ext_realm, md5, sha256, enabled = row
+        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl = row
+        try:
+            networks = parse_networks(acl)
+        except StoreError:  # validated on write; never let one bad row stop the server
+            networks = (ipaddress.ip_network("0.0.0.0/32"),)  # fail closed
         return ExtensionAuth(
-            ext_id, tenant, num, ext_realm, {Algorithm.MD5: md5, Algorithm.SHA256: sha256}, enabled
+            ext_id,
+            tenant,
+            num,
+            ext_realm,
+            {Algorithm.MD5: md5, Algorithm.SHA256: sha256},
+            enabled,
+            networks,
         )
+
+    def set_acl(self, tenant: str, number: str, networks: str | None) -> None:
+        """Restrict where an extension may register from (None: anywhere)."""
+        parsed = parse_networks(networks)
+        text = ", ".join(str(n) for n in parsed) or None
+        with Session(self.engine) as s, s.begin():
+            ext = s.scalar(
+                select(Extension)
+                .join(Tenant, Tenant.id == Extension.tenant_id)
+                .where(Tenant.name == tenant, Extension.number == number)
+            )
+            if ext is None:
+                raise StoreError(f"no extension {number} in tenant {tenant}")
+            ext.acl = text
+            ext.updated_at = time.time()
 
     def extension_auth(self, realm: str, number: str) -> ExtensionAuth | None:
         stmt = (

@@ -44,6 +44,7 @@ class Extension(Base):
     ha1_md5: Mapped[str] = mapped_column(String(32))
     ha1_sha256: Mapped[str] = mapped_column(String(64))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    acl: Mapped[str | None] = mapped_column(Text, nullable=True)  # CIDRs, comma-separated
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
