@@ -171,12 +171,13 @@ def run_sipp(
     """
     for old in ("stat.csv", "sipp-errors.log"):
         (workdir / old).unlink(missing_ok=True)
+    scenario_path = scenario if Path(scenario).is_absolute() else str(SCENARIOS / scenario)
     domain = target.rsplit(":", 1)[0]
     args = [
         "sipp",
         target,
         "-sf",
-        str(SCENARIOS / scenario),
+        scenario_path,
         "-m",
         str(calls),
         "-r",
@@ -350,3 +351,56 @@ class SipClient:
             nc=1,
         )
         return self.request(user, authorization=auth, **kwargs)  # type: ignore[arg-type]
+
+
+def start_sipp_uas(
+    scenario: str | Path,
+    local_port: int,
+    workdir: Path,
+    *,
+    calls: int = 1,
+    local_ip: str = "127.0.0.1",
+    timeout: float = 30,
+) -> subprocess.Popen[bytes]:
+    """A SIPp phone waiting for calls on ``local_ip:local_port`` (server mode)."""
+    path = scenario if isinstance(scenario, Path) else SCENARIOS / scenario
+    args = [
+        "sipp",
+        "-sf",
+        str(path),
+        "-i",
+        local_ip,
+        "-p",
+        str(local_port),
+        "-m",
+        str(calls),
+        "-nostdin",
+        "-nd",
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-trace_err",
+        "-error_file",
+        str(workdir / "uas-errors.log"),
+        "-trace_stat",
+        "-stf",
+        str(workdir / "uas-stat.csv"),
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    time.sleep(0.3)  # let it bind
+    return proc
+
+
+def finish_sipp_uas(
+    proc: subprocess.Popen[bytes], workdir: Path, timeout: float = 30
+) -> SippResult:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    ok, failed = _sipp_counts(workdir / "uas-stat.csv")
+    errors = workdir / "uas-errors.log"
+    return SippResult(
+        proc.returncode, ok, failed, errors.read_text()[-4000:] if errors.exists() else ""
+    )

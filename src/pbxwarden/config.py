@@ -135,6 +135,15 @@ class FirewallConfig(_Section):
         return value
 
 
+class CallsConfig(_Section):
+    ring_timeout: float = Field(
+        60.0, gt=0, le=600, description="seconds before a call is unanswered"
+    )
+    max_duration: float = Field(
+        14400.0, gt=0, le=86400, description="seconds; then both legs hang up"
+    )
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = Field(False, alias="json")
@@ -145,6 +154,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     storage: StorageConfig = StorageConfig()
     firewall: FirewallConfig = FirewallConfig()
+    calls: CallsConfig = CallsConfig()
     log: LogConfig = LogConfig()
 
     def database_url(self, data_dir: Path) -> str:
@@ -258,6 +268,10 @@ auth_failure_window = 300
 ban_steps = [600, 3600, 86400]   # first, second, third and later bans (seconds)
 reject_banned = false            # false: banned sources get silence, which teaches them nothing
 allow = []                       # networks never banned: your trunks and admin networks (CIDR)
+
+[calls]
+ring_timeout = 60                # seconds of ringing before the caller hears "no answer"
+max_duration = 14400             # no call lasts longer than this (seconds)
 
 [log]
 level = "info"

@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.pbx.auth import Authenticator
+from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
+from pbxwarden.pbx.cdr import CdrWriter
 from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.location import LocationService
+from pbxwarden.pbx.policy import DefaultPolicy
 from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
 from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
 from pbxwarden.sip.errors import ParseError
@@ -35,11 +39,13 @@ from pbxwarden.sip.transaction import (
     Action,
     Address,
     DeliverRequest,
+    DeliverResponse,
     SendMessage,
     TimerConfig,
     TransactionError,
     TransactionKey,
     TransactionLayer,
+    TransactionTimeout,
 )
 from pbxwarden.store.db import Store
 from pbxwarden.transport.network import Transports, tls_context
@@ -95,6 +101,15 @@ class SipServer:
             )
         )
         self._unsaved_bans: dict[str, Ban] = {}
+        self.cdrs = CdrWriter(store)
+        self.calls = CallManager(
+            self,
+            self.auth,
+            self.directory,
+            self.location,
+            DefaultPolicy(),
+            CallSettings(config.calls.ring_timeout, config.calls.max_duration, sip.t1, sip.t2),
+        )
         self.transports = Transports(self.on_message)
         self.stats = Stats()
         self._timer: asyncio.TimerHandle | None = None
@@ -116,6 +131,10 @@ class SipServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        interrupted = await asyncio.to_thread(self.store.cdr_interrupt_open, time.time())
+        if interrupted:
+            log.warning("calls open at the last stop closed as interrupted", count=interrupted)
+        self.cdrs.start()
         rows = await asyncio.to_thread(self.store.load_bindings, time.time())
         self.location.load(rows)
         await self._refresh_directory()
@@ -141,6 +160,10 @@ class SipServer:
         )
 
     async def stop(self) -> None:
+        for call in self.calls.active:
+            self.calls.end_call(call.id, "server shutting down")
+        await asyncio.sleep(0.05)  # let the BYEs and CANCELs leave
+        await self.cdrs.stop()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -263,6 +286,10 @@ class SipServer:
                 self.transports.send(action.message.to_bytes(), action.dest)
             elif isinstance(action, DeliverRequest):
                 self._dispatch(action.request, action.source, action.key)
+            elif isinstance(action, DeliverResponse):
+                self.calls.on_response(action.response, action.key)
+            elif isinstance(action, TransactionTimeout):
+                self.calls.on_timeout(action.key)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -294,9 +321,9 @@ class SipServer:
 
     def _dispatch(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         method = request.method
-        if method == "ACK":
-            return
-        if method == "REGISTER":
+        if method in ("INVITE", "ACK", "CANCEL", "BYE") or request.to.tag is not None:
+            self.calls.on_request(request, source, key)
+        elif method == "REGISTER":
             self._register(request, source, key)
         elif method == "OPTIONS":
             self.respond(
@@ -312,7 +339,7 @@ class SipServer:
                     ],
                 ),
             )
-        elif method in ("CANCEL", "BYE", "INFO", "UPDATE", "NOTIFY", "PRACK"):
+        elif method in ("INFO", "UPDATE", "NOTIFY", "PRACK"):
             self.respond(key, request, make_response(request, 481))
         else:
             self.respond(
@@ -364,6 +391,39 @@ class SipServer:
         if response.status == 200:
             self.stats.registers_ok += 1
         self.respond(key, request, response)
+
+    # -- CallPort: what the B2BUA uses ---------------------------------------------------
+
+    def send_request(self, request: Request, dest: Address) -> TransactionKey:
+        key, actions = self.tx.send_request(request, dest, self._now())
+        self._run(actions)
+        return key
+
+    def send_direct(self, message: Request | Response, dest: Address) -> None:
+        self.transports.send(message.to_bytes(), dest)
+
+    def build_cancel(self, key: TransactionKey) -> Request:
+        return self.tx.build_cancel(key)
+
+    def local_address(self, transport: str) -> tuple[str, int]:
+        bound = self.transports.bound.get(transport) or self.transports.bound["UDP"]
+        return bound[0], bound[1]
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        assert self._loop is not None
+        return self._loop.call_later(delay, callback)
+
+    def wall_time(self) -> float:
+        return time.time()
+
+    def cdr_open(self, token: int, fields: dict[str, Any]) -> None:
+        self.cdrs.open(token, fields)
+
+    def cdr_close(self, token: int, fields: dict[str, Any]) -> None:
+        self.cdrs.close(token, fields)
+
+    def auth_failed(self, source: Address, username: str) -> None:
+        self.firewall.auth_failed(source.host, username, time.time())
 
 
 def _phrase(status: int) -> str:

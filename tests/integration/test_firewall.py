@@ -207,8 +207,7 @@ def test_extension_acl_limits_where_a_phone_may_register(tmp_path: Path) -> None
         assert "outside the extension's networks" in pbx.log()
         listed = json.loads(cli(pbx.data_dir, "extension", "list", "--json").stdout)
         assert listed[0]["networks"] == "127.0.0.0/30"
-        bad = cli(pbx.data_dir, "extension", "acl", "1000", "--allow", "10.0.0.300/8",
-                  check=False)
+        bad = cli(pbx.data_dir, "extension", "acl", "1000", "--allow", "10.0.0.300/8", check=False)
         assert bad.returncode == 1 and "not a network" in bad.stderr
         cli(pbx.data_dir, "extension", "acl", "1000", "--clear")
         time.sleep(1.5)

@@ -321,6 +321,27 @@ def bans_remove(address: str) -> None:
     out.print(f"unbanned {address}")
 
 
+@app.command()
+def cdr(
+    since: Annotated[float, typer.Option(help="Only calls started in the last SECONDS.")] = 0.0,
+    limit: Annotated[int, typer.Option(help="At most this many records.", min=1)] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV output for spreadsheets.")] = False,
+) -> None:
+    """Call detail records: every attempt, answered, failed or blocked, with the reasons."""
+    store = _store(_config())
+    try:
+        rows = store.list_cdrs(time.time() - since if since else 0.0, limit)
+    finally:
+        store.close()
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["id"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    _print_rows(rows, as_json, "call records")
+
+
 def _setup_logging(config: Config) -> None:
     level = getattr(logging, config.log.level.upper())
     renderer: Any = (

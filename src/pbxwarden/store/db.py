@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pbxwarden.sip.digest import Algorithm, compute_ha1
-from pbxwarden.store.models import BanRow, Extension, Registration, Tenant
+from pbxwarden.store.models import BanRow, Cdr, Extension, Registration, Tenant
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
@@ -470,3 +470,39 @@ class Store:
     def remove_ban(self, address: str) -> bool:
         with self.engine.begin() as conn:
             return bool(conn.execute(delete(BanRow).where(BanRow.address == address)).rowcount)
+
+    # -- call detail records -------------------------------------------------------------
+
+    def cdr_open(self, fields: dict[str, Any]) -> int:
+        """Insert a CDR for a call attempt that just started; committed before returning."""
+        with Session(self.engine) as s, s.begin():
+            row = Cdr(disposition="in-progress", **fields)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def cdr_close(self, cdr_id: int, fields: dict[str, Any]) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(Cdr, cdr_id)
+            if row is not None:
+                for key, value in fields.items():
+                    setattr(row, key, value)
+
+    def cdr_interrupt_open(self, now: float) -> int:
+        """After a crash: calls still open cannot be in progress any more."""
+        with Session(self.engine) as s, s.begin():
+            rows = s.scalars(select(Cdr).where(Cdr.disposition == "in-progress")).all()
+            for row in rows:
+                row.disposition = "interrupted"
+                row.end_ts = now
+                if row.answer_ts is not None:
+                    row.duration = max(0.0, now - row.answer_ts)
+            return len(rows)
+
+    def list_cdrs(self, since: float = 0.0, limit: int = 1000) -> list[dict[str, Any]]:
+        stmt = select(Cdr).where(Cdr.start_ts >= since).order_by(Cdr.start_ts).limit(limit)
+        with Session(self.engine) as s:
+            return [
+                {c.name: getattr(row, c.name) for c in Cdr.__table__.columns}
+                for row in s.scalars(stmt)
+            ]

@@ -80,3 +80,26 @@ class BanRow(Base):
     reason: Mapped[str] = mapped_column(String(255))
     level: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class Cdr(Base):
+    """One call attempt, answered or not. Opened when the attempt starts, so that a
+    crash leaves a row to close as ``interrupted`` instead of losing the call."""
+
+    __tablename__ = "cdrs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[str] = mapped_column(String(255), index=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    extension: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    caller: Mapped[str] = mapped_column(String(128))
+    callee: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # internal, external, inbound, forwarded
+    disposition: Mapped[str] = mapped_column(String(16), index=True)
+    sip_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[str] = mapped_column(Text)
+    start_ts: Mapped[float] = mapped_column(Float, index=True)
+    answer_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    end_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,0 +1,555 @@
+"""The B2BUA: every call is two dialogs joined by the PBX, never a plain proxy.
+
+Holding both legs is what lets the PBX authorize a call before it costs anything,
+account for it, and end it at any moment (a spend cap, a fraud alert, an operator).
+The calling extension authenticates with digest; the attempt goes through the
+authorization hook (:mod:`pbxwarden.pbx.policy`); the callee's registered contact is
+called on a new leg; responses are relayed; either side may hang up.
+
+Timers (ringing too long, maximum duration, retransmitting our 2xx until the ACK
+comes) use the scheduler of the :class:`CallPort`, so this module stays free of
+sockets and event loops.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from pbxwarden.pbx.auth import Authenticator
+from pbxwarden.pbx.directory import Directory
+from pbxwarden.pbx.location import LocationService
+from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer, Decision
+from pbxwarden.pbx.registrar import aor_key
+from pbxwarden.sip.dialog import Dialog
+from pbxwarden.sip.digest import DigestError
+from pbxwarden.sip.message import (
+    REASON_PHRASES,
+    CSeq,
+    Headers,
+    Request,
+    Response,
+    Via,
+    generate_branch,
+    generate_call_id,
+    generate_tag,
+    make_response,
+    safe_reason,
+)
+from pbxwarden.sip.transaction import Address, TransactionKey
+from pbxwarden.sip.uri import URI, NameAddr, parse_uri
+from pbxwarden.store.db import ExtensionAuth
+
+log = structlog.get_logger("pbxwarden.calls")
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class CallPort(Protocol):
+    """What the B2BUA needs from the running server."""
+
+    def send_request(self, request: Request, dest: Address) -> TransactionKey: ...
+    def send_direct(self, message: Request | Response, dest: Address) -> None: ...
+    def respond(self, key: TransactionKey | None, request: Request, response: Response) -> None: ...
+    def build_cancel(self, key: TransactionKey) -> Request: ...
+    def local_address(self, transport: str) -> tuple[str, int]: ...
+    def schedule(self, delay: float, callback: Callable[[], None]) -> Cancellable: ...
+    def wall_time(self) -> float: ...
+    def cdr_open(self, token: int, fields: dict[str, Any]) -> None: ...
+    def cdr_close(self, token: int, fields: dict[str, Any]) -> None: ...
+    def auth_failed(self, source: Address, username: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    ring_timeout: float = 60.0
+    max_duration: float = 4 * 3600.0
+    t1: float = 0.5
+    t2: float = 4.0
+
+
+_DISPOSITIONS = {
+    486: "busy",
+    600: "busy",
+    603: "declined",
+    408: "no-answer",
+    480: "unavailable",
+    487: "cancelled",
+}
+
+
+@dataclass(eq=False)
+class Call:
+    token: int
+    tenant: str
+    caller: ExtensionAuth
+    callee: str
+    a_request: Request
+    a_key: TransactionKey | None
+    a_source: Address
+    a_tag: str
+    decision: Decision
+    started: float
+    b_request: Request | None = None
+    b_key: TransactionKey | None = None
+    b_dest: Address | None = None
+    a_dialog: Dialog | None = None
+    b_dialog: Dialog | None = None
+    b_provisional: bool = False
+    answered: float | None = None
+    a_acked: bool = False
+    a_final: Response | None = None
+    ended: bool = False
+    timers: list[Cancellable] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.a_request.call_id
+
+
+def _parse_source(source: str) -> Address | None:
+    """Bindings remember where a REGISTER came from as ``udp:host:port``."""
+    transport, _, rest = source.partition(":")
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return None
+    return Address(transport.upper(), host, int(port))
+
+
+class CallManager:
+    def __init__(
+        self,
+        port: CallPort,
+        auth: Authenticator,
+        directory: Directory,
+        location: LocationService,
+        policy: CallAuthorizer,
+        settings: CallSettings | None = None,
+    ) -> None:
+        self.port = port
+        self.auth = auth
+        self.directory = directory
+        self.location = location
+        self.policy = policy
+        self.settings = settings or CallSettings()
+        self.calls: dict[int, Call] = {}
+        self._by_invite: dict[TransactionKey, Call] = {}
+        self._by_b_key: dict[TransactionKey, Call] = {}
+        self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
+        self._tokens = itertools.count(1)
+
+    # -- entry points from the server -----------------------------------------------------
+
+    def on_request(self, request: Request, source: Address, key: TransactionKey | None) -> None:
+        method = request.method
+        if request.to.tag is not None:
+            self._in_dialog(request, source, key)
+        elif method == "INVITE":
+            self._new_call(request, source, key)
+        elif method == "CANCEL":
+            self._cancel(request, key)
+        elif method != "ACK":
+            self.port.respond(key, request, make_response(request, 481))
+
+    def on_response(self, response: Response, key: TransactionKey) -> None:
+        call = self._by_b_key.get(key)
+        if call is None:
+            return
+        if response.cseq.method == "INVITE":
+            self._b_invite_response(call, response)
+
+    def on_timeout(self, key: TransactionKey) -> None:
+        call = self._by_b_key.get(key)
+        if call is not None and not call.ended and call.answered is None:
+            self._fail_a(call, 408, "no answer from the callee's phone")
+
+    def end_call(self, call_id: str, reason: str = "ended by an administrator") -> bool:
+        """End a call in progress: BYE on both legs (or CANCEL if it is still ringing)."""
+        for call in list(self.calls.values()):
+            if call.id == call_id and not call.ended:
+                self._hang_up_both(call, reason)
+                return True
+        return False
+
+    # -- a new call ----------------------------------------------------------------------
+
+    def _new_call(self, request: Request, source: Address, key: TransactionKey | None) -> None:
+        now = self.port.wall_time()
+        try:
+            credentials = self.auth.credentials(request)
+        except DigestError as exc:
+            self.port.respond(
+                key, request, make_response(request, 400, f"Bad Request ({safe_reason(str(exc))})")
+            )
+            return
+        realm = self.auth.realm_for(request)
+        extension = (
+            self.directory.get(realm, credentials.username) if credentials is not None else None
+        )
+        outcome = self.auth.authenticate(request, credentials, extension, now)
+        if outcome.response is not None:
+            if credentials is not None and outcome.response.status == 403:
+                self.port.auth_failed(source, credentials.username)
+            self.port.respond(key, request, outcome.response)
+            return
+        caller = outcome.extension
+        assert caller is not None and credentials is not None
+        if not caller.allows(source.host):
+            self.port.auth_failed(source, credentials.username)
+            log.warning(
+                "call from outside the extension's networks",
+                source=str(source),
+                extension=caller.number,
+                tenant=caller.tenant,
+            )
+            self.port.respond(key, request, self.auth.forbidden(request))
+            return
+        dialed = request.uri.user or ""
+        callee = self.directory.get(caller.realm, dialed) if request.uri.is_sip else None
+        kind = "internal" if callee is not None else "external"
+        decision = self.policy.authorize(
+            CallAttempt(caller.tenant, caller.number, caller.number, dialed, kind, str(source), now)
+        )
+        call = Call(
+            next(self._tokens),
+            caller.tenant,
+            caller,
+            dialed,
+            request,
+            key,
+            source,
+            generate_tag(),
+            decision,
+            now,
+        )
+        self.port.cdr_open(
+            call.token,
+            {
+                "call_id": request.call_id[:255],
+                "tenant": caller.tenant,
+                "extension": caller.number,
+                "caller": caller.number,
+                "callee": dialed[:128],
+                "kind": kind,
+                "decision": decision.label,
+                "reasons": "; ".join(decision.reasons),
+                "start_ts": now,
+            },
+        )
+        self.calls[call.token] = call
+        if key is not None:
+            self._by_invite[key] = call
+        if not decision.allow:
+            log.warning(
+                "call denied",
+                extension=caller.number,
+                dialed=dialed[:64],
+                reasons=list(decision.reasons),
+            )
+            self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
+            return
+        if callee is None or not callee.enabled:
+            self._fail_a(call, 404, "no such extension")
+            return
+        bindings = self.location.lookup(aor_key(callee.realm, callee.number), now)
+        dest = _parse_source(bindings[0].source) if bindings else None
+        if not bindings or dest is None:
+            self._fail_a(call, 480, "the extension is not registered")
+            return
+        self.port.respond(key, request, make_response(request, 100))
+        self._send_b_invite(call, parse_uri(bindings[0].contact), dest)
+        call.timers.append(
+            self.port.schedule(self.settings.ring_timeout, lambda: self._ring_timeout(call))
+        )
+
+    def _send_b_invite(self, call: Call, target: URI, dest: Address) -> None:
+        a = call.a_request
+        host, port = self.port.local_address(dest.transport)
+        from_ = NameAddr(
+            URI("sip", user=call.caller.number, host=host), None, {"tag": generate_tag()}
+        )
+        to = NameAddr(URI("sip", user=call.callee, host=host))
+        headers = Headers()
+        for name in ("Content-Type", "Supported", "Allow"):
+            value = a.headers.get(name)
+            if value is not None:
+                headers.add(name, value)
+        invite = Request(
+            via=[Via(dest.transport, host, port, {"branch": generate_branch(), "rport": None})],
+            from_=from_,
+            to=to,
+            call_id=generate_call_id(),
+            cseq=CSeq(1, "INVITE"),
+            headers=headers,
+            body=a.body,
+            max_forwards=max(0, (a.max_forwards if a.max_forwards is not None else 70) - 1),
+            contacts=[self._contact(dest.transport)],
+            method="INVITE",
+            uri=target,
+        )
+        call.b_request, call.b_dest = invite, dest
+        call.b_key = self.port.send_request(invite, dest)
+        self._by_b_key[call.b_key] = call
+
+    def _contact(self, transport: str) -> NameAddr:
+        host, port = self.port.local_address(transport)
+        params: dict[str, str | None] = (
+            {} if transport == "UDP" else {"transport": transport.lower()}
+        )
+        return NameAddr(URI("sip", host=host, port=port, params=params))
+
+    # -- the B leg answers ---------------------------------------------------------------
+
+    def _b_invite_response(self, call: Call, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status > 100:
+                call.b_provisional = True
+                if not call.ended:
+                    self._relay_to_a(call, response)
+            return
+        if status < 300:
+            if call.b_dialog is None:
+                assert call.b_request is not None
+                call.b_dialog = Dialog.as_uac(call.b_request, response)
+                self._dialogs[(call.b_request.call_id, call.b_dialog.local_tag)] = (call, "b")
+            self._ack_b(call)
+            if call.ended:  # answered after the caller gave up: hang up at once
+                self._bye(call, "b")
+                return
+            if call.answered is None:
+                self._answer_a(call, response)
+            return
+        if not call.ended:
+            if 300 <= status < 400:
+                # A redirect is a new costly call; it is never followed blindly.
+                self._fail_a(call, 480, "redirect not followed", sip_code=status)
+            else:
+                self._fail_a(call, status, response.reason or None, sip_code=status)
+
+    def _relay_to_a(self, call: Call, response: Response) -> None:
+        headers = [("Contact", str(self._contact(call.a_source.transport)))]
+        ctype = response.headers.get("Content-Type")
+        if ctype and response.body:
+            headers.append(("Content-Type", ctype))
+        self.port.respond(
+            call.a_key,
+            call.a_request,
+            make_response(
+                call.a_request,
+                response.status,
+                response.reason,
+                to_tag=call.a_tag,
+                headers=headers,
+                body=response.body if ctype else b"",
+            ),
+        )
+
+    def _ack_b(self, call: Call) -> None:
+        assert call.b_dialog is not None and call.b_request is not None
+        assert call.b_dest is not None
+        host, port = self.port.local_address(call.b_dest.transport)
+        ack = call.b_dialog.new_request(
+            "ACK",
+            Via(call.b_dest.transport, host, port, {"rport": None}),
+            cseq=call.b_request.cseq.number,
+        )
+        self.port.send_direct(ack, call.b_dest)
+
+    def _answer_a(self, call: Call, response: Response) -> None:
+        now = self.port.wall_time()
+        call.answered = now
+        headers = [("Contact", str(self._contact(call.a_source.transport)))]
+        ctype = response.headers.get("Content-Type")
+        if ctype:
+            headers.append(("Content-Type", ctype))
+        ok = make_response(
+            call.a_request, 200, to_tag=call.a_tag, headers=headers, body=response.body
+        )
+        call.a_final = ok
+        call.a_dialog = Dialog.as_uas(call.a_request, call.a_tag)
+        self._dialogs[(call.a_request.call_id, call.a_tag)] = (call, "a")
+        self.port.respond(call.a_key, call.a_request, ok)
+        self._retransmit_2xx(call, self.settings.t1, 0.0)
+        call.timers.append(
+            self.port.schedule(
+                self.settings.max_duration, lambda: self._hang_up_both(call, "maximum duration")
+            )
+        )
+        log.info("call answered", caller=call.caller.number, callee=call.callee)
+
+    def _retransmit_2xx(self, call: Call, interval: float, waited: float) -> None:
+        """RFC 3261 13.3.1.4: resend our 2xx until the ACK arrives, or give up."""
+
+        def fire() -> None:
+            if call.ended or call.a_acked or call.a_final is None:
+                return
+            if waited + interval >= 64 * self.settings.t1:
+                self._hang_up_both(call, "no ACK from the caller")
+                return
+            self.port.respond(call.a_key, call.a_request, call.a_final)
+            self._retransmit_2xx(call, min(interval * 2, self.settings.t2), waited + interval)
+
+        call.timers.append(self.port.schedule(interval, fire))
+
+    # -- in-dialog requests --------------------------------------------------------------
+
+    def _in_dialog(self, request: Request, source: Address, key: TransactionKey | None) -> None:
+        tag = request.to.tag
+        assert tag is not None
+        found = self._dialogs.get((request.call_id, tag))
+        if found is None:
+            if request.method != "ACK":
+                self.port.respond(key, request, make_response(request, 481))
+            return
+        call, leg = found
+        dialog = call.a_dialog if leg == "a" else call.b_dialog
+        assert dialog is not None
+        if request.method == "ACK":
+            if leg == "a":
+                call.a_acked = True
+            return
+        if not dialog.accepts(request):
+            self.port.respond(
+                key,
+                request,
+                make_response(request, 500, "Server Internal Error (CSeq out of order)"),
+            )
+            return
+        if request.method == "BYE":
+            self.port.respond(key, request, make_response(request, 200))
+            if not call.ended:
+                self._bye(call, "b" if leg == "a" else "a")
+                self._finish(
+                    call, "answered", 200, "caller hung up" if leg == "a" else "callee hung up"
+                )
+            return
+        # Mid-call changes (re-INVITE, UPDATE, INFO) are not relayed yet: refuse them
+        # cleanly so both phones keep the session they have.
+        self.port.respond(
+            key, request, make_response(request, 488 if request.method == "INVITE" else 501)
+        )
+
+    def _cancel(self, request: Request, key: TransactionKey | None) -> None:
+        call = next(
+            (
+                c
+                for c in self.calls.values()
+                if c.a_request.call_id == request.call_id
+                and c.a_request.cseq.number == request.cseq.number
+                and c.a_request.via[0].branch == request.via[0].branch
+            ),
+            None,
+        )
+        if call is None:
+            self.port.respond(key, request, make_response(request, 481))
+            return
+        self.port.respond(key, request, make_response(request, 200))
+        if call.answered is None and not call.ended:
+            self._cancel_b(call)
+            self._fail_a(call, 487, None, disposition="cancelled")
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _ring_timeout(self, call: Call) -> None:
+        if call.answered is None and not call.ended:
+            self._cancel_b(call)
+            self._fail_a(call, 480, "no answer", disposition="no-answer")
+
+    def _cancel_b(self, call: Call) -> None:
+        if call.b_key is not None and call.b_dest is not None and call.answered is None:
+            self.port.send_request(self.port.build_cancel(call.b_key), call.b_dest)
+
+    def _fail_a(
+        self,
+        call: Call,
+        status: int,
+        reason: str | None,
+        *,
+        disposition: str | None = None,
+        sip_code: int | None = None,
+    ) -> None:
+        phrase = None
+        if reason:
+            phrase = f"{REASON_PHRASES.get(status, 'Error')} ({safe_reason(reason)})"
+        self.port.respond(
+            call.a_key,
+            call.a_request,
+            make_response(call.a_request, status, phrase, to_tag=call.a_tag),
+        )
+        self._finish(
+            call,
+            disposition or _DISPOSITIONS.get(status, "failed"),
+            sip_code or status,
+            reason or "",
+        )
+
+    def _bye(self, call: Call, leg: str) -> None:
+        dialog = call.a_dialog if leg == "a" else call.b_dialog
+        dest = call.a_source if leg == "a" else call.b_dest
+        if dialog is None or dest is None:
+            return
+        host, port = self.port.local_address(dest.transport)
+        bye = dialog.new_request("BYE", Via(dest.transport, host, port, {"rport": None}))
+        self.port.send_request(bye, dest)
+
+    def _hang_up_both(self, call: Call, reason: str) -> None:
+        if call.ended:
+            return
+        if call.answered is None:
+            self._cancel_b(call)
+            self._fail_a(call, 480, reason, disposition="terminated")
+            return
+        self._bye(call, "a")
+        self._bye(call, "b")
+        self._finish(call, "answered", 200, reason)
+
+    def _finish(self, call: Call, disposition: str, sip_code: int, note: str) -> None:
+        if call.ended:
+            return
+        call.ended = True
+        for timer in call.timers:
+            timer.cancel()
+        call.timers.clear()
+        now = self.port.wall_time()
+        fields: dict[str, Any] = {
+            "disposition": disposition,
+            "sip_code": sip_code,
+            "end_ts": now,
+            "answer_ts": call.answered,
+        }
+        if call.answered is not None:
+            fields["duration"] = max(0.0, now - call.answered)
+        if note:
+            fields["reasons"] = "; ".join([*call.decision.reasons, note])[:2000]
+        self.port.cdr_close(call.token, fields)
+        log.info(
+            "call ended",
+            caller=call.caller.number,
+            callee=call.callee,
+            disposition=disposition,
+            code=sip_code,
+            note=note,
+        )
+        # Keep the dialogs a little while for late BYEs and retransmissions, then forget.
+        self.port.schedule(32.0, lambda: self._forget(call))
+
+    def _forget(self, call: Call) -> None:
+        self.calls.pop(call.token, None)
+        if call.a_key is not None:
+            self._by_invite.pop(call.a_key, None)
+        if call.b_key is not None:
+            self._by_b_key.pop(call.b_key, None)
+        for key in [k for k, (c, _) in self._dialogs.items() if c is call]:
+            del self._dialogs[key]
+
+    @property
+    def active(self) -> list[Call]:
+        return [c for c in self.calls.values() if not c.ended]

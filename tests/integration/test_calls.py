@@ -1,0 +1,212 @@
+"""Calls through the B2BUA between real SIP phones (SIPp), with their call records."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    SCENARIOS,
+    PbxProcess,
+    cli,
+    finish_sipp_uas,
+    free_port,
+    run_sipp,
+    running_pbx,
+    sipp_available,
+    start_sipp_uas,
+)
+
+pytestmark = pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
+
+USERS = {"1000": "Caller-Passw0rd-x", "2000": "Callee-Passw0rd-y"}
+CALLER = {"1000": USERS["1000"]}
+CALLEE = {"2000": USERS["2000"]}
+
+
+@pytest.fixture
+def pbx(tmp_path: Path) -> Iterator[PbxProcess]:
+    with running_pbx(tmp_path / "data", USERS) as server:
+        yield server
+
+
+def target(pbx: PbxProcess) -> str:
+    return f"{pbx.host}:{pbx.port}"
+
+
+def register_callee(pbx: PbxProcess, workdir: Path) -> int:
+    """Register extension 2000 from a fixed port where its SIPp phone will then listen."""
+    port = free_port()
+    reg = run_sipp("register.xml", target(pbx), users=CALLEE, local_port=port, workdir=workdir)
+    assert reg.successful == 1, reg.output
+    return port
+
+
+def call(
+    pbx: PbxProcess,
+    workdir: Path,
+    scenario: str | Path = "call_uac.xml",
+    dialed: str = "2000",
+    timeout: float = 20,
+) -> tuple[int, int, str]:
+    result = run_sipp(
+        str(scenario),
+        target(pbx),
+        users=CALLER,
+        extra=["-s", dialed],
+        workdir=workdir,
+        timeout=timeout,
+    )
+    return result.successful, result.failed, result.output
+
+
+def refused_scenario(workdir: Path, code: int) -> Path:
+    template = (SCENARIOS / "call_uac_refused.xml.tmpl").read_text()
+    path = workdir / f"call_refused_{code}.xml"
+    path.write_text(template.format(code=code))
+    return path
+
+
+def cdrs(pbx: PbxProcess) -> list[dict[str, object]]:
+    out = cli(pbx.data_dir, "cdr", "--json").stdout
+    return [] if out.strip() == "no call records" else json.loads(out)
+
+
+def wait_cdr(pbx: PbxProcess, count: int = 1) -> list[dict[str, object]]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = cdrs(pbx)
+        if len(rows) >= count and all(r["disposition"] != "in-progress" for r in rows):
+            return rows
+        time.sleep(0.2)
+    return cdrs(pbx)
+
+
+def test_extension_calls_extension_answered_and_hung_up(pbx: PbxProcess, tmp_path: Path) -> None:
+    port = register_callee(pbx, tmp_path)
+    phone = start_sipp_uas("call_uas.xml", port, tmp_path)
+    ok, failed, output = call(pbx, tmp_path)
+    assert (ok, failed) == (1, 0), output + pbx.log()[-3000:]
+    answered = finish_sipp_uas(phone, tmp_path)
+    assert answered.successful == 1, answered.output
+    [row] = wait_cdr(pbx)
+    assert row["disposition"] == "answered" and row["sip_code"] == 200
+    assert (row["caller"], row["callee"], row["kind"], row["decision"]) == (
+        "1000",
+        "2000",
+        "internal",
+        "allow",
+    )
+    assert row["answer_ts"] is not None and 0.8 <= float(row["duration"]) < 10  # type: ignore[arg-type]
+    assert "caller hung up" in str(row["reasons"])
+
+
+def test_busy_callee(pbx: PbxProcess, tmp_path: Path) -> None:
+    port = register_callee(pbx, tmp_path)
+    phone = start_sipp_uas("call_uas_reject.xml", port, tmp_path)
+    ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 486))
+    assert ok == 1, output
+    assert finish_sipp_uas(phone, tmp_path).successful == 1
+    [row] = wait_cdr(pbx)
+    assert (row["disposition"], row["sip_code"]) == ("busy", 486)
+
+
+def test_caller_cancels_while_ringing(pbx: PbxProcess, tmp_path: Path) -> None:
+    port = register_callee(pbx, tmp_path)
+    phone = start_sipp_uas("call_uas_ring.xml", port, tmp_path)
+    ok, _, output = call(pbx, tmp_path, "call_uac_cancel.xml")
+    assert ok == 1, output + pbx.log()[-3000:]
+    ringing = finish_sipp_uas(phone, tmp_path)
+    assert ringing.successful == 1, ringing.output
+    [row] = wait_cdr(pbx)
+    assert (row["disposition"], row["sip_code"]) == ("cancelled", 487)
+
+
+def test_unregistered_extension_is_unavailable(pbx: PbxProcess, tmp_path: Path) -> None:
+    ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 480))
+    assert ok == 1, output
+    [row] = wait_cdr(pbx)
+    assert (row["disposition"], row["sip_code"]) == ("unavailable", 480)
+
+
+def test_external_number_is_blocked_by_default(pbx: PbxProcess, tmp_path: Path) -> None:
+    """Closed by default: no trunk, no policy, no call out at the owner's cost."""
+    ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 403), dialed="00390612345678")
+    assert ok == 1, output
+    [row] = wait_cdr(pbx)
+    assert (row["disposition"], row["decision"], row["kind"]) == ("blocked", "deny", "external")
+    assert "external calls are denied" in str(row["reasons"])
+
+
+def test_no_answer_times_out(tmp_path: Path) -> None:
+    env = {"PBXWARDEN_CALLS__RING_TIMEOUT": "2"}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        port = register_callee(pbx, tmp_path)
+        phone = start_sipp_uas("call_uas_ring.xml", port, tmp_path)
+        ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 480))
+        assert ok == 1, output
+        assert finish_sipp_uas(phone, tmp_path).successful == 1  # it saw the CANCEL
+        [row] = wait_cdr(pbx)
+        assert (row["disposition"], row["sip_code"]) == ("no-answer", 480)
+
+
+def test_sigkill_mid_call_keeps_finished_cdrs_and_closes_the_open_one(tmp_path: Path) -> None:
+    with running_pbx(tmp_path / "data", USERS) as pbx:
+        unavailable = refused_scenario(tmp_path, 480)
+        for _ in range(2):  # two finished attempts
+            assert call(pbx, tmp_path, unavailable)[0] == 1
+        port = register_callee(pbx, tmp_path)
+        phone = start_sipp_uas("call_uas_ring.xml", port, tmp_path, timeout=10)
+        # A call left ringing (the phone never answers), then the server dies hard.
+        import subprocess
+
+        users = tmp_path / "caller.csv"
+        users.write_text(
+            f"SEQUENTIAL\n1000;[authentication username=1000 password={USERS['1000']}]\n"
+        )
+        caller = subprocess.Popen(
+            [
+                "sipp",
+                target(pbx),
+                "-sf",
+                str(SCENARIOS / "call_uac.xml"),
+                "-m",
+                "1",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port()),
+                "-key",
+                "domain",
+                "127.0.0.1",
+                "-auth_uri",
+                "127.0.0.1",
+                "-s",
+                "2000",
+                "-inf",
+                str(users),
+                "-nostdin",
+                "-nd",
+                "-timeout",
+                "10s",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and len(cdrs(pbx)) < 3:
+            time.sleep(0.1)
+        pbx.stop(signal.SIGKILL)
+        caller.kill()
+        phone.kill()
+        caller.wait(5)
+        phone.wait(5)
+        pbx.start()
+        rows = wait_cdr(pbx, 3)
+        assert [r["disposition"] for r in rows] == ["unavailable", "unavailable", "interrupted"]
