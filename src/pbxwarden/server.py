@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from pbxwarden.config import Config, load_or_create_secret
+from pbxwarden.control import serve_control
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
@@ -66,6 +67,8 @@ class Stats:
 
 class SipServer:
     def __init__(self, config: Config, store: Store, data_dir: Path) -> None:
+        self._data_dir = data_dir
+        self._control: asyncio.AbstractServer | None = None
         self.config = config
         self.store = store
         sip = config.sip
@@ -153,6 +156,7 @@ class SipServer:
                 thost, tport, tls_context(str(tls.cert_file), str(tls.key_file))
             )
         self._background.append(asyncio.create_task(self._write_back()))
+        self._control = await serve_control(self._data_dir, self.control)
         log.info(
             "sip listening",
             addresses={k: f"{h}:{p}" for k, (h, p) in self.transports.bound.items()},
@@ -160,6 +164,8 @@ class SipServer:
         )
 
     async def stop(self) -> None:
+        if self._control is not None:
+            self._control.close()
         for call in self.calls.active:
             self.calls.end_call(call.id, "server shutting down")
         await asyncio.sleep(0.05)  # let the BYEs and CANCELs leave
@@ -391,6 +397,39 @@ class SipServer:
         if response.status == 200:
             self.stats.registers_ok += 1
         self.respond(key, request, response)
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answers the CLI over the control socket (see :mod:`pbxwarden.control`)."""
+        command = request.get("cmd")
+        if command == "calls":
+            now = time.time()
+            return {
+                "calls": [
+                    {
+                        "call_id": c.id,
+                        "tenant": c.tenant,
+                        "caller": c.caller.number,
+                        "callee": c.callee,
+                        "state": "answered" if c.answered else "ringing",
+                        "seconds": int(now - (c.answered or c.started)),
+                    }
+                    for c in self.calls.active
+                ]
+            }
+        if command == "end":
+            call_id = str(request.get("call_id", ""))
+            if not self.calls.end_call(call_id):
+                raise ValueError(f"no call {call_id!r} in progress")
+            return {"ended": call_id}
+        if command == "stats":
+            return {
+                "stats": self.stats.__dict__,
+                "bindings": len(self.location),
+                "transactions": self.tx.active_count,
+                "calls": len(self.calls.active),
+                "bans": len(self.firewall.bans),
+            }
+        raise ValueError(f"unknown command {command!r}")
 
     # -- CallPort: what the B2BUA uses ---------------------------------------------------
 

@@ -210,3 +210,83 @@ def test_sigkill_mid_call_keeps_finished_cdrs_and_closes_the_open_one(tmp_path: 
         pbx.start()
         rows = wait_cdr(pbx, 3)
         assert [r["disposition"] for r in rows] == ["unavailable", "unavailable", "interrupted"]
+
+
+def test_call_cut_at_maximum_duration(tmp_path: Path) -> None:
+    env = {"PBXWARDEN_CALLS__MAX_DURATION": "2"}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        port = register_callee(pbx, tmp_path)
+        phone = start_sipp_uas("call_uas.xml", port, tmp_path)
+        ok, _, output = call(pbx, tmp_path, "call_uac_wait_bye.xml")
+        assert ok == 1, output  # the caller got the PBX's BYE
+        assert finish_sipp_uas(phone, tmp_path).successful == 1  # and so did the callee
+        [row] = wait_cdr(pbx)
+        assert row["disposition"] == "answered" and "maximum duration" in str(row["reasons"])
+        assert 1.8 <= float(row["duration"]) < 4  # type: ignore[arg-type]
+
+
+def test_call_listed_and_ended_from_the_cli(pbx: PbxProcess, tmp_path: Path) -> None:
+    import subprocess
+
+    port = register_callee(pbx, tmp_path)
+    phone = start_sipp_uas("call_uas.xml", port, tmp_path)
+    users = tmp_path / "caller.csv"
+    users.write_text(f"SEQUENTIAL\n1000;[authentication username=1000 password={USERS['1000']}]\n")
+    caller = subprocess.Popen(
+        [
+            "sipp",
+            target(pbx),
+            "-sf",
+            str(SCENARIOS / "call_uac_wait_bye.xml"),
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            "-key",
+            "domain",
+            "127.0.0.1",
+            "-auth_uri",
+            "127.0.0.1",
+            "-s",
+            "2000",
+            "-inf",
+            str(users),
+            "-nostdin",
+            "-nd",
+            "-timeout",
+            "20s",
+            "-trace_stat",
+            "-stf",
+            str(tmp_path / "caller.csv.stat"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    live: list[dict[str, object]] = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        live = (
+            json.loads(cli(pbx.data_dir, "calls", "--json").stdout or "[]")
+            if cli(pbx.data_dir, "calls", "--json").stdout.strip().startswith("[")
+            else []
+        )
+        if live and live[0]["state"] == "answered":
+            break
+        time.sleep(0.2)
+    assert live and (live[0]["caller"], live[0]["callee"]) == ("1000", "2000")
+    cli(pbx.data_dir, "calls", "end", str(live[0]["call_id"]))
+    assert caller.wait(15) == 0  # the caller's scenario ends with the PBX's BYE
+    assert finish_sipp_uas(phone, tmp_path).successful == 1
+    [row] = wait_cdr(pbx)
+    assert "ended by an administrator" in str(row["reasons"])
+    missing = cli(pbx.data_dir, "calls", "end", "no-such-call", check=False)
+    assert missing.returncode == 1 and "no call" in missing.stderr
+
+
+def test_calls_command_without_a_server(tmp_path: Path) -> None:
+    cli(tmp_path / "d", "init")
+    proc = cli(tmp_path / "d", "calls", check=False)
+    assert proc.returncode == 1 and "not running" in proc.stderr

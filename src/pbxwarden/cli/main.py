@@ -43,6 +43,8 @@ extension_app = typer.Typer(no_args_is_help=True, help="Manage extensions (SIP a
 app.add_typer(extension_app, name="extension")
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (companies on this PBX).")
 app.add_typer(tenant_app, name="tenant")
+calls_app = typer.Typer(help="Live calls on the running server.", invoke_without_command=True)
+app.add_typer(calls_app, name="calls")
 bans_app = typer.Typer(no_args_is_help=True, help="SIP firewall bans (a running server follows).")
 app.add_typer(bans_app, name="bans")
 
@@ -319,6 +321,33 @@ def bans_remove(address: str) -> None:
     if not removed:
         raise fail(f"{address} is not banned")
     out.print(f"unbanned {address}")
+
+
+def _ask(request: dict[str, Any]) -> dict[str, Any]:
+    from pbxwarden.control import ControlError, ask
+
+    try:
+        return ask(state.data_dir, request)
+    except ControlError as exc:
+        raise fail(str(exc)) from None
+
+
+@calls_app.callback()
+def calls_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """List calls in progress (asks the running server)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _print_rows(_ask({"cmd": "calls"})["calls"], as_json, "calls in progress")
+
+
+@calls_app.command("end")
+def calls_end(call_id: str) -> None:
+    """End a call in progress: both phones are hung up (BYE), or it stops ringing."""
+    _ask({"cmd": "end", "call_id": call_id})
+    out.print(f"ended {call_id}")
 
 
 @app.command()
