@@ -268,11 +268,8 @@ def test_call_listed_and_ended_from_the_cli(pbx: PbxProcess, tmp_path: Path) -> 
     live: list[dict[str, object]] = []
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
-        live = (
-            json.loads(cli(pbx.data_dir, "calls", "--json").stdout or "[]")
-            if cli(pbx.data_dir, "calls", "--json").stdout.strip().startswith("[")
-            else []
-        )
+        out = cli(pbx.data_dir, "calls", "--json").stdout.strip()
+        live = json.loads(out) if out.startswith("[") else []
         if live and live[0]["state"] == "answered":
             break
         time.sleep(0.2)
