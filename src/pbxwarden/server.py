@@ -141,6 +141,7 @@ class SipServer:
         rows = await asyncio.to_thread(self.store.load_bindings, time.time())
         self.location.load(rows)
         await self._refresh_directory()
+        await self._refresh_routing()
         await self._sync_firewall()
         host, port = self.config.sip.listen_address
         if "udp" in self.config.sip.transports:
@@ -192,6 +193,7 @@ class SipServer:
                 if now >= next_realm_check:  # tenants and extensions added from the CLI
                     self._add_realms(await asyncio.to_thread(self.store.known_realms))
                     await self._refresh_directory()
+                    await self._refresh_routing()
                     await self._sync_firewall()
                     next_realm_check = now + 1.0
             except Exception:  # the database may be briefly locked; retry next round
@@ -206,6 +208,11 @@ class SipServer:
             self.directory.replace_all(entries, version)
         else:
             self.directory.update(entries, version)
+
+    async def _refresh_routing(self) -> None:
+        routing = await asyncio.to_thread(self.store.routing_snapshot)
+        self.calls.routing = routing
+        self.firewall.set_trusted({t.host for t in routing.trunks})
 
     async def _sync_firewall(self) -> None:
         """Persist new bans, then adopt the stored set (bans added or removed by the CLI)."""
@@ -408,7 +415,7 @@ class SipServer:
                     {
                         "call_id": c.id,
                         "tenant": c.tenant,
-                        "caller": c.caller.number,
+                        "caller": c.caller_id,
                         "callee": c.callee,
                         "state": "answered" if c.answered else "ringing",
                         "seconds": int(now - (c.answered or c.started)),

@@ -134,13 +134,17 @@ def test_unregistered_extension_is_unavailable(pbx: PbxProcess, tmp_path: Path) 
     assert (row["disposition"], row["sip_code"]) == ("unavailable", 480)
 
 
-def test_external_number_is_blocked_by_default(pbx: PbxProcess, tmp_path: Path) -> None:
-    """Closed by default: no trunk, no policy, no call out at the owner's cost."""
-    ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 403), dialed="00390612345678")
+def test_external_numbers_are_closed_by_default(pbx: PbxProcess, tmp_path: Path) -> None:
+    """Closed by default: no trunk or policy needed to refuse a costly or bogus number."""
+    ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 403), dialed="011390612345678")
     assert ok == 1, output
-    [row] = wait_cdr(pbx)
-    assert (row["disposition"], row["decision"], row["kind"]) == ("blocked", "deny", "external")
-    assert "external calls are denied" in str(row["reasons"])
+    ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 404), dialed="00390612345678")
+    assert ok == 1, output  # "00" is not the US international prefix: no such number
+    international, bogus = wait_cdr(pbx, 2)
+    assert (international["disposition"], international["decision"]) == ("blocked", "deny")
+    assert (international["callee_e164"], international["dest_country"]) == ("+390612345678", "IT")
+    assert "international call" in str(international["reasons"])
+    assert bogus["disposition"] == "blocked" and "not a valid" in str(bogus["reasons"])
 
 
 def test_no_answer_times_out(tmp_path: Path) -> None:

@@ -43,6 +43,10 @@ extension_app = typer.Typer(no_args_is_help=True, help="Manage extensions (SIP a
 app.add_typer(extension_app, name="extension")
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (companies on this PBX).")
 app.add_typer(tenant_app, name="tenant")
+trunk_app = typer.Typer(no_args_is_help=True, help="SIP trunks to carriers.")
+app.add_typer(trunk_app, name="trunk")
+did_app = typer.Typer(no_args_is_help=True, help="Inbound numbers (DIDs) and where they ring.")
+app.add_typer(did_app, name="did")
 calls_app = typer.Typer(help="Live calls on the running server.", invoke_without_command=True)
 app.add_typer(calls_app, name="calls")
 bans_app = typer.Typer(no_args_is_help=True, help="SIP firewall bans (a running server follows).")
@@ -321,6 +325,70 @@ def bans_remove(address: str) -> None:
     if not removed:
         raise fail(f"{address} is not banned")
     out.print(f"unbanned {address}")
+
+
+@trunk_app.command("add")
+def trunk_add(
+    name: str,
+    host: Annotated[str, typer.Option(help="Carrier IP address (calls from it are inbound).")],
+    port: Annotated[int, typer.Option(help="Carrier SIP port.")] = 5060,
+    transport: Annotated[str, typer.Option(help="udp or tcp.")] = "udp",
+    prefix: Annotated[
+        list[str] | None,
+        typer.Option(help="E.164 prefix routed to this trunk (repeat; default: all)."),
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant that owns the trunk.")] = DEFAULT_TENANT,
+) -> None:
+    """Add an IP-authenticated trunk. Calls still need the policy to allow them."""
+    store = _store(_config())
+    try:
+        store.add_trunk(tenant, name, host, port, transport, prefix or ["+"])
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"trunk {name} added ({host}:{port}/{transport})")
+
+
+@trunk_app.command("list")
+def trunk_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """List trunks."""
+    store = _store(_config())
+    try:
+        _print_rows(store.list_trunks(), as_json, "trunks")
+    finally:
+        store.close()
+
+
+@did_app.command("add")
+def did_add(
+    number: str,
+    extension: Annotated[str, typer.Option(help="Extension that rings.")],
+    tenant: Annotated[str, typer.Option(help="Tenant that owns the number.")] = DEFAULT_TENANT,
+) -> None:
+    """Route an inbound number from the tenant's trunks to an extension."""
+    store = _store(_config())
+    try:
+        e164 = store.add_did(number, tenant, extension)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"DID {e164} rings extension {extension}")
+
+
+@did_app.command("list")
+def did_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """List DIDs."""
+    store = _store(_config())
+    try:
+        _print_rows(store.list_dids(), as_json, "DIDs")
+    finally:
+        store.close()
 
 
 def _ask(request: dict[str, Any]) -> dict[str, Any]:

@@ -107,10 +107,17 @@ class Firewall:
         self._alerted: dict[str, float] = {}
         self._events: list[FirewallEvent] = []
         self._allowed_cache: dict[str, bool] = {}
+        self._trusted: frozenset[str] = frozenset()
 
     # -- queries -------------------------------------------------------------------------
 
+    def set_trusted(self, addresses: set[str]) -> None:
+        """Addresses never banned besides the configured networks: the trunks' carriers."""
+        self._trusted = frozenset(addresses)
+
     def is_allowlisted(self, address: str) -> bool:
+        if address in self._trusted:
+            return True
         cached = self._allowed_cache.get(address)
         if cached is None:
             try:

@@ -23,8 +23,10 @@ import structlog
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.location import LocationService
+from pbxwarden.pbx.numbers import Destination, classify
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer, Decision
 from pbxwarden.pbx.registrar import aor_key
+from pbxwarden.pbx.routing import Routing, Trunk
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.digest import DigestError
 from pbxwarden.sip.message import (
@@ -88,7 +90,8 @@ _DISPOSITIONS = {
 class Call:
     token: int
     tenant: str
-    caller: ExtensionAuth
+    extension: str  # the extension the call belongs to: the caller's, or the DID's
+    caller_id: str
     callee: str
     a_request: Request
     a_key: TransactionKey | None
@@ -102,6 +105,7 @@ class Call:
     a_dialog: Dialog | None = None
     b_dialog: Dialog | None = None
     b_provisional: bool = False
+    trunk: str | None = None
     answered: float | None = None
     a_acked: bool = False
     a_final: Response | None = None
@@ -144,6 +148,7 @@ class CallManager:
         self._by_b_key: dict[TransactionKey, Call] = {}
         self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
         self._tokens = itertools.count(1)
+        self.routing = Routing()  # replaced whole by the server when trunks or DIDs change
 
     # -- entry points from the server -----------------------------------------------------
 
@@ -182,6 +187,10 @@ class CallManager:
 
     def _new_call(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         now = self.port.wall_time()
+        trunk = self.routing.trunk_at(source.host)
+        if trunk is not None and "Authorization" not in request.headers:
+            self._inbound(request, source, key, trunk, now)
+            return
         try:
             credentials = self.auth.credentials(request)
         except DigestError as exc:
@@ -213,14 +222,129 @@ class CallManager:
             return
         dialed = request.uri.user or ""
         callee = self.directory.get(caller.realm, dialed) if request.uri.is_sip else None
+        destination = None
+        if callee is None:
+            destination = classify(dialed, self.routing.countries.get(caller.tenant, "US"))
         kind = "internal" if callee is not None else "external"
         decision = self.policy.authorize(
-            CallAttempt(caller.tenant, caller.number, caller.number, dialed, kind, str(source), now)
+            CallAttempt(
+                caller.tenant,
+                caller.number,
+                caller.number,
+                dialed,
+                kind,
+                str(source),
+                now,
+                destination,
+            )
         )
+        call = self._open(
+            request,
+            key,
+            source,
+            caller.tenant,
+            caller.number,
+            caller.number,
+            dialed,
+            kind,
+            decision,
+            now,
+            destination,
+        )
+        if not decision.allow:
+            log.warning(
+                "call denied",
+                extension=caller.number,
+                dialed=dialed[:64],
+                reasons=list(decision.reasons),
+            )
+            self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
+            return
+        if callee is not None:
+            self._ring_extension(call, callee, now)
+            return
+        assert destination is not None
+        trunk = self.routing.trunk_for(caller.tenant, destination.e164)
+        if trunk is None:
+            self._fail_a(call, 503, f"no trunk route for {destination.e164}")
+            return
+        call.trunk = trunk.name
+        self.port.respond(key, request, make_response(request, 100))
+        self._send_b_invite(
+            call, URI("sip", user=destination.e164, host=trunk.host, port=trunk.port), trunk.address
+        )
+        self._arm_ring_timer(call)
+
+    def _inbound(
+        self,
+        request: Request,
+        source: Address,
+        key: TransactionKey | None,
+        trunk: Trunk,
+        now: float,
+    ) -> None:
+        """A call from a carrier (IP-authenticated trunk) to one of the tenant's DIDs."""
+        dialed = request.uri.user or request.to.uri.user or ""
+        destination = classify(dialed, self.routing.countries.get(trunk.tenant, "US"))
+        did = self.routing.dids.get(destination.e164) if destination is not None else None
+        caller_id = (request.from_.uri.user or "anonymous")[:64]
+        decision = self.policy.authorize(
+            CallAttempt(
+                trunk.tenant,
+                did.extension if did else "",
+                caller_id,
+                dialed,
+                "inbound",
+                str(source),
+                now,
+                destination,
+            )
+        )
+        call = self._open(
+            request,
+            key,
+            source,
+            trunk.tenant,
+            did.extension if did else "",
+            caller_id,
+            dialed,
+            "inbound",
+            decision,
+            now,
+            destination,
+        )
+        call.trunk = trunk.name
+        if did is None or did.tenant != trunk.tenant:
+            self._fail_a(call, 404, "no such number here")
+            return
+        if not decision.allow:
+            self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
+            return
+        callee = self.directory.get(self.routing.realms.get(did.tenant, ""), did.extension)
+        if callee is None or not callee.enabled:
+            self._fail_a(call, 404, "the DID's extension does not exist")
+            return
+        self._ring_extension(call, callee, now)
+
+    def _open(
+        self,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
+        tenant: str,
+        extension: str,
+        caller_id: str,
+        dialed: str,
+        kind: str,
+        decision: Decision,
+        now: float,
+        destination: Destination | None,
+    ) -> Call:
         call = Call(
             next(self._tokens),
-            caller.tenant,
-            caller,
+            tenant,
+            extension,
+            caller_id,
             dialed,
             request,
             key,
@@ -233,38 +357,35 @@ class CallManager:
             call.token,
             {
                 "call_id": request.call_id[:255],
-                "tenant": caller.tenant,
-                "extension": caller.number,
-                "caller": caller.number,
+                "tenant": tenant,
+                "extension": extension or None,
+                "caller": caller_id[:128],
                 "callee": dialed[:128],
                 "kind": kind,
                 "decision": decision.label,
-                "reasons": "; ".join(decision.reasons),
+                "reasons": "; ".join(decision.reasons)[:2000],
                 "start_ts": now,
+                "callee_e164": destination.e164 if destination else None,
+                "dest_country": destination.country if destination else None,
+                "number_type": destination.number_type if destination else None,
             },
         )
         self.calls[call.token] = call
         if key is not None:
             self._by_invite[key] = call
-        if not decision.allow:
-            log.warning(
-                "call denied",
-                extension=caller.number,
-                dialed=dialed[:64],
-                reasons=list(decision.reasons),
-            )
-            self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
-            return
-        if callee is None or not callee.enabled:
-            self._fail_a(call, 404, "no such extension")
-            return
+        return call
+
+    def _ring_extension(self, call: Call, callee: ExtensionAuth, now: float) -> None:
         bindings = self.location.lookup(aor_key(callee.realm, callee.number), now)
         dest = _parse_source(bindings[0].source) if bindings else None
         if not bindings or dest is None:
             self._fail_a(call, 480, "the extension is not registered")
             return
-        self.port.respond(key, request, make_response(request, 100))
+        self.port.respond(call.a_key, call.a_request, make_response(call.a_request, 100))
         self._send_b_invite(call, parse_uri(bindings[0].contact), dest)
+        self._arm_ring_timer(call)
+
+    def _arm_ring_timer(self, call: Call) -> None:
         call.timers.append(
             self.port.schedule(self.settings.ring_timeout, lambda: self._ring_timeout(call))
         )
@@ -272,9 +393,7 @@ class CallManager:
     def _send_b_invite(self, call: Call, target: URI, dest: Address) -> None:
         a = call.a_request
         host, port = self.port.local_address(dest.transport)
-        from_ = NameAddr(
-            URI("sip", user=call.caller.number, host=host), None, {"tag": generate_tag()}
-        )
+        from_ = NameAddr(URI("sip", user=call.caller_id, host=host), None, {"tag": generate_tag()})
         to = NameAddr(URI("sip", user=call.callee, host=host))
         headers = Headers()
         for name in ("Content-Type", "Supported", "Allow"):
@@ -383,7 +502,7 @@ class CallManager:
                 self.settings.max_duration, lambda: self._hang_up_both(call, "maximum duration")
             )
         )
-        log.info("call answered", caller=call.caller.number, callee=call.callee)
+        log.info("call answered", caller=call.caller_id, callee=call.callee)
 
     def _retransmit_2xx(self, call: Call, interval: float, waited: float) -> None:
         """RFC 3261 13.3.1.4: resend our 2xx until the ACK arrives, or give up."""
@@ -524,6 +643,7 @@ class CallManager:
             "sip_code": sip_code,
             "end_ts": now,
             "answer_ts": call.answered,
+            "trunk": call.trunk,
         }
         if call.answered is not None:
             fields["duration"] = max(0.0, now - call.answered)
@@ -532,7 +652,7 @@ class CallManager:
         self.port.cdr_close(call.token, fields)
         log.info(
             "call ended",
-            caller=call.caller.number,
+            caller=call.caller_id,
             callee=call.callee,
             disposition=disposition,
             code=sip_code,

@@ -1,15 +1,21 @@
 """The one authorization hook every costly call attempt passes through.
 
 The fraud guard implements :class:`CallAuthorizer`; until it does, the default
-policy below is what runs: calls between extensions of the same tenant are
-allowed and everything else is denied (there are no trunks to reach it yet), so
-a fresh install can never dial out at the owner's cost.
+policy below is what runs, closed by default: calls between extensions and calls
+coming in are allowed; going out, only valid national fixed, mobile and toll-free
+numbers are; international, premium-rate, shared-cost and other special numbers are
+refused until a policy allows them, so a fresh install cannot be used to run up a
+bill on revenue-share numbers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+
+from pbxwarden.pbx.numbers import Destination
+
+NATIONAL_ALLOWED = frozenset(("fixed", "mobile", "fixed-or-mobile", "toll-free"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,9 +24,10 @@ class CallAttempt:
     extension: str  # the extension that pays for the call
     caller: str
     dialed: str
-    kind: str  # "internal" (extension to extension) or "external"
+    kind: str  # "internal" (extension to extension), "external" (out) or "inbound"
     source: str  # transport address the request came from
     at: float
+    destination: Destination | None = None  # for external calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,4 +49,18 @@ class DefaultPolicy:
     def authorize(self, attempt: CallAttempt) -> Decision:
         if attempt.kind == "internal":
             return Decision(True, ("internal call between extensions",))
-        return Decision(False, ("external calls are denied until a trunk and a policy allow them",))
+        if attempt.kind == "inbound":
+            return Decision(True, ("inbound call to a DID",))
+        dest = attempt.destination
+        if dest is None or not dest.valid:
+            return Decision(False, (f"{attempt.dialed!r} is not a valid telephone number",), 404)
+        if not dest.national:
+            return Decision(
+                False,
+                (f"international call to {dest.e164} ({dest.country}) is not allowed by default",),
+            )
+        if dest.number_type not in NATIONAL_ALLOWED:
+            return Decision(
+                False, (f"{dest.number_type} number {dest.e164} is not allowed by default",)
+            )
+        return Decision(True, (f"national {dest.number_type} number",))

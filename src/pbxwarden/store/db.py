@@ -21,8 +21,18 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pbxwarden.pbx.numbers import classify
+from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
-from pbxwarden.store.models import BanRow, Cdr, Extension, Registration, Tenant
+from pbxwarden.store.models import (
+    BanRow,
+    Cdr,
+    DidRow,
+    Extension,
+    Registration,
+    Tenant,
+    TrunkRow,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
@@ -506,3 +516,118 @@ class Store:
                 {c.name: getattr(row, c.name) for c in Cdr.__table__.columns}
                 for row in s.scalars(stmt)
             ]
+
+    # -- trunks and DIDs -----------------------------------------------------------------
+
+    def _tenant_row(self, s: Session, tenant: str) -> Tenant:
+        row = s.scalar(select(Tenant).where(Tenant.name == tenant))
+        if row is None:
+            raise StoreError(f"unknown tenant {tenant!r}")
+        return row
+
+    def add_trunk(
+        self, tenant: str, name: str, host: str, port: int, transport: str, prefixes: Sequence[str]
+    ) -> None:
+        """An IP-authenticated trunk: calls to ``prefixes`` go to host:port, and calls from
+        host are accepted as inbound from the carrier."""
+        if not TENANT_RE.fullmatch(name):
+            raise StoreError(f"invalid trunk name {name!r}: lowercase letters, digits, - and _")
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            raise StoreError(
+                f"trunk host must be an IP address (it authenticates the carrier), got {host!r}"
+            ) from None
+        if not 1 <= port <= 65535:
+            raise StoreError(f"invalid port {port}")
+        if transport.lower() not in ("udp", "tcp"):
+            raise StoreError(f"invalid transport {transport!r}: udp or tcp")
+        cleaned = []
+        for prefix in prefixes or ["+"]:
+            prefix = prefix.strip()
+            if not re.fullmatch(r"\+[0-9]{0,15}", prefix):
+                raise StoreError(f"invalid prefix {prefix!r}: E.164, like +1 or +4420 (+ for all)")
+            cleaned.append(prefix)
+        with Session(self.engine) as s, s.begin():
+            tenant_row = self._tenant_row(s, tenant)
+            s.add(
+                TrunkRow(
+                    tenant_id=tenant_row.id,
+                    name=name,
+                    host=host,
+                    port=port,
+                    transport=transport.lower(),
+                    prefixes=",".join(cleaned),
+                )
+            )
+            try:
+                s.flush()
+            except IntegrityError:
+                raise StoreError(f"trunk {name!r} already exists") from None
+
+    def add_did(self, number: str, tenant: str, extension: str) -> str:
+        """Route an inbound number to an extension; returns the number in E.164."""
+        with Session(self.engine) as s, s.begin():
+            tenant_row = self._tenant_row(s, tenant)
+            dest = classify(number, tenant_row.country)
+            if dest is None or not dest.valid:
+                raise StoreError(f"not a valid telephone number: {number!r}")
+            exists = s.scalar(
+                select(Extension.id).where(
+                    Extension.tenant_id == tenant_row.id, Extension.number == extension
+                )
+            )
+            if exists is None:
+                raise StoreError(f"no extension {extension} in tenant {tenant}")
+            if s.get(DidRow, dest.e164) is not None:
+                raise StoreError(f"DID {dest.e164} already exists")
+            s.add(DidRow(number=dest.e164, tenant_id=tenant_row.id, extension=extension))
+            return dest.e164
+
+    def list_trunks(self) -> list[dict[str, Any]]:
+        stmt = select(Tenant.name, TrunkRow).join(Tenant, Tenant.id == TrunkRow.tenant_id)
+        with Session(self.engine) as s:
+            return [
+                {
+                    "tenant": t,
+                    "name": r.name,
+                    "host": r.host,
+                    "port": r.port,
+                    "transport": r.transport,
+                    "prefixes": r.prefixes,
+                }
+                for t, r in s.execute(stmt)
+            ]
+
+    def list_dids(self) -> list[dict[str, Any]]:
+        stmt = select(Tenant.name, DidRow).join(Tenant, Tenant.id == DidRow.tenant_id)
+        with Session(self.engine) as s:
+            return [
+                {"number": r.number, "tenant": t, "extension": r.extension}
+                for t, r in s.execute(stmt)
+            ]
+
+    def routing_snapshot(self) -> Routing:
+        with Session(self.engine) as s:
+            tenants = {t.id: t for t in s.scalars(select(Tenant))}
+            trunks = tuple(
+                Trunk(
+                    tenants[r.tenant_id].name,
+                    r.name,
+                    r.host,
+                    r.port,
+                    r.transport,
+                    tuple(r.prefixes.split(",")),
+                )
+                for r in s.scalars(select(TrunkRow))
+            )
+            dids = {
+                r.number: Did(r.number, tenants[r.tenant_id].name, r.extension)
+                for r in s.scalars(select(DidRow))
+            }
+        return Routing(
+            trunks,
+            dids,
+            {t.name: t.country for t in tenants.values()},
+            {t.name: t.realm for t in tenants.values()},
+        )

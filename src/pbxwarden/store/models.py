@@ -103,3 +103,32 @@ class Cdr(Base):
     answer_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
     end_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
     duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    callee_e164: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    dest_country: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    number_type: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    trunk: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class TrunkRow(Base):
+    """A SIP trunk to a carrier, authenticated by IP address (both ways)."""
+
+    __tablename__ = "trunks"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    transport: Mapped[str] = mapped_column(String(8))
+    prefixes: Mapped[str] = mapped_column(Text)  # E.164 prefixes, comma-separated; "+" for all
+
+
+class DidRow(Base):
+    """An inbound number from a trunk, delivered to an extension."""
+
+    __tablename__ = "dids"
+
+    number: Mapped[str] = mapped_column(String(32), primary_key=True)  # E.164
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    extension: Mapped[str] = mapped_column(String(32))

@@ -1,0 +1,58 @@
+"""Where calls go that are not between extensions: trunks out, DIDs in.
+
+A snapshot of the database's trunks and DIDs, swapped in whole by the server
+when it reloads them, so that a routing decision never waits on the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pbxwarden.sip.transaction import Address
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    tenant: str
+    name: str
+    host: str
+    port: int
+    transport: str
+    prefixes: tuple[str, ...]  # E.164 prefixes; "+" matches everything
+
+    @property
+    def address(self) -> Address:
+        return Address(self.transport.upper(), self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Did:
+    number: str  # E.164
+    tenant: str
+    extension: str
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    trunks: tuple[Trunk, ...] = ()
+    dids: dict[str, Did] = field(default_factory=dict)
+    countries: dict[str, str] = field(default_factory=dict)  # tenant -> home country
+    realms: dict[str, str] = field(default_factory=dict)  # tenant -> realm
+
+    def trunk_for(self, tenant: str, e164: str) -> Trunk | None:
+        """The tenant's trunk with the longest matching prefix."""
+        best: tuple[int, Trunk] | None = None
+        for trunk in self.trunks:
+            if trunk.tenant != tenant:
+                continue
+            for prefix in trunk.prefixes:
+                if e164.startswith(prefix) and (best is None or len(prefix) > best[0]):
+                    best = (len(prefix), trunk)
+        return best[1] if best else None
+
+    def trunk_at(self, host: str) -> Trunk | None:
+        """The trunk whose carrier sends from ``host`` (IP-authenticated trunks)."""
+        for trunk in self.trunks:
+            if trunk.host == host:
+                return trunk
+        return None
