@@ -361,8 +361,12 @@ def start_sipp_uas(
     calls: int = 1,
     local_ip: str = "127.0.0.1",
     timeout: float = 30,
+    extra: list[str] | None = None,
+    name: str = "uas",
 ) -> subprocess.Popen[bytes]:
-    """A SIPp phone waiting for calls on ``local_ip:local_port`` (server mode)."""
+    """A SIPp phone waiting for calls on ``local_ip:local_port`` (server mode).
+
+    ``name`` keeps the statistics of several phones in one test apart."""
     path = scenario if isinstance(scenario, Path) else SCENARIOS / scenario
     args = [
         "sipp",
@@ -381,10 +385,11 @@ def start_sipp_uas(
         "-timeout_error",
         "-trace_err",
         "-error_file",
-        str(workdir / "uas-errors.log"),
+        str(workdir / f"{name}-errors.log"),
         "-trace_stat",
         "-stf",
-        str(workdir / "uas-stat.csv"),
+        str(workdir / f"{name}-stat.csv"),
+        *(extra or []),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
     time.sleep(0.3)  # let it bind
@@ -392,15 +397,15 @@ def start_sipp_uas(
 
 
 def finish_sipp_uas(
-    proc: subprocess.Popen[bytes], workdir: Path, timeout: float = 30
+    proc: subprocess.Popen[bytes], workdir: Path, timeout: float = 30, name: str = "uas"
 ) -> SippResult:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-    ok, failed = _sipp_counts(workdir / "uas-stat.csv")
-    errors = workdir / "uas-errors.log"
+    ok, failed = _sipp_counts(workdir / f"{name}-stat.csv")
+    errors = workdir / f"{name}-errors.log"
     return SippResult(
         proc.returncode, ok, failed, errors.read_text()[-4000:] if errors.exists() else ""
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import tomllib
 from pathlib import Path
@@ -144,6 +145,35 @@ class CallsConfig(_Section):
     )
 
 
+class FeaturesConfig(_Section):
+    """Codes dialled on a phone; ``*72`` followed by a number sets unconditional forwarding."""
+
+    forward_always_set: str = "*72"
+    forward_always_clear: str = "*73"
+    forward_busy_set: str = "*90"
+    forward_busy_clear: str = "*91"
+    forward_noanswer_set: str = "*92"
+    forward_noanswer_clear: str = "*93"
+
+    @field_validator("*")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        if not re.fullmatch(r"[*#][0-9*#]{1,6}", value):
+            raise ValueError(f"feature code {value!r} must start with * or # (e.g. *72)")
+        return value
+
+    def codes(self) -> dict[str, tuple[str, bool]]:
+        """code -> (forwarding kind, sets it)."""
+        return {
+            self.forward_always_set: ("always", True),
+            self.forward_always_clear: ("always", False),
+            self.forward_busy_set: ("busy", True),
+            self.forward_busy_clear: ("busy", False),
+            self.forward_noanswer_set: ("noanswer", True),
+            self.forward_noanswer_clear: ("noanswer", False),
+        }
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = Field(False, alias="json")
@@ -155,6 +185,7 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     firewall: FirewallConfig = FirewallConfig()
     calls: CallsConfig = CallsConfig()
+    features: FeaturesConfig = FeaturesConfig()
     log: LogConfig = LogConfig()
 
     def database_url(self, data_dir: Path) -> str:
@@ -272,6 +303,14 @@ allow = []                       # networks never banned: your trunks and admin 
 [calls]
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"
 max_duration = 14400             # no call lasts longer than this (seconds)
+
+[features]
+forward_always_set = "*72"       # *72 followed by a number: forward every call there
+forward_always_clear = "*73"
+forward_busy_set = "*90"
+forward_busy_clear = "*91"
+forward_noanswer_set = "*92"
+forward_noanswer_clear = "*93"
 
 [log]
 level = "info"

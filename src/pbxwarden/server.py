@@ -23,6 +23,7 @@ from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
 from pbxwarden.pbx.directory import Directory, fetch_changes
+from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.policy import DefaultPolicy
 from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
@@ -104,6 +105,7 @@ class SipServer:
             )
         )
         self._unsaved_bans: dict[str, Ban] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
         self.cdrs = CdrWriter(store)
         self.calls = CallManager(
             self,
@@ -113,6 +115,9 @@ class SipServer:
             DefaultPolicy(),
             CallSettings(config.calls.ring_timeout, config.calls.max_duration, sip.t1, sip.t2),
         )
+        self.calls.features = {
+            code: FeatureCode(kind, sets) for code, (kind, sets) in config.features.codes().items()
+        }
         self.transports = Transports(self.on_message)
         self.stats = Stats()
         self._timer: asyncio.TimerHandle | None = None
@@ -470,6 +475,39 @@ class SipServer:
 
     def auth_failed(self, source: Address, username: str) -> None:
         self.firewall.auth_failed(source.host, username, time.time())
+
+    def set_forwarding(
+        self, tenant: str, number: str, kind: str, target: str | None, source: str
+    ) -> None:
+        async def write() -> None:
+            try:
+                old = await asyncio.to_thread(
+                    self.store.set_forwarding,
+                    tenant,
+                    number,
+                    kind,
+                    target,
+                    "phone",
+                    source,
+                    time.time(),
+                )
+            except Exception:
+                log.exception("saving a forwarding change failed", extension=number)
+                return
+            log.warning(
+                "call forwarding changed",
+                tenant=tenant,
+                extension=number,
+                kind=kind,
+                old=old,
+                new=target,
+                actor="phone",
+                source=source,
+            )
+            await self._refresh_directory()
+
+        self._tasks.add(task := asyncio.ensure_future(write()))
+        task.add_done_callback(self._tasks.discard)
 
 
 def _phrase(status: int) -> str:

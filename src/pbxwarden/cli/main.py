@@ -47,6 +47,8 @@ trunk_app = typer.Typer(no_args_is_help=True, help="SIP trunks to carriers.")
 app.add_typer(trunk_app, name="trunk")
 did_app = typer.Typer(no_args_is_help=True, help="Inbound numbers (DIDs) and where they ring.")
 app.add_typer(did_app, name="did")
+forward_app = typer.Typer(no_args_is_help=True, help="Call forwarding (diversions).")
+app.add_typer(forward_app, name="forward")
 calls_app = typer.Typer(help="Live calls on the running server.", invoke_without_command=True)
 app.add_typer(calls_app, name="calls")
 bans_app = typer.Typer(no_args_is_help=True, help="SIP firewall bans (a running server follows).")
@@ -389,6 +391,90 @@ def did_list(
         _print_rows(store.list_dids(), as_json, "DIDs")
     finally:
         store.close()
+
+
+@forward_app.command("set")
+def forward_set(
+    extension: str,
+    always: Annotated[str | None, typer.Option(help="Forward every call to NUMBER.")] = None,
+    busy: Annotated[str | None, typer.Option(help="Forward when busy to NUMBER.")] = None,
+    noanswer: Annotated[str | None, typer.Option(help="Forward when unanswered.")] = None,
+    ring_time: Annotated[
+        float | None,
+        typer.Option(help="Seconds of ringing before --noanswer applies.", min=1, max=300),
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Set forwarding. A target the extension may not call is refused, with the reason."""
+    from pbxwarden.pbx.forwarding import judge_target
+    from pbxwarden.pbx.policy import DefaultPolicy
+
+    chosen = [
+        (k, v)
+        for k, v in (("always", always), ("busy", busy), ("noanswer", noanswer))
+        if v is not None
+    ]
+    if len(chosen) != 1:
+        raise fail("give exactly one of --always, --busy, --noanswer with a number")
+    kind, target = chosen[0]
+    store = _store(_config())
+    try:
+        if not store.extension_exists(tenant, extension):
+            raise fail(f"no extension {extension} in tenant {tenant}")
+        decision = judge_target(
+            DefaultPolicy(),
+            tenant,
+            extension,
+            target,
+            store.tenant_country(tenant),
+            store.extension_exists(tenant, target),
+            "cli",
+            time.time(),
+        )
+        if not decision.allow:
+            raise fail(f"forwarding refused: {'; '.join(decision.reasons)}")
+        old = store.set_forwarding(
+            tenant, extension, kind, target, "cli", "cli", time.time(), ring_time
+        )
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"extension {extension}: forwarding {kind} {old or 'none'} -> {target}")
+
+
+@forward_app.command("clear")
+def forward_clear(
+    extension: str,
+    kind: Annotated[
+        str | None, typer.Option(help="always, busy or noanswer; all kinds when omitted.")
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Clear forwarding."""
+    store = _store(_config())
+    try:
+        for k in [kind] if kind else ["always", "busy", "noanswer"]:
+            store.set_forwarding(tenant, extension, k, None, "cli", "cli", time.time())
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"extension {extension}: forwarding cleared")
+
+
+@forward_app.command("list")
+def forward_list(
+    history: Annotated[bool, typer.Option(help="Every change: who, from where, old, new.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """Extensions with forwarding set, or the log of changes."""
+    store = _store(_config())
+    try:
+        rows = store.forwarding_changes() if history else store.forwarding_table()
+    finally:
+        store.close()
+    _print_rows(rows, as_json, "forwarding changes" if history else "forwardings")
 
 
 def _ask(request: dict[str, Any]) -> dict[str, Any]:

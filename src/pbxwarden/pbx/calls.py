@@ -22,6 +22,7 @@ import structlog
 
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory
+from pbxwarden.pbx.forwarding import DIVERSION_REASONS, FeatureCode, judge_target, parse_feature
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.numbers import Destination, classify
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer, Decision
@@ -66,6 +67,9 @@ class CallPort(Protocol):
     def cdr_open(self, token: int, fields: dict[str, Any]) -> None: ...
     def cdr_close(self, token: int, fields: dict[str, Any]) -> None: ...
     def auth_failed(self, source: Address, username: str) -> None: ...
+    def set_forwarding(
+        self, tenant: str, number: str, kind: str, target: str | None, source: str
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class CallSettings:
     t1: float = 0.5
     t2: float = 4.0
 
+
+MAX_FORWARDS = 3  # a diversion chain longer than this is a loop or an attack
 
 _DISPOSITIONS = {
     486: "busy",
@@ -106,6 +112,10 @@ class Call:
     b_dialog: Dialog | None = None
     b_provisional: bool = False
     trunk: str | None = None
+    ringing: ExtensionAuth | None = None  # the extension whose phone the B leg rings
+    forwarded_by: list[str] = field(default_factory=list)
+    diversion: str | None = None  # Diversion header value for the current B leg
+    outcome: dict[str, Any] = field(default_factory=dict)  # CDR fields set on the way
     answered: float | None = None
     a_acked: bool = False
     a_final: Response | None = None
@@ -149,6 +159,14 @@ class CallManager:
         self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
         self._tokens = itertools.count(1)
         self.routing = Routing()  # replaced whole by the server when trunks or DIDs change
+        self.features: dict[str, FeatureCode] = {
+            "*72": FeatureCode("always", True),
+            "*73": FeatureCode("always", False),
+            "*90": FeatureCode("busy", True),
+            "*91": FeatureCode("busy", False),
+            "*92": FeatureCode("noanswer", True),
+            "*93": FeatureCode("noanswer", False),
+        }
 
     # -- entry points from the server -----------------------------------------------------
 
@@ -221,6 +239,10 @@ class CallManager:
             self.port.respond(key, request, self.auth.forbidden(request))
             return
         dialed = request.uri.user or ""
+        feature = parse_feature(dialed, self.features)
+        if feature is not None:
+            self._feature_code(request, key, source, caller, feature[0], feature[1], now)
+            return
         callee = self.directory.get(caller.realm, dialed) if request.uri.is_sip else None
         destination = None
         if callee is None:
@@ -376,14 +398,170 @@ class CallManager:
         return call
 
     def _ring_extension(self, call: Call, callee: ExtensionAuth, now: float) -> None:
+        if callee.forward_always:
+            self._forward(call, callee, callee.forward_always, "always", now)
+            return
         bindings = self.location.lookup(aor_key(callee.realm, callee.number), now)
         dest = _parse_source(bindings[0].source) if bindings else None
         if not bindings or dest is None:
+            if callee.forward_noanswer:  # not reachable counts as not answering
+                self._forward(call, callee, callee.forward_noanswer, "noanswer", now)
+                return
             self._fail_a(call, 480, "the extension is not registered")
             return
+        call.ringing = callee
         self.port.respond(call.a_key, call.a_request, make_response(call.a_request, 100))
         self._send_b_invite(call, parse_uri(bindings[0].contact), dest)
         self._arm_ring_timer(call)
+        if callee.forward_noanswer:
+            ringing_leg = call.b_key
+            call.timers.append(
+                self.port.schedule(
+                    callee.noanswer_after, lambda: self._noanswer_forward(call, callee, ringing_leg)
+                )
+            )
+
+    def _noanswer_forward(
+        self, call: Call, callee: ExtensionAuth, leg: TransactionKey | None
+    ) -> None:
+        if call.ended or call.answered is not None or call.b_key != leg:
+            return
+        assert callee.forward_noanswer is not None
+        self._cancel_b(call)
+        self._forward(call, callee, callee.forward_noanswer, "noanswer", self.port.wall_time())
+
+    def _forward(self, call: Call, by: ExtensionAuth, target: str, why: str, now: float) -> None:
+        """Divert the call: a new leg to ``target`` paid by ``by``, through the hook.
+
+        Forwarding set on the PBX, forwarding on busy or no answer, and a 3xx redirect
+        from the phone (set on its web page: the attack we exist for) all come here.
+        """
+        if call.b_key is not None:  # the previous leg is over; ignore its late answers
+            self._by_b_key.pop(call.b_key, None)
+        call.b_key = call.b_request = call.b_dest = None
+        call.b_provisional = False
+        call.ringing = None
+        call.forwarded_by.append(by.number)
+        call.outcome["forwarded_by"] = ",".join(call.forwarded_by)[:255]
+        if len(call.forwarded_by) > MAX_FORWARDS or target in call.forwarded_by:
+            self._fail_a(call, 482, "forwarding loop", disposition="failed")
+            return
+        host, _ = self.port.local_address(call.a_source.transport)
+        call.diversion = (
+            f"<sip:{by.number}@{host}>;reason={DIVERSION_REASONS[why]};"
+            f"counter={len(call.forwarded_by)}"
+        )
+        target_ext = self.directory.get(by.realm, target)
+        destination = None
+        if target_ext is None:
+            destination = classify(target, self.routing.countries.get(by.tenant, "US"))
+        kind = "internal" if target_ext is not None else "forwarded"
+        decision = self.policy.authorize(
+            CallAttempt(
+                by.tenant,
+                by.number,
+                call.caller_id,
+                target,
+                kind,
+                str(call.a_source),
+                now,
+                destination,
+            )
+        )
+        reasons = [f"forwarded by {by.number} ({why}) to {target}", *decision.reasons]
+        call.outcome.update(
+            {
+                "decision": decision.label,
+                "callee": target[:128],
+                "reasons": "; ".join(reasons)[:2000],
+            }
+        )
+        if destination is not None:
+            call.outcome.update(
+                {
+                    "callee_e164": destination.e164,
+                    "dest_country": destination.country,
+                    "number_type": destination.number_type,
+                }
+            )
+        if not decision.allow:
+            log.warning(
+                "forwarded call denied",
+                extension=by.number,
+                target=target[:64],
+                reasons=list(decision.reasons),
+            )
+            self._fail_a(
+                call, decision.status, f"forwarding to {target} refused", disposition="blocked"
+            )
+            return
+        call.callee = target
+        if target_ext is not None:
+            self._ring_extension(call, target_ext, now)
+            return
+        assert destination is not None
+        trunk = self.routing.trunk_for(by.tenant, destination.e164)
+        if trunk is None:
+            self._fail_a(call, 503, f"no trunk route for {destination.e164}")
+            return
+        call.trunk = trunk.name
+        self._send_b_invite(
+            call, URI("sip", user=destination.e164, host=trunk.host, port=trunk.port), trunk.address
+        )
+        self._arm_ring_timer(call)
+
+    def _feature_code(
+        self,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
+        ext: ExtensionAuth,
+        code: FeatureCode,
+        target: str,
+        now: float,
+    ) -> None:
+        """``*72<number>`` and friends, dialled on the phone: set or clear forwarding."""
+        if code.sets:
+            target_ext = self.directory.get(ext.realm, target)
+            decision = judge_target(
+                self.policy,
+                ext.tenant,
+                ext.number,
+                target,
+                self.routing.countries.get(ext.tenant, "US"),
+                target_ext is not None,
+                str(source),
+                now,
+            )
+            if not decision.allow:
+                log.warning(
+                    "forwarding change refused",
+                    extension=ext.number,
+                    target=target[:64],
+                    reasons=list(decision.reasons),
+                )
+                self.port.respond(
+                    key,
+                    request,
+                    make_response(
+                        request,
+                        403,
+                        f"Forbidden (forwarding refused: {safe_reason(decision.reasons[0])})",
+                    ),
+                )
+                return
+        elif target:
+            self.port.respond(key, request, make_response(request, 484))
+            return
+        self.port.set_forwarding(
+            ext.tenant, ext.number, code.kind, target if code.sets else None, str(source)
+        )
+        what = f"set to {target}" if code.sets else "cleared"
+        self.port.respond(
+            key,
+            request,
+            make_response(request, 603, f"Decline (call forwarding {code.kind} {what})"),
+        )
 
     def _arm_ring_timer(self, call: Call) -> None:
         call.timers.append(
@@ -400,6 +578,8 @@ class CallManager:
             value = a.headers.get(name)
             if value is not None:
                 headers.add(name, value)
+        if call.diversion is not None:
+            headers.add("Diversion", call.diversion)
         invite = Request(
             via=[Via(dest.transport, host, port, {"branch": generate_branch(), "rport": None})],
             from_=from_,
@@ -446,12 +626,22 @@ class CallManager:
             if call.answered is None:
                 self._answer_a(call, response)
             return
-        if not call.ended:
-            if 300 <= status < 400:
-                # A redirect is a new costly call; it is never followed blindly.
-                self._fail_a(call, 480, "redirect not followed", sip_code=status)
+        if call.ended:
+            return
+        ringing = call.ringing
+        now = self.port.wall_time()
+        if 300 <= status < 400:
+            # A redirect is a new call paid by the redirecting extension: never followed
+            # blindly, always through the authorization hook.
+            target = response.contacts[0].uri.user if response.contacts else None
+            if ringing is not None and target:
+                self._forward(call, ringing, target, "redirect", now)
             else:
-                self._fail_a(call, status, response.reason or None, sip_code=status)
+                self._fail_a(call, 480, "redirect not followed", sip_code=status)
+        elif status in (486, 600) and ringing is not None and ringing.forward_busy:
+            self._forward(call, ringing, ringing.forward_busy, "busy", now)
+        else:
+            self._fail_a(call, status, response.reason or None, sip_code=status)
 
     def _relay_to_a(self, call: Call, response: Response) -> None:
         headers = [("Contact", str(self._contact(call.a_source.transport)))]
@@ -644,11 +834,13 @@ class CallManager:
             "end_ts": now,
             "answer_ts": call.answered,
             "trunk": call.trunk,
+            **call.outcome,
         }
         if call.answered is not None:
             fields["duration"] = max(0.0, now - call.answered)
         if note:
-            fields["reasons"] = "; ".join([*call.decision.reasons, note])[:2000]
+            base = call.outcome.get("reasons") or "; ".join(call.decision.reasons)
+            fields["reasons"] = f"{base}; {note}"[:2000]
         self.port.cdr_close(call.token, fields)
         log.info(
             "call ended",

@@ -24,7 +24,10 @@ class CallAttempt:
     extension: str  # the extension that pays for the call
     caller: str
     dialed: str
-    kind: str  # "internal" (extension to extension), "external" (out) or "inbound"
+    # "internal" (extension to extension), "external" (out), "inbound" (from a carrier),
+    # "forwarded" (a diversion or redirect: a new call paid by ``extension``), or
+    # "forward-change" (setting a diversion: judged like a call to the target)
+    kind: str
     source: str  # transport address the request came from
     at: float
     destination: Destination | None = None  # for external calls

@@ -29,6 +29,7 @@ from pbxwarden.store.models import (
     Cdr,
     DidRow,
     Extension,
+    ForwardingChange,
     Registration,
     Tenant,
     TrunkRow,
@@ -40,6 +41,7 @@ TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 REALM_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?")
 COUNTRY_RE = re.compile(r"[A-Z]{2}")
 MIN_PASSWORD_LENGTH = 12
+FORWARD_KINDS = ("always", "busy", "noanswer")
 DEFAULT_TENANT = "default"
 
 
@@ -59,6 +61,10 @@ class ExtensionAuth:
     enabled: bool
     # Networks the extension may register and call from; empty means anywhere.
     networks: tuple[IPNetwork, ...] = ()
+    forward_always: str | None = None
+    forward_busy: str | None = None
+    forward_noanswer: str | None = None
+    noanswer_after: float = 20.0
 
     def allows(self, address: str) -> bool:
         if not self.networks:
@@ -277,11 +283,15 @@ class Store:
         Extension.ha1_sha256,
         Extension.enabled,
         Extension.acl,
+        Extension.forward_always,
+        Extension.forward_busy,
+        Extension.forward_noanswer,
+        Extension.noanswer_after,
     )
 
     @staticmethod
     def _auth_row(row: Any) -> ExtensionAuth:
-        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl = row
+        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after = row
         try:
             networks = parse_networks(acl)
         except StoreError:  # validated on write; never let one bad row stop the server
@@ -294,6 +304,10 @@ class Store:
             {Algorithm.MD5: md5, Algorithm.SHA256: sha256},
             enabled,
             networks,
+            fa,
+            fb,
+            fn,
+            float(after or 20.0),
         )
 
     def set_acl(self, tenant: str, number: str, networks: str | None) -> None:
@@ -631,3 +645,113 @@ class Store:
             {t.name: t.country for t in tenants.values()},
             {t.name: t.realm for t in tenants.values()},
         )
+
+    # -- call forwarding -----------------------------------------------------------------
+
+    def set_forwarding(
+        self,
+        tenant: str,
+        number: str,
+        kind: str,
+        target: str | None,
+        actor: str,
+        source: str,
+        now: float,
+        noanswer_after: float | None = None,
+    ) -> str | None:
+        """Set (or clear, target None) one kind of forwarding; returns the old target.
+
+        Every change is recorded (who, from where, old and new target): a diversion
+        set to a premium-rate number is how the attack this project exists for works.
+        """
+        if kind not in FORWARD_KINDS:
+            raise StoreError(f"unknown forwarding kind {kind!r}: always, busy or noanswer")
+        with Session(self.engine) as s, s.begin():
+            ext = s.scalar(
+                select(Extension)
+                .join(Tenant, Tenant.id == Extension.tenant_id)
+                .where(Tenant.name == tenant, Extension.number == number)
+            )
+            if ext is None:
+                raise StoreError(f"no extension {number} in tenant {tenant}")
+            column = f"forward_{kind}"
+            old: str | None = getattr(ext, column)
+            setattr(ext, column, target)
+            if noanswer_after is not None:
+                ext.noanswer_after = noanswer_after
+            ext.updated_at = now
+            s.add(
+                ForwardingChange(
+                    extension_id=ext.id,
+                    kind=kind,
+                    old_target=old,
+                    new_target=target,
+                    actor=actor[:64],
+                    source=source[:128],
+                    at=now,
+                )
+            )
+            return old
+
+    def forwarding_changes(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        stmt = (
+            select(Tenant.name, Extension.number, ForwardingChange)
+            .join(Extension, Extension.id == ForwardingChange.extension_id)
+            .join(Tenant, Tenant.id == Extension.tenant_id)
+            .order_by(ForwardingChange.at)
+        )
+        if tenant is not None:
+            stmt = stmt.where(Tenant.name == tenant)
+        with Session(self.engine) as s:
+            return [
+                {
+                    "tenant": t,
+                    "extension": n,
+                    "kind": c.kind,
+                    "old": c.old_target,
+                    "new": c.new_target,
+                    "actor": c.actor,
+                    "source": c.source,
+                    "at": c.at,
+                }
+                for t, n, c in s.execute(stmt)
+            ]
+
+    def tenant_country(self, tenant: str) -> str:
+        with Session(self.engine) as s:
+            return self._tenant_row(s, tenant).country
+
+    def extension_exists(self, tenant: str, number: str) -> bool:
+        with Session(self.engine) as s:
+            return (
+                s.scalar(
+                    select(Extension.id)
+                    .join(Tenant, Tenant.id == Extension.tenant_id)
+                    .where(Tenant.name == tenant, Extension.number == number)
+                )
+                is not None
+            )
+
+    def forwarding_table(self) -> list[dict[str, Any]]:
+        stmt = (
+            select(Tenant.name, Extension)
+            .join(Tenant, Tenant.id == Extension.tenant_id)
+            .where(
+                (Extension.forward_always.is_not(None))
+                | (Extension.forward_busy.is_not(None))
+                | (Extension.forward_noanswer.is_not(None))
+            )
+            .order_by(Tenant.name, Extension.number)
+        )
+        with Session(self.engine) as s:
+            return [
+                {
+                    "tenant": t,
+                    "extension": e.number,
+                    "always": e.forward_always,
+                    "busy": e.forward_busy,
+                    "noanswer": e.forward_noanswer,
+                    "ring_time": e.noanswer_after,
+                }
+                for t, e in s.execute(stmt)
+            ]

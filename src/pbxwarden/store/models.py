@@ -45,6 +45,10 @@ class Extension(Base):
     ha1_sha256: Mapped[str] = mapped_column(String(64))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     acl: Mapped[str | None] = mapped_column(Text, nullable=True)  # CIDRs, comma-separated
+    forward_always: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    forward_busy: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    forward_noanswer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    noanswer_after: Mapped[float] = mapped_column(Float, default=20.0)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -107,6 +111,7 @@ class Cdr(Base):
     dest_country: Mapped[str | None] = mapped_column(String(8), nullable=True)
     number_type: Mapped[str | None] = mapped_column(String(24), nullable=True)
     trunk: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    forwarded_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class TrunkRow(Base):
@@ -132,3 +137,20 @@ class DidRow(Base):
     number: Mapped[str] = mapped_column(String(32), primary_key=True)  # E.164
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     extension: Mapped[str] = mapped_column(String(32))
+
+
+class ForwardingChange(Base):
+    """Every change to an extension's call forwarding: who, from where, old and new."""
+
+    __tablename__ = "forwarding_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    extension_id: Mapped[int] = mapped_column(
+        ForeignKey("extensions.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    old_target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    new_target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(64))  # "phone", "cli", "api"
+    source: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float] = mapped_column(Float, index=True)

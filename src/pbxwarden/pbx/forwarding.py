@@ -1,0 +1,67 @@
+"""Call forwarding rules shared by every way of setting it (phone feature codes, CLI, API).
+
+A diversion is a standing order to place calls at the extension's cost, so setting
+one is judged like placing a call to the target: a target the extension could not
+call is refused at set time, not only when the first diverted call arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pbxwarden.pbx.numbers import classify
+from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer, Decision
+
+TARGET_RE = re.compile(r"\+?[0-9]{2,20}")
+KINDS = ("always", "busy", "noanswer")
+DIVERSION_REASONS = {
+    "always": "unconditional",
+    "busy": "user-busy",
+    "noanswer": "no-answer",
+    "redirect": "deflection",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureCode:
+    kind: str
+    sets: bool  # True: code followed by the target sets it; False: clears
+
+
+def parse_feature(dialed: str, codes: dict[str, FeatureCode]) -> tuple[FeatureCode, str] | None:
+    """(code, target) when ``dialed`` is a feature code; longest code wins."""
+    for code in sorted(codes, key=len, reverse=True):
+        if dialed.startswith(code):
+            return codes[code], dialed[len(code) :]
+    return None
+
+
+def judge_target(
+    policy: CallAuthorizer,
+    tenant: str,
+    extension: str,
+    target: str,
+    country: str,
+    target_is_extension: bool,
+    source: str,
+    now: float,
+) -> Decision:
+    if not TARGET_RE.fullmatch(target):
+        return Decision(False, (f"{target!r} is not a number to forward to",), 484)
+    if target == extension:
+        return Decision(False, ("an extension cannot forward to itself",), 482)
+    if target_is_extension:
+        return Decision(True, (f"forwarding to extension {target}",))
+    return policy.authorize(
+        CallAttempt(
+            tenant,
+            extension,
+            extension,
+            target,
+            "forward-change",
+            source,
+            now,
+            classify(target, country),
+        )
+    )
