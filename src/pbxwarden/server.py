@@ -19,6 +19,7 @@ import structlog
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
+from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
@@ -49,7 +50,7 @@ from pbxwarden.sip.transaction import (
     TransactionLayer,
     TransactionTimeout,
 )
-from pbxwarden.store.db import Store
+from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.transport.network import Transports, tls_context
 
 log = structlog.get_logger("pbxwarden.server")
@@ -105,6 +106,7 @@ class SipServer:
             )
         )
         self._unsaved_bans: dict[str, Ban] = {}
+        self.netwatch = NetworkWatch(fw.approve_new_networks)
         self._tasks: set[asyncio.Future[None]] = set()
         self.cdrs = CdrWriter(store)
         self.calls = CallManager(
@@ -147,6 +149,7 @@ class SipServer:
         self.location.load(rows)
         await self._refresh_directory()
         await self._refresh_routing()
+        await self._refresh_networks()
         await self._sync_firewall()
         host, port = self.config.sip.listen_address
         if "udp" in self.config.sip.transports:
@@ -199,6 +202,7 @@ class SipServer:
                     self._add_realms(await asyncio.to_thread(self.store.known_realms))
                     await self._refresh_directory()
                     await self._refresh_routing()
+                    await self._refresh_networks()
                     await self._sync_firewall()
                     next_realm_check = now + 1.0
             except Exception:  # the database may be briefly locked; retry next round
@@ -213,6 +217,9 @@ class SipServer:
             self.directory.replace_all(entries, version)
         else:
             self.directory.update(entries, version)
+
+    async def _refresh_networks(self) -> None:
+        self.netwatch.load(await asyncio.to_thread(self.store.approved_networks))
 
     async def _refresh_routing(self) -> None:
         routing = await asyncio.to_thread(self.store.routing_snapshot)
@@ -405,10 +412,43 @@ class SipServer:
             self.respond(key, request, self.auth.forbidden(request))
             return
         self.firewall.auth_succeeded(source.host)
+        if not self._watch_network(outcome.extension, source):
+            self.respond(key, request, self.auth.forbidden(request))
+            return
         response = self.registrar.register(request, outcome.extension, str(source), wall)
         if response.status == 200:
             self.stats.registers_ok += 1
         self.respond(key, request, response)
+
+    def _watch_network(self, ext: ExtensionAuth, source: Address) -> bool:
+        """Registration watch: alert on (or hold back) a registration from a new network."""
+        verdict = self.netwatch.check(ext.id, source.host)
+        if verdict is None or verdict.known:
+            return True
+        if not verdict.first:
+            log.warning(
+                "registration from a new network",
+                tenant=ext.tenant,
+                extension=ext.number,
+                network=verdict.network,
+                source=str(source),
+                known=sorted(self.netwatch.networks(ext.id)),
+                action="allowed" if verdict.allowed else "waiting for approval",
+            )
+        self._background_write(
+            self.store.record_network, ext.id, verdict.network, time.time(), verdict.allowed
+        )
+        return verdict.allowed
+
+    def _background_write(self, fn: Callable[..., object], *args: object) -> None:
+        async def write() -> None:
+            try:
+                await asyncio.to_thread(fn, *args)
+            except Exception:
+                log.exception("background database write failed")
+
+        self._tasks.add(task := asyncio.ensure_future(write()))
+        task.add_done_callback(self._tasks.discard)
 
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
         """Answers the CLI over the control socket (see :mod:`pbxwarden.control`)."""

@@ -291,3 +291,14 @@ def test_calls_command_without_a_server(tmp_path: Path) -> None:
     cli(tmp_path / "d", "init")
     proc = cli(tmp_path / "d", "calls", check=False)
     assert proc.returncode == 1 and "not running" in proc.stderr
+
+
+def test_hold_with_a_reinvite_is_relayed(pbx: PbxProcess, tmp_path: Path) -> None:
+    port = register_callee(pbx, tmp_path)
+    phone = start_sipp_uas("call_uas_reinvite.xml", port, tmp_path)
+    ok, failed, output = call(pbx, tmp_path, "call_uac_reinvite.xml")
+    assert (ok, failed) == (1, 0), output + pbx.log()[-3000:]
+    held = finish_sipp_uas(phone, tmp_path)
+    assert held.successful == 1, held.output  # it saw sendonly, the caller saw recvonly
+    [row] = wait_cdr(pbx)
+    assert row["disposition"] == "answered"

@@ -217,3 +217,52 @@ def test_extension_acl_limits_where_a_phone_may_register(tmp_path: Path) -> None
             assert isinstance(ok, Response) and ok.status == 200
         finally:
             anywhere.close()
+
+
+def test_registration_from_a_new_network_is_flagged(tmp_path: Path) -> None:
+    with running_pbx(tmp_path / "data", PHONE) as pbx:
+        home = SipClient((pbx.host, pbx.port), source_ip="127.0.0.1")
+        away = SipClient((pbx.host, pbx.port), source_ip="127.0.1.5")
+        try:
+            for client in (home, away):
+                reply = parse_message(client.register("1000", PHONE["1000"]))
+                assert isinstance(reply, Response) and reply.status == 200
+        finally:
+            home.close()
+            away.close()
+        assert "registration from a new network" in pbx.log()
+        assert wait_for(
+            lambda: (
+                len(json.loads(cli(pbx.data_dir, "extension", "networks", "--json").stdout)) == 2
+            )
+        )
+
+
+def test_new_networks_can_require_approval(tmp_path: Path) -> None:
+    env = {"PBXWARDEN_FIREWALL__APPROVE_NEW_NETWORKS": "true"}
+    with running_pbx(tmp_path / "data", PHONE, env=env) as pbx:
+        home = SipClient((pbx.host, pbx.port), source_ip="127.0.0.1")
+        away = SipClient((pbx.host, pbx.port), source_ip="127.0.2.5")
+        try:
+            first = parse_message(home.register("1000", PHONE["1000"]))
+            assert isinstance(first, Response) and first.status == 200  # trusted on first use
+            held = parse_message(away.register("1000", PHONE["1000"]))
+            assert isinstance(held, Response) and held.status == 403
+            assert wait_for(
+                lambda: (
+                    cli(pbx.data_dir, "extension", "networks", "--pending", "--json")
+                    .stdout.strip()
+                    .startswith("[")
+                )
+            )
+            pending = json.loads(
+                cli(pbx.data_dir, "extension", "networks", "--pending", "--json").stdout
+            )
+            assert [p["network"] for p in pending] == ["127.0.2.0/24"]
+            cli(pbx.data_dir, "extension", "approve", "1000", "127.0.2.0/24")
+            time.sleep(1.5)
+            approved = parse_message(away.register("1000", PHONE["1000"]))
+            assert isinstance(approved, Response) and approved.status == 200
+        finally:
+            home.close()
+            away.close()

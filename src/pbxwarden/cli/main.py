@@ -246,6 +246,37 @@ def extension_acl(
     out.print(f"extension {number}: " + ("any network" if clear else ", ".join(allow or [])))
 
 
+@extension_app.command("networks")
+def extension_networks(
+    pending: Annotated[bool, typer.Option(help="Only networks waiting for approval.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """Networks (/24, /48) each extension registered from (registration watch)."""
+    store = _store(_config())
+    try:
+        rows = [r for r in store.list_networks() if not pending or not r["approved"]]
+    finally:
+        store.close()
+    _print_rows(rows, as_json, "networks")
+
+
+@extension_app.command("approve")
+def extension_approve(
+    number: str,
+    network: str,
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Approve a network an extension tried to register from."""
+    store = _store(_config())
+    try:
+        store.approve_network(tenant, number, network)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"extension {number} may register from {network}")
+
+
 @extension_app.command("list")
 def extension_list(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,

@@ -80,6 +80,18 @@ class CallSettings:
     t2: float = 4.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Relayed:
+    """A mid-call request relayed to the other phone, and how to answer the original."""
+
+    original: Request
+    in_key: TransactionKey | None
+    back_transport: str
+    relayed: Request
+    dest: Address
+    dialog: Dialog
+
+
 MAX_FORWARDS = 3  # a diversion chain longer than this is a loop or an attack
 
 _DISPOSITIONS = {
@@ -157,6 +169,9 @@ class CallManager:
         self._by_invite: dict[TransactionKey, Call] = {}
         self._by_b_key: dict[TransactionKey, Call] = {}
         self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
+        # relayed mid-call request's client key -> (call, original request, its server
+        # key, the relayed request, where it went)
+        self._relayed: dict[TransactionKey, _Relayed] = {}
         self._tokens = itertools.count(1)
         self.routing = Routing()  # replaced whole by the server when trunks or DIDs change
         self.features: dict[str, FeatureCode] = {
@@ -182,6 +197,9 @@ class CallManager:
             self.port.respond(key, request, make_response(request, 481))
 
     def on_response(self, response: Response, key: TransactionKey) -> None:
+        if key in self._relayed:
+            self._relayed_response(response, key)
+            return
         call = self._by_b_key.get(key)
         if call is None:
             return
@@ -189,6 +207,12 @@ class CallManager:
             self._b_invite_response(call, response)
 
     def on_timeout(self, key: TransactionKey) -> None:
+        relayed = self._relayed.pop(key, None)
+        if relayed is not None:
+            self.port.respond(
+                relayed.in_key, relayed.original, make_response(relayed.original, 408)
+            )
+            return
         call = self._by_b_key.get(key)
         if call is not None and not call.ended and call.answered is None:
             self._fail_a(call, 408, "no answer from the callee's phone")
@@ -740,10 +764,68 @@ class CallManager:
                     call, "answered", 200, "caller hung up" if leg == "a" else "callee hung up"
                 )
             return
-        # Mid-call changes (re-INVITE, UPDATE, INFO) are not relayed yet: refuse them
-        # cleanly so both phones keep the session they have.
+        if call.ended or call.answered is None:
+            self.port.respond(key, request, make_response(request, 481))
+            return
+        self._relay_in_dialog(call, leg, request, key)
+
+    def _relay_in_dialog(
+        self, call: Call, leg: str, request: Request, key: TransactionKey | None
+    ) -> None:
+        """Mid-call requests (re-INVITE for hold and codec changes, UPDATE, INFO for DTMF)
+        go to the other phone in its own dialog; its answer comes back the same way."""
+        other = "b" if leg == "a" else "a"
+        dialog = call.b_dialog if other == "b" else call.a_dialog
+        dest = call.b_dest if other == "b" else call.a_source
+        if dialog is None or dest is None:
+            self.port.respond(key, request, make_response(request, 481))
+            return
+        host, port = self.port.local_address(dest.transport)
+        headers = [
+            (n, v)
+            for n in ("Content-Type", "Event", "Supported")
+            if (v := request.headers.get(n)) is not None
+        ]
+        relayed = dialog.new_request(
+            request.method,
+            Via(dest.transport, host, port, {"rport": None}),
+            contact=str(self._contact(dest.transport)) if request.method == "INVITE" else None,
+            body=request.body,
+            headers=headers,
+        )
+        out_key = self.port.send_request(relayed, dest)
+        back = call.a_source if leg == "a" else call.b_dest
+        assert back is not None
+        self._relayed[out_key] = _Relayed(request, key, back.transport, relayed, dest, dialog)
+
+    def _relayed_response(self, response: Response, out_key: TransactionKey) -> None:
+        r = self._relayed[out_key]
+        if response.status < 200:
+            return
+        del self._relayed[out_key]
+        original, dest = r.original, r.dest
+        if r.relayed.method == "INVITE" and response.status < 300:
+            host, port = self.port.local_address(dest.transport)
+            ack = r.dialog.new_request(
+                "ACK", Via(dest.transport, host, port, {"rport": None}), cseq=r.relayed.cseq.number
+            )
+            self.port.send_direct(ack, dest)
+        headers: list[tuple[str, str]] = []
+        if original.method == "INVITE":
+            headers.append(("Contact", str(self._contact(r.back_transport))))
+        ctype = response.headers.get("Content-Type")
+        if ctype and response.body:
+            headers.append(("Content-Type", ctype))
         self.port.respond(
-            key, request, make_response(request, 488 if request.method == "INVITE" else 501)
+            r.in_key,
+            original,
+            make_response(
+                original,
+                response.status,
+                response.reason,
+                headers=headers,
+                body=response.body if ctype else b"",
+            ),
         )
 
     def _cancel(self, request: Request, key: TransactionKey | None) -> None:

@@ -29,6 +29,7 @@ from pbxwarden.store.models import (
     Cdr,
     DidRow,
     Extension,
+    ExtensionNetwork,
     ForwardingChange,
     Registration,
     Tenant,
@@ -755,3 +756,57 @@ class Store:
                 }
                 for t, e in s.execute(stmt)
             ]
+
+    # -- registration watch --------------------------------------------------------------
+
+    def record_network(self, extension_id: int, network: str, now: float, approved: bool) -> None:
+        with Session(self.engine) as s, s.begin():
+            if s.get(ExtensionNetwork, (extension_id, network)) is None:
+                s.add(
+                    ExtensionNetwork(
+                        extension_id=extension_id,
+                        network=network,
+                        first_seen=now,
+                        approved=approved,
+                    )
+                )
+
+    def approved_networks(self) -> list[tuple[int, str]]:
+        stmt = select(ExtensionNetwork.extension_id, ExtensionNetwork.network).where(
+            ExtensionNetwork.approved.is_(True)
+        )
+        with self.engine.connect() as conn:
+            return [(int(e), str(n)) for e, n in conn.execute(stmt)]
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        stmt = (
+            select(Tenant.name, Extension.number, ExtensionNetwork)
+            .join(Extension, Extension.id == ExtensionNetwork.extension_id)
+            .join(Tenant, Tenant.id == Extension.tenant_id)
+            .order_by(Tenant.name, Extension.number, ExtensionNetwork.first_seen)
+        )
+        with Session(self.engine) as s:
+            return [
+                {
+                    "tenant": t,
+                    "extension": n,
+                    "network": r.network,
+                    "first_seen": r.first_seen,
+                    "approved": r.approved,
+                }
+                for t, n, r in s.execute(stmt)
+            ]
+
+    def approve_network(self, tenant: str, number: str, network: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            ext_id = s.scalar(
+                select(Extension.id)
+                .join(Tenant, Tenant.id == Extension.tenant_id)
+                .where(Tenant.name == tenant, Extension.number == number)
+            )
+            if ext_id is None:
+                raise StoreError(f"no extension {number} in tenant {tenant}")
+            row = s.get(ExtensionNetwork, (ext_id, network))
+            if row is None:
+                raise StoreError(f"extension {number} never registered from {network}")
+            row.approved = True

@@ -154,3 +154,16 @@ class ForwardingChange(Base):
     actor: Mapped[str] = mapped_column(String(64))  # "phone", "cli", "api"
     source: Mapped[str] = mapped_column(String(128))
     at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ExtensionNetwork(Base):
+    """A network an extension has registered from; unapproved ones wait for an admin."""
+
+    __tablename__ = "extension_networks"
+
+    extension_id: Mapped[int] = mapped_column(
+        ForeignKey("extensions.id", ondelete="CASCADE"), primary_key=True
+    )
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen: Mapped[float] = mapped_column(Float)
+    approved: Mapped[bool] = mapped_column(Boolean)

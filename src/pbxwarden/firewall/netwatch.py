@@ -1,0 +1,65 @@
+"""Registration watch: an extension registering from a network it never used before.
+
+A desk phone lives on one network for years. When its credentials suddenly register
+from elsewhere (another /24 or /48), the password has most likely leaked; that is
+the first step of the diversion attack. The first network an extension registers
+from is trusted on first use; later new ones raise an alert and, when the operator
+asks for it, are refused until approved.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+def network_of(address: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) an address belongs to, as text."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkVerdict:
+    network: str
+    known: bool
+    first: bool  # the extension's first network ever: trusted on first use
+    allowed: bool
+
+
+class NetworkWatch:
+    def __init__(self, require_approval: bool = False) -> None:
+        self.require_approval = require_approval
+        self._seen: dict[int, set[str]] = {}
+
+    def load(self, rows: list[tuple[int, str]]) -> None:
+        seen: dict[int, set[str]] = {}
+        for extension_id, network in rows:
+            seen.setdefault(extension_id, set()).add(network)
+        self._seen = seen
+
+    def check(self, extension_id: int, address: str) -> NetworkVerdict | None:
+        """None when the address is not an IP (nothing to say); else the verdict.
+
+        A new network is remembered at once unless approval is required.
+        """
+        network = network_of(address)
+        if network is None:
+            return None
+        known = self._seen.get(extension_id)
+        if known is None:
+            self._seen[extension_id] = {network}
+            return NetworkVerdict(network, known=False, first=True, allowed=True)
+        if network in known:
+            return NetworkVerdict(network, known=True, first=False, allowed=True)
+        if self.require_approval:
+            return NetworkVerdict(network, known=False, first=False, allowed=False)
+        known.add(network)
+        return NetworkVerdict(network, known=False, first=False, allowed=True)
+
+    def networks(self, extension_id: int) -> set[str]:
+        return set(self._seen.get(extension_id, ()))
