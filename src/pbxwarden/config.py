@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pbxwarden.guard.engine import GuardConfig
+
 CONFIG_FILE = "pbxwarden.toml"
 SECRET_FILE = "digest.key"
 ENV_PREFIX = "PBXWARDEN_"
@@ -189,6 +191,7 @@ class Config(_Section):
     firewall: FirewallConfig = FirewallConfig()
     calls: CallsConfig = CallsConfig()
     features: FeaturesConfig = FeaturesConfig()
+    guard: GuardConfig = GuardConfig()
     log: LogConfig = LogConfig()
 
     def database_url(self, data_dir: Path) -> str:
@@ -315,6 +318,19 @@ forward_busy_set = "*90"
 forward_busy_clear = "*91"
 forward_noanswer_set = "*92"
 forward_noanswer_clear = "*93"
+
+# The fraud guard. Closed by default: national fixed, mobile and toll-free numbers
+# only. Per-tenant overrides go in [guard.tenants.NAME] with the same keys.
+[guard.default]
+allow_countries = []             # e.g. ["DE", "FR"]: international calls to these
+allow_special = []               # e.g. ["premium-rate"]: only if you really mean it
+allow_high_risk = false          # destinations known for revenue-share fraud
+allow_prefixes = []              # E.164 prefixes always allowed (e.g. a partner's number)
+deny_prefixes = []               # E.164 prefixes always refused
+max_concurrent_calls = 10        # costly calls in progress per tenant
+max_concurrent_per_extension = 2
+calls_per_minute = 6             # costly attempts per extension
+calls_per_hour = 60
 
 [log]
 level = "info"

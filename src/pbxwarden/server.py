@@ -20,13 +20,13 @@ from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.netwatch import NetworkWatch
+from pbxwarden.guard.engine import Guard
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
 from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
-from pbxwarden.pbx.policy import DefaultPolicy
 from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
 from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
 from pbxwarden.sip.errors import ParseError
@@ -114,7 +114,7 @@ class SipServer:
             self.auth,
             self.directory,
             self.location,
-            DefaultPolicy(),
+            Guard(config.guard),
             CallSettings(config.calls.ring_timeout, config.calls.max_duration, sip.t1, sip.t2),
         )
         self.calls.features = {

@@ -144,3 +144,23 @@ def test_trunk_and_did_input_is_validated(pbx: PbxProcess) -> None:
     ]:
         proc = cli(pbx.data_dir, *args, check=False)
         assert proc.returncode == 1 and expected in proc.stderr, (args, proc.stderr)
+
+
+def test_tenant_policy_opens_a_country_but_not_its_high_risk_neighbours(tmp_path: Path) -> None:
+    env = {"PBXWARDEN_GUARD__DEFAULT__ALLOW_COUNTRIES": '["DE", "LV"]'}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        carrier_port = free_port(CARRIER)
+        add_trunk(pbx, carrier_port)
+        carrier = start_sipp_uas("call_uas.xml", carrier_port, tmp_path, local_ip=CARRIER)
+        ok, failed, output = call(pbx, tmp_path, dialed="011493012345678")
+        assert (ok, failed) == (1, 0), output + pbx.log()[-3000:]
+        assert finish_sipp_uas(carrier, tmp_path).successful == 1
+        ok, _, output = call(
+            pbx, tmp_path, refused_scenario(tmp_path, 403), dialed="01137167123456"
+        )
+        assert ok == 1, output
+        germany, latvia = wait_cdr(pbx, 2)
+        assert (germany["disposition"], germany["dest_country"]) == ("answered", "DE")
+        assert "calls to DE are allowed" in str(germany["reasons"])
+        assert (latvia["disposition"], latvia["dest_country"]) == ("blocked", "LV")
+        assert "high-risk destination for revenue-share fraud" in str(latvia["reasons"])

@@ -437,8 +437,8 @@ def forward_set(
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
 ) -> None:
     """Set forwarding. A target the extension may not call is refused, with the reason."""
+    from pbxwarden.guard.engine import Guard
     from pbxwarden.pbx.forwarding import judge_target
-    from pbxwarden.pbx.policy import DefaultPolicy
 
     chosen = [
         (k, v)
@@ -448,12 +448,13 @@ def forward_set(
     if len(chosen) != 1:
         raise fail("give exactly one of --always, --busy, --noanswer with a number")
     kind, target = chosen[0]
-    store = _store(_config())
+    config = _config()
+    store = _store(config)
     try:
         if not store.extension_exists(tenant, extension):
             raise fail(f"no extension {extension} in tenant {tenant}")
         decision = judge_target(
-            DefaultPolicy(),
+            Guard(config.guard),
             tenant,
             extension,
             target,

@@ -272,18 +272,10 @@ class CallManager:
         if callee is None:
             destination = classify(dialed, self.routing.countries.get(caller.tenant, "US"))
         kind = "internal" if callee is not None else "external"
-        decision = self.policy.authorize(
-            CallAttempt(
-                caller.tenant,
-                caller.number,
-                caller.number,
-                dialed,
-                kind,
-                str(source),
-                now,
-                destination,
-            )
+        attempt = CallAttempt(
+            caller.tenant, caller.number, caller.number, dialed, kind, str(source), now, destination
         )
+        decision = self.policy.authorize(attempt)
         call = self._open(
             request,
             key,
@@ -306,6 +298,7 @@ class CallManager:
             )
             self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
             return
+        self.policy.on_call_start(attempt, call.token)
         if callee is not None:
             self._ring_extension(call, callee, now)
             return
@@ -480,18 +473,12 @@ class CallManager:
         if target_ext is None:
             destination = classify(target, self.routing.countries.get(by.tenant, "US"))
         kind = "internal" if target_ext is not None else "forwarded"
-        decision = self.policy.authorize(
-            CallAttempt(
-                by.tenant,
-                by.number,
-                call.caller_id,
-                target,
-                kind,
-                str(call.a_source),
-                now,
-                destination,
-            )
+        attempt = CallAttempt(
+            by.tenant, by.number, call.caller_id, target, kind, str(call.a_source), now, destination
         )
+        decision = self.policy.authorize(attempt)
+        if decision.allow:
+            self.policy.on_call_start(attempt, call.token)
         reasons = [f"forwarded by {by.number} ({why}) to {target}", *decision.reasons]
         call.outcome.update(
             {
@@ -906,6 +893,7 @@ class CallManager:
         if call.ended:
             return
         call.ended = True
+        self.policy.on_call_end(call.token)
         for timer in call.timers:
             timer.cancel()
         call.timers.clear()

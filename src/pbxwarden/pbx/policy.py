@@ -47,8 +47,19 @@ class Decision:
 class CallAuthorizer(Protocol):
     def authorize(self, attempt: CallAttempt) -> Decision: ...
 
+    def on_call_start(self, attempt: CallAttempt, ref: int) -> None:
+        """An authorized attempt became a call (counts towards concurrency limits)."""
+
+    def on_call_end(self, ref: int) -> None: ...
+
 
 class DefaultPolicy:
+    def on_call_start(self, attempt: CallAttempt, ref: int) -> None:
+        pass
+
+    def on_call_end(self, ref: int) -> None:
+        pass
+
     def authorize(self, attempt: CallAttempt) -> Decision:
         if attempt.kind == "internal":
             return Decision(True, ("internal call between extensions",))
