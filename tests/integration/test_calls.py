@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,44 @@ def call(
         timeout=timeout,
     )
     return result.successful, result.failed, result.output
+
+
+def start_caller(
+    pbx: PbxProcess, workdir: Path, scenario: str, timeout: int
+) -> subprocess.Popen[bytes]:
+    """Extension 1000 calling 2000 in the background, for tests that act mid-call."""
+    users = workdir / "caller.csv"
+    users.write_text(f"SEQUENTIAL\n1000;[authentication username=1000 password={USERS['1000']}]\n")
+    return subprocess.Popen(
+        [
+            "sipp",
+            target(pbx),
+            "-sf",
+            str(SCENARIOS / scenario),
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            "-key",
+            "domain",
+            "127.0.0.1",
+            "-auth_uri",
+            "127.0.0.1",
+            "-s",
+            "2000",
+            "-inf",
+            str(users),
+            "-nostdin",
+            "-nd",
+            "-timeout",
+            f"{timeout}s",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=workdir,
+    )
 
 
 def refused_scenario(workdir: Path, code: int) -> Path:
@@ -167,42 +206,7 @@ def test_sigkill_mid_call_keeps_finished_cdrs_and_closes_the_open_one(tmp_path: 
         port = register_callee(pbx, tmp_path)
         phone = start_sipp_uas("call_uas_ring.xml", port, tmp_path, timeout=10)
         # A call left ringing (the phone never answers), then the server dies hard.
-        import subprocess
-
-        users = tmp_path / "caller.csv"
-        users.write_text(
-            f"SEQUENTIAL\n1000;[authentication username=1000 password={USERS['1000']}]\n"
-        )
-        caller = subprocess.Popen(
-            [
-                "sipp",
-                target(pbx),
-                "-sf",
-                str(SCENARIOS / "call_uac.xml"),
-                "-m",
-                "1",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(free_port()),
-                "-key",
-                "domain",
-                "127.0.0.1",
-                "-auth_uri",
-                "127.0.0.1",
-                "-s",
-                "2000",
-                "-inf",
-                str(users),
-                "-nostdin",
-                "-nd",
-                "-timeout",
-                "10s",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=tmp_path,
-        )
+        caller = start_caller(pbx, tmp_path, "call_uac.xml", timeout=10)
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline and len(cdrs(pbx)) < 3:
             time.sleep(0.1)
@@ -230,45 +234,9 @@ def test_call_cut_at_maximum_duration(tmp_path: Path) -> None:
 
 
 def test_call_listed_and_ended_from_the_cli(pbx: PbxProcess, tmp_path: Path) -> None:
-    import subprocess
-
     port = register_callee(pbx, tmp_path)
     phone = start_sipp_uas("call_uas.xml", port, tmp_path)
-    users = tmp_path / "caller.csv"
-    users.write_text(f"SEQUENTIAL\n1000;[authentication username=1000 password={USERS['1000']}]\n")
-    caller = subprocess.Popen(
-        [
-            "sipp",
-            target(pbx),
-            "-sf",
-            str(SCENARIOS / "call_uac_wait_bye.xml"),
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(free_port()),
-            "-key",
-            "domain",
-            "127.0.0.1",
-            "-auth_uri",
-            "127.0.0.1",
-            "-s",
-            "2000",
-            "-inf",
-            str(users),
-            "-nostdin",
-            "-nd",
-            "-timeout",
-            "20s",
-            "-trace_stat",
-            "-stf",
-            str(tmp_path / "caller.csv.stat"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
+    caller = start_caller(pbx, tmp_path, "call_uac_wait_bye.xml", timeout=20)
     live: list[dict[str, object]] = []
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline:

@@ -303,15 +303,18 @@ class CallManager:
             self._ring_extension(call, callee, now)
             return
         assert destination is not None
-        trunk = self.routing.trunk_for(caller.tenant, destination.e164)
+        self._call_out(call, caller.tenant, destination)
+
+    def _call_out(self, call: Call, tenant: str, destination: Destination) -> None:
+        """The B leg to a carrier: the tenant's trunk with the longest matching prefix."""
+        trunk = self.routing.trunk_for(tenant, destination.e164)
         if trunk is None:
             self._fail_a(call, 503, f"no trunk route for {destination.e164}")
             return
         call.trunk = trunk.name
-        self.port.respond(key, request, make_response(request, 100))
-        self._send_b_invite(
-            call, URI("sip", user=destination.e164, host=trunk.host, port=trunk.port), trunk.address
-        )
+        self.port.respond(call.a_key, call.a_request, make_response(call.a_request, 100))
+        target = URI("sip", user=destination.e164, host=trunk.host, port=trunk.port)
+        self._send_b_invite(call, target, trunk.address)
         self._arm_ring_timer(call)
 
     def _inbound(
@@ -511,15 +514,7 @@ class CallManager:
             self._ring_extension(call, target_ext, now)
             return
         assert destination is not None
-        trunk = self.routing.trunk_for(by.tenant, destination.e164)
-        if trunk is None:
-            self._fail_a(call, 503, f"no trunk route for {destination.e164}")
-            return
-        call.trunk = trunk.name
-        self._send_b_invite(
-            call, URI("sip", user=destination.e164, host=trunk.host, port=trunk.port), trunk.address
-        )
-        self._arm_ring_timer(call)
+        self._call_out(call, by.tenant, destination)
 
     def _feature_code(
         self,

@@ -316,13 +316,7 @@ class Store:
         parsed = parse_networks(networks)
         text = ", ".join(str(n) for n in parsed) or None
         with Session(self.engine) as s, s.begin():
-            ext = s.scalar(
-                select(Extension)
-                .join(Tenant, Tenant.id == Extension.tenant_id)
-                .where(Tenant.name == tenant, Extension.number == number)
-            )
-            if ext is None:
-                raise StoreError(f"no extension {number} in tenant {tenant}")
+            ext = self._extension_row(s, tenant, number)
             ext.acl = text
             ext.updated_at = time.time()
 
@@ -534,6 +528,17 @@ class Store:
 
     # -- trunks and DIDs -----------------------------------------------------------------
 
+    @staticmethod
+    def _extension_row(s: Session, tenant: str, number: str) -> Extension:
+        ext = s.scalar(
+            select(Extension)
+            .join(Tenant, Tenant.id == Extension.tenant_id)
+            .where(Tenant.name == tenant, Extension.number == number)
+        )
+        if ext is None:
+            raise StoreError(f"no extension {number} in tenant {tenant}")
+        return ext
+
     def _tenant_row(self, s: Session, tenant: str) -> Tenant:
         row = s.scalar(select(Tenant).where(Tenant.name == tenant))
         if row is None:
@@ -668,13 +673,7 @@ class Store:
         if kind not in FORWARD_KINDS:
             raise StoreError(f"unknown forwarding kind {kind!r}: always, busy or noanswer")
         with Session(self.engine) as s, s.begin():
-            ext = s.scalar(
-                select(Extension)
-                .join(Tenant, Tenant.id == Extension.tenant_id)
-                .where(Tenant.name == tenant, Extension.number == number)
-            )
-            if ext is None:
-                raise StoreError(f"no extension {number} in tenant {tenant}")
+            ext = self._extension_row(s, tenant, number)
             column = f"forward_{kind}"
             old: str | None = getattr(ext, column)
             setattr(ext, column, target)
@@ -724,14 +723,11 @@ class Store:
 
     def extension_exists(self, tenant: str, number: str) -> bool:
         with Session(self.engine) as s:
-            return (
-                s.scalar(
-                    select(Extension.id)
-                    .join(Tenant, Tenant.id == Extension.tenant_id)
-                    .where(Tenant.name == tenant, Extension.number == number)
-                )
-                is not None
-            )
+            try:
+                self._extension_row(s, tenant, number)
+            except StoreError:
+                return False
+            return True
 
     def forwarding_table(self) -> list[dict[str, Any]]:
         stmt = (
@@ -799,13 +795,7 @@ class Store:
 
     def approve_network(self, tenant: str, number: str, network: str) -> None:
         with Session(self.engine) as s, s.begin():
-            ext_id = s.scalar(
-                select(Extension.id)
-                .join(Tenant, Tenant.id == Extension.tenant_id)
-                .where(Tenant.name == tenant, Extension.number == number)
-            )
-            if ext_id is None:
-                raise StoreError(f"no extension {number} in tenant {tenant}")
+            ext_id = self._extension_row(s, tenant, number).id
             row = s.get(ExtensionNetwork, (ext_id, network))
             if row is None:
                 raise StoreError(f"extension {number} never registered from {network}")
