@@ -178,6 +178,8 @@ class SipServer:
         for call in self.calls.active:
             self.calls.end_call(call.id, "server shutting down")
         await asyncio.sleep(0.05)  # let the BYEs and CANCELs leave
+        if self._tasks:  # forwarding changes and networks still being written
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.cdrs.stop()
         for task in self._background:
             task.cancel()
@@ -561,6 +563,11 @@ def _stamp_via(request: Request, source: Address) -> None:
     top = request.via[0]
     if top.host != source.host:
         top.params["received"] = source.host
+        top.raw = None
+    elif "received" in top.params:
+        # Only we may say where a request came from: a sender-written received= would
+        # send our answers to any host it likes (reflection).
+        del top.params["received"]
         top.raw = None
     if "rport" in top.params and top.params["rport"] is None:
         top.params["rport"] = str(source.port)

@@ -195,8 +195,11 @@ class Firewall:
         sources[address] = now
         for src in [a for a, t in sources.items() if t <= cutoff]:
             del sources[src]
-        if len(sources) >= s.distributed_sources and self._alerted.get(extension, 0) <= cutoff:
-            self._alerted[extension] = now
+        key = extension[:64]
+        if len(sources) >= s.distributed_sources and self._alerted.get(key, 0) <= cutoff:
+            self._alerted[key] = now
+            if len(self._alerted) > s.max_tracked:
+                self._alerted.pop(next(iter(self._alerted)))
             self._events.append(
                 FirewallEvent(
                     "distributed-brute-force",
@@ -212,8 +215,14 @@ class Firewall:
 
     # -- bans ----------------------------------------------------------------------------
 
-    def ban(self, address: str, reason: str, now: float, duration: float | None = None) -> Ban:
-        """Ban ``address``; the duration grows with each repeat unless given."""
+    def ban(
+        self, address: str, reason: str, now: float, duration: float | None = None
+    ) -> Ban | None:
+        """Ban ``address``; the duration grows with each repeat unless given.
+
+        None for an allow-listed address: those are never banned."""
+        if self.is_allowlisted(address):
+            return None
         s = self.settings
         past = self._history.get(address)
         level = 1
@@ -247,7 +256,11 @@ class Firewall:
 
     def load(self, bans: list[Ban], now: float) -> None:
         """Replace the ban set with the stored one (bans added or removed elsewhere)."""
-        active = {b.address: b for b in bans if b.until > now}
+        # An address in the allow list is never banned, even by a ban stored before the
+        # list was extended.
+        active = {
+            b.address: b for b in bans if b.until > now and not self.is_allowlisted(b.address)
+        }
         for address in set(self.bans) - set(active):
             expired = self.bans[address].until <= now
             reason = "ban expired" if expired else "removed by an administrator"

@@ -144,7 +144,7 @@ def _parse_source(source: str) -> Address | None:
     transport, _, rest = source.partition(":")
     host, _, port = rest.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         return None
     return Address(transport.upper(), host, int(port))
 

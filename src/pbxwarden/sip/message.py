@@ -200,6 +200,11 @@ def canonical_name(name: str) -> str:
     return name
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts digits int() refuses, such as '²'."""
+    return text.isascii() and text.isdigit()
+
+
 def split_commas(value: str, what: str) -> list[str]:
     """Split a comma-separated header value, respecting quoted strings and ``<...>``."""
     if "," not in value:
@@ -330,10 +335,10 @@ def parse_via(value: str) -> Via:
     if "branch" in params and (not branch or branch == MAGIC_COOKIE):
         raise ParseError("empty Via branch")
     rport = params.get("rport")
-    if rport is not None and (not rport.isdigit() or int(rport) > 65535):
+    if rport is not None and (not _digits(rport) or int(rport) > 65535):
         raise ParseError("bad Via rport")
     ttl = params.get("ttl")
-    if ttl is not None and (not ttl.isdigit() or int(ttl) > 255):
+    if ttl is not None and (not _digits(ttl) or int(ttl) > 255):
         raise ParseError("bad Via ttl")
     return Via(m.group(3).upper(), host, port, params, value)
 
@@ -349,7 +354,7 @@ class CSeq:
 
 def parse_cseq(value: str) -> CSeq:
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not TOKEN_RE.fullmatch(parts[1]):
+    if len(parts) != 2 or not _digits(parts[0]) or not TOKEN_RE.fullmatch(parts[1]):
         raise ParseError("malformed CSeq")
     if len(parts[0]) > 10 or int(parts[0]) > MAX_31BIT:
         raise ParseError("CSeq number too large")
@@ -463,12 +468,12 @@ _TYPED = frozenset(
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        return data[:end], data[end + 4 :]
-    end = data.find(b"\n\n")
-    if end >= 0:
-        return data[:end], data[end + 2 :]
+    crlf = data.find(b"\r\n\r\n")
+    lf = data.find(b"\n\n")
+    if lf >= 0 and (crlf < 0 or lf < crlf):  # a bare-LF message: its body may hold CRLFs
+        return data[:lf], data[lf + 2 :]
+    if crlf >= 0:
+        return data[:crlf], data[crlf + 4 :]
     # A message with no body and no blank line (some UDP senders): all head.
     return data.rstrip(b"\r\n"), b""
 
@@ -496,7 +501,10 @@ def parse_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Request |
             if not raw:
                 raise ParseError("continuation line before first header")
             name, value = raw[-1]
-            raw[-1] = (name, f"{value} {line.strip()}".strip())
+            value = f"{value} {line.strip()}".strip()
+            if len(name) + 2 + len(value) > MAX_HEADER_LINE:  # as it will be written out
+                raise ParseError("header line too long")
+            raw[-1] = (name, value)
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
@@ -584,6 +592,8 @@ def _build(start: str, raw: list[tuple[str, str]], body: bytes) -> Request | Res
         body = body[:content_length]
     if contact_star and contacts:
         raise ParseError("Contact '*' mixed with other contacts")
+    if len(via) + len(contacts) + len(headers) > MAX_HEADERS:  # each is written as a line
+        raise ParseError("too many header fields")
     missing = [
         n
         for n, v in (
@@ -644,7 +654,7 @@ def _parse_status_line(start: str) -> tuple[int, str]:
     code, _, reason = rest.partition(" ")
     if version.upper() != SIP_VERSION:
         raise ParseError(f"unsupported SIP version {version}", 505)
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    if len(code) != 3 or not _digits(code) or not 100 <= int(code) <= 699:
         raise ParseError("malformed status code")
     return int(code), reason
 
@@ -692,7 +702,7 @@ class StreamFramer:
 
 
 _CL_RE = re.compile(
-    rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE
+    rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
 )
 
 

@@ -19,9 +19,10 @@ _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 # user = 1*( unreserved / escaped / user-unreserved ), user-unreserved = & = + $ , ; ? /
 _USER_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
 _PASSWORD_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*")
-# hostname = *( domainlabel "." ) toplabel [ "." ], toplabel starting with a letter.
-# Possessive quantifiers: no backtracking, whatever a scanner sends.
-_HOSTNAME_RE = re.compile(r"(?:[A-Za-z0-9\-]++\.)*+[A-Za-z][A-Za-z0-9\-]*+\.?")
+# hostname = *( domainlabel "." ) toplabel [ "." ], toplabel starting with a letter;
+# the optional final dot is stripped before matching. Possessive quantifiers: no
+# backtracking, whatever a scanner sends.
+_HOSTNAME_RE = re.compile(r"(?:[A-Za-z0-9\-]++\.)*+[A-Za-z][A-Za-z0-9\-]*+")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|[01]?\d?\d)"
 _IPV4_RE = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 _IPV6_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
@@ -60,7 +61,9 @@ def _render_params(params: Params) -> str:
 def _valid_host(host: str) -> bool:
     if _IPV4_RE.fullmatch(host) or _IPV6_RE.fullmatch(host):
         return True
-    if not _HOSTNAME_RE.fullmatch(host):
+    if host.endswith("."):
+        host = host[:-1]
+    if not host or not _HOSTNAME_RE.fullmatch(host):
         return False
     # Labels neither start nor end with '-', and none is empty.
     return not (
@@ -89,7 +92,11 @@ def split_hostport(text: str, what: str) -> tuple[str, int | None]:
         raise ParseError(f"bad host {host!r} in {what}")
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+        if (
+            not (port_text.isascii() and port_text.isdigit())
+            or len(port_text) > 5
+            or (int(port_text) > 65535)
+        ):
             raise ParseError(f"bad port in {what}")
         port = int(port_text)
     return host.lower(), port
@@ -257,7 +264,10 @@ class NameAddr:
 
 
 _DISPLAY_TOKENS_RE = re.compile(rf"[{_TOKEN_CHARS}]+(?:[ \t]+[{_TOKEN_CHARS}]+)*")
-_GENERIC_VALUE_RE = re.compile(rf"[{_TOKEN_CHARS}]+|\[[0-9A-Fa-f:.]+\]|\"(?:[^\"\\]|\\.)*\"")
+# token, [IPv6], an IPv6 address without brackets (RFC 3261's received=), quoted-string
+_GENERIC_VALUE_RE = re.compile(
+    rf"[{_TOKEN_CHARS}]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f.]*+:[0-9A-Fa-f:.]++|\"(?:[^\"\\]|\\.)*\""
+)
 
 
 def parse_quoted(text: str, start: int, what: str) -> int:
@@ -320,6 +330,21 @@ def parse_header_params(text: str, what: str) -> Params:
         i = j + 1
 
 
+def _find_outside_quotes(text: str, char: str, what: str) -> int:
+    """Index of ``char`` not inside a quoted string, or -1."""
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i = parse_quoted(text, i, what)
+            continue
+        if c == char:
+            return i
+        i += 1
+    return -1
+
+
 def parse_name_addr(text: str, what: str) -> NameAddr:
     """Parse name-addr or addr-spec with header params; rejects the RFC 4475 traps.
 
@@ -337,7 +362,7 @@ def parse_name_addr(text: str, what: str) -> NameAddr:
         if not rest.startswith("<"):
             raise ParseError(f"display name without <URI> in {what}")
         text = rest
-    lt = text.find("<")
+    lt = _find_outside_quotes(text, "<", what)
     if lt >= 0:
         if display is None and lt > 0:
             name = text[:lt].strip()

@@ -1,0 +1,300 @@
+"""Interoperability with a real softphone: Debian's baresip registers and calls through
+the PBX, headless (no sound card: the ``aubridge`` null device) and scripted over its
+``ctrl_tcp`` interface (netstring-framed JSON commands and events) on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import (
+    PbxProcess,
+    cli,
+    finish_sipp_uas,
+    free_port,
+    run_sipp,
+    running_pbx,
+    sipp_available,
+    start_sipp_uas,
+)
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip not installed"),
+    pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed"),
+    pytest.mark.timeout(60),
+]
+
+USERS = {"1000": "Caller-Passw0rd-x", "2000": "Callee-Passw0rd-y"}
+PHONE = "1000"  # baresip's extension
+PEER = "2000"  # the SIPp phone's extension
+
+# Only what a headless phone needs: G.711, the aubridge null audio device (no ALSA or
+# PulseAudio), the menu (its commands: dial, hangup, accept) and ctrl_tcp to drive it.
+# baresip 1.0.0 also listens for TLS on sip_listen's port + 1.
+CONFIG = """\
+poll_method		epoll
+sip_listen		127.0.0.1:{sip_port}
+net_interface		127.0.0.1
+call_local_timeout	30
+call_max_calls		2
+audio_player		aubridge,pbxwarden
+audio_source		aubridge,pbxwarden
+audio_alert		aubridge,pbxwarden
+module_path		/usr/lib/baresip/modules
+module			g711.so
+module			aubridge.so
+module_tmp		account.so
+module_app		menu.so
+module_app		ctrl_tcp.so
+ctrl_tcp_listen		127.0.0.1:{ctrl_port}
+"""
+ACCOUNT = (
+    "<sip:{user}@127.0.0.1:{pbx_port};transport=udp>"
+    ";auth_pass={password};regint=600;answermode=auto\n"
+)
+
+
+def _free_port_pair() -> int:
+    """A free port whose successor is free too (baresip's TLS listener)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair")
+
+
+class Baresip:
+    """A baresip process with its own config dir, log file and ctrl_tcp connection."""
+
+    def __init__(self, workdir: Path, pbx: PbxProcess, user: str, password: str) -> None:
+        self.dir = workdir / "baresip"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ctrl_port = free_port()
+        (self.dir / "config").write_text(
+            CONFIG.format(sip_port=_free_port_pair(), ctrl_port=self.ctrl_port)
+        )
+        (self.dir / "accounts").write_text(
+            ACCOUNT.format(user=user, pbx_port=pbx.port, password=password)
+        )
+        (self.dir / "contacts").write_text("")
+        self.log_path = workdir / "baresip.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.events: list[dict[str, Any]] = []
+        self.tokens = 0
+
+    def start(self, timeout: float = 10) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                ["baresip", "-f", str(self.dir), "-v", "-s"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"baresip exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"baresip's ctrl_tcp did not come up:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+
+    def log(self, tail: int = 6000) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n--- baresip log ---\n" + text[-tail:]
+
+    def _read(self, deadline: float) -> dict[str, Any] | None:
+        """The next netstring message, or None at the deadline."""
+        assert self.sock is not None
+        while True:
+            head, sep, rest = self.buf.partition(b":")
+            if sep:
+                size = int(head)
+                if len(rest) > size:
+                    self.buf = rest[size + 1 :]  # drop the trailing ","
+                    message: dict[str, Any] = json.loads(rest[:size])
+                    return message
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not data:
+                raise AssertionError(f"baresip closed its control connection{self.log()}")
+            self.buf += data
+
+    def command(self, command: str, params: str = "", timeout: float = 5) -> dict[str, Any]:
+        """Send a command; return its response (events seen meanwhile are kept)."""
+        assert self.sock is not None
+        self.tokens += 1
+        token = str(self.tokens)
+        body = json.dumps({"command": command, "params": params, "token": token}).encode()
+        self.sock.sendall(str(len(body)).encode() + b":" + body + b",")
+        deadline = time.monotonic() + timeout
+        while (message := self._read(deadline)) is not None:
+            if message.get("response") and message.get("token") == token:
+                return message
+            self.events.append(message)
+        raise AssertionError(f"no response to {command!r}{self.log()}")
+
+    def wait_event(self, kind: str, timeout: float = 10) -> dict[str, Any]:
+        """The first event of type ``kind`` (already seen or still to come)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events:
+                if event.get("event") and event.get("type") == kind:
+                    return event
+            message = self._read(deadline)
+            if message is None:
+                seen = [e.get("type") for e in self.events]
+                raise AssertionError(f"no {kind} event from baresip (saw {seen}){self.log()}")
+            self.events.append(message)
+
+
+@pytest.fixture
+def pbx(tmp_path: Path) -> Iterator[PbxProcess]:
+    with running_pbx(tmp_path / "data", USERS) as server:
+        yield server
+
+
+@pytest.fixture
+def phone(tmp_path: Path, pbx: PbxProcess) -> Iterator[Baresip]:
+    ua = Baresip(tmp_path, pbx, PHONE, USERS[PHONE])
+    try:
+        ua.start()
+        yield ua
+    finally:
+        ua.stop()
+
+
+def target(pbx: PbxProcess) -> str:
+    return f"{pbx.host}:{pbx.port}"
+
+
+def registrations(pbx: PbxProcess) -> list[dict[str, Any]]:
+    out = cli(pbx.data_dir, "registrations", "--json").stdout.strip()
+    return json.loads(out) if out.startswith("[") else []
+
+
+def wait_registered(pbx: PbxProcess, number: str, ua: Baresip) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for row in registrations(pbx):
+            if row["number"] == number:
+                return row
+        time.sleep(0.2)
+    raise AssertionError(f"{number} never registered{ua.log()}\n{pbx.log()[-3000:]}")
+
+
+def cdrs(pbx: PbxProcess) -> list[dict[str, Any]]:
+    out = cli(pbx.data_dir, "cdr", "--json").stdout
+    return [] if out.strip() == "no call records" else json.loads(out)
+
+
+def wait_cdr(pbx: PbxProcess) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = cdrs(pbx)
+        if rows and all(r["disposition"] != "in-progress" for r in rows):
+            return rows
+        time.sleep(0.2)
+    return cdrs(pbx)
+
+
+def test_baresip_registers_with_digest_auth(pbx: PbxProcess, phone: Baresip) -> None:
+    row = wait_registered(pbx, PHONE, phone)
+    assert row["user_agent"].startswith("baresip"), row
+    assert row["contact"].startswith("sip:1000") and "@127.0.0.1:" in row["contact"], row
+    assert 500 < row["expires_in"] <= 600, row  # regint=600 was granted
+    assert "401" in phone.log(tail=10**6) and "200 OK (pbxwarden)" in phone.log(tail=10**6)
+
+
+def test_baresip_calls_a_sipp_phone_and_hangs_up(
+    pbx: PbxProcess, phone: Baresip, tmp_path: Path
+) -> None:
+    wait_registered(pbx, PHONE, phone)
+    port = free_port()
+    reg = run_sipp(
+        "register.xml", target(pbx), users={PEER: USERS[PEER]}, local_port=port, workdir=tmp_path
+    )
+    assert reg.successful == 1, reg.output
+    callee = start_sipp_uas("call_uas.xml", port, tmp_path, timeout=20)
+    try:
+        response = phone.command("dial", PEER)  # completed with the account's domain
+        assert response["ok"], f"{response}{phone.log()}"
+        established = phone.wait_event("CALL_ESTABLISHED")
+        assert established["peeruri"].startswith(f"sip:{PEER}@127.0.0.1"), established
+        time.sleep(1)
+        assert phone.command("hangup")["ok"], phone.log()
+        phone.wait_event("CALL_CLOSED")
+        answered = finish_sipp_uas(callee, tmp_path, timeout=10)
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+            callee.wait(5)
+    assert answered.successful == 1, answered.output + phone.log() + pbx.log()[-3000:]
+    [row] = wait_cdr(pbx)
+    assert (row["disposition"], row["sip_code"]) == ("answered", 200), row
+    assert (row["caller"], row["callee"], row["kind"]) == (PHONE, PEER, "internal"), row
+    assert 0.8 <= float(row["duration"]) < 10, row
+    assert "caller hung up" in str(row["reasons"]), row
+
+
+def test_sipp_calls_baresip_which_answers(pbx: PbxProcess, phone: Baresip, tmp_path: Path) -> None:
+    wait_registered(pbx, PHONE, phone)
+    caller = run_sipp(
+        "call_uac.xml",
+        target(pbx),
+        users={PEER: USERS[PEER]},
+        extra=["-s", PHONE],
+        workdir=tmp_path,
+        timeout=20,
+    )
+    assert (caller.successful, caller.failed) == (1, 0), (
+        caller.output + phone.log() + pbx.log()[-3000:]
+    )
+    # answermode=auto: baresip 1.0.0 answers at once, with no CALL_INCOMING event.
+    established = phone.wait_event("CALL_ESTABLISHED")
+    assert established["direction"] == "incoming", established
+    assert established["peeruri"].startswith(f"sip:{PEER}@127.0.0.1"), established
+    phone.wait_event("CALL_CLOSED")  # the BYE reached baresip through the PBX
+    [row] = wait_cdr(pbx)
+    assert (row["disposition"], row["sip_code"]) == ("answered", 200), row
+    assert (row["caller"], row["callee"], row["kind"]) == (PEER, PHONE, "internal"), row
+    assert 0.8 <= float(row["duration"]) < 10, row
