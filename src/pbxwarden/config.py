@@ -118,6 +118,10 @@ class FirewallConfig(_Section):
     distributed_sources: int = Field(5, ge=2, le=1000)
     ban_steps: list[float] = Field([600.0, 3600.0, 86400.0], min_length=1)
     reject_banned: bool = Field(False, description="answer 403 instead of silence")
+    identity_limit: int = Field(
+        50, ge=2, le=100_000, description="distinct users one address may claim per window"
+    )
+    identity_window: float = Field(60.0, gt=0, le=3600)
     approve_new_networks: bool = Field(
         False, description="refuse registrations from a new network until an admin approves"
     )
@@ -306,6 +310,8 @@ ban_steps = [600, 3600, 86400]   # first, second, third and later bans (seconds)
 reject_banned = false            # false: banned sources get silence, which teaches them nothing
 allow = []                       # networks never banned: your trunks and admin networks (CIDR)
 approve_new_networks = false     # true: a phone registering from a new /24 waits for approval
+identity_limit = 50              # more distinct users claimed by one address per window:
+identity_window = 60             #   extension enumeration, banned
 
 [calls]
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"

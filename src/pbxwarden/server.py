@@ -102,6 +102,8 @@ class SipServer:
                 distributed_sources=fw.distributed_sources,
                 ban_steps=tuple(fw.ban_steps),
                 reject_banned=fw.reject_banned,
+                identity_limit=fw.identity_limit,
+                identity_window=fw.identity_window,
                 allow=tuple(fw.allow),
             )
         )

@@ -138,3 +138,37 @@ def test_memory_is_bounded_under_spoofed_sources() -> None:
     assert len(fw._current) <= 1000
     assert len(fw._source_failures) <= 1001
     assert len(fw._extension_sources) <= 1001
+
+
+def register_as(user: str) -> Request:
+    msg = parse_message(
+        (
+            f"REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.7;branch=z9hG4bK{user}\r\n"
+            f"From: <sip:{user}@pbx>;tag=1\r\nTo: <sip:{user}@pbx>\r\nCall-ID: c{user}\r\n"
+            "CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+    )
+    assert isinstance(msg, Request)
+    return msg
+
+
+def test_extension_enumeration_is_banned() -> None:
+    fw = Firewall(FirewallSettings(identity_limit=20, identity_window=60))
+    verdicts = [
+        fw.inspect(register_as(str(1000 + i)), "203.0.113.7", T0 + i * 0.1) for i in range(25)
+    ]
+    assert verdicts[:20] == [Verdict.ALLOW] * 20 and verdicts[20] is Verdict.DROP
+    assert "extension enumeration" in fw.bans["203.0.113.7"].reason
+
+
+def test_one_phone_or_a_slow_trickle_is_not_enumeration() -> None:
+    fw = Firewall(
+        FirewallSettings(identity_limit=20, identity_window=60, allow=("198.51.100.0/24",))
+    )
+    for i in range(500):
+        assert fw.inspect(register_as("1000"), "192.0.2.1", T0 + i) is Verdict.ALLOW
+    for i in range(100):  # a new identity every 5 s: 12 per minute
+        assert fw.inspect(register_as(str(2000 + i)), "192.0.2.2", T0 + i * 5) is Verdict.ALLOW
+    for i in range(100):  # allow-listed office PBX
+        assert fw.inspect(register_as(str(3000 + i)), "198.51.100.9", T0) is Verdict.ALLOW
+    assert not fw.bans

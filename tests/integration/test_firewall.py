@@ -266,3 +266,35 @@ def test_new_networks_can_require_approval(tmp_path: Path) -> None:
         finally:
             home.close()
             away.close()
+
+
+def test_extension_enumeration_is_banned_and_learns_nothing(tmp_path: Path) -> None:
+    env = {"PBXWARDEN_FIREWALL__IDENTITY_LIMIT": "20"}
+    with running_pbx(tmp_path / "data", PHONE, env=env) as pbx:
+        scanner = SipClient((pbx.host, pbx.port), source_ip="127.0.0.40")
+        scanner.sock.settimeout(0.5)
+        answers: list[bytes | None] = []
+        try:
+            for user in ["1000", *(str(1001 + i) for i in range(29))]:  # 1000 exists
+                try:
+                    answers.append(scanner.request(user))
+                except TimeoutError:
+                    answers.append(None)
+        finally:
+            scanner.close()
+        answered = [a for a in answers if a is not None]
+        assert len(answered) == 20 and all(a is None for a in answers[20:])
+        shapes = {
+            (
+                parse_message(a).status,
+                tuple(
+                    sorted(  # type: ignore[union-attr]
+                        n for n, _ in parse_message(a).headers
+                    )
+                ),
+            )
+            for a in answered
+        }
+        assert len(shapes) == 1  # the existing extension looked like all the others
+        assert phone_registers(pbx)
+        assert wait_for(lambda: "127.0.0.40" in bans(pbx))

@@ -66,6 +66,11 @@ class FirewallSettings:
     allow: tuple[str, ...] = ()
     scanner_agents: tuple[str, ...] = SCANNER_AGENTS
     max_tracked: int = 100_000
+    # Distinct identities (REGISTER To user, INVITE/OPTIONS/... From user) one address
+    # claims per window: a phone claims one, an office behind NAT a few dozen at worst,
+    # an enumeration tool hundreds.
+    identity_limit: int = 50
+    identity_window: float = 60.0
 
 
 @dataclass(slots=True)
@@ -108,6 +113,7 @@ class Firewall:
         self._events: list[FirewallEvent] = []
         self._allowed_cache: dict[str, bool] = {}
         self._trusted: frozenset[str] = frozenset()
+        self._identities: dict[str, dict[str, float]] = {}
 
     # -- queries -------------------------------------------------------------------------
 
@@ -161,7 +167,7 @@ class Firewall:
         return Verdict.ALLOW
 
     def inspect(self, request: Request, address: str, now: float) -> Verdict:
-        """After parsing: fingerprints of scanning tools."""
+        """After parsing: fingerprints of scanning tools, and extension enumeration."""
         agent = request.headers.get("User-Agent")
         if agent:
             lowered = agent.lower()
@@ -171,6 +177,33 @@ class Firewall:
                         return Verdict.ALLOW
                     self.ban(address, f"scanner fingerprint ({marker})", now)
                     return Verdict.DROP
+        identity = (request.to if request.method == "REGISTER" else request.from_).uri.user
+        if identity and request.method != "ACK":
+            return self._observe_identity(address, identity[:64], now)
+        return Verdict.ALLOW
+
+    def _observe_identity(self, address: str, identity: str, now: float) -> Verdict:
+        """Count distinct claimed identities per address (svwar-style enumeration)."""
+        s = self.settings
+        seen = self._identities.get(address)
+        if seen is None:
+            seen = self._identities[address] = {}
+            if len(self._identities) > s.max_tracked:
+                self._identities.pop(next(iter(self._identities)))
+        seen[identity] = now
+        if len(seen) > s.identity_limit:
+            cutoff = now - s.identity_window
+            for name in [n for n, t in seen.items() if t <= cutoff]:
+                del seen[name]
+            if len(seen) > s.identity_limit and not self.is_allowlisted(address):
+                del self._identities[address]
+                self.ban(
+                    address,
+                    f"extension enumeration ({s.identity_limit}+ identities "
+                    f"in {int(s.identity_window)} s)",
+                    now,
+                )
+                return Verdict.DROP
         return Verdict.ALLOW
 
     # -- authentication outcomes ---------------------------------------------------------
