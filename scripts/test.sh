@@ -10,6 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"

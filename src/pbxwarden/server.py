@@ -20,6 +20,7 @@ from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.netwatch import NetworkWatch
+from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.engine import Guard
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
@@ -109,6 +110,7 @@ class SipServer:
         )
         self._unsaved_bans: dict[str, Ban] = {}
         self.netwatch = NetworkWatch(fw.approve_new_networks)
+        self.nft: NftablesOffload | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self.cdrs = CdrWriter(store)
         self.calls = CallManager(
@@ -152,6 +154,7 @@ class SipServer:
         await self._refresh_directory()
         await self._refresh_routing()
         await self._refresh_networks()
+        await self._start_offload()
         await self._sync_firewall()
         host, port = self.config.sip.listen_address
         if "udp" in self.config.sip.transports:
@@ -189,6 +192,9 @@ class SipServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.transports.close()
+        if self.nft is not None:
+            with contextlib.suppress(NftablesError):
+                await asyncio.to_thread(self.nft.teardown)
         if self._timer is not None:
             self._timer.cancel()
         await self._flush()
@@ -230,17 +236,30 @@ class SipServer:
         self.calls.routing = routing
         self.firewall.set_trusted({t.host for t in routing.trunks})
 
+    async def _start_offload(self) -> None:
+        fw = self.config.firewall
+        if not fw.nftables:
+            return
+        ports = [self.config.sip.listen_address[1]]
+        if self.config.sip.tls is not None:
+            from pbxwarden.config import parse_hostport
+
+            ports.append(parse_hostport(self.config.sip.tls.listen, 5061)[1])
+        offload = NftablesOffload(fw.nftables_table, ports)
+        try:
+            await asyncio.to_thread(offload.setup)
+        except NftablesError as exc:
+            log.warning("nftables offload is off", reason=str(exc))
+            return
+        self.nft = offload
+        log.info("nftables offload on", table=fw.nftables_table, ports=ports)
+
     async def _sync_firewall(self) -> None:
-        """Persist new bans, then adopt the stored set (bans added or removed by the CLI)."""
+        """Persist new bans, adopt the stored set (bans added or removed by the CLI), and
+        mirror the changes into the kernel when nftables offload is on."""
         now = time.time()
-        for event in self.firewall.drain_events():
-            log.warning(
-                "firewall " + event.kind,
-                address=event.address,
-                reason=event.reason,
-                until=event.until,
-                extension=event.extension,
-            )
+        events = self.firewall.drain_events()
+        for event in events:
             if event.kind == "ban" and event.address in self.firewall.bans:
                 self._unsaved_bans[event.address] = self.firewall.bans[event.address]
         if self._unsaved_bans:
@@ -252,9 +271,29 @@ class SipServer:
             self._unsaved_bans.clear()
         since = now - self.firewall.settings.repeat_memory
         stored = await asyncio.to_thread(self.store.load_bans, now, since)
+        known = set(self.firewall.bans)
         self.firewall.load([Ban(*row) for row in stored], now)
-        for event in self.firewall.drain_events():
-            log.warning("firewall " + event.kind, address=event.address, reason=event.reason)
+        events += self.firewall.drain_events()
+        for event in events:
+            log.warning(
+                "firewall " + event.kind,
+                address=event.address,
+                reason=event.reason,
+                until=event.until,
+                extension=event.extension,
+            )
+        if self.nft is not None:
+            added = {
+                a: b.until
+                for a, b in self.firewall.bans.items()
+                if a not in known or any(e.kind == "ban" and e.address == a for e in events)
+            }
+            lifted = [e.address for e in events if e.kind == "unban"]
+            if added or lifted:
+                try:
+                    await asyncio.to_thread(self.nft.sync, added, lifted, now)
+                except NftablesError as exc:
+                    log.error("nftables offload failed", error=str(exc))
 
     async def _flush(self) -> None:
         if not self.location.has_changes:

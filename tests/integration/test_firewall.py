@@ -298,3 +298,43 @@ def test_extension_enumeration_is_banned_and_learns_nothing(tmp_path: Path) -> N
         assert len(shapes) == 1  # the existing extension looked like all the others
         assert phone_registers(pbx)
         assert wait_for(lambda: "127.0.0.40" in bans(pbx))
+
+
+def _nft_usable() -> bool:
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("nft") is None or os.geteuid() != 0:
+        return False
+    return subprocess.run(["nft", "list", "tables"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _nft_usable(), reason="needs root and a working nft (nftables)")
+def test_nftables_offload_drops_banned_sources_in_the_kernel(tmp_path: Path) -> None:
+    import subprocess
+
+    table = f"pbxw{int(time.time() * 1000) % 10**8}"
+    env = {"PBXWARDEN_FIREWALL__NFTABLES": "true", "PBXWARDEN_FIREWALL__NFTABLES_TABLE": table}
+    with running_pbx(tmp_path / "data", PHONE, env=env) as pbx:
+        assert "nftables offload on" in pbx.log()
+        assert not answered(pbx, "127.0.0.60", user_agent="friendly-scanner")
+
+        def in_kernel() -> bool:
+            out = subprocess.run(
+                ["nft", "list", "set", "inet", table, "banned4"], capture_output=True, text=True
+            ).stdout
+            return "127.0.0.60" in out
+
+        assert wait_for(in_kernel)
+        before = json.loads(cli(pbx.data_dir, "stats", "--json").stdout)["received"]
+        for _ in range(5):
+            assert not answered(pbx, "127.0.0.60")
+        after = json.loads(cli(pbx.data_dir, "stats", "--json").stdout)["received"]
+        assert after == before  # the kernel dropped them: Python never saw them
+        assert answered(pbx, "127.0.0.61")
+        cli(pbx.data_dir, "bans", "remove", "127.0.0.60")
+        assert wait_for(lambda: not in_kernel())
+        assert wait_for(lambda: answered(pbx, "127.0.0.60"))
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert table not in tables  # removed when the server stops

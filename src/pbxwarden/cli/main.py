@@ -529,6 +529,19 @@ def calls_list(
     _print_rows(_ask({"cmd": "calls"})["calls"], as_json, "calls in progress")
 
 
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """Counters of the running server: messages, refusals, registrations, calls, bans."""
+    answer = _ask({"cmd": "stats"})
+    flat = {**answer["stats"], **{k: v for k, v in answer.items() if k != "stats"}}
+    if as_json:
+        out.print_json(json.dumps(flat))
+    else:
+        _print_rows([flat], False, "stats")
+
+
 @calls_app.command("end")
 def calls_end(call_id: str) -> None:
     """End a call in progress: both phones are hung up (BYE), or it stops ringing."""
