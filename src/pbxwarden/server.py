@@ -32,6 +32,7 @@ from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
 from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
+    REASON_PHRASES,
     Request,
     Response,
     error_response_bytes,
@@ -594,8 +595,6 @@ class SipServer:
 
 
 def _phrase(status: int) -> str:
-    from pbxwarden.sip.message import REASON_PHRASES
-
     return REASON_PHRASES.get(status, "Bad Request")
 
 
