@@ -338,3 +338,59 @@ def test_nftables_offload_drops_banned_sources_in_the_kernel(tmp_path: Path) -> 
         assert wait_for(lambda: answered(pbx, "127.0.0.60"))
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert table not in tables  # removed when the server stops
+
+
+def test_invite_answers_compare_equal_for_known_and_unknown_callers(tmp_path: Path) -> None:
+    """No enumeration through INVITE either: a caller that exists and one that does not
+    get the same challenge and the same refusal."""
+    import socket
+
+    from pbxwarden.sip.digest import build_authorization, choose_challenge
+    from pbxwarden.sip.message import generate_branch
+
+    def invite(sock: socket.socket, user: str, cseq: int, auth: str = "") -> Response:
+        host, port = pbx.host, pbx.port
+        lines = [
+            f"INVITE sip:2000@{host}:{port} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{sock.getsockname()[1]};branch={generate_branch()};rport",
+            f"From: <sip:{user}@{host}>;tag=enum{user}",
+            f"To: <sip:2000@{host}>",
+            f"Call-ID: enum-{user}@test",
+            f"CSeq: {cseq} INVITE",
+            "Max-Forwards: 70",
+            f"Contact: <sip:{user}@127.0.0.1:{sock.getsockname()[1]}>",
+        ]
+        if auth:
+            lines.append(f"Authorization: {auth}")
+        sock.sendto(("\r\n".join([*lines, "Content-Length: 0", "", ""])).encode(), (host, port))
+        while True:
+            reply = parse_message(sock.recv(65535))
+            assert isinstance(reply, Response)
+            if reply.status != 100:
+                return reply
+
+    with running_pbx(tmp_path / "data", PHONE) as pbx:
+        shapes = []
+        for user in ("1000", "1999"):  # 1000 exists, 1999 does not
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                sock.settimeout(3)
+                challenge = invite(sock, user, 1)
+                auth = build_authorization(
+                    choose_challenge(challenge.headers.get_all("WWW-Authenticate")),
+                    "INVITE",
+                    f"sip:2000@{pbx.host}:{pbx.port}",
+                    user,
+                    "Wrong-Passw0rd-x",
+                    "c",
+                    1,
+                )
+                refused = invite(sock, user, 2, auth)
+            shapes.append(
+                [
+                    (r.status, r.reason, sorted(n for n, _ in r.headers))
+                    for r in (challenge, refused)
+                ]
+            )
+        assert shapes[0] == shapes[1]
+        assert [s[0] for s in shapes[0]] == [401, 403]
