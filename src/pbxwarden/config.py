@@ -148,6 +148,12 @@ class FirewallConfig(_Section):
 
 
 class CallsConfig(_Section):
+    overload_lag: float = Field(
+        0.25,
+        ge=0,
+        le=10,
+        description="event-loop lag (s) above which new calls get 503 instead of work",
+    )
     ring_timeout: float = Field(
         60.0, gt=0, le=600, description="seconds before a call is unanswered"
     )
@@ -319,6 +325,7 @@ identity_window = 60             #   extension enumeration, banned
 [calls]
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"
 max_duration = 14400             # no call lasts longer than this (seconds)
+overload_lag = 0.25              # when the server lags this much (s), new calls get 503
 
 [features]
 forward_always_set = "*72"       # *72 followed by a number: forward every call there

@@ -51,6 +51,7 @@ from pbxwarden.sip.transaction import (
     TransactionKey,
     TransactionLayer,
     TransactionTimeout,
+    server_key,
 )
 from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.transport.network import Transports, tls_context
@@ -67,6 +68,7 @@ class Stats:
     registers_ok: int = 0
     auth_failures: int = 0
     refused: int = 0
+    shed: int = 0  # new calls refused with 503 while overloaded
 
 
 class SipServer:
@@ -113,6 +115,8 @@ class SipServer:
         self.netwatch = NetworkWatch(fw.approve_new_networks)
         self.nft: NftablesOffload | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self._overloaded = config.calls.overload_lag == 0  # 0: always shed (for tests)
+        self._lag_probe: asyncio.TimerHandle | None = None
         self.cdrs = CdrWriter(store)
         self.calls = CallManager(
             self,
@@ -171,6 +175,7 @@ class SipServer:
                 thost, tport, tls_context(str(tls.cert_file), str(tls.key_file))
             )
         self._background.append(asyncio.create_task(self._write_back()))
+        self._probe_lag(self._now())
         self._control = await serve_control(self._data_dir, self.control)
         log.info(
             "sip listening",
@@ -198,6 +203,8 @@ class SipServer:
                 await asyncio.to_thread(self.nft.teardown)
         if self._timer is not None:
             self._timer.cancel()
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
         await self._flush()
 
     async def _write_back(self) -> None:
@@ -332,10 +339,40 @@ class SipServer:
                 self._refuse(verdict, data, source)
                 return
             _stamp_via(message, source)
+            if (
+                self._overloaded
+                and message.method == "INVITE"
+                and message.to.tag is None
+                and server_key(message) not in self.tx
+            ):
+                # Shed new calls cheaply so that calls in progress can finish: answering
+                # them late would only add retransmissions to the overload.
+                self.stats.shed += 1
+                self.transports.send(
+                    make_response(message, 503, headers=[("Retry-After", "5")]).to_bytes(), source
+                )
+                return
             actions = self.tx.receive_request(message, source, now)
         else:
             actions = self.tx.receive_response(message, now)
         self._run(actions)
+
+    _LAG_PERIOD = 0.05
+
+    def _probe_lag(self, scheduled: float) -> None:
+        """Overload detection: how late does a timer set for now + 50 ms actually fire?"""
+        now = self._now()
+        limit = self.config.calls.overload_lag
+        if limit > 0:
+            lag = now - scheduled
+            if lag > limit and not self._overloaded:
+                log.warning("overloaded: shedding new calls", lag=round(lag, 3))
+            elif self._overloaded and lag < limit / 2:
+                log.warning("overload over: taking new calls again", lag=round(lag, 3))
+            self._overloaded = lag > limit or (self._overloaded and lag >= limit / 2)
+        assert self._loop is not None
+        due = now + self._LAG_PERIOD
+        self._lag_probe = self._loop.call_at(due, self._probe_lag, due)
 
     def _refuse(self, verdict: Verdict, data: bytes, source: Address) -> None:
         """Banned: silence by default; 403 if the operator prefers an answer."""
