@@ -654,6 +654,8 @@ def start_pbxwarden(
     env = {
         **os.environ,
         "PBXWARDEN_FIREWALL__ALLOW": f'["{LOOPBACK}/32"]',
+        # and lift the cap on trusted sources, which would drop the excess
+        "PBXWARDEN_FIREWALL__TRUSTED_RATE_LIMIT": "100000000",
         "PBXWARDEN_LOG__LEVEL": "warning",
     }
     proc = procs.start(

@@ -112,6 +112,9 @@ class StorageConfig(_Section):
 
 class FirewallConfig(_Section):
     rate_limit: int = Field(100, ge=1, description="requests per source per rate_window")
+    trusted_rate_limit: int = Field(
+        5000, ge=1, description="the same for allow-listed sources and trunks: excess dropped"
+    )
     rate_window: float = Field(2.0, gt=0, le=60)
     auth_failure_limit: int = Field(10, ge=1, le=1000)
     auth_failure_window: float = Field(300.0, gt=0, le=86400)
@@ -312,6 +315,7 @@ listen = "127.0.0.1:8080"
 [firewall]
 rate_limit = 100                 # requests per source per rate_window (seconds); more is a flood
 rate_window = 2.0
+trusted_rate_limit = 5000        # allow-listed sources and trunks: never banned, excess dropped
 auth_failure_limit = 10          # failed authentications per source within auth_failure_window
 auth_failure_window = 300
 ban_steps = [600, 3600, 86400]   # first, second, third and later bans (seconds)

@@ -57,6 +57,7 @@ class Verdict(Enum):
 class FirewallSettings:
     rate_window: float = 2.0
     rate_limit: int = 100  # requests per source per window; 50/s is far above any phone
+    trusted_rate_limit: int = 5000  # allow-listed sources: excess dropped, never banned
     auth_failure_limit: int = 10
     auth_failure_window: float = 300.0
     distributed_sources: int = 5  # distinct sources failing on one extension: alert
@@ -161,9 +162,14 @@ class Firewall:
         # Sliding estimate: this window plus the decaying remainder of the last one.
         weight = 1.0 - (now - self._window_start) / self.settings.rate_window
         estimate = count + self._previous.get(address, 0) * max(0.0, weight)
-        if estimate > self.settings.rate_limit and not self.is_allowlisted(address):
-            self.ban(address, "request flood", now)
-            return Verdict.DROP
+        if estimate > self.settings.rate_limit:
+            if not self.is_allowlisted(address):
+                self.ban(address, "request flood", now)
+                return Verdict.DROP
+            if estimate > self.settings.trusted_rate_limit:
+                # A trusted peer (trunk, admin network) is never banned, but a runaway one
+                # must not starve everyone else: its excess is dropped.
+                return Verdict.DROP
         return Verdict.ALLOW
 
     def inspect(self, request: Request, address: str, now: float) -> Verdict:
