@@ -125,6 +125,9 @@ class FirewallConfig(_Section):
         50, ge=2, le=100_000, description="distinct users one address may claim per window"
     )
     identity_window: float = Field(60.0, gt=0, le=3600)
+    geoip_database: Path | None = Field(
+        None, description="MaxMind GeoLite2/GeoIP2 Country .mmdb: watch registration countries"
+    )
     nftables: bool = Field(False, description="mirror bans into an nftables set (root)")
     nftables_table: str = Field("pbxwarden", pattern=r"^[A-Za-z0-9_]{1,32}$")
     approve_new_networks: bool = Field(
@@ -322,6 +325,7 @@ ban_steps = [600, 3600, 86400]   # first, second, third and later bans (seconds)
 reject_banned = false            # false: banned sources get silence, which teaches them nothing
 allow = []                       # networks never banned: your trunks and admin networks (CIDR)
 approve_new_networks = false     # true: a phone registering from a new /24 waits for approval
+# geoip_database = "/var/lib/GeoIP/GeoLite2-Country.mmdb"  # also watch for a new country
 nftables = false                 # true (Linux, root): the kernel drops banned sources' SIP traffic
 identity_limit = 50              # more distinct users claimed by one address per window:
 identity_window = 60             #   extension enumeration, banned

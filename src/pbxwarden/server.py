@@ -19,6 +19,7 @@ import structlog
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
+from pbxwarden.firewall.geo import GeoLookup
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.engine import Guard
@@ -113,7 +114,10 @@ class SipServer:
             )
         )
         self._unsaved_bans: dict[str, Ban] = {}
-        self.netwatch = NetworkWatch(fw.approve_new_networks)
+        self.geo = _open_geo(fw.geoip_database)
+        self.netwatch = NetworkWatch(
+            fw.approve_new_networks, self.geo.country if self.geo is not None else None
+        )
         self.nft: NftablesOffload | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._overloaded = config.calls.overload_lag == 0  # 0: always shed (for tests)
@@ -503,24 +507,28 @@ class SipServer:
         self.respond(key, request, response)
 
     def _watch_network(self, ext: ExtensionAuth, source: Address) -> bool:
-        """Registration watch: alert on (or hold back) a registration from a new network."""
-        verdict = self.netwatch.check(ext.id, source.host)
-        if verdict is None or verdict.known:
-            return True
-        if not verdict.first:
-            log.warning(
-                "registration from a new network",
-                tenant=ext.tenant,
-                extension=ext.number,
-                network=verdict.network,
-                source=str(source),
-                known=sorted(self.netwatch.networks(ext.id)),
-                action="allowed" if verdict.allowed else "waiting for approval",
+        """Registration watch: alert on (or hold back) a registration from a new network
+        or, with a GeoIP database, a new country."""
+        allowed = True
+        for verdict in self.netwatch.check(ext.id, source.host):
+            if verdict.known:
+                continue
+            if not verdict.first:
+                what = "country" if verdict.network.startswith("country:") else "network"
+                log.warning(
+                    f"registration from a new {what}",
+                    tenant=ext.tenant,
+                    extension=ext.number,
+                    network=verdict.network,
+                    source=str(source),
+                    known=sorted(self.netwatch.networks(ext.id)),
+                    action="allowed" if verdict.allowed else "waiting for approval",
+                )
+            self._background_write(
+                self.store.record_network, ext.id, verdict.network, time.time(), verdict.allowed
             )
-        self._background_write(
-            self.store.record_network, ext.id, verdict.network, time.time(), verdict.allowed
-        )
-        return verdict.allowed
+            allowed = allowed and verdict.allowed
+        return allowed
 
     def _background_write(self, fn: Callable[..., object], *args: object) -> None:
         async def write() -> None:
@@ -630,6 +638,21 @@ class SipServer:
 
         self._tasks.add(task := asyncio.ensure_future(write()))
         task.add_done_callback(self._tasks.discard)
+
+
+def _open_geo(path: Path | None) -> GeoLookup | None:
+    if path is None:
+        return None
+    try:
+        return GeoLookup(path)
+    except ImportError:
+        log.warning(
+            "firewall.geoip_database is set but geoip2 is not installed "
+            "(pip install 'pbxwarden[geo]'): country watch off"
+        )
+    except (OSError, ValueError) as exc:
+        log.warning("cannot open the GeoIP database: country watch off", error=str(exc))
+    return None
 
 
 def _phrase(status: int) -> str:

@@ -175,8 +175,9 @@ def test_one_phone_or_a_slow_trickle_is_not_enumeration() -> None:
 
 
 def test_trusted_sources_are_capped_but_never_banned() -> None:
-    fw = Firewall(FirewallSettings(rate_limit=10, trusted_rate_limit=40,
-                                   allow=("198.51.100.0/24",)))
+    fw = Firewall(
+        FirewallSettings(rate_limit=10, trusted_rate_limit=40, allow=("198.51.100.0/24",))
+    )
     verdicts = [fw.check_source("198.51.100.7", T0 + i * 0.001) for i in range(60)]
     assert verdicts[:40] == [Verdict.ALLOW] * 40
     assert set(verdicts[40:]) == {Verdict.DROP}

@@ -394,3 +394,47 @@ def test_invite_answers_compare_equal_for_known_and_unknown_callers(tmp_path: Pa
             )
         assert shapes[0] == shapes[1]
         assert [s[0] for s in shapes[0]] == [401, 403]
+
+
+def test_registration_from_a_new_country_with_a_geoip_database(tmp_path: Path) -> None:
+    mmdb_writer = pytest.importorskip("mmdb_writer")
+    pytest.importorskip("geoip2")
+    from netaddr import IPSet
+
+    writer = mmdb_writer.MMDBWriter(
+        ip_version=6,
+        ipv4_compatible=True,
+        database_type="GeoLite2-Country",
+        languages=["en"],
+        description="pbxwarden test",
+    )
+    writer.insert_network(IPSet(["127.0.0.0/24"]), {"country": {"iso_code": "US"}})
+    writer.insert_network(IPSet(["127.0.3.0/24"]), {"country": {"iso_code": "LV"}})
+    database = tmp_path / "countries.mmdb"
+    writer.to_db_file(str(database))
+    env = {
+        "PBXWARDEN_FIREWALL__GEOIP_DATABASE": str(database),
+        "PBXWARDEN_FIREWALL__APPROVE_NEW_NETWORKS": "true",
+    }
+    with running_pbx(tmp_path / "data", PHONE, env=env) as pbx:
+        home = SipClient((pbx.host, pbx.port), source_ip="127.0.0.1")
+        abroad = SipClient((pbx.host, pbx.port), source_ip="127.0.3.5")
+        try:
+            first = parse_message(home.register("1000", PHONE["1000"]))
+            assert isinstance(first, Response) and first.status == 200
+            held = parse_message(abroad.register("1000", PHONE["1000"]))
+            assert isinstance(held, Response) and held.status == 403
+        finally:
+            home.close()
+            abroad.close()
+        assert "registration from a new country" in pbx.log()
+        assert "country:LV" in pbx.log()
+        assert wait_for(
+            lambda: (
+                {"country:US", "country:LV"}
+                <= {
+                    n["network"]
+                    for n in json.loads(cli(pbx.data_dir, "extension", "networks", "--json").stdout)
+                }
+            )
+        )

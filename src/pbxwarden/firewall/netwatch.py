@@ -10,6 +10,7 @@ asks for it, are refused until approved.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -32,8 +33,13 @@ class NetworkVerdict:
 
 
 class NetworkWatch:
-    def __init__(self, require_approval: bool = False) -> None:
+    """Networks (and, with a GeoIP database, countries as ``country:XX``) per extension."""
+
+    def __init__(
+        self, require_approval: bool = False, country_of: Callable[[str], str | None] | None = None
+    ) -> None:
         self.require_approval = require_approval
+        self._country_of = country_of
         self._seen: dict[int, set[str]] = {}
 
     def load(self, rows: list[tuple[int, str]]) -> None:
@@ -42,17 +48,25 @@ class NetworkWatch:
             seen.setdefault(extension_id, set()).add(network)
         self._seen = seen
 
-    def check(self, extension_id: int, address: str) -> NetworkVerdict | None:
-        """None when the address is not an IP (nothing to say); else the verdict.
+    def check(self, extension_id: int, address: str) -> list[NetworkVerdict]:
+        """Verdicts for the address's network and, when known, its country.
 
-        A new network is remembered at once unless approval is required.
+        A new network or country is remembered at once unless approval is required.
         """
         network = network_of(address)
         if network is None:
-            return None
+            return []
+        verdicts = [self._check(extension_id, network)]
+        country = self._country_of(address) if self._country_of is not None else None
+        if country is not None:
+            verdicts.append(self._check(extension_id, f"country:{country}"))
+        return verdicts
+
+    def _check(self, extension_id: int, network: str) -> NetworkVerdict:
         known = self._seen.get(extension_id)
-        if known is None:
-            self._seen[extension_id] = {network}
+        kind = network.startswith("country:")
+        if known is None or not any(n.startswith("country:") == kind for n in known):
+            self._seen.setdefault(extension_id, set()).add(network)
             return NetworkVerdict(network, known=False, first=True, allowed=True)
         if network in known:
             return NetworkVerdict(network, known=True, first=False, allowed=True)
