@@ -184,7 +184,8 @@ class Firewall:
                     self.ban(address, f"scanner fingerprint ({marker})", now)
                     return Verdict.DROP
         identity = (request.to if request.method == "REGISTER" else request.from_).uri.user
-        if identity and request.method != "ACK":
+        if identity and request.method != "ACK" and not self.is_allowlisted(address):
+            # Trusted peers (a trunk, an office PBX) legitimately speak for many users.
             return self._observe_identity(address, identity[:64], now)
         return Verdict.ALLOW
 
@@ -201,7 +202,7 @@ class Firewall:
             cutoff = now - s.identity_window
             for name in [n for n, t in seen.items() if t <= cutoff]:
                 del seen[name]
-            if len(seen) > s.identity_limit and not self.is_allowlisted(address):
+            if len(seen) > s.identity_limit:
                 del self._identities[address]
                 self.ban(
                     address,
