@@ -41,6 +41,7 @@ def test_generated_password_is_strong_and_shown_once(tmp_path: Path) -> None:
             "display_name": None,
             "enabled": True,
             "networks": None,
+            "suspended": None,
             "registrations": 0,
         }
     ]

@@ -7,6 +7,7 @@ calls it directly. Every public method is one short transaction.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import secrets
 import time
@@ -25,6 +26,7 @@ from pbxwarden.pbx.numbers import classify
 from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
 from pbxwarden.store.models import (
+    AlertRow,
     BanRow,
     Cdr,
     DidRow,
@@ -249,6 +251,7 @@ class Store:
                 Extension.display_name,
                 Extension.enabled,
                 Extension.acl,
+                Extension.suspended_reason,
                 func.count(Registration.id),
             )
             .join(Tenant, Tenant.id == Extension.tenant_id)
@@ -270,9 +273,10 @@ class Store:
                     "display_name": d,
                     "enabled": e,
                     "networks": acl,
+                    "suspended": sus,
                     "registrations": c,
                 }
-                for t, n, d, e, acl, c in s.execute(stmt)
+                for t, n, d, e, acl, sus, c in s.execute(stmt)
             ]
 
     _AUTH_COLUMNS = (
@@ -524,6 +528,135 @@ class Store:
             return [
                 {c.name: getattr(row, c.name) for c in Cdr.__table__.columns}
                 for row in s.scalars(stmt)
+            ]
+
+    # -- alerts --------------------------------------------------------------------------
+
+    def record_alert(self, alert: dict[str, Any]) -> tuple[int, bool]:
+        """Store an alert, or count it as a repeat of the open one with the same key.
+
+        Returns the alert's id and whether it is new (only new ones, and escalations
+        from warning to critical, are worth sending again).
+        """
+        with Session(self.engine) as s, s.begin():
+            row = s.scalar(
+                select(AlertRow)
+                .where(
+                    AlertRow.dedupe_key == alert["dedupe_key"],
+                    AlertRow.status != "resolved",
+                )
+                .order_by(AlertRow.id.desc())
+                .limit(1)
+            )
+            if row is not None:
+                row.count += 1
+                row.last_at = alert["at"]
+                escalated = row.severity != "critical" and alert["severity"] == "critical"
+                if escalated:
+                    row.severity = "critical"
+                    row.summary = alert["summary"]
+                    row.reasons = json.dumps(list(alert["reasons"]))
+                return row.id, escalated
+            row = AlertRow(
+                tenant=alert["tenant"],
+                extension=alert.get("extension"),
+                severity=alert["severity"],
+                rule=alert["rule"],
+                summary=alert["summary"],
+                reasons=json.dumps(list(alert["reasons"])),
+                dedupe_key=alert["dedupe_key"],
+                status="open",
+                count=1,
+                first_at=alert["at"],
+                last_at=alert["at"],
+            )
+            s.add(row)
+            s.flush()
+            return row.id, True
+
+    @staticmethod
+    def _alert_dict(row: AlertRow) -> dict[str, Any]:
+        out = {c.name: getattr(row, c.name) for c in AlertRow.__table__.columns}
+        out["reasons"] = json.loads(row.reasons)
+        return out
+
+    def list_alerts(
+        self,
+        status: str | None = None,
+        tenant: str | None = None,
+        since: float = 0.0,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        stmt = select(AlertRow).where(AlertRow.last_at >= since)
+        if status is not None:
+            stmt = stmt.where(AlertRow.status == status)
+        if tenant is not None:
+            stmt = stmt.where(AlertRow.tenant == tenant)
+        stmt = stmt.order_by(AlertRow.id.desc()).limit(limit)
+        with Session(self.engine) as s:
+            return [self._alert_dict(row) for row in s.scalars(stmt)]
+
+    def get_alert(self, alert_id: int) -> dict[str, Any] | None:
+        with Session(self.engine) as s:
+            row = s.get(AlertRow, alert_id)
+            return self._alert_dict(row) if row is not None else None
+
+    def set_alert_status(
+        self, alert_id: int, status: str, by: str, now: float | None = None
+    ) -> dict[str, Any]:
+        """Acknowledge (someone is on it) or resolve (over) an alert."""
+        if status not in ("acknowledged", "resolved"):
+            raise StoreError(f"an alert can be acknowledged or resolved, not {status!r}")
+        now = time.time() if now is None else now
+        with Session(self.engine) as s, s.begin():
+            row = s.get(AlertRow, alert_id)
+            if row is None:
+                raise StoreError(f"no alert {alert_id}")
+            if row.status == "resolved":
+                raise StoreError(f"alert {alert_id} is already resolved")
+            if status == "acknowledged":
+                row.acked_by, row.acked_at = by[:64], now
+            else:
+                row.resolved_by, row.resolved_at = by[:64], now
+            row.status = status
+            return self._alert_dict(row)
+
+    # -- suspension ----------------------------------------------------------------------
+
+    def suspend_extension(
+        self, tenant: str, number: str, reason: str, now: float | None = None
+    ) -> bool:
+        """Refuse every costly call of the extension until resumed; False if it already was."""
+        with Session(self.engine) as s, s.begin():
+            ext = self._extension_row(s, tenant, number)
+            if ext.suspended_reason is not None:
+                return False
+            ext.suspended_reason = reason[:2000]
+            ext.suspended_at = time.time() if now is None else now
+            ext.updated_at = time.time()
+            return True
+
+    def resume_extension(self, tenant: str, number: str) -> bool:
+        with Session(self.engine) as s, s.begin():
+            ext = self._extension_row(s, tenant, number)
+            if ext.suspended_reason is None:
+                return False
+            ext.suspended_reason = ext.suspended_at = None
+            ext.updated_at = time.time()
+            return True
+
+    def suspended_extensions(self) -> list[dict[str, Any]]:
+        stmt = (
+            select(
+                Tenant.name, Extension.number, Extension.suspended_reason, Extension.suspended_at
+            )
+            .join(Tenant, Tenant.id == Extension.tenant_id)
+            .where(Extension.suspended_reason.is_not(None))
+        )
+        with Session(self.engine) as s:
+            return [
+                {"tenant": t, "extension": n, "reason": r, "at": at}
+                for t, n, r, at in s.execute(stmt)
             ]
 
     # -- trunks and DIDs -----------------------------------------------------------------

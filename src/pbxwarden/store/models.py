@@ -49,6 +49,9 @@ class Extension(Base):
     forward_busy: Mapped[str | None] = mapped_column(String(64), nullable=True)
     forward_noanswer: Mapped[str | None] = mapped_column(String(64), nullable=True)
     noanswer_after: Mapped[float] = mapped_column(Float, default=20.0)
+    # set by the guard or an admin: every costly call refused until an admin resumes it
+    suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    suspended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -112,6 +115,9 @@ class Cdr(Base):
     number_type: Mapped[str | None] = mapped_column(String(24), nullable=True)
     trunk: Mapped[str | None] = mapped_column(String(64), nullable=True)
     forwarded_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    score: Mapped[int | None] = mapped_column(Integer, nullable=True)  # guard anomaly score
+    severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    cost: Mapped[float | None] = mapped_column(Float, nullable=True)  # estimated, rate table
 
 
 class TrunkRow(Base):
@@ -167,3 +173,26 @@ class ExtensionNetwork(Base):
     network: Mapped[str] = mapped_column(String(64), primary_key=True)
     first_seen: Mapped[float] = mapped_column(Float)
     approved: Mapped[bool] = mapped_column(Boolean)
+
+
+class AlertRow(Base):
+    """A guard or firewall alert; repeats of an open one raise ``count`` (deduplicated)."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    extension: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    severity: Mapped[str] = mapped_column(String(16))  # warning, critical
+    rule: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[str] = mapped_column(Text)
+    reasons: Mapped[str] = mapped_column(Text)  # JSON list
+    dedupe_key: Mapped[str] = mapped_column(String(255), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # open, acknowledged, resolved
+    count: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[float] = mapped_column(Float, index=True)
+    last_at: Mapped[float] = mapped_column(Float)
+    acked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    acked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
