@@ -22,7 +22,7 @@ from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.geo import GeoLookup
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
-from pbxwarden.guard.engine import Guard
+from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
@@ -54,7 +54,7 @@ from pbxwarden.sip.transaction import (
     TransactionTimeout,
     server_key,
 )
-from pbxwarden.store.db import ExtensionAuth, Store
+from pbxwarden.store.db import ExtensionAuth, Store, StoreError
 from pbxwarden.transport.network import Transports, tls_context
 
 log = structlog.get_logger("pbxwarden.server")
@@ -123,12 +123,13 @@ class SipServer:
         self._overloaded = config.calls.overload_lag == 0  # 0: always shed (for tests)
         self._lag_probe: asyncio.TimerHandle | None = None
         self.cdrs = CdrWriter(store)
+        self.guard = Guard(config.guard)
         self.calls = CallManager(
             self,
             self.auth,
             self.directory,
             self.location,
-            Guard(config.guard),
+            self.guard,
             CallSettings(config.calls.ring_timeout, config.calls.max_duration, sip.t1, sip.t2),
         )
         self.calls.features = {
@@ -227,9 +228,58 @@ class SipServer:
                     await self._refresh_routing()
                     await self._refresh_networks()
                     await self._sync_firewall()
+                    await self._guard_round(now)
                     next_realm_check = now + 1.0
             except Exception:  # the database may be briefly locked; retry next round
                 log.exception("registration write-back failed")
+
+    async def _guard_round(self, now: float) -> None:
+        """Cut off what the guard says must end, adopt suspensions an admin changed, and
+        deliver the guard's alerts (stored first, then sent)."""
+        self.calls.police(now)
+        stored = await asyncio.to_thread(self.store.suspended_extensions)
+        self.guard.sync_suspensions({(r["tenant"], r["extension"]): r["reason"] for r in stored})
+        while self.guard.outbox:
+            await self._deliver(self.guard.outbox.popleft())
+
+    async def _deliver(self, alert: GuardAlert) -> None:
+        if alert.suspend and alert.extension:
+            with contextlib.suppress(StoreError):  # the extension was deleted meanwhile
+                await asyncio.to_thread(
+                    self.store.suspend_extension,
+                    alert.tenant,
+                    alert.extension,
+                    alert.reasons[0] if alert.reasons else alert.summary,
+                    alert.at,
+                )
+        alert_id, new = await asyncio.to_thread(
+            self.store.record_alert,
+            {
+                "tenant": alert.tenant,
+                "extension": alert.extension,
+                "severity": alert.severity,
+                "rule": alert.rule,
+                "summary": alert.summary,
+                "reasons": alert.reasons,
+                "dedupe_key": alert.key,
+                "at": alert.at,
+            },
+        )
+        log.warning(
+            "guard alert",
+            id=alert_id,
+            new=new,
+            severity=alert.severity,
+            rule=alert.rule,
+            tenant=alert.tenant,
+            extension=alert.extension,
+            summary=alert.summary,
+        )
+        if new:
+            self._send_alert(alert, alert_id)
+
+    def _send_alert(self, alert: GuardAlert, alert_id: int) -> None:
+        """Hand a new alert to the configured channels (webhook, email, syslog)."""
 
     async def _refresh_directory(self) -> None:
         changes = await asyncio.to_thread(fetch_changes, self.store, self.directory.version)
@@ -272,6 +322,7 @@ class SipServer:
         mirror the changes into the kernel when nftables offload is on."""
         now = time.time()
         events = self.firewall.drain_events()
+        own = list(events)
         for event in events:
             if event.kind == "ban" and event.address in self.firewall.bans:
                 self._unsaved_bans[event.address] = self.firewall.bans[event.address]
@@ -295,6 +346,35 @@ class SipServer:
                 until=event.until,
                 extension=event.extension,
             )
+            if event.kind != "unban" and event in own:  # not bans other nodes made
+                await self._deliver(
+                    GuardAlert(
+                        "provider",
+                        None,
+                        "warning",
+                        f"firewall-{event.kind}",
+                        f"SIP firewall: {event.address} {event.reason}",
+                        (
+                            *(
+                                [
+                                    f"{event.address} is banned until "
+                                    + time.strftime(
+                                        "%Y-%m-%d %H:%M:%S UTC", time.gmtime(event.until)
+                                    )
+                                ]
+                                if event.until is not None
+                                else []
+                            ),
+                            f"reason: {event.reason}",
+                            *(
+                                [f"it tried the identity {event.extension}"]
+                                if event.extension
+                                else []
+                            ),
+                        ),
+                        now,
+                    )
+                )
         if self.nft is not None:
             added = {
                 a: b.until

@@ -87,7 +87,7 @@ def test_concurrency_limits() -> None:
     g.on_call_start(other, 3)
     tenant_full = g.authorize(attempt("2025550143", at=T0 + 4, ext="1002"))
     assert not tenant_full.allow and "tenant acme" in tenant_full.reasons[0]
-    g.on_call_end(1)
+    g.on_call_end(1, T0 + 5)
     assert g.authorize(attempt("2025550143", at=T0 + 5)).allow
 
 

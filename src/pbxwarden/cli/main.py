@@ -53,6 +53,11 @@ calls_app = typer.Typer(help="Live calls on the running server.", invoke_without
 app.add_typer(calls_app, name="calls")
 bans_app = typer.Typer(no_args_is_help=True, help="SIP firewall bans (a running server follows).")
 app.add_typer(bans_app, name="bans")
+alerts_app = typer.Typer(
+    help="Fraud guard and firewall alerts: list, acknowledge, resolve.",
+    invoke_without_command=True,
+)
+app.add_typer(alerts_app, name="alerts")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -666,6 +671,162 @@ async def _serve(config: Config, store: Store) -> None:
     print("pbxwarden ready", flush=True)
     await stop.wait()
     await server.stop()
+
+
+# -- suspension --------------------------------------------------------------------------
+
+
+@extension_app.command("suspend")
+def extension_suspend(
+    number: str,
+    reason: Annotated[str, typer.Option(help="Why (shown to whoever resumes it).")] = (
+        "suspended by an administrator"
+    ),
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Refuse every costly call of an extension (a running server follows within a second)."""
+    store = _store(_config())
+    try:
+        changed = store.suspend_extension(tenant, number, reason)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"extension {number} suspended" if changed else f"{number} was already suspended")
+
+
+@extension_app.command("resume")
+def extension_resume(
+    number: str,
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Allow an extension's costly calls again, after checking its password and forwarding."""
+    store = _store(_config())
+    try:
+        changed = store.resume_extension(tenant, number)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"extension {number} resumed" if changed else f"{number} was not suspended")
+
+
+# -- alerts ------------------------------------------------------------------------------
+
+
+@alerts_app.callback()
+def alerts_default(ctx: typer.Context) -> None:
+    """Without a command: the alerts not yet resolved."""
+    if ctx.invoked_subcommand is None:
+        alerts_list(status=None, tenant=None, limit=100, as_json=False)
+
+
+@alerts_app.command("list")
+def alerts_list(
+    status: Annotated[
+        str | None, typer.Option(help="open, acknowledged or resolved (default: not resolved).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's alerts.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """List alerts, newest first, with their reasons."""
+    if status not in (None, "open", "acknowledged", "resolved"):
+        raise fail(f"--status must be open, acknowledged or resolved, not {status!r}")
+    store = _store(_config())
+    try:
+        rows = store.list_alerts(status=status, tenant=tenant, limit=limit)
+    finally:
+        store.close()
+    if status is None:
+        rows = [r for r in rows if r["status"] != "resolved"]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="alerts")
+    for column in ("id", "severity", "status", "tenant", "extension", "count", "last", "summary"):
+        table.add_column(column)
+    for r in rows:
+        colour = "red" if r["severity"] == "critical" else "yellow"
+        table.add_row(
+            str(r["id"]),
+            f"[{colour}]{r['severity']}[/]",
+            r["status"],
+            r["tenant"],
+            r["extension"] or "",
+            str(r["count"]),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_at"])),
+            r["summary"] + "".join(f"\n  - {x}" for x in r["reasons"][:6]),
+        )
+    out.print(table)
+
+
+def _set_alert(alert_id: int, status: str, by: str) -> None:
+    store = _store(_config())
+    try:
+        row = store.set_alert_status(alert_id, status, by)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    out.print(f"alert {row['id']} {row['status']}")
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    alert_id: int,
+    by: Annotated[str, typer.Option(help="Who is handling it.")] = "cli",
+) -> None:
+    """Acknowledge an alert: someone is on it (repeats are still counted)."""
+    _set_alert(alert_id, "acknowledged", by)
+
+
+@alerts_app.command("resolve")
+def alerts_resolve(
+    alert_id: int,
+    by: Annotated[str, typer.Option(help="Who resolved it.")] = "cli",
+) -> None:
+    """Resolve an alert: the next occurrence opens a new one and is sent again."""
+    _set_alert(alert_id, "resolved", by)
+
+
+# -- simulator ---------------------------------------------------------------------------
+
+
+@app.command()
+def simulate(
+    tenants: Annotated[int, typer.Option(min=1, max=10000)] = 100,
+    extensions: Annotated[int, typer.Option(min=2, max=1_000_000)] = 1000,
+    days: Annotated[int, typer.Option(min=8, max=365)] = 30,
+    seed: Annotated[int, typer.Option(help="Same seed, same traffic.")] = 1,
+    attack: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these attacks (repeat); default: all of them."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """Run the fraud guard on simulated traffic with injected attacks, and report.
+
+    Uses the guard policy of this data directory's configuration when there is one
+    (tenants t000, t001... get the [guard.default] policy), else the simulator's own
+    mix of tenant policies.
+    """
+    from pbxwarden.guard.simulate import ATTACKS, Simulation
+
+    chosen = tuple(attack or ATTACKS)
+    unknown = [a for a in chosen if a not in ATTACKS]
+    if unknown:
+        raise fail(f"unknown attack {unknown[0]!r}; the attacks are {', '.join(ATTACKS)}")
+    config = None
+    if (state.data_dir / CONFIG_FILE).exists():
+        config = _config().guard
+        if not config.tenants and config.default == type(config.default)():
+            config = None  # untouched defaults: use the simulator's realistic tenant mix
+    report = Simulation(tenants, extensions, days, seed, chosen, config).run()
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    out.print(report.markdown(), markup=False, highlight=False)
 
 
 def run() -> None:

@@ -217,6 +217,17 @@ class CallManager:
         if call is not None and not call.ended and call.answered is None:
             self._fail_a(call, 408, "no answer from the callee's phone")
 
+    def police(self, now: float) -> int:
+        """Cut off the calls the authorizer says must end now (spend cap, suspension)."""
+        ended = 0
+        for token, reason in self.policy.police(now):
+            call = self.calls.get(token)
+            if call is not None and not call.ended:
+                log.warning("call cut off", call_id=call.id, reason=reason)
+                self._hang_up_both(call, reason)
+                ended += 1
+        return ended
+
     def end_call(self, call_id: str, reason: str = "ended by an administrator") -> bool:
         """End a call in progress: BYE on both legs (or CANCEL if it is still ringing)."""
         for call in list(self.calls.values()):
@@ -297,6 +308,8 @@ class CallManager:
                 reasons=list(decision.reasons),
             )
             self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
+            if decision.severity == "critical":
+                self.police(now)  # a suspension cuts the extension's other calls at once
             return
         self.policy.on_call_start(attempt, call.token)
         if callee is not None:
@@ -330,18 +343,17 @@ class CallManager:
         destination = classify(dialed, self.routing.countries.get(trunk.tenant, "US"))
         did = self.routing.dids.get(destination.e164) if destination is not None else None
         caller_id = (request.from_.uri.user or "anonymous")[:64]
-        decision = self.policy.authorize(
-            CallAttempt(
-                trunk.tenant,
-                did.extension if did else "",
-                caller_id,
-                dialed,
-                "inbound",
-                str(source),
-                now,
-                destination,
-            )
+        attempt = CallAttempt(
+            trunk.tenant,
+            did.extension if did else "",
+            caller_id,
+            dialed,
+            "inbound",
+            str(source),
+            now,
+            destination,
         )
+        decision = self.policy.authorize(attempt)
         call = self._open(
             request,
             key,
@@ -362,6 +374,7 @@ class CallManager:
         if not decision.allow:
             self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
             return
+        self.policy.on_call_start(attempt, call.token)  # the guard watches for probing calls
         callee = self.directory.get(self.routing.realms.get(did.tenant, ""), did.extension)
         if callee is None or not callee.enabled:
             self._fail_a(call, 404, "the DID's extension does not exist")
@@ -406,6 +419,8 @@ class CallManager:
                 "kind": kind,
                 "decision": decision.label,
                 "reasons": "; ".join(decision.reasons)[:2000],
+                "score": decision.score,
+                "severity": decision.severity,
                 "start_ts": now,
                 "callee_e164": destination.e164 if destination else None,
                 "dest_country": destination.country if destination else None,
@@ -488,6 +503,8 @@ class CallManager:
                 "decision": decision.label,
                 "callee": target[:128],
                 "reasons": "; ".join(reasons)[:2000],
+                "score": decision.score,
+                "severity": decision.severity,
             }
         )
         if destination is not None:
@@ -508,6 +525,8 @@ class CallManager:
             self._fail_a(
                 call, decision.status, f"forwarding to {target} refused", disposition="blocked"
             )
+            if decision.severity == "critical":
+                self.police(now)  # a suspension cuts the extension's other calls at once
             return
         call.callee = target
         if target_ext is not None:
@@ -681,6 +700,7 @@ class CallManager:
     def _answer_a(self, call: Call, response: Response) -> None:
         now = self.port.wall_time()
         call.answered = now
+        self.policy.on_call_answer(call.token, now)
         headers = [("Contact", str(self._contact(call.a_source.transport)))]
         ctype = response.headers.get("Content-Type")
         if ctype:
@@ -888,12 +908,13 @@ class CallManager:
         if call.ended:
             return
         call.ended = True
-        self.policy.on_call_end(call.token)
+        now = self.port.wall_time()
+        cost = self.policy.on_call_end(call.token, now)
         for timer in call.timers:
             timer.cancel()
         call.timers.clear()
-        now = self.port.wall_time()
         fields: dict[str, Any] = {
+            "cost": cost,
             "disposition": disposition,
             "sip_code": sip_code,
             "end_ts": now,

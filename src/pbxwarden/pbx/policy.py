@@ -38,6 +38,9 @@ class Decision:
     allow: bool
     reasons: tuple[str, ...]
     status: int = 403  # the SIP answer when denied
+    score: int = 0  # the guard's anomaly score, 0-100
+    severity: str | None = None  # "warning" or "critical" when the attempt raised an alert
+    rule: str = ""  # the rule that refused it or raised the alert
 
     @property
     def label(self) -> str:
@@ -50,15 +53,28 @@ class CallAuthorizer(Protocol):
     def on_call_start(self, attempt: CallAttempt, ref: int) -> None:
         """An authorized attempt became a call (counts towards concurrency limits)."""
 
-    def on_call_end(self, ref: int) -> None: ...
+    def on_call_answer(self, ref: int, at: float) -> None:
+        """The call was answered: from now on it costs money."""
+
+    def on_call_end(self, ref: int, at: float) -> float | None:
+        """The call is over; returns its estimated cost when known (for the CDR)."""
+
+    def police(self, now: float) -> list[tuple[int, str]]:
+        """Calls in progress that must be cut off now (spend cap, suspension), with why."""
 
 
 class DefaultPolicy:
     def on_call_start(self, attempt: CallAttempt, ref: int) -> None:
         pass
 
-    def on_call_end(self, ref: int) -> None:
+    def on_call_answer(self, ref: int, at: float) -> None:
         pass
+
+    def on_call_end(self, ref: int, at: float) -> float | None:
+        return None
+
+    def police(self, now: float) -> list[tuple[int, str]]:
+        return []
 
     def authorize(self, attempt: CallAttempt) -> Decision:
         if attempt.kind == "internal":
