@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pbxwarden.guard.alerts import AlertsConfig
 from pbxwarden.guard.engine import GuardConfig
 
 CONFIG_FILE = "pbxwarden.toml"
@@ -102,7 +103,36 @@ class SipConfig(_Section):
 
 
 class HttpConfig(_Section):
+    enabled: bool = Field(False, description="serve the admin API (also: serve --http)")
     listen: str = Field("127.0.0.1:8080", description="admin HTTP listen address")
+    admin_networks: list[str] = Field(
+        ["127.0.0.0/8", "::1/128"],
+        description="networks the admin API answers; every other address gets 403 first",
+    )
+    session_lifetime: float = Field(
+        8 * 3600.0, ge=60, le=30 * 86400, description="seconds a login session lasts"
+    )
+    login_failure_limit: int = Field(
+        5, ge=1, le=1000, description="failed logins per user name within the window: lockout"
+    )
+    login_source_failure_limit: int = Field(
+        20, ge=1, le=10000, description="failed logins per source address within the window"
+    )
+    login_failure_window: float = Field(900.0, gt=0, le=86400)
+    lockout_seconds: float = Field(900.0, gt=0, le=86400, description="how long a lockout lasts")
+    cookie_secure: bool = Field(
+        True, description="session cookie only over HTTPS (browsers allow it on localhost)"
+    )
+
+    @field_validator("admin_networks")
+    @classmethod
+    def _check_admin_networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"not a network: {net!r} (use CIDR, e.g. 192.0.2.0/24)") from None
+        return value
 
 
 class StorageConfig(_Section):
@@ -210,6 +240,7 @@ class Config(_Section):
     calls: CallsConfig = CallsConfig()
     features: FeaturesConfig = FeaturesConfig()
     guard: GuardConfig = GuardConfig()
+    alerts: AlertsConfig = AlertsConfig()
     log: LogConfig = LogConfig()
 
     def database_url(self, data_dir: Path) -> str:
@@ -310,7 +341,9 @@ default_expires = 3600
 # key_file = "/etc/pbxwarden/key.pem"
 
 [http]
+enabled = false                  # the admin API and /metrics (or: pbxwarden serve --http ADDR)
 listen = "127.0.0.1:8080"
+admin_networks = ["127.0.0.0/8", "::1/128"]   # every other address gets 403
 
 [storage]
 # url = "postgresql+psycopg://pbx:secret@127.0.0.1/pbxwarden"   # default: SQLite in the data dir
@@ -355,6 +388,30 @@ max_concurrent_calls = 10        # costly calls in progress per tenant
 max_concurrent_per_extension = 2
 calls_per_minute = 6             # costly attempts per extension
 calls_per_hour = 60
+spend_per_hour = 20.0            # estimated spend per extension (rate table; see docs/guard.md)
+spend_per_day = 100.0
+tenant_spend_per_day = 500.0
+max_call_minutes = 240           # costly calls are cut off after this
+# timezone = "Europe/Madrid"
+# business_hours = ["mon-fri 08:00-18:00"]
+# [guard.default.after_hours]    # what changes outside business hours
+# allow_countries = []
+# rates_file = "/etc/pbxwarden/rates.toml"   # (under [guard]) your carrier's prices
+
+# Where alerts go (besides `pbxwarden alerts` and the logs). Uncomment what you use.
+[alerts]
+min_severity = "warning"
+# [alerts.webhook]
+# url = "https://hooks.example.com/pbxwarden"
+# secret = "a long random string shared with the receiver"   # HMAC-SHA256 signature
+# [alerts.email]
+# host = "smtp.example.com"
+# sender = "pbx@example.com"
+# recipients = ["it@example.com"]
+# username = "pbx@example.com"
+# password = "..."
+# [alerts.syslog]
+# address = "unix:/dev/log"      # or "udp:192.0.2.10:514", "tcp:192.0.2.10:6514"
 
 [log]
 level = "info"

@@ -22,6 +22,7 @@ from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.geo import GeoLookup
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
+from pbxwarden.guard.alerts import Alert, AlertDispatcher
 from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
@@ -30,6 +31,7 @@ from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
+from pbxwarden.pbx.trunk_registration import TrunkRegistrations
 from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
@@ -54,6 +56,7 @@ from pbxwarden.sip.transaction import (
     TransactionTimeout,
     server_key,
 )
+from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import ExtensionAuth, Store, StoreError
 from pbxwarden.transport.network import Transports, tls_context
 
@@ -124,6 +127,7 @@ class SipServer:
         self._lag_probe: asyncio.TimerHandle | None = None
         self.cdrs = CdrWriter(store)
         self.guard = Guard(config.guard)
+        self.alert_channels = AlertDispatcher(config.alerts)
         self.calls = CallManager(
             self,
             self.auth,
@@ -141,6 +145,13 @@ class SipServer:
         self._timer_at = float("inf")
         self._background: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # trunks that authenticate to their carrier: decrypted passwords, registrations
+        self._trunk_key = trunk_credential_key(self._secret)
+        self.trunk_registrations = TrunkRegistrations(self, self._now, sip.user_agent)
+
+    @property
+    def overloaded(self) -> bool:
+        return self._overloaded
 
     def _add_realms(self, realms: list[str]) -> None:
         for realm in realms:
@@ -180,6 +191,7 @@ class SipServer:
             await self.transports.listen_stream(
                 thost, tport, tls_context(str(tls.cert_file), str(tls.key_file))
             )
+        self.trunk_registrations.start()  # after binding: the Contact is our address
         self._background.append(asyncio.create_task(self._write_back()))
         self._probe_lag(self._now())
         self._control = await serve_control(self._data_dir, self.control)
@@ -195,9 +207,15 @@ class SipServer:
         for call in self.calls.active:
             self.calls.end_call(call.id, "server shutting down")
         await asyncio.sleep(0.05)  # let the BYEs and CANCELs leave
+        self.trunk_registrations.stop()  # unregister from carriers, waiting briefly for them
+        for _ in range(60):
+            if not self.trunk_registrations.pending:
+                break
+            await asyncio.sleep(0.05)
         if self._tasks:  # forwarding changes and networks still being written
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.cdrs.stop()
+        await self.alert_channels.aclose()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -280,6 +298,25 @@ class SipServer:
 
     def _send_alert(self, alert: GuardAlert, alert_id: int) -> None:
         """Hand a new alert to the configured channels (webhook, email, syslog)."""
+        if not self.alert_channels.configured:
+            return
+        outgoing = Alert(
+            alert_id,
+            alert.tenant,
+            alert.extension,
+            alert.severity,
+            alert.rule,
+            alert.summary,
+            alert.reasons,
+            alert.at,
+        )
+
+        async def send() -> None:
+            results = await self.alert_channels.send(outgoing, alert.key)
+            log.info("alert sent", id=alert_id, results=results)
+
+        self._tasks.add(task := asyncio.ensure_future(send()))
+        task.add_done_callback(self._tasks.discard)
 
     async def _refresh_directory(self) -> None:
         changes = await asyncio.to_thread(fetch_changes, self.store, self.directory.version)
@@ -295,8 +332,9 @@ class SipServer:
         self.netwatch.load(await asyncio.to_thread(self.store.approved_networks))
 
     async def _refresh_routing(self) -> None:
-        routing = await asyncio.to_thread(self.store.routing_snapshot)
+        routing = await asyncio.to_thread(self.store.routing_snapshot, self._trunk_key)
         self.calls.routing = routing
+        self.trunk_registrations.sync(routing.trunks)
         self.firewall.set_trusted({t.host for t in routing.trunks})
 
     async def _start_offload(self) -> None:
@@ -478,9 +516,12 @@ class SipServer:
             elif isinstance(action, DeliverRequest):
                 self._dispatch(action.request, action.source, action.key)
             elif isinstance(action, DeliverResponse):
-                self.calls.on_response(action.response, action.key)
+                if not self.trunk_registrations.on_response(action.response, action.key):
+                    self.calls.on_response(action.response, action.key)
             elif isinstance(action, TransactionTimeout):
-                self.calls.on_timeout(action.key)
+                claimed = self.trunk_registrations.on_timeout(action.key)
+                if not claimed:
+                    self.calls.on_timeout(action.key)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -650,6 +691,7 @@ class SipServer:
                 "transactions": self.tx.active_count,
                 "calls": len(self.calls.active),
                 "bans": len(self.firewall.bans),
+                "trunk_registrations": self.trunk_registrations.status(),
             }
         raise ValueError(f"unknown command {command!r}")
 

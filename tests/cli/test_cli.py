@@ -130,3 +130,22 @@ def test_tenants_have_their_own_realm(tmp_path: Path) -> None:
             default.close()
     finally:
         pbx.stop()
+
+
+def test_extension_password_rotation_and_suspension(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    cli(data, "init")
+    cli(data, "extension", "add", "1000", "--password", "password1234")
+    out = cli(data, "extension", "password", "1000").stdout
+    new = out.split("password:")[1].split()[0]
+    assert len(new) >= 20 and new.encode() not in (data / "pbxwarden.db").read_bytes()
+    short = cli(data, "extension", "password", "1000", "--password", "short", check=False)
+    assert short.returncode == 1 and "at least 12" in short.stderr
+    missing = cli(data, "extension", "password", "1999", check=False)
+    assert missing.returncode == 1 and "no extension 1999" in missing.stderr
+    assert "suspended" in cli(data, "extension", "suspend", "1000", "--reason", "test").stdout
+    assert "already" in cli(data, "extension", "suspend", "1000").stdout
+    [row] = json.loads(cli(data, "extension", "list", "--json").stdout)
+    assert row["suspended"] == "test"
+    assert "resumed" in cli(data, "extension", "resume", "1000").stdout
+    assert "not suspended" in cli(data, "extension", "resume", "1000").stdout

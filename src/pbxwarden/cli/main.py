@@ -22,6 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pbxwarden.cli.admin import admin_app, audit_log
+from pbxwarden.cli.audit import audit
 from pbxwarden.config import (
     CONFIG_FILE,
     DEFAULT_CONFIG_TEXT,
@@ -31,7 +33,13 @@ from pbxwarden.config import (
     load_or_create_secret,
     parse_hostport,
 )
-from pbxwarden.store.db import DEFAULT_TENANT, Store, StoreError, generate_password
+from pbxwarden.store.db import (
+    DEFAULT_TENANT,
+    Store,
+    StoreError,
+    generate_password,
+    password_fingerprint_key,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -53,6 +61,9 @@ calls_app = typer.Typer(help="Live calls on the running server.", invoke_without
 app.add_typer(calls_app, name="calls")
 bans_app = typer.Typer(no_args_is_help=True, help="SIP firewall bans (a running server follows).")
 app.add_typer(bans_app, name="bans")
+app.add_typer(admin_app, name="admin")
+app.command("audit-log")(audit_log)
+app.command("audit")(audit)
 alerts_app = typer.Typer(
     help="Fraud guard and firewall alerts: list, acknowledge, resolve.",
     invoke_without_command=True,
@@ -136,6 +147,14 @@ def init() -> None:
     )
 
 
+def _fingerprint_key() -> bytes:
+    """Key of the password fingerprints that let ``pbxwarden audit`` see reuse."""
+    try:
+        return password_fingerprint_key(load_or_create_secret(state.data_dir))
+    except (OSError, ConfigError) as exc:
+        raise fail(f"cannot read the install secret: {exc}") from None
+
+
 @extension_app.command("add")
 def extension_add(
     number: str,
@@ -147,11 +166,14 @@ def extension_add(
 ) -> None:
     """Add an extension. Only digest hashes of the password are stored."""
     config = _config()
+    key = _fingerprint_key()
     store = _store(config)
     generated = password is None
     secret = generate_password() if password is None else password
     try:
-        store.add_extensions([(number, secret)], tenant=tenant, display_name=name)
+        store.add_extensions(
+            [(number, secret)], tenant=tenant, display_name=name, fingerprint_key=key
+        )
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -174,9 +196,10 @@ def extension_import(
             rows = [(r[0].strip(), r[1].strip()) for r in csv.reader(fh) if r and r[0].strip()]
     except (OSError, UnicodeDecodeError, IndexError) as exc:
         raise fail(f"cannot read {file}: {exc}") from None
+    key = _fingerprint_key()
     store = _store(config)
     try:
-        count = store.add_extensions(rows, tenant=tenant)
+        count = store.add_extensions(rows, tenant=tenant, fingerprint_key=key)
     except StoreError as exc:
         raise fail(f"nothing imported: {exc}") from None
     finally:
@@ -376,28 +399,114 @@ def trunk_add(
         typer.Option(help="E.164 prefix routed to this trunk (repeat; default: all)."),
     ] = None,
     tenant: Annotated[str, typer.Option(help="Tenant that owns the trunk.")] = DEFAULT_TENANT,
+    username: Annotated[
+        str | None, typer.Option(help="Digest user name the carrier gave you.")
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            help="Digest password; '-' reads it from standard input (keeps it out of ps "
+            "and shell history). Stored encrypted with the install secret."
+        ),
+    ] = None,
+    realm: Annotated[
+        str | None, typer.Option(help="The carrier's digest realm (informational).")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="Keep the PBX registered to the carrier.")
+    ] = False,
+    register_expires: Annotated[
+        int | None, typer.Option(help="Registration lifetime to ask for, seconds (60-86400).")
+    ] = None,
 ) -> None:
-    """Add an IP-authenticated trunk. Calls still need the policy to allow them."""
+    """Add a trunk: IP-authenticated, and with --username/--password also answering the
+    carrier's digest challenges (and registering with --register). Calls still need the
+    policy to allow them."""
+    from pbxwarden.store.credentials import trunk_credential_key
+
+    if password == "-":
+        if sys.stdin.isatty():
+            import getpass
+
+            password = getpass.getpass("trunk password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+    key = None
+    if password is not None:
+        try:
+            key = trunk_credential_key(load_or_create_secret(state.data_dir))
+        except (OSError, ConfigError) as exc:
+            raise fail(f"cannot read the install secret: {exc}") from None
     store = _store(_config())
     try:
-        store.add_trunk(tenant, name, host, port, transport, prefix or ["+"])
+        store.add_trunk(
+            tenant,
+            name,
+            host,
+            port,
+            transport,
+            prefix or ["+"],
+            username=username,
+            password=password,
+            realm=realm,
+            register=register,
+            register_expires=register_expires,
+            credential_key=key,
+        )
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
         store.close()
-    out.print(f"trunk {name} added ({host}:{port}/{transport})")
+    auth = ""
+    if username is not None:
+        auth = f", digest user {username}" + (", registering" if register else "")
+    out.print(f"trunk {name} added ({host}:{port}/{transport}{auth})")
 
 
 @trunk_app.command("list")
 def trunk_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
 ) -> None:
-    """List trunks."""
+    """List trunks: whether credentials are set (never the password) and, for registering
+    trunks, the registration state of the running server."""
+    from pbxwarden.control import ControlError, ask
+
+    def registration_text(status: dict[str, Any] | None) -> str | None:
+        """One table cell: ``registered (expires in 1800 s)``, ``failed: why (retry in 60 s)``."""
+        if status is None:
+            return None
+        text = str(status.get("state", "?"))
+        if "reason" in status:
+            text += f": {status['reason']}"
+        if "expires_in" in status:
+            text += f" (expires in {status['expires_in']} s)"
+        if "retry_in" in status:
+            text += f" (retry in {status['retry_in']} s)"
+        return text
+
     store = _store(_config())
     try:
-        _print_rows(store.list_trunks(), as_json, "trunks")
+        rows = store.list_trunks()
     finally:
         store.close()
+    live: dict[str, Any] | None = None
+    if any(r["register"] for r in rows):
+        try:
+            live = ask(state.data_dir, {"cmd": "stats"}, timeout=2.0).get("trunk_registrations")
+        except ControlError:
+            live = None
+    for row in rows:
+        status = None
+        if row["register"]:
+            status = (live or {}).get(f"{row['tenant']}/{row['name']}")
+            if status is None:
+                status = {"state": "server not running" if live is None else "not started"}
+        if as_json:
+            row["registration"] = status
+        else:
+            row["credentials"] = "yes" if row["credentials"] else "no"
+            row["registration"] = registration_text(status)
+    _print_rows(rows, as_json, "trunks")
 
 
 @did_app.command("add")
@@ -601,7 +710,7 @@ def serve(
     ] = None,
     http: Annotated[
         str | None,
-        typer.Option(help="Admin HTTP address HOST:PORT (kept for the admin API; not served yet)."),
+        typer.Option(help="Serve the admin API and /metrics on HOST:PORT; overrides the config."),
     ] = None,
 ) -> None:
     """Run the PBX until SIGINT or SIGTERM."""
@@ -617,7 +726,7 @@ def serve(
         if http is not None:
             parse_hostport(http, 8080)
             config = config.model_copy(
-                update={"http": config.http.model_copy(update={"listen": http})}
+                update={"http": config.http.model_copy(update={"listen": http, "enabled": True})}
             )
     except ValueError as exc:
         raise fail(f"bad listen address: {exc}".replace("\n", " ")) from None
@@ -663,6 +772,21 @@ async def _serve(config: Config, store: Store) -> None:
 
     server = SipServer(config, store, state.data_dir)
     await server.start()
+    http = None
+    if config.http.enabled:
+        from pbxwarden.api import create_app
+        from pbxwarden.api.serve import start_http
+        from pbxwarden.server_metrics import SipCollector
+
+        try:
+            api = create_app(
+                store, config, server.control, secret=load_or_create_secret(state.data_dir)
+            )
+            api.state.registry.register(SipCollector(server))
+            http = await start_http(api, *parse_hostport(config.http.listen, 8080))
+        except BaseException:
+            await server.stop()
+            raise
     _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -670,6 +794,8 @@ async def _serve(config: Config, store: Store) -> None:
         loop.add_signal_handler(sig, stop.set)
     print("pbxwarden ready", flush=True)
     await stop.wait()
+    if http is not None:
+        await http.stop()
     await server.stop()
 
 
@@ -693,6 +819,35 @@ def extension_suspend(
     finally:
         store.close()
     out.print(f"extension {number} suspended" if changed else f"{number} was already suspended")
+
+
+@extension_app.command("password")
+def extension_password(
+    number: str,
+    password: Annotated[
+        str | None,
+        typer.Option(help="The new password ('-': read from stdin); omit to generate one."),
+    ] = None,
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Give an extension a new SIP password (after a suspected compromise, or a weak one)."""
+    from pbxwarden.store.admin import AdminStore
+
+    if password == "-":
+        password = sys.stdin.readline().rstrip("\r\n")
+    key = _fingerprint_key()
+    store = _store(_config())
+    try:
+        new = AdminStore(store).rotate_extension_password(tenant, number, password, key)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    if password is None:
+        out.print(f"extension {number} password: {new}", highlight=False)
+        err.print("shown once: only its digest hashes are stored")
+    else:
+        out.print(f"extension {number}: password changed")
 
 
 @extension_app.command("resume")

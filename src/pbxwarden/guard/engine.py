@@ -134,13 +134,63 @@ class _Inbound:
 
 
 @dataclass(slots=True)
+class _Spend:
+    """Estimated spend over the last hour and 24 hours, calls in progress included.
+
+    Running sums, so a decision costs the same for a tenant with ten calls a day as
+    for one with ten thousand: ended calls enter two windows and leave them when
+    they expire; calls in progress are the sum of their rates and of rate x answer
+    time, so their cost so far is ``(now * rate - rate_at) / 60``.
+    """
+
+    hour: deque[tuple[float, float]] = field(default_factory=deque)  # (end, cost)
+    day: deque[tuple[float, float]] = field(default_factory=deque)
+    hour_sum: float = 0.0
+    day_sum: float = 0.0
+    running: int = 0  # answered calls in progress
+    rate: float = 0.0
+    rate_at: float = 0.0
+
+    def add(self, end: float, cost: float) -> None:
+        self.hour.append((end, cost))
+        self.day.append((end, cost))
+        self.hour_sum += cost
+        self.day_sum += cost
+
+    def start(self, rate: float, answered: float) -> None:
+        self.running += 1
+        self.rate += rate
+        self.rate_at += rate * answered
+
+    def stop(self, rate: float, answered: float) -> None:
+        self.running -= 1
+        if self.running <= 0:  # no drift left behind by floating-point sums
+            self.running, self.rate, self.rate_at = 0, 0.0, 0.0
+        else:
+            self.rate -= rate
+            self.rate_at -= rate * answered
+
+    def totals(self, now: float) -> tuple[float, float]:
+        if self.hour and self.hour[0][0] <= now - HOUR:
+            self.hour_sum = max(0.0, self.hour_sum - _trim(self.hour, now - HOUR))
+            if not self.hour:
+                self.hour_sum = 0.0
+        if self.day and self.day[0][0] <= now - DAY:
+            self.day_sum = max(0.0, self.day_sum - _trim(self.day, now - DAY))
+            if not self.day:
+                self.day_sum = 0.0
+        running = max(0.0, (now * self.rate - self.rate_at) / 60.0) if self.running else 0.0
+        return self.hour_sum + running, self.day_sum + running
+
+
+@dataclass(slots=True)
 class _ExtState:
     baseline: Baseline
     # costly attempts of the last hour (at, hour of week, country, e164): learned into the
     # baseline only when they leave the hour, so a burst cannot make itself look usual
     recent: deque[tuple[float, int, str, str]] = field(default_factory=deque)
     prefixes: deque[tuple[float, str]] = field(default_factory=deque)  # foreign, 10 min
-    ledger: deque[tuple[float, float]] = field(default_factory=deque)  # (end, cost), 24 h
+    spend: _Spend = field(default_factory=lambda: _Spend())
     diverted: deque[tuple[float, str]] = field(default_factory=deque)  # forwarded legs, 1 h
     refused: deque[float] = field(default_factory=deque)  # costly attempts refused, 1 h
     unusual: deque[float] = field(default_factory=deque)  # anomaly warnings, 24 h
@@ -153,13 +203,16 @@ class _ExtState:
 class _TenantState:
     baseline: Baseline
     active: set[int] = field(default_factory=set)
-    ledger: deque[tuple[float, float]] = field(default_factory=deque)
+    spend: _Spend = field(default_factory=lambda: _Spend())
     probes: deque[tuple[float, str, str]] = field(default_factory=deque)  # at, ext, why
 
 
-def _trim(ledger: deque[tuple[float, float]], horizon: float) -> None:
+def _trim(ledger: deque[tuple[float, float]], horizon: float) -> float:
+    """Drop entries ending before ``horizon``; returns the cost dropped."""
+    dropped = 0.0
     while ledger and ledger[0][0] <= horizon:
-        ledger.popleft()
+        dropped += ledger.popleft()[1]
+    return dropped
 
 
 def _money(value: float, currency: str) -> str:
@@ -176,6 +229,10 @@ class Guard:
         self.config = config or GuardConfig()
         self.book = PolicyBook(self.config)
         self.high_risk = high_risk if high_risk is not None else load_high_risk()
+        by_length: dict[int, dict[str, RiskEntry]] = {}
+        for entry in self.high_risk:
+            by_length.setdefault(len(entry.prefix), {}).setdefault(entry.prefix, entry)
+        self._risk_by_length = sorted(by_length.items(), reverse=True)
         if rates is None:
             rates = (
                 RateTable.from_file(self.config.rates_file)
@@ -184,6 +241,8 @@ class Guard:
             )
         self.rates = rates
         self.outbox: deque[GuardAlert] = deque(maxlen=10_000)
+        # (kind, allow/deny, severity) -> count, for metrics
+        self.decisions: dict[tuple[str, str, str], int] = {}
         self._ext: dict[tuple[str, str], _ExtState] = {}
         self._tenants: dict[str, _TenantState] = {}
         self._active: dict[int, _Active] = {}
@@ -244,6 +303,12 @@ class Guard:
     # -- the hook ------------------------------------------------------------------------
 
     def authorize(self, attempt: CallAttempt) -> Decision:
+        decision = self._authorize(attempt)
+        key = (attempt.kind, decision.label, decision.severity or "none")
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+        return decision
+
+    def _authorize(self, attempt: CallAttempt) -> Decision:
         if attempt.kind == "internal":
             return Decision(True, ("internal call between extensions",))
         if attempt.kind == "inbound":
@@ -390,7 +455,12 @@ class Guard:
         return reasons
 
     def _high_risk(self, dest: Destination) -> RiskEntry | None:
-        return next((r for r in self.high_risk if dest.e164.startswith(r.prefix)), None)
+        e164 = dest.e164
+        for length, entries in self._risk_by_length:
+            entry = entries.get(e164[:length])
+            if entry is not None:
+                return entry
+        return None
 
     def _limits(
         self,
@@ -458,7 +528,7 @@ class Guard:
                     403,
                 )
             )
-        spend_hour, spend_day = self._spend(ext.ledger, ext.active, now)
+        spend_hour, spend_day = ext.spend.totals(now)
         cur = self.rates.currency
         checks.append(
             (
@@ -476,7 +546,7 @@ class Guard:
                 403,
             )
         )
-        tenant_day = self._spend(tenant.ledger, tenant.active, now)[1]
+        tenant_day = tenant.spend.totals(now)[1]
         checks.append(
             (
                 tenant_day,
@@ -496,20 +566,6 @@ class Guard:
                     rule="spend-cap" if "spent" in what else "limit",
                 )
         return None
-
-    def _spend(
-        self, ledger: deque[tuple[float, float]], active: set[int], now: float
-    ) -> tuple[float, float]:
-        """Estimated spend in the last hour and the last 24 hours, running calls included."""
-        _trim(ledger, now - DAY)
-        day = sum(cost for _, cost in ledger)
-        hour = sum(cost for end, cost in ledger if end > now - HOUR)
-        running = 0.0
-        for ref in active:
-            call = self._active.get(ref)
-            if call is not None and call.answered is not None:
-                running += max(0.0, now - call.answered) / 60.0 * call.rate
-        return hour + running, day + running
 
     def _score(
         self,
@@ -582,7 +638,7 @@ class Guard:
                     f"{expected:.1f} on {WEEKDAYS[day]}s at {local.hour:02d}:00"
                 )
             usual = base.expected_spend(day, now)
-            spent = self._spend(ext.ledger, ext.active, now)[1]
+            spent = ext.spend.totals(now)[1]
             if spent >= SPEND_FLOOR and spent >= 10 * max(usual, 0.1):
                 score += W_SPEND
                 why.append(
@@ -672,7 +728,7 @@ class Guard:
     # -- outcomes ------------------------------------------------------------------------
 
     def _decided(self, attempt: CallAttempt, decision: Decision, suspend: bool = False) -> Decision:
-        if not decision.allow and attempt.kind == "external" and decision.rule != "suspended":
+        if not decision.allow and attempt.kind == "external" and decision.rule == "destination":
             state = self._ext.get((attempt.tenant, attempt.extension))
             if state is not None:
                 state.refused.append(attempt.at)
@@ -768,6 +824,11 @@ class Guard:
         call = self._active.get(ref)
         if call is not None and call.answered is None:
             call.answered = at
+            ext = self._ext.get((call.tenant, call.extension))
+            tenant = self._tenants.get(call.tenant)
+            if ext is not None and tenant is not None:
+                ext.spend.start(call.rate, at)
+                tenant.spend.start(call.rate, at)
         inbound = self._inbound.get(ref)
         if inbound is not None and inbound.answered is None:
             inbound.answered = at
@@ -790,8 +851,8 @@ class Guard:
         cost = max(0.0, at - call.answered) / 60.0 * call.rate
         ext = self._ext_state(call.tenant, call.extension, at)
         tenant = self._tenant_state(call.tenant, at)
-        ext.ledger.append((at, cost))
-        tenant.ledger.append((at, cost))
+        ext.spend.add(at, cost)
+        tenant.spend.add(at, cost)
         ext.baseline.learn_spend(call.weekday, cost)
         tenant.baseline.learn_spend(call.weekday, cost)
         return round(cost, 4)
@@ -800,9 +861,13 @@ class Guard:
         ext = self._ext.get((call.tenant, call.extension))
         if ext is not None:
             ext.active.discard(ref)
+            if call.answered is not None:
+                ext.spend.stop(call.rate, call.answered)
         tenant = self._tenants.get(call.tenant)
         if tenant is not None:
             tenant.active.discard(ref)
+            if call.answered is not None:
+                tenant.spend.stop(call.rate, call.answered)
 
     def police(self, now: float) -> list[tuple[int, str]]:
         """Calls to cut off now: suspended extensions, spend caps, maximum duration."""
@@ -818,9 +883,9 @@ class Guard:
         for tenant_name, number in over:
             ext = self._ext[(tenant_name, number)]
             policy = self.book.effective(tenant_name, number, True)
-            hour, day = self._spend(ext.ledger, ext.active, now)
+            hour, day = ext.spend.totals(now)
             tenant = self._tenants[tenant_name]
-            tenant_day = self._spend(tenant.ledger, tenant.active, now)[1]
+            tenant_day = tenant.spend.totals(now)[1]
             cur = self.rates.currency
             breach = None
             if hour > policy.spend_per_hour:

@@ -30,6 +30,13 @@ from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.routing import Routing, Trunk
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.digest import DigestError
+from pbxwarden.sip.digest_client import (
+    AUTH_HEADERS,
+    ClientCredentials,
+    DigestClient,
+    select_challenge,
+    with_credentials,
+)
 from pbxwarden.sip.message import (
     REASON_PHRASES,
     CSeq,
@@ -93,6 +100,9 @@ class _Relayed:
 
 
 MAX_FORWARDS = 3  # a diversion chain longer than this is a loop or an attack
+# Credentials go once per B leg; a second only after a stale=TRUE challenge (the password
+# was right, the nonce had expired). Anything more is a wrong password: no retry loop.
+MAX_TRUNK_AUTH_ATTEMPTS = 2
 
 _DISPOSITIONS = {
     486: "busy",
@@ -124,6 +134,8 @@ class Call:
     b_dialog: Dialog | None = None
     b_provisional: bool = False
     trunk: str | None = None
+    b_trunk: Trunk | None = None  # the trunk the current B leg goes out through
+    b_auth_attempts: int = 0  # INVITEs resent with credentials on the current B leg
     ringing: ExtensionAuth | None = None  # the extension whose phone the B leg rings
     forwarded_by: list[str] = field(default_factory=list)
     diversion: str | None = None  # Diversion header value for the current B leg
@@ -137,6 +149,14 @@ class Call:
     @property
     def id(self) -> str:
         return self.a_request.call_id
+
+
+def _stale_challenge(response: Response) -> bool:
+    """A challenge saying only that our nonce expired: the credentials themselves were fine."""
+    try:
+        return select_challenge(response)[0].stale
+    except DigestError:
+        return False
 
 
 def _parse_source(source: str) -> Address | None:
@@ -173,6 +193,7 @@ class CallManager:
         # key, the relayed request, where it went)
         self._relayed: dict[TransactionKey, _Relayed] = {}
         self._tokens = itertools.count(1)
+        self.attempts: dict[str, int] = {}  # call attempts by kind, for metrics
         self.routing = Routing()  # replaced whole by the server when trunks or DIDs change
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
@@ -325,6 +346,7 @@ class CallManager:
             self._fail_a(call, 503, f"no trunk route for {destination.e164}")
             return
         call.trunk = trunk.name
+        call.b_trunk, call.b_auth_attempts = trunk, 0
         self.port.respond(call.a_key, call.a_request, make_response(call.a_request, 100))
         target = URI("sip", user=destination.e164, host=trunk.host, port=trunk.port)
         self._send_b_invite(call, target, trunk.address)
@@ -408,6 +430,7 @@ class CallManager:
             decision,
             now,
         )
+        self.attempts[kind] = self.attempts.get(kind, 0) + 1
         self.port.cdr_open(
             call.token,
             {
@@ -474,6 +497,7 @@ class CallManager:
         if call.b_key is not None:  # the previous leg is over; ignore its late answers
             self._by_b_key.pop(call.b_key, None)
         call.b_key = call.b_request = call.b_dest = None
+        call.b_trunk, call.b_auth_attempts = None, 0
         call.b_provisional = False
         call.ringing = None
         call.forwarded_by.append(by.number)
@@ -653,6 +677,9 @@ class CallManager:
             return
         if call.ended:
             return
+        if status in AUTH_HEADERS and call.b_trunk is not None and call.b_trunk.username:
+            self._authenticate_b(call, call.b_trunk, response)
+            return
         ringing = call.ringing
         now = self.port.wall_time()
         if 300 <= status < 400:
@@ -667,6 +694,54 @@ class CallManager:
             self._forward(call, ringing, ringing.forward_busy, "busy", now)
         else:
             self._fail_a(call, status, response.reason or None, sip_code=status)
+
+    def _authenticate_b(self, call: Call, trunk: Trunk, response: Response) -> None:
+        """The carrier challenged our INVITE (the transaction layer has ACKed it): send it
+        again with the trunk's credentials as a new transaction, which CANCEL then follows.
+        """
+        status = response.status
+        invite, dest = call.b_request, call.b_dest
+        assert invite is not None and dest is not None and trunk.username is not None
+        if trunk.password is None:  # sealed under another install secret
+            log.warning("trunk password unusable: set it again", trunk=trunk.name)
+            self._fail_a(
+                call,
+                503,
+                f"trunk {trunk.name}: no usable password for the carrier",
+                sip_code=status,
+            )
+            return
+        if call.b_auth_attempts > 0 and (
+            call.b_auth_attempts >= MAX_TRUNK_AUTH_ATTEMPTS or not _stale_challenge(response)
+        ):
+            log.warning("carrier rejected the trunk credentials", trunk=trunk.name, status=status)
+            self._fail_a(
+                call,
+                403,
+                f"trunk {trunk.name}: the carrier rejected our credentials "
+                f"({status} {safe_reason(response.reason)} after authenticating)",
+                sip_code=status,
+            )
+            return
+        client = DigestClient(ClientCredentials(trunk.username, trunk.password, trunk.realm))
+        try:
+            header, value = client.answer(response, "INVITE", str(invite.uri), invite.body)
+        except DigestError as exc:
+            log.warning("carrier challenge cannot be answered", trunk=trunk.name, error=str(exc))
+            self._fail_a(
+                call,
+                502,
+                f"trunk {trunk.name}: cannot answer the carrier's challenge ({exc})",
+                sip_code=status,
+            )
+            return
+        if call.b_key is not None:
+            self._by_b_key.pop(call.b_key, None)
+        call.b_auth_attempts += 1
+        call.b_provisional = False
+        call.b_request = with_credentials(invite, header, value)
+        call.b_key = self.port.send_request(call.b_request, dest)
+        self._by_b_key[call.b_key] = call
 
     def _relay_to_a(self, call: Call, response: Response) -> None:
         headers = [("Contact", str(self._contact(call.a_source.transport)))]
@@ -690,10 +765,17 @@ class CallManager:
         assert call.b_dialog is not None and call.b_request is not None
         assert call.b_dest is not None
         host, port = self.port.local_address(call.b_dest.transport)
+        # RFC 3261 22.1: the ACK for a 2xx carries the INVITE's credentials
+        credentials = [
+            (name, value)
+            for _, name in AUTH_HEADERS.values()
+            for value in call.b_request.headers.get_all(name)
+        ]
         ack = call.b_dialog.new_request(
             "ACK",
             Via(call.b_dest.transport, host, port, {"rport": None}),
             cseq=call.b_request.cseq.number,
+            headers=credentials,
         )
         self.port.send_direct(ack, call.b_dest)
 

@@ -19,10 +19,22 @@ class Trunk:
     port: int
     transport: str
     prefixes: tuple[str, ...]  # E.164 prefixes; "+" matches everything
+    # Digest credentials towards the carrier; the password is decrypted in memory only and
+    # kept out of repr() so that no log line can ever carry it.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    realm: str | None = None  # informational; preferred when a carrier offers several
+    register: bool = False
+    register_expires: int = 3600
 
     @property
     def address(self) -> Address:
         return Address(self.transport.upper(), self.host, self.port)
+
+    @property
+    def has_credentials(self) -> bool:
+        """Challenges from the carrier can be answered (a username and a usable password)."""
+        return bool(self.username) and self.password is not None
 
 
 @dataclass(frozen=True, slots=True)

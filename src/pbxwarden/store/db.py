@@ -6,6 +6,8 @@ calls it directly. Every public method is one short transaction.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import re
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session
 from pbxwarden.pbx.numbers import classify
 from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
+from pbxwarden.store.credentials import CredentialError, open_password, seal_password
 from pbxwarden.store.models import (
     AlertRow,
     BanRow,
@@ -45,6 +48,9 @@ REALM_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?")
 COUNTRY_RE = re.compile(r"[A-Z]{2}")
 MIN_PASSWORD_LENGTH = 12
 FORWARD_KINDS = ("always", "busy", "noanswer")
+# Trunk user names go into From/To URIs unescaped, so only URI-safe characters.
+TRUNK_USER_RE = re.compile(r"[A-Za-z0-9._~+-]{1,128}")
+TRUNK_REALM_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,255}")
 DEFAULT_TENANT = "default"
 
 
@@ -110,6 +116,57 @@ class BindingRow:
 def generate_password() -> str:
     """24 URL-safe characters (144 bits): strong, and typeable into a phone's keypad menu."""
     return secrets.token_urlsafe(18)
+
+
+def password_fingerprint_key(secret: bytes) -> bytes:
+    """The key of SIP password fingerprints, derived from the install secret so that it
+    is never the key that signs digest nonces."""
+    return hmac.new(secret, b"password-fingerprint", hashlib.sha256).digest()
+
+
+def password_fingerprint(key: bytes, password: str) -> str:
+    """HMAC-SHA256 of a SIP password: equal for equal passwords, whatever the extension
+    (HA1 hashes include the user name, so they cannot show a password used twice), and
+    useless to someone who has the database but not the install secret."""
+    return hmac.new(key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+DEFAULT_REGISTER_EXPIRES = 3600
+
+
+def _check_trunk_credentials(
+    username: str | None,
+    password: str | None,
+    realm: str | None,
+    register: bool,
+    register_expires: int | None,
+) -> None:
+    """Refuse credentials that could not work or would break a header, before storing them."""
+    if (username is None) != (password is None):
+        raise StoreError("trunk credentials need both a username and a password")
+    if username is not None and not TRUNK_USER_RE.fullmatch(username):
+        raise StoreError(
+            f"invalid trunk username {username[:40]!r}: letters, digits and . _ ~ + - only"
+        )
+    if password is not None and (
+        not password or len(password) > 256 or any(ord(c) < 0x20 or c == "\x7f" for c in password)
+    ):
+        raise StoreError("invalid trunk password: 1 to 256 characters, no control characters")
+    if realm is not None and not TRUNK_REALM_RE.fullmatch(realm):
+        raise StoreError(f"invalid realm {realm[:40]!r}")
+    if register and username is None:
+        raise StoreError("registering a trunk needs --username and --password")
+    if register_expires is not None and not 60 <= register_expires <= 86400:
+        raise StoreError("register expiry must be between 60 and 86400 seconds")
+
+
+def _open_trunk_password(key: bytes | None, row: TrunkRow, tenant: str) -> str | None:
+    if key is None or row.password_sealed is None:
+        return None
+    try:
+        return open_password(key, row.password_sealed, tenant, row.name)
+    except CredentialError:
+        return None
 
 
 def check_password(number: str, password: str) -> None:
@@ -210,8 +267,13 @@ class Store:
         entries: Iterable[tuple[str, str]],
         tenant: str = DEFAULT_TENANT,
         display_name: str | None = None,
+        fingerprint_key: bytes | None = None,
     ) -> int:
-        """Add (number, password) pairs in one transaction: all or nothing."""
+        """Add (number, password) pairs in one transaction: all or nothing.
+
+        With ``fingerprint_key`` (:func:`password_fingerprint_key`) a keyed fingerprint
+        of each password is kept too, so that ``pbxwarden audit`` can see a password
+        used by two extensions."""
         now = time.time()
         with Session(self.engine) as s, s.begin():
             row = s.execute(select(Tenant.id, Tenant.realm).where(Tenant.name == tenant)).first()
@@ -231,6 +293,11 @@ class Store:
                         realm=realm,
                         ha1_md5=compute_ha1(number, realm, password, Algorithm.MD5),
                         ha1_sha256=compute_ha1(number, realm, password, Algorithm.SHA256),
+                        password_fingerprint=(
+                            None
+                            if fingerprint_key is None
+                            else password_fingerprint(fingerprint_key, password)
+                        ),
                         enabled=True,
                         created_at=now,
                         updated_at=now,
@@ -679,10 +746,29 @@ class Store:
         return row
 
     def add_trunk(
-        self, tenant: str, name: str, host: str, port: int, transport: str, prefixes: Sequence[str]
+        self,
+        tenant: str,
+        name: str,
+        host: str,
+        port: int,
+        transport: str,
+        prefixes: Sequence[str],
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        realm: str | None = None,
+        register: bool = False,
+        register_expires: int | None = None,
+        credential_key: bytes | None = None,
     ) -> None:
         """An IP-authenticated trunk: calls to ``prefixes`` go to host:port, and calls from
-        host are accepted as inbound from the carrier."""
+        host are accepted as inbound from the carrier.
+
+        With ``username`` and ``password`` the PBX also answers the carrier's digest
+        challenges, and with ``register`` keeps a registration to it. The password is
+        sealed under ``credential_key`` (:func:`~pbxwarden.store.credentials.trunk_credential_key`)
+        because answering a challenge needs it in clear: it cannot be hashed.
+        """
         if not TENANT_RE.fullmatch(name):
             raise StoreError(f"invalid trunk name {name!r}: lowercase letters, digits, - and _")
         try:
@@ -701,6 +787,12 @@ class Store:
             if not re.fullmatch(r"\+[0-9]{0,15}", prefix):
                 raise StoreError(f"invalid prefix {prefix!r}: E.164, like +1 or +4420 (+ for all)")
             cleaned.append(prefix)
+        _check_trunk_credentials(username, password, realm, register, register_expires)
+        sealed = None
+        if password is not None:
+            if credential_key is None:
+                raise StoreError("a trunk password needs the install secret to be encrypted")
+            sealed = seal_password(credential_key, password, tenant, name)
         with Session(self.engine) as s, s.begin():
             tenant_row = self._tenant_row(s, tenant)
             s.add(
@@ -711,6 +803,11 @@ class Store:
                     port=port,
                     transport=transport.lower(),
                     prefixes=",".join(cleaned),
+                    username=username,
+                    password_sealed=sealed,
+                    realm=realm,
+                    register=register,
+                    register_expires=register_expires,
                 )
             )
             try:
@@ -748,6 +845,12 @@ class Store:
                     "port": r.port,
                     "transport": r.transport,
                     "prefixes": r.prefixes,
+                    # whether a password is set, never the password (sealed or not)
+                    "username": r.username,
+                    "credentials": r.username is not None and r.password_sealed is not None,
+                    "register": bool(r.register),
+                    "register_expires": r.register_expires
+                    or (DEFAULT_REGISTER_EXPIRES if r.register else None),
                 }
                 for t, r in s.execute(stmt)
             ]
@@ -760,7 +863,10 @@ class Store:
                 for t, r in s.execute(stmt)
             ]
 
-    def routing_snapshot(self) -> Routing:
+    def routing_snapshot(self, credential_key: bytes | None = None) -> Routing:
+        """Trunks and DIDs; with ``credential_key`` trunk passwords are decrypted (in memory
+        only). A password that does not open leaves the trunk without one: its challenges
+        then fail visibly instead of the whole snapshot."""
         with Session(self.engine) as s:
             tenants = {t.id: t for t in s.scalars(select(Tenant))}
             trunks = tuple(
@@ -771,6 +877,11 @@ class Store:
                     r.port,
                     r.transport,
                     tuple(r.prefixes.split(",")),
+                    username=r.username,
+                    password=_open_trunk_password(credential_key, r, tenants[r.tenant_id].name),
+                    realm=r.realm,
+                    register=bool(r.register),
+                    register_expires=r.register_expires or DEFAULT_REGISTER_EXPIRES,
                 )
                 for r in s.scalars(select(TrunkRow))
             )

@@ -43,6 +43,9 @@ class Extension(Base):
     realm: Mapped[str] = mapped_column(String(255))
     ha1_md5: Mapped[str] = mapped_column(String(32))
     ha1_sha256: Mapped[str] = mapped_column(String(64))
+    # HMAC-SHA256 of the password under a key derived from the install secret: shows a
+    # password shared by two extensions (``pbxwarden audit``); NULL when made without it
+    password_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     acl: Mapped[str | None] = mapped_column(Text, nullable=True)  # CIDRs, comma-separated
     forward_always: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -121,7 +124,8 @@ class Cdr(Base):
 
 
 class TrunkRow(Base):
-    """A SIP trunk to a carrier, authenticated by IP address (both ways)."""
+    """A SIP trunk to a carrier, authenticated by IP address (both ways), and optionally
+    by digest towards the carrier (challenged INVITEs, registration)."""
 
     __tablename__ = "trunks"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
@@ -133,6 +137,12 @@ class TrunkRow(Base):
     port: Mapped[int] = mapped_column(Integer)
     transport: Mapped[str] = mapped_column(String(8))
     prefixes: Mapped[str] = mapped_column(Text)  # E.164 prefixes, comma-separated; "+" for all
+    username: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # the password sealed with AES-GCM (pbxwarden.store.credentials): digest needs it in clear
+    password_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
+    realm: Mapped[str | None] = mapped_column(String(255), nullable=True)  # informational
+    register: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    register_expires: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class DidRow(Base):

@@ -1,0 +1,79 @@
+"""Prometheus view of the running SIP server, read at scrape time.
+
+The hot path only bumps plain integers (``SipServer.stats``, the guard's decision
+counts); this collector turns them into metric families when Prometheus asks, so
+serving metrics costs nothing per packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from pbxwarden.server import SipServer
+
+
+class SipCollector:
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected on demand only (no duplicate-name check at registration)
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.server
+        stats = s.stats
+        messages = CounterMetricFamily(
+            "pbxwarden_sip_messages",
+            "SIP messages received, and what became of the ones not processed",
+            labels=["outcome"],
+        )
+        messages.add_metric(["received"], stats.received)
+        messages.add_metric(["parse_error"], stats.parse_errors)
+        messages.add_metric(["firewall_refused"], stats.refused)
+        messages.add_metric(["shed_overload"], stats.shed)
+        yield messages
+        yield CounterMetricFamily(
+            "pbxwarden_registrations", "Successful REGISTER transactions", value=stats.registers_ok
+        )
+        yield CounterMetricFamily(
+            "pbxwarden_auth_failures", "Failed digest authentications", value=stats.auth_failures
+        )
+        yield GaugeMetricFamily(
+            "pbxwarden_registrations_active", "Registered contacts", value=len(s.location)
+        )
+        yield GaugeMetricFamily(
+            "pbxwarden_sip_transactions_active",
+            "SIP transactions in progress",
+            value=s.tx.active_count,
+        )
+        yield GaugeMetricFamily(
+            "pbxwarden_calls_active", "Calls in progress", value=len(s.calls.active)
+        )
+        calls = CounterMetricFamily(
+            "pbxwarden_calls", "Call attempts, by kind (rate() of it is CPS)", labels=["kind"]
+        )
+        for kind, count in sorted(s.calls.attempts.items()):
+            calls.add_metric([kind], count)
+        yield calls
+        decisions = CounterMetricFamily(
+            "pbxwarden_guard_decisions",
+            "Fraud guard decisions, by attempt kind, outcome and alert severity",
+            labels=["kind", "outcome", "severity"],
+        )
+        for (kind, outcome, severity), count in sorted(s.guard.decisions.items()):
+            decisions.add_metric([kind, outcome, severity], count)
+        yield decisions
+        yield GaugeMetricFamily(
+            "pbxwarden_bans_active",
+            "Addresses banned by the SIP firewall",
+            value=len(s.firewall.bans),
+        )
+        lag = GaugeMetricFamily(
+            "pbxwarden_overloaded", "1 while new calls are shed for event-loop lag"
+        )
+        lag.add_metric([], 1.0 if s.overloaded else 0.0)
+        yield lag
