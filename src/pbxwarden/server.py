@@ -65,6 +65,9 @@ log = structlog.get_logger("pbxwarden.server")
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, NOTIFY, REFER, UPDATE, INFO, MESSAGE"
 
 
+BASELINE_SAVE_INTERVAL = 60.0  # seconds between saves of the guard's learned baselines
+
+
 @dataclass
 class Stats:
     received: int = 0
@@ -178,6 +181,7 @@ class SipServer:
         await self._refresh_networks()
         await self._start_offload()
         await self._sync_firewall()
+        self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
         host, port = self.config.sip.listen_address
         if "udp" in self.config.sip.transports:
             await self.transports.listen_udp(host, port)
@@ -214,6 +218,10 @@ class SipServer:
             await asyncio.sleep(0.05)
         if self._tasks:  # forwarding changes and networks still being written
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._save_baselines()
+        except Exception:
+            log.exception("saving the guard's baselines failed")
         await self.cdrs.stop()
         await self.alert_channels.aclose()
         for task in self._background:
@@ -234,6 +242,7 @@ class SipServer:
     async def _write_back(self) -> None:
         interval = self.config.storage.flush_interval
         next_realm_check = 0.0
+        next_baseline_save = time.time() + BASELINE_SAVE_INTERVAL
         while True:
             await asyncio.sleep(interval)
             try:
@@ -247,9 +256,17 @@ class SipServer:
                     await self._refresh_networks()
                     await self._sync_firewall()
                     await self._guard_round(now)
+                    if now >= next_baseline_save:  # learned behaviour survives a restart
+                        await self._save_baselines()
+                        next_baseline_save = now + BASELINE_SAVE_INTERVAL
                     next_realm_check = now + 1.0
             except Exception:  # the database may be briefly locked; retry next round
                 log.exception("registration write-back failed")
+
+    async def _save_baselines(self) -> None:
+        rows = self.guard.export_baselines()
+        if rows:
+            await asyncio.to_thread(self.store.save_baselines, rows)
 
     async def _guard_round(self, now: float) -> None:
         """Cut off what the guard says must end, adopt suspensions an admin changed, and

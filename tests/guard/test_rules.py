@@ -266,3 +266,18 @@ def test_national_forwarding_is_not_an_alert() -> None:
     decision = g.authorize(attempt("2025550143", kind="forward-change"))
     assert decision.allow and decision.severity is None
     assert not g.outbox
+
+
+def test_baselines_survive_export_and_import() -> None:
+    g = guard(allow_countries=["DE", "FR"], same_prefix_calls=50, calls_per_hour=200)
+    now = learn_two_weeks(g)
+    g.authorize(attempt("2025550143", at=now + 2 * HOUR))  # settles the last hour's calls
+    rows = g.export_baselines()
+    assert {(t, e) for t, e, _ in rows} == {("acme", "1000"), ("acme", "")}
+    assert g.export_baselines() == []  # only what changed since
+    fresh = guard(allow_countries=["DE", "FR"], same_prefix_calls=50, calls_per_hour=200)
+    fresh.import_baselines(rows)
+    baseline = fresh.baseline("acme", "1000")
+    assert baseline is not None and baseline.mature(now) and baseline.countries["DE"] == 14
+    france = fresh.authorize(attempt("01133142360000", at=now + 3 * HOUR))
+    assert any("first call ever from extension 1000 to FR" in r for r in france.reasons)

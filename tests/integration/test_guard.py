@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pbxwarden.guard.alerts import verify_signature
+from pbxwarden.store.db import Store
 from tests.helpers import (
     cli,
     finish_sipp_uas,
@@ -152,3 +153,11 @@ def test_spend_cap_cuts_off_a_call_in_progress(tmp_path: Path) -> None:
             time.sleep(0.3)
         [alert] = alerts(pbx.data_dir)
         assert (alert["rule"], alert["severity"]) == ("spend-cap", "critical")
+    # What the guard learned (the call's spend) is stored at the stop, for the next start.
+    store = Store(f"sqlite:///{tmp_path / 'data' / 'pbxwarden.db'}")
+    try:
+        learned = {(t, e): d for t, e, d in store.load_baselines()}
+    finally:
+        store.close()
+    assert sum(learned[("default", "1000")]["spend_by_day"]) > 0
+    assert ("default", "") in learned

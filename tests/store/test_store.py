@@ -102,3 +102,18 @@ def test_bindings_round_trip_upsert_and_expiry(store: Store) -> None:
     assert store.list_extensions()[0]["registrations"] == 1
     store.write_bindings([], [(auth.id, live.contact)], now)
     assert store.load_bindings(now) == []
+
+
+def test_guard_baselines_upsert_and_skip_damaged_rows(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    store.migrate()
+    store.save_baselines([("acme", "1000", {"calls": 1}), ("acme", "", {"calls": 2})])
+    store.save_baselines([("acme", "1000", {"calls": 3})])
+    assert sorted(store.load_baselines()) == [
+        ("acme", "", {"calls": 2}),
+        ("acme", "1000", {"calls": 3}),
+    ]
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE guard_baselines SET data = '{broken' WHERE extension = ''")
+    assert store.load_baselines() == [("acme", "1000", {"calls": 3})]
+    store.close()

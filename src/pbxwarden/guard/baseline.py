@@ -13,6 +13,7 @@ weeks observed; no library does that small piece of bookkeeping better than a li
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 DAY = 86400.0
 WEEK = 7 * DAY
@@ -51,7 +52,7 @@ class Baseline:
     def expected_spend(self, weekday: int, now: float) -> float:
         return self.spend_by_day[weekday] / self.weeks(now)
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "first_at": self.first_at,
             "calls_by_hour": self.calls_by_hour,
@@ -62,7 +63,7 @@ class Baseline:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Baseline:
+    def from_json(cls, data: dict[str, Any]) -> Baseline:
         def floats(key: str, n: int) -> list[float]:
             raw = data.get(key)
             values = [float(v) for v in raw] if isinstance(raw, list) else []

@@ -29,6 +29,7 @@ import tomllib
 from collections import deque
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 from pbxwarden.guard.baseline import DAY, WEEKDAYS, Baseline
 from pbxwarden.guard.policy import GuardConfig, PolicyBook, PolicyOverride, TenantPolicy
@@ -197,12 +198,14 @@ class _ExtState:
     night_risky: deque[float] = field(default_factory=deque)  # see W_NIGHT_RISKY, 24 h
     active: set[int] = field(default_factory=set)
     suspended: str | None = None
+    dirty: bool = False  # baseline changed since it was last saved
 
 
 @dataclass(slots=True)
 class _TenantState:
     baseline: Baseline
     active: set[int] = field(default_factory=set)
+    dirty: bool = False
     spend: _Spend = field(default_factory=lambda: _Spend())
     probes: deque[tuple[float, str, str]] = field(default_factory=deque)  # at, ext, why
 
@@ -299,6 +302,30 @@ class Guard:
 
     def set_baseline(self, tenant: str, extension: str, baseline: Baseline) -> None:
         self._ext_state(tenant, extension, baseline.first_at).baseline = baseline
+
+    def export_baselines(self, everything: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
+        """Baselines changed since the last export (or all): (tenant, extension, data);
+        a tenant's own baseline has the extension "". For the store, across restarts."""
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for (tenant, number), ext in self._ext.items():
+            if ext.dirty or (everything and ext.baseline.calls):
+                out.append((tenant, number, ext.baseline.to_json()))
+                ext.dirty = False
+        for tenant, state in self._tenants.items():
+            if state.dirty or (everything and state.baseline.calls):
+                data = state.baseline.to_json()
+                data["targets"] = []  # only extensions' own targets are ever consulted
+                out.append((tenant, "", data))
+                state.dirty = False
+        return out
+
+    def import_baselines(self, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for tenant, number, data in rows:
+            baseline = Baseline.from_json(data)
+            if number:
+                self._ext_state(tenant, number, baseline.first_at).baseline = baseline
+            else:
+                self._tenant_state(tenant, baseline.first_at).baseline = baseline
 
     # -- the hook ------------------------------------------------------------------------
 
@@ -700,6 +727,7 @@ class Guard:
             _, hour_of_week, country, e164 = recent.popleft()
             ext.baseline.learn_call(hour_of_week, country, e164)
             tenant.baseline.learn_call(hour_of_week, country, e164)
+            ext.dirty = tenant.dirty = True
 
     def _probes(self, tenant: _TenantState, now: float) -> list[tuple[float, str, str]]:
         probes = tenant.probes
@@ -855,6 +883,7 @@ class Guard:
         tenant.spend.add(at, cost)
         ext.baseline.learn_spend(call.weekday, cost)
         tenant.baseline.learn_spend(call.weekday, cost)
+        ext.dirty = tenant.dirty = True
         return round(cost, 4)
 
     def _release(self, ref: int, call: _Active) -> None:

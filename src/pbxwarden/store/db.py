@@ -36,6 +36,7 @@ from pbxwarden.store.models import (
     Extension,
     ExtensionNetwork,
     ForwardingChange,
+    GuardBaselineRow,
     Registration,
     Tenant,
     TrunkRow,
@@ -687,6 +688,38 @@ class Store:
                 row.resolved_by, row.resolved_at = by[:64], now
             row.status = status
             return self._alert_dict(row)
+
+    # -- guard baselines -----------------------------------------------------------------
+
+    def save_baselines(self, rows: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Upsert learned baselines: (tenant, extension or "" for the tenant, data)."""
+        if not rows:
+            return
+        now = time.time()
+        with Session(self.engine) as s, s.begin():
+            for tenant, extension, data in rows:
+                row = s.get(GuardBaselineRow, (tenant, extension))
+                text = json.dumps(data, separators=(",", ":"))
+                if row is None:
+                    s.add(
+                        GuardBaselineRow(
+                            tenant=tenant, extension=extension, data=text, updated_at=now
+                        )
+                    )
+                else:
+                    row.data, row.updated_at = text, now
+
+    def load_baselines(self) -> list[tuple[str, str, dict[str, Any]]]:
+        with Session(self.engine) as s:
+            out = []
+            for row in s.scalars(select(GuardBaselineRow)):
+                try:
+                    data = json.loads(row.data)
+                except ValueError:
+                    continue  # a damaged row is relearned, not fatal
+                if isinstance(data, dict):
+                    out.append((row.tenant, row.extension, data))
+            return out
 
     # -- suspension ----------------------------------------------------------------------
 

@@ -206,3 +206,14 @@ class AlertRow(Base):
     acked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     resolved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class GuardBaselineRow(Base):
+    """One extension's (or, with extension "", one tenant's) learned guard baseline."""
+
+    __tablename__ = "guard_baselines"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    extension: Mapped[str] = mapped_column(String(32), primary_key=True)
+    data: Mapped[str] = mapped_column(Text)  # JSON, pbxwarden.guard.baseline.Baseline
+    updated_at: Mapped[float] = mapped_column(Float)
