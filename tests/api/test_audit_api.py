@@ -15,6 +15,7 @@ from pbxwarden.api.app import create_app
 from pbxwarden.api.serve import start_http
 from pbxwarden.config import Config
 from pbxwarden.store.admin import AdminStore
+from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import Store, password_fingerprint, password_fingerprint_key
 from pbxwarden.store.models import Extension
 from tests.api.conftest import Api, FakeClock, FakeControl, seed
@@ -132,3 +133,25 @@ async def test_without_the_secret_rotation_clears_the_fingerprint(api: Api) -> N
     rotated = await api.as_("admin").post("/api/v1/tenants/default/extensions/1010/password")
     assert rotated.status_code == 200, rotated.text
     assert _fingerprint(api.store, "1010") is None
+
+
+async def test_trunk_credentials_sealed_never_returned(keyed_api: Api, api: Api) -> None:
+    password = "carrier-digest-pass-77"
+    body = {
+        "name": "carrier",
+        "host": "198.51.100.10",
+        "username": "pbx1",
+        "password": password,
+        "keep_registered": True,
+    }
+    created = await keyed_api.as_("admin").post("/api/v1/tenants/default/trunks", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["credentials"] is True and created.json()["keep_registered"] is True
+    listed = await keyed_api.as_("admin").get("/api/v1/trunks")
+    assert password not in listed.text and password not in created.text
+    assert password.encode() not in keyed_api.db_path.read_bytes()
+    [trunk] = keyed_api.store.routing_snapshot(credential_key=trunk_credential_key(SECRET)).trunks
+    assert trunk.password == password and trunk.username == "pbx1"
+    # without the install secret the API cannot seal a password: it says so
+    refused = await api.as_("admin").post("/api/v1/tenants/default/trunks", json=body)
+    assert refused.status_code == 503 and "install secret" in refused.json()["detail"]

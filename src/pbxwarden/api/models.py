@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -181,6 +181,15 @@ class TrunkIn(_In):
     prefixes: list[Annotated[str, StringConstraints(max_length=17, pattern=NO_CONTROL)]] = Field(
         ["+"], max_length=100, description="E.164 prefixes routed to this trunk; + for all"
     )
+    username: Annotated[str, StringConstraints(max_length=128, pattern=NO_CONTROL)] | None = Field(
+        None, description="digest user name towards the carrier"
+    )
+    password: SecretStr | None = Field(
+        None, description="digest password; stored sealed, never returned", max_length=256
+    )
+    realm: Annotated[str, StringConstraints(max_length=255, pattern=NO_CONTROL)] | None = None
+    keep_registered: bool = Field(False, description="keep the PBX registered to the carrier")
+    register_expires: Annotated[int, Field(ge=60, le=86400)] | None = None
 
 
 class TrunkOut(BaseModel):
@@ -190,6 +199,9 @@ class TrunkOut(BaseModel):
     port: int
     transport: str
     prefixes: str
+    username: str | None = None
+    credentials: bool = False
+    keep_registered: bool = Field(False, validation_alias="register")
 
 
 class DidIn(_In):

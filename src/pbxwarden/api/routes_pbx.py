@@ -45,6 +45,7 @@ from pbxwarden.api.security import (
     visible_tenant,
 )
 from pbxwarden.pbx.forwarding import KINDS, judge_target
+from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import StoreError, generate_password, password_fingerprint_key
 
 router = APIRouter(prefix=API_PREFIX)
@@ -390,7 +391,24 @@ def create_trunk(
     tenant: TenantPath, body: TrunkIn, request: Request, ctx: Ctx, principal: Admin
 ) -> dict[str, Any]:
     visible_tenant(ctx, principal, tenant)
-    ctx.store.add_trunk(tenant, body.name, body.host, body.port, body.transport, body.prefixes)
+    secret: bytes | None = getattr(request.app.state, "secret", None)
+    password = body.password.get_secret_value() if body.password is not None else None
+    if password is not None and secret is None:
+        raise HTTPException(503, "trunk passwords need the install secret (serve --http)")
+    ctx.store.add_trunk(
+        tenant,
+        body.name,
+        body.host,
+        body.port,
+        body.transport,
+        body.prefixes,
+        username=body.username,
+        password=password,
+        realm=body.realm,
+        register=body.keep_registered,
+        register_expires=body.register_expires,
+        credential_key=trunk_credential_key(secret) if secret is not None else None,
+    )
     row = next(
         r for r in ctx.store.list_trunks() if r["tenant"] == tenant and r["name"] == body.name
     )
