@@ -14,8 +14,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
 import typer
@@ -70,6 +71,7 @@ alerts_app = typer.Typer(
 )
 app.add_typer(alerts_app, name="alerts")
 
+T = TypeVar("T")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -110,6 +112,17 @@ def _config() -> Config:
         return load_config(state.data_dir)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+
+
+def _in_store(action: Callable[[Store], T]) -> T:
+    """Run one store action for a command: a StoreError is the user's error message."""
+    store = _store(_config())
+    try:
+        return action(store)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
 
 
 def _store(config: Config) -> Store:
@@ -516,13 +529,7 @@ def did_add(
     tenant: Annotated[str, typer.Option(help="Tenant that owns the number.")] = DEFAULT_TENANT,
 ) -> None:
     """Route an inbound number from the tenant's trunks to an extension."""
-    store = _store(_config())
-    try:
-        e164 = store.add_did(number, tenant, extension)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
+    e164 = _in_store(lambda store: store.add_did(number, tenant, extension))
     out.print(f"DID {e164} rings extension {extension}")
 
 
@@ -811,13 +818,7 @@ def extension_suspend(
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
 ) -> None:
     """Refuse every costly call of an extension (a running server follows within a second)."""
-    store = _store(_config())
-    try:
-        changed = store.suspend_extension(tenant, number, reason)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
+    changed = _in_store(lambda store: store.suspend_extension(tenant, number, reason))
     out.print(f"extension {number} suspended" if changed else f"{number} was already suspended")
 
 
@@ -836,13 +837,9 @@ def extension_password(
     if password == "-":
         password = sys.stdin.readline().rstrip("\r\n")
     key = _fingerprint_key()
-    store = _store(_config())
-    try:
-        new = AdminStore(store).rotate_extension_password(tenant, number, password, key)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
+    new = _in_store(
+        lambda store: AdminStore(store).rotate_extension_password(tenant, number, password, key)
+    )
     if password is None:
         out.print(f"extension {number} password: {new}", highlight=False)
         err.print("shown once: only its digest hashes are stored")
@@ -856,13 +853,7 @@ def extension_resume(
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
 ) -> None:
     """Allow an extension's costly calls again, after checking its password and forwarding."""
-    store = _store(_config())
-    try:
-        changed = store.resume_extension(tenant, number)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
+    changed = _in_store(lambda store: store.resume_extension(tenant, number))
     out.print(f"extension {number} resumed" if changed else f"{number} was not suspended")
 
 
@@ -917,13 +908,7 @@ def alerts_list(
 
 
 def _set_alert(alert_id: int, status: str, by: str) -> None:
-    store = _store(_config())
-    try:
-        row = store.set_alert_status(alert_id, status, by)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
+    row = _in_store(lambda store: store.set_alert_status(alert_id, status, by))
     out.print(f"alert {row['id']} {row['status']}")
 
 
