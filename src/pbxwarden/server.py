@@ -18,6 +18,7 @@ import structlog
 
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
+from pbxwarden.events import EventBus
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.geo import GeoLookup
 from pbxwarden.firewall.netwatch import NetworkWatch
@@ -65,6 +66,22 @@ log = structlog.get_logger("pbxwarden.server")
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, NOTIFY, REFER, UPDATE, INFO, MESSAGE"
 
 
+EVENT_CALL_FIELDS = (
+    "call_id",
+    "tenant",
+    "extension",
+    "caller",
+    "callee",
+    "kind",
+    "decision",
+    "reasons",
+    "score",
+    "severity",
+    "callee_e164",
+    "dest_country",
+    "number_type",
+)
+EVENT_END_FIELDS = ("disposition", "sip_code", "duration", "cost", "reasons", "decision")
 BASELINE_SAVE_INTERVAL = 60.0  # seconds between saves of the guard's learned baselines
 
 
@@ -130,6 +147,8 @@ class SipServer:
         self._lag_probe: asyncio.TimerHandle | None = None
         self.cdrs = CdrWriter(store)
         self.guard = Guard(config.guard)
+        self.events = EventBus()  # live events for the admin API's stream
+        self._live_calls: dict[int, tuple[str, str]] = {}  # CDR token -> (tenant, Call-ID)
         self.alert_channels = AlertDispatcher(config.alerts)
         self.calls = CallManager(
             self,
@@ -300,6 +319,21 @@ class SipServer:
                 "at": alert.at,
             },
         )
+        self.events.publish(
+            "alert",
+            {
+                "id": alert_id,
+                "new": new,
+                "tenant": alert.tenant,
+                "extension": alert.extension,
+                "severity": alert.severity,
+                "rule": alert.rule,
+                "summary": alert.summary,
+                "reasons": list(alert.reasons),
+                "suspended": alert.suspend,
+            },
+            alert.at,
+        )
         log.warning(
             "guard alert",
             id=alert_id,
@@ -394,6 +428,16 @@ class SipServer:
         self.firewall.load([Ban(*row) for row in stored], now)
         events += self.firewall.drain_events()
         for event in events:
+            self.events.publish(
+                event.kind,
+                {
+                    "tenant": "provider",
+                    "address": event.address,
+                    "reason": event.reason,
+                    "until": event.until,
+                    "extension": event.extension,
+                },
+            )
             log.warning(
                 "firewall " + event.kind,
                 address=event.address,
@@ -738,9 +782,25 @@ class SipServer:
 
     def cdr_open(self, token: int, fields: dict[str, Any]) -> None:
         self.cdrs.open(token, fields)
+        if self.events.subscribers:
+            self._live_calls[token] = (fields["tenant"], fields["call_id"])
+            self.events.publish(
+                "call.start", {k: fields.get(k) for k in EVENT_CALL_FIELDS}, fields["start_ts"]
+            )
 
     def cdr_close(self, token: int, fields: dict[str, Any]) -> None:
         self.cdrs.close(token, fields)
+        opened = self._live_calls.pop(token, None)
+        if opened is not None:
+            tenant, call_id = opened
+            self.events.publish(
+                "call.end",
+                {
+                    "tenant": tenant,
+                    "call_id": call_id,
+                    **{k: fields.get(k) for k in EVENT_END_FIELDS if k in fields},
+                },
+            )
 
     def auth_failed(self, source: Address, username: str) -> None:
         self.firewall.auth_failed(source.host, username, time.time())

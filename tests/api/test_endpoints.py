@@ -326,3 +326,9 @@ async def test_audit_endpoint_lists_changes_newest_first(api: Api) -> None:
     assert [e["action"] for e in older["items"]] == ["extension.create"]
     assert older["items"][0]["actor"] == "root/token:admin#1"
     assert older["items"][0]["source"] == "127.0.0.1"
+
+
+async def test_events_need_the_running_server(api: Api) -> None:
+    response = await api.as_("admin").get("/api/v1/events")
+    assert response.status_code == 503 and "not running" in response.json()["detail"]
+    assert (await api.client().get("/api/v1/events")).status_code == 401

@@ -28,6 +28,8 @@ def fuzz(base: str, token: str) -> tuple[list[str], int, list[int]]:
     operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result  # every operation's schema is valid
+        if result.ok().path == "/api/v1/events":
+            continue  # an endless stream (503 here, no SIP server): tested end to end instead
         operations.append(result.ok())
     # revoking tokens last: the run's own token may be among those revoked
     operations.sort(key=lambda op: op.method.upper() == "DELETE" and "/tokens/" in op.path)

@@ -6,8 +6,11 @@ must reach the real B2BUA, and /metrics must show the real server's counters.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,6 +47,29 @@ def test_live_call_listed_and_ended_over_http_and_metrics(tmp_path: Path) -> Non
             assert http.get("/api/v1/calls").status_code == 401
             auth = {"Authorization": f"Bearer {token}"}
 
+            events: list[dict[str, Any]] = []
+            listening = threading.Event()
+
+            def listen() -> None:
+                with (
+                    httpx.Client(base_url=base, timeout=20) as sse,
+                    sse.stream(
+                        "GET", "/api/v1/events", headers={"Authorization": f"Bearer {reader}"}
+                    ) as stream,
+                ):
+                    assert stream.headers["content-type"].startswith("text/event-stream")
+                    listening.set()
+                    for line in stream.iter_lines():
+                        if line.startswith("data: "):
+                            events.append(json.loads(line[6:]))
+                            if events[-1]["type"] == "call.end":
+                                return
+
+            reader_thread = threading.Thread(target=listen, daemon=True)
+            reader_thread.start()
+            assert listening.wait(5)
+            time.sleep(0.2)  # the subscription is registered once the stream has started
+
             port = register_callee(pbx, tmp_path)
             phone = start_phone("call_uas.xml", port, tmp_path)
             caller = start_caller(pbx, tmp_path, "call_uac_wait_bye.xml", timeout=20)
@@ -63,6 +89,16 @@ def test_live_call_listed_and_ended_over_http_and_metrics(tmp_path: Path) -> Non
             assert caller.wait(15) == 0  # the caller's scenario ends with the PBX's BYE
             assert finish_sipp_uas(phone, tmp_path).successful == 1
             assert http.get("/api/v1/calls", headers=auth).json() == []
+            reader_thread.join(10)
+            kinds = [e["type"] for e in events]
+            assert kinds[0] == "call.start" and kinds[-1] == "call.end", events
+            start, end = events[0], events[-1]
+            assert (start["caller"], start["callee"], start["decision"]) == (
+                "1000",
+                "2000",
+                "allow",
+            )
+            assert start["call_id"] == end["call_id"] and end["disposition"] == "answered"
             missing = http.delete(f"/api/v1/calls/{call_id}", headers=auth)
             assert missing.status_code == 404
 

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pbxwarden.api import routes_audit, routes_auth, routes_ops, routes_pbx
+from pbxwarden.api import routes_audit, routes_auth, routes_events, routes_ops, routes_pbx
 from pbxwarden.api.metrics import HttpMetrics, make_registry
 from pbxwarden.api.models import ErrorOut, Health
 from pbxwarden.api.security import (
@@ -44,6 +44,7 @@ from pbxwarden.api.security import (
     require_global,
 )
 from pbxwarden.config import Config
+from pbxwarden.events import EventBus
 from pbxwarden.guard.engine import Guard
 from pbxwarden.store.admin import AdminStore
 from pbxwarden.store.db import Store, StoreError
@@ -244,6 +245,7 @@ def create_app(
     control: Control | None = None,
     clock: Callable[[], float] = time.time,
     secret: bytes | None = None,
+    events: EventBus | None = None,
 ) -> FastAPI:
     """The admin API over ``store``; ``control`` answers live-call questions (the running
     SIP server's :meth:`~pbxwarden.server.SipServer.control`), None when not running;
@@ -267,6 +269,7 @@ def create_app(
     app.state.registry = registry
     app.state.admin_store = admin
     app.state.secret = secret  # the install secret: SIP password fingerprints
+    app.state.events = events  # the running server's live events (GET /api/v1/events)
 
     @app.exception_handler(StoreError)
     async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
@@ -276,7 +279,13 @@ def create_app(
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return _readable(exc)
 
-    for router in (routes_auth.router, routes_pbx.router, routes_ops.router, routes_audit.router):
+    for router in (
+        routes_auth.router,
+        routes_pbx.router,
+        routes_ops.router,
+        routes_audit.router,
+        routes_events.router,
+    ):
         app.include_router(router, responses=ERROR_RESPONSES)
 
     @app.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})

@@ -787,7 +787,11 @@ async def _serve(config: Config, store: Store) -> None:
 
         try:
             api = create_app(
-                store, config, server.control, secret=load_or_create_secret(state.data_dir)
+                store,
+                config,
+                server.control,
+                secret=load_or_create_secret(state.data_dir),
+                events=server.events,
             )
             api.state.registry.register(SipCollector(server))
             http = await start_http(api, *parse_hostport(config.http.listen, 8080))
@@ -944,13 +948,33 @@ def simulate(
         typer.Option(help="Only these attacks (repeat); default: all of them."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    sip: Annotated[
+        bool,
+        typer.Option(
+            "--sip",
+            help="Play a few attacks in real time through a throwaway PBX and SIPp on "
+            "loopback instead (other options are ignored).",
+        ),
+    ] = False,
 ) -> None:
     """Run the fraud guard on simulated traffic with injected attacks, and report.
 
     Uses the guard policy of this data directory's configuration when there is one
     (tenants t000, t001... get the [guard.default] policy), else the simulator's own
-    mix of tenant policies.
+    mix of tenant policies. With --sip, the real server in a temporary data directory.
     """
+    if sip:
+        from pbxwarden.guard.simulate_sip import SipSimulationError, run_sip_simulation
+
+        try:
+            sip_report = run_sip_simulation()
+        except SipSimulationError as exc:
+            raise fail(str(exc)) from None
+        if as_json:
+            out.print_json(json.dumps(sip_report.to_json()))
+        else:
+            out.print(sip_report.markdown(), markup=False, highlight=False)
+        return
     from pbxwarden.guard.simulate import ATTACKS, Simulation
 
     chosen = tuple(attack or ATTACKS)
