@@ -25,6 +25,7 @@ from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.alerts import Alert, AlertDispatcher
 from pbxwarden.guard.engine import Guard, GuardAlert
+from pbxwarden.guard.policy import with_stored
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
@@ -148,6 +149,7 @@ class SipServer:
         self.cdrs = CdrWriter(store)
         self.guard = Guard(config.guard)
         self.events = EventBus()  # live events for the admin API's stream
+        self._stored_policies: dict[str, dict[str, Any]] = {}
         self._live_calls: dict[int, tuple[str, str]] = {}  # CDR token -> (tenant, Call-ID)
         self.alert_channels = AlertDispatcher(config.alerts)
         self.calls = CallManager(
@@ -201,6 +203,9 @@ class SipServer:
         await self._start_offload()
         await self._sync_firewall()
         self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
+        self._stored_policies = await asyncio.to_thread(self.store.policies)
+        if self._stored_policies:
+            self.guard.reconfigure(with_stored(self.config.guard, self._stored_policies))
         host, port = self.config.sip.listen_address
         if "udp" in self.config.sip.transports:
             await self.transports.listen_udp(host, port)
@@ -291,6 +296,11 @@ class SipServer:
         """Cut off what the guard says must end, adopt suspensions an admin changed, and
         deliver the guard's alerts (stored first, then sent)."""
         self.calls.police(now)
+        policies = await asyncio.to_thread(self.store.policies)
+        if policies != self._stored_policies:  # set through the API or the CLI
+            self.guard.reconfigure(with_stored(self.config.guard, policies))
+            self._stored_policies = policies
+            log.info("guard policies updated", tenants=sorted(policies))
         stored = await asyncio.to_thread(self.store.suspended_extensions)
         self.guard.sync_suspensions({(r["tenant"], r["extension"]): r["reason"] for r in stored})
         while self.guard.outbox:

@@ -332,3 +332,31 @@ async def test_events_need_the_running_server(api: Api) -> None:
     response = await api.as_("admin").get("/api/v1/events")
     assert response.status_code == 503 and "not running" in response.json()["detail"]
     assert (await api.client().get("/api/v1/events")).status_code == 401
+
+
+async def test_tenant_policy_read_replace_reset(api: Api) -> None:
+    admin = api.as_("admin")
+    current = await admin.get("/api/v1/tenants/default/policy")
+    assert current.status_code == 200 and current.json()["source"] == "default"
+    assert current.json()["policy"]["allow_special"] == []
+    body = {
+        "allow_countries": ["DE"],
+        "spend_per_day": 40,
+        "business_hours": ["mon-fri 08:00-18:00"],
+    }
+    put = await admin.put("/api/v1/tenants/default/policy", json=body)
+    assert put.status_code == 200, put.text
+    assert put.json()["source"] == "stored" and put.json()["policy"]["allow_countries"] == ["DE"]
+    bad = await admin.put("/api/v1/tenants/default/policy", json={"timezone": "Mars/Base"})
+    assert bad.status_code == 422 and "unknown time zone" in bad.text
+    assert (await admin.get("/api/v1/tenants/default/policy")).json()["policy"][
+        "spend_per_day"
+    ] == 40  # the refused change stored nothing
+    read_only = await api.as_("reader").put("/api/v1/tenants/default/policy", json=body)
+    assert read_only.status_code == 403
+    other = await api.as_("acme-admin").get("/api/v1/tenants/default/policy")
+    assert other.status_code == 404
+    log = (await admin.get("/api/v1/audit")).json()["items"]
+    assert any(e["action"] == "policy.set" for e in log)
+    reset = await admin.delete("/api/v1/tenants/default/policy")
+    assert reset.status_code == 200 and reset.json()["source"] == "default"

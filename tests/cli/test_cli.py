@@ -149,3 +149,25 @@ def test_extension_password_rotation_and_suspension(tmp_path: Path) -> None:
     assert row["suspended"] == "test"
     assert "resumed" in cli(data, "extension", "resume", "1000").stdout
     assert "not suspended" in cli(data, "extension", "resume", "1000").stdout
+
+
+def test_tenant_policy_set_show_reset(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    cli(data, "init")
+    shown = json.loads(cli(data, "tenant", "policy", "default", "--json").stdout)
+    assert shown["allow_countries"] == [] and shown["allow_special"] == []
+    cli(data, "tenant", "policy", "default", "--set", 'allow_countries=["DE"]')
+    cli(data, "tenant", "policy", "default", "--set", "spend_per_day=50")  # keeps DE
+    shown = json.loads(cli(data, "tenant", "policy", "default", "--json").stdout)
+    assert (shown["allow_countries"], shown["spend_per_day"]) == (["DE"], 50.0)
+    bad = cli(data, "tenant", "policy", "default", "--set", "calls_per_hour=-3", check=False)
+    assert bad.returncode == 1 and "calls_per_hour: Input should be greater" in bad.stderr
+    unknown = cli(data, "tenant", "policy", "default", "--set", "colour=red", check=False)
+    assert unknown.returncode == 1 and "colour: Extra inputs are not permitted" in unknown.stderr
+    kept = json.loads(cli(data, "tenant", "policy", "default", "--json").stdout)
+    assert kept == shown  # nothing stored is lost by bad input
+    assert "removed" in cli(data, "tenant", "policy", "default", "--reset").stdout
+    shown = json.loads(cli(data, "tenant", "policy", "default", "--json").stdout)
+    assert shown["allow_countries"] == []
+    missing = cli(data, "tenant", "policy", "nope", check=False)
+    assert missing.returncode == 1 and "unknown tenant" in missing.stderr

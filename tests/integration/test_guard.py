@@ -161,3 +161,22 @@ def test_spend_cap_cuts_off_a_call_in_progress(tmp_path: Path) -> None:
         store.close()
     assert sum(learned[("default", "1000")]["spend_by_day"]) > 0
     assert ("default", "") in learned
+
+
+def test_running_pbx_follows_a_policy_change(tmp_path: Path) -> None:
+    with running_pbx(tmp_path / "data", USERS) as pbx:
+        carrier_port = free_port(CARRIER)
+        cli(pbx.data_dir, "trunk", "add", "carrier", "--host", CARRIER, "--port", str(carrier_port))
+        time.sleep(1.5)
+        london = "011442079460000"
+        ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 403), dialed=london)
+        assert ok == 1, output  # closed by default: international refused
+        cli(pbx.data_dir, "tenant", "policy", "default", "--set", 'allow_countries=["GB"]')
+        time.sleep(1.5)  # the server re-reads stored policies every second
+        carrier = start_sipp_uas(
+            "call_uas.xml", carrier_port, tmp_path, local_ip=CARRIER, name="carrier"
+        )
+        ok, _, output = call(pbx, tmp_path, dialed=london)
+        assert ok == 1, output + pbx.log()[-2000:]
+        assert finish_sipp_uas(carrier, tmp_path, name="carrier").successful == 1
+        assert "guard policies updated" in pbx.log()

@@ -27,7 +27,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pbxwarden.api import routes_audit, routes_auth, routes_events, routes_ops, routes_pbx
+from pbxwarden.api import (
+    routes_audit,
+    routes_auth,
+    routes_events,
+    routes_ops,
+    routes_pbx,
+    routes_policy,
+)
 from pbxwarden.api.metrics import HttpMetrics, make_registry
 from pbxwarden.api.models import ErrorOut, Health
 from pbxwarden.api.security import (
@@ -285,6 +292,7 @@ def create_app(
         routes_ops.router,
         routes_audit.router,
         routes_events.router,
+        routes_policy.router,
     ):
         app.include_router(router, responses=ERROR_RESPONSES)
 

@@ -44,6 +44,7 @@ from pbxwarden.api.security import (
     tenant_filter,
     visible_tenant,
 )
+from pbxwarden.guard.policy import with_stored
 from pbxwarden.pbx.forwarding import KINDS, judge_target
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import StoreError, generate_password, password_fingerprint_key
@@ -315,6 +316,7 @@ def set_forwarding(
 ) -> dict[str, Any]:
     _extension(ctx, principal, tenant, number)
     source = f"{principal.name}@{client_ip(request)}"
+    ctx.guard.reconfigure(with_stored(ctx.config.guard, ctx.store.policies()))
     decision = judge_target(
         ctx.guard,
         tenant,

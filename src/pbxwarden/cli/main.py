@@ -34,6 +34,7 @@ from pbxwarden.config import (
     load_or_create_secret,
     parse_hostport,
 )
+from pbxwarden.guard.policy import with_stored
 from pbxwarden.store.db import (
     DEFAULT_TENANT,
     Store,
@@ -235,6 +236,65 @@ def tenant_add(
     finally:
         store.close()
     out.print(f"tenant {name} added (realm {realm}, country {country})")
+
+
+@tenant_app.command("policy")
+def tenant_policy(
+    tenant: str,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE (JSON values: --set 'allow_countries=[\"DE\"]' --set "
+            "spend_per_day=50); repeat. Starts from the policy in force.",
+        ),
+    ] = None,
+    reset: Annotated[bool, typer.Option(help="Forget the stored policy (the file's applies).")] = (
+        False
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+) -> None:
+    """Show a tenant's fraud-guard policy, or change it (a running server follows)."""
+    from pydantic import ValidationError
+
+    from pbxwarden.guard.policy import TenantPolicy
+
+    config = _config()
+    if reset:
+        changed = _in_store(lambda store: store.delete_policy(tenant))
+        out.print("stored policy removed" if changed else "no stored policy")
+    stored = _in_store(lambda store: (store.tenant_realm(tenant), store.policies())[1])
+    current = with_stored(config.guard, stored).for_tenant(tenant)
+    if set_:
+        update: dict[str, Any] = current.model_dump(exclude_defaults=True)
+        for item in set_:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise fail(f"--set {item!r}: expected KEY=VALUE")
+            try:
+                update[key.strip()] = json.loads(raw)
+            except ValueError:
+                update[key.strip()] = raw  # a bare string, e.g. timezone=Europe/Madrid
+        try:
+            current = TenantPolicy.model_validate(update)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise fail(f"invalid policy: {problems}") from None
+        policy = current.model_dump(exclude_defaults=True)
+        _in_store(lambda store: store.set_policy(tenant, policy, "cli"))
+        out.print(f"policy of tenant {tenant} updated")
+    data = current.model_dump(mode="json")
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table(title=f"guard policy of {tenant}")
+    table.add_column("key")
+    table.add_column("value")
+    for key, value in data.items():
+        table.add_row(key, json.dumps(value))
+    out.print(table)
 
 
 @tenant_app.command("list")
@@ -575,7 +635,7 @@ def forward_set(
         if not store.extension_exists(tenant, extension):
             raise fail(f"no extension {extension} in tenant {tenant}")
         decision = judge_target(
-            Guard(config.guard),
+            Guard(with_stored(config.guard, store.policies())),
             tenant,
             extension,
             target,

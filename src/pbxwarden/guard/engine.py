@@ -253,6 +253,11 @@ class Guard:
         self._cutoffs: list[tuple[int, str]] = []
         self._stored_suspensions: dict[tuple[str, str], str] = {}
 
+    def reconfigure(self, config: GuardConfig) -> None:
+        """New policies (stored ones changed): counters and baselines are kept."""
+        self.config = config
+        self.book = PolicyBook(config)
+
     # -- state -----------------------------------------------------------------------------
 
     def _ext_state(self, tenant: str, extension: str, now: float) -> _ExtState:

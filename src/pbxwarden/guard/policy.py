@@ -191,3 +191,18 @@ class PolicyBook:
                 self._cache.clear()
             self._cache[key] = policy
         return policy
+
+
+def with_stored(config: GuardConfig, stored: dict[str, dict[str, Any]]) -> GuardConfig:
+    """The file's guard configuration with the policies stored at run time on top.
+
+    A stored policy that no longer validates (an older version's keys) is skipped: the
+    file's policy for that tenant stays in force rather than nothing.
+    """
+    tenants = dict(config.tenants)
+    for tenant, row in stored.items():
+        try:
+            tenants[tenant] = TenantPolicy.model_validate(row["policy"])
+        except ValueError:
+            continue
+    return config.model_copy(update={"tenants": tenants})

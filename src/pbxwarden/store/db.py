@@ -39,6 +39,7 @@ from pbxwarden.store.models import (
     GuardBaselineRow,
     Registration,
     Tenant,
+    TenantPolicyRow,
     TrunkRow,
 )
 
@@ -688,6 +689,43 @@ class Store:
                 row.resolved_by, row.resolved_at = by[:64], now
             row.status = status
             return self._alert_dict(row)
+
+    # -- guard policies set at run time -------------------------------------------------
+
+    def set_policy(self, tenant: str, policy: dict[str, Any], by: str) -> None:
+        """Store a tenant's guard policy (already validated), replacing the file's."""
+        with Session(self.engine) as s, s.begin():
+            self._tenant_row(s, tenant)
+            row = s.get(TenantPolicyRow, tenant)
+            text = json.dumps(policy, sort_keys=True)
+            if row is None:
+                s.add(
+                    TenantPolicyRow(
+                        tenant=tenant, policy=text, updated_at=time.time(), updated_by=by[:64]
+                    )
+                )
+            else:
+                row.policy, row.updated_at, row.updated_by = text, time.time(), by[:64]
+
+    def delete_policy(self, tenant: str) -> bool:
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    delete(TenantPolicyRow).where(TenantPolicyRow.tenant == tenant)
+                ).rowcount
+            )
+
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """Stored policies by tenant, each with ``updated_at`` and ``updated_by``."""
+        with Session(self.engine) as s:
+            return {
+                row.tenant: {
+                    "policy": json.loads(row.policy),
+                    "updated_at": row.updated_at,
+                    "updated_by": row.updated_by,
+                }
+                for row in s.scalars(select(TenantPolicyRow))
+            }
 
     # -- guard baselines -----------------------------------------------------------------
 

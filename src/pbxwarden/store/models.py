@@ -217,3 +217,14 @@ class GuardBaselineRow(Base):
     extension: Mapped[str] = mapped_column(String(32), primary_key=True)
     data: Mapped[str] = mapped_column(Text)  # JSON, pbxwarden.guard.baseline.Baseline
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class TenantPolicyRow(Base):
+    """A tenant's guard policy set through the API or CLI (JSON of TenantPolicy)."""
+
+    __tablename__ = "tenant_policies"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    policy: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str] = mapped_column(String(64))
