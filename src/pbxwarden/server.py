@@ -7,6 +7,7 @@ Everything here is glue and scheduling; the decisions live in the sans-I/O modul
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +97,37 @@ class Stats:
     shed: int = 0  # new calls refused with 503 while overloaded
 
 
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+
+
+class Latency:
+    """Time from a request's arrival to its final answer, by method: a histogram kept as
+    plain counts (the scrape turns it into Prometheus's form)."""
+
+    def __init__(self) -> None:
+        self.started: dict[TransactionKey, tuple[str, float]] = {}
+        self.counts: dict[str, list[int]] = {}  # per bucket, the last one is +Inf
+        self.sums: dict[str, float] = {}
+
+    def start(self, key: TransactionKey, method: str, now: float) -> None:
+        if len(self.started) > 100_000:  # requests never answered (dropped): forget them
+            self.started.clear()
+        self.started[key] = (method, now)
+
+    def finish(self, key: TransactionKey, now: float) -> None:
+        begun = self.started.pop(key, None)
+        if begun is None:
+            return
+        method, start = begun
+        method = method if method in ("REGISTER", "INVITE", "OPTIONS") else "other"
+        elapsed = now - start
+        counts = self.counts.get(method)
+        if counts is None:
+            counts = self.counts[method] = [0] * (len(LATENCY_BUCKETS) + 1)
+        counts[bisect.bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        self.sums[method] = self.sums.get(method, 0.0) + elapsed
+
+
 class SipServer:
     def __init__(self, config: Config, store: Store, data_dir: Path) -> None:
         self._data_dir = data_dir
@@ -165,6 +197,7 @@ class SipServer:
         }
         self.transports = Transports(self.on_message)
         self.stats = Stats()
+        self.latency = Latency()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._background: list[asyncio.Task[None]] = []
@@ -613,6 +646,8 @@ class SipServer:
     def respond(self, key: TransactionKey | None, request: Request, response: Response) -> None:
         if key is None:
             return
+        if response.status >= 200:
+            self.latency.finish(key, time.perf_counter())
         try:
             actions = self.tx.send_response(key, response, self._now())
         except TransactionError:
@@ -624,6 +659,8 @@ class SipServer:
 
     def _dispatch(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         method = request.method
+        if key is not None and method != "ACK":
+            self.latency.start(key, method, time.perf_counter())
         if method in ("INVITE", "ACK", "CANCEL", "BYE") or request.to.tag is not None:
             self.calls.on_request(request, source, key)
         elif method == "REGISTER":

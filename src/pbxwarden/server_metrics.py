@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from pbxwarden.server import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from pbxwarden.server import SipServer
@@ -72,6 +79,18 @@ class SipCollector:
             "Addresses banned by the SIP firewall",
             value=len(s.firewall.bans),
         )
+        latency = HistogramMetricFamily(
+            "pbxwarden_sip_transaction_seconds",
+            "Time from a request's arrival to its final response, by method",
+            labels=["method"],
+        )
+        for method, counts in sorted(s.latency.counts.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            latency.add_metric([method], buckets, s.latency.sums.get(method, 0.0))
+        yield latency
         lag = GaugeMetricFamily(
             "pbxwarden_overloaded", "1 while new calls are shed for event-loop lag"
         )

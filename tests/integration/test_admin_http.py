@@ -107,3 +107,6 @@ def test_live_call_listed_and_ended_over_http_and_metrics(tmp_path: Path) -> Non
             assert 'pbxwarden_guard_decisions_total{kind="internal",outcome="allow"' in metrics
             assert "pbxwarden_registrations_total 1.0" in metrics
             assert "pbxwarden_registrations_active 1.0" in metrics
+            # the challenge (401/407) and the authenticated retry are two transactions each
+            assert 'pbxwarden_sip_transaction_seconds_count{method="REGISTER"} 2.0' in metrics
+            assert 'pbxwarden_sip_transaction_seconds_count{method="INVITE"} 2.0' in metrics
