@@ -7,6 +7,7 @@ methods), so the API and the CLI cannot disagree about what is allowed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -380,12 +381,19 @@ def clear_forwarding(
 # -- trunks and DIDs -------------------------------------------------------------------
 
 
-@router.get("/trunks", response_model=list[TrunkOut], tags=["trunks"])
-def list_trunks(ctx: Ctx, principal: Reader, tenant: TenantQuery = None) -> list[dict[str, Any]]:
+def _visible_rows(
+    principal: Principal, tenant: str | None, rows: Callable[[], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The rows of the tenants the caller may see (and asked for)."""
     visible, tenant = tenant_filter(principal, tenant)
     if not visible:
         return []
-    return [r for r in ctx.store.list_trunks() if tenant in (None, r["tenant"])]
+    return [r for r in rows() if tenant in (None, r["tenant"])]
+
+
+@router.get("/trunks", response_model=list[TrunkOut], tags=["trunks"])
+def list_trunks(ctx: Ctx, principal: Reader, tenant: TenantQuery = None) -> list[dict[str, Any]]:
+    return _visible_rows(principal, tenant, ctx.store.list_trunks)
 
 
 @router.post("/tenants/{tenant}/trunks", response_model=TrunkOut, status_code=201, tags=["trunks"])
@@ -422,10 +430,7 @@ def create_trunk(
 
 @router.get("/dids", response_model=list[DidOut], tags=["dids"])
 def list_dids(ctx: Ctx, principal: Reader, tenant: TenantQuery = None) -> list[dict[str, Any]]:
-    visible, tenant = tenant_filter(principal, tenant)
-    if not visible:
-        return []
-    return [r for r in ctx.store.list_dids() if tenant in (None, r["tenant"])]
+    return _visible_rows(principal, tenant, ctx.store.list_dids)
 
 
 @router.post("/tenants/{tenant}/dids", response_model=DidOut, status_code=201, tags=["dids"])
