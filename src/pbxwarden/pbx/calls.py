@@ -50,7 +50,7 @@ from pbxwarden.sip.message import (
     make_response,
     safe_reason,
 )
-from pbxwarden.sip.transaction import Address, TransactionKey
+from pbxwarden.sip.transaction import Address, TransactionError, TransactionKey
 from pbxwarden.sip.uri import URI, NameAddr, parse_uri
 from pbxwarden.store.db import ExtensionAuth
 
@@ -100,6 +100,9 @@ class _Relayed:
 
 
 MAX_FORWARDS = 3  # a diversion chain longer than this is a loop or an attack
+MAX_FORKS = 10  # contacts rung at once for one extension (the registrar's default cap)
+# RFC 3326: tells the phones that did not answer why they stop ringing (no "missed call")
+COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 # Credentials go once per B leg; a second only after a stale=TRUE challenge (the password
 # was right, the nonce had expired). Anything more is a wrong password: no retry loop.
 MAX_TRUNK_AUTH_ATTEMPTS = 2
@@ -112,6 +115,25 @@ _DISPOSITIONS = {
     480: "unavailable",
     487: "cancelled",
 }
+
+
+@dataclass(eq=False)
+class _Fork:
+    """One of the legs ringing the registered contacts of an extension at once.
+
+    Only used when an extension has more than one contact; the leg that answers first
+    is copied into the call's ``b_*`` fields and the rest of the B2BUA sees one B leg.
+    """
+
+    key: TransactionKey
+    request: Request
+    dest: Address
+    provisional: bool = False
+    final: Response | None = None  # its final non-2xx response (or a stand-in 408)
+    cancel_pending: str | None = None  # CANCEL wanted before any provisional (its Reason)
+    cancelled: bool = False
+    dialog: Dialog | None = None  # set by a 2xx
+    hung_up: bool = False  # a losing 2xx was ACKed and BYEd
 
 
 @dataclass(eq=False)
@@ -137,6 +159,8 @@ class Call:
     b_trunk: Trunk | None = None  # the trunk the current B leg goes out through
     b_auth_attempts: int = 0  # INVITEs resent with credentials on the current B leg
     ringing: ExtensionAuth | None = None  # the extension whose phone the B leg rings
+    forks: list[_Fork] = field(default_factory=list)  # legs ringing several contacts at once
+    provisional_relayed: bool = False  # forking: the caller got its one 180/183 already
     forwarded_by: list[str] = field(default_factory=list)
     diversion: str | None = None  # Diversion header value for the current B leg
     outcome: dict[str, Any] = field(default_factory=dict)  # CDR fields set on the way
@@ -149,6 +173,19 @@ class Call:
     @property
     def id(self) -> str:
         return self.a_request.call_id
+
+
+# RFC 3261 16.7: among failures of the same class, the more telling answer goes back
+_VAGUE = {408: 2, 480: 2, 487: 3, 503: 2}
+
+
+def _best_response(responses: list[Response]) -> Response:
+    """The final response the caller gets when every fork failed (RFC 3261 16.7): a 6xx,
+    else the lowest class; within a class a busy 486 before "unavailable" or a timeout."""
+    return min(
+        responses,
+        key=lambda r: (0 if r.status >= 600 else r.status // 100, _VAGUE.get(r.status, 1)),
+    )
 
 
 def _stale_challenge(response: Response) -> bool:
@@ -188,6 +225,7 @@ class CallManager:
         self.calls: dict[int, Call] = {}
         self._by_invite: dict[TransactionKey, Call] = {}
         self._by_b_key: dict[TransactionKey, Call] = {}
+        self._forks: dict[TransactionKey, tuple[Call, _Fork]] = {}  # every fork until forgotten
         self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
         # relayed mid-call request's client key -> (call, original request, its server
         # key, the relayed request, where it went)
@@ -221,6 +259,11 @@ class CallManager:
         if key in self._relayed:
             self._relayed_response(response, key)
             return
+        forked = self._forks.get(key)
+        if forked is not None:
+            if response.cseq.method == "INVITE":
+                self._fork_response(forked[0], forked[1], response)
+            return
         call = self._by_b_key.get(key)
         if call is None:
             return
@@ -233,6 +276,13 @@ class CallManager:
             self.port.respond(
                 relayed.in_key, relayed.original, make_response(relayed.original, 408)
             )
+            return
+        forked = self._forks.get(key)
+        if forked is not None:
+            fork_call, fork = forked
+            if fork.final is None and fork.dialog is None:
+                fork.final = make_response(fork.request, 408)
+                self._fork_over(fork_call, fork)
             return
         call = self._by_b_key.get(key)
         if call is not None and not call.ended and call.answered is None:
@@ -460,8 +510,12 @@ class CallManager:
             self._forward(call, callee, callee.forward_always, "always", now)
             return
         bindings = self.location.lookup(aor_key(callee.realm, callee.number), now)
-        dest = _parse_source(bindings[0].source) if bindings else None
-        if not bindings or dest is None:
+        targets = [
+            (binding.contact, dest)
+            for binding in bindings
+            if (dest := _parse_source(binding.source)) is not None
+        ][:MAX_FORKS]
+        if not targets:
             if callee.forward_noanswer:  # not reachable counts as not answering
                 self._forward(call, callee, callee.forward_noanswer, "noanswer", now)
                 return
@@ -469,20 +523,24 @@ class CallManager:
             return
         call.ringing = callee
         self.port.respond(call.a_key, call.a_request, make_response(call.a_request, 100))
-        self._send_b_invite(call, parse_uri(bindings[0].contact), dest)
+        ringing_leg: object
+        if len(targets) == 1:
+            self._send_b_invite(call, parse_uri(targets[0][0]), targets[0][1])
+            ringing_leg = call.b_key
+        else:
+            self._fork(call, targets)
+            ringing_leg = call.forks
         self._arm_ring_timer(call)
         if callee.forward_noanswer:
-            ringing_leg = call.b_key
             call.timers.append(
                 self.port.schedule(
                     callee.noanswer_after, lambda: self._noanswer_forward(call, callee, ringing_leg)
                 )
             )
 
-    def _noanswer_forward(
-        self, call: Call, callee: ExtensionAuth, leg: TransactionKey | None
-    ) -> None:
-        if call.ended or call.answered is not None or call.b_key != leg:
+    def _noanswer_forward(self, call: Call, callee: ExtensionAuth, leg: object) -> None:
+        still_ringing = call.forks is leg if call.forks else call.b_key == leg
+        if call.ended or call.answered is not None or not still_ringing:
             return
         assert callee.forward_noanswer is not None
         self._cancel_b(call)
@@ -500,6 +558,7 @@ class CallManager:
         call.b_trunk, call.b_auth_attempts = None, 0
         call.b_provisional = False
         call.ringing = None
+        call.forks = []  # cancelled forks stay in self._forks: a late 2xx gets ACK and BYE
         call.forwarded_by.append(by.number)
         call.outcome["forwarded_by"] = ",".join(call.forwarded_by)[:255]
         if len(call.forwarded_by) > MAX_FORWARDS or target in call.forwarded_by:
@@ -618,6 +677,12 @@ class CallManager:
         )
 
     def _send_b_invite(self, call: Call, target: URI, dest: Address) -> None:
+        invite = self._b_invite(call, target, dest)
+        call.b_request, call.b_dest = invite, dest
+        call.b_key = self.port.send_request(invite, dest)
+        self._by_b_key[call.b_key] = call
+
+    def _b_invite(self, call: Call, target: URI, dest: Address) -> Request:
         a = call.a_request
         host, port = self.port.local_address(dest.transport)
         from_ = NameAddr(URI("sip", user=call.caller_id, host=host), None, {"tag": generate_tag()})
@@ -629,7 +694,7 @@ class CallManager:
                 headers.add(name, value)
         if call.diversion is not None:
             headers.add("Diversion", call.diversion)
-        invite = Request(
+        return Request(
             via=[Via(dest.transport, host, port, {"branch": generate_branch(), "rport": None})],
             from_=from_,
             to=to,
@@ -642,9 +707,6 @@ class CallManager:
             method="INVITE",
             uri=target,
         )
-        call.b_request, call.b_dest = invite, dest
-        call.b_key = self.port.send_request(invite, dest)
-        self._by_b_key[call.b_key] = call
 
     def _contact(self, transport: str) -> NameAddr:
         host, port = self.port.local_address(transport)
@@ -652,6 +714,111 @@ class CallManager:
             {} if transport == "UDP" else {"transport": transport.lower()}
         )
         return NameAddr(URI("sip", host=host, port=port, params=params))
+
+    # -- forking: every registered contact of the extension rings at once ---------------
+
+    def _fork(self, call: Call, targets: list[tuple[str, Address]]) -> None:
+        """Ring every contact at once (RFC 3261 16.6 parallel search), one B leg each.
+
+        The first 2xx wins and becomes the call's B leg (``b_*``); the others are
+        cancelled with ``Reason: ... Call completed elsewhere`` (RFC 3326). Only the first
+        provisional response of any fork reaches the caller (180, or 183 with its early
+        media): relaying several phones' early media to one caller cannot work, and one
+        "ringing" is all the caller needs.
+        """
+        call.provisional_relayed = False
+        forks = []
+        for contact, dest in targets:
+            invite = self._b_invite(call, parse_uri(contact), dest)
+            fork = _Fork(self.port.send_request(invite, dest), invite, dest)
+            self._forks[fork.key] = (call, fork)
+            forks.append(fork)
+        call.forks = forks
+        log.info("ringing contacts in parallel", callee=call.callee, contacts=len(forks))
+
+    def _fork_response(self, call: Call, fork: _Fork, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status == 100:
+                return
+            fork.provisional = True
+            if fork.cancel_pending is not None:  # cancelled before it could be: now it can
+                reason, fork.cancel_pending = fork.cancel_pending, None
+                self._cancel_fork(fork, reason or None)
+                return
+            live = fork in call.forks and not call.ended and call.answered is None
+            if live and not call.provisional_relayed:
+                call.provisional_relayed = True
+                self._relay_to_a(call, response)
+            return
+        if status < 300:
+            self._fork_answered(call, fork, response)
+            return
+        if fork.final is not None or fork.dialog is not None:
+            return
+        fork.final = response
+        self._fork_over(call, fork)
+
+    def _fork_answered(self, call: Call, fork: _Fork, response: Response) -> None:
+        if fork.dialog is None:
+            fork.dialog = Dialog.as_uac(fork.request, response)
+        if call.b_key == fork.key:  # the winner's 2xx again: our ACK was lost
+            self._ack_b(call)
+            return
+        if call.ended or call.answered is not None or fork not in call.forks:
+            # RFC 3261 13.2.2.4: a 2xx from a fork that lost the race (or rang after the
+            # caller gave up) still gets its ACK, then a BYE.
+            self._ack(fork.request, fork.dialog, fork.dest)
+            if not fork.hung_up:
+                fork.hung_up = True
+                log.info("late answer from another contact hung up", callee=call.callee)
+                self._send_bye(fork.dialog, fork.dest)
+            return
+        fork.cancel_pending = None
+        call.b_request, call.b_key, call.b_dest = fork.request, fork.key, fork.dest
+        call.b_provisional = fork.provisional
+        call.b_dialog = fork.dialog
+        self._dialogs[(fork.request.call_id, fork.dialog.local_tag)] = (call, "b")
+        self._ack_b(call)
+        for other in call.forks:
+            if other is not fork:
+                self._cancel_fork(other, COMPLETED_ELSEWHERE)
+        self._answer_a(call, response)
+
+    def _fork_over(self, call: Call, fork: _Fork) -> None:
+        """A fork failed: when it was the last one ringing (or said 6xx: "nowhere"), the
+        caller gets the best of the failures, and busy forwarding if every phone was busy."""
+        if call.ended or call.answered is not None or fork not in call.forks:
+            return
+        assert fork.final is not None
+        if fork.final.status >= 600:
+            for other in call.forks:
+                if other is not fork:
+                    self._cancel_fork(other, None)
+            best, busy = fork.final, fork.final.status == 600
+        else:
+            finals = [f.final for f in call.forks if f.final is not None]
+            if len(finals) < len(call.forks):
+                return  # others are still ringing
+            best = _best_response(finals)
+            busy = all(r.status in (486, 600) for r in finals)
+        self._b_failed(call, best, busy=busy)
+
+    def _cancel_fork(self, fork: _Fork, reason: str | None) -> None:
+        if fork.cancelled or fork.final is not None or fork.dialog is not None:
+            return
+        if not fork.provisional:
+            # RFC 3261 9.1: no CANCEL before a provisional response; sent when one comes
+            fork.cancel_pending = reason or ""
+            return
+        fork.cancelled = True
+        try:
+            cancel = self.port.build_cancel(fork.key)
+        except TransactionError:  # the transaction is already over
+            return
+        if reason:
+            cancel.headers.add("Reason", reason)
+        self.port.send_request(cancel, fork.dest)
 
     # -- the B leg answers ---------------------------------------------------------------
 
@@ -680,6 +847,11 @@ class CallManager:
         if status in AUTH_HEADERS and call.b_trunk is not None and call.b_trunk.username:
             self._authenticate_b(call, call.b_trunk, response)
             return
+        self._b_failed(call, response, busy=status in (486, 600))
+
+    def _b_failed(self, call: Call, response: Response, *, busy: bool) -> None:
+        """The B leg (or every fork) failed: follow a redirect, forward on busy, or fail."""
+        status = response.status
         ringing = call.ringing
         now = self.port.wall_time()
         if 300 <= status < 400:
@@ -690,7 +862,7 @@ class CallManager:
                 self._forward(call, ringing, target, "redirect", now)
             else:
                 self._fail_a(call, 480, "redirect not followed", sip_code=status)
-        elif status in (486, 600) and ringing is not None and ringing.forward_busy:
+        elif busy and ringing is not None and ringing.forward_busy:
             self._forward(call, ringing, ringing.forward_busy, "busy", now)
         else:
             self._fail_a(call, status, response.reason or None, sip_code=status)
@@ -764,20 +936,23 @@ class CallManager:
     def _ack_b(self, call: Call) -> None:
         assert call.b_dialog is not None and call.b_request is not None
         assert call.b_dest is not None
-        host, port = self.port.local_address(call.b_dest.transport)
+        self._ack(call.b_request, call.b_dialog, call.b_dest)
+
+    def _ack(self, invite: Request, dialog: Dialog, dest: Address) -> None:
+        host, port = self.port.local_address(dest.transport)
         # RFC 3261 22.1: the ACK for a 2xx carries the INVITE's credentials
         credentials = [
             (name, value)
             for _, name in AUTH_HEADERS.values()
-            for value in call.b_request.headers.get_all(name)
+            for value in invite.headers.get_all(name)
         ]
-        ack = call.b_dialog.new_request(
+        ack = dialog.new_request(
             "ACK",
-            Via(call.b_dest.transport, host, port, {"rport": None}),
-            cseq=call.b_request.cseq.number,
+            Via(dest.transport, host, port, {"rport": None}),
+            cseq=invite.cseq.number,
             headers=credentials,
         )
-        self.port.send_direct(ack, call.b_dest)
+        self.port.send_direct(ack, dest)
 
     def _answer_a(self, call: Call, response: Response) -> None:
         now = self.port.wall_time()
@@ -939,6 +1114,10 @@ class CallManager:
             self._fail_a(call, 480, "no answer", disposition="no-answer")
 
     def _cancel_b(self, call: Call) -> None:
+        if call.forks and call.answered is None:
+            for fork in call.forks:
+                self._cancel_fork(fork, None)
+            return
         if call.b_key is not None and call.b_dest is not None and call.answered is None:
             self.port.send_request(self.port.build_cancel(call.b_key), call.b_dest)
 
@@ -971,6 +1150,9 @@ class CallManager:
         dest = call.a_source if leg == "a" else call.b_dest
         if dialog is None or dest is None:
             return
+        self._send_bye(dialog, dest)
+
+    def _send_bye(self, dialog: Dialog, dest: Address) -> None:
         host, port = self.port.local_address(dest.transport)
         bye = dialog.new_request("BYE", Via(dest.transport, host, port, {"rport": None}))
         self.port.send_request(bye, dest)
@@ -1029,6 +1211,8 @@ class CallManager:
             self._by_b_key.pop(call.b_key, None)
         for key in [k for k, (c, _) in self._dialogs.items() if c is call]:
             del self._dialogs[key]
+        for fork_key in [k for k, (c, _) in self._forks.items() if c is call]:
+            del self._forks[fork_key]
 
     @property
     def active(self) -> list[Call]:
