@@ -10,32 +10,22 @@ back would be circular; the data directory comes from the root command's options
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from pbxwarden.cli.output import err, fail, out, print_rows
 from pbxwarden.config import CONFIG_FILE, Config, ConfigError, load_config
 from pbxwarden.store.admin import ROLES, AdminStore
 from pbxwarden.store.db import Store, StoreError, generate_password
 
 admin_app = typer.Typer(no_args_is_help=True, help="Admin accounts and API tokens (admin API).")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 ACTOR = "cli"
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _data_dir(ctx: typer.Context) -> Path:
@@ -62,32 +52,6 @@ def _open(ctx: typer.Context) -> tuple[Config, Store, AdminStore]:
         store.close()
         raise fail(f"cannot open the database: {exc}") from None
     return config, store, AdminStore(store)
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
-    if as_json:
-        out.print_json(json.dumps(rows))
-        return
-    if not rows:
-        out.print(f"no {title}")
-        return
-    table = Table(title=title)
-    for col in rows[0]:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(
-            *(
-                _when(v) if k.endswith("_at") or k == "at" else "" if v is None else str(v)
-                for k, v in row.items()
-            )
-        )
-    out.print(table)
 
 
 def _read_password(username: str, given: str | None) -> tuple[str, bool]:
@@ -163,7 +127,7 @@ def admin_list(
         rows = admins.list_admins()
     finally:
         store.close()
-    _print_rows(rows, as_json, "admins")
+    print_rows(rows, as_json, "admins")
 
 
 @admin_app.command("totp")
@@ -244,7 +208,7 @@ def admin_tokens(
         rows = admins.list_tokens()
     finally:
         store.close()
-    _print_rows(rows, as_json, "tokens")
+    print_rows(rows, as_json, "tokens")
 
 
 @admin_app.command("revoke")
@@ -281,9 +245,9 @@ def audit_log(
     finally:
         store.close()
     if as_json:
-        _print_rows(rows, True, "audit log entries")
+        print_rows(rows, True, "audit log entries")
         return
-    _print_rows(
+    print_rows(
         [{**_without(r, "before", "after"), "change": _change(r)} for r in rows],
         False,
         "audit log entries",

@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from pbxwarden.audit import RANK, SEVERITIES, at_least, run_audit
-from pbxwarden.cli.admin import _data_dir, _open, err, fail, out
+from pbxwarden.cli.admin import _data_dir, _open
+from pbxwarden.cli.output import err, fail, out
 from pbxwarden.config import SECRET_FILE, ConfigError, load_or_create_secret
 
 FINDINGS_EXIT = 2

@@ -20,11 +20,11 @@ from typing import Annotated, Any, TypeVar
 
 import structlog
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
+from pbxwarden.cli.output import err, fail, out, print_rows
 from pbxwarden.config import (
     CONFIG_FILE,
     DEFAULT_CONFIG_TEXT,
@@ -73,8 +73,6 @@ alerts_app = typer.Typer(
 app.add_typer(alerts_app, name="alerts")
 
 T = TypeVar("T")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 
 class State:
@@ -96,11 +94,6 @@ def main(
     ] = Path("pbxwarden-data"),
 ) -> None:
     state.data_dir = data_dir
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _config() -> Config:
@@ -304,24 +297,9 @@ def tenant_list(
     """List tenants with their realm, country and number of extensions."""
     store = _store(_config())
     try:
-        _print_rows(store.list_tenants(), as_json, "tenants")
+        print_rows(store.list_tenants(), as_json, "tenants")
     finally:
         store.close()
-
-
-def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
-    if as_json:
-        out.print_json(json.dumps(rows))
-        return
-    if not rows:
-        out.print(f"no {title}")
-        return
-    table = Table(title=title)
-    for col in rows[0]:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    out.print(table)
 
 
 @extension_app.command("acl")
@@ -358,7 +336,7 @@ def extension_networks(
         rows = [r for r in store.list_networks() if not pending or not r["approved"]]
     finally:
         store.close()
-    _print_rows(rows, as_json, "networks")
+    print_rows(rows, as_json, "networks")
 
 
 @extension_app.command("approve")
@@ -386,7 +364,7 @@ def extension_list(
     """List extensions and how many live registrations each has."""
     store = _store(_config())
     try:
-        _print_rows(store.list_extensions(tenant), as_json, "extensions")
+        print_rows(store.list_extensions(tenant), as_json, "extensions")
     finally:
         store.close()
 
@@ -398,7 +376,7 @@ def registrations(
     """List live registrations as last written to the database."""
     store = _store(_config())
     try:
-        _print_rows(store.list_bindings(time.time()), as_json, "registrations")
+        print_rows(store.list_bindings(time.time()), as_json, "registrations")
     finally:
         store.close()
 
@@ -417,7 +395,7 @@ def bans_list(
         ]
     finally:
         store.close()
-    _print_rows(sorted(rows, key=lambda r: str(r["address"])), as_json, "bans")
+    print_rows(sorted(rows, key=lambda r: str(r["address"])), as_json, "bans")
 
 
 @bans_app.command("add")
@@ -579,7 +557,7 @@ def trunk_list(
         else:
             row["credentials"] = "yes" if row["credentials"] else "no"
             row["registration"] = registration_text(status)
-    _print_rows(rows, as_json, "trunks")
+    print_rows(rows, as_json, "trunks")
 
 
 @did_app.command("add")
@@ -600,7 +578,7 @@ def did_list(
     """List DIDs."""
     store = _store(_config())
     try:
-        _print_rows(store.list_dids(), as_json, "DIDs")
+        print_rows(store.list_dids(), as_json, "DIDs")
     finally:
         store.close()
 
@@ -687,7 +665,7 @@ def forward_list(
         rows = store.forwarding_changes() if history else store.forwarding_table()
     finally:
         store.close()
-    _print_rows(rows, as_json, "forwarding changes" if history else "forwardings")
+    print_rows(rows, as_json, "forwarding changes" if history else "forwardings")
 
 
 def _ask(request: dict[str, Any]) -> dict[str, Any]:
@@ -707,7 +685,7 @@ def calls_list(
     """List calls in progress (asks the running server)."""
     if ctx.invoked_subcommand is not None:
         return
-    _print_rows(_ask({"cmd": "calls"})["calls"], as_json, "calls in progress")
+    print_rows(_ask({"cmd": "calls"})["calls"], as_json, "calls in progress")
 
 
 @app.command()
@@ -720,7 +698,7 @@ def stats(
     if as_json:
         out.print_json(json.dumps(flat))
     else:
-        _print_rows([flat], False, "stats")
+        print_rows([flat], False, "stats")
 
 
 @calls_app.command("end")
@@ -748,7 +726,7 @@ def cdr(
         writer.writeheader()
         writer.writerows(rows)
         return
-    _print_rows(rows, as_json, "call records")
+    print_rows(rows, as_json, "call records")
 
 
 def _setup_logging(config: Config) -> None:
