@@ -17,6 +17,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import structlog
 
@@ -97,6 +98,18 @@ class _Relayed:
     relayed: Request
     dest: Address
     dialog: Dialog
+    call: Call
+    leg: str  # the leg the original came from ("a" or "b")
+
+
+@dataclass(eq=False)
+class _RelayedAnswer:
+    """A 2xx to a relayed re-INVITE: resent to the sender until its ACK (RFC 3261
+    13.3.1.4), which then goes on to the other phone as the ACK of the relayed one."""
+
+    relayed: _Relayed
+    key: TransactionKey  # of the relayed re-INVITE
+    ack: Request | None = None  # the ACK sent on, resent if the 2xx is retransmitted
 
 
 MAX_FORWARDS = 3  # a diversion chain longer than this is a loop or an attack
@@ -106,6 +119,8 @@ COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 # Credentials go once per B leg; a second only after a stale=TRUE challenge (the password
 # was right, the nonce had expired). Anything more is a wrong password: no retry loop.
 MAX_TRUNK_AUTH_ATTEMPTS = 2
+# RFC 4458 "cause" URI parameter in History-Info (RFC 7044) entries, per diversion reason
+HISTORY_CAUSES = {"always": 302, "busy": 486, "noanswer": 408, "redirect": 480}
 
 _DISPOSITIONS = {
     486: "busy",
@@ -163,6 +178,7 @@ class Call:
     provisional_relayed: bool = False  # forking: the caller got its one 180/183 already
     forwarded_by: list[str] = field(default_factory=list)
     diversion: str | None = None  # Diversion header value for the current B leg
+    history: list[str] = field(default_factory=list)  # History-Info entries (RFC 7044)
     outcome: dict[str, Any] = field(default_factory=dict)  # CDR fields set on the way
     answered: float | None = None
     a_acked: bool = False
@@ -186,6 +202,21 @@ def _best_response(responses: list[Response]) -> Response:
         responses,
         key=lambda r: (0 if r.status >= 600 else r.status // 100, _VAGUE.get(r.status, 1)),
     )
+
+
+def history_info(entries: list[str], host: str, by: str, target: str, why: str) -> list[str]:
+    """The History-Info entries (RFC 7044) after one more diversion of the call.
+
+    The first entry is the original target (``index=1``); each diversion adds the new
+    target, one level deeper (1.1, 1.1.1), with the RFC 4458 ``cause`` URI parameter and
+    ``mp`` naming the entry it was retargeted from (RFC 7044 10.1: the user changed, so
+    ``mp`` rather than ``rc``). The chain is capped by MAX_FORWARDS, so are the entries.
+    """
+    entries = entries or [f"<sip:{by}@{host}>;index=1"]
+    parent = "1" + ".1" * (len(entries) - 1)
+    user = quote(target, safe="+-_.!~*'()&=$")  # a 3xx Contact's user part: anything
+    cause = HISTORY_CAUSES[why]
+    return [*entries, f"<sip:{user}@{host};cause={cause}>;index={parent}.1;mp={parent}"]
 
 
 def _stale_challenge(response: Response) -> bool:
@@ -230,6 +261,7 @@ class CallManager:
         # relayed mid-call request's client key -> (call, original request, its server
         # key, the relayed request, where it went)
         self._relayed: dict[TransactionKey, _Relayed] = {}
+        self._answered: dict[TransactionKey, _RelayedAnswer] = {}  # by relayed key
         self._tokens = itertools.count(1)
         self.attempts: dict[str, int] = {}  # call attempts by kind, for metrics
         self.routing = Routing()  # replaced whole by the server when trunks or DIDs change
@@ -256,6 +288,12 @@ class CallManager:
             self.port.respond(key, request, make_response(request, 481))
 
     def on_response(self, response: Response, key: TransactionKey) -> None:
+        answered = self._answered.get(key)
+        if answered is not None:
+            # the other phone resends its 2xx until our ACK: resend that once we have it
+            if answered.ack is not None and 200 <= response.status < 300:
+                self.port.send_direct(answered.ack, answered.relayed.dest)
+            return
         if key in self._relayed:
             self._relayed_response(response, key)
             return
@@ -569,6 +607,7 @@ class CallManager:
             f"<sip:{by.number}@{host}>;reason={DIVERSION_REASONS[why]};"
             f"counter={len(call.forwarded_by)}"
         )
+        call.history = history_info(call.history, host, by.number, target, why)
         target_ext = self.directory.get(by.realm, target)
         destination = None
         if target_ext is None:
@@ -694,6 +733,8 @@ class CallManager:
                 headers.add(name, value)
         if call.diversion is not None:
             headers.add("Diversion", call.diversion)
+        if call.history:
+            headers.add("History-Info", ", ".join(call.history))
         return Request(
             via=[Via(dest.transport, host, port, {"branch": generate_branch(), "rport": None})],
             from_=from_,
@@ -969,7 +1010,12 @@ class CallManager:
         call.a_dialog = Dialog.as_uas(call.a_request, call.a_tag)
         self._dialogs[(call.a_request.call_id, call.a_tag)] = (call, "a")
         self.port.respond(call.a_key, call.a_request, ok)
-        self._retransmit_2xx(call, self.settings.t1, 0.0)
+        self._retransmit_2xx(
+            call,
+            lambda: self.port.respond(call.a_key, call.a_request, ok),
+            lambda: call.a_acked,
+            "no ACK from the caller",
+        )
         call.timers.append(
             self.port.schedule(
                 self.settings.max_duration, lambda: self._hang_up_both(call, "maximum duration")
@@ -977,19 +1023,30 @@ class CallManager:
         )
         log.info("call answered", caller=call.caller_id, callee=call.callee)
 
-    def _retransmit_2xx(self, call: Call, interval: float, waited: float) -> None:
-        """RFC 3261 13.3.1.4: resend our 2xx until the ACK arrives, or give up."""
+    def _retransmit_2xx(
+        self,
+        call: Call,
+        resend: Callable[[], None],
+        acked: Callable[[], bool],
+        why: str,
+        interval: float | None = None,
+        waited: float = 0.0,
+    ) -> None:
+        """RFC 3261 13.3.1.4: resend our 2xx (T1 doubling up to T2) until the ACK
+        arrives, or give up after 64*T1 and hang up."""
+        step = self.settings.t1 if interval is None else interval
 
         def fire() -> None:
-            if call.ended or call.a_acked or call.a_final is None:
+            if call.ended or acked():
                 return
-            if waited + interval >= 64 * self.settings.t1:
-                self._hang_up_both(call, "no ACK from the caller")
+            if waited + step >= 64 * self.settings.t1:
+                self._hang_up_both(call, why)
                 return
-            self.port.respond(call.a_key, call.a_request, call.a_final)
-            self._retransmit_2xx(call, min(interval * 2, self.settings.t2), waited + interval)
+            resend()
+            next_step = min(step * 2, self.settings.t2)
+            self._retransmit_2xx(call, resend, acked, why, next_step, waited + step)
 
-        call.timers.append(self.port.schedule(interval, fire))
+        call.timers.append(self.port.schedule(step, fire))
 
     # -- in-dialog requests --------------------------------------------------------------
 
@@ -1005,7 +1062,10 @@ class CallManager:
         dialog = call.a_dialog if leg == "a" else call.b_dialog
         assert dialog is not None
         if request.method == "ACK":
-            if leg == "a":
+            answered = self._awaiting_ack(call, leg, request.cseq.number)
+            if answered is not None:
+                self._relay_ack(answered, request)
+            elif leg == "a":
                 call.a_acked = True
             return
         if not dialog.accepts(request):
@@ -1055,37 +1115,73 @@ class CallManager:
         out_key = self.port.send_request(relayed, dest)
         back = call.a_source if leg == "a" else call.b_dest
         assert back is not None
-        self._relayed[out_key] = _Relayed(request, key, back.transport, relayed, dest, dialog)
+        self._relayed[out_key] = _Relayed(
+            request, key, back.transport, relayed, dest, dialog, call, leg
+        )
 
     def _relayed_response(self, response: Response, out_key: TransactionKey) -> None:
         r = self._relayed[out_key]
         if response.status < 200:
             return
         del self._relayed[out_key]
-        original, dest = r.original, r.dest
-        if r.relayed.method == "INVITE" and response.status < 300:
-            host, port = self.port.local_address(dest.transport)
-            ack = r.dialog.new_request(
-                "ACK", Via(dest.transport, host, port, {"rport": None}), cseq=r.relayed.cseq.number
-            )
-            self.port.send_direct(ack, dest)
+        original = r.original
         headers: list[tuple[str, str]] = []
         if original.method == "INVITE":
             headers.append(("Contact", str(self._contact(r.back_transport))))
         ctype = response.headers.get("Content-Type")
         if ctype and response.body:
             headers.append(("Content-Type", ctype))
-        self.port.respond(
-            r.in_key,
+        answer = make_response(
             original,
-            make_response(
-                original,
-                response.status,
-                response.reason,
-                headers=headers,
-                body=response.body if ctype else b"",
-            ),
+            response.status,
+            response.reason,
+            headers=headers,
+            body=response.body if ctype else b"",
         )
+        self.port.respond(r.in_key, original, answer)
+        if r.relayed.method == "INVITE" and response.status < 300:
+            # the other phone gets its ACK when the sender ACKs ours (it may carry SDP)
+            answered = self._answered[out_key] = _RelayedAnswer(r, out_key)
+            self._retransmit_2xx(
+                r.call,
+                lambda: self.port.respond(r.in_key, original, answer),
+                lambda: answered.ack is not None,
+                "no ACK for a re-INVITE",
+            )
+
+    def _awaiting_ack(self, call: Call, leg: str, cseq: int) -> _RelayedAnswer | None:
+        return next(
+            (
+                a
+                for a in self._answered.values()
+                if a.relayed.call is call
+                and a.relayed.leg == leg
+                and a.relayed.original.cseq.number == cseq
+            ),
+            None,
+        )
+
+    def _relay_ack(self, answered: _RelayedAnswer, request: Request) -> None:
+        """The sender's ACK for our 2xx: ACK the other phone's 2xx (once; retransmitted
+        ACKs are absorbed) and forget it all after 64*T1, when retransmissions stop."""
+        if answered.ack is not None:
+            return
+        r = answered.relayed
+        host, port = self.port.local_address(r.dest.transport)
+        ctype = request.headers.get("Content-Type")
+        answered.ack = r.dialog.new_request(
+            "ACK",
+            Via(r.dest.transport, host, port, {"rport": None}),
+            cseq=r.relayed.cseq.number,
+            body=request.body if ctype else b"",
+            headers=[("Content-Type", ctype)] if ctype and request.body else [],
+        )
+        self.port.send_direct(answered.ack, r.dest)
+
+        def forget() -> None:
+            self._answered.pop(answered.key, None)
+
+        self.port.schedule(64 * self.settings.t1, forget)
 
     def _cancel(self, request: Request, key: TransactionKey | None) -> None:
         call = next(
@@ -1213,6 +1309,8 @@ class CallManager:
             del self._dialogs[key]
         for fork_key in [k for k, (c, _) in self._forks.items() if c is call]:
             del self._forks[fork_key]
+        for out_key in [k for k, a in self._answered.items() if a.relayed.call is call]:
+            del self._answered[out_key]
 
     @property
     def active(self) -> list[Call]:
