@@ -15,7 +15,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pbxwarden.guard.alerts import AlertsConfig
 from pbxwarden.guard.engine import GuardConfig
@@ -198,6 +205,42 @@ class CallsConfig(_Section):
     )
 
 
+class MediaConfig(_Section):
+    """The built-in RTP relay: media of every call anchored on the PBX's own ports."""
+
+    relay: bool = Field(
+        False, description="anchor RTP at the PBX (phones behind NAT); off: SDP passed through"
+    )
+    bind: str | None = Field(None, description="address the relay's ports bind to; default sip")
+    address: str | None = Field(
+        None, description="address written into SDP (the PBX as phones reach it); default bind"
+    )
+    port_min: int = Field(10000, ge=1024, le=65534)
+    port_max: int = Field(20000, ge=1025, le=65535)
+    timeout: float = Field(
+        120.0,
+        ge=0,
+        le=86400,
+        description="an answered call with no RTP or RTCP for this long is hung up (0: never)",
+    )
+
+    @field_validator("bind", "address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"must be an IP address, got {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> MediaConfig:
+        if self.port_max - self.port_min < 3:
+            raise ValueError("port_max must leave room above port_min for a port pair")
+        return self
+
+
 class FeaturesConfig(_Section):
     """Codes dialled on a phone; ``*72`` followed by a number sets unconditional forwarding."""
 
@@ -238,10 +281,27 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     firewall: FirewallConfig = FirewallConfig()
     calls: CallsConfig = CallsConfig()
+    media: MediaConfig = MediaConfig()
     features: FeaturesConfig = FeaturesConfig()
     guard: GuardConfig = GuardConfig()
     alerts: AlertsConfig = AlertsConfig()
     log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _media_address(self) -> Config:
+        if self.media.relay and self.media.address is None:
+            bind = self.media.bind or self.sip.listen_address[0]
+            if ipaddress.ip_address(bind).is_unspecified:
+                raise ValueError(
+                    f"media.address is needed with the relay bound to {bind}: "
+                    "the address phones reach the PBX at, written into SDP"
+                )
+        return self
+
+    def media_addresses(self) -> tuple[str, str]:
+        """Where the relay binds, and the address it writes into SDP."""
+        bind = self.media.bind or self.sip.listen_address[0]
+        return bind, self.media.address or bind
 
     def database_url(self, data_dir: Path) -> str:
         return self.storage.url or f"sqlite:///{data_dir / 'pbxwarden.db'}"
@@ -367,6 +427,15 @@ identity_window = 60             #   extension enumeration, banned
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"
 max_duration = 14400             # no call lasts longer than this (seconds)
 overload_lag = 0.25              # when the server lags this much (s), new calls get 503
+
+[media]
+relay = false                    # true: RTP flows through the PBX (phones behind NAT);
+                                 #   false: phones send media to each other directly
+# bind = "192.0.2.10"            # the relay's ports (default: the sip.listen address)
+# address = "203.0.113.10"       # the PBX's address as phones reach it (written into SDP)
+port_min = 10000                 # an even port for RTP, the next one for RTCP, per side
+port_max = 20000
+timeout = 120                    # answered calls with no media for this long are hung up
 
 [features]
 forward_always_set = "*72"       # *72 followed by a number: forward every call there

@@ -62,6 +62,7 @@ from pbxwarden.sip.transaction import (
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import ExtensionAuth, Store, StoreError
 from pbxwarden.transport.network import Transports, tls_context
+from pbxwarden.transport.rtp import MediaRelay
 
 log = structlog.get_logger("pbxwarden.server")
 
@@ -184,6 +185,10 @@ class SipServer:
         self._stored_policies: dict[str, dict[str, Any]] = {}
         self._live_calls: dict[int, tuple[str, str]] = {}  # CDR token -> (tenant, Call-ID)
         self.alert_channels = AlertDispatcher(config.alerts)
+        self.media: MediaRelay | None = None
+        if config.media.relay:
+            bind, advertise = config.media_addresses()
+            self.media = MediaRelay(bind, config.media.port_min, config.media.port_max, advertise)
         self.calls = CallManager(
             self,
             self.auth,
@@ -191,6 +196,7 @@ class SipServer:
             self.location,
             self.guard,
             CallSettings(config.calls.ring_timeout, config.calls.max_duration, sip.t1, sip.t2),
+            self.media,
         )
         self.calls.features = {
             code: FeatureCode(kind, sets) for code, (kind, sets) in config.features.codes().items()
@@ -224,6 +230,8 @@ class SipServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.media is not None:
+            self.media.attach(self._loop)
         interrupted = await asyncio.to_thread(self.store.cdr_interrupt_open, time.time())
         if interrupted:
             log.warning("calls open at the last stop closed as interrupted", count=interrupted)
@@ -268,6 +276,8 @@ class SipServer:
         for call in self.calls.active:
             self.calls.end_call(call.id, "server shutting down")
         await asyncio.sleep(0.05)  # let the BYEs and CANCELs leave
+        if self.media is not None:
+            self.media.close()
         self.trunk_registrations.stop()  # unregister from carriers, waiting briefly for them
         for _ in range(60):
             if not self.trunk_registrations.pending:
@@ -329,6 +339,7 @@ class SipServer:
         """Cut off what the guard says must end, adopt suspensions an admin changed, and
         deliver the guard's alerts (stored first, then sent)."""
         self.calls.police(now)
+        self._end_silent_calls(now)
         policies = await asyncio.to_thread(self.store.policies)
         if policies != self._stored_policies:  # set through the API or the CLI
             self.guard.reconfigure(with_stored(self.config.guard, policies))
@@ -338,6 +349,21 @@ class SipServer:
         self.guard.sync_suspensions({(r["tenant"], r["extension"]): r["reason"] for r in stored})
         while self.guard.outbox:
             await self._deliver(self.guard.outbox.popleft())
+
+    def _end_silent_calls(self, now: float) -> None:
+        """Hang up answered calls whose media stopped: a phone that crashed or lost its
+        network sends no BYE, and a call left up keeps costing until max_duration."""
+        timeout = self.config.media.timeout
+        if self.media is None or not timeout:
+            return
+        mono = time.monotonic()
+        for call in self.calls.active:
+            if call.answered is None:
+                continue
+            idle = self.media.idle_for(call.token, mono)
+            if idle is not None and min(idle, now - call.answered) > timeout:
+                log.warning("call without media hung up", call_id=call.id, seconds=int(idle))
+                self.calls.end_call(call.id, f"no media for {int(timeout)} s")
 
     async def _deliver(self, alert: GuardAlert) -> None:
         if alert.suspend and alert.extension:
@@ -783,6 +809,7 @@ class SipServer:
                         "callee": c.callee,
                         "state": "answered" if c.answered else "ringing",
                         "seconds": int(now - (c.answered or c.started)),
+                        **({"media": self.media.describe(c.token)} if self.media else {}),
                     }
                     for c in self.calls.active
                 ]
@@ -800,6 +827,11 @@ class SipServer:
                 "calls": len(self.calls.active),
                 "bans": len(self.firewall.bans),
                 "trunk_registrations": self.trunk_registrations.status(),
+                **(
+                    {f"media_{k}": v for k, v in self.media.counters.__dict__.items()}
+                    if self.media
+                    else {}
+                ),
             }
         raise ValueError(f"unknown command {command!r}")
 

@@ -91,6 +91,28 @@ class SipCollector:
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
             latency.add_metric([method], buckets, s.latency.sums.get(method, 0.0))
         yield latency
+        if s.media is not None:
+            media = s.media.counters
+            yield GaugeMetricFamily(
+                "pbxwarden_media_sessions",
+                "Calls with media anchored at the relay",
+                value=media.sessions,
+            )
+            packets = CounterMetricFamily(
+                "pbxwarden_media_packets",
+                "RTP/RTCP datagrams at the relay: relayed, from strangers (dropped), or from "
+                "a phone whose peer has no address yet (dropped)",
+                labels=["outcome"],
+            )
+            packets.add_metric(["relayed"], media.packets)
+            packets.add_metric(["stranger"], media.strangers)
+            packets.add_metric(["no_peer"], media.dropped)
+            yield packets
+            yield CounterMetricFamily(
+                "pbxwarden_media_port_exhaustion",
+                "Calls refused because the relay's port range was used up",
+                value=media.no_ports,
+            )
         lag = GaugeMetricFamily(
             "pbxwarden_overloaded", "1 while new calls are shed for event-loop lag"
         )

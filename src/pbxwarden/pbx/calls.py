@@ -25,6 +25,7 @@ from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import DIVERSION_REASONS, FeatureCode, judge_target, parse_feature
 from pbxwarden.pbx.location import LocationService
+from pbxwarden.pbx.media import MediaAnchor, MediaError, SdpError, is_sdp
 from pbxwarden.pbx.numbers import Destination, classify
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer, Decision
 from pbxwarden.pbx.registrar import aor_key
@@ -185,10 +186,15 @@ class Call:
     a_final: Response | None = None
     ended: bool = False
     timers: list[Cancellable] = field(default_factory=list)
+    offer: bytes | None = None  # the caller's SDP as the B legs get it (media anchored)
 
     @property
     def id(self) -> str:
         return self.a_request.call_id
+
+
+def _other(leg: str) -> str:
+    return "b" if leg == "a" else "a"
 
 
 # RFC 3261 16.7: among failures of the same class, the more telling answer goes back
@@ -246,8 +252,10 @@ class CallManager:
         location: LocationService,
         policy: CallAuthorizer,
         settings: CallSettings | None = None,
+        media: MediaAnchor | None = None,
     ) -> None:
         self.port = port
+        self.media = media  # the RTP relay, when media is anchored at the PBX
         self.auth = auth
         self.directory = directory
         self.location = location
@@ -421,6 +429,8 @@ class CallManager:
                 self.police(now)  # a suspension cuts the extension's other calls at once
             return
         self.policy.on_call_start(attempt, call.token)
+        if not self._anchor_offer(call):
+            return
         if callee is not None:
             self._ring_extension(call, callee, now)
             return
@@ -485,6 +495,8 @@ class CallManager:
             self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
             return
         self.policy.on_call_start(attempt, call.token)  # the guard watches for probing calls
+        if not self._anchor_offer(call):
+            return
         callee = self.directory.get(self.routing.realms.get(did.tenant, ""), did.extension)
         if callee is None or not callee.enabled:
             self._fail_a(call, 404, "the DID's extension does not exist")
@@ -742,7 +754,7 @@ class CallManager:
             call_id=generate_call_id(),
             cseq=CSeq(1, "INVITE"),
             headers=headers,
-            body=a.body,
+            body=call.offer if call.offer is not None else a.body,
             max_forwards=max(0, (a.max_forwards if a.max_forwards is not None else 70) - 1),
             contacts=[self._contact(dest.transport)],
             method="INVITE",
@@ -790,7 +802,7 @@ class CallManager:
             live = fork in call.forks and not call.ended and call.answered is None
             if live and not call.provisional_relayed:
                 call.provisional_relayed = True
-                self._relay_to_a(call, response)
+                self._relay_to_a(call, response, fork.dest.host)
             return
         if status < 300:
             self._fork_answered(call, fork, response)
@@ -868,8 +880,8 @@ class CallManager:
         if status < 200:
             if status > 100:
                 call.b_provisional = True
-                if not call.ended:
-                    self._relay_to_a(call, response)
+                if not call.ended and call.b_dest is not None:
+                    self._relay_to_a(call, response, call.b_dest.host)
             return
         if status < 300:
             if call.b_dialog is None:
@@ -956,11 +968,17 @@ class CallManager:
         call.b_key = self.port.send_request(call.b_request, dest)
         self._by_b_key[call.b_key] = call
 
-    def _relay_to_a(self, call: Call, response: Response) -> None:
+    def _relay_to_a(self, call: Call, response: Response, b_host: str) -> None:
         headers = [("Contact", str(self._contact(call.a_source.transport)))]
         ctype = response.headers.get("Content-Type")
-        if ctype and response.body:
-            headers.append(("Content-Type", ctype))
+        body = response.body if ctype else b""
+        try:
+            body = self._anchored(call, "b", ctype, body, b_host)
+        except MediaError as exc:  # early media cannot be relayed: ringing all the same
+            log.warning("early media not anchored", call_id=call.id, error=str(exc))
+            body = b""
+        if body:
+            headers.append(("Content-Type", ctype or ""))
         self.port.respond(
             call.a_key,
             call.a_request,
@@ -970,7 +988,7 @@ class CallManager:
                 response.reason,
                 to_tag=call.a_tag,
                 headers=headers,
-                body=response.body if ctype else b"",
+                body=body,
             ),
         )
 
@@ -996,16 +1014,22 @@ class CallManager:
         self.port.send_direct(ack, dest)
 
     def _answer_a(self, call: Call, response: Response) -> None:
+        ctype = response.headers.get("Content-Type")
+        assert call.b_dest is not None
+        try:
+            body = self._anchored(call, "b", ctype, response.body, call.b_dest.host)
+        except MediaError as exc:
+            log.warning("callee's media not anchored", call_id=call.id, error=str(exc))
+            self._bye(call, "b")
+            self._fail_a(call, 502, f"the callee's media cannot be relayed: {exc}")
+            return
         now = self.port.wall_time()
         call.answered = now
         self.policy.on_call_answer(call.token, now)
         headers = [("Contact", str(self._contact(call.a_source.transport)))]
-        ctype = response.headers.get("Content-Type")
         if ctype:
             headers.append(("Content-Type", ctype))
-        ok = make_response(
-            call.a_request, 200, to_tag=call.a_tag, headers=headers, body=response.body
-        )
+        ok = make_response(call.a_request, 200, to_tag=call.a_tag, headers=headers, body=body)
         call.a_final = ok
         call.a_dialog = Dialog.as_uas(call.a_request, call.a_tag)
         self._dialogs[(call.a_request.call_id, call.a_tag)] = (call, "a")
@@ -1048,6 +1072,34 @@ class CallManager:
 
         call.timers.append(self.port.schedule(step, fire))
 
+    # -- media anchoring -----------------------------------------------------------------
+
+    def _anchored(
+        self, call: Call, leg: str, ctype: str | None, body: bytes, signaling_host: str
+    ) -> bytes:
+        """SDP from the phone on ``leg`` as the other phone gets it: pointing at the
+        relay's ports when media is anchored, unchanged otherwise."""
+        if self.media is None or not is_sdp(ctype, body):
+            return body
+        return self.media.anchor(call.token, leg, body, signaling_host)
+
+    def _anchor_offer(self, call: Call) -> bool:
+        """The caller's offer, anchored once for every B leg the call may try (forks,
+        forwarding); a call whose media cannot be anchored is refused here."""
+        a = call.a_request
+        try:
+            call.offer = self._anchored(
+                call, "a", a.headers.get("Content-Type"), a.body, call.a_source.host
+            )
+        except SdpError as exc:
+            self._fail_a(call, 488, str(exc))
+            return False
+        except MediaError as exc:
+            log.warning("no media ports for a call", call_id=call.id, error=str(exc))
+            self._fail_a(call, 503, str(exc))
+            return False
+        return True
+
     # -- in-dialog requests --------------------------------------------------------------
 
     def _in_dialog(self, request: Request, source: Address, key: TransactionKey | None) -> None:
@@ -1086,10 +1138,15 @@ class CallManager:
         if call.ended or call.answered is None:
             self.port.respond(key, request, make_response(request, 481))
             return
-        self._relay_in_dialog(call, leg, request, key)
+        self._relay_in_dialog(call, leg, request, key, source)
 
     def _relay_in_dialog(
-        self, call: Call, leg: str, request: Request, key: TransactionKey | None
+        self,
+        call: Call,
+        leg: str,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
     ) -> None:
         """Mid-call requests (re-INVITE for hold and codec changes, UPDATE, INFO for DTMF)
         go to the other phone in its own dialog; its answer comes back the same way."""
@@ -1098,6 +1155,17 @@ class CallManager:
         dest = call.b_dest if other == "b" else call.a_source
         if dialog is None or dest is None:
             self.port.respond(key, request, make_response(request, 481))
+            return
+        try:
+            body = self._anchored(
+                call, leg, request.headers.get("Content-Type"), request.body, source.host
+            )
+        except MediaError as exc:
+            self.port.respond(
+                key,
+                request,
+                make_response(request, 488, f"Not Acceptable Here ({safe_reason(str(exc))})"),
+            )
             return
         host, port = self.port.local_address(dest.transport)
         headers = [
@@ -1109,7 +1177,7 @@ class CallManager:
             request.method,
             Via(dest.transport, host, port, {"rport": None}),
             contact=str(self._contact(dest.transport)) if request.method == "INVITE" else None,
-            body=request.body,
+            body=body,
             headers=headers,
         )
         out_key = self.port.send_request(relayed, dest)
@@ -1129,15 +1197,16 @@ class CallManager:
         if original.method == "INVITE":
             headers.append(("Contact", str(self._contact(r.back_transport))))
         ctype = response.headers.get("Content-Type")
-        if ctype and response.body:
-            headers.append(("Content-Type", ctype))
-        answer = make_response(
-            original,
-            response.status,
-            response.reason,
-            headers=headers,
-            body=response.body if ctype else b"",
-        )
+        body = response.body if ctype else b""
+        status, reason = response.status, response.reason
+        try:
+            body = self._anchored(r.call, _other(r.leg), ctype, body, r.dest.host)
+        except MediaError as exc:
+            log.warning("re-INVITE answer not anchored", call_id=r.call.id, error=str(exc))
+            status, reason, body = 500, "Server Internal Error (answer SDP unreadable)", b""
+        if body:
+            headers.append(("Content-Type", ctype or ""))
+        answer = make_response(original, status, reason, headers=headers, body=body)
         self.port.respond(r.in_key, original, answer)
         if r.relayed.method == "INVITE" and response.status < 300:
             # the other phone gets its ACK when the sender ACKs ours (it may carry SDP)
@@ -1169,12 +1238,19 @@ class CallManager:
         r = answered.relayed
         host, port = self.port.local_address(r.dest.transport)
         ctype = request.headers.get("Content-Type")
+        body = request.body if ctype else b""
+        back = r.call.a_source if r.leg == "a" else r.call.b_dest
+        try:
+            body = self._anchored(r.call, r.leg, ctype, body, back.host if back else "")
+        except MediaError as exc:
+            log.warning("ACK's SDP not anchored", call_id=r.call.id, error=str(exc))
+            body = b""
         answered.ack = r.dialog.new_request(
             "ACK",
             Via(r.dest.transport, host, port, {"rport": None}),
             cseq=r.relayed.cseq.number,
-            body=request.body if ctype else b"",
-            headers=[("Content-Type", ctype)] if ctype and request.body else [],
+            body=body,
+            headers=[("Content-Type", ctype)] if ctype and body else [],
         )
         self.port.send_direct(answered.ack, r.dest)
 
@@ -1268,6 +1344,8 @@ class CallManager:
         if call.ended:
             return
         call.ended = True
+        if self.media is not None:
+            self.media.release(call.token)
         now = self.port.wall_time()
         cost = self.policy.on_call_end(call.token, now)
         for timer in call.timers:
