@@ -302,3 +302,18 @@ def test_overload_sheds_new_calls_with_503(tmp_path: Path) -> None:
         # Registrations are not shed.
         port_2000 = register_callee(pbx, tmp_path)
         assert port_2000 > 0
+
+
+def test_delayed_offer_the_callers_answer_reaches_the_callee(
+    pbx: PbxProcess, tmp_path: Path
+) -> None:
+    """An INVITE without SDP: the callee offers in its 200 OK, and the caller's answer
+    (in its ACK) is what the PBX's ACK to the callee carries (RFC 3264)."""
+    port = register_callee(pbx, tmp_path)
+    phone = start_sipp_uas("call_uas_delayed_offer.xml", port, tmp_path)
+    ok, failed, output = call(pbx, tmp_path, "call_uac_delayed_offer.xml")
+    assert (ok, failed) == (1, 0), output + pbx.log()[-3000:]
+    answered = finish_sipp_uas(phone, tmp_path)
+    assert answered.successful == 1, answered.output  # its ACK carried an SDP answer
+    [row] = wait_cdr(pbx)
+    assert row["disposition"] == "answered"

@@ -317,3 +317,26 @@ def test_unreadable_sdp_is_refused_with_488(pbx: PbxProcess, tmp_path: Path) -> 
         tmp_path / "m.log"
     ).read_text(errors="replace")
     assert pbx.alive()
+
+
+def test_delayed_offer_is_anchored(pbx: PbxProcess, tmp_path: Path) -> None:
+    callee_sip = _register_callee(pbx, tmp_path)
+    phone = start_sipp_uas(
+        "call_uas_delayed_offer.xml",
+        callee_sip,
+        tmp_path,
+        extra=["-trace_msg", "-message_file", str(tmp_path / "callee-messages.log")],
+    )
+    result = run_sipp(
+        "call_uac_delayed_offer.xml",
+        _target(pbx),
+        users={"1000": USERS["1000"]},
+        extra=["-s", "2000", "-trace_msg", "-message_file", str(tmp_path / "caller.log")],
+        workdir=tmp_path,
+    )
+    assert (result.successful, result.failed) == (1, 0), result.output + pbx.log()[-3000:]
+    assert finish_sipp_uas(phone, tmp_path).successful == 1
+    low = int(pbx.env["PBXWARDEN_MEDIA__PORT_MIN"])
+    high = int(pbx.env["PBXWARDEN_MEDIA__PORT_MAX"])
+    assert low <= _media_port(tmp_path / "callee-messages.log", "ACK") <= high
+    assert low <= _media_port(tmp_path / "caller.log", "SIP/2.0 200") <= high

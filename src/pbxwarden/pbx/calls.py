@@ -187,6 +187,9 @@ class Call:
     ended: bool = False
     timers: list[Cancellable] = field(default_factory=list)
     offer: bytes | None = None  # the caller's SDP as the B legs get it (media anchored)
+    # Delayed offer (an INVITE without SDP): the callee's 2xx carries the offer and the
+    # caller's ACK the answer, so the callee's ACK waits for the caller's and carries it.
+    b_ack: tuple[str | None, bytes] | None = None  # (Content-Type, body) once the caller ACKed
 
     @property
     def id(self) -> str:
@@ -995,9 +998,34 @@ class CallManager:
     def _ack_b(self, call: Call) -> None:
         assert call.b_dialog is not None and call.b_request is not None
         assert call.b_dest is not None
-        self._ack(call.b_request, call.b_dialog, call.b_dest)
+        if call.b_request.body or call.ended:
+            self._ack(call.b_request, call.b_dialog, call.b_dest)
+        elif call.b_ack is not None:  # delayed offer: the caller's answer goes on
+            self._ack(call.b_request, call.b_dialog, call.b_dest, *call.b_ack)
+        # else: the caller's ACK (with the answer) is awaited; see _caller_acked
 
-    def _ack(self, invite: Request, dialog: Dialog, dest: Address) -> None:
+    def _caller_acked(self, call: Call, request: Request) -> None:
+        call.a_acked = True
+        if call.b_ack is not None or call.b_request is None or call.b_request.body:
+            return
+        ctype = request.headers.get("Content-Type")
+        body = request.body if ctype else b""
+        try:
+            body = self._anchored(call, "a", ctype, body, call.a_source.host)
+        except MediaError as exc:
+            log.warning("caller's answer not anchored", call_id=call.id, error=str(exc))
+            ctype, body = None, b""
+        call.b_ack = (ctype if body else None, body)
+        self._ack_b(call)
+
+    def _ack(
+        self,
+        invite: Request,
+        dialog: Dialog,
+        dest: Address,
+        ctype: str | None = None,
+        body: bytes = b"",
+    ) -> None:
         host, port = self.port.local_address(dest.transport)
         # RFC 3261 22.1: the ACK for a 2xx carries the INVITE's credentials
         credentials = [
@@ -1005,11 +1033,14 @@ class CallManager:
             for _, name in AUTH_HEADERS.values()
             for value in invite.headers.get_all(name)
         ]
+        if ctype and body:
+            credentials.append(("Content-Type", ctype))
         ack = dialog.new_request(
             "ACK",
             Via(dest.transport, host, port, {"rport": None}),
             cseq=invite.cseq.number,
             headers=credentials,
+            body=body,
         )
         self.port.send_direct(ack, dest)
 
@@ -1118,7 +1149,7 @@ class CallManager:
             if answered is not None:
                 self._relay_ack(answered, request)
             elif leg == "a":
-                call.a_acked = True
+                self._caller_acked(call, request)
             return
         if not dialog.accepts(request):
             self.port.respond(
