@@ -79,13 +79,19 @@ def _free_port_pair() -> int:
 class Baresip:
     """A baresip process with its own config dir, log file and ctrl_tcp connection."""
 
-    def __init__(self, workdir: Path, pbx: PbxProcess, user: str, password: str) -> None:
+    def __init__(
+        self, workdir: Path, pbx: PbxProcess, user: str, password: str, tone: bool = False
+    ) -> None:
         self.dir = workdir / "baresip"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ctrl_port = free_port()
-        (self.dir / "config").write_text(
-            CONFIG.format(sip_port=_free_port_pair(), ctrl_port=self.ctrl_port)
-        )
+        config = CONFIG.format(sip_port=_free_port_pair(), ctrl_port=self.ctrl_port)
+        if tone:  # a microphone that says something: ausine's 440 Hz (48 kHz stereo only)
+            config = config.replace(
+                "audio_source\t\taubridge,pbxwarden", "audio_source\t\tausine,440"
+            )
+            config += "module\t\t\tausine.so\nausrc_srate\t\t48000\nausrc_channels\t\t2\n"
+        (self.dir / "config").write_text(config)
         (self.dir / "accounts").write_text(
             ACCOUNT.format(user=user, pbx_port=pbx.port, password=password)
         )
@@ -298,3 +304,58 @@ def test_sipp_calls_baresip_which_answers(pbx: PbxProcess, phone: Baresip, tmp_p
     assert (row["disposition"], row["sip_code"]) == ("answered", 200), row
     assert (row["caller"], row["callee"], row["kind"]) == (PEER, PHONE, "internal"), row
     assert 0.8 <= float(row["duration"]) < 10, row
+
+
+def test_baresip_media_flows_through_the_relay(tmp_path: Path) -> None:
+    """A softphone's real RTP (a sine tone, G.711) through the PBX's relay to a SIPp phone
+    that echoes it back: both directions counted at the relay, which both phones were
+    pointed at by the SDP the B2BUA rewrote."""
+    base = free_port() & ~1
+    env = {
+        "PBXWARDEN_MEDIA__RELAY": "true",
+        "PBXWARDEN_MEDIA__PORT_MIN": str(base),
+        "PBXWARDEN_MEDIA__PORT_MAX": str(base + 99),
+    }
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        ua = Baresip(tmp_path, pbx, PHONE, USERS[PHONE], tone=True)
+        ua.start()
+        callee = None
+        try:
+            wait_registered(pbx, PHONE, ua)
+            port = free_port()
+            reg = run_sipp(
+                "register.xml",
+                target(pbx),
+                users={PEER: USERS[PEER]},
+                local_port=port,
+                workdir=tmp_path,
+            )
+            assert reg.successful == 1, reg.output
+            echo_port = free_port() & ~1
+            callee = start_sipp_uas(
+                "call_uas.xml",
+                port,
+                tmp_path,
+                timeout=20,
+                extra=["-rtp_echo", "-mp", str(echo_port)],
+            )
+            assert ua.command("dial", PEER)["ok"], ua.log()
+            ua.wait_event("CALL_ESTABLISHED")
+            time.sleep(2)
+            live = json.loads(cli(pbx.data_dir, "calls", "--json").stdout)
+            [stream] = live[0]["media"]
+            assert ua.command("hangup")["ok"], ua.log()
+            ua.wait_event("CALL_CLOSED")
+            answered = finish_sipp_uas(callee, tmp_path, timeout=10)
+        finally:
+            if callee is not None and callee.poll() is None:
+                callee.kill()
+                callee.wait(5)
+            ua.stop()
+        assert answered.successful == 1, answered.output + pbx.log()[-3000:]
+        # 20 ms packets for ~2 s each way: baresip's tone, and SIPp's echo of it
+        assert stream["a_packets"] >= 50, (stream, ua.log())
+        assert stream["b_packets"] >= 50, (stream, ua.log())
+        assert stream["b_latched"] == f"127.0.0.1:{echo_port}", stream
+        stats = json.loads(cli(pbx.data_dir, "stats", "--json").stdout)
+        assert stats["media_sessions"] == 0 and stats["media_strangers"] == 0, stats
