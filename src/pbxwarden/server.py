@@ -175,6 +175,7 @@ class SipServer:
         self.netwatch = NetworkWatch(
             fw.approve_new_networks, self.geo.country if self.geo is not None else None
         )
+        self._approved_networks = -1  # stored approved networks last loaded
         self.nft: NftablesOffload | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._overloaded = config.calls.overload_lag == 0  # 0: always shed (for tests)
@@ -449,7 +450,12 @@ class SipServer:
             self.directory.update(entries, version)
 
     async def _refresh_networks(self) -> None:
-        self.netwatch.load(await asyncio.to_thread(self.store.approved_networks))
+        """Networks approved from the CLI or the API, read again only when their count
+        moved (every second, over every extension's networks, is too much work)."""
+        count = await asyncio.to_thread(self.store.approved_network_count)
+        if count != self._approved_networks:
+            self.netwatch.load(await asyncio.to_thread(self.store.approved_networks))
+            self._approved_networks = count
 
     async def _refresh_routing(self) -> None:
         routing = await asyncio.to_thread(self.store.routing_snapshot, self._trunk_key)

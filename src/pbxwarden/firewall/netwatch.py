@@ -43,10 +43,14 @@ class NetworkWatch:
         self._seen: dict[int, set[str]] = {}
 
     def load(self, rows: list[tuple[int, str]]) -> None:
-        seen: dict[int, set[str]] = {}
+        """Add stored (approved) networks to what is known.
+
+        Merged, never replaced: a network seen a moment ago may still be on its way to
+        the database, and forgetting it would treat the extension's next registration
+        as its first ever (trusted on first use) and write it again.
+        """
         for extension_id, network in rows:
-            seen.setdefault(extension_id, set()).add(network)
-        self._seen = seen
+            self._seen.setdefault(extension_id, set()).add(network)
 
     def check(self, extension_id: int, address: str) -> list[NetworkVerdict]:
         """Verdicts for the address's network and, when known, its country.
