@@ -24,7 +24,6 @@ from pbxwarden.pbx.media import Endpoint, MediaError, rewrite, streams
 
 log = structlog.get_logger("pbxwarden.media")
 
-READS_PER_WAKEUP = 64  # datagrams read from one socket before yielding to the loop
 MAX_DATAGRAM = 2048
 
 
@@ -98,9 +97,9 @@ class MediaRelay:
             self.counters.sessions += 1
         while len(session.streams) < len(described):
             try:
-                a = self._open_side(session, "a")
+                a = _Side(self._bind_pair())
                 try:
-                    b = self._open_side(session, "b")
+                    b = _Side(self._bind_pair())
                 except MediaError:
                     self._close_side(a)
                     raise
@@ -110,6 +109,8 @@ class MediaRelay:
                     self.release(token)
                 raise
             session.streams.append(_Stream(a, b))
+            self._watch(session, a, b)
+            self._watch(session, b, a)
         ports = []
         for stream, media in zip(session.streams, described, strict=False):
             near, far = (stream.a, stream.b) if leg == "a" else (stream.b, stream.a)
@@ -154,14 +155,6 @@ class MediaRelay:
 
     # -- sockets ----------------------------------------------------------------------
 
-    def _open_side(self, session: _Session, leg: str) -> _Side:
-        pair = self._bind_pair()
-        side = _Side(pair)
-        stream_index = len(session.streams)
-        for rtcp, sock in enumerate(pair):
-            self._watch(sock, session, stream_index, leg, bool(rtcp))
-        return side
-
     def _bind_pair(self) -> tuple[socket.socket, socket.socket]:
         """An even port for RTP and the next one for RTCP (RFC 3550 11), both free."""
         span = (self.port_max - self.port_min + 1) // 2
@@ -190,12 +183,12 @@ class MediaRelay:
             raise MediaError(f"cannot open media port {port}: {exc.strerror}") from None
         return sock
 
-    def _watch(
-        self, sock: socket.socket, session: _Session, index: int, leg: str, rtcp: bool
-    ) -> None:
+    def _watch(self, session: _Session, near: _Side, far: _Side) -> None:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._readable, sock, session, index, leg, rtcp)
+        for rtcp, sock in enumerate(near.sockets):
+            pipe = _Pipe(sock, session, near, far, bool(rtcp), self.counters)
+            self._loop.add_reader(sock.fileno(), pipe)
 
     def _close_side(self, side: _Side) -> None:
         loop = self._loop
@@ -205,34 +198,54 @@ class MediaRelay:
                     loop.remove_reader(sock.fileno())
             sock.close()
 
-    def _readable(
-        self, sock: socket.socket, session: _Session, index: int, leg: str, rtcp: bool
+
+class _Pipe:
+    """What arrives on one of the PBX's sockets from the phone it faces goes out of the
+    other side's socket to the other phone: the event loop's callback for that socket.
+
+    One datagram per call: the loop's readiness is level-triggered, so more waiting
+    datagrams bring it back at once, and the usual single datagram costs no
+    BlockingIOError.
+    """
+
+    __slots__ = ("counters", "far", "near", "out", "rtcp", "session", "sock")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        session: _Session,
+        near: _Side,
+        far: _Side,
+        rtcp: bool,
+        counters: MediaCounters,
     ) -> None:
-        stream = session.streams[index]
-        near, far = (stream.a, stream.b) if leg == "a" else (stream.b, stream.a)
-        out = far.sockets[rtcp]
-        counters = self.counters
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                data, source = sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # ICMP errors surface here on Linux: nothing to relay
-                continue
+        self.sock, self.session, self.near, self.far = sock, session, near, far
+        self.rtcp, self.counters = rtcp, counters
+        self.out = far.sockets[rtcp]
+
+    def __call__(self) -> None:
+        try:
+            data, source = self.sock.recvfrom(MAX_DATAGRAM)
+        except OSError:  # nothing after all, or an ICMP error: nothing to relay
+            return
+        if len(source) != 2:  # IPv6: (host, port, flowinfo, scope)
             source = (source[0], source[1])
-            if not near.endpoint.accepts(source, rtcp):
-                counters.strangers += 1
-                continue
-            target = far.endpoint.target(rtcp)
-            if target is None:
-                counters.dropped += 1
-                continue
-            with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
-                out.sendto(data, target)
-            near.packets += 1
-            counters.packets += 1
-            counters.bytes += len(data)
-            session.last_packet = time.monotonic()
+        counters = self.counters
+        if not self.near.endpoint.accepts(source, self.rtcp):
+            counters.strangers += 1
+            return
+        target = self.far.endpoint.target(self.rtcp)
+        if target is None:
+            counters.dropped += 1
+            return
+        try:  # noqa: SIM105 (contextlib.suppress costs a context manager per packet)
+            self.out.sendto(data, target)
+        except OSError:  # a full socket buffer or an unreachable phone: RTP is lossy
+            pass
+        self.near.packets += 1
+        counters.packets += 1
+        counters.bytes += len(data)
+        self.session.last_packet = time.monotonic()
 
 
 def _text(address: tuple[str, int] | None) -> str | None:
