@@ -203,6 +203,13 @@ class CallsConfig(_Section):
     max_duration: float = Field(
         14400.0, gt=0, le=86400, description="seconds; then both legs hang up"
     )
+    keepalive: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="seconds between in-dialog OPTIONS to both phones of an answered call; "
+        "a call a phone no longer knows (481) or that goes unanswered is hung up (0: off)",
+    )
 
 
 class MediaConfig(_Section):
@@ -426,6 +433,8 @@ identity_window = 60             #   extension enumeration, banned
 [calls]
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"
 max_duration = 14400             # no call lasts longer than this (seconds)
+keepalive = 60                   # ask both phones every this many seconds whether the call
+                                 #   still exists (in-dialog OPTIONS); dead calls are hung up
 overload_lag = 0.25              # when the server lags this much (s), new calls get 503
 
 [media]

@@ -196,7 +196,13 @@ class SipServer:
             self.directory,
             self.location,
             self.guard,
-            CallSettings(config.calls.ring_timeout, config.calls.max_duration, sip.t1, sip.t2),
+            CallSettings(
+                config.calls.ring_timeout,
+                config.calls.max_duration,
+                sip.t1,
+                sip.t2,
+                config.calls.keepalive,
+            ),
             self.media,
         )
         self.calls.features = {

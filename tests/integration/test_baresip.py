@@ -359,3 +359,31 @@ def test_baresip_media_flows_through_the_relay(tmp_path: Path) -> None:
         assert stream["b_latched"] == f"127.0.0.1:{echo_port}", stream
         stats = json.loads(cli(pbx.data_dir, "stats", "--json").stdout)
         assert stats["media_sessions"] == 0 and stats["media_strangers"] == 0, stats
+
+
+def test_baresip_answers_keepalives_and_keeps_its_call(tmp_path: Path) -> None:
+    """With keep-alive OPTIONS every second, a 3-second call to a real softphone is not
+    taken for dead: baresip answers in-dialog OPTIONS, and the caller ends the call."""
+    env = {"PBXWARDEN_CALLS__KEEPALIVE": "1", "PBXWARDEN_SIP__T1": "0.1"}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        ua = Baresip(tmp_path, pbx, PHONE, USERS[PHONE])
+        ua.start()
+        try:
+            wait_registered(pbx, PHONE, ua)
+            caller = run_sipp(
+                "call_uac_media.xml",
+                target(pbx),
+                users={PEER: USERS[PEER]},
+                extra=["-s", PHONE, "-aa", "-d", "3000", "-key", "mport", str(free_port())],
+                workdir=tmp_path,
+                timeout=20,
+            )
+            assert (caller.successful, caller.failed) == (1, 0), caller.output + ua.log()
+            [row] = wait_cdr(pbx)
+        finally:
+            ua.stop()
+    assert (row["disposition"], row["sip_code"]) == ("answered", 200), row
+    assert "caller hung up" in str(row["reasons"]), row
+    assert 2.8 <= float(row["duration"]) < 10, row
+    pings = ua.log(tail=10**7).count("OPTIONS sip:")
+    assert pings >= 2, ua.log()  # keep-alives reached baresip, and it answered them

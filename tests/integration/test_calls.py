@@ -317,3 +317,43 @@ def test_delayed_offer_the_callers_answer_reaches_the_callee(
     assert answered.successful == 1, answered.output  # its ACK carried an SDP answer
     [row] = wait_cdr(pbx)
     assert row["disposition"] == "answered"
+
+
+def _keepalive_call(tmp_path: Path, callee_scenario: str) -> dict[str, object]:
+    """A call answered by ``callee_scenario`` with keep-alive OPTIONS every second; the
+    caller waits for the PBX's BYE. Returns the call record."""
+    env = {"PBXWARDEN_CALLS__KEEPALIVE": "1", "PBXWARDEN_SIP__T1": "0.1"}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        port = register_callee(pbx, tmp_path)
+        phone = start_sipp_uas(callee_scenario, port, tmp_path, timeout=20)
+        caller = run_sipp(
+            "call_uac_wait_bye.xml",
+            target(pbx),
+            users=CALLER,
+            extra=["-s", "2000", "-aa"],  # -aa: the caller answers OPTIONS, as phones do
+            workdir=tmp_path,
+            timeout=25,
+            recv_timeout_ms=20000,  # the BYE comes after the keep-alive gave up
+        )
+        assert (caller.successful, caller.failed) == (1, 0), caller.output + pbx.log()[-3000:]
+        finish_sipp_uas(phone, tmp_path, timeout=10)
+        [row] = wait_cdr(pbx)
+        return row
+
+
+def test_keepalive_hangs_up_a_call_the_callee_forgot(tmp_path: Path) -> None:
+    row = _keepalive_call(tmp_path, "call_uas_forgets.xml")
+    assert row["disposition"] == "answered"
+    assert "the callee's phone no longer knows the call (481)" in str(row["reasons"]), row
+    assert float(row["duration"]) < 5, row  # the first keep-alive round, not max duration
+
+
+def test_keepalive_hangs_up_a_call_whose_callee_vanished(tmp_path: Path) -> None:
+    """The callee's SIPp ends after the ACK (a phone unplugged): the OPTIONS go unanswered
+    and the call ends after Timer F (64 x T1 = 6.4 s here)."""
+    scenario = tmp_path / "vanish.xml"
+    text = (SCENARIOS / "call_uas.xml").read_text()
+    scenario.write_text(text.split('  <recv request="BYE"/>')[0] + "</scenario>\n")
+    row = _keepalive_call(tmp_path, str(scenario))
+    assert "the callee's phone does not answer" in str(row["reasons"]), row
+    assert 6 <= float(row["duration"]) < 15, row

@@ -87,6 +87,7 @@ class CallSettings:
     max_duration: float = 4 * 3600.0
     t1: float = 0.5
     t2: float = 4.0
+    keepalive: float = 60.0  # seconds between in-dialog OPTIONS to both legs (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +274,7 @@ class CallManager:
         # key, the relayed request, where it went)
         self._relayed: dict[TransactionKey, _Relayed] = {}
         self._answered: dict[TransactionKey, _RelayedAnswer] = {}  # by relayed key
+        self._pings: dict[TransactionKey, tuple[Call, str]] = {}  # keep-alive OPTIONS
         self._tokens = itertools.count(1)
         self.attempts: dict[str, int] = {}  # call attempts by kind, for metrics
         self.routing = Routing()  # replaced whole by the server when trunks or DIDs change
@@ -299,6 +301,10 @@ class CallManager:
             self.port.respond(key, request, make_response(request, 481))
 
     def on_response(self, response: Response, key: TransactionKey) -> None:
+        ping = self._pings.pop(key, None)
+        if ping is not None:
+            self._pinged(ping[0], ping[1], response.status)
+            return
         answered = self._answered.get(key)
         if answered is not None:
             # the other phone resends its 2xx until our ACK: resend that once we have it
@@ -320,6 +326,10 @@ class CallManager:
             self._b_invite_response(call, response)
 
     def on_timeout(self, key: TransactionKey) -> None:
+        ping = self._pings.pop(key, None)
+        if ping is not None:
+            self._pinged(ping[0], ping[1], 408)
+            return
         relayed = self._relayed.pop(key, None)
         if relayed is not None:
             self.port.respond(
@@ -1076,7 +1086,44 @@ class CallManager:
                 self.settings.max_duration, lambda: self._hang_up_both(call, "maximum duration")
             )
         )
+        self._arm_keepalive(call)
         log.info("call answered", caller=call.caller_id, callee=call.callee)
+
+    # -- keep-alive: does each phone still know the call? --------------------------------
+
+    def _arm_keepalive(self, call: Call) -> None:
+        if self.settings.keepalive > 0:
+            call.timers.append(
+                self.port.schedule(self.settings.keepalive, lambda: self._ping(call))
+            )
+
+    def _ping(self, call: Call) -> None:
+        """An in-dialog OPTIONS to each phone (as Kamailio's dialog keep-alive does): a
+        phone that crashed or lost its network sends no BYE, and the call would go on
+        costing money until its maximum duration."""
+        if call.ended:
+            return
+        for leg in ("a", "b"):
+            dialog = call.a_dialog if leg == "a" else call.b_dialog
+            dest = call.a_source if leg == "a" else call.b_dest
+            if dialog is None or dest is None:
+                continue
+            host, port = self.port.local_address(dest.transport)
+            options = dialog.new_request(
+                "OPTIONS", Via(dest.transport, host, port, {"rport": None})
+            )
+            self._pings[self.port.send_request(options, dest)] = (call, leg)
+        self._arm_keepalive(call)
+
+    def _pinged(self, call: Call, leg: str, status: int) -> None:
+        """Any answer but 481 (no such call) or 408 (none at all) means the phone is there:
+        a phone may well refuse OPTIONS (405, 501) and still be in the call."""
+        if call.ended or status not in (408, 481):
+            return
+        who = "caller" if leg == "a" else "callee"
+        why = "no longer knows the call (481)" if status == 481 else "does not answer"
+        log.warning("dead call hung up", call_id=call.id, leg=leg, status=status)
+        self._hang_up_both(call, f"the {who}'s phone {why}")
 
     def _retransmit_2xx(
         self,
@@ -1420,6 +1467,8 @@ class CallManager:
             del self._forks[fork_key]
         for out_key in [k for k, a in self._answered.items() if a.relayed.call is call]:
             del self._answered[out_key]
+        for ping_key in [k for k, (c, _) in self._pings.items() if c is call]:
+            del self._pings[ping_key]
 
     @property
     def active(self) -> list[Call]:
