@@ -625,16 +625,23 @@ class SipServer:
     _LAG_PERIOD = 0.05
 
     def _probe_lag(self, scheduled: float) -> None:
-        """Overload detection: how late does a timer set for now + 50 ms actually fire?"""
+        """Overload detection, every 50 ms: how late does this timer fire, and how much
+        SIP waits unread in the kernel's receive buffer?"""
         now = self._now()
-        limit = self.config.calls.overload_lag
-        if limit > 0:
+        calls = self.config.calls
+        if calls.overload_lag > 0:
             lag = now - scheduled
-            if lag > limit and not self._overloaded:
-                log.warning("overloaded: shedding new calls", lag=round(lag, 3))
-            elif self._overloaded and lag < limit / 2:
-                log.warning("overload over: taking new calls again", lag=round(lag, 3))
-            self._overloaded = lag > limit or (self._overloaded and lag >= limit / 2)
+            backlog = (self.transports.udp_backlog() or 0) if calls.overload_queue else 0
+            overloaded = overload_state(
+                self._overloaded, lag, calls.overload_lag, backlog, calls.overload_queue
+            )
+            if overloaded != self._overloaded:
+                log.warning(
+                    "overloaded: shedding new calls" if overloaded else "overload over",
+                    lag=round(lag, 3),
+                    queued_bytes=backlog,
+                )
+            self._overloaded = overloaded
         assert self._loop is not None
         due = now + self._LAG_PERIOD
         self._lag_probe = self._loop.call_at(due, self._probe_lag, due)
@@ -928,6 +935,19 @@ class SipServer:
 
         self._tasks.add(task := asyncio.ensure_future(write()))
         task.add_done_callback(self._tasks.discard)
+
+
+def overload_state(
+    was: bool, lag: float, lag_limit: float, backlog: int, backlog_limit: int
+) -> bool:
+    """Overloaded when the loop lags past its limit or the receive queue is deeper than
+    its limit; over again only below half the lag and a quarter of the queue (hysteresis:
+    no flapping at the threshold)."""
+    queue_on = backlog_limit > 0 and backlog > backlog_limit
+    if lag > lag_limit or queue_on:
+        return True
+    queue_low = backlog_limit == 0 or backlog < backlog_limit / 4
+    return was and not (lag < lag_limit / 2 and queue_low)
 
 
 def _open_geo(path: Path | None) -> GeoLookup | None:

@@ -1,0 +1,37 @@
+"""The UDP listener's view of its kernel receive queue (SO_MEMINFO)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+import pytest
+
+from pbxwarden.transport.network import Transports
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_MEMINFO is Linux's")
+async def test_udp_backlog_counts_what_waits_unread() -> None:
+    transports = Transports(lambda data, source: None)
+    await transports.listen_udp("127.0.0.1", 0)
+    try:
+        assert transports.udp_backlog() == 0
+        host, port = transports.bound["UDP"]
+        proto = transports._udp
+        assert proto is not None and proto.transport is not None
+        proto.transport.pause_reading()  # the loop stops reading: datagrams pile up
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(50):
+                sender.sendto(b"OPTIONS sip:x SIP/2.0\r\n\r\n" + bytes(500), (host, port))
+        await asyncio.sleep(0.05)
+        queued = transports.udp_backlog()
+        assert queued is not None and queued >= 50 * 500
+        proto.transport.resume_reading()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if transports.udp_backlog() == 0:
+                break
+        assert transports.udp_backlog() == 0
+    finally:
+        await transports.close()
