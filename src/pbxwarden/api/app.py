@@ -55,6 +55,7 @@ from pbxwarden.events import EventBus
 from pbxwarden.guard.engine import Guard
 from pbxwarden.store.admin import AdminStore
 from pbxwarden.store.db import Store, StoreError
+from pbxwarden.web import mount as mount_dashboard
 
 log = structlog.get_logger("pbxwarden.api")
 
@@ -323,6 +324,8 @@ def create_app(
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return _docs_response()
+
+    mount_dashboard(app)  # the web dashboard at /ui/, behind the same front door
 
     app.add_middleware(
         FrontDoor,
