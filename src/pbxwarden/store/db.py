@@ -1085,8 +1085,10 @@ class Store:
     def approved_network_count(self) -> int:
         """Changes whenever a network is recorded as approved or approved later (rows are
         never deleted): a cheap check before reading them all again."""
-        stmt = select(func.count()).select_from(ExtensionNetwork).where(
-            ExtensionNetwork.approved.is_(True)
+        stmt = (
+            select(func.count())
+            .select_from(ExtensionNetwork)
+            .where(ExtensionNetwork.approved.is_(True))
         )
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
