@@ -6,7 +6,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -67,7 +67,11 @@ def call(
 
 
 def start_caller(
-    pbx: PbxProcess, workdir: Path, scenario: str, timeout: int
+    pbx: PbxProcess,
+    workdir: Path,
+    scenario: str | Path,
+    timeout: int,
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Extension 1000 calling 2000 in the background, for tests that act mid-call."""
     users = workdir / "caller.csv"
@@ -97,6 +101,7 @@ def start_caller(
             "-nd",
             "-timeout",
             f"{timeout}s",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

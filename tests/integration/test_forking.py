@@ -8,7 +8,6 @@ answer is ACKed and hung up, and when every phone fails the caller gets the best
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.helpers import (
     sipp_available,
     start_sipp_uas,
 )
-from tests.integration.test_calls import call, refused_scenario, target, wait_cdr
+from tests.integration.test_calls import call, refused_scenario, start_caller, target, wait_cdr
 
 pytestmark = pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
 
@@ -162,38 +161,7 @@ def test_ending_a_ringing_call_cancels_every_phone(pbx: PbxProcess, tmp_path: Pa
         start_sipp_uas("call_uas_ring.xml", port, tmp_path, name=f"ring{i}")
         for i, port in enumerate((first, second))
     ]
-    users = tmp_path / "caller.csv"
-    users.write_text(f"SEQUENTIAL\n1000;[authentication username=1000 password={USERS['1000']}]\n")
-    caller = subprocess.Popen(
-        [
-            "sipp",
-            target(pbx),
-            "-sf",
-            str(refused_scenario(tmp_path, 480)),
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(free_port()),
-            "-key",
-            "domain",
-            "127.0.0.1",
-            "-auth_uri",
-            "127.0.0.1",
-            "-s",
-            "2000",
-            "-inf",
-            str(users),
-            "-nostdin",
-            "-nd",
-            "-timeout",
-            "20s",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
+    caller = start_caller(pbx, tmp_path, refused_scenario(tmp_path, 480), 20)
     live: list[dict[str, object]] = []
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline and not live:

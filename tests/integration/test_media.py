@@ -26,13 +26,13 @@ from tests.helpers import (
     sipp_available,
     start_sipp_uas,
 )
+from tests.integration.test_calls import USERS, register_callee, start_caller, target
 
 pytestmark = [
     pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed"),
     pytest.mark.timeout(90),
 ]
 
-USERS = {"1000": "Caller-Passw0rd-x", "2000": "Callee-Passw0rd-y"}
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 
 
@@ -53,68 +53,12 @@ def pbx(tmp_path: Path) -> Iterator[PbxProcess]:
         yield server
 
 
-def _target(pbx: PbxProcess) -> str:
-    return f"{pbx.host}:{pbx.port}"
-
-
-def _register_callee(pbx: PbxProcess, workdir: Path) -> int:
-    port = free_port()
-    reg = run_sipp(
-        "register.xml",
-        _target(pbx),
-        users={"2000": USERS["2000"]},
-        local_port=port,
-        workdir=workdir,
-    )
-    assert reg.successful == 1, reg.output
-    return port
-
-
 def _start_caller(
     pbx: PbxProcess, workdir: Path, scenario: str, talk_ms: int, extra: list[str]
 ) -> subprocess.Popen[bytes]:
-    users = workdir / "caller.csv"
-    users.write_text(f"SEQUENTIAL\n1000;[authentication username=1000 password={USERS['1000']}]\n")
-    return subprocess.Popen(
-        [
-            "sipp",
-            _target(pbx),
-            "-sf",
-            str(SCENARIOS / scenario),
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(free_port()),
-            "-key",
-            "domain",
-            "127.0.0.1",
-            "-auth_uri",
-            "127.0.0.1",
-            "-s",
-            "2000",
-            "-inf",
-            str(users),
-            "-d",
-            str(talk_ms),
-            "-nostdin",
-            "-nd",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-trace_stat",
-            "-stf",
-            str(workdir / "caller-stat.csv"),
-            "-trace_msg",
-            "-message_file",
-            str(workdir / "caller-messages.log"),
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=workdir,
-    )
+    """The caller talks for ``talk_ms``; its messages are kept for the SDP checks."""
+    trace = ["-timeout_error", "-trace_msg", "-message_file", str(workdir / "caller-messages.log")]
+    return start_caller(pbx, workdir, scenario, 30, ["-d", str(talk_ms), *trace, *extra])
 
 
 def _live_call(pbx: PbxProcess, timeout: float = 10) -> dict[str, Any]:
@@ -163,7 +107,7 @@ def test_sdp_points_both_phones_at_the_relay_and_media_flows(
     pbx: PbxProcess, tmp_path: Path
 ) -> None:
     alice_port, bob_port = _even_free_port(), _even_free_port()
-    callee_sip = _register_callee(pbx, tmp_path)
+    callee_sip = register_callee(pbx, tmp_path)
     phone = start_sipp_uas(
         "call_uas_media.xml",
         callee_sip,
@@ -224,7 +168,7 @@ def test_sdp_points_both_phones_at_the_relay_and_media_flows(
 def test_sipp_rtp_is_relayed_and_echoed_back(pbx: PbxProcess, tmp_path: Path) -> None:
     """Real RTP: the caller's SIPp plays G.711 to the address in its 200 OK (the relay);
     the callee's SIPp echoes what reaches it (from the relay) back to the relay."""
-    callee_sip = _register_callee(pbx, tmp_path)
+    callee_sip = register_callee(pbx, tmp_path)
     phone = start_sipp_uas(
         "call_uas.xml", callee_sip, tmp_path, extra=["-rtp_echo", "-mp", str(_even_free_port())]
     )
@@ -244,7 +188,7 @@ def test_sipp_rtp_is_relayed_and_echoed_back(pbx: PbxProcess, tmp_path: Path) ->
 
 
 def test_hold_reinvite_is_anchored_too(pbx: PbxProcess, tmp_path: Path) -> None:
-    callee_sip = _register_callee(pbx, tmp_path)
+    callee_sip = register_callee(pbx, tmp_path)
     phone = start_sipp_uas(
         "call_uas_reinvite.xml",
         callee_sip,
@@ -253,7 +197,7 @@ def test_hold_reinvite_is_anchored_too(pbx: PbxProcess, tmp_path: Path) -> None:
     )
     result = run_sipp(
         "call_uac_reinvite.xml",
-        _target(pbx),
+        target(pbx),
         users={"1000": USERS["1000"]},
         extra=["-s", "2000"],
         workdir=tmp_path,
@@ -272,11 +216,11 @@ def test_hold_reinvite_is_anchored_too(pbx: PbxProcess, tmp_path: Path) -> None:
 def test_answered_call_without_media_is_hung_up(tmp_path: Path) -> None:
     env = _relay_env(PBXWARDEN_MEDIA__TIMEOUT="2")
     with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
-        callee_sip = _register_callee(pbx, tmp_path)
+        callee_sip = register_callee(pbx, tmp_path)
         phone = start_sipp_uas("call_uas.xml", callee_sip, tmp_path)
         result = run_sipp(
             "call_uac_wait_bye.xml",
-            _target(pbx),
+            target(pbx),
             users={"1000": USERS["1000"]},
             extra=["-s", "2000"],
             workdir=tmp_path,
@@ -307,7 +251,7 @@ def test_unreadable_sdp_is_refused_with_488(pbx: PbxProcess, tmp_path: Path) -> 
     )
     result = run_sipp(
         str(scenario),
-        _target(pbx),
+        target(pbx),
         users={"1000": USERS["1000"]},
         extra=["-s", "2000", "-trace_msg", "-message_file", str(tmp_path / "m.log")],
         workdir=tmp_path,
@@ -320,7 +264,7 @@ def test_unreadable_sdp_is_refused_with_488(pbx: PbxProcess, tmp_path: Path) -> 
 
 
 def test_delayed_offer_is_anchored(pbx: PbxProcess, tmp_path: Path) -> None:
-    callee_sip = _register_callee(pbx, tmp_path)
+    callee_sip = register_callee(pbx, tmp_path)
     phone = start_sipp_uas(
         "call_uas_delayed_offer.xml",
         callee_sip,
@@ -329,7 +273,7 @@ def test_delayed_offer_is_anchored(pbx: PbxProcess, tmp_path: Path) -> None:
     )
     result = run_sipp(
         "call_uac_delayed_offer.xml",
-        _target(pbx),
+        target(pbx),
         users={"1000": USERS["1000"]},
         extra=["-s", "2000", "-trace_msg", "-message_file", str(tmp_path / "caller.log")],
         workdir=tmp_path,
