@@ -12,19 +12,22 @@ LAG, QUEUE = 0.25, 1_000_000
 @pytest.mark.parametrize(
     ("was", "lag", "backlog", "expected"),
     [
-        (False, 0.01, 0, False),
-        (False, 0.30, 0, True),  # the loop lags
-        (False, 0.01, 1_200_000, True),  # SIP waits unread in the kernel
-        (True, 0.20, 0, True),  # still above half the lag: stays on
-        (True, 0.01, 400_000, True),  # queue not yet below a quarter: stays on
-        (True, 0.01, 200_000, False),  # both low again: over
-        (False, 0.20, 900_000, False),  # below both limits: off stays off
+        (0, 0.01, 0, 0),
+        (0, 0.30, 0, 2),  # the loop lags: every new call is shed
+        (0, 0.01, 1_200_000, 1),  # SIP waits unread: new calls without credentials shed
+        (0, 0.01, 4_500_000, 2),  # a deep queue: every new call
+        (2, 0.01, 2_000_000, 1),  # the queue shrinks: back to the milder level
+        (1, 0.20, 0, 1),  # still above half the lag: stays on
+        (1, 0.01, 400_000, 1),  # queue not yet below a quarter: stays on
+        (1, 0.01, 200_000, 0),  # both low again: over
+        (2, 0.01, 200_000, 1),  # one level at a time
+        (0, 0.20, 900_000, 0),  # below both limits: off stays off
     ],
 )
-def test_overload_state(was: bool, lag: float, backlog: int, expected: bool) -> None:
-    assert overload_state(was, lag, LAG, backlog, QUEUE) is expected
+def test_overload_state(was: int, lag: float, backlog: int, expected: int) -> None:
+    assert overload_state(was, lag, LAG, backlog, QUEUE) == expected
 
 
 def test_queue_limit_zero_means_lag_only() -> None:
-    assert not overload_state(False, 0.01, LAG, 10**9, 0)
-    assert not overload_state(True, 0.01, LAG, 10**9, 0)
+    assert overload_state(0, 0.01, LAG, 10**9, 0) == 0
+    assert overload_state(1, 0.01, LAG, 10**9, 0) == 0

@@ -198,7 +198,7 @@ class CallsConfig(_Section):
         description="event-loop lag (s) above which new calls get 503 instead of work",
     )
     overload_queue: int = Field(
-        1_000_000,
+        2_000_000,
         ge=0,
         description="bytes of SIP datagrams waiting in the kernel above which new calls get "
         "503 (0: off); a deep queue is seconds of delay the event loop does not see",
@@ -442,7 +442,7 @@ max_duration = 14400             # no call lasts longer than this (seconds)
 keepalive = 60                   # ask both phones every this many seconds whether the call
                                  #   still exists (in-dialog OPTIONS); dead calls are hung up
 overload_lag = 0.25              # when the server lags this much (s), new calls get 503
-overload_queue = 1000000         # ... or this many bytes of SIP wait in the kernel's buffer
+overload_queue = 2000000         # ... or this many bytes of SIP wait in the kernel's buffer
 
 [media]
 relay = false                    # true: RTP flows through the PBX (phones behind NAT);

@@ -178,7 +178,9 @@ class SipServer:
         self._approved_networks = -1  # stored approved networks last loaded
         self.nft: NftablesOffload | None = None
         self._tasks: set[asyncio.Future[None]] = set()
-        self._overloaded = config.calls.overload_lag == 0  # 0: always shed (for tests)
+        # 0: taking calls; 1: new calls without credentials get 503 (an INVITE answering
+        # our challenge is half of an attempt already admitted); 2: every new call gets 503
+        self._overload = 2 if config.calls.overload_lag == 0 else 0  # lag 0: always (tests)
         self._lag_probe: asyncio.TimerHandle | None = None
         self.cdrs = CdrWriter(store)
         self.guard = Guard(config.guard)
@@ -221,7 +223,7 @@ class SipServer:
 
     @property
     def overloaded(self) -> bool:
-        return self._overloaded
+        return self._overload > 0
 
     def _add_realms(self, realms: list[str]) -> None:
         for realm in realms:
@@ -605,9 +607,10 @@ class SipServer:
                 return
             _stamp_via(message, source)
             if (
-                self._overloaded
+                self._overload
                 and message.method == "INVITE"
                 and message.to.tag is None
+                and (self._overload > 1 or not _has_credentials(message))
                 and server_key(message) not in self.tx
             ):
                 # Shed new calls cheaply so that calls in progress can finish: answering
@@ -632,16 +635,16 @@ class SipServer:
         if calls.overload_lag > 0:
             lag = now - scheduled
             backlog = (self.transports.udp_backlog() or 0) if calls.overload_queue else 0
-            overloaded = overload_state(
-                self._overloaded, lag, calls.overload_lag, backlog, calls.overload_queue
+            level = overload_state(
+                self._overload, lag, calls.overload_lag, backlog, calls.overload_queue
             )
-            if overloaded != self._overloaded:
+            if bool(level) != bool(self._overload):
                 log.warning(
-                    "overloaded: shedding new calls" if overloaded else "overload over",
+                    "overloaded: shedding new calls" if level else "overload over",
                     lag=round(lag, 3),
                     queued_bytes=backlog,
                 )
-            self._overloaded = overloaded
+            self._overload = level
         assert self._loop is not None
         due = now + self._LAG_PERIOD
         self._lag_probe = self._loop.call_at(due, self._probe_lag, due)
@@ -938,16 +941,26 @@ class SipServer:
 
 
 def overload_state(
-    was: bool, lag: float, lag_limit: float, backlog: int, backlog_limit: int
-) -> bool:
-    """Overloaded when the loop lags past its limit or the receive queue is deeper than
-    its limit; over again only below half the lag and a quarter of the queue (hysteresis:
-    no flapping at the threshold)."""
-    queue_on = backlog_limit > 0 and backlog > backlog_limit
-    if lag > lag_limit or queue_on:
-        return True
-    queue_low = backlog_limit == 0 or backlog < backlog_limit / 4
-    return was and not (lag < lag_limit / 2 and queue_low)
+    was: int, lag: float, lag_limit: float, backlog: int, backlog_limit: int
+) -> int:
+    """How hard to shed new calls: 0 not at all, 1 those without credentials, 2 all.
+
+    2 when the loop lags past its limit or the receive queue is four times its limit;
+    1 when the queue is past its limit. Down again only below half the lag and a quarter
+    of the queue (hysteresis: no flapping at the threshold), and one level at a time.
+    """
+    queued = backlog_limit > 0 and backlog > backlog_limit
+    if lag > lag_limit or (queued and backlog > 4 * backlog_limit):
+        return 2
+    if queued:
+        return max(1, was - 1) if was else 1
+    low = lag < lag_limit / 2 and (backlog_limit == 0 or backlog < backlog_limit / 4)
+    return max(0, was - 1) if low else was
+
+
+def _has_credentials(request: Request) -> bool:
+    headers = request.headers
+    return "Authorization" in headers or "Proxy-Authorization" in headers
 
 
 def _open_geo(path: Path | None) -> GeoLookup | None:
