@@ -187,30 +187,34 @@ def test_sipp_rtp_is_relayed_and_echoed_back(pbx: PbxProcess, tmp_path: Path) ->
     assert stream["a_latched"] is not None and stream["b_latched"] is not None
 
 
-def test_hold_reinvite_is_anchored_too(pbx: PbxProcess, tmp_path: Path) -> None:
-    callee_sip = register_callee(pbx, tmp_path)
+def _traced_call(pbx: PbxProcess, workdir: Path, caller: str, callee: str) -> range:
+    """One call between two SIPp phones that both keep their messages (caller.log,
+    callee-messages.log) for SDP checks; returns the relay's port range."""
+    callee_sip = register_callee(pbx, workdir)
+    trace = ["-trace_msg", "-message_file"]
     phone = start_sipp_uas(
-        "call_uas_reinvite.xml",
-        callee_sip,
-        tmp_path,
-        extra=["-trace_msg", "-message_file", str(tmp_path / "callee-messages.log")],
+        callee, callee_sip, workdir, extra=[*trace, str(workdir / "callee-messages.log")]
     )
     result = run_sipp(
-        "call_uac_reinvite.xml",
+        caller,
         target(pbx),
         users={"1000": USERS["1000"]},
-        extra=["-s", "2000"],
-        workdir=tmp_path,
+        extra=["-s", "2000", *trace, str(workdir / "caller.log")],
+        workdir=workdir,
     )
     assert (result.successful, result.failed) == (1, 0), result.output + pbx.log()[-3000:]
-    assert finish_sipp_uas(phone, tmp_path).successful == 1  # it saw sendonly
+    assert finish_sipp_uas(phone, workdir).successful == 1  # the callee's checks passed
+    low = int(pbx.env["PBXWARDEN_MEDIA__PORT_MIN"])
+    return range(low, int(pbx.env["PBXWARDEN_MEDIA__PORT_MAX"]) + 1)
+
+
+def test_hold_reinvite_is_anchored_too(pbx: PbxProcess, tmp_path: Path) -> None:
+    relay = _traced_call(pbx, tmp_path, "call_uac_reinvite.xml", "call_uas_reinvite.xml")
     log = (tmp_path / "callee-messages.log").read_text(errors="replace")
     ports = {int(p) for p in re.findall(r"^m=audio (\d+) ", log, re.MULTILINE)}
-    low = int(pbx.env["PBXWARDEN_MEDIA__PORT_MIN"])
-    high = int(pbx.env["PBXWARDEN_MEDIA__PORT_MAX"])
-    relay_ports = {p for p in ports if low <= p <= high}
+    relay_ports = {p for p in ports if p in relay}
     assert len(relay_ports) == 1, log[-3000:]  # the first INVITE and the hold re-INVITE
-    assert log.count("a=sendonly") >= 1
+    assert log.count("a=sendonly") >= 1  # and the callee saw the hold (sendonly)
 
 
 def test_answered_call_without_media_is_hung_up(tmp_path: Path) -> None:
@@ -264,23 +268,6 @@ def test_unreadable_sdp_is_refused_with_488(pbx: PbxProcess, tmp_path: Path) -> 
 
 
 def test_delayed_offer_is_anchored(pbx: PbxProcess, tmp_path: Path) -> None:
-    callee_sip = register_callee(pbx, tmp_path)
-    phone = start_sipp_uas(
-        "call_uas_delayed_offer.xml",
-        callee_sip,
-        tmp_path,
-        extra=["-trace_msg", "-message_file", str(tmp_path / "callee-messages.log")],
-    )
-    result = run_sipp(
-        "call_uac_delayed_offer.xml",
-        target(pbx),
-        users={"1000": USERS["1000"]},
-        extra=["-s", "2000", "-trace_msg", "-message_file", str(tmp_path / "caller.log")],
-        workdir=tmp_path,
-    )
-    assert (result.successful, result.failed) == (1, 0), result.output + pbx.log()[-3000:]
-    assert finish_sipp_uas(phone, tmp_path).successful == 1
-    low = int(pbx.env["PBXWARDEN_MEDIA__PORT_MIN"])
-    high = int(pbx.env["PBXWARDEN_MEDIA__PORT_MAX"])
-    assert low <= _media_port(tmp_path / "callee-messages.log", "ACK") <= high
-    assert low <= _media_port(tmp_path / "caller.log", "SIP/2.0 200") <= high
+    relay = _traced_call(pbx, tmp_path, "call_uac_delayed_offer.xml", "call_uas_delayed_offer.xml")
+    assert _media_port(tmp_path / "callee-messages.log", "ACK") in relay
+    assert _media_port(tmp_path / "caller.log", "SIP/2.0 200") in relay
