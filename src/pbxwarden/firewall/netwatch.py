@@ -41,6 +41,7 @@ class NetworkWatch:
         self.require_approval = require_approval
         self._country_of = country_of
         self._seen: dict[int, set[str]] = {}
+        self._network_of: dict[str, str | None] = {}  # per source address: parsed once
 
     def load(self, rows: list[tuple[int, str]]) -> None:
         """Add stored (approved) networks to what is known.
@@ -57,7 +58,11 @@ class NetworkWatch:
 
         A new network or country is remembered at once unless approval is required.
         """
-        network = network_of(address)
+        network = self._network_of.get(address, "")
+        if network == "":
+            if len(self._network_of) >= 65536:  # addresses come from the network: bounded
+                self._network_of.clear()
+            network = self._network_of[address] = network_of(address)
         if network is None:
             return []
         verdicts = [self._check(extension_id, network)]
