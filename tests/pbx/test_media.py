@@ -150,3 +150,10 @@ def test_disabled_stream_accepts_and_sends_nothing() -> None:
     assert endpoint.target() is None
     assert not endpoint.accepts(("192.168.1.20", 49170))
     assert Endpoint("198.51.100.7").target() is None  # no SDP yet
+
+
+def test_direction_per_stream_or_from_the_session() -> None:
+    body = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+    body += b"a=recvonly\r\nm=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\na=inactive\r\n"
+    assert [s.direction for s in streams(body)] == ["recvonly", "inactive"]
+    assert streams(OFFER)[0].direction == "sendrecv"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -164,3 +165,17 @@ async def test_bad_sdp_opens_no_port(relay: MediaRelay) -> None:
     with pytest.raises(SdpError):
         relay.anchor(9, "a", b"v=0\r\n", "127.0.0.1")
     assert relay.counters.sessions == 0
+
+
+async def test_a_call_on_hold_is_not_timed_out_for_silence(relay: MediaRelay) -> None:
+    relay.anchor(10, "a", _sdp("127.0.0.1", 4000), "127.0.0.1")
+    relay.anchor(10, "b", _sdp("127.0.0.1", 4002), "127.0.0.1")
+    later = time.monotonic() + 500
+    assert (relay.idle_for(10, later) or 0) >= 500
+    hold = _sdp("127.0.0.1", 4000).replace(b"a=rtpmap:0 PCMU/8000", b"a=sendonly")
+    relay.anchor(10, "a", hold, "127.0.0.1")  # re-INVITE: on hold
+    assert relay.idle_for(10, later) is None
+    relay.anchor(10, "a", _sdp("127.0.0.1", 4000), "127.0.0.1")  # off hold again
+    idle = relay.idle_for(10, time.monotonic())
+    assert idle is not None and idle < 1  # the silence counts from the resumption
+    assert relay.idle_for(99, later) is None  # no media anchored

@@ -53,6 +53,7 @@ class MediaStream:
     host: str
     port: int  # 0: the stream is refused or disabled (RFC 3264 5.1)
     rtcp_port: int
+    direction: str = "sendrecv"  # sendonly, recvonly or inactive: a call on hold
 
     @property
     def enabled(self) -> bool:
@@ -112,6 +113,7 @@ def streams(body: bytes) -> list[MediaStream]:
     """The media streams of an SDP offer or answer, in ``m=`` line order."""
     session = _parse(body)
     default_host = _host(session.get("connection"))
+    default_direction = str(session.get("direction", "sendrecv"))
     found = []
     for index, media in enumerate(session["media"]):
         port = _port(media.get("port"), f"m= line {index + 1} port")
@@ -124,7 +126,10 @@ def streams(body: bytes) -> list[MediaStream]:
             rtcp_port = port
         elif isinstance(rtcp, dict) and "port" in rtcp:
             rtcp_port = _port(rtcp["port"], f"m= line {index + 1} a=rtcp")
-        found.append(MediaStream(str(media.get("type", "")), host or "", port, rtcp_port))
+        direction = str(media.get("direction", default_direction))
+        found.append(
+            MediaStream(str(media.get("type", "")), host or "", port, rtcp_port, direction)
+        )
     return found
 
 

@@ -60,6 +60,7 @@ class _Session:
     token: int
     streams: list[_Stream] = field(default_factory=list)
     last_packet: float = 0.0  # monotonic time of the last relayed datagram
+    held: bool = False  # the latest SDP put a stream on hold: silence is expected
 
 
 class MediaRelay:
@@ -111,6 +112,10 @@ class MediaRelay:
             session.streams.append(_Stream(a, b))
             self._watch(session, a, b)
             self._watch(session, b, a)
+        held = any(m.enabled and m.direction != "sendrecv" for m in described)
+        if session.held and not held:  # taken off hold: the silence timer starts anew
+            session.last_packet = time.monotonic()
+        session.held = held
         ports = []
         for stream, media in zip(session.streams, described, strict=False):
             near, far = (stream.a, stream.b) if leg == "a" else (stream.b, stream.a)
@@ -128,9 +133,13 @@ class MediaRelay:
             self._close_side(stream.b)
 
     def idle_for(self, token: int, now: float) -> float | None:
-        """Seconds since the call's last relayed datagram (None: no media anchored)."""
+        """Seconds since the call's last relayed datagram; None when no media is
+        anchored, or while the call is on hold (a phone may then send nothing at all;
+        the keep-alive still finds a phone that is gone)."""
         session = self._sessions.get(token)
-        return None if session is None else now - session.last_packet
+        if session is None or session.held:
+            return None
+        return now - session.last_packet
 
     def describe(self, token: int) -> list[dict[str, object]]:
         """Per stream: the PBX's ports for each side and what each phone sent."""
