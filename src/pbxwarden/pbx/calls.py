@@ -196,6 +196,10 @@ class Call:
     def id(self) -> str:
         return self.a_request.call_id
 
+    def leg(self, leg: str) -> tuple[Dialog | None, Address | None]:
+        """The PBX's dialog with the phone on ``leg`` ("a" or "b"), and where it is."""
+        return (self.a_dialog, self.a_source) if leg == "a" else (self.b_dialog, self.b_dest)
+
 
 def _other(leg: str) -> str:
     return "b" if leg == "a" else "a"
@@ -1104,8 +1108,7 @@ class CallManager:
         if call.ended:
             return
         for leg in ("a", "b"):
-            dialog = call.a_dialog if leg == "a" else call.b_dialog
-            dest = call.a_source if leg == "a" else call.b_dest
+            dialog, dest = call.leg(leg)
             if dialog is None or dest is None:
                 continue
             host, port = self.port.local_address(dest.transport)
@@ -1189,7 +1192,7 @@ class CallManager:
                 self.port.respond(key, request, make_response(request, 481))
             return
         call, leg = found
-        dialog = call.a_dialog if leg == "a" else call.b_dialog
+        dialog = call.leg(leg)[0]
         assert dialog is not None
         if request.method == "ACK":
             answered = self._awaiting_ack(call, leg, request.cseq.number)
@@ -1208,7 +1211,7 @@ class CallManager:
         if request.method == "BYE":
             self.port.respond(key, request, make_response(request, 200))
             if not call.ended:
-                self._bye(call, "b" if leg == "a" else "a")
+                self._bye(call, _other(leg))
                 self._finish(
                     call, "answered", 200, "caller hung up" if leg == "a" else "callee hung up"
                 )
@@ -1228,9 +1231,7 @@ class CallManager:
     ) -> None:
         """Mid-call requests (re-INVITE for hold and codec changes, UPDATE, INFO for DTMF)
         go to the other phone in its own dialog; its answer comes back the same way."""
-        other = "b" if leg == "a" else "a"
-        dialog = call.b_dialog if other == "b" else call.a_dialog
-        dest = call.b_dest if other == "b" else call.a_source
+        dialog, dest = call.leg(_other(leg))
         if dialog is None or dest is None:
             self.port.respond(key, request, make_response(request, 481))
             return
@@ -1259,7 +1260,7 @@ class CallManager:
             headers=headers,
         )
         out_key = self.port.send_request(relayed, dest)
-        back = call.a_source if leg == "a" else call.b_dest
+        back = call.leg(leg)[1]
         assert back is not None
         self._relayed[out_key] = _Relayed(
             request, key, back.transport, relayed, dest, dialog, call, leg
@@ -1317,7 +1318,7 @@ class CallManager:
         host, port = self.port.local_address(r.dest.transport)
         ctype = request.headers.get("Content-Type")
         body = request.body if ctype else b""
-        back = r.call.a_source if r.leg == "a" else r.call.b_dest
+        back = r.call.leg(r.leg)[1]
         try:
             body = self._anchored(r.call, r.leg, ctype, body, back.host if back else "")
         except MediaError as exc:
@@ -1396,8 +1397,7 @@ class CallManager:
         )
 
     def _bye(self, call: Call, leg: str) -> None:
-        dialog = call.a_dialog if leg == "a" else call.b_dialog
-        dest = call.a_source if leg == "a" else call.b_dest
+        dialog, dest = call.leg(leg)
         if dialog is None or dest is None:
             return
         self._send_bye(dialog, dest)
