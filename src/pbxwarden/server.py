@@ -953,7 +953,7 @@ def overload_state(
     if lag > lag_limit or (queued and backlog > 4 * backlog_limit):
         return 2
     if queued:
-        return max(1, was - 1) if was else 1
+        return 1
     low = lag < lag_limit / 2 and (backlog_limit == 0 or backlog < backlog_limit / 4)
     return max(0, was - 1) if low else was
 
