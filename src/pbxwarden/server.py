@@ -34,8 +34,9 @@ from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
+from pbxwarden.pbx.registration import RegistrationHandler
 from pbxwarden.pbx.trunk_registration import TrunkRegistrations
-from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
+from pbxwarden.sip.digest import Algorithm, DigestServer
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
     REASON_PHRASES,
@@ -44,7 +45,6 @@ from pbxwarden.sip.message import (
     error_response_bytes,
     make_response,
     parse_message,
-    safe_reason,
 )
 from pbxwarden.sip.transaction import (
     Action,
@@ -60,7 +60,7 @@ from pbxwarden.sip.transaction import (
     server_key,
 )
 from pbxwarden.store.credentials import trunk_credential_key
-from pbxwarden.store.db import ExtensionAuth, Store, StoreError
+from pbxwarden.store.db import Store, StoreError
 from pbxwarden.transport.network import Transports, tls_context
 from pbxwarden.transport.rtp import MediaRelay
 
@@ -210,6 +210,14 @@ class SipServer:
         self.calls.features = {
             code: FeatureCode(kind, sets) for code, (kind, sets) in config.features.codes().items()
         }
+        self.registration = RegistrationHandler(
+            self.auth,
+            self.directory,
+            self.registrar,
+            self.netwatch,
+            self.firewall,
+            self._record_network,
+        )
         self.transports = Transports(self.on_message)
         self.stats = Stats()
         self.latency = Latency()
@@ -737,75 +745,15 @@ class SipServer:
             )
 
     def _register(self, request: Request, source: Address, key: TransactionKey | None) -> None:
-        wall = time.time()
-        try:
-            credentials = self.auth.credentials(request)
-        except DigestError as exc:
-            self.respond(
-                key, request, make_response(request, 400, f"Bad Request ({safe_reason(str(exc))})")
-            )
-            return
-        extension = None
-        if credentials is not None:
-            extension = self.directory.get(self.auth.realm_for(request), credentials.username)
-        outcome = self.auth.authenticate(request, credentials, extension, wall)
-        if outcome.response is not None:
-            if credentials is not None and outcome.response.status == 403:
-                self.firewall.auth_failed(source.host, credentials.username, wall)
-                self.stats.auth_failures += 1
-                log.info(
-                    "register refused",
-                    source=str(source),
-                    user=credentials.username[:64],
-                    reason=outcome.reason,
-                )
-            self.respond(key, request, outcome.response)
-            return
-        assert outcome.extension is not None and credentials is not None
-        if not outcome.extension.allows(source.host):
-            # The right password from the wrong network: likely stolen credentials. Same
-            # answer as a wrong password, counted towards a ban, and loudly logged.
-            self.firewall.auth_failed(source.host, credentials.username, wall)
-            log.warning(
-                "register from outside the extension's networks",
-                source=str(source),
-                extension=outcome.extension.number,
-                tenant=outcome.extension.tenant,
-            )
-            self.respond(key, request, self.auth.forbidden(request))
-            return
-        self.firewall.auth_succeeded(source.host)
-        if not self._watch_network(outcome.extension, source):
-            self.respond(key, request, self.auth.forbidden(request))
-            return
-        response = self.registrar.register(request, outcome.extension, str(source), wall)
-        if response.status == 200:
+        result = self.registration.handle(request, source, time.time())
+        if result.registered:
             self.stats.registers_ok += 1
-        self.respond(key, request, response)
+        if result.auth_failed:
+            self.stats.auth_failures += 1
+        self.respond(key, request, result.response)
 
-    def _watch_network(self, ext: ExtensionAuth, source: Address) -> bool:
-        """Registration watch: alert on (or hold back) a registration from a new network
-        or, with a GeoIP database, a new country."""
-        allowed = True
-        for verdict in self.netwatch.check(ext.id, source.host):
-            if verdict.known:
-                continue
-            if not verdict.first:
-                what = "country" if verdict.network.startswith("country:") else "network"
-                log.warning(
-                    f"registration from a new {what}",
-                    tenant=ext.tenant,
-                    extension=ext.number,
-                    network=verdict.network,
-                    source=str(source),
-                    known=sorted(self.netwatch.networks(ext.id)),
-                    action="allowed" if verdict.allowed else "waiting for approval",
-                )
-            self._background_write(
-                self.store.record_network, ext.id, verdict.network, time.time(), verdict.allowed
-            )
-            allowed = allowed and verdict.allowed
-        return allowed
+    def _record_network(self, extension_id: int, network: str, wall: float, ok: bool) -> None:
+        self._background_write(self.store.record_network, extension_id, network, wall, ok)
 
     def _background_write(self, fn: Callable[..., object], *args: object) -> None:
         async def write() -> None:

@@ -261,6 +261,23 @@ def test_nonce_from_other_server_secret_failed() -> None:
     assert _server().verify("INVITE", creds, _ha1(), NOW).reason == "invalid nonce"
 
 
+def test_nonce_from_another_issuer_is_stale_not_replayable() -> None:
+    """Processes sharing the secret (registrar workers) keep separate replay memories:
+    each honours only the nonces it issued, and asks for a fresh one otherwise."""
+    worker1, worker2 = _server(issuer=1), _server(issuer=2)
+    creds = _answer(worker1, Algorithm.SHA256)
+    assert worker2.verify("INVITE", creds, _ha1(), NOW) == AuthResult(
+        AuthStatus.STALE, "nonce issued by another process"
+    )
+    assert worker1.verify("INVITE", creds, _ha1(), NOW).status is AuthStatus.OK
+    assert worker1.verify("INVITE", creds, _ha1(), NOW).reason == "nonce replayed"
+    # A wrong password is still a failure, whoever issued the nonce.
+    wrong = _answer(worker1, Algorithm.SHA256, password="guess")
+    assert worker2.verify("INVITE", wrong, _ha1(), NOW).status is AuthStatus.FAILED
+    with pytest.raises(ValueError):
+        NonceFactory(SECRET, issuer=256)
+
+
 def test_nc_replay_rejected_and_increasing_accepted() -> None:
     server = _server()
     header = server.challenges(NOW)[0]

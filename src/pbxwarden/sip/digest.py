@@ -513,28 +513,48 @@ class NonceFactory:
     can verify each other's nonces. Timestamps are wall-clock milliseconds.
     """
 
-    def __init__(self, secret: bytes, lifetime: float = 300.0, max_skew: float = 5.0) -> None:
+    def __init__(
+        self, secret: bytes, lifetime: float = 300.0, max_skew: float = 5.0, issuer: int = 0
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("nonce secret must be at least 16 bytes")
         if not lifetime > 0 or not max_skew >= 0:
             raise ValueError("lifetime must be positive and max_skew non-negative")
+        if not 0 <= issuer <= 255:
+            raise ValueError("issuer must fit in one byte")
         self._secret = bytes(secret)
         self.lifetime = lifetime
         self.max_skew = max_skew
+        self.issuer = issuer
 
     def _mac(self, head: bytes, realm: str) -> bytes:
         msg = _NONCE_LABEL + head + _utf8(realm)
-        return hmac.new(self._secret, msg, hashlib.sha256).digest()[:_MAC_LEN]
+        return hmac.digest(self._secret, msg, "sha256")[:_MAC_LEN]  # one-shot: C fast path
 
     def issue(self, now: float, realm: str) -> str:
         if not 0.0 <= now < _MAX_NOW:
             raise ValueError("now is out of range for a nonce timestamp")
-        head = int(now * 1000).to_bytes(_TS_LEN, "big") + secrets.token_bytes(_RANDOM_LEN)
+        head = (
+            int(now * 1000).to_bytes(_TS_LEN, "big")
+            + bytes((self.issuer,))
+            + secrets.token_bytes(_RANDOM_LEN - 1)
+        )
         raw = head + self._mac(head, realm)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def issued_at(self, nonce: str, realm: str) -> float | None:
         """Issue time (seconds) of an authentic nonce, else None; ignores expiry."""
+        opened = self.open(nonce, realm)
+        return None if opened is None else opened[0]
+
+    def open(self, nonce: str, realm: str) -> tuple[float, int] | None:
+        """Issue time (seconds) and issuer of an authentic nonce, else None.
+
+        The issuer is whichever process signed it (0: the main one, 1..: registrar
+        workers). Each keeps its own replay memory, so a nonce is only honoured by its
+        issuer; the others ask for a fresh one (stale) instead of trusting a count they
+        never saw.
+        """
         if len(nonce) != _NONCE_TEXT_LEN or not _B64URL_RE.fullmatch(nonce):
             return None
         raw = base64.urlsafe_b64decode(nonce + "=")
@@ -545,7 +565,7 @@ class NonceFactory:
         head, mac = raw[: _TS_LEN + _RANDOM_LEN], raw[_TS_LEN + _RANDOM_LEN :]
         if not hmac.compare_digest(mac, self._mac(head, realm)):
             return None
-        return int.from_bytes(head[:_TS_LEN], "big") / 1000.0
+        return int.from_bytes(head[:_TS_LEN], "big") / 1000.0, head[_TS_LEN]
 
     def check(self, nonce: str, now: float, realm: str) -> NonceStatus:
         if not math.isfinite(now):
@@ -654,6 +674,7 @@ class DigestServer:
         require_qop: bool = True,
         *,
         tracker: NonceCountTracker | None = None,
+        issuer: int = 0,
     ) -> None:
         if not algorithms:
             raise ValueError("at least one algorithm is required")
@@ -663,7 +684,7 @@ class DigestServer:
         self._realm = realm
         self._algorithms = tuple(sorted(algorithms, key=_strength))
         self._require_qop = require_qop
-        self._nonces = NonceFactory(secret, nonce_lifetime)
+        self._nonces = NonceFactory(secret, nonce_lifetime, issuer=issuer)
         self._tracker = tracker if tracker is not None else NonceCountTracker()
         # Per-process random HA1s for unknown users: the same hashing as a real user,
         # and no value anyone could ever match.
@@ -724,7 +745,8 @@ class DigestServer:
                 return _failed("invalid nonce count")
         if not math.isfinite(now):
             raise ValueError("now must be finite")
-        issued = self._nonces.issued_at(c.nonce, self._realm)
+        opened = self._nonces.open(c.nonce, self._realm)
+        issued = None if opened is None else opened[0]
         nonce_status = self._nonces.status(issued, now)
         if nonce_status is NonceStatus.INVALID:
             return _failed("invalid nonce")
@@ -751,6 +773,8 @@ class DigestServer:
 
         if nonce_status is NonceStatus.STALE:
             return AuthResult(AuthStatus.STALE, "nonce expired")
+        if opened is not None and opened[1] != self._nonces.issuer:
+            return AuthResult(AuthStatus.STALE, "nonce issued by another process")
         if nc is not None:
             forgotten = issued is not None and issued <= self._tracker.horizon
             if forgotten and c.nonce not in self._tracker:

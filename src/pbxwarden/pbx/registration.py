@@ -1,0 +1,126 @@
+"""Handling one REGISTER from digest check to answer: the same steps whether the main
+process or a registrar worker runs them (see :mod:`pbxwarden.registrar_workers`).
+
+Sans-I/O: what must reach the outside (a failed or successful authentication for the
+firewall's counters, a network to remember) goes through the two small interfaces
+below, so the main process can feed its firewall directly and a worker can forward
+the same facts to the main process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from pbxwarden.firewall.netwatch import NetworkWatch
+from pbxwarden.pbx.auth import Authenticator
+from pbxwarden.pbx.directory import Directory
+from pbxwarden.pbx.registrar import Registrar
+from pbxwarden.sip.digest import DigestError
+from pbxwarden.sip.message import Request, Response, make_response, safe_reason
+from pbxwarden.sip.transaction import Address
+from pbxwarden.store.db import ExtensionAuth
+
+log = structlog.get_logger("pbxwarden.registration")
+
+
+class AuthFeedback(Protocol):
+    """Where authentication outcomes go: brute-force counting and bans (the firewall)."""
+
+    def auth_failed(self, address: str, extension: str, now: float) -> None: ...
+
+    def auth_succeeded(self, address: str) -> None: ...
+
+
+RecordNetwork = Callable[[int, str, float, bool], None]
+"""(extension id, network, wall time, approved): a network to remember, written later."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationResult:
+    response: Response
+    registered: bool  # a 200 OK: the bindings changed or were read
+    auth_failed: bool  # credentials given and refused (counted for the statistics)
+
+
+class RegistrationHandler:
+    def __init__(
+        self,
+        auth: Authenticator,
+        directory: Directory,
+        registrar: Registrar,
+        netwatch: NetworkWatch,
+        feedback: AuthFeedback,
+        record_network: RecordNetwork,
+    ) -> None:
+        self.auth = auth
+        self.directory = directory
+        self.registrar = registrar
+        self.netwatch = netwatch
+        self.feedback = feedback
+        self.record_network = record_network
+
+    def handle(self, request: Request, source: Address, wall: float) -> RegistrationResult:
+        try:
+            credentials = self.auth.credentials(request)
+        except DigestError as exc:
+            reply = make_response(request, 400, f"Bad Request ({safe_reason(str(exc))})")
+            return RegistrationResult(reply, False, False)
+        extension = None
+        if credentials is not None:
+            extension = self.directory.get(self.auth.realm_for(request), credentials.username)
+        outcome = self.auth.authenticate(request, credentials, extension, wall)
+        if outcome.response is not None:
+            failed = credentials is not None and outcome.response.status == 403
+            if failed:
+                assert credentials is not None
+                self.feedback.auth_failed(source.host, credentials.username, wall)
+                log.info(
+                    "register refused",
+                    source=str(source),
+                    user=credentials.username[:64],
+                    reason=outcome.reason,
+                )
+            return RegistrationResult(outcome.response, False, failed)
+        assert outcome.extension is not None and credentials is not None
+        if not outcome.extension.allows(source.host):
+            # The right password from the wrong network: likely stolen credentials. Same
+            # answer as a wrong password, counted towards a ban, and loudly logged.
+            self.feedback.auth_failed(source.host, credentials.username, wall)
+            log.warning(
+                "register from outside the extension's networks",
+                source=str(source),
+                extension=outcome.extension.number,
+                tenant=outcome.extension.tenant,
+            )
+            return RegistrationResult(self.auth.forbidden(request), False, False)
+        self.feedback.auth_succeeded(source.host)
+        if not self._watch_network(outcome.extension, source, wall):
+            return RegistrationResult(self.auth.forbidden(request), False, False)
+        response = self.registrar.register(request, outcome.extension, str(source), wall)
+        return RegistrationResult(response, response.status == 200, False)
+
+    def _watch_network(self, ext: ExtensionAuth, source: Address, wall: float) -> bool:
+        """Registration watch: alert on (or hold back) a registration from a new network
+        or, with a GeoIP database, a new country."""
+        allowed = True
+        for verdict in self.netwatch.check(ext.id, source.host):
+            if verdict.known:
+                continue
+            if not verdict.first:
+                what = "country" if verdict.network.startswith("country:") else "network"
+                log.warning(
+                    f"registration from a new {what}",
+                    tenant=ext.tenant,
+                    extension=ext.number,
+                    network=verdict.network,
+                    source=str(source),
+                    known=sorted(self.netwatch.networks(ext.id)),
+                    action="allowed" if verdict.allowed else "waiting for approval",
+                )
+            self.record_network(ext.id, verdict.network, wall, verdict.allowed)
+            allowed = allowed and verdict.allowed
+        return allowed
