@@ -630,6 +630,7 @@ class Searcher:
             self.calls_for(rate),
             bound,
             f"{target.name}-r{run}-{rate}",
+            trace_errors=self.args.trace_errors,
         )
         target.probes.append(result)
         log(result.line())
@@ -943,6 +944,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, help="also write all probes and results as JSON here")
     p.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
+    p.add_argument(
+        "--trace-errors", action="store_true", help="keep SIPp's error log of every probe"
+    )
     p.add_argument("--verbose", action="store_true", help="log every SIPp command line")
     args = p.parse_args(argv)
     if args.users < 1 or args.runs < 1 or args.min_rate < 1 or args.max_rate < args.min_rate:

@@ -21,7 +21,7 @@ from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.events import EventBus
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
-from pbxwarden.firewall.geo import GeoLookup
+from pbxwarden.firewall.geo import open_geo
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.alerts import Alert, AlertDispatcher
@@ -36,6 +36,7 @@ from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
 from pbxwarden.pbx.registration import RegistrationHandler
 from pbxwarden.pbx.trunk_registration import TrunkRegistrations
+from pbxwarden.registrar_workers import WorkerPool, binding_from_event, registration_route
 from pbxwarden.sip.digest import Algorithm, DigestServer
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
@@ -58,10 +59,11 @@ from pbxwarden.sip.transaction import (
     TransactionLayer,
     TransactionTimeout,
     server_key,
+    stamp_via,
 )
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import Store, StoreError
-from pbxwarden.transport.network import Transports, tls_context
+from pbxwarden.transport.network import Transports, bind_udp, tls_context
 from pbxwarden.transport.rtp import MediaRelay
 
 log = structlog.get_logger("pbxwarden.server")
@@ -171,7 +173,7 @@ class SipServer:
             )
         )
         self._unsaved_bans: dict[str, Ban] = {}
-        self.geo = _open_geo(fw.geoip_database)
+        self.geo = open_geo(fw.geoip_database)
         self.netwatch = NetworkWatch(
             fw.approve_new_networks, self.geo.country if self.geo is not None else None
         )
@@ -219,6 +221,7 @@ class SipServer:
             self._record_network,
         )
         self.transports = Transports(self.on_message)
+        self.workers: WorkerPool | None = None  # registrar workers, started after binding
         self.stats = Stats()
         self.latency = Latency()
         self._timer: asyncio.TimerHandle | None = None
@@ -266,7 +269,21 @@ class SipServer:
             self.guard.reconfigure(with_stored(self.config.guard, self._stored_policies))
         host, port = self.config.sip.listen_address
         if "udp" in self.config.sip.transports:
-            await self.transports.listen_udp(host, port)
+            udp = bind_udp(host, port)
+            if self.config.sip.workers:
+                # Workers first: a REGISTER read before its worker is up would be challenged
+                # here and its answer refused as stale there (a needless round trip).
+                self.workers = WorkerPool(
+                    self.config.sip.workers,
+                    self.config,
+                    self._data_dir,
+                    udp.fileno(),
+                    self._worker_events,
+                )
+                await self.workers.start()
+                if not await self.workers.wait_ready(15.0):
+                    log.warning("registrar workers slow to start; registering here meanwhile")
+            await self.transports.listen_udp(host, port, udp)
         if "tcp" in self.config.sip.transports:
             await self.transports.listen_stream(host, port)
         tls = self.config.sip.tls
@@ -290,6 +307,8 @@ class SipServer:
     async def stop(self) -> None:
         if self._control is not None:
             self._control.close()
+        if self.workers is not None:
+            await self.workers.stop()  # their last reports arrive before the final flush
         for call in self.calls.active:
             self.calls.end_call(call.id, "server shutting down")
         await asyncio.sleep(0.05)  # let the BYEs and CANCELs leave
@@ -598,6 +617,16 @@ class SipServer:
         if verdict is not Verdict.ALLOW:
             self._refuse(verdict, data, source)
             return
+        if self.workers is not None and source.transport == "UDP":
+            route = registration_route(data)
+            if route is not None:
+                if not self.firewall.is_allowlisted(source.host):
+                    verdict = self.firewall.observe_identity(source.host, route[0][:64], wall)
+                    if verdict is not Verdict.ALLOW:
+                        self._refuse(verdict, data, source)
+                        return
+                if self.workers.dispatch(route, data, source):
+                    return
         try:
             message = parse_message(data)
         except ParseError as exc:
@@ -613,7 +642,7 @@ class SipServer:
             if verdict is not Verdict.ALLOW:
                 self._refuse(verdict, data, source)
                 return
-            _stamp_via(message, source)
+            stamp_via(message, source)
             if (
                 self._overload
                 and message.method == "INVITE"
@@ -632,6 +661,30 @@ class SipServer:
         else:
             actions = self.tx.receive_response(message, now)
         self._run(actions)
+
+    def _worker_events(self, worker: int, events: list[list[Any]]) -> None:
+        """What a registrar worker reports: the firewall's inputs, binding changes (for
+        routing and the write-back) and counters."""
+        for event in events:
+            try:
+                kind = event[0]
+                if kind == "b":
+                    aor, binding = binding_from_event(event)
+                    self.location.put(aor, binding)
+                elif kind == "u":
+                    self.location.remove(str(event[1]), str(event[2]))
+                elif kind == "s":
+                    self.firewall.auth_succeeded(str(event[1]))
+                elif kind == "f":
+                    self.firewall.auth_failed(str(event[1]), str(event[2]), float(event[3]))
+                elif kind == "ban":
+                    self.firewall.ban(str(event[1]), str(event[2]), time.time())
+                elif kind == "c":
+                    for name, n in event[1].items():
+                        if name in ("registers_ok", "auth_failures", "parse_errors"):
+                            setattr(self.stats, name, getattr(self.stats, name) + int(n))
+            except (IndexError, TypeError, ValueError, AttributeError):
+                log.error("malformed report from a registrar worker", worker=worker)
 
     _LAG_PERIOD = 0.05
 
@@ -797,6 +850,7 @@ class SipServer:
                 "calls": len(self.calls.active),
                 "bans": len(self.firewall.bans),
                 "trunk_registrations": self.trunk_registrations.status(),
+                **(self.workers.describe() if self.workers is not None else {}),
                 **(
                     {f"media_{k}": v for k, v in self.media.counters.__dict__.items()}
                     if self.media
@@ -911,36 +965,5 @@ def _has_credentials(request: Request) -> bool:
     return "Authorization" in headers or "Proxy-Authorization" in headers
 
 
-def _open_geo(path: Path | None) -> GeoLookup | None:
-    if path is None:
-        return None
-    try:
-        return GeoLookup(path)
-    except ImportError:
-        log.warning(
-            "firewall.geoip_database is set but geoip2 is not installed "
-            "(pip install 'pbxwarden[geo]'): country watch off"
-        )
-    except (OSError, ValueError) as exc:
-        log.warning("cannot open the GeoIP database: country watch off", error=str(exc))
-    return None
-
-
 def _phrase(status: int) -> str:
     return REASON_PHRASES.get(status, "Bad Request")
-
-
-def _stamp_via(request: Request, source: Address) -> None:
-    """RFC 3261 18.2.1 and RFC 3581: record where the request really came from."""
-    top = request.via[0]
-    if top.host != source.host:
-        top.params["received"] = source.host
-        top.raw = None
-    elif "received" in top.params:
-        # Only we may say where a request came from: a sender-written received= would
-        # send our answers to any host it likes (reflection).
-        del top.params["received"]
-        top.raw = None
-    if "rport" in top.params and top.params["rport"] is None:
-        top.params["rport"] = str(source.port)
-        top.raw = None

@@ -174,22 +174,28 @@ class Firewall:
 
     def inspect(self, request: Request, address: str, now: float) -> Verdict:
         """After parsing: fingerprints of scanning tools, and extension enumeration."""
-        agent = request.headers.get("User-Agent")
+        marker = self.scanner_marker(request.headers.get("User-Agent"))
+        if marker is not None:
+            if self.is_allowlisted(address):
+                return Verdict.ALLOW
+            self.ban(address, f"scanner fingerprint ({marker})", now)
+            return Verdict.DROP
+        identity = (request.to if request.method == "REGISTER" else request.from_).uri.user
+        if identity and request.method != "ACK" and not self.is_allowlisted(address):
+            # Trusted peers (a trunk, an office PBX) legitimately speak for many users.
+            return self.observe_identity(address, identity[:64], now)
+        return Verdict.ALLOW
+
+    def scanner_marker(self, agent: str | None) -> str | None:
+        """The scanning tool a User-Agent names, if any."""
         if agent:
             lowered = agent.lower()
             for marker in self.settings.scanner_agents:
                 if marker in lowered:
-                    if self.is_allowlisted(address):
-                        return Verdict.ALLOW
-                    self.ban(address, f"scanner fingerprint ({marker})", now)
-                    return Verdict.DROP
-        identity = (request.to if request.method == "REGISTER" else request.from_).uri.user
-        if identity and request.method != "ACK" and not self.is_allowlisted(address):
-            # Trusted peers (a trunk, an office PBX) legitimately speak for many users.
-            return self._observe_identity(address, identity[:64], now)
-        return Verdict.ALLOW
+                    return marker
+        return None
 
-    def _observe_identity(self, address: str, identity: str, now: float) -> Verdict:
+    def observe_identity(self, address: str, identity: str, now: float) -> Verdict:
         """Count distinct claimed identities per address (svwar-style enumeration)."""
         s = self.settings
         seen = self._identities.get(address)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger("pbxwarden.firewall")
+
 
 class GeoLookup:
     def __init__(self, path: Path) -> None:
@@ -27,3 +31,18 @@ class GeoLookup:
 
     def close(self) -> None:
         self._reader.close()
+
+
+def open_geo(path: Path | None) -> GeoLookup | None:
+    if path is None:
+        return None
+    try:
+        return GeoLookup(path)
+    except ImportError:
+        log.warning(
+            "firewall.geoip_database is set but geoip2 is not installed "
+            "(pip install 'pbxwarden[geo]'): country watch off"
+        )
+    except (OSError, ValueError) as exc:
+        log.warning("cannot open the GeoIP database: country watch off", error=str(exc))
+    return None

@@ -7,6 +7,7 @@ per-request disk syncs while a restart still finds every binding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from pbxwarden.store.db import BindingRow
@@ -36,12 +37,19 @@ class Binding:
         )
 
 
+ChangeListener = Callable[[str, str, "Binding | None"], None]
+"""(AOR, contact, the new binding or None when removed)."""
+
+
 class LocationService:
     """AOR key (``realm/number``) -> contact URI -> :class:`Binding`; tracks unsaved changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, listener: ChangeListener | None = None) -> None:
+        """With a ``listener``, changes go to it instead of the write-back queue (a
+        registrar worker: the main process keeps the routing copy and writes)."""
         self._bindings: dict[str, dict[str, Binding]] = {}
         self._dirty: dict[tuple[int, str], Binding | None] = {}
+        self._listener = listener
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._bindings.values())
@@ -73,7 +81,10 @@ class LocationService:
 
     def put(self, aor: str, binding: Binding) -> None:
         self._bindings.setdefault(aor, {})[binding.contact] = binding
-        self._dirty[(binding.extension_id, binding.contact)] = binding
+        if self._listener is not None:
+            self._listener(aor, binding.contact, binding)
+        else:
+            self._dirty[(binding.extension_id, binding.contact)] = binding
 
     def remove(self, aor: str, contact: str) -> None:
         bindings = self._bindings.get(aor)
@@ -81,7 +92,10 @@ class LocationService:
             return
         binding = bindings.pop(contact, None)
         if binding is not None:
-            self._dirty[(binding.extension_id, contact)] = None
+            if self._listener is not None:
+                self._listener(aor, contact, None)
+            else:
+                self._dirty[(binding.extension_id, contact)] = None
         if not bindings:
             del self._bindings[aor]
 

@@ -620,3 +620,19 @@ class TransactionLayer:
             return [send, self._terminate(txn)]
         self._schedule(txn, _Timer.J, now + 64 * self.timers.t1)
         return [send]
+
+
+def stamp_via(request: Request, source: Address) -> None:
+    """RFC 3261 18.2.1 and RFC 3581: record where the request really came from."""
+    top = request.via[0]
+    if top.host != source.host:
+        top.params["received"] = source.host
+        top.raw = None
+    elif "received" in top.params:
+        # Only we may say where a request came from: a sender-written received= would
+        # send our answers to any host it likes (reflection).
+        del top.params["received"]
+        top.raw = None
+    if "rport" in top.params and top.params["rport"] is None:
+        top.params["rport"] = str(source.port)
+        top.raw = None

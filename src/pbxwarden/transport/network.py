@@ -102,6 +102,21 @@ class _Stream(asyncio.Protocol):
                 del self._owner.connections[key]
 
 
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A bound, non-blocking UDP socket: bound before anything reads it, so that helper
+    processes can be given it first while datagrams wait in the kernel's buffer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    _grow_receive_buffer(sock)
+    return sock
+
+
 class Transports:
     """Every listening socket of one SIP server, and the way back to each peer."""
 
@@ -112,14 +127,14 @@ class Transports:
         self._servers: list[asyncio.AbstractServer] = []
         self.bound: dict[str, tuple[str, int]] = {}
 
-    async def listen_udp(self, host: str, port: int) -> None:
+    async def listen_udp(self, host: str, port: int, sock: socket.socket | None = None) -> None:
+        """Start reading; ``sock``: a socket already bound (see :func:`bind_udp`)."""
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.handler), local_addr=(host, port)
-        )
+        if sock is None:
+            sock = bind_udp(host, port)
+        _, proto = await loop.create_datagram_endpoint(lambda: _Udp(self.handler), sock=sock)
         self._udp = proto
         assert proto.transport is not None
-        _grow_receive_buffer(proto.transport.get_extra_info("socket"))
         self.bound["UDP"] = proto.transport.get_extra_info("sockname")[:2]
 
     async def listen_stream(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:

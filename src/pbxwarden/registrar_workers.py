@@ -1,0 +1,616 @@
+"""Registrar workers: REGISTER processing spread over several processes (``sip.workers``).
+
+Why: registrations are most of a hosted PBX's traffic (every phone refreshes every few
+minutes, and all of them at once after an outage) and all of it is CPU: parse, digest,
+answer. One Python process uses one core. Calls stay in the main process, whose state
+(dialogs, the guard's counters, media) is shared by nature; out-of-dialog REGISTERs over
+UDP go to worker ``hash(address-of-record) % N``, so the bindings, nonce counts and
+retransmissions of one extension always meet the same process.
+
+The flow keeps its one direction: the main process owns the socket and the firewall's
+pre-check (bans, flood limit, extension enumeration) and hands the raw datagram with its
+source over a ``SOCK_SEQPACKET`` pair. The worker parses, runs its own transaction layer,
+authenticates against its own copy of the directory (refreshed from the database like
+the main one) and answers through its copy of the UDP socket. It reports back in
+batches what the main process must know: authentication outcomes (brute-force counts
+and bans), scanner fingerprints, binding changes (call routing and the write-back to
+the database) and counters. A worker that is down (starting, crashed, restarting)
+costs nothing but speed: the main process handles those registrations itself.
+
+Written by hand because no library does this for SIP: the pieces (subprocess, socket
+pairs, JSON) are the standard library's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pbxwarden.config import Config, load_or_create_secret
+from pbxwarden.firewall.engine import Firewall, FirewallSettings
+from pbxwarden.firewall.geo import open_geo
+from pbxwarden.firewall.netwatch import NetworkWatch
+from pbxwarden.pbx.auth import Authenticator
+from pbxwarden.pbx.directory import Directory, fetch_changes
+from pbxwarden.pbx.location import Binding, LocationService
+from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
+from pbxwarden.pbx.registration import RegistrationHandler
+from pbxwarden.sip.digest import Algorithm, DigestServer
+from pbxwarden.sip.errors import ParseError
+from pbxwarden.sip.message import REASON_PHRASES, Request, error_response_bytes, parse_message
+from pbxwarden.sip.transaction import (
+    Action,
+    Address,
+    DeliverRequest,
+    SendMessage,
+    TimerConfig,
+    TransactionError,
+    TransactionKey,
+    TransactionLayer,
+    stamp_via,
+)
+from pbxwarden.store.db import Store
+
+log = structlog.get_logger("pbxwarden.workers")
+
+# The address-of-record of a REGISTER, read before parsing: the To header's user@host.
+# Only the choice of worker depends on it; the worker parses the message properly.
+_TO_RE = re.compile(rb"\n(?:to|t)[ \t]*:[^\r\n]*?sips?:([^@>;\s]+)@([^>;:\s]+)", re.IGNORECASE)
+MAX_EVENT_PACKET = 60_000  # bytes of JSON per packet to the main process
+RESTART_DELAY = 1.0
+
+
+def registration_route(data: bytes) -> tuple[str, str] | None:
+    """(user, host) of an out-of-dialog REGISTER, or None for anything else."""
+    if not data.startswith(b"REGISTER "):
+        return None
+    head_end = data.find(b"\r\n\r\n")
+    m = _TO_RE.search(data, 0, head_end if head_end >= 0 else len(data))
+    if m is None:
+        return None
+    return m.group(1).decode("utf-8", "replace"), m.group(2).decode("utf-8", "replace").lower()
+
+
+def worker_for(route: tuple[str, str], count: int) -> int:
+    """Stable across processes and restarts (unlike ``hash()``, which is salted)."""
+    return zlib.crc32(f"{route[0]}@{route[1]}".encode()) % count
+
+
+def _frame(data: bytes, source: Address) -> bytes:
+    return b"%s %d\n" % (source.host.encode(), source.port) + data
+
+
+def _unframe(packet: bytes) -> tuple[bytes, Address]:
+    head, _, data = packet.partition(b"\n")
+    host, _, port = head.partition(b" ")
+    return data, Address("UDP", host.decode(), int(port))
+
+
+# ------------------------------------------------------------------ the main process's side
+
+
+EventHandler = Callable[[int, list[list[Any]]], None]
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.channel: socket.socket | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.ready = False
+        self.restarts = 0
+
+
+class WorkerPool:
+    """Starts, feeds, watches and restarts the registrar workers."""
+
+    def __init__(
+        self,
+        count: int,
+        config: Config,
+        data_dir: Path,
+        udp_fd: int,
+        on_events: EventHandler,
+    ) -> None:
+        self.count = count
+        self._config_json = config.model_dump_json(by_alias=True).encode()
+        self._data_dir = data_dir
+        self._udp_fd = udp_fd
+        self._on_events = on_events
+        self._workers = [_Worker(i) for i in range(count)]
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.dispatched = 0
+        self.dropped = 0  # the worker's queue was full: lost like a datagram
+
+    @property
+    def ready(self) -> int:
+        return sum(w.ready for w in self._workers)
+
+    async def start(self) -> None:
+        for worker in self._workers:
+            self._watchers.append(asyncio.create_task(self._keep_running(worker)))
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Until every worker reported ready (registrations are served meanwhile anyway)."""
+        deadline = time.monotonic() + timeout
+        while self.ready < self.count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.ready == self.count
+
+    async def _spawn(self, worker: _Worker) -> asyncio.subprocess.Process:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        for sock in (ours, theirs):  # room for bursts: a few thousand REGISTERs
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "pbxwarden.registrar_workers",
+                "--index",
+                str(worker.index),
+                "--data-dir",
+                str(self._data_dir),
+                "--udp-fd",
+                str(self._udp_fd),
+                "--channel-fd",
+                str(theirs.fileno()),
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(self._udp_fd, theirs.fileno()),
+            )
+        finally:
+            theirs.close()
+        assert process.stdin is not None
+        process.stdin.write(self._config_json)
+        await process.stdin.drain()
+        process.stdin.close()
+        worker.channel = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable, worker)
+        return process
+
+    async def _keep_running(self, worker: _Worker) -> None:
+        while not self._stopping:
+            try:
+                worker.process = await self._spawn(worker)
+            except OSError as exc:
+                log.error("cannot start a registrar worker", worker=worker.index, error=str(exc))
+                await asyncio.sleep(RESTART_DELAY)
+                continue
+            code = await worker.process.wait()
+            self._detach(worker)
+            if self._stopping:
+                return
+            worker.restarts += 1
+            log.error(
+                "registrar worker exited; its registrations are handled here until it is back",
+                worker=worker.index,
+                code=code,
+            )
+            await asyncio.sleep(RESTART_DELAY)
+
+    def _detach(self, worker: _Worker) -> None:
+        worker.ready = False
+        if worker.channel is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(worker.channel.fileno())
+            worker.channel.close()
+            worker.channel = None
+
+    def _readable(self, worker: _Worker) -> None:
+        channel = worker.channel
+        while channel is not None:
+            try:
+                packet = channel.recv(MAX_EVENT_PACKET + 1024)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                packet = b""
+            if not packet:  # the worker closed its end: it is going away
+                worker.ready = False
+                with contextlib.suppress(ValueError, RuntimeError):
+                    asyncio.get_running_loop().remove_reader(channel.fileno())
+                return
+            try:
+                events = json.loads(packet)
+            except ValueError:
+                log.error("unreadable report from a registrar worker", worker=worker.index)
+                continue
+            if events and events[0] == ["ready"]:
+                worker.ready = True
+                log.info("registrar worker ready", worker=worker.index)
+                events = events[1:]
+            self._on_events(worker.index, events)
+
+    def dispatch(self, route: tuple[str, str], data: bytes, source: Address) -> bool:
+        """Hand a REGISTER to its worker; False when the caller must handle it itself."""
+        worker = self._workers[worker_for(route, self.count)]
+        channel = worker.channel
+        if not worker.ready or channel is None:
+            return False
+        try:
+            channel.send(_frame(data, source))
+        except (BlockingIOError, InterruptedError):
+            self.dropped += 1  # as if the datagram were lost: the phone retransmits
+            return True
+        except OSError as exc:
+            log.error("registrar worker unreachable", worker=worker.index, error=str(exc))
+            worker.ready = False
+            return False
+        self.dispatched += 1
+        return True
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for worker in self._workers:
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.terminate()
+        for worker in self._workers:
+            if worker.process is None:
+                continue
+            try:
+                await asyncio.wait_for(worker.process.wait(), 5.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.process.wait()
+        for task in self._watchers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for worker in self._workers:
+            self._detach(worker)
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "workers": self.count,
+            "workers_ready": self.ready,
+            "worker_restarts": sum(w.restarts for w in self._workers),
+            "worker_dispatched": self.dispatched,
+            "worker_dropped": self.dropped,
+        }
+
+
+def binding_event(aor: str, contact: str, binding: Binding | None) -> list[Any]:
+    if binding is None:
+        return ["u", aor, contact]
+    b = binding
+    fields = (b.extension_id, contact, b.expires_at, b.q, b.call_id, b.cseq, b.source)
+    return ["b", aor, *fields, b.user_agent]
+
+
+def binding_from_event(event: Sequence[Any]) -> tuple[str, Binding]:
+    _, aor, ext_id, contact, expires_at, q, call_id, cseq, source, agent = event
+    return str(aor), Binding(
+        int(ext_id),
+        str(contact),
+        float(expires_at),
+        None if q is None else float(q),
+        str(call_id),
+        int(cseq),
+        str(source),
+        None if agent is None else str(agent),
+    )
+
+
+# ------------------------------------------------------------------------ the worker's side
+
+
+class _Reporter:
+    """Collects what the main process must hear; sent once per burst of work."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self.events: list[list[Any]] = []
+        self.counters: dict[str, int] = {}
+        self._backlog: list[bytes] = []
+
+    # AuthFeedback
+    def auth_failed(self, address: str, extension: str, now: float) -> None:
+        self.events.append(["f", address, extension[:64], now])
+
+    def auth_succeeded(self, address: str) -> None:
+        self.events.append(["s", address])
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def binding_changed(self, aor: str, contact: str, binding: Binding | None) -> None:
+        self.events.append(binding_event(aor, contact, binding))
+
+    def flush(self) -> None:
+        if self.counters:
+            self.events.append(["c", self.counters])
+            self.counters = {}
+        events, self.events = self.events, []
+        packet: list[list[Any]] = []
+        size = 2
+        for event in events:
+            text = json.dumps(event, separators=(",", ":"))
+            if packet and size + len(text) > MAX_EVENT_PACKET:
+                self._backlog.append(json.dumps(packet, separators=(",", ":")).encode())
+                packet, size = [], 2
+            packet.append(event)
+            size += len(text) + 1
+        if packet:
+            self._backlog.append(json.dumps(packet, separators=(",", ":")).encode())
+        self.send_backlog()
+
+    def send_backlog(self) -> bool:
+        """Send what is queued; False while the main process's queue is full."""
+        while self._backlog:
+            try:
+                self._channel.send(self._backlog[0])
+            except (BlockingIOError, InterruptedError):
+                return False
+            self._backlog.pop(0)
+        return True
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._backlog)
+
+
+class RegistrarWorker:
+    def __init__(
+        self,
+        index: int,
+        config: Config,
+        store: Store,
+        secret: bytes,
+        udp: socket.socket,
+        channel: socket.socket,
+    ) -> None:
+        self.index = index
+        self.config = config
+        self.store = store
+        self._secret = secret
+        self._udp = udp
+        self._channel = channel
+        sip = config.sip
+        self._algorithms = [Algorithm(a) for a in sip.digest_algorithms]
+        self.digest: dict[str, DigestServer] = {}
+        realms = store.known_realms() or [sip.realm]
+        self._add_realms(realms)
+        self.auth = Authenticator(
+            self.digest, sip.realm if sip.realm in self.digest else realms[0], sip.user_agent
+        )
+        fw = config.firewall
+        self.firewall = Firewall(FirewallSettings(allow=tuple(fw.allow)))
+        self.reporter = _Reporter(channel)
+        self.location = LocationService(listener=self.reporter.binding_changed)
+        self.registrar = Registrar(
+            self.location,
+            RegistrarPolicy(
+                sip.min_expires, sip.max_expires, sip.default_expires, sip.max_contacts
+            ),
+            sip.user_agent,
+        )
+        self.directory = Directory()
+        geo = open_geo(fw.geoip_database)
+        self.netwatch = NetworkWatch(
+            fw.approve_new_networks, geo.country if geo is not None else None
+        )
+        self._approved_networks = -1
+        self.registration = RegistrationHandler(
+            self.auth,
+            self.directory,
+            self.registrar,
+            self.netwatch,
+            self.reporter,
+            self._record_network,
+        )
+        self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._network_writes: list[tuple[int, str, float, bool]] = []
+        self._stop = asyncio.Event()
+
+    def _add_realms(self, realms: list[str]) -> None:
+        for realm in realms:
+            if realm not in self.digest:
+                self.digest[realm] = DigestServer(
+                    self._secret,
+                    realm,
+                    self._algorithms,
+                    nonce_lifetime=self.config.sip.nonce_lifetime,
+                    issuer=self.index + 1,  # 0 is the main process
+                )
+
+    def _record_network(self, extension_id: int, network: str, wall: float, ok: bool) -> None:
+        self._network_writes.append((extension_id, network, wall, ok))
+
+    async def run(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        rows = await asyncio.to_thread(self.store.load_bindings, time.time())
+        self.location.load(rows)  # loading does not report: the main process has them
+        await self._refresh()
+        loop.add_reader(self._channel.fileno(), self._readable)
+        self.reporter.events.append(["ready"])
+        self._flush()
+        refresher = asyncio.create_task(self._refresh_loop())
+        await self._stop.wait()
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        loop.remove_reader(self._channel.fileno())
+        self._flush()
+        await self._write_networks()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.location.purge(time.time())
+                await self._refresh()
+                await self._write_networks()
+            except Exception:  # the database may be briefly locked; retry next round
+                log.exception("registrar worker refresh failed", worker=self.index)
+
+    async def _refresh(self) -> None:
+        """The same sources as the main process: realms, extensions, approved networks."""
+        self._add_realms(await asyncio.to_thread(self.store.known_realms))
+        changes = await asyncio.to_thread(fetch_changes, self.store, self.directory.version)
+        if changes is not None:
+            full, entries, version = changes
+            if full:
+                self.directory.replace_all(entries, version)
+            else:
+                self.directory.update(entries, version)
+        count = await asyncio.to_thread(self.store.approved_network_count)
+        if count != self._approved_networks:
+            self.netwatch.load(await asyncio.to_thread(self.store.approved_networks))
+            self._approved_networks = count
+
+    async def _write_networks(self) -> None:
+        writes, self._network_writes = self._network_writes, []
+        for args in writes:
+            await asyncio.to_thread(self.store.record_network, *args)
+
+    # -- the per-request path ------------------------------------------------------------
+
+    def _readable(self) -> None:
+        for _ in range(256):  # then let timers and the reporter run
+            try:
+                packet = self._channel.recv(70_000)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not packet:  # the main process is gone: free its port for a restart now
+                self._udp.close()
+                self._stop.set()
+                break
+            data, source = _unframe(packet)
+            self.on_datagram(data, source)
+        self._flush()
+
+    def _flush(self) -> None:
+        self.reporter.flush()
+        assert self._loop is not None
+        if self.reporter.pending:
+            self._loop.add_writer(self._channel.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        if self.reporter.send_backlog():
+            assert self._loop is not None
+            self._loop.remove_writer(self._channel.fileno())
+
+    def on_datagram(self, data: bytes, source: Address) -> None:
+        try:
+            message = parse_message(data)
+        except ParseError as exc:
+            self.reporter.count("parse_errors")
+            phrase = REASON_PHRASES.get(exc.status, "Bad Request")
+            reply = error_response_bytes(data, exc.status, f"{phrase} ({exc.reason})")
+            if reply is not None:
+                self._send(reply, source)
+            return
+        if not isinstance(message, Request) or message.method != "REGISTER":
+            return  # the main process only sends REGISTERs
+        marker = self.firewall.scanner_marker(message.headers.get("User-Agent"))
+        if marker is not None and not self.firewall.is_allowlisted(source.host):
+            self.reporter.events.append(["ban", source.host, f"scanner fingerprint ({marker})"])
+            return
+        stamp_via(message, source)
+        assert self._loop is not None
+        self._run(self.tx.receive_request(message, source, self._loop.time()))
+
+    def _send(self, data: bytes, dest: Address) -> None:
+        with contextlib.suppress(OSError):  # a full buffer loses a datagram, as UDP does
+            self._udp.sendto(data, (dest.host, dest.port))
+
+    def _run(self, actions: Sequence[Action]) -> None:
+        assert self._loop is not None
+        for action in actions:
+            if isinstance(action, SendMessage):
+                self._send(action.message.to_bytes(), action.dest)
+            elif isinstance(action, DeliverRequest):
+                self._register(action.request, action.source, action.key)
+        deadline = self.tx.next_deadline()
+        if deadline is not None and deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self._timer_at = float("inf")
+        self._run(self.tx.handle_timers(self._loop.time()))
+
+    def _register(self, request: Request, source: Address, key: TransactionKey | None) -> None:
+        result = self.registration.handle(request, source, time.time())
+        if result.registered:
+            self.reporter.count("registers_ok")
+        if result.auth_failed:
+            self.reporter.count("auth_failures")
+        if key is None:
+            return
+        assert self._loop is not None
+        try:
+            actions = self.tx.send_response(key, result.response, self._loop.time())
+        except TransactionError:
+            return
+        self._run(actions)
+
+
+def _install_fast_loop() -> None:
+    if os.environ.get("PBXWARDEN_NO_UVLOOP"):
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="pbxwarden registrar worker (started by serve)")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--udp-fd", type=int, required=True)
+    parser.add_argument("--channel-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    config = Config.model_validate_json(sys.stdin.buffer.read())
+    from pbxwarden.cli.main import _setup_logging, _tune_gc
+
+    _setup_logging(config)
+    udp = socket.socket(fileno=args.udp_fd)
+    channel = socket.socket(fileno=args.channel_fd)
+    channel.setblocking(False)
+    udp.setblocking(False)
+    store = Store(config.database_url(args.data_dir))
+    try:
+        worker = RegistrarWorker(
+            args.index, config, store, load_or_create_secret(args.data_dir), udp, channel
+        )
+        _tune_gc()
+        _install_fast_loop()
+        asyncio.run(worker.run())
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
