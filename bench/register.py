@@ -577,6 +577,8 @@ def start_pbxwarden(
         # and lift the cap on trusted sources, which would drop the excess
         "PBXWARDEN_FIREWALL__TRUSTED_RATE_LIMIT": "100000000",
         "PBXWARDEN_LOG__LEVEL": "warning",
+        # registrar worker processes, as Kamailio has its UDP children (kamailio.cfg: 2)
+        "PBXWARDEN_SIP__WORKERS": str(args.pbxwarden_workers),
     }
     proc = procs.start(
         "pbxwarden", [*cli, "serve", "--sip", f"{LOOPBACK}:{port}"], logfile, workdir, env
@@ -866,6 +868,16 @@ def render_markdown(
             + ', usrloc in memory (db_mode 0), registrar `save("location")`, 2 UDP workers, '
             "UDP receive buffer up to 4 MB, no DNS, log level ERR."
         )
+    if any(t.name == "pbxwarden" for t in targets):
+        lines.append(
+            f"- pbxwarden: `sip.workers = {args.pbxwarden_workers}` "
+            + (
+                "(registrar worker processes; the main process keeps the socket, firewall, "
+                "routing and write-back)."
+                if args.pbxwarden_workers
+                else "(everything in one process)."
+            )
+        )
     lines += [
         f"- All on {LOOPBACK} (UDP), SIPp and both servers on the same host: "
         f"{host_description()}. CPU busy before start: {busy_before:.0%}.",
@@ -932,6 +944,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--sipp", default="sipp", help="SIPp binary")
     p.add_argument("--kamailio", default="kamailio", help="Kamailio binary")
+    p.add_argument(
+        "--pbxwarden-workers",
+        type=int,
+        default=2,
+        help="pbxwarden's sip.workers (registrar processes; 0: one process, as before)",
+    )
     p.add_argument(
         "--kamailio-ha1",
         action="store_true",

@@ -1,0 +1,234 @@
+"""Registrar workers (``sip.workers``) in the real server, against real peers.
+
+Every test checks the workers did the work (the main process would answer just the
+same without them) and that what must be shared still is: bindings for call routing
+and the database, brute-force counts, bans, enumeration limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pbxwarden.sip.message import Response, parse_message
+from tests.helpers import (
+    PbxProcess,
+    SipClient,
+    cli,
+    finish_sipp_uas,
+    free_port,
+    options_request,
+    run_sipp,
+    running_pbx,
+    sipp_available,
+    start_sipp_uas,
+    status_of,
+    udp_exchange,
+)
+
+needs_sipp = pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
+
+USERS = {str(1000 + i): f"Passw0rd-{i:04d}-workers" for i in range(20)}
+USERS["2000"] = "Callee-Passw0rd-workers"
+WORKERS = {"PBXWARDEN_SIP__WORKERS": "2"}
+
+
+@pytest.fixture
+def pbx(tmp_path: Path) -> Iterator[PbxProcess]:
+    with running_pbx(tmp_path / "data", USERS, env=WORKERS) as server:
+        yield server
+
+
+def stats(pbx: PbxProcess) -> dict[str, object]:
+    return dict(json.loads(cli(pbx.data_dir, "stats", "--json").stdout))
+
+
+def number(pbx: PbxProcess, key: str) -> int:
+    value = stats(pbx)[key]
+    assert isinstance(value, int)
+    return value
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def target(pbx: PbxProcess) -> str:
+    return f"{pbx.host}:{pbx.port}"
+
+
+def registers(pbx: PbxProcess, user: str, source_ip: str = "127.0.0.1") -> int | None:
+    client = SipClient((pbx.host, pbx.port), source_ip=source_ip)
+    client.sock.settimeout(1.0)
+    try:
+        reply = parse_message(client.register(user, USERS[user]))
+        return reply.status if isinstance(reply, Response) else None
+    except TimeoutError:
+        return None
+    finally:
+        client.close()
+
+
+def registrations(pbx: PbxProcess) -> set[str]:
+    out = cli(pbx.data_dir, "registrations", "--json").stdout
+    return set() if out.strip() == "no registrations" else {r["number"] for r in json.loads(out)}
+
+
+def worker_pids(pbx: PbxProcess) -> list[int]:
+    assert pbx.proc is not None
+    out = subprocess.run(
+        ["pgrep", "-P", str(pbx.proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    return [int(p) for p in out]
+
+
+def bans(pbx: PbxProcess) -> dict[str, dict[str, object]]:
+    out = cli(pbx.data_dir, "bans", "list", "--json").stdout
+    return {} if out.strip() == "no bans" else {b["address"]: b for b in json.loads(out)}
+
+
+@needs_sipp
+def test_workers_register_phones_and_the_main_process_routes_calls_to_them(
+    pbx: PbxProcess, tmp_path: Path
+) -> None:
+    assert (number(pbx, "workers"), number(pbx, "workers_ready")) == (2, 2)
+    assert len(worker_pids(pbx)) == 2
+    phones = {u: p for u, p in USERS.items() if u.startswith("10")}
+    result = run_sipp(
+        "register.xml", target(pbx), users=phones, calls=len(phones), rate=50, workdir=tmp_path
+    )
+    assert (result.successful, result.failed) == (20, 0), result.output
+    assert number(pbx, "worker_dispatched") >= 40  # both REGISTERs of each, none here
+    assert wait_for(lambda: number(pbx, "registers_ok") == 20)
+    # The bindings reached the main process: written back, and used to route a call.
+    assert wait_for(lambda: registrations(pbx) == set(phones))
+    port = free_port()
+    callee = {"2000": USERS["2000"]}
+    reg = run_sipp("register.xml", target(pbx), users=callee, local_port=port, workdir=tmp_path)
+    assert reg.successful == 1, reg.output
+    phone = start_sipp_uas("call_uas.xml", port, tmp_path)
+    call = run_sipp(
+        "call_uac.xml",
+        target(pbx),
+        users={"1000": USERS["1000"]},
+        extra=["-s", "2000"],
+        workdir=tmp_path,
+        timeout=20,
+    )
+    assert (call.successful, call.failed) == (1, 0), call.output + pbx.log()[-3000:]
+    assert finish_sipp_uas(phone, tmp_path).successful == 1
+
+
+@needs_sipp
+def test_bindings_registered_by_workers_survive_a_restart(pbx: PbxProcess, tmp_path: Path) -> None:
+    one = {"1002": USERS["1002"]}
+    reg = run_sipp("register.xml", target(pbx), users=one, workdir=tmp_path)
+    assert reg.successful == 1, reg.output
+    assert wait_for(lambda: "1002" in registrations(pbx))
+    pbx.stop(signal.SIGKILL)  # the workers see their channel close and leave the port
+    pbx.start()
+    assert number(pbx, "workers_ready") == 2
+    query = run_sipp("query.xml", target(pbx), users=one, workdir=tmp_path)
+    assert (query.successful, query.failed) == (1, 0), query.output
+
+
+def test_retransmission_is_absorbed_by_the_worker(pbx: PbxProcess) -> None:
+    msg = (
+        f"REGISTER sip:{pbx.host} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5998;branch=z9hG4bKworkers1;rport\r\n"
+        "From: <sip:1005@127.0.0.1>;tag=1\r\nTo: <sip:1005@127.0.0.1>\r\n"
+        "Call-ID: retrans-workers\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+        "Contact: <sip:1005@127.0.0.1:5998>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    before = number(pbx, "worker_dispatched")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+        sock.sendto(msg, (pbx.host, pbx.port))
+        first = sock.recv(65535)
+        sock.sendto(msg, (pbx.host, pbx.port))
+        second = sock.recv(65535)
+    assert status_of(first) == 401
+    assert first == second  # the same nonce: replayed by the worker's transaction
+    assert number(pbx, "worker_dispatched") == before + 2
+
+
+def test_a_crashed_worker_is_replaced_and_nothing_is_refused_meanwhile(pbx: PbxProcess) -> None:
+    victims = worker_pids(pbx)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    # With no worker left, the main process registers phones itself.
+    assert all(registers(pbx, user) == 200 for user in ("1006", "1007", "1008"))
+    assert wait_for(lambda: number(pbx, "workers_ready") == 2)
+    assert number(pbx, "worker_restarts") == 2
+    assert not set(victims) & set(worker_pids(pbx))
+    before = number(pbx, "worker_dispatched")
+    assert registers(pbx, "1009") == 200
+    assert number(pbx, "worker_dispatched") == before + 2
+
+
+@needs_sipp
+def test_brute_force_counted_across_workers_is_banned(tmp_path: Path) -> None:
+    env = {**WORKERS, "PBXWARDEN_FIREWALL__AUTH_FAILURE_LIMIT": "5"}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        attacker = "127.0.0.9"
+        result = run_sipp(
+            "register_wrong_password.xml",
+            target(pbx),
+            users={"1000": "guess-number-one"},
+            calls=8,
+            rate=4,
+            local_ip=attacker,
+            recv_timeout_ms=1000,
+            timeout=25,
+            workdir=tmp_path,
+        )
+        # The workers answered five guesses 403 and told the main process, which banned.
+        assert (result.successful, result.failed) == (5, 3), result.output
+        assert wait_for(lambda: attacker in bans(pbx))
+        assert "5 failed authentications" in str(bans(pbx)[attacker]["reason"])
+        assert registers(pbx, "1000") == 200
+        assert registers(pbx, "1001", source_ip=attacker) is None
+
+
+def test_scanner_and_enumeration_are_banned_with_workers(tmp_path: Path) -> None:
+    env = {**WORKERS, "PBXWARDEN_FIREWALL__IDENTITY_LIMIT": "10"}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        dest = (pbx.host, pbx.port)
+        # A scanner's REGISTER: the worker spots the fingerprint, the main process bans.
+        scanner = SipClient(dest, source_ip="127.0.0.20")
+        scanner.sock.settimeout(0.7)
+        with pytest.raises(TimeoutError):
+            scanner.request("1000", extra=("User-Agent: friendly-scanner",))
+        scanner.close()
+        assert wait_for(lambda: "127.0.0.20" in bans(pbx))
+        assert udp_exchange(options_request(dest), dest, 0.7, source_ip="127.0.0.20") is None
+        # Many identities from one address: counted before dispatch, whichever worker.
+        enumerator = SipClient(dest, source_ip="127.0.0.21")
+        enumerator.sock.settimeout(0.5)
+        answered = 0
+        try:
+            for user in range(1000, 1020):
+                try:
+                    enumerator.request(str(user))
+                    answered += 1
+                except TimeoutError:
+                    pass
+        finally:
+            enumerator.close()
+        assert answered == 10
+        assert wait_for(lambda: "127.0.0.21" in bans(pbx))
+        assert registers(pbx, "1010") == 200
