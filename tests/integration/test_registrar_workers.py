@@ -170,6 +170,9 @@ def test_a_crashed_worker_is_replaced_and_nothing_is_refused_meanwhile(pbx: PbxP
     victims = worker_pids(pbx)
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
+    # Gone (reaped by the server, or at least dead): a datagram sent before that would
+    # be lost with the worker, as with any crash; phones retransmit, this test does not.
+    assert wait_for(lambda: not set(victims) & set(worker_pids(pbx)), 5.0)
     # With no worker left, the main process registers phones itself.
     assert all(registers(pbx, user) == 200 for user in ("1006", "1007", "1008"))
     assert wait_for(lambda: number(pbx, "workers_ready") == 2)
