@@ -79,20 +79,20 @@ MAX_EVENT_PACKET = 4 << 20
 RESTART_DELAY = 1.0
 
 
-def registration_route(data: bytes) -> tuple[str, str] | None:
-    """(user, host) of an out-of-dialog REGISTER, or None for anything else."""
+def registration_route(data: bytes) -> tuple[bytes, bytes] | None:
+    """(user, lower-cased host) of a REGISTER, as bytes, or None for anything else."""
     if not data.startswith(b"REGISTER "):
         return None
     head_end = data.find(b"\r\n\r\n")
     m = _TO_RE.search(data, 0, head_end if head_end >= 0 else len(data))
     if m is None:
         return None
-    return m.group(1).decode("utf-8", "replace"), m.group(2).decode("utf-8", "replace").lower()
+    return m.group(1), m.group(2).lower()
 
 
-def worker_for(route: tuple[str, str], count: int) -> int:
+def worker_for(route: tuple[bytes, bytes], count: int) -> int:
     """Stable across processes and restarts (unlike ``hash()``, which is salted)."""
-    return zlib.crc32(f"{route[0]}@{route[1]}".encode()) % count
+    return zlib.crc32(route[1], zlib.crc32(route[0])) % count
 
 
 def _frame(data: bytes, source: Address) -> bytes:
@@ -246,7 +246,7 @@ class WorkerPool:
                 events = events[1:]
             self._on_events(worker.index, events)
 
-    def dispatch(self, route: tuple[str, str], data: bytes, source: Address) -> bool:
+    def dispatch(self, route: tuple[bytes, bytes], data: bytes, source: Address) -> bool:
         """Hand a REGISTER to its worker; False when the caller must handle it itself."""
         worker = self._workers[worker_for(route, self.count)]
         channel = worker.channel

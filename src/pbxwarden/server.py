@@ -621,7 +621,8 @@ class SipServer:
             route = registration_route(data)
             if route is not None:
                 if not self.firewall.is_allowlisted(source.host):
-                    verdict = self.firewall.observe_identity(source.host, route[0][:64], wall)
+                    user = route[0][:64].decode("utf-8", "replace")
+                    verdict = self.firewall.observe_identity(source.host, user, wall)
                     if verdict is not Verdict.ALLOW:
                         self._refuse(verdict, data, source)
                         return

@@ -186,6 +186,16 @@ def test_stale_challenge_rendering() -> None:
     assert all(parse_challenge(h).stale for h in headers)
 
 
+@pytest.mark.parametrize("stale", [False, True])
+def test_rendered_challenges_equal_the_challenge_objects(stale: bool) -> None:
+    """challenges() renders from pre-quoted parts; it must say what to_header() says."""
+    server = DigestServer(SECRET, 'odd "realm" \\ x', (Algorithm.SHA256, Algorithm.MD5))
+    for text in server.challenges(NOW, stale=stale):
+        parsed = parse_challenge(text)
+        assert parsed.to_header() == text
+        assert parsed.realm == 'odd "realm" \\ x' and parsed.stale is stale
+
+
 def test_challenge_to_header_round_trip() -> None:
     challenge = Challenge('we"ird\\realm', "n0nce", Algorithm.SHA256_SESS, "auth", "op", True)
     assert parse_challenge(challenge.to_header()) == challenge

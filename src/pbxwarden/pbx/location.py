@@ -8,33 +8,12 @@ per-request disk syncs while a restart still finds every binding.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 from pbxwarden.store.db import BindingRow
 
-
-@dataclass(slots=True)
-class Binding:
-    extension_id: int
-    contact: str
-    expires_at: float
-    q: float | None
-    call_id: str
-    cseq: int
-    source: str
-    user_agent: str | None
-
-    def row(self) -> BindingRow:
-        return BindingRow(
-            self.extension_id,
-            self.contact,
-            self.expires_at,
-            self.q,
-            self.call_id,
-            self.cseq,
-            self.source,
-            self.user_agent,
-        )
+# One binding, as kept here and as written: immutable, so the write-back can take the
+# very objects the registrar made (a refresh replaces its binding, never edits it).
+Binding = BindingRow
 
 
 ChangeListener = Callable[[str, str, "Binding | None"], None]
@@ -56,16 +35,7 @@ class LocationService:
 
     def load(self, rows: list[tuple[str, BindingRow]]) -> None:
         for aor, r in rows:
-            self._bindings.setdefault(aor, {})[r.contact] = Binding(
-                r.extension_id,
-                r.contact,
-                r.expires_at,
-                r.q,
-                r.call_id,
-                r.cseq,
-                r.source,
-                r.user_agent,
-            )
+            self._bindings.setdefault(aor, {})[r.contact] = r
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """Live bindings, highest q first (RFC 3261 16.6 target ordering)."""
@@ -113,7 +83,7 @@ class LocationService:
 
     def drain_changes(self) -> tuple[list[BindingRow], list[tuple[int, str]]]:
         """Unsaved upserts and deletions since the last call, for the write-back task."""
-        upserts = [b.row() for b in self._dirty.values() if b is not None]
+        upserts = [b for b in self._dirty.values() if b is not None]
         deletes = [key for key, b in self._dirty.items() if b is None]
         self._dirty = {}
         return upserts, deletes
@@ -121,7 +91,7 @@ class LocationService:
     def requeue(self, upserts: list[BindingRow], deletes: list[tuple[int, str]]) -> None:
         """Give back changes whose write failed, unless newer ones replaced them meanwhile."""
         for row in upserts:
-            self._dirty.setdefault((row.extension_id, row.contact), Binding(**asdict(row)))
+            self._dirty.setdefault((row.extension_id, row.contact), row)
         for key in deletes:
             self._dirty.setdefault(key, None)
 

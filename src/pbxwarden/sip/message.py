@@ -467,6 +467,10 @@ _TYPED = frozenset(
 )
 
 
+# Header names exactly as received (before the colon) -> canonical name, once validated.
+_SEEN_NAMES: dict[str, str] = {}
+
+
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     crlf = data.find(b"\r\n\r\n")
     lf = data.find(b"\n\n")
@@ -507,10 +511,17 @@ def parse_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Request |
             raw[-1] = (name, value)
             continue
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _HEADER_NAME_RE.fullmatch(name):
+        if not colon:
             raise ParseError(f"malformed header line {line[:40]!r}")
-        raw.append((name, value.strip()))
+        canonical = _SEEN_NAMES.get(name)
+        if canonical is None:  # a spelling not met before: validate it once
+            stripped = name.rstrip(" \t")
+            if not _HEADER_NAME_RE.fullmatch(stripped):
+                raise ParseError(f"malformed header line {line[:40]!r}")
+            canonical = canonical_name(stripped)
+            if len(_SEEN_NAMES) < 4096:  # bounded: names come from the network
+                _SEEN_NAMES[name] = canonical
+        raw.append((canonical, value.strip()))
     if len(raw) > MAX_HEADERS:
         raise ParseError("too many header fields")
     return _build(start, raw, body)
@@ -529,8 +540,7 @@ def _build(start: str, raw: list[tuple[str, str]], body: bytes) -> Request | Res
     contact_star = False
     headers = Headers()
     items = headers._items
-    for name, value in raw:
-        key = canonical_name(name)
+    for key, value in raw:
         if key not in _TYPED:
             if key == "Retry-After":
                 _parse_delta(value.partition("(")[0].partition(";")[0], "Retry-After")
