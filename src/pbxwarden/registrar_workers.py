@@ -488,8 +488,12 @@ class RegistrarWorker:
 
     async def _write_networks(self) -> None:
         writes, self._network_writes = self._network_writes, []
-        for args in writes:
-            await asyncio.to_thread(self.store.record_network, *args)
+        for i, args in enumerate(writes):
+            try:
+                await asyncio.to_thread(self.store.record_network, *args)
+            except Exception:
+                self._network_writes[:0] = writes[i:]  # the next round retries them
+                raise
 
     # -- the per-request path ------------------------------------------------------------
 
