@@ -244,6 +244,7 @@ class SipServer:
                     realm,
                     self._algorithms,
                     nonce_lifetime=self.config.sip.nonce_lifetime,
+                    foreign_nonces_unless_register=True,  # registrar workers' nonces
                 )
 
     # -- life cycle --------------------------------------------------------------------

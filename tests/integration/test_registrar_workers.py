@@ -235,3 +235,46 @@ def test_scanner_and_enumeration_are_banned_with_workers(tmp_path: Path) -> None
         assert answered == 10
         assert wait_for(lambda: "127.0.0.21" in bans(pbx))
         assert registers(pbx, "1010") == 200
+
+
+def test_an_invite_may_reuse_the_nonce_a_worker_gave_for_registering(pbx: PbxProcess) -> None:
+    """Phones often answer the next challenge-free request with the nonce they hold:
+    the main process takes a worker's nonce for an INVITE (only REGISTERs are held to
+    their issuer), so calls cost no extra round trip with workers on."""
+    from pbxwarden.sip.digest import build_authorization, choose_challenge
+
+    client = SipClient((pbx.host, pbx.port))
+    try:
+        first = parse_message(client.request("1000"))
+        assert isinstance(first, Response) and first.status == 401
+        challenge = choose_challenge(first.headers.get_all("WWW-Authenticate"))
+        uri = f"sip:{pbx.host}:{pbx.port}"
+        auth = build_authorization(
+            challenge, "REGISTER", uri, "1000", USERS["1000"], cnonce="c0ffee", nc=1
+        )
+        ok = parse_message(client.request("1000", authorization=auth))
+        assert isinstance(ok, Response) and ok.status == 200
+        host, (lhost, lport) = pbx.host, client.local
+        target_uri = f"sip:2000@{host}"
+        auth = build_authorization(
+            challenge, "INVITE", target_uri, "1000", USERS["1000"], cnonce="c0ffee", nc=2
+        )
+        invite = (
+            f"INVITE {target_uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {lhost}:{lport};branch=z9hG4bKreuse1;rport\r\n"
+            f"From: <sip:1000@{host}>;tag=reuse\r\nTo: <sip:2000@{host}>\r\n"
+            f"Call-ID: reuse-{lport}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+            f"Contact: <sip:1000@{lhost}:{lport}>\r\nAuthorization: {auth}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        client.sock.sendto(invite, (pbx.host, pbx.port))
+        final = None
+        while final is None:
+            reply = parse_message(client.sock.recv(65535))
+            if isinstance(reply, Response) and reply.status >= 200:
+                final = reply
+        # 2000 is not registered: the call was authenticated, routed and found nobody.
+        assert final.status not in (401, 403, 407), final.to_bytes()
+        assert final.status == 480, final.to_bytes()
+    finally:
+        client.close()

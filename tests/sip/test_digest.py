@@ -288,6 +288,22 @@ def test_nonce_from_another_issuer_is_stale_not_replayable() -> None:
         NonceFactory(SECRET, issuer=256)
 
 
+def test_main_process_honours_worker_nonces_except_for_register() -> None:
+    """A phone registered through a worker may reuse that nonce for an INVITE, which
+    only the main process receives; a REGISTER with it must still go to its issuer."""
+    worker = _server(issuer=1)
+    main = _server(issuer=0, foreign_nonces_unless_register=True)
+    invite = _answer(worker, Algorithm.SHA256, method="INVITE", nc=2)
+    assert main.verify("INVITE", invite, _ha1(), NOW).status is AuthStatus.OK
+    assert main.verify("INVITE", invite, _ha1(), NOW).reason == "nonce replayed"
+    register = _answer(worker, Algorithm.SHA256, method="REGISTER")
+    assert main.verify("REGISTER", register, _ha1(), NOW) == AuthResult(
+        AuthStatus.STALE, "nonce issued by another process"
+    )
+    # The method is inside the digest: REGISTER credentials are no INVITE's.
+    assert main.verify("INVITE", register, _ha1(), NOW).status is AuthStatus.FAILED
+
+
 def test_nc_replay_rejected_and_increasing_accepted() -> None:
     server = _server()
     header = server.challenges(NOW)[0]

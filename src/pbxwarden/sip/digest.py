@@ -675,7 +675,15 @@ class DigestServer:
         *,
         tracker: NonceCountTracker | None = None,
         issuer: int = 0,
+        foreign_nonces_unless_register: bool = False,
     ) -> None:
+        """``issuer``: who signs this server's nonces (0: the main process, 1..: registrar
+        workers); each honours its own only. ``foreign_nonces_unless_register``: the main
+        process also honours the workers' nonces for requests other than REGISTER,
+        which only it receives (a phone reusing its registration nonce for an INVITE
+        saves a round trip). That opens no replay: the method is inside the digest, so
+        a REGISTER's credentials cannot pass as an INVITE's, and every INVITE, with its
+        nonce counts, meets this one replay memory."""
         if not algorithms:
             raise ValueError("at least one algorithm is required")
         if len(set(algorithms)) != len(algorithms):
@@ -685,6 +693,7 @@ class DigestServer:
         self._algorithms = tuple(sorted(algorithms, key=_strength))
         self._require_qop = require_qop
         self._nonces = NonceFactory(secret, nonce_lifetime, issuer=issuer)
+        self._foreign_unless_register = foreign_nonces_unless_register
         self._tracker = tracker if tracker is not None else NonceCountTracker()
         # Per-process random HA1s for unknown users: the same hashing as a real user,
         # and no value anyone could ever match.
@@ -783,7 +792,8 @@ class DigestServer:
 
         if nonce_status is NonceStatus.STALE:
             return AuthResult(AuthStatus.STALE, "nonce expired")
-        if opened is not None and opened[1] != self._nonces.issuer:
+        foreign = opened is not None and opened[1] != self._nonces.issuer
+        if foreign and (method == "REGISTER" or not self._foreign_unless_register):
             return AuthResult(AuthStatus.STALE, "nonce issued by another process")
         if nc is not None:
             forgotten = issued is not None and issued <= self._tracker.horizon
