@@ -44,6 +44,7 @@ from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.firewall.engine import Firewall, FirewallSettings
 from pbxwarden.firewall.geo import open_geo
 from pbxwarden.firewall.netwatch import NetworkWatch
+from pbxwarden.latency import Latency
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.location import Binding, LocationService
@@ -422,6 +423,7 @@ class RegistrarWorker:
             self._record_network,
         )
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
+        self.latency = Latency()  # handed to the main process every second
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -464,6 +466,10 @@ class RegistrarWorker:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            counts, sums = self.latency.take()
+            if counts:
+                self.reporter.events.append(["l", counts, sums])
+                self._flush()
             try:
                 self.location.purge(time.time())
                 await self._refresh()
@@ -552,6 +558,8 @@ class RegistrarWorker:
             if isinstance(action, SendMessage):
                 self._send(action.message.to_bytes(), action.dest)
             elif isinstance(action, DeliverRequest):
+                if action.key is not None:
+                    self.latency.start(action.key, "REGISTER", time.perf_counter())
                 self._register(action.request, action.source, action.key)
         deadline = self.tx.next_deadline()
         if deadline is not None and deadline < self._timer_at:
@@ -574,6 +582,7 @@ class RegistrarWorker:
             self.reporter.count("auth_failures")
         if key is None:
             return
+        self.latency.finish(key, time.perf_counter())
         assert self._loop is not None
         try:
             actions = self.tx.send_response(key, result.response, self._loop.time())

@@ -7,7 +7,6 @@ Everything here is glue and scheduling; the decisions live in the sans-I/O modul
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.alerts import Alert, AlertDispatcher
 from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.guard.policy import with_stored
+from pbxwarden.latency import Latency
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
@@ -98,37 +98,6 @@ class Stats:
     auth_failures: int = 0
     refused: int = 0
     shed: int = 0  # new calls refused with 503 while overloaded
-
-
-LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
-
-
-class Latency:
-    """Time from a request's arrival to its final answer, by method: a histogram kept as
-    plain counts (the scrape turns it into Prometheus's form)."""
-
-    def __init__(self) -> None:
-        self.started: dict[TransactionKey, tuple[str, float]] = {}
-        self.counts: dict[str, list[int]] = {}  # per bucket, the last one is +Inf
-        self.sums: dict[str, float] = {}
-
-    def start(self, key: TransactionKey, method: str, now: float) -> None:
-        if len(self.started) > 100_000:  # requests never answered (dropped): forget them
-            self.started.clear()
-        self.started[key] = (method, now)
-
-    def finish(self, key: TransactionKey, now: float) -> None:
-        begun = self.started.pop(key, None)
-        if begun is None:
-            return
-        method, start = begun
-        method = method if method in ("REGISTER", "INVITE", "OPTIONS") else "other"
-        elapsed = now - start
-        counts = self.counts.get(method)
-        if counts is None:
-            counts = self.counts[method] = [0] * (len(LATENCY_BUCKETS) + 1)
-        counts[bisect.bisect_left(LATENCY_BUCKETS, elapsed)] += 1
-        self.sums[method] = self.sums.get(method, 0.0) + elapsed
 
 
 class SipServer:
@@ -681,6 +650,8 @@ class SipServer:
                     self.firewall.auth_failed(str(event[1]), str(event[2]), float(event[3]))
                 elif kind == "ban":
                     self.firewall.ban(str(event[1]), str(event[2]), time.time())
+                elif kind == "l":
+                    self.latency.merge(event[1], event[2])
                 elif kind == "c":
                     for name, n in event[1].items():
                         if name in ("registers_ok", "auth_failures", "parse_errors"):

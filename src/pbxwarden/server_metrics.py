@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from pbxwarden.server import LATENCY_BUCKETS
+from pbxwarden.latency import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from pbxwarden.server import SipServer
@@ -113,6 +113,31 @@ class SipCollector:
                 "Calls refused because the relay's port range was used up",
                 value=media.no_ports,
             )
+        if s.workers is not None:
+            w = s.workers.describe()
+            workers = GaugeMetricFamily(
+                "pbxwarden_registrar_workers",
+                "Registrar worker processes, configured and ready (REGISTERs of a worker "
+                "that is not ready are handled by the main process)",
+                labels=["state"],
+            )
+            workers.add_metric(["configured"], w["workers"])
+            workers.add_metric(["ready"], w["workers_ready"])
+            yield workers
+            yield CounterMetricFamily(
+                "pbxwarden_registrar_worker_restarts",
+                "Registrar workers restarted after exiting",
+                value=w["worker_restarts"],
+            )
+            handed = CounterMetricFamily(
+                "pbxwarden_registrar_worker_datagrams",
+                "REGISTER datagrams handed to workers, or dropped because a worker's queue "
+                "was full",
+                labels=["outcome"],
+            )
+            handed.add_metric(["dispatched"], w["worker_dispatched"])
+            handed.add_metric(["dropped"], w["worker_dropped"])
+            yield handed
         lag = GaugeMetricFamily(
             "pbxwarden_overloaded", "1 while new calls are shed for event-loop lag"
         )

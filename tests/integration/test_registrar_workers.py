@@ -278,3 +278,45 @@ def test_an_invite_may_reuse_the_nonce_a_worker_gave_for_registering(pbx: PbxPro
         assert final.status == 480, final.to_bytes()
     finally:
         client.close()
+
+
+def test_metrics_count_the_workers_and_their_registrations(tmp_path: Path) -> None:
+    import httpx
+
+    http_port = free_port()
+    env = {
+        **WORKERS,
+        "PBXWARDEN_HTTP__ENABLED": "true",
+        "PBXWARDEN_HTTP__LISTEN": f"127.0.0.1:{http_port}",
+    }
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        cli(
+            pbx.data_dir,
+            "admin",
+            "add",
+            "ops",
+            "--role",
+            "operator",
+            "--password",
+            "-",
+            input_text="quartz-violin-harbor-97\n",
+        )
+        token = cli(pbx.data_dir, "admin", "token", "ops", "--scope", "read-only").stdout
+        auth = {"Authorization": f"Bearer {token.strip().splitlines()[-1].strip()}"}
+        assert registers(pbx, "1003") == 200
+        assert registers(pbx, "1004") == 200
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=5) as http:
+
+            def scrape() -> str:
+                return http.get("/metrics", headers=auth).text
+
+            # The workers hand over their latency counts once a second.
+            assert wait_for(
+                lambda: 'pbxwarden_sip_transaction_seconds_count{method="REGISTER"} 4.0'
+                in scrape()
+            ), scrape()
+            metrics = scrape()
+        assert 'pbxwarden_registrar_workers{state="ready"} 2.0' in metrics
+        assert 'pbxwarden_registrar_worker_datagrams_total{outcome="dispatched"} 4.0' in metrics
+        assert "pbxwarden_registrations_total 2.0" in metrics
+        assert "pbxwarden_registrations_active 2.0" in metrics
