@@ -53,7 +53,9 @@ def test_worker_choice_is_stable_and_spreads() -> None:
     chosen = [worker_for(r, 4) for r in routes]
     assert chosen == [worker_for(r, 4) for r in routes]  # the same in every process
     # crc32, unlike hash(), has no per-process salt: the same worker after a restart.
-    assert worker_for((b"1000", b"pbx.example.com"), 4) == zlib.crc32(b"1000pbx.example.com") % 4
+    assert worker_for((b"1000", b"pbx.example.com"), 4) == zlib.crc32(b"1000") % 4
+    # The user alone decides: one extension's phones meet whatever domain they write.
+    assert worker_for((b"1000", b"192.0.2.10"), 4) == worker_for((b"1000", b"pbx.example.com"), 4)
     counts = [chosen.count(i) for i in range(4)]
     assert min(counts) > 60, counts
 

@@ -90,7 +90,7 @@ class SipConfig(_Section):
         0,
         ge=0,
         le=64,
-        description="registrar worker processes for REGISTERs over UDP (0: all in one process)",
+        description="registrar worker processes for REGISTERs (0: all in one process)",
     )
 
     @field_validator("listen")
@@ -414,7 +414,7 @@ digest_algorithms = ["MD5"]      # add "SHA-256" (RFC 8760) when all phones supp
 min_expires = 60
 max_expires = 3600
 default_expires = 3600
-workers = 0                      # registrar processes for REGISTERs over UDP (e.g. one per core)
+workers = 0                      # registrar processes for REGISTERs (e.g. one per core)
 # [sip.tls]
 # listen = "127.0.0.1:5061"
 # cert_file = "/etc/pbxwarden/cert.pem"

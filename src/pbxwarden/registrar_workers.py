@@ -3,18 +3,19 @@
 Why: registrations are most of a hosted PBX's traffic (every phone refreshes every few
 minutes, and all of them at once after an outage) and all of it is CPU: parse, digest,
 answer. One Python process uses one core. Calls stay in the main process, whose state
-(dialogs, the guard's counters, media) is shared by nature; out-of-dialog REGISTERs over
-UDP go to worker ``hash(address-of-record) % N``, so the bindings, nonce counts and
+(dialogs, the guard's counters, media) is shared by nature; REGISTERs over
+UDP, TCP or TLS go to worker ``hash(user) % N``, so the bindings, nonce counts and
 retransmissions of one extension always meet the same process.
 
 The flow keeps its one direction: the main process owns the socket and the firewall's
 pre-check (bans, flood limit, extension enumeration) and hands the raw datagram with its
 source over a ``SOCK_SEQPACKET`` pair. The worker parses, runs its own transaction layer,
 authenticates against its own copy of the directory (refreshed from the database like
-the main one) and answers through its copy of the UDP socket. It reports back in
+the main one) and answers through its copy of the UDP socket (over TCP and TLS, whose
+connections the main process holds, it hands the answer back). It reports back in
 batches what the main process must know: authentication outcomes (brute-force counts
 and bans), scanner fingerprints, binding changes (call routing and the write-back to
-the database) and counters. A worker that is down (starting, crashed, restarting)
+the database), latency and counters. A worker that is down (starting, crashed, restarting)
 costs nothing but speed: the main process handles those registrations itself.
 
 Written by hand because no library does this for SIP: the pieces (subprocess, socket
@@ -92,18 +93,20 @@ def registration_route(data: bytes) -> tuple[bytes, bytes] | None:
 
 
 def worker_for(route: tuple[bytes, bytes], count: int) -> int:
-    """Stable across processes and restarts (unlike ``hash()``, which is salted)."""
-    return zlib.crc32(route[1], zlib.crc32(route[0])) % count
+    """By the user part alone, so that phones of one extension writing its domain
+    differently (a name, an address) still meet in one worker. Stable across processes
+    and restarts (unlike ``hash()``, which is salted)."""
+    return zlib.crc32(route[0]) % count
 
 
 def _frame(data: bytes, source: Address) -> bytes:
-    return b"%s %d\n" % (source.host.encode(), source.port) + data
+    return b"%s %s %d\n" % (source.transport.encode(), source.host.encode(), source.port) + data
 
 
 def _unframe(packet: bytes) -> tuple[bytes, Address]:
     head, _, data = packet.partition(b"\n")
-    host, _, port = head.partition(b" ")
-    return data, Address("UDP", host.decode(), int(port))
+    transport, host, port = head.split(b" ")
+    return data, Address(transport.decode(), host.decode(), int(port))
 
 
 # ------------------------------------------------------------------ the main process's side
@@ -549,6 +552,9 @@ class RegistrarWorker:
         self._run(self.tx.receive_request(message, source, self._loop.time()))
 
     def _send(self, data: bytes, dest: Address) -> None:
+        if dest.transport != "UDP":  # TCP and TLS connections live in the main process
+            self.reporter.events.append(["o", dest.transport, dest.host, dest.port, data])
+            return
         with contextlib.suppress(OSError):  # a full buffer loses a datagram, as UDP does
             self._udp.sendto(data, (dest.host, dest.port))
 
@@ -573,6 +579,7 @@ class RegistrarWorker:
         self._timer = None
         self._timer_at = float("inf")
         self._run(self.tx.handle_timers(self._loop.time()))
+        self._flush()
 
     def _register(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         result = self.registration.handle(request, source, time.time())

@@ -587,7 +587,7 @@ class SipServer:
         if verdict is not Verdict.ALLOW:
             self._refuse(verdict, data, source)
             return
-        if self.workers is not None and source.transport == "UDP":
+        if self.workers is not None:
             route = registration_route(data)
             if route is not None:
                 if not self.firewall.is_allowlisted(source.host):
@@ -650,6 +650,9 @@ class SipServer:
                     self.firewall.auth_failed(str(event[1]), str(event[2]), float(event[3]))
                 elif kind == "ban":
                     self.firewall.ban(str(event[1]), str(event[2]), time.time())
+                elif kind == "o":  # an answer over one of our TCP/TLS connections
+                    dest = Address(str(event[1]), str(event[2]), int(event[3]))
+                    self.transports.send(bytes(event[4]), dest)
                 elif kind == "l":
                     self.latency.merge(event[1], event[2])
                 elif kind == "c":

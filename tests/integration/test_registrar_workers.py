@@ -133,6 +133,19 @@ def test_workers_register_phones_and_the_main_process_routes_calls_to_them(
 
 
 @needs_sipp
+def test_registrations_over_tcp_go_to_the_workers_too(pbx: PbxProcess, tmp_path: Path) -> None:
+    """The main process holds the connection; the worker's answer comes back through it."""
+    users = {u: USERS[u] for u in ("1011", "1012", "1013")}
+    before = number(pbx, "worker_dispatched")
+    result = run_sipp(
+        "register.xml", target(pbx), users=users, calls=3, transport="t1", workdir=tmp_path
+    )
+    assert (result.successful, result.failed) == (3, 0), result.output
+    assert number(pbx, "worker_dispatched") == before + 6
+    assert wait_for(lambda: set(users) <= registrations(pbx))
+
+
+@needs_sipp
 def test_bindings_registered_by_workers_survive_a_restart(pbx: PbxProcess, tmp_path: Path) -> None:
     one = {"1002": USERS["1002"]}
     reg = run_sipp("register.xml", target(pbx), users=one, workdir=tmp_path)
@@ -312,8 +325,7 @@ def test_metrics_count_the_workers_and_their_registrations(tmp_path: Path) -> No
 
             # The workers hand over their latency counts once a second.
             assert wait_for(
-                lambda: 'pbxwarden_sip_transaction_seconds_count{method="REGISTER"} 4.0'
-                in scrape()
+                lambda: 'pbxwarden_sip_transaction_seconds_count{method="REGISTER"} 4.0' in scrape()
             ), scrape()
             metrics = scrape()
         assert 'pbxwarden_registrar_workers{state="ready"} 2.0' in metrics
