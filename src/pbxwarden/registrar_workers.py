@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import marshal
-import os
 import re
 import signal
 import socket
@@ -46,12 +45,15 @@ from pbxwarden.firewall.engine import Firewall, FirewallSettings
 from pbxwarden.firewall.geo import open_geo
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.latency import Latency
-from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.location import Binding, LocationService
-from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
-from pbxwarden.pbx.registration import RegistrationHandler
-from pbxwarden.sip.digest import Algorithm, DigestServer
+from pbxwarden.pbx.registration import (
+    RegistrationHandler,
+    add_realms,
+    make_authenticator,
+    make_registrar,
+)
+from pbxwarden.sip.digest import DigestServer
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import REASON_PHRASES, Request, error_response_bytes, parse_message
 from pbxwarden.sip.transaction import (
@@ -393,24 +395,15 @@ class RegistrarWorker:
         self._udp = udp
         self._channel = channel
         sip = config.sip
-        self._algorithms = [Algorithm(a) for a in sip.digest_algorithms]
         self.digest: dict[str, DigestServer] = {}
         realms = store.known_realms() or [sip.realm]
         self._add_realms(realms)
-        self.auth = Authenticator(
-            self.digest, sip.realm if sip.realm in self.digest else realms[0], sip.user_agent
-        )
+        self.auth = make_authenticator(self.digest, realms, sip)
         fw = config.firewall
         self.firewall = Firewall(FirewallSettings(allow=tuple(fw.allow)))
         self.reporter = _Reporter(channel)
         self.location = LocationService(listener=self.reporter.binding_changed)
-        self.registrar = Registrar(
-            self.location,
-            RegistrarPolicy(
-                sip.min_expires, sip.max_expires, sip.default_expires, sip.max_contacts
-            ),
-            sip.user_agent,
-        )
+        self.registrar = make_registrar(self.location, sip)
         self.directory = Directory()
         geo = open_geo(fw.geoip_database)
         self.netwatch = NetworkWatch(
@@ -434,15 +427,8 @@ class RegistrarWorker:
         self._stop = asyncio.Event()
 
     def _add_realms(self, realms: list[str]) -> None:
-        for realm in realms:
-            if realm not in self.digest:
-                self.digest[realm] = DigestServer(
-                    self._secret,
-                    realm,
-                    self._algorithms,
-                    nonce_lifetime=self.config.sip.nonce_lifetime,
-                    issuer=self.index + 1,  # 0 is the main process
-                )
+        # Nonces signed as issuer index + 1: 0 is the main process.
+        add_realms(self.digest, realms, self._secret, self.config.sip, issuer=self.index + 1)
 
     def _record_network(self, extension_id: int, network: str, wall: float, ok: bool) -> None:
         self._network_writes.append((extension_id, network, wall, ok))
@@ -598,16 +584,6 @@ class RegistrarWorker:
         self._run(actions)
 
 
-def _install_fast_loop() -> None:
-    if os.environ.get("PBXWARDEN_NO_UVLOOP"):
-        return
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="pbxwarden registrar worker (started by serve)")
     parser.add_argument("--index", type=int, required=True)
@@ -616,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     args = parser.parse_args(argv)
     config = Config.model_validate_json(sys.stdin.buffer.read())
-    from pbxwarden.cli.main import _setup_logging, _tune_gc
+    from pbxwarden.cli.main import _install_fast_loop, _setup_logging, _tune_gc
 
     _setup_logging(config)
     udp = socket.socket(fileno=args.udp_fd)

@@ -27,17 +27,20 @@ from pbxwarden.guard.alerts import Alert, AlertDispatcher
 from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.latency import Latency
-from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
 from pbxwarden.pbx.directory import Directory, fetch_changes
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
-from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
-from pbxwarden.pbx.registration import RegistrationHandler
+from pbxwarden.pbx.registration import (
+    RegistrationHandler,
+    add_realms,
+    make_authenticator,
+    make_registrar,
+)
 from pbxwarden.pbx.trunk_registration import TrunkRegistrations
 from pbxwarden.registrar_workers import WorkerPool, binding_from_event, registration_route
-from pbxwarden.sip.digest import Algorithm, DigestServer
+from pbxwarden.sip.digest import DigestServer
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
     REASON_PHRASES,
@@ -108,21 +111,12 @@ class SipServer:
         self.store = store
         sip = config.sip
         self._secret = load_or_create_secret(data_dir)
-        self._algorithms = [Algorithm(a) for a in sip.digest_algorithms]
         realms = store.known_realms() or [sip.realm]
         self.digest: dict[str, DigestServer] = {}
         self._add_realms(realms)
-        self.auth = Authenticator(
-            self.digest, sip.realm if sip.realm in self.digest else realms[0], sip.user_agent
-        )
+        self.auth = make_authenticator(self.digest, realms, sip)
         self.location = LocationService()
-        self.registrar = Registrar(
-            self.location,
-            RegistrarPolicy(
-                sip.min_expires, sip.max_expires, sip.default_expires, sip.max_contacts
-            ),
-            sip.user_agent,
-        )
+        self.registrar = make_registrar(self.location, sip)
         self.directory = Directory()
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
         fw = config.firewall
@@ -206,15 +200,13 @@ class SipServer:
         return self._overload > 0
 
     def _add_realms(self, realms: list[str]) -> None:
-        for realm in realms:
-            if realm not in self.digest:
-                self.digest[realm] = DigestServer(
-                    self._secret,
-                    realm,
-                    self._algorithms,
-                    nonce_lifetime=self.config.sip.nonce_lifetime,
-                    foreign_nonces_unless_register=True,  # registrar workers' nonces
-                )
+        add_realms(
+            self.digest,
+            realms,
+            self._secret,
+            self.config.sip,
+            foreign_nonces_unless_register=True,  # registrar workers' nonces
+        )
 
     # -- life cycle --------------------------------------------------------------------
 

@@ -15,16 +15,56 @@ from typing import Protocol
 
 import structlog
 
+from pbxwarden.config import SipConfig
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory
-from pbxwarden.pbx.registrar import Registrar
-from pbxwarden.sip.digest import DigestError
+from pbxwarden.pbx.location import LocationService
+from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
+from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
 from pbxwarden.sip.message import Request, Response, make_response, safe_reason
 from pbxwarden.sip.transaction import Address
 from pbxwarden.store.db import ExtensionAuth
 
 log = structlog.get_logger("pbxwarden.registration")
+
+
+def add_realms(
+    servers: dict[str, DigestServer],
+    realms: list[str],
+    secret: bytes,
+    sip: SipConfig,
+    *,
+    issuer: int = 0,
+    foreign_nonces_unless_register: bool = False,
+) -> None:
+    """A digest server for each realm (tenant) not served yet."""
+    algorithms = [Algorithm(a) for a in sip.digest_algorithms]
+    for realm in realms:
+        if realm not in servers:
+            servers[realm] = DigestServer(
+                secret,
+                realm,
+                algorithms,
+                nonce_lifetime=sip.nonce_lifetime,
+                issuer=issuer,
+                foreign_nonces_unless_register=foreign_nonces_unless_register,
+            )
+
+
+def make_authenticator(
+    servers: dict[str, DigestServer], realms: list[str], sip: SipConfig
+) -> Authenticator:
+    """The default realm is the configured one when a tenant has it, else the first."""
+    default = sip.realm if sip.realm in servers else realms[0]
+    return Authenticator(servers, default, sip.user_agent)
+
+
+def make_registrar(location: LocationService, sip: SipConfig) -> Registrar:
+    policy = RegistrarPolicy(
+        sip.min_expires, sip.max_expires, sip.default_expires, sip.max_contacts
+    )
+    return Registrar(location, policy, sip.user_agent)
 
 
 class AuthFeedback(Protocol):
