@@ -81,6 +81,7 @@ _TO_RE = re.compile(rb"\n(?:to|t)[ \t]*:[^\r\n]*?sips?:([^@>;\s]+)@([^>;:\s]+)",
 EVENTS_PER_PACKET = 64
 MAX_EVENT_PACKET = 4 << 20
 RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 60.0
 
 
 def registration_route(data: bytes) -> tuple[bytes, bytes] | None:
@@ -198,24 +199,31 @@ class WorkerPool:
         return process
 
     async def _keep_running(self, worker: _Worker) -> None:
+        delay = RESTART_DELAY
         while not self._stopping:
+            started = time.monotonic()
             try:
                 worker.process = await self._spawn(worker)
             except OSError as exc:
                 log.error("cannot start a registrar worker", worker=worker.index, error=str(exc))
-                await asyncio.sleep(RESTART_DELAY)
-                continue
-            code = await worker.process.wait()
-            self._detach(worker)
-            if self._stopping:
-                return
-            worker.restarts += 1
-            log.error(
-                "registrar worker exited; its registrations are handled here until it is back",
-                worker=worker.index,
-                code=code,
-            )
-            await asyncio.sleep(RESTART_DELAY)
+            else:
+                code = await worker.process.wait()
+                self._detach(worker)
+                if self._stopping:
+                    return
+                worker.restarts += 1
+                log.error(
+                    "registrar worker exited; its registrations are handled here until it "
+                    "is back",
+                    worker=worker.index,
+                    code=code,
+                )
+            # One that keeps failing soon after start (a broken install) is retried ever
+            # less often; one that ran a while is restarted at once.
+            if time.monotonic() - started > MAX_RESTART_DELAY:
+                delay = RESTART_DELAY
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY)
 
     def _detach(self, worker: _Worker) -> None:
         worker.ready = False
