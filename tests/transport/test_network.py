@@ -35,3 +35,30 @@ async def test_udp_backlog_counts_what_waits_unread() -> None:
         assert transports.udp_backlog() == 0
     finally:
         await transports.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_a_socket_bound_first_queues_until_read(host: str) -> None:
+    """What the registrar workers rely on: datagrams sent to a socket bound before the
+    loop reads it wait in the kernel, and are all delivered once reading starts."""
+    from pbxwarden.transport.network import bind_udp
+
+    sock = bind_udp(host, 0)
+    assert sock.family == (socket.AF_INET6 if ":" in host else socket.AF_INET)
+    port = sock.getsockname()[1]
+    family = sock.family
+    with socket.socket(family, socket.SOCK_DGRAM) as sender:
+        for i in range(5):
+            sender.sendto(b"OPTIONS sip:x SIP/2.0 %d\r\n\r\n" % i, (host, port))
+    received: list[bytes] = []
+    transports = Transports(lambda data, source: received.append(data))
+    await transports.listen_udp(host, port, sock)
+    try:
+        for _ in range(100):
+            if len(received) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(received) == [b"OPTIONS sip:x SIP/2.0 %d\r\n\r\n" % i for i in range(5)]
+        assert transports.bound["UDP"][1] == port
+    finally:
+        await transports.close()
