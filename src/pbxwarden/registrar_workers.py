@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ _TO_RE = re.compile(rb"\n(?:to|t)[ \t]*:[^\r\n]*?sips?:([^@>;\s]+)@([^>;:\s]+)",
 # and that is the main process's per-registration cost). A report event stays below a
 # SIP message's 64 KB, so a packet of 64 stays below the 4 MB socket buffers.
 EVENTS_PER_PACKET = 64
+SYNC = b"SYNC\n"  # main -> worker: bindings; every other packet is "TRANSPORT host port\n" SIP
 MAX_EVENT_PACKET = 4 << 20
 RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 60.0
@@ -137,12 +138,16 @@ class WorkerPool:
         data_dir: Path,
         udp_fd: int,
         on_events: EventHandler,
+        bindings: Callable[[], Iterable[tuple[str, Binding]]] = tuple,
     ) -> None:
+        """``bindings``: the main process's routing copy, each (AOR, binding); a worker
+        that reports ready is first given those of its extensions."""
         self.count = count
         self._config_json = config.model_dump_json(by_alias=True).encode()
         self._data_dir = data_dir
         self._udp_fd = udp_fd
         self._on_events = on_events
+        self._bindings = bindings
         self._workers = [_Worker(i) for i in range(count)]
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -213,8 +218,7 @@ class WorkerPool:
                     return
                 worker.restarts += 1
                 log.error(
-                    "registrar worker exited; its registrations are handled here until it "
-                    "is back",
+                    "registrar worker exited; its registrations are handled here until it is back",
                     worker=worker.index,
                     code=code,
                 )
@@ -255,10 +259,26 @@ class WorkerPool:
                 log.error("unreadable report from a registrar worker", worker=worker.index)
                 continue
             if events and events[0] == ["ready"]:
+                self._sync(worker, channel)  # before any REGISTER: the channel keeps order
                 worker.ready = True
                 log.info("registrar worker ready", worker=worker.index)
                 events = events[1:]
             self._on_events(worker.index, events)
+
+    def _sync(self, worker: _Worker, channel: socket.socket) -> None:
+        """A (re)started worker read the bindings from the database, which lags the main
+        process by a write-back period, and misses what the main process registered
+        while the worker was down: give it the main process's copy of its share."""
+        rows = [
+            binding_event(aor, b.contact, b)
+            for aor, b in self._bindings()
+            if worker_for((aor.rpartition("/")[2].encode(), b""), self.count) == worker.index
+        ]
+        try:
+            for i in range(0, max(len(rows), 1), EVENTS_PER_PACKET):
+                channel.send(SYNC + marshal.dumps((i == 0, rows[i : i + EVENTS_PER_PACKET])))
+        except OSError as exc:  # it keeps what it read from the database
+            log.warning("cannot hand bindings to a registrar worker", error=str(exc))
 
     def dispatch(self, route: tuple[bytes, bytes], data: bytes, source: Address) -> bool:
         """Hand a REGISTER to its worker; False when the caller must handle it itself."""
@@ -510,9 +530,19 @@ class RegistrarWorker:
                 self._udp.close()
                 self._stop.set()
                 break
+            if packet.startswith(SYNC):
+                self._apply_sync(packet)
+                continue
             data, source = _unframe(packet)
             self.on_datagram(data, source)
         self._flush()
+
+    def _apply_sync(self, packet: bytes) -> None:
+        """The main process's bindings of this worker's extensions replace its own."""
+        first, rows = marshal.loads(packet[len(SYNC) :])
+        if first:
+            self.location.clear()
+        self.location.load([binding_from_event(row) for row in rows])
 
     def _flush(self) -> None:
         self.reporter.flush()

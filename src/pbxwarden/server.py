@@ -241,6 +241,7 @@ class SipServer:
                     self._data_dir,
                     udp.fileno(),
                     self._worker_events,
+                    lambda: list(self.location.items()),
                 )
                 await self.workers.start()
                 if not await self.workers.wait_ready(15.0):

@@ -332,3 +332,42 @@ def test_metrics_count_the_workers_and_their_registrations(tmp_path: Path) -> No
         assert 'pbxwarden_registrar_worker_datagrams_total{outcome="dispatched"} 4.0' in metrics
         assert "pbxwarden_registrations_total 2.0" in metrics
         assert "pbxwarden_registrations_active 2.0" in metrics
+
+
+def test_a_restarted_worker_learns_what_the_main_process_registered_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The database lags the main process by a write-back period (10 s here): a worker
+    back from a crash gets the main process's bindings of its extensions, so a phone
+    registered while the worker was down is still listed, and counted, by it."""
+    env = {**WORKERS, "PBXWARDEN_STORAGE__FLUSH_INTERVAL": "10"}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        dest = (pbx.host, pbx.port)
+
+        def register(contact: str) -> Response:
+            client = SipClient(dest)
+            try:
+                reply = parse_message(client.register("1006", USERS["1006"], contact=contact))
+                assert isinstance(reply, Response)
+                return reply
+            finally:
+                client.close()
+
+        # Just after a write-back (the probe binding reaches the database), the workers die.
+        assert registers(pbx, "1001") == 200
+        assert wait_for(lambda: "1001" in registrations(pbx), 15.0)
+        victims = worker_pids(pbx)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not set(victims) & set(worker_pids(pbx)), 5.0)
+        assert register("<sip:1006@127.0.0.1:40001>").status == 200  # by the main process
+        assert wait_for(lambda: number(pbx, "workers_ready") == 2)
+        assert "1006" not in registrations(pbx)  # not in the database yet
+        before = number(pbx, "worker_dispatched")
+        reply = register("<sip:1006@127.0.0.1:40002>")
+        assert number(pbx, "worker_dispatched") == before + 2  # the worker answered
+        assert reply.status == 200
+        assert sorted(str(c.uri) for c in reply.contacts) == [
+            "sip:1006@127.0.0.1:40001",
+            "sip:1006@127.0.0.1:40002",
+        ]

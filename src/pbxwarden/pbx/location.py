@@ -7,7 +7,7 @@ per-request disk syncs while a restart still finds every binding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pbxwarden.store.db import BindingRow
 
@@ -36,6 +36,16 @@ class LocationService:
     def load(self, rows: list[tuple[str, BindingRow]]) -> None:
         for aor, r in rows:
             self._bindings.setdefault(aor, {})[r.contact] = r
+
+    def items(self) -> Iterator[tuple[str, Binding]]:
+        """Every binding with its AOR (expired ones included until purged)."""
+        for aor, bindings in self._bindings.items():
+            for binding in bindings.values():
+                yield aor, binding
+
+    def clear(self) -> None:
+        """Forget every binding, without reporting or queueing anything."""
+        self._bindings = {}
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """Live bindings, highest q first (RFC 3261 16.6 target ordering)."""
