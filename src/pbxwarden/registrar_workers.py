@@ -71,8 +71,8 @@ from pbxwarden.store.db import Store
 
 log = structlog.get_logger("pbxwarden.workers")
 
-# The address-of-record of a REGISTER, read before parsing: the To header's user@host.
-# Only the choice of worker depends on it; the worker parses the message properly.
+# The To user of a REGISTER, read before parsing (the header's user@host part). Only the
+# choice of worker depends on it; the worker parses the message properly.
 _TO_RE = re.compile(rb"\n(?:to|t)[ \t]*:[^\r\n]*?sips?:([^@>;\s]+)@([^>;:\s]+)", re.IGNORECASE)
 # Reports are marshalled: lists of str, int, float and None between two processes of
 # ours over a socket pair nobody else holds (marshal is several times faster than JSON,
@@ -85,22 +85,20 @@ RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 60.0
 
 
-def registration_route(data: bytes) -> tuple[bytes, bytes] | None:
-    """(user, lower-cased host) of a REGISTER, as bytes, or None for anything else."""
+def registration_route(data: bytes) -> bytes | None:
+    """The To user of a REGISTER (``user@host`` required), or None for anything else."""
     if not data.startswith(b"REGISTER "):
         return None
     head_end = data.find(b"\r\n\r\n")
     m = _TO_RE.search(data, 0, head_end if head_end >= 0 else len(data))
-    if m is None:
-        return None
-    return m.group(1), m.group(2).lower()
+    return None if m is None else m.group(1)
 
 
-def worker_for(route: tuple[bytes, bytes], count: int) -> int:
+def worker_for(user: bytes, count: int) -> int:
     """By the user part alone, so that phones of one extension writing its domain
     differently (a name, an address) still meet in one worker. Stable across processes
     and restarts (unlike ``hash()``, which is salted)."""
-    return zlib.crc32(route[0]) % count
+    return zlib.crc32(user) % count
 
 
 def _frame(data: bytes, source: Address) -> bytes:
@@ -272,7 +270,7 @@ class WorkerPool:
         rows = [
             binding_event(aor, b.contact, b)
             for aor, b in self._bindings()
-            if worker_for((aor.rpartition("/")[2].encode(), b""), self.count) == worker.index
+            if worker_for(aor.rpartition("/")[2].encode(), self.count) == worker.index
         ]
         try:
             for i in range(0, max(len(rows), 1), EVENTS_PER_PACKET):
@@ -280,9 +278,9 @@ class WorkerPool:
         except OSError as exc:  # it keeps what it read from the database
             log.warning("cannot hand bindings to a registrar worker", error=str(exc))
 
-    def dispatch(self, route: tuple[bytes, bytes], data: bytes, source: Address) -> bool:
-        """Hand a REGISTER to its worker; False when the caller must handle it itself."""
-        worker = self._workers[worker_for(route, self.count)]
+    def dispatch(self, user: bytes, data: bytes, source: Address) -> bool:
+        """Hand a REGISTER to its user's worker; False when the caller must handle it."""
+        worker = self._workers[worker_for(user, self.count)]
         channel = worker.channel
         if not worker.ready or channel is None:
             return False

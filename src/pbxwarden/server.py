@@ -581,15 +581,15 @@ class SipServer:
             self._refuse(verdict, data, source)
             return
         if self.workers is not None:
-            route = registration_route(data)
-            if route is not None:
+            user = registration_route(data)
+            if user is not None:
                 if not self.firewall.is_allowlisted(source.host):
-                    user = route[0][:64].decode("utf-8", "replace")
-                    verdict = self.firewall.observe_identity(source.host, user, wall)
+                    identity = user[:64].decode("utf-8", "replace")
+                    verdict = self.firewall.observe_identity(source.host, identity, wall)
                     if verdict is not Verdict.ALLOW:
                         self._refuse(verdict, data, source)
                         return
-                if self.workers.dispatch(route, data, source):
+                if self.workers.dispatch(user, data, source):
                     return
         try:
             message = parse_message(data)
