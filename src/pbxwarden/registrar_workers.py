@@ -45,13 +45,14 @@ from pbxwarden.firewall.engine import Firewall, FirewallSettings
 from pbxwarden.firewall.geo import open_geo
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.latency import Latency
-from pbxwarden.pbx.directory import Directory, fetch_changes
+from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.location import Binding, LocationService
 from pbxwarden.pbx.registration import (
     RegistrationHandler,
     add_realms,
     make_authenticator,
     make_registrar,
+    refresh_networks,
 )
 from pbxwarden.sip.digest import DigestServer
 from pbxwarden.sip.errors import ParseError
@@ -495,17 +496,10 @@ class RegistrarWorker:
     async def _refresh(self) -> None:
         """The same sources as the main process: realms, extensions, approved networks."""
         self._add_realms(await asyncio.to_thread(self.store.known_realms))
-        changes = await asyncio.to_thread(fetch_changes, self.store, self.directory.version)
-        if changes is not None:
-            full, entries, version = changes
-            if full:
-                self.directory.replace_all(entries, version)
-            else:
-                self.directory.update(entries, version)
-        count = await asyncio.to_thread(self.store.approved_network_count)
-        if count != self._approved_networks:
-            self.netwatch.load(await asyncio.to_thread(self.store.approved_networks))
-            self._approved_networks = count
+        await refresh_directory(self.store, self.directory)
+        self._approved_networks = await refresh_networks(
+            self.store, self.netwatch, self._approved_networks
+        )
 
     async def _write_networks(self) -> None:
         writes, self._network_writes = self._network_writes, []

@@ -29,7 +29,7 @@ from pbxwarden.guard.policy import with_stored
 from pbxwarden.latency import Latency
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
-from pbxwarden.pbx.directory import Directory, fetch_changes
+from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.registration import (
@@ -37,6 +37,7 @@ from pbxwarden.pbx.registration import (
     add_realms,
     make_authenticator,
     make_registrar,
+    refresh_networks,
 )
 from pbxwarden.pbx.trunk_registration import TrunkRegistrations
 from pbxwarden.registrar_workers import WorkerPool, binding_from_event, registration_route
@@ -438,22 +439,12 @@ class SipServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _refresh_directory(self) -> None:
-        changes = await asyncio.to_thread(fetch_changes, self.store, self.directory.version)
-        if changes is None:
-            return
-        full, entries, version = changes
-        if full:
-            self.directory.replace_all(entries, version)
-        else:
-            self.directory.update(entries, version)
+        await refresh_directory(self.store, self.directory)
 
     async def _refresh_networks(self) -> None:
-        """Networks approved from the CLI or the API, read again only when their count
-        moved (every second, over every extension's networks, is too much work)."""
-        count = await asyncio.to_thread(self.store.approved_network_count)
-        if count != self._approved_networks:
-            self.netwatch.load(await asyncio.to_thread(self.store.approved_networks))
-            self._approved_networks = count
+        self._approved_networks = await refresh_networks(
+            self.store, self.netwatch, self._approved_networks
+        )
 
     async def _refresh_routing(self) -> None:
         routing = await asyncio.to_thread(self.store.routing_snapshot, self._trunk_key)

@@ -9,6 +9,8 @@ added from the CLI (another process) takes effect within one refresh period.
 
 from __future__ import annotations
 
+import asyncio
+
 from pbxwarden.store.db import ExtensionAuth, Store
 
 
@@ -53,3 +55,15 @@ def fetch_changes(
     if count < 0 or version[0] < count:
         return True, store.extensions_changed_since(None), version
     return False, store.extensions_changed_since(newest), version
+
+
+async def refresh_directory(store: Store, directory: Directory) -> None:
+    """Bring ``directory`` up to the database's extensions (the read runs in a thread)."""
+    changes = await asyncio.to_thread(fetch_changes, store, directory.version)
+    if changes is None:
+        return
+    full, entries, version = changes
+    if full:
+        directory.replace_all(entries, version)
+    else:
+        directory.update(entries, version)

@@ -4,11 +4,13 @@ process or a registrar worker runs them (see :mod:`pbxwarden.registrar_workers`)
 Sans-I/O: what must reach the outside (a failed or successful authentication for the
 firewall's counters, a network to remember) goes through the two small interfaces
 below, so the main process can feed its firewall directly and a worker can forward
-the same facts to the main process.
+the same facts to the main process. Only :func:`refresh_networks`, which both run
+between requests, reads the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,7 +26,7 @@ from pbxwarden.pbx.registrar import Registrar, RegistrarPolicy
 from pbxwarden.sip.digest import Algorithm, DigestError, DigestServer
 from pbxwarden.sip.message import Request, Response, make_response, safe_reason
 from pbxwarden.sip.transaction import Address
-from pbxwarden.store.db import ExtensionAuth
+from pbxwarden.store.db import ExtensionAuth, Store
 
 log = structlog.get_logger("pbxwarden.registration")
 
@@ -164,3 +166,13 @@ class RegistrationHandler:
             self.record_network(ext.id, verdict.network, wall, verdict.allowed)
             allowed = allowed and verdict.allowed
         return allowed
+
+
+async def refresh_networks(store: Store, netwatch: NetworkWatch, known_count: int) -> int:
+    """Networks approved from the CLI or the API, read again only when their count moved
+    from ``known_count`` (every second, over every extension's networks, is too much
+    work); returns the count now loaded. The one part here that reads the database."""
+    count = await asyncio.to_thread(store.approved_network_count)
+    if count != known_count:
+        netwatch.load(await asyncio.to_thread(store.approved_networks))
+    return count
