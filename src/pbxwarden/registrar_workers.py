@@ -69,6 +69,7 @@ from pbxwarden.sip.transaction import (
     stamp_via,
 )
 from pbxwarden.store.db import Store
+from pbxwarden.transport.network import Alarm
 
 log = structlog.get_logger("pbxwarden.workers")
 
@@ -448,8 +449,7 @@ class RegistrarWorker:
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
         self.latency = Latency()  # handed to the main process every second
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        self._alarm = Alarm(self._on_timer)  # the transaction layer's next timer
         self._network_writes: list[tuple[int, str, float, bool]] = []
         self._stop = asyncio.Event()
 
@@ -575,7 +575,6 @@ class RegistrarWorker:
             self._udp.sendto(data, (dest.host, dest.port))
 
     def _run(self, actions: Sequence[Action]) -> None:
-        assert self._loop is not None
         for action in actions:
             if isinstance(action, SendMessage):
                 self._send(action.message.to_bytes(), action.dest)
@@ -583,17 +582,10 @@ class RegistrarWorker:
                 if action.key is not None:
                     self.latency.start(action.key, "REGISTER", time.perf_counter())
                 self._register(action.request, action.source, action.key)
-        deadline = self.tx.next_deadline()
-        if deadline is not None and deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._alarm.arm(self.tx.next_deadline())
 
     def _on_timer(self) -> None:
         assert self._loop is not None
-        self._timer = None
-        self._timer_at = float("inf")
         self._run(self.tx.handle_timers(self._loop.time()))
         self._flush()
 

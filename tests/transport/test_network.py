@@ -62,3 +62,24 @@ async def test_a_socket_bound_first_queues_until_read(host: str) -> None:
         assert transports.bound["UDP"][1] == port
     finally:
         await transports.close()
+
+
+async def test_alarm_keeps_the_earliest_deadline_and_fires_once() -> None:
+    from pbxwarden.transport.network import Alarm
+
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    alarm = Alarm(lambda: fired.append(loop.time()))
+    start = loop.time()
+    alarm.arm(start + 0.2)
+    alarm.arm(start + 0.05)  # earlier: replaces
+    alarm.arm(start + 0.1)  # later than the pending one: ignored
+    alarm.arm(None)  # nothing due: no change
+    await asyncio.sleep(0.15)
+    assert len(fired) == 1 and fired[0] >= start + 0.05
+    await asyncio.sleep(0.1)
+    assert len(fired) == 1  # the 0.2 s and 0.1 s requests were folded into the first
+    alarm.arm(loop.time() + 0.02)
+    alarm.cancel()
+    await asyncio.sleep(0.05)
+    assert len(fired) == 1

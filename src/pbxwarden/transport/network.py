@@ -102,6 +102,34 @@ class _Stream(asyncio.Protocol):
                 del self._owner.connections[key]
 
 
+class Alarm:
+    """One pending loop callback, kept at the earliest deadline asked for: the sans-I/O
+    transaction layer says when it next needs time, and this wakes it then."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = float("inf")
+
+    def arm(self, deadline: float | None) -> None:
+        """Fire at ``deadline`` (loop time) unless already due earlier; None: no change."""
+        if deadline is None or deadline >= self._at:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._at = deadline
+        self._handle = asyncio.get_running_loop().call_at(deadline, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle, self._at = None, float("inf")
+
+    def _fire(self) -> None:
+        self._handle, self._at = None, float("inf")
+        self._callback()
+
+
 def bind_udp(host: str, port: int) -> socket.socket:
     """A bound, non-blocking UDP socket: bound before anything reads it, so that helper
     processes can be given it first while datagrams wait in the kernel's buffer."""
