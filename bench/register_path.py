@@ -12,6 +12,7 @@ alternately in the same session).
 
     python3 bench/register_path.py                 # this tree
     python3 bench/register_path.py --compare HEAD~3
+    python3 bench/register_path.py --interpreted   # compiled core vs its sources
     python3 bench/register_path.py --profile       # where the time goes (cProfile)
 """
 
@@ -51,6 +52,7 @@ REGISTER = (
 def _measure(registrations: int, users: int, profile: bool) -> float:
     """Mean worker CPU microseconds per registration (both REGISTERs)."""
     sys.path.insert(0, str(Path.cwd() / "src"))
+    from pbxwarden.cli.main import _tune_gc
     from pbxwarden.config import Config
     from pbxwarden.registrar_workers import RegistrarWorker
     from pbxwarden.sip.digest import build_authorization, parse_challenge
@@ -82,19 +84,20 @@ def _measure(registrations: int, users: int, profile: bool) -> float:
         async def run() -> float:
             worker._loop = asyncio.get_running_loop()
             await worker._refresh()
+            _tune_gc()  # as the worker process does
             spent = 0.0
             pid = os.getpid()
             for n in range(registrations):
                 user = str(1000 + n % users)
                 fields = dict(domain=domain, port=port, pid=pid, n=n, user=user)
                 first = REGISTER.format(step=1, auth="", **fields).encode()
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 if profiler:
                     profiler.enable()
                 worker.on_datagram(first, source)
                 if profiler:
                     profiler.disable()
-                spent += time.perf_counter() - t0
+                spent += time.process_time() - t0
                 challenge = parse_message(sink.recv(65535))
                 assert isinstance(challenge, Response) and challenge.status == 401, challenge
                 header = challenge.headers.get("WWW-Authenticate")
@@ -106,14 +109,14 @@ def _measure(registrations: int, users: int, profile: bool) -> float:
                 second = REGISTER.format(
                     step=2, auth=f"Authorization: {authorization}\r\n", **fields
                 ).encode()
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 if profiler:
                     profiler.enable()
                 worker.on_datagram(second, source)
                 worker.reporter.flush()
                 if profiler:
                     profiler.disable()
-                spent += time.perf_counter() - t0
+                spent += time.process_time() - t0
                 ok = parse_message(sink.recv(65535))
                 assert isinstance(ok, Response) and ok.status == 200, ok
                 while True:  # drain the reports the main process would read
@@ -121,6 +124,8 @@ def _measure(registrations: int, users: int, profile: bool) -> float:
                         ours.recv(1 << 20)
                     except BlockingIOError:
                         break
+                if n % 64 == 0:
+                    await asyncio.sleep(0)  # the transactions' timers run, as in the worker
             return spent
 
         spent = asyncio.run(run())
@@ -139,7 +144,10 @@ def _worktree(rev: str, where: Path) -> Path:
     return where
 
 
-def _child(tree: Path, args: argparse.Namespace) -> float:
+def _child(tree: Path, args: argparse.Namespace, pure: bool = False) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "PBXWARDEN_PURE_PYTHON"}
+    if pure:
+        env["PBXWARDEN_PURE_PYTHON"] = "1"
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child",
          "--registrations", str(args.registrations), "--users", str(args.users)],
@@ -147,7 +155,7 @@ def _child(tree: Path, args: argparse.Namespace) -> float:
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(tree / "src")},
+        env={**env, "PYTHONPATH": str(tree / "src")},
     )
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -158,6 +166,9 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compare", metavar="REV", help="also measure this git revision")
+    parser.add_argument(
+        "--interpreted", action="store_true", help="also measure the core's sources, uncompiled"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -165,14 +176,16 @@ def main() -> int:
         print(f"{_measure(args.registrations, args.users, args.profile):.1f}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"this tree": ROOT}
+        trees = {"this tree": (ROOT, False)}
         if args.compare:
-            trees[args.compare] = _worktree(args.compare, Path(tmp) / "base")
+            trees[args.compare] = (_worktree(args.compare, Path(tmp) / "base"), False)
+        if args.interpreted:
+            trees["interpreted"] = (ROOT, True)
         results: dict[str, list[float]] = {name: [] for name in trees}
         try:
             for _ in range(args.runs):  # alternate, so that host noise hits both alike
-                for name, tree in trees.items():
-                    results[name].append(_child(tree, args))
+                for name, (tree, pure) in trees.items():
+                    results[name].append(_child(tree, args, pure))
         finally:
             if args.compare:
                 subprocess.run(
@@ -184,9 +197,10 @@ def main() -> int:
     for name, values in results.items():
         runs = ", ".join(f"{v:.0f}" for v in values)
         print(f"{name:>12}: median {medians[name]:.1f} us/registration ({runs})")
-    if args.compare:
-        ratio = medians[args.compare] / medians["this tree"]
-        print(f"speed-up of this tree over {args.compare}: {ratio:.2f}x")
+    for other in trees:
+        if other != "this tree":
+            ratio = medians[other] / medians["this tree"]
+            print(f"speed-up of this tree over {other}: {ratio:.2f}x")
     return 0
 
 

@@ -26,8 +26,13 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   . .venv/bin/activate
 fi
 python -m pip install -q --upgrade pip
+# Compiles the SIP core with mypyc (setup.py): the build the README's install gives.
 python -m pip install -q -e '.[test,fast]'
 
 ruff check .
 mypy --strict src/pbxwarden
-python -m pytest -q -p no:cacheprovider "$@"
+# The whole suite on the compiled core; then the core's own tests on its sources too,
+# which run wherever no C compiler is (PBXWARDEN_PURE_PYTHON, see src/pbxwarden/_core.py).
+PBXWARDEN_EXPECT_CORE=compiled python -m pytest -q -p no:cacheprovider "$@"
+PBXWARDEN_PURE_PYTHON=1 PBXWARDEN_EXPECT_CORE=interpreted \
+  python -m pytest -q -p no:cacheprovider tests/sip tests/pbx tests/test_sip_core_build.py

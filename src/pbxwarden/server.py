@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from pbxwarden import _core
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.events import EventBus
@@ -266,6 +267,7 @@ class SipServer:
             "sip listening",
             addresses={k: f"{h}:{p}" for k, (h, p) in self.transports.bound.items()},
             bindings=len(self.location),
+            sip_core=_core.mode(),
         )
 
     async def stop(self) -> None:
@@ -810,6 +812,7 @@ class SipServer:
                 "calls": len(self.calls.active),
                 "bans": len(self.firewall.bans),
                 "trunk_registrations": self.trunk_registrations.status(),
+                "sip_core": _core.mode(),
                 **(self.workers.describe() if self.workers is not None else {}),
                 **(
                     {f"media_{k}": v for k, v in self.media.counters.__dict__.items()}

@@ -14,9 +14,11 @@ from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 
+from pbxwarden import _core
 from pbxwarden.latency import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -43,6 +45,11 @@ class SipCollector:
         messages.add_metric(["firewall_refused"], stats.refused)
         messages.add_metric(["shed_overload"], stats.shed)
         yield messages
+        core = InfoMetricFamily(
+            "pbxwarden_sip_core", "Which build of the SIP core runs: compiled or interpreted"
+        )
+        core.add_metric([], {"build": _core.mode()})
+        yield core
         yield CounterMetricFamily(
             "pbxwarden_registrations", "Successful REGISTER transactions", value=stats.registers_ok
         )

@@ -1,0 +1,57 @@
+"""Build hook: the sans-I/O SIP core compiled to C with mypyc.
+
+Why: every registration and every call passes through the parser, the transaction
+layer, digest and the registrar; compiled, they cost well under two thirds of the
+interpreted CPU (docs/benchmarks.md). mypyc compiles the very modules that are
+``mypy --strict`` clean, so there is one source and no second language. The
+extensions are optional: without a C compiler the install keeps the pure-Python
+modules, which behave the same. ``PBXWARDEN_PURE_PYTHON=1`` at install skips
+compiling; at run time it loads the sources even where compiled modules exist (see
+``pbxwarden/_core.py``, which also refuses compiled modules older than their source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "src"))
+from pbxwarden._core import COMPILED_MODULES, SOURCE_HASHES  # noqa: E402
+
+
+def _source(module: str) -> Path:
+    return ROOT / "src" / (module.replace(".", "/") + ".py")
+
+
+def ext_modules() -> list[object]:
+    if os.environ.get("PBXWARDEN_PURE_PYTHON") == "1":
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:  # a build without its build requirements: stay interpreted
+        return []
+    # Which sources the extensions were compiled from: a changed source (editable
+    # installs) is then run as source instead of as a stale extension.
+    hashes = {m: hashlib.sha256(_source(m).read_bytes()).hexdigest() for m in COMPILED_MODULES}
+    (ROOT / "src" / "pbxwarden" / SOURCE_HASHES).write_text(json.dumps(hashes, indent=1) + "\n")
+    # The build environment has mypy but not the project's dependencies (pydantic,
+    # SQLAlchemy, ...): their types are Any here, as mypyc treats them anyway;
+    # `mypy --strict` in the tests checks them.
+    options = ["--config-file", str(ROOT / "mypyc.ini")]
+    extensions = mypycify(
+        options + [str(_source(m).relative_to(ROOT)) for m in COMPILED_MODULES],
+        group_name="pbxwarden_core",
+        opt_level="3",
+    )
+    for extension in extensions:
+        extension.optional = True  # no compiler: a warning, and the sources run
+    return list(extensions)
+
+
+setup(ext_modules=ext_modules())
