@@ -16,9 +16,11 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -29,17 +31,43 @@ def _source(module: str) -> Path:
     return ROOT / "src" / (module.replace(".", "/") + ".py")
 
 
-def ext_modules() -> list[object]:
+def _hashes() -> str:
+    digests = {m: hashlib.sha256(_source(m).read_bytes()).hexdigest() for m in COMPILED_MODULES}
+    return json.dumps(digests, indent=1) + "\n"
+
+
+class BuildExt(build_ext):
+    """Records which sources the extensions were compiled from (``_core`` runs the
+    sources instead when they differ), and only once every extension was built: a
+    failed optional build must not vouch for extensions left from an earlier one."""
+
+    def run(self) -> None:
+        started = time.time() - 1
+        targets = [ROOT / "src" / "pbxwarden" / SOURCE_HASHES]
+        if not self.inplace:
+            targets.append(Path(self.build_lib) / "pbxwarden" / SOURCE_HASHES)
+        for target in targets:
+            target.unlink(missing_ok=True)
+        super().run()
+        built = all(
+            os.path.exists(path) and os.path.getmtime(path) >= started
+            for path in (self.get_ext_fullpath(ext.name) for ext in self.extensions)
+        )
+        if not built:
+            print("pbxwarden: SIP core not compiled; the sources will run", file=sys.stderr)
+            return
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_hashes())
+
+
+def ext_modules() -> list[Extension]:
     if os.environ.get("PBXWARDEN_PURE_PYTHON") == "1":
         return []
     try:
         from mypyc.build import mypycify
     except ImportError:  # a build without its build requirements: stay interpreted
         return []
-    # Which sources the extensions were compiled from: a changed source (editable
-    # installs) is then run as source instead of as a stale extension.
-    hashes = {m: hashlib.sha256(_source(m).read_bytes()).hexdigest() for m in COMPILED_MODULES}
-    (ROOT / "src" / "pbxwarden" / SOURCE_HASHES).write_text(json.dumps(hashes, indent=1) + "\n")
     # The build environment has mypy but not the project's dependencies (pydantic,
     # SQLAlchemy, ...): their types are Any here, as mypyc treats them anyway;
     # `mypy --strict` in the tests checks them.
@@ -54,4 +82,4 @@ def ext_modules() -> list[object]:
     return list(extensions)
 
 
-setup(ext_modules=ext_modules())
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildExt})

@@ -7,7 +7,7 @@ same kind of answer, so that nobody can enumerate extensions through us.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Final
 
 from pbxwarden.sip.digest import (
     AuthStatus,
@@ -20,13 +20,18 @@ from pbxwarden.sip.message import Request, Response, make_response
 from pbxwarden.store.db import ExtensionAuth
 
 
-@dataclass(frozen=True, slots=True)
 class AuthOutcome:
-    """Either ``extension`` is authenticated, or ``response`` must be sent back."""
+    """Either ``extension`` is authenticated, or ``response`` must be sent back. Not a
+    dataclass: compiled by mypyc, a dataclass keeps an interpreted __init__."""
 
-    extension: ExtensionAuth | None
-    response: Response | None
-    reason: str
+    __slots__ = ("extension", "reason", "response")
+
+    def __init__(
+        self, extension: ExtensionAuth | None, response: Response | None, reason: str
+    ) -> None:
+        self.extension: Final = extension
+        self.response: Final = response
+        self.reason: Final = reason
 
 
 class Authenticator:

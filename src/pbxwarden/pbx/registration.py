@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import structlog
 
@@ -81,11 +80,15 @@ RecordNetwork = Callable[[int, str, float, bool], None]
 """(extension id, network, wall time, approved): a network to remember, written later."""
 
 
-@dataclass(frozen=True, slots=True)
 class RegistrationResult:
-    response: Response
-    registered: bool  # a 200 OK: the bindings changed or were read
-    auth_failed: bool  # credentials given and refused (counted for the statistics)
+    """Not a dataclass: compiled by mypyc, a dataclass keeps an interpreted __init__."""
+
+    __slots__ = ("auth_failed", "registered", "response")
+
+    def __init__(self, response: Response, registered: bool, auth_failed: bool) -> None:
+        self.response: Final = response
+        self.registered: Final = registered  # a 200 OK: the bindings changed or were read
+        self.auth_failed: Final = auth_failed  # credentials refused (for the statistics)
 
 
 class RegistrationHandler:

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Final
 
 from pbxwarden.sip.errors import ParseError
 
@@ -83,11 +84,13 @@ class Algorithm(StrEnum):
     @classmethod
     def parse(cls, token: str) -> Algorithm:
         """Algorithm tokens are case-insensitive on the wire (RFC 7616 section 3.3)."""
-        wanted = token.lower()
-        for member in cls:
-            if member.value.lower() == wanted:
-                return member
-        raise DigestError(f"unsupported algorithm {_shown(token)}")
+        member = _ALGORITHMS.get(token.lower())
+        if member is None:
+            raise DigestError(f"unsupported algorithm {_shown(token)}")
+        return member
+
+
+_ALGORITHMS: Final = {member.value.lower(): member for member in Algorithm}
 
 
 def _utf8(text: str) -> bytes:
@@ -313,21 +316,70 @@ def _parse_nc(value: str) -> int | None:
     return int(value, 16)
 
 
-@dataclass(frozen=True)
 class Credentials:
     """An Authorization / Proxy-Authorization value; ``nc`` and ``qop`` stay as sent
-    because the response hash covers their exact text."""
+    because the response hash covers their exact text. Written out rather than a
+    dataclass: compiled by mypyc, a dataclass keeps an interpreted __init__."""
 
-    username: str
-    realm: str
-    nonce: str
-    uri: str
-    response: str
-    algorithm: Algorithm = Algorithm.MD5
-    cnonce: str | None = None
-    nc: str | None = None
-    qop: str | None = None
-    opaque: str | None = None
+    __slots__ = (
+        "algorithm",
+        "cnonce",
+        "nc",
+        "nonce",
+        "opaque",
+        "qop",
+        "realm",
+        "response",
+        "uri",
+        "username",
+    )
+
+    def __init__(
+        self,
+        username: str,
+        realm: str,
+        nonce: str,
+        uri: str,
+        response: str,
+        algorithm: Algorithm = Algorithm.MD5,
+        cnonce: str | None = None,
+        nc: str | None = None,
+        qop: str | None = None,
+        opaque: str | None = None,
+    ) -> None:
+        self.username: Final = username
+        self.realm: Final = realm
+        self.nonce: Final = nonce
+        self.uri: Final = uri
+        self.response: Final = response
+        self.algorithm: Final = algorithm
+        self.cnonce: Final = cnonce
+        self.nc: Final = nc
+        self.qop: Final = qop
+        self.opaque: Final = opaque
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.username,
+            self.realm,
+            self.nonce,
+            self.uri,
+            self.response,
+            self.algorithm,
+            self.cnonce,
+            self.nc,
+            self.qop,
+            self.opaque,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Credentials) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:  # never the response hash: it is password-equivalent
+        return f"Credentials(username={self.username!r}, realm={self.realm!r})"
 
 
 def parse_credentials(header_value: str) -> Credentials:
@@ -637,12 +689,26 @@ class AuthStatus(Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
 class AuthResult:
     """``reason`` is for logs; it never distinguishes an unknown user from a bad password."""
 
-    status: AuthStatus
-    reason: str
+    __slots__ = ("reason", "status")
+
+    def __init__(self, status: AuthStatus, reason: str) -> None:
+        self.status: Final = status
+        self.reason: Final = reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AuthResult) and (self.status, self.reason) == (
+            other.status,
+            other.reason,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.status, self.reason))
+
+    def __repr__(self) -> str:
+        return f"AuthResult({self.status!r}, {self.reason!r})"
 
     @property
     def ok(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pbxwarden.sip.digest import Challenge, DigestError, build_authorization, parse_challenge
 from pbxwarden.sip.message import CSeq, Request, Response, Via, generate_branch
@@ -113,10 +113,19 @@ def with_credentials(request: Request, header: str, value: str) -> Request:
     params = dict(top.params)
     params["branch"] = generate_branch()
     via = [Via(top.transport, top.host, top.port, params), *request.via[1:]]
-    return replace(
-        request,
-        via=via,
-        cseq=CSeq(request.cseq.number + 1, request.cseq.method),
-        headers=headers,
-        contacts=list(request.contacts),
+    r = request
+    return Request(
+        via,
+        r.from_,
+        r.to,
+        r.call_id,
+        CSeq(r.cseq.number + 1, r.cseq.method),
+        headers,
+        r.body,
+        r.max_forwards,
+        list(r.contacts),
+        r.contact_star,
+        r.expires,
+        r.method,
+        r.uri,
     )

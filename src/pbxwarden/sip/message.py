@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Final
 
 from pbxwarden.sip.errors import ParseError
@@ -288,17 +287,44 @@ class Headers:
         return new
 
 
-@dataclass(slots=True)
+# Value classes written out rather than dataclasses: compiled by mypyc (setup.py), a
+# dataclass keeps an interpreted __init__, which is slow on a per-message path.
+
+
 class Via:
     """One Via value. ``received``/``rport`` are filled in by the receiving transport (RFC 3581)."""
 
-    transport: str
-    host: str
-    port: int | None = None
-    params: Params = field(default_factory=dict)
-    # The value as received, reused when the Via is echoed unchanged in a response
-    # (most Vias are): whoever changes ``params`` in place must reset it to None.
-    raw: str | None = field(default=None, compare=False, repr=False)
+    __slots__ = ("host", "params", "port", "raw", "transport")
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: Params | None = None,
+        raw: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params: Params = {} if params is None else params
+        # The value as received, reused when the Via is echoed unchanged in a response
+        # (most Vias are): whoever changes ``params`` in place must reset it to None.
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:  # ``raw`` is only a rendering cache
+        return (
+            isinstance(other, Via)
+            and self.transport == other.transport
+            and self.host == other.host
+            and self.port == other.port
+            and self.params == other.params
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Via({self.transport!r}, {self.host!r}, {self.port!r}, {self.params!r})"
 
     @property
     def branch(self) -> str | None:
@@ -343,10 +369,23 @@ def parse_via(value: str) -> Via:
     return Via(m.group(3).upper(), host, port, params, value)
 
 
-@dataclass(slots=True, frozen=True)
 class CSeq:
-    number: int
-    method: str
+    __slots__ = ("method", "number")
+
+    def __init__(self, number: int, method: str) -> None:
+        self.number: Final = number
+        self.method: Final = method
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CSeq) and self.number == other.number and (
+            self.method == other.method
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.number, self.method))
+
+    def __repr__(self) -> str:
+        return f"CSeq({self.number!r}, {self.method!r})"
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -370,21 +409,48 @@ def _parse_delta(value: str, what: str, limit: int = MAX_32BIT) -> int:
     return int(value)
 
 
-@dataclass(slots=True, eq=False)
 class Message:
     """Fields common to requests and responses."""
 
-    via: list[Via]
-    from_: NameAddr
-    to: NameAddr
-    call_id: str
-    cseq: CSeq
-    headers: Headers = field(default_factory=Headers)
-    body: bytes = b""
-    max_forwards: int | None = None
-    contacts: list[NameAddr] = field(default_factory=list)
-    contact_star: bool = False
-    expires: int | None = None
+    __slots__ = (
+        "body",
+        "call_id",
+        "contact_star",
+        "contacts",
+        "cseq",
+        "expires",
+        "from_",
+        "headers",
+        "max_forwards",
+        "to",
+        "via",
+    )
+
+    def __init__(
+        self,
+        via: list[Via],
+        from_: NameAddr,
+        to: NameAddr,
+        call_id: str,
+        cseq: CSeq,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        max_forwards: int | None = None,
+        contacts: list[NameAddr] | None = None,
+        contact_star: bool = False,
+        expires: int | None = None,
+    ) -> None:
+        self.via = via
+        self.from_ = from_
+        self.to = to
+        self.call_id = call_id
+        self.cseq = cseq
+        self.headers = Headers() if headers is None else headers
+        self.body = body
+        self.max_forwards = max_forwards
+        self.contacts: list[NameAddr] = [] if contacts is None else contacts
+        self.contact_star = contact_star
+        self.expires = expires
 
     def _header_lines(self) -> list[str]:
         lines = [f"Via: {v}" for v in self.via]
@@ -410,20 +476,68 @@ class Message:
         return self.via[0].branch if self.via else None
 
 
-@dataclass(slots=True, eq=False)
 class Request(Message):
-    method: str = ""
-    uri: URI = field(default_factory=lambda: URI("sip"))
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self,
+        via: list[Via],
+        from_: NameAddr,
+        to: NameAddr,
+        call_id: str,
+        cseq: CSeq,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        max_forwards: int | None = None,
+        contacts: list[NameAddr] | None = None,
+        contact_star: bool = False,
+        expires: int | None = None,
+        method: str = "",
+        uri: URI | None = None,
+    ) -> None:
+        super().__init__(
+            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
+            contact_star, expires,
+        )
+        self.method = method
+        self.uri = URI("sip") if uri is None else uri
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri} cseq={self.cseq} call-id={self.call_id}>"
 
     def to_bytes(self) -> bytes:
         head = "\r\n".join([f"{self.method} {self.uri} {SIP_VERSION}", *self._header_lines()])
         return head.encode() + b"\r\n\r\n" + self.body
 
 
-@dataclass(slots=True, eq=False)
 class Response(Message):
-    status: int = 200
-    reason: str = "OK"
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self,
+        via: list[Via],
+        from_: NameAddr,
+        to: NameAddr,
+        call_id: str,
+        cseq: CSeq,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        max_forwards: int | None = None,
+        contacts: list[NameAddr] | None = None,
+        contact_star: bool = False,
+        expires: int | None = None,
+        status: int = 200,
+        reason: str = "OK",
+    ) -> None:
+        super().__init__(
+            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
+            contact_star, expires,
+        )
+        self.status = status
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason} cseq={self.cseq} call-id={self.call_id}>"
 
     def to_bytes(self) -> bytes:
         head = "\r\n".join([f"{SIP_VERSION} {self.status} {self.reason}", *self._header_lines()])
@@ -618,28 +732,21 @@ def _build(start: str, raw: list[tuple[str, str]], body: bytes) -> Request | Res
     if missing:
         raise ParseError(f"missing required header: {', '.join(missing)}")
     assert from_ is not None and to is not None and call_id is not None and cseq is not None
-    common = dict(
-        via=via,
-        from_=from_,
-        to=to,
-        call_id=call_id,
-        cseq=cseq,
-        headers=headers,
-        body=body,
-        max_forwards=max_forwards,
-        contacts=contacts,
-        contact_star=contact_star,
-        expires=expires,
-    )
     if is_response:
         status, reason = first
         assert isinstance(status, int) and isinstance(reason, str)
-        return Response(status=status, reason=reason, **common)  # type: ignore[arg-type]
+        return Response(
+            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
+            contact_star, expires, status, reason,
+        )
     method, uri = first
     assert isinstance(method, str) and isinstance(uri, URI)
     if cseq.method != method:
         raise ParseError("CSeq method does not match the Request-Line")
-    return Request(method=method, uri=uri, **common)  # type: ignore[arg-type]
+    return Request(
+        via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
+        contact_star, expires, method, uri,
+    )
 
 
 def _parse_request_line(start: str) -> tuple[str, URI]:

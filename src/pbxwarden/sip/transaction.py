@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
@@ -48,13 +48,34 @@ class TransactionError(SipError):
     """The TU asked for something the transaction layer cannot do (unknown key, wrong kind)."""
 
 
-@dataclass(frozen=True, slots=True)
+# The value classes made per message below are written out rather than dataclasses:
+# compiled by mypyc (setup.py), a dataclass keeps an interpreted __init__ and __hash__,
+# which were a tenth of a registrar worker's CPU. Immutable (Final) where they are keys.
+
+
 class Address:
     """Where a message came from or goes to; ``transport`` is the Via spelling (UDP, TCP, TLS)."""
 
-    transport: str
-    host: str
-    port: int
+    __slots__ = ("host", "port", "transport")
+
+    def __init__(self, transport: str, host: str, port: int) -> None:
+        self.transport: Final = transport
+        self.host: Final = host
+        self.port: Final = port
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Address)
+            and self.port == other.port
+            and self.host == other.host
+            and self.transport == other.transport
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.transport, self.host, self.port))
+
+    def __repr__(self) -> str:
+        return f"Address({self.transport!r}, {self.host!r}, {self.port!r})"
 
     @property
     def reliable(self) -> bool:
@@ -91,7 +112,6 @@ class TimerConfig:
 DEFAULT_TIMERS: Final = TimerConfig()
 
 
-@dataclass(frozen=True, slots=True)
 class TransactionKey:
     """Identifies a transaction; hashable, cheap to compare.
 
@@ -101,11 +121,45 @@ class TransactionKey:
     Call-ID, CSeq number, top Via). Client keys are ``branch`` + CSeq method (17.1.3).
     """
 
-    server: bool
-    method: str
-    branch: str = ""
-    sent_by: tuple[str, int | None] | None = None
-    legacy: tuple[str, ...] | None = None
+    __slots__ = ("_hash", "branch", "legacy", "method", "sent_by", "server")
+
+    def __init__(
+        self,
+        server: bool,
+        method: str,
+        branch: str = "",
+        sent_by: tuple[str, int | None] | None = None,
+        legacy: tuple[str, ...] | None = None,
+    ) -> None:
+        self.server: Final = server
+        self.method: Final = method
+        self.branch: Final = branch
+        self.sent_by: Final = sent_by
+        self.legacy: Final = legacy
+        self._hash: Final = hash((server, method, branch, sent_by, legacy))
+
+    def with_method(self, method: str) -> TransactionKey:
+        return TransactionKey(self.server, method, self.branch, self.sent_by, self.legacy)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, TransactionKey)
+            and self._hash == other._hash
+            and self.branch == other.branch
+            and self.method == other.method
+            and self.server == other.server
+            and self.sent_by == other.sent_by
+            and self.legacy == other.legacy
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return (
+            f"TransactionKey(server={self.server!r}, method={self.method!r}, "
+            f"branch={self.branch!r}, sent_by={self.sent_by!r}, legacy={self.legacy!r})"
+        )
 
 
 def client_key(message: Request | Response) -> TransactionKey:
@@ -164,44 +218,91 @@ def response_destination(via: Via, source: Address) -> Address:
     return Address(source.transport, host, via.port or DEFAULT_SIP_PORT)
 
 
-@dataclass(frozen=True, slots=True)
-class SendMessage:
+class _Action:
+    """Equal when of one kind with equal fields (the tests compare action lists)."""
+
+    __slots__ = ()
+
+    def _fields(self) -> tuple[object, ...]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Action)
+            and type(other) is type(self)
+            and other._fields() == self._fields()
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self._fields()!r}"
+
+
+class SendMessage(_Action):
     """Put ``message`` on the wire to ``dest`` (for reliable transports: over that connection)."""
 
-    message: Request | Response
-    dest: Address
+    __slots__ = ("dest", "message")
+
+    def __init__(self, message: Request | Response, dest: Address) -> None:
+        self.message: Final = message
+        self.dest: Final = dest
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.message, self.dest)
 
 
-@dataclass(frozen=True, slots=True)
-class DeliverRequest:
+class DeliverRequest(_Action):
     """A request for the TU; ``key`` is None for an ACK outside any transaction (ACK for 2xx)."""
 
-    request: Request
-    source: Address
-    key: TransactionKey | None
+    __slots__ = ("key", "request", "source")
+
+    def __init__(self, request: Request, source: Address, key: TransactionKey | None) -> None:
+        self.request: Final = request
+        self.source: Final = source
+        self.key: Final = key
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.request, self.source, self.key)
 
 
-@dataclass(frozen=True, slots=True)
-class DeliverResponse:
+class DeliverResponse(_Action):
     """A response for the TU; ``stray`` means no live transaction took it (a late 2xx)."""
 
-    response: Response
-    key: TransactionKey
-    stray: bool = False
+    __slots__ = ("key", "response", "stray")
+
+    def __init__(self, response: Response, key: TransactionKey, stray: bool = False) -> None:
+        self.response: Final = response
+        self.key: Final = key
+        self.stray: Final = stray
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.response, self.key, self.stray)
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionTimeout:
+class TransactionTimeout(_Action):
     """Timer B/F (client: treat as 408) or Timer H (server: the ACK never came)."""
 
-    key: TransactionKey
+    __slots__ = ("key",)
+
+    def __init__(self, key: TransactionKey) -> None:
+        self.key: Final = key
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.key,)
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionTerminated:
+class TransactionTerminated(_Action):
     """The transaction is gone; its key is no longer valid."""
 
-    key: TransactionKey
+    __slots__ = ("key",)
+
+    def __init__(self, key: TransactionKey) -> None:
+        self.key: Final = key
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.key,)
 
 
 Action = SendMessage | DeliverRequest | DeliverResponse | TransactionTimeout | TransactionTerminated
@@ -568,7 +669,7 @@ class TransactionLayer:
 
     def find_invite_server_transaction(self, cancel: Request) -> TransactionKey | None:
         """The INVITE server transaction a received CANCEL targets (RFC 3261 9.2)."""
-        key = replace(server_key(cancel), method="INVITE")
+        key = server_key(cancel).with_method("INVITE")
         return key if key in self._txns else None
 
     def send_response(self, key: TransactionKey, response: Response, now: float) -> list[Action]:

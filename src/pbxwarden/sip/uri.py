@@ -8,7 +8,6 @@ references) while staying fast enough for a per-packet path.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
 
 from pbxwarden.sip.errors import ParseError
 
@@ -102,18 +101,54 @@ def split_hostport(text: str, what: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
-@dataclass(slots=True)
+# URI and NameAddr are written out rather than dataclasses: compiled by mypyc
+# (setup.py), a dataclass keeps an interpreted __init__, slow on a per-message path.
+
+
 class URI:
     """A parsed URI. ``sip``/``sips`` fully; ``tel`` as number plus params; others opaque."""
 
-    scheme: str
-    user: str | None = None
-    password: str | None = None
-    host: str = ""
-    port: int | None = None
-    params: Params = field(default_factory=dict)
-    headers: str | None = None
-    opaque: str | None = None  # the text after ``scheme:`` for schemes we do not interpret
+    __slots__ = ("headers", "host", "opaque", "params", "password", "port", "scheme", "user")
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None = None,
+        password: str | None = None,
+        host: str = "",
+        port: int | None = None,
+        params: Params | None = None,
+        headers: str | None = None,
+        opaque: str | None = None,  # the text after ``scheme:`` for schemes we do not interpret
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params: Params = {} if params is None else params
+        self.headers = headers
+        self.opaque = opaque
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.scheme,
+            self.user,
+            self.password,
+            self.host,
+            self.port,
+            self.params,
+            self.headers,
+            self.opaque,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, URI) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"URI({str(self)!r})"
 
     @property
     def is_sip(self) -> bool:
@@ -127,7 +162,9 @@ class URI:
     def with_params(self, **params: str | None) -> URI:
         merged = dict(self.params)
         merged.update(params)
-        return replace(self, params=merged)
+        copy = _copy(self)
+        copy.params = merged
+        return copy
 
     def __str__(self) -> str:
         if self.opaque is not None:
@@ -236,16 +273,37 @@ def _parse_sip_uri(scheme: str, rest: str, what: str) -> URI:
     return URI(scheme, user, password, host, port, params, headers if qmark else None)
 
 
-@dataclass(slots=True)
 class NameAddr:
     """``"Display" <uri>;params`` or ``uri;params``: the value of From, To, Contact, Route."""
 
-    uri: URI
-    display_name: str | None = None
-    params: Params = field(default_factory=dict)
-    # The text as received, reused when echoed unchanged (From and To in every
-    # response): whoever changes the fields in place must reset it to None.
-    raw: str | None = field(default=None, compare=False, repr=False)
+    __slots__ = ("display_name", "params", "raw", "uri")
+
+    def __init__(
+        self,
+        uri: URI,
+        display_name: str | None = None,
+        params: Params | None = None,
+        raw: str | None = None,
+    ) -> None:
+        self.uri = uri
+        self.display_name = display_name
+        self.params: Params = {} if params is None else params
+        # The text as received, reused when echoed unchanged (From and To in every
+        # response): whoever changes the fields in place must reset it to None.
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:  # ``raw`` is only a rendering cache
+        return (
+            isinstance(other, NameAddr)
+            and self.uri == other.uri
+            and self.display_name == other.display_name
+            and self.params == other.params
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"NameAddr({str(self)!r})"
 
     @property
     def tag(self) -> str | None:
@@ -254,7 +312,7 @@ class NameAddr:
     def with_tag(self, tag: str) -> NameAddr:
         params = dict(self.params)
         params["tag"] = tag
-        return replace(self, params=params, raw=None)
+        return NameAddr(self.uri, self.display_name, params)
 
     def __str__(self) -> str:
         if self.raw is not None:
