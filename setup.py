@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -42,23 +41,27 @@ class BuildExt(build_ext):
     failed optional build must not vouch for extensions left from an earlier one."""
 
     def run(self) -> None:
-        started = time.time() - 1
-        targets = [ROOT / "src" / "pbxwarden" / SOURCE_HASHES]
-        if not self.inplace:
-            targets.append(Path(self.build_lib) / "pbxwarden" / SOURCE_HASHES)
+        targets = [Path(self.build_lib) / "pbxwarden" / SOURCE_HASHES]
+        if self.inplace or self.editable_mode:  # the extensions land beside the sources
+            targets.append(ROOT / "src" / "pbxwarden" / SOURCE_HASHES)
         for target in targets:
             target.unlink(missing_ok=True)
+        self._failed: list[str] = []
         super().run()
-        built = all(
-            os.path.exists(path) and os.path.getmtime(path) >= started
-            for path in (self.get_ext_fullpath(ext.name) for ext in self.extensions)
-        )
-        if not built:
+        outputs = [self.get_ext_fullpath(ext.name) for ext in self.extensions]
+        if self._failed or not all(os.path.exists(path) for path in outputs):
             print("pbxwarden: SIP core not compiled; the sources will run", file=sys.stderr)
             return
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(_hashes())
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception:  # optional: setuptools reports it and carries on
+            self._failed.append(ext.name)
+            raise
 
 
 def ext_modules() -> list[Extension]:

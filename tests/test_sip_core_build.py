@@ -85,3 +85,9 @@ def test_an_edited_source_runs_instead_of_its_stale_compiled_module(tmp_path: Pa
     assert mode.startswith("interpreted (sources changed")
     assert message_file == str(copy / "pbxwarden" / "sip" / "message.py")  # not uri alone
     assert parsed == "OPTIONS a"
+
+    # A build that did not finish records nothing, and vouches for nothing.
+    shutil.copy(PACKAGE / "sip" / "uri.py", uri)
+    assert _probe(copy)[0] == "compiled"
+    (copy / "pbxwarden" / _core.SOURCE_HASHES).unlink()
+    assert _probe(copy)[0].startswith("interpreted (no record of the sources")

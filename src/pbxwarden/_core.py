@@ -56,20 +56,21 @@ def _extension_exists(module: str) -> bool:
     return any(Path(f"{stem}{s}").exists() for s in importlib.machinery.EXTENSION_SUFFIXES)
 
 
-def _stale() -> bool:
-    """True when any compiled module's source differs from the one it was built from."""
+def _stale() -> str | None:
+    """Why the compiled modules must not run (their sources differ from the ones they
+    were built from, or nobody recorded those), or None when they may."""
     try:
         built = json.loads((_PACKAGE_DIR / SOURCE_HASHES).read_text())
     except (OSError, ValueError):
-        return True
+        return "no record of the sources they were compiled from"
     for module in COMPILED_MODULES:
         try:
             digest = hashlib.sha256(source_path(module).read_bytes()).hexdigest()
         except OSError:  # an install without sources (not ours): trust the extension
             continue
         if not isinstance(built, dict) or built.get(module) != digest:
-            return True
-    return False
+            return "sources changed since they were compiled"
+    return None
 
 
 class _SourceFinder(importlib.abc.MetaPathFinder):
@@ -101,13 +102,14 @@ def select() -> None:
     if not any(_extension_exists(m) for m in COMPILED_MODULES):
         _mode = "interpreted (not compiled)"
         return
+    stale = None if os.environ.get(PURE_ENV) == "1" else _stale()
     if os.environ.get(PURE_ENV) == "1":
         _mode = f"interpreted ({PURE_ENV}=1)"
-    elif _stale():
-        _mode = "interpreted (sources changed since they were compiled: reinstall)"
+    elif stale is not None:
+        _mode = f"interpreted ({stale}: reinstall)"
         warnings.warn(
-            "pbxwarden: the compiled SIP core is older than its sources, running the "
-            "sources instead (pip install -e . compiles them again)",
+            f"pbxwarden: compiled SIP core not used ({stale}); running its sources "
+            "(pip install -e . compiles them again)",
             RuntimeWarning,
             stacklevel=2,
         )
