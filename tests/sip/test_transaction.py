@@ -571,8 +571,14 @@ def test_non_invite_server_final_from_trying() -> None:
     layer.receive_request(bye, PEER_UDP, 0.0)
     key = server_key(bye)
     ok = resp(bye, 200)
+    assert layer.get_request(key) is bye  # the TU may look at it until it answers
     layer.send_response(key, ok, 0.1)
     assert layer.receive_request(req("BYE"), PEER_UDP, 0.2) == [SendMessage(ok, PEER_UDP)]
+    # Completed, it only absorbs retransmissions (32 s over UDP) and lets the request go:
+    # a registrar holds tens of thousands of these.
+    with pytest.raises(TransactionError, match="no longer holds its request"):
+        layer.get_request(key)
+    assert layer.receive_request(req("BYE"), PEER_UDP, 20.0) == [SendMessage(ok, PEER_UDP)]
 
 
 def test_non_invite_server_tcp_timer_j_zero() -> None:

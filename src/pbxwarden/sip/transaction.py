@@ -351,7 +351,11 @@ class _Transaction:
 
     def __init__(self, key: TransactionKey, request: Request, peer: Address, state: State) -> None:
         self.key = key
-        self.request = request
+        # Let go once a non-INVITE server transaction has its final response: it only
+        # waits for retransmissions then (32 s over UDP), and without the request a
+        # completed transaction holds a third less memory (a registrar keeps tens of
+        # thousands of them).
+        self.request: Request | None = request
         # Client: where requests go. Server: where responses go (computed once).
         self.peer = peer
         self.invite = request.method == "INVITE"
@@ -389,6 +393,12 @@ def _derived_request(original: Request, method: str, to: NameAddr) -> Request:
     )
 
 
+def _request(txn: _Transaction) -> Request:
+    if txn.request is None:
+        raise TransactionError("the transaction is completed and no longer holds its request")
+    return txn.request
+
+
 class TransactionLayer:
     """All client and server transactions of one SIP element, plus their timers."""
 
@@ -422,7 +432,7 @@ class TransactionLayer:
 
     def get_request(self, key: TransactionKey) -> Request:
         """The request that created the transaction (e.g. the INVITE a CANCEL targets)."""
-        return self._get(key).request
+        return _request(self._get(key))
 
     def peer(self, key: TransactionKey) -> Address:
         """Client: where the request went. Server: where responses go."""
@@ -494,11 +504,11 @@ class TransactionLayer:
     def _fire(self, txn: _Transaction, timer: _Timer, now: float, out: list[Action]) -> None:
         t = self.timers
         if timer is _Timer.A:
-            out.append(SendMessage(txn.request, txn.peer))
+            out.append(SendMessage(_request(txn), txn.peer))
             txn.interval *= 2  # Timer A is not capped at T2; Timer B bounds it.
             self._schedule(txn, _Timer.A, now + txn.interval)
         elif timer is _Timer.E:
-            out.append(SendMessage(txn.request, txn.peer))
+            out.append(SendMessage(_request(txn), txn.peer))
             if txn.state is State.PROCEEDING:
                 txn.interval = t.t2
             else:
@@ -511,7 +521,7 @@ class TransactionLayer:
             self._schedule(txn, _Timer.G, now + txn.interval)
         elif timer is _Timer.TRYING:
             if txn.state is State.PROCEEDING and txn.last_response is None:
-                trying = make_response(txn.request, 100)
+                trying = make_response(_request(txn), 100)
                 txn.last_response = trying
                 out.append(SendMessage(trying, txn.peer))
         elif timer in (_Timer.B, _Timer.F, _Timer.H):
@@ -556,7 +566,8 @@ class TransactionLayer:
         txn = self._get(key)
         if key.server or not txn.invite:
             raise TransactionError("only a client INVITE transaction can be cancelled")
-        return _derived_request(txn.request, "CANCEL", txn.request.to)
+        invite = _request(txn)
+        return _derived_request(invite, "CANCEL", invite.to)
 
     def receive_response(self, response: Response, now: float) -> list[Action]:
         key = client_key(response)
@@ -584,7 +595,7 @@ class TransactionLayer:
                 self._schedule(txn, _Timer.M, now + 64 * self.timers.t1)
                 return [deliver]
             txn.state = State.COMPLETED
-            txn.ack = _derived_request(txn.request, "ACK", response.to)
+            txn.ack = _derived_request(_request(txn), "ACK", response.to)
             out: list[Action] = [SendMessage(txn.ack, txn.peer), deliver]
             if txn.peer.reliable:
                 out.append(self._terminate(txn))
@@ -719,6 +730,7 @@ class TransactionLayer:
         txn.state = State.COMPLETED
         if txn.peer.reliable:
             return [send, self._terminate(txn)]
+        txn.request = None
         self._schedule(txn, _Timer.J, now + 64 * self.timers.t1)
         return [send]
 
