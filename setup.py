@@ -12,7 +12,6 @@ compiling; at run time it loads the sources even where compiled modules exist (s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -23,16 +22,13 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))
-from pbxwarden._core import COMPILED_MODULES, SOURCE_HASHES  # noqa: E402
-
-
-def _source(module: str) -> Path:
-    return ROOT / "src" / (module.replace(".", "/") + ".py")
-
-
-def _hashes() -> str:
-    digests = {m: hashlib.sha256(_source(m).read_bytes()).hexdigest() for m in COMPILED_MODULES}
-    return json.dumps(digests, indent=1) + "\n"
+from pbxwarden._core import (  # noqa: E402
+    COMPILED_MODULES,
+    PURE_ENV,
+    SOURCE_HASHES,
+    source_digest,
+    source_path,
+)
 
 
 class BuildExt(build_ext):
@@ -52,9 +48,10 @@ class BuildExt(build_ext):
         if self._failed or not all(os.path.exists(path) for path in outputs):
             print("pbxwarden: SIP core not compiled; the sources will run", file=sys.stderr)
             return
+        record = json.dumps({m: source_digest(m) for m in COMPILED_MODULES}, indent=1) + "\n"
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(_hashes())
+            target.write_text(record)
 
     def build_extension(self, ext: Extension) -> None:
         try:
@@ -65,7 +62,7 @@ class BuildExt(build_ext):
 
 
 def ext_modules() -> list[Extension]:
-    if os.environ.get("PBXWARDEN_PURE_PYTHON") == "1":
+    if os.environ.get(PURE_ENV) == "1":
         return []
     try:
         from mypyc.build import mypycify
@@ -76,7 +73,7 @@ def ext_modules() -> list[Extension]:
     # `mypy --strict` in the tests checks them.
     options = ["--config-file", str(ROOT / "mypyc.ini")]
     extensions = mypycify(
-        options + [str(_source(m).relative_to(ROOT)) for m in COMPILED_MODULES],
+        options + [str(source_path(m).relative_to(ROOT)) for m in COMPILED_MODULES],
         group_name="pbxwarden_core",
         opt_level="3",
     )

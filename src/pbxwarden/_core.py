@@ -51,6 +51,11 @@ def source_path(module: str) -> Path:
     return _PACKAGE_DIR.parent / (module.replace(".", "/") + ".py")
 
 
+def source_digest(module: str) -> str:
+    """What ``setup.py`` records of each compiled module's source, and what is checked."""
+    return hashlib.sha256(source_path(module).read_bytes()).hexdigest()
+
+
 def _extension_exists(module: str) -> bool:
     stem = source_path(module).with_suffix("")
     return any(Path(f"{stem}{s}").exists() for s in importlib.machinery.EXTENSION_SUFFIXES)
@@ -65,7 +70,7 @@ def _stale() -> str | None:
         return "no record of the sources they were compiled from"
     for module in COMPILED_MODULES:
         try:
-            digest = hashlib.sha256(source_path(module).read_bytes()).hexdigest()
+            digest = source_digest(module)
         except OSError:  # an install without sources (not ours): trust the extension
             continue
         if not isinstance(built, dict) or built.get(module) != digest:
@@ -102,10 +107,9 @@ def select() -> None:
     if not any(_extension_exists(m) for m in COMPILED_MODULES):
         _mode = "interpreted (not compiled)"
         return
-    stale = None if os.environ.get(PURE_ENV) == "1" else _stale()
     if os.environ.get(PURE_ENV) == "1":
         _mode = f"interpreted ({PURE_ENV}=1)"
-    elif stale is not None:
+    elif (stale := _stale()) is not None:
         _mode = f"interpreted ({stale}: reinstall)"
         warnings.warn(
             f"pbxwarden: compiled SIP core not used ({stale}); running its sources "

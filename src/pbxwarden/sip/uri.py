@@ -162,9 +162,7 @@ class URI:
     def with_params(self, **params: str | None) -> URI:
         merged = dict(self.params)
         merged.update(params)
-        copy = _copy(self)
-        copy.params = merged
-        return copy
+        return _copy(self, merged)
 
     def __str__(self) -> str:
         if self.opaque is not None:
@@ -196,14 +194,15 @@ _CACHE: dict[str, URI] = {}
 _CACHE_MAX = 4096
 
 
-def _copy(uri: URI) -> URI:
+def _copy(uri: URI, params: Params | None = None) -> URI:
+    """A copy that shares nothing mutable: ``params`` (or a copy of the URI's)."""
     return URI(
         uri.scheme,
         uri.user,
         uri.password,
         uri.host,
         uri.port,
-        dict(uri.params),
+        dict(uri.params) if params is None else params,
         uri.headers,
         uri.opaque,
     )
