@@ -335,11 +335,11 @@ def binding_event(aor: str, contact: str, binding: Binding | None) -> list[Any]:
         return ["u", aor, contact]
     b = binding
     fields = (b.extension_id, contact, b.expires_at, b.q, b.call_id, b.cseq, b.source)
-    return ["b", aor, *fields, b.user_agent]
+    return ["b", aor, *fields, b.user_agent, b.registered_at]
 
 
 def binding_from_event(event: Sequence[Any]) -> tuple[str, Binding]:
-    _, aor, ext_id, contact, expires_at, q, call_id, cseq, source, agent = event
+    _, aor, ext_id, contact, expires_at, q, call_id, cseq, source, agent, since = event
     return str(aor), Binding(
         int(ext_id),
         str(contact),
@@ -349,6 +349,7 @@ def binding_from_event(event: Sequence[Any]) -> tuple[str, Binding]:
         int(cseq),
         str(source),
         None if agent is None else str(agent),
+        float(since),
     )
 
 

@@ -202,3 +202,13 @@ def test_expired_nonce_with_right_password_is_stale() -> None:
     late = auth.authenticate(req, auth.credentials(req), EXT, NOW + 3600)
     assert late.response is not None and late.response.status == 401
     assert "stale=true" in (late.response.headers.get("WWW-Authenticate") or "").lower()
+
+
+def test_a_refresh_keeps_when_the_contact_first_registered(registrar: Registrar) -> None:
+    """``registered_at`` shows an admin when a phone (or an attacker's) first appeared."""
+    registrar.register(register(["<sip:a@h>"], cseq=1), EXT, "s", NOW)
+    registrar.register(register(["<sip:a@h>", "<sip:b@h>"], cseq=2), EXT, "s", NOW + 300)
+    bindings = {b.contact: b for b in registrar.location.lookup("pbxwarden/1000", NOW + 300)}
+    assert bindings["sip:a@h"].registered_at == NOW
+    assert bindings["sip:b@h"].registered_at == NOW + 300
+    assert bindings["sip:a@h"].expires_at == NOW + 300 + 1800

@@ -93,12 +93,15 @@ def test_bindings_round_trip_upsert_and_expiry(store: Store) -> None:
         auth.id, "sip:1000@192.0.2.2:5060", now - 1, None, "cid2", 1, "udp:192.0.2.2:5060", None
     )
     store.write_bindings([live, stale], [], now - 5)
-    refreshed = BindingRow(auth.id, live.contact, now + 120, 0.5, "cid", 2, live.source, "phone")
+    refreshed = BindingRow(
+        auth.id, live.contact, now + 120, 0.5, "cid", 2, live.source, "phone", now - 5
+    )
     store.write_bindings([refreshed], [], now)
     rows = store.load_bindings(now)
     assert len(rows) == 1
     aor, row = rows[0]
     assert aor == "pbxwarden/1000" and row.cseq == 2 and row.expires_at == pytest.approx(now + 120)
+    assert row.registered_at == pytest.approx(now - 5)  # the first write, kept by the refresh
     assert store.list_extensions()[0]["registrations"] == 1
     store.write_bindings([], [(auth.id, live.contact)], now)
     assert store.load_bindings(now) == []

@@ -121,6 +121,7 @@ class Registrar:
             if expires == 0:
                 self.location.remove(aor, uri)
             else:
+                known = self.location.get(aor, uri)
                 self.location.put(
                     aor,
                     Binding(
@@ -132,6 +133,7 @@ class Registrar:
                         request.cseq.number,
                         source,
                         user_agent[:255] if user_agent else None,
+                        known.registered_at if known is not None else now,
                     ),
                 )
         return self._ok(request, aor, now)

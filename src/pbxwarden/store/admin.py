@@ -672,6 +672,7 @@ class AdminStore:
         """
         password = generate_password() if password is None else password
         check_password(number, password)
+        now = time.time()
         with Session(self.engine) as s, s.begin():
             ext = s.scalar(
                 select(Extension)
@@ -691,7 +692,8 @@ class AdminStore:
                         if fingerprint_key is None
                         else password_fingerprint(fingerprint_key, password)
                     ),
-                    updated_at=time.time(),
+                    password_changed_at=now,
+                    updated_at=now,
                 )
             )
         return password

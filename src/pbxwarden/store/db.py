@@ -76,6 +76,9 @@ class ExtensionAuth:
     forward_busy: str | None = None
     forward_noanswer: str | None = None
     noanswer_after: float = 20.0
+    # when the SIP password was last set (None: since the extension was made): a new
+    # password means the old registrations and calls may be an attacker's
+    password_changed_at: float | None = None
 
     def allows(self, address: str) -> bool:
         if not self.networks:
@@ -113,6 +116,7 @@ class BindingRow:
     cseq: int
     source: str
     user_agent: str | None
+    registered_at: float = 0.0  # when this contact first registered (refreshes keep it)
 
 
 def generate_password() -> str:
@@ -361,11 +365,12 @@ class Store:
         Extension.forward_busy,
         Extension.forward_noanswer,
         Extension.noanswer_after,
+        Extension.password_changed_at,
     )
 
     @staticmethod
     def _auth_row(row: Any) -> ExtensionAuth:
-        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after = row
+        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after, pw_at = row
         try:
             networks = parse_networks(acl)
         except StoreError:  # validated on write; never let one bad row stop the server
@@ -382,6 +387,7 @@ class Store:
             fb,
             fn,
             float(after or 20.0),
+            pw_at,
         )
 
     def set_acl(self, tenant: str, number: str, networks: str | None) -> None:
@@ -445,6 +451,7 @@ class Store:
                         r.cseq,
                         r.source,
                         r.user_agent,
+                        r.registered_at or r.updated_at,
                     ),
                 )
                 for realm, number, r in s.execute(stmt)
@@ -459,6 +466,7 @@ class Store:
         "cseq",
         "source",
         "user_agent",
+        "registered_at",
         "updated_at",
     )
 
@@ -493,6 +501,7 @@ class Store:
                             b.cseq,
                             b.source,
                             b.user_agent,
+                            b.registered_at or now,
                             now,
                         )
                         for b in upserts

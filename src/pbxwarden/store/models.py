@@ -55,6 +55,8 @@ class Extension(Base):
     # set by the guard or an admin: every costly call refused until an admin resumes it
     suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     suspended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # when the SIP password was last changed (NULL: never since the extension was made)
+    password_changed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -76,6 +78,7 @@ class Registration(Base):
     cseq: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(128))
     user_agent: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    registered_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # first REGISTER
     updated_at: Mapped[float] = mapped_column(Float)
 
 
@@ -143,6 +146,8 @@ class TrunkRow(Base):
     realm: Mapped[str | None] = mapped_column(String(255), nullable=True)  # informational
     register: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     register_expires: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # emergency calls of the tenant go out here (else through its ordinary route)
+    emergency: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class DidRow(Base):
@@ -170,6 +175,8 @@ class ForwardingChange(Base):
     actor: Mapped[str] = mapped_column(String(64))  # "phone", "cli", "api"
     source: Mapped[str] = mapped_column(String(128))
     at: Mapped[float] = mapped_column(Float, index=True)
+    # a change that was asked for and refused (the target stays as it was): why
+    refused: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ExtensionNetwork(Base):
