@@ -177,6 +177,11 @@ class FirewallConfig(_Section):
         False, description="refuse registrations from a new network until an admin approves"
     )
     allow: list[str] = Field([], description="networks never banned (trunks, admins)")
+    # extension locks (pbxwarden.firewall.locks): failures per extension, every source
+    lock_failures: int = Field(10, ge=2, le=10_000)
+    lock_window: float = Field(600.0, gt=0, le=86400)
+    lock_sources: int = Field(2, ge=1, le=1000)
+    lock_steps: list[float] = Field([3600.0, 86400.0, 604800.0], min_length=1)
 
     @field_validator("allow")
     @classmethod
@@ -188,11 +193,11 @@ class FirewallConfig(_Section):
                 raise ValueError(f"not a network: {net!r} (use CIDR, e.g. 192.0.2.0/24)") from None
         return value
 
-    @field_validator("ban_steps")
+    @field_validator("ban_steps", "lock_steps")
     @classmethod
     def _positive(cls, value: list[float]) -> list[float]:
         if any(v <= 0 for v in value):
-            raise ValueError("ban durations must be positive seconds")
+            raise ValueError("durations must be positive seconds")
         return value
 
 
@@ -442,6 +447,10 @@ approve_new_networks = false     # true: a phone registering from a new /24 wait
 nftables = false                 # true (Linux, root): the kernel drops banned sources' SIP traffic
 identity_limit = 50              # more distinct users claimed by one address per window:
 identity_window = 60             #   extension enumeration, banned
+lock_failures = 10               # failed authentications of one extension within lock_window
+lock_window = 600                #   from lock_sources or more addresses (or from a trunk's):
+lock_sources = 2                 #   locked against networks it never registered from
+lock_steps = [3600, 86400, 604800]  # first, second, third and later locks (seconds)
 
 [calls]
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"

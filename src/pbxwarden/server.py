@@ -22,12 +22,14 @@ from pbxwarden.control import serve_control
 from pbxwarden.events import EventBus
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.geo import open_geo
+from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.alerts import Alert, AlertDispatcher
 from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.latency import Latency
+from pbxwarden.locking import LockSync, lock_settings
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
 from pbxwarden.pbx.directory import Directory, refresh_directory
@@ -67,7 +69,7 @@ from pbxwarden.sip.transaction import (
     stamp_via,
 )
 from pbxwarden.store.credentials import trunk_credential_key
-from pbxwarden.store.db import Store, StoreError
+from pbxwarden.store.db import ExtensionAuth, Store, StoreError
 from pbxwarden.transport.network import Transports, bind_udp, tls_context
 from pbxwarden.transport.rtp import MediaRelay
 
@@ -143,6 +145,11 @@ class SipServer:
             fw.approve_new_networks, self.geo.country if self.geo is not None else None
         )
         self._approved_networks = -1  # stored approved networks last loaded
+        # extension locks: failures per extension from every source (firewall/locks.py)
+        self.locks = ExtensionLocks(
+            LockTracker(lock_settings(fw)), self.netwatch, self.firewall.is_allowlisted
+        )
+        self.lock_sync = LockSync(store, self.locks, self.firewall.settings.repeat_memory)
         self.nft: NftablesOffload | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         # 0: taking calls; 1: new calls without credentials get 503 (an INVITE answering
@@ -184,6 +191,7 @@ class SipServer:
             self.netwatch,
             self.firewall,
             self._record_network,
+            self.locks,
         )
         self.transports = Transports(self.on_message)
         self.workers: WorkerPool | None = None  # registrar workers, started after binding
@@ -324,6 +332,7 @@ class SipServer:
                     await self._refresh_routing()
                     await self._refresh_networks()
                     await self._sync_firewall()
+                    await self.lock_sync.sync(self._deliver, self.events.publish)
                     await self._guard_round(now)
                     if now >= next_baseline_save:  # learned behaviour survives a restart
                         await self._save_baselines()
@@ -453,6 +462,7 @@ class SipServer:
         self.calls.routing = routing
         self.trunk_registrations.sync(routing.trunks)
         self.firewall.set_trusted({t.host for t in routing.trunks})
+        self.locks.trunk_hosts = frozenset(t.host for t in routing.trunks)
 
     async def _start_offload(self) -> None:
         fw = self.config.firewall
@@ -634,6 +644,16 @@ class SipServer:
                     self.firewall.auth_succeeded(str(event[1]))
                 elif kind == "f":
                     self.firewall.auth_failed(str(event[1]), str(event[2]), float(event[3]))
+                elif kind == "lf":  # a failure of a known extension, for its lock
+                    _, ext_id, tenant, number, address, at, changed, unbannable = event
+                    self.locks.tracker.failed(
+                        int(ext_id),
+                        (str(tenant), str(number)),
+                        str(address),
+                        float(at),
+                        unbannable=bool(unbannable),
+                        password_changed_at=None if changed is None else float(changed),
+                    )
                 elif kind == "ban":
                     self.firewall.ban(str(event[1]), str(event[2]), time.time())
                 elif kind == "o":  # an answer over one of our TCP/TLS connections
@@ -868,8 +888,23 @@ class SipServer:
                 },
             )
 
-    def auth_failed(self, source: Address, username: str) -> None:
-        self.firewall.auth_failed(source.host, username, time.time())
+    def auth_failed(
+        self, source: Address, username: str, extension: ExtensionAuth | None = None
+    ) -> None:
+        now = time.time()
+        self.firewall.auth_failed(source.host, username, now)
+        if extension is not None:
+            self.locks.failed(extension, source.host, now)
+
+    def refuse_credentials(self, extension: ExtensionAuth, source: Address) -> bool:
+        """Right credentials that must get a wrong password's answer (a locked extension
+        from an unknown network, a trunk's address): counted like a wrong password."""
+        why = self.locks.refusal(extension, source.host, time.time())
+        if why is None:
+            return False
+        self.auth_failed(source, extension.number, extension)
+        log.info("request refused", source=str(source), user=extension.number, reason=why)
+        return True
 
     def set_forwarding(
         self, tenant: str, number: str, kind: str, target: str | None, source: str
@@ -905,9 +940,7 @@ class SipServer:
         task.add_done_callback(self._tasks.discard)
 
 
-def overload_state(
-    was: int, lag: float, lag_limit: float, backlog: int, backlog_limit: int
-) -> int:
+def overload_state(was: int, lag: float, lag_limit: float, backlog: int, backlog_limit: int) -> int:
     """How hard to shed new calls: 0 not at all, 1 those without credentials, 2 all.
 
     2 when the loop lags past its limit or the receive queue is four times its limit;

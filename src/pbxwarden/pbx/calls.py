@@ -75,7 +75,10 @@ class CallPort(Protocol):
     def wall_time(self) -> float: ...
     def cdr_open(self, token: int, fields: dict[str, Any]) -> None: ...
     def cdr_close(self, token: int, fields: dict[str, Any]) -> None: ...
-    def auth_failed(self, source: Address, username: str) -> None: ...
+    def auth_failed(
+        self, source: Address, username: str, extension: ExtensionAuth | None = None
+    ) -> None: ...
+    def refuse_credentials(self, extension: ExtensionAuth, source: Address) -> bool: ...
     def set_forwarding(
         self, tenant: str, number: str, kind: str, target: str | None, source: str
     ) -> None: ...
@@ -392,13 +395,16 @@ class CallManager:
         outcome = self.auth.authenticate(request, credentials, extension, now)
         if outcome.response is not None:
             if credentials is not None and outcome.response.status == 403:
-                self.port.auth_failed(source, credentials.username)
+                self.port.auth_failed(source, credentials.username, extension)
             self.port.respond(key, request, outcome.response)
             return
         caller = outcome.extension
         assert caller is not None and credentials is not None
+        if self.port.refuse_credentials(caller, source):  # locked, or from a trunk's address
+            self.port.respond(key, request, self.auth.forbidden(request))
+            return
         if not caller.allows(source.host):
-            self.port.auth_failed(source, credentials.username)
+            self.port.auth_failed(source, credentials.username, caller)
             log.warning(
                 "call from outside the extension's networks",
                 source=str(source),
