@@ -24,6 +24,7 @@ from rich.table import Table
 
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
+from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows
 from pbxwarden.config import (
     CONFIG_FILE,
@@ -51,6 +52,8 @@ app = typer.Typer(
 )
 extension_app = typer.Typer(no_args_is_help=True, help="Manage extensions (SIP accounts).")
 app.add_typer(extension_app, name="extension")
+extension_app.command("unlock")(extension_unlock)
+extension_app.command("trunk-access")(extension_trunk_access)
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (companies on this PBX).")
 app.add_typer(tenant_app, name="tenant")
 trunk_app = typer.Typer(no_args_is_help=True, help="SIP trunks to carriers.")
