@@ -118,7 +118,10 @@ class LockSync:
                 sources=list(lock.sources),
             )
             if event.kind == "lock":
-                await deliver(lock_alert(event, self.locks.netwatch.networks(lock.extension_id)))
+                # a registrar worker's networks reach this process through the database
+                stored = await asyncio.to_thread(self.store.networks_of, lock.extension_id)
+                known = self.locks.netwatch.networks(lock.extension_id) | stored
+                await deliver(lock_alert(event, known))
 
 
 async def adopt_stored(store: LockStore, locks: ExtensionLocks, repeat_memory: float) -> None:

@@ -235,6 +235,7 @@ class SipServer:
         await self._refresh_networks()
         await self._start_offload()
         await self._sync_firewall()
+        await self.lock_sync.sync(self._deliver, self.events.publish)  # stored locks
         self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
         self._stored_policies = await asyncio.to_thread(self.store.policies)
         if self._stored_policies:

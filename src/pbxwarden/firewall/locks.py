@@ -59,7 +59,9 @@ class ExtensionLock:
 
     def active(self, now: float, password_changed_at: float | None = None) -> bool:
         """In force: not expired, not lifted, and no new password set since it was made."""
-        return self.until > now and (password_changed_at or 0.0) < self.created_at
+        return self.until > now and (
+            password_changed_at is None or password_changed_at < self.created_at
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,9 @@ class LockTracker:
                 self._failures.popitem(last=False)
         else:
             self._failures.move_to_end(extension_id)
-        cutoff = max(now - s.window, password_changed_at or 0.0)
+        cutoff = now - s.window
+        if password_changed_at is not None:
+            cutoff = max(cutoff, password_changed_at)
         entries[:] = [e for e in entries[-MAX_FAILURES_KEPT + 1 :] if e[0] > cutoff]
         entries.append((now, address[:64], unbannable))
         if self.active(extension_id, now, password_changed_at) is not None:

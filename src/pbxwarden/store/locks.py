@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 
 from pbxwarden.firewall.locks import ExtensionLock
 from pbxwarden.store.db import Store, StoreError
-from pbxwarden.store.models import Extension, ExtensionLockRow, Tenant, TrunkRow
+from pbxwarden.store.models import (
+    Extension,
+    ExtensionLockRow,
+    ExtensionNetwork,
+    Tenant,
+    TrunkRow,
+)
 
 
 def _lock(row: ExtensionLockRow) -> ExtensionLock:
@@ -88,6 +94,14 @@ class LockStore:
         """Addresses of every trunk: never banned, never a place to log in from."""
         with self.engine.connect() as conn:
             return frozenset(str(h) for h in conn.scalars(select(TrunkRow.host)))
+
+    def networks_of(self, extension_id: int) -> set[str]:
+        """The networks the extension registered from (approved): those a lock spares."""
+        stmt = select(ExtensionNetwork.network).where(
+            ExtensionNetwork.extension_id == extension_id, ExtensionNetwork.approved.is_(True)
+        )
+        with self.engine.connect() as conn:
+            return {str(n) for n in conn.scalars(stmt)}
 
     def lock_of(self, tenant: str, number: str) -> ExtensionLock | None:
         with Session(self.engine) as s:
