@@ -17,11 +17,14 @@ import pytest
 
 from pbxwarden.sip.message import Response, parse_message
 from tests.helpers import (
+    SCENARIOS,
     PbxProcess,
     SipClient,
     cli,
     options_request,
+    run_sipp,
     running_pbx,
+    sipp_available,
     status_of,
     udp_exchange,
 )
@@ -85,7 +88,7 @@ def add_trunk(pbx: PbxProcess) -> None:
     """A carrier at 127.0.0.2, in the phone's /24; restarted so that it is in force."""
     cli(pbx.data_dir, "trunk", "add", "carrier", "--host", TRUNK, "--port", "5099")
     pbx.stop()
-    pbx.start()
+    pbx.start(timeout=90)  # a loaded machine starts workers slowly
 
 
 def test_distributed_guessing_never_cracks_the_password_and_the_phone_keeps_working(
@@ -133,13 +136,42 @@ def test_a_lock_survives_a_restart_and_an_admin_can_lift_it(pbx: PbxProcess) -> 
     assert register(pbx, "127.0.3.9", PASSWORD) == 403
     assert wait_for(lambda: extension(pbx)["locked_until"] is not None)
     pbx.stop()
-    pbx.start()
+    pbx.start(timeout=90)  # a loaded machine starts workers slowly
     assert register(pbx, "127.0.3.9", PASSWORD) == 403  # adopted from the database
     assert "unlocked" in cli(pbx.data_dir, "extension", "unlock", "1000").stdout
     assert wait_for(lambda: register(pbx, "127.0.3.9", PASSWORD) == 200)
     assert "not locked" in cli(pbx.data_dir, "extension", "unlock", "1000").stdout
     log = json.loads(cli(pbx.data_dir, "audit-log", "--json").stdout)
     assert any(e["action"] == "extension.unlock" for e in log)
+
+
+def call_answered_with(pbx: PbxProcess, workdir: Path, source: str, code: int) -> bool:
+    """An authenticated INVITE from 1000 (right password) to 2000, refused with ``code``."""
+    path = workdir / f"refused_{code}.xml"
+    path.write_text((SCENARIOS / "call_uac_refused.xml.tmpl").read_text().format(code=code))
+    result = run_sipp(
+        str(path),
+        f"{pbx.host}:{pbx.port}",
+        users={"1000": PASSWORD},
+        extra=["-s", "2000"],
+        local_ip=source,
+        timeout=15,
+        workdir=workdir,
+    )
+    return result.successful == 1
+
+
+@pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
+def test_a_locked_extension_cannot_call_from_an_unknown_network(
+    pbx: PbxProcess, tmp_path: Path
+) -> None:
+    phone_registered(pbx)
+    for i in range(12):  # REGISTER guesses (answered by a worker, with workers)
+        assert register(pbx, f"127.0.5.{i % 3 + 1}", f"wrong-{i}") == 403
+    # The right password in an INVITE from elsewhere: the wrong password's answer.
+    assert call_answered_with(pbx, tmp_path, "127.0.6.1", 403)
+    # From the phone's network the call goes on (2000 is not registered: 480).
+    assert call_answered_with(pbx, tmp_path, "127.0.0.6", 480)
 
 
 def carrier_answers(pbx: PbxProcess) -> bool:
