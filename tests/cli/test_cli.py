@@ -144,6 +144,13 @@ def test_extension_password_rotation_and_suspension(tmp_path: Path) -> None:
     cli(data, "extension", "add", "1000", "--password", "Harbor-lantern-4417")
     weak = cli(data, "extension", "password", "1000", "--password", "password1234", check=False)
     assert weak.returncode == 1 and "too weak" in weak.stderr
+    users = tmp_path / "users.csv"
+    users.write_text("1001,Quiet-Harbor-5512\n1002,password1234\n")
+    weak = cli(data, "extension", "import", str(users), check=False)
+    assert weak.returncode == 1 and "nothing imported" in weak.stderr and "too weak" in weak.stderr
+    assert [r["number"] for r in json.loads(cli(data, "extension", "list", "--json").stdout)] == [
+        "1000"
+    ]
     out = cli(data, "extension", "password", "1000").stdout
     new = out.split("password:")[1].split()[0]
     assert len(new) >= 20 and new.encode() not in (data / "pbxwarden.db").read_bytes()
