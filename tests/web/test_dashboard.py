@@ -141,6 +141,35 @@ async def test_hang_up_a_call_and_resume_a_suspended_extension(api: Api, page: P
     )
 
 
+async def test_a_locked_extension_shows_why_and_a_new_password_lifts_the_lock(
+    api: Api, page: Page
+) -> None:
+    from pbxwarden.firewall.locks import ExtensionLock
+    from pbxwarden.store.locks import LockStore
+
+    auth = api.store.extension_auth("pbxwarden", "1000")
+    assert auth is not None
+    made = time.time() - 5
+    reason = "12 failed authentications from 6 addresses within 600 s"
+    LockStore(api.store).save_locks(
+        [ExtensionLock(auth.id, made + 3600, 1, made, reason, ("192.0.2.9",))]
+    )
+    await log_in(page, api)
+    ext = page.locator('#extensions tr[data-extension="default/1000"]')
+    await expect(ext).to_contain_text("Locked")
+    await expect(ext).to_contain_text(reason)
+    await expect(ext).to_contain_text("A new SIP password lifts the lock")
+    await ext.get_by_role("button", name="New SIP password").click()
+    await expect(page.locator("#notices")).to_contain_text("shown only this once")
+    await expect(ext).not_to_contain_text("Locked")
+    assert (
+        next(e for e in api.store.list_extensions("default") if e["number"] == "1000")[
+            "locked_until"
+        ]
+        is None
+    )
+
+
 async def test_without_the_pbx_the_event_feed_says_so(api: Api, page: Page) -> None:
     await log_in(page, api)
     await expect(page.locator("#events-status")).to_contain_text("need the running PBX")
