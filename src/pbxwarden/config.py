@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from pbxwarden.guard.alerts import AlertsConfig
+from pbxwarden.guard.ceiling import ProviderCeiling
 from pbxwarden.guard.engine import GuardConfig
 
 CONFIG_FILE = "pbxwarden.toml"
@@ -303,6 +304,7 @@ class Config(_Section):
     media: MediaConfig = MediaConfig()
     features: FeaturesConfig = FeaturesConfig()
     guard: GuardConfig = GuardConfig()
+    provider: ProviderCeiling = ProviderCeiling()
     alerts: AlertsConfig = AlertsConfig()
     log: LogConfig = LogConfig()
 
@@ -489,6 +491,19 @@ max_call_minutes = 240           # costly calls are cut off after this
 # [guard.default.after_hours]    # what changes outside business hours
 # allow_countries = []
 # rates_file = "/etc/pbxwarden/rates.toml"   # (under [guard]) your carrier's prices
+
+# The most a tenant's own admin (an API account bound to one tenant) may open in its
+# policy; your own admins and this file are not bounded by it.
+[provider]
+allow_special = []               # e.g. ["shared-cost"]; "premium-rate" only if you mean it
+allow_high_risk = false
+allow_international_forwarding = true
+max_spend_per_hour = 100.0       # per extension
+max_spend_per_day = 500.0        # per extension
+max_tenant_spend_per_day = 2000.0
+max_concurrent_calls = 50
+max_calls_per_hour = 600
+max_call_minutes = 480
 
 # Where alerts go (besides `pbxwarden alerts` and the logs). Uncomment what you use.
 [alerts]

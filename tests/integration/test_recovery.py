@@ -186,3 +186,79 @@ def test_a_forced_resume_is_audited_with_its_reason(pbx: PbxProcess, tmp_path: P
     forced = [e for e in entries if e["action"] == "extension.resume.forced"]
     assert forced and forced[0]["after"]["reason"] == "user is abroad"
     assert str(forced[0]["actor"]).startswith("cli:")
+
+
+def _token(pbx: PbxProcess, name: str, role: str, tenant: str | None = None) -> str:
+    args = ["admin", "add", name, "--role", role, "--password", "-"]
+    if tenant:
+        args += ["--tenant", tenant]
+    cli(pbx.data_dir, *args, input_text="quartz-violin-harbor-97\n")
+    out = cli(pbx.data_dir, "admin", "token", name, "--scope", role).stdout
+    return out.strip().splitlines()[-1].strip()
+
+
+def test_recovery_and_trust_rules_over_http(tmp_path: Path) -> None:
+    """The same recovery through the admin API of the running server, and the trust rules
+    a tenant admin meets: trunks are the provider's, bans may not hurt the PBX itself."""
+    import httpx
+
+    http_port = free_port()
+    env = {"PBXWARDEN_HTTP__ENABLED": "true", "PBXWARDEN_HTTP__LISTEN": f"127.0.0.1:{http_port}"}
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
+        cli(pbx.data_dir, "tenant", "add", "acme", "--realm", "acme.example")
+        cli(pbx.data_dir, "trunk", "add", "carrier", "--host", "127.0.0.2", "--port", "5070")
+        root = {"Authorization": f"Bearer {_token(pbx, 'root', 'admin')}"}
+        acme = {"Authorization": f"Bearer {_token(pbx, 'acme-admin', 'admin', 'acme')}"}
+        register_from(pbx, tmp_path, "127.0.0.1")
+        register_from(pbx, tmp_path, HIJACKER)
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as http:
+            rows = wait_for(
+                lambda: len(http.get("/api/v1/registrations", headers=root).json()) == 2
+                and http.get("/api/v1/registrations", headers=root).json()
+            )
+            assert rows, pbx.log()[-2000:]
+            assert http.get("/api/v1/registrations", headers=acme).json() == []  # not its own
+            [stranger] = [r for r in rows if r["address"].startswith(HIJACKER)]
+            path = f"/api/v1/tenants/default/extensions/2000/registrations/{stranger['id']}"
+            assert http.delete(path, headers=acme).status_code in (403, 404)
+            removed = http.delete(path, headers=root)
+            assert removed.status_code == 200, removed.text
+            left = http.get("/api/v1/registrations", headers=root).json()
+            assert [r["address"].split(":")[0] for r in left] == ["127.0.0.1"]
+            assert http.delete(path, headers=root).status_code == 404
+
+            # A tenant admin cannot make any host a trusted carrier (here: 2000's phone).
+            trunk = {"name": "mine", "host": "127.0.0.1", "port": 5060}
+            refused = http.post("/api/v1/tenants/acme/trunks", json=trunk, headers=acme)
+            assert refused.status_code == 403 and "provider" in refused.json()["detail"]
+            assert [t["name"] for t in http.get("/api/v1/trunks", headers=root).json()] == [
+                "carrier"
+            ]
+            # ... and 2000's phone is still reachable as an extension, not as a "carrier".
+            port = int(left[0]["address"].rsplit(":", 1)[1])
+            phone = start_sipp_uas("call_uas.xml", port, tmp_path)
+            try:
+                ok, failed, output = call(pbx, tmp_path)
+            finally:
+                finish_sipp_uas(phone, tmp_path)
+            assert (ok, failed) == (1, 0), output
+
+            # Bans that would hurt the PBX itself are refused unless forced.
+            for address, why in (("127.0.0.1", "loopback"), ("127.0.0.2", "trunk")):
+                ban = http.post("/api/v1/bans", json={"address": address}, headers=root)
+                assert ban.status_code == 409 and why in ban.json()["detail"], ban.text
+            assert http.get("/api/v1/bans", headers=root).json() == []
+            cli_ban = cli(pbx.data_dir, "bans", "add", "127.0.0.1", check=False)
+            assert cli_ban.returncode == 1 and "loopback" in cli_ban.stderr
+            assert cli(pbx.data_dir, "bans", "add", "192.0.2.66").returncode == 0
+
+            # Resume over HTTP waits for the new password too.
+            _suspend_by_the_guard(pbx, tmp_path)
+            resume = "/api/v1/tenants/default/extensions/2000/resume"
+            early = http.post(resume, headers=root)
+            assert early.status_code == 409 and "password" in early.json()["detail"]
+            forced = http.post(resume, json={"force": True}, headers=root)
+            assert forced.status_code == 422  # a forced resume needs a reason
+            new = http.post("/api/v1/tenants/default/extensions/2000/password", headers=root)
+            assert new.status_code == 200, new.text
+            assert http.post(resume, headers=root).status_code == 200

@@ -304,6 +304,20 @@ class CallOut(BaseModel):
     seconds: int | None = None
 
 
+class RegistrationOut(BaseModel):
+    tenant: str
+    number: str
+    id: str = Field(description="handle of this binding, to remove it")
+    source: str = Field(description="transport:address:port it registered from")
+    address: str
+    transport: str | None = None
+    user_agent: str | None = None
+    registered_at: float | None = None
+    expires_at: float
+    expires_in: int
+    contact: str
+
+
 class AlertOut(BaseModel):
     id: int
     tenant: str
@@ -326,6 +340,9 @@ class BanIn(_In):
     address: Annotated[str, StringConstraints(max_length=45, pattern=ADDRESS_PATTERN)]
     duration: Annotated[float, Field(ge=1, le=10 * 365 * 86400)] = 86400.0
     reason: Text = "manual ban"
+    force: bool = Field(
+        False, description="ban even a trunk's carrier, loopback or the caller's own address"
+    )
 
 
 class BanOut(BaseModel):

@@ -465,9 +465,19 @@ def bans_add(
     address: str,
     duration: Annotated[float, typer.Option(help="Seconds.", min=1)] = 86400.0,
     reason: Annotated[str, typer.Option(help="Why, for the log and the list.")] = "manual ban",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Ban even a trunk's carrier, loopback or your own address (not firewall.allow).",
+        ),
+    ] = False,
 ) -> None:
-    """Ban an address now (the running server applies it within a second)."""
+    """Ban an address now (the running server applies it within a second). Addresses
+    the PBX depends on (trunks, loopback it listens on, yours) are refused unless --force."""
     import ipaddress
+
+    from pbxwarden.firewall.safety import ban_refusal, ssh_client_address
 
     try:
         address = str(ipaddress.ip_address(address))
@@ -482,6 +492,17 @@ def bans_add(
     store = _store(config)
     now = time.time()
     try:
+        listen = [config.sip.listen_address[0]]
+        if config.sip.tls is not None:
+            listen.append(parse_hostport(config.sip.tls.listen, 5061)[0])
+        why = ban_refusal(
+            address,
+            trunk_hosts=[t["host"] for t in store.list_trunks()],
+            listen_hosts=listen,
+            admin_address=ssh_client_address(dict(os.environ)),
+        )
+        if why is not None and not force:
+            raise fail(f"not banned: {why} (--force to ban it all the same)")
         store.save_bans([(address, now + duration, reason[:255], 1, now)])
     finally:
         store.close()
