@@ -120,3 +120,13 @@ def test_guard_baselines_upsert_and_skip_damaged_rows(tmp_path: Path) -> None:
         conn.exec_driver_sql("UPDATE guard_baselines SET data = '{broken' WHERE extension = ''")
     assert store.load_baselines() == [("acme", "1000", {"calls": 3})]
     store.close()
+
+
+def test_an_emergency_number_cannot_be_an_extension(store: Store) -> None:
+    for number in ("911", "112", "9911"):
+        with pytest.raises(StoreError, match="emergency"):
+            store.add_extensions([(number, "Very-Secret-Pass1")])
+    store.add_tenant("de", "de.example", "DE")
+    with pytest.raises(StoreError, match="emergency number in DE"):
+        store.add_extensions([("110", "Very-Secret-Pass1")], tenant="de")
+    store.add_extensions([("911", "Very-Secret-Pass1")], tenant="de")  # not one in Germany

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pbxwarden.pbx.numbers import classify
+from pbxwarden.pbx.numbers import classify, emergency_number
 from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
 from pbxwarden.store.credentials import CredentialError, open_password, seal_password
@@ -310,14 +310,21 @@ class Store:
         used by two extensions."""
         now = time.time()
         with Session(self.engine) as s, s.begin():
-            row = s.execute(select(Tenant.id, Tenant.realm).where(Tenant.name == tenant)).first()
+            row = s.execute(
+                select(Tenant.id, Tenant.realm, Tenant.country).where(Tenant.name == tenant)
+            ).first()
             if row is None:
                 raise StoreError(f"unknown tenant {tenant!r} (run 'pbxwarden init' first?)")
-            tenant_id, realm = row
+            tenant_id, realm, country = row
             count = 0
             for number, password in entries:
                 if not EXTENSION_RE.fullmatch(number):
                     raise StoreError(f"invalid extension number {number!r}: 2 to 15 digits")
+                if emergency_number(number, country) is not None:
+                    raise StoreError(
+                        f"{number} dials an emergency number in {country}: it cannot be an "
+                        "extension (emergency calls must always reach the emergency services)"
+                    )
                 check_password(number, password)
                 s.add(
                     Extension(
