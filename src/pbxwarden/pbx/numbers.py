@@ -142,6 +142,7 @@ def _digits(dialed: str) -> str | None:
     return text
 
 
+@lru_cache(maxsize=4096)  # on every call's dialled string: bounded, whatever is dialled
 def emergency_number(dialed: str, home_country: str) -> str | None:
     """The emergency number of ``home_country`` that ``dialed`` calls, else None.
 
