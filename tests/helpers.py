@@ -16,6 +16,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCENARIOS = Path(__file__).parent / "integration" / "scenarios"
+# Every peer process a test starts in the background; tests/conftest.py stops what is
+# left of them after each test, so a failing or timed-out test leaves nothing running.
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    STARTED.append(proc)
+    return proc
+
+
+SERVERS: list[PbxProcess] = []
+
+
+def tracked() -> tuple[int, int]:
+    return len(SERVERS), len(STARTED)
+
+
+def stop_tracked(since: tuple[int, int] = (0, 0)) -> None:
+    """Stop the servers and peers started after ``since`` (see :func:`tracked`): those of
+    one test, not a module's shared server."""
+    while len(SERVERS) > since[0]:
+        SERVERS.pop().stop()
+    while len(STARTED) > since[1]:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -39,6 +67,7 @@ def cli(
     check: bool = True,
     env: dict[str, str] | None = None,
     input_text: str | None = None,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess, as a user would."""
     cmd = [sys.executable, "-m", "pbxwarden.cli.main", "--data-dir", str(data_dir), *args]
@@ -46,7 +75,7 @@ def cli(
         cmd,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
         input=input_text,
     )
@@ -84,6 +113,7 @@ class PbxProcess:
             stderr=log,
             env={**os.environ, "PBXWARDEN_LOG__LEVEL": "debug", **self.env},
         )
+        SERVERS.append(self)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -393,7 +423,9 @@ def start_sipp_uas(
         str(workdir / f"{name}-stat.csv"),
         *(extra or []),
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    proc = track(
+        subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    )
     time.sleep(0.3)  # let it bind
     return proc
 
