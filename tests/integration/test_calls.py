@@ -291,7 +291,7 @@ def test_overload_sheds_new_calls_with_503(tmp_path: Path) -> None:
 
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
-            sock.settimeout(3)
+            sock.settimeout(10)
             port = sock.getsockname()[1]
             sock.sendto(
                 (
