@@ -30,6 +30,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-echo "installing pbxwarden into .venv; compiling the SIP core takes a few minutes"
+echo "installing pbxwarden into .venv: compiling the SIP core takes a few minutes, while pip"
+echo "shows 'Building wheel for pbxwarden (pyproject.toml): started'"
 .venv/bin/python -m pip install '.[fast]'
 .venv/bin/python -c 'from pbxwarden import _core; print("pbxwarden installed; SIP core:", _core.mode())'
