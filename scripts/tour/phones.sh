@@ -39,6 +39,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM HUP  # the EXIT trap then runs too
 
 number() { [[ "$1" =~ ^[0-9]+$ ]] || die "$1 is not an extension number"; }
 

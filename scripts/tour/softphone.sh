@@ -4,8 +4,9 @@
 #
 #   softphone.sh NUMBER PASSWORD
 #
-# PBX=127.0.0.1:5060 as for phones.sh. It listens on 127.0.0.1:(30000 + NUMBER % 10000)
-# (and the next port, baresip's TLS) and answers calls at once (null audio).
+# PBX=127.0.0.1:5060 as for phones.sh. It listens on BARESIP_LISTEN, by default
+# 127.0.0.1:(30000 + NUMBER % 10000), and on the next port (baresip's TLS), and answers
+# calls at once (null audio).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -20,10 +21,13 @@ command -v baresip >/dev/null 2>&1 || die "baresip is not installed (Debian pack
 
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
-port=$((30000 + 10#$1 % 10000))
-sed "s/^sip_listen.*/sip_listen\t\t127.0.0.1:$port/" "$HERE/baresip/config" >"$dir/config"
+trap 'exit 1' INT TERM HUP  # the EXIT trap then runs too
+listen="${BARESIP_LISTEN:-127.0.0.1:$((30000 + 10#$1 % 10000))}"
+[[ "$listen" =~ ^[0-9.]+:[0-9]+$ ]] || die "BARESIP_LISTEN=$listen is not HOST:PORT"
+sed -e "s/^sip_listen.*/sip_listen\t\t$listen/" -e "s/^net_interface.*/net_interface\t\t${listen%:*}/" \
+  "$HERE/baresip/config" >"$dir/config"
 (umask 077 && printf '<sip:%s@%s;transport=udp>;auth_pass=%s;regint=600;answermode=auto\n' \
   "$1" "$PBX" "$2" >"$dir/accounts")
 : >"$dir/contacts"
-echo "baresip as $1 on 127.0.0.1:$port, registering with $PBX: /dial NUMBER, /hangup, /quit"
+echo "baresip as $1 on $listen, registering with $PBX: /dial NUMBER, /hangup, /quit"
 baresip -f "$dir"
