@@ -164,15 +164,17 @@ def run_sipp(
     timeout: float = 30,
     recv_timeout_ms: int = 5000,
     workdir: Path,
+    domain: str | None = None,
 ) -> SippResult:
     """Run SIPp as a UAC against ``target``; counts come from its statistics file.
 
     ``users`` maps extension to password; each call takes the next user in order.
+    ``domain``: the SIP domain (a tenant's realm) in the URIs; the target's host else.
     """
     for old in ("stat.csv", "sipp-errors.log"):
         (workdir / old).unlink(missing_ok=True)
     scenario_path = scenario if Path(scenario).is_absolute() else str(SCENARIOS / scenario)
-    domain = target.rsplit(":", 1)[0]
+    domain = domain or target.rsplit(":", 1)[0]
     args = [
         "sipp",
         target,

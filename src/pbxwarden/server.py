@@ -33,6 +33,8 @@ from pbxwarden.pbx.cdr import CdrWriter
 from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
+from pbxwarden.pbx.numbers import emergency_number
+from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.registration import (
     RegistrationHandler,
     add_realms,
@@ -67,7 +69,7 @@ from pbxwarden.sip.transaction import (
     stamp_via,
 )
 from pbxwarden.store.credentials import trunk_credential_key
-from pbxwarden.store.db import Store, StoreError
+from pbxwarden.store.db import ExtensionAuth, Store, StoreError, binding_view
 from pbxwarden.transport.network import Transports, bind_udp, tls_context
 from pbxwarden.transport.rtp import MediaRelay
 
@@ -360,7 +362,7 @@ class SipServer:
             return
         mono = time.monotonic()
         for call in self.calls.active:
-            if call.answered is None:
+            if call.answered is None or call.emergency:
                 continue
             idle = self.media.idle_for(call.token, mono)
             if idle is not None and min(idle, now - call.answered) > timeout:
@@ -376,6 +378,7 @@ class SipServer:
                     alert.extension,
                     alert.reasons[0] if alert.reasons else alert.summary,
                     alert.at,
+                    "guard",
                 )
         alert_id, new = await asyncio.to_thread(
             self.store.record_alert,
@@ -441,7 +444,35 @@ class SipServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _refresh_directory(self) -> None:
-        await refresh_directory(self.store, self.directory)
+        changed = await refresh_directory(self.store, self.directory)
+        if changed is None:
+            return
+        log.debug("extensions reloaded", extensions=len(self.directory))
+        for ext in changed:
+            self._password_changed(ext)
+
+    def _password_changed(self, ext: ExtensionAuth) -> None:
+        """Recovery after a compromise: a new SIP password means whoever had the old one
+        must be out at once, not when their registration expires. Every binding of the
+        extension goes (the legitimate phone registers again with the new password) and
+        its calls in progress end, with the reason in their records."""
+        aor = aor_key(ext.realm, ext.number)
+        removed = 0
+        for binding in self.location.lookup(aor, 0.0):
+            self.location.remove(aor, binding.contact)
+            removed += 1
+        ended = self.calls.end_extension_calls(
+            ext.tenant,
+            ext.number,
+            f"extension {ext.number}'s SIP password was changed: its calls were ended",
+        )
+        log.warning(
+            "SIP password changed: registrations removed and calls ended",
+            tenant=ext.tenant,
+            extension=ext.number,
+            registrations=removed,
+            calls=ended,
+        )
 
     async def _refresh_networks(self) -> None:
         self._approved_networks = await refresh_networks(
@@ -513,7 +544,7 @@ class SipServer:
             )
             if event.kind != "unban" and event in own:  # not bans other nodes made
                 await self._deliver(
-                    GuardAlert(
+                    GuardAlert(  # one open alert per kind, and per extension attacked
                         "provider",
                         None,
                         "warning",
@@ -538,6 +569,7 @@ class SipServer:
                             ),
                         ),
                         now,
+                        dedupe=f"provider/{event.extension or '-'}/firewall-{event.kind}",
                     )
                 )
         if self.nft is not None:
@@ -606,6 +638,7 @@ class SipServer:
                 and message.to.tag is None
                 and (self._overload > 1 or not _has_credentials(message))
                 and server_key(message) not in self.tx
+                and not self._maybe_emergency(message)
             ):
                 # Shed new calls cheaply so that calls in progress can finish: answering
                 # them late would only add retransmissions to the overload.
@@ -618,6 +651,14 @@ class SipServer:
         else:
             actions = self.tx.receive_response(message, now)
         self._run(actions)
+
+    def _maybe_emergency(self, request: Request) -> bool:
+        """An INVITE to an emergency number of any tenant's country is never shed."""
+        user = request.uri.user
+        if not user or len(user) > 6:
+            return False
+        countries = set(self.calls.routing.countries.values()) or {"US"}
+        return any(emergency_number(user, country) for country in countries)
 
     def _worker_events(self, worker: int, events: list[list[Any]]) -> None:
         """What a registrar worker reports: the firewall's inputs, binding changes (for
@@ -804,6 +845,24 @@ class SipServer:
             if not self.calls.end_call(call_id):
                 raise ValueError(f"no call {call_id!r} in progress")
             return {"ended": call_id}
+        if command == "registrations":
+            return {"registrations": self._live_bindings(time.time())}
+        if command == "unregister":
+            tenant, number = str(request.get("tenant", "")), str(request.get("number", ""))
+            handle = str(request.get("id", ""))
+            for row in self._live_bindings(time.time()):
+                if (row["tenant"], row["number"], row["id"]) == (tenant, number, handle):
+                    realm = self.calls.routing.realms.get(tenant, "")
+                    self.location.remove(aor_key(realm, number), str(row["contact"]))
+                    log.warning(
+                        "registration removed by an administrator",
+                        tenant=tenant,
+                        extension=number,
+                        source=row["address"],
+                        user_agent=row["user_agent"],
+                    )
+                    return {"removed": row}
+            raise ValueError(f"extension {number} of tenant {tenant} has no registration {handle}")
         if command == "stats":
             return {
                 "stats": self.stats.__dict__,
@@ -821,6 +880,17 @@ class SipServer:
                 ),
             }
         raise ValueError(f"unknown command {command!r}")
+
+    def _live_bindings(self, now: float) -> list[dict[str, Any]]:
+        tenants = {realm: tenant for tenant, realm in self.calls.routing.realms.items()}
+        rows = []
+        for aor, binding in self.location.items():
+            if binding.expires_at <= now:
+                continue
+            realm, _, number = aor.rpartition("/")
+            rows.append(binding_view(tenants.get(realm, realm), number, binding, now))
+        rows.sort(key=lambda r: (r["tenant"], r["number"], r["registered_at"] or 0.0))
+        return rows
 
     # -- CallPort: what the B2BUA uses ---------------------------------------------------
 
@@ -870,6 +940,43 @@ class SipServer:
 
     def auth_failed(self, source: Address, username: str) -> None:
         self.firewall.auth_failed(source.host, username, time.time())
+
+    def forwarding_refused(
+        self, tenant: str, number: str, kind: str, target: str, source: str, reason: str
+    ) -> None:
+        self._background_write(
+            self.store.record_forwarding_refused,
+            tenant,
+            number,
+            kind,
+            target,
+            "phone",
+            source,
+            reason,
+            time.time(),
+        )
+
+    def notify(
+        self,
+        tenant: str,
+        extension: str,
+        rule: str,
+        summary: str,
+        reasons: tuple[str, ...],
+        dedupe: str,
+    ) -> None:
+        alert = GuardAlert(
+            tenant, extension, "critical", rule, summary, reasons, time.time(), dedupe=dedupe
+        )
+
+        async def deliver() -> None:
+            try:
+                await self._deliver(alert)
+            except Exception:
+                log.exception("delivering an alert failed", rule=rule, extension=extension)
+
+        self._tasks.add(task := asyncio.ensure_future(deliver()))
+        task.add_done_callback(self._tasks.discard)
 
     def set_forwarding(
         self, tenant: str, number: str, kind: str, target: str | None, source: str

@@ -153,7 +153,12 @@ async def test_forwarding_set_list_clear(api: Api) -> None:
         }
     ]
     history = (await operator.get("/api/v1/forwarding/changes")).json()
-    assert [(h["kind"], h["actor"]) for h in history] == [("busy", "api"), ("noanswer", "api")]
+    assert [(h["kind"], h["actor"], bool(h["refused"])) for h in history] == [
+        ("busy", "api", False),
+        ("noanswer", "api", False),
+        ("always", "api", True),  # the refused one left its trace: who, target, why
+    ]
+    assert history[2]["new"] == "+19005550199" and "premium" in history[2]["refused"]
     assert history[0]["source"] == "root/token:operator#2@127.0.0.1"
     cleared = await operator.delete(f"{base}/busy")
     assert cleared.status_code == 200 and cleared.json()["busy"] is None

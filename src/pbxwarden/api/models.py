@@ -167,6 +167,15 @@ class SuspendIn(_In):
     reason: LongText = "suspended by an admin"
 
 
+class ResumeIn(_In):
+    force: bool = Field(
+        False,
+        description="resume an extension suspended for fraud although its SIP password has "
+        "not changed since (recorded in the audit log with the reason)",
+    )
+    reason: LongText | None = Field(None, description="why; required with force")
+
+
 class SuspensionOut(BaseModel):
     tenant: str
     number: str
@@ -190,6 +199,7 @@ class TrunkIn(_In):
     realm: Annotated[str, StringConstraints(max_length=255, pattern=NO_CONTROL)] | None = None
     keep_registered: bool = Field(False, description="keep the PBX registered to the carrier")
     register_expires: Annotated[int, Field(ge=60, le=86400)] | None = None
+    emergency: bool = Field(False, description="the tenant's emergency calls go out here")
 
 
 class TrunkOut(BaseModel):
@@ -202,6 +212,7 @@ class TrunkOut(BaseModel):
     username: str | None = None
     credentials: bool = False
     keep_registered: bool = Field(False, validation_alias="register")
+    emergency: bool = False
 
 
 class DidIn(_In):
@@ -243,6 +254,7 @@ class ForwardingChangeOut(BaseModel):
     actor: str
     source: str
     at: float
+    refused: str | None = Field(None, description="why the change was refused (nothing changed)")
 
 
 # -- operations ------------------------------------------------------------------------
