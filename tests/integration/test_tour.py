@@ -262,18 +262,29 @@ def test_the_readme_tour_replays_exactly(shell: Shell) -> None:
         extensions = {e["number"]: e for e in json_of(shell, "extension", "list")}
         assert "premium-rate" in str(extensions["2000"]["suspended"]), extensions
         assert extensions["1000"]["suspended"] is None
-        [alert] = json_of(shell, "alerts", "list")
-        assert (alert["extension"], alert["severity"], alert["status"]) == (
-            "2000",
-            "critical",
-            "open",
-        )
-        assert "suspended" in str(alert["summary"])
-        state["alert"] = alert  # type: ignore[assignment]
+        # one alert per refusal, newest first: the diverted call (and the suspension),
+        # then the *72 diversion
+        raised = json_of(shell, "alerts", "list")
+        assert [(a["id"], a["extension"], a["severity"], a["status"]) for a in raised] == [
+            (2, "2000", "critical", "open"),
+            (1, "2000", "warning", "open"),
+        ], raised
+        assert "suspended" in str(raised[0]["summary"]), raised
+        assert "diversion" in str(raised[1]["summary"]), raised
 
     def alerts(line: str) -> None:
         out = shell.ok(line)
         assert "2000" in out and "critical" in out, out
+
+    def history(line: str) -> None:
+        assert "2000" in shell.ok(line)
+        [change] = json_of(shell, "forward", "list", "--history")
+        assert (change["extension"], change["new"], change["actor"]) == (
+            "2000",
+            "19005550123",
+            "phone",
+        ), change
+        assert "premium-rate" in str(change["refused"]), change  # the *72, refused
 
     def new_password(line: str) -> None:
         old = passwords["2000"]
@@ -296,12 +307,16 @@ def test_the_readme_tour_replays_exactly(shell: Shell) -> None:
         assert extensions["2000"]["suspended"] is None
 
     def resolve(line: str) -> None:
-        alert = state.pop("alert")
-        assert line.split()[-1] == str(alert["id"]), (line, alert)  # type: ignore[index]
+        alert_id = int(line.split()[-1])
+        open_ids = [a["id"] for a in json_of(shell, "alerts", "list")]
+        assert alert_id in open_ids, (line, open_ids)
         shell.ok(line)
+        assert alert_id not in [a["id"] for a in json_of(shell, "alerts", "list")]
+
+    def all_resolved() -> None:
         assert json_of(shell, "alerts", "list") == []
-        [done] = json_of(shell, "alerts", "list", "--status", "resolved")
-        assert done["id"] == alert["id"]  # type: ignore[index]
+        done = json_of(shell, "alerts", "list", "--status", "resolved")
+        assert sorted(a["id"] for a in done) == [1, 2], done
 
     def token(line: str) -> None:
         out = shell.ok(f'{line}; printf "\\n%s" "$TOKEN"')
@@ -309,8 +324,9 @@ def test_the_readme_tour_replays_exactly(shell: Shell) -> None:
         assert env["TOKEN"].startswith("pbxw_"), out
 
     def curl_alerts(line: str) -> None:
+        all_resolved()
         listed = json.loads(shell.ok(localise(line)))
-        assert [(a["id"], a["extension"], a["status"]) for a in listed] == [(1, "2000", "resolved")]
+        assert [(a["id"], a["status"]) for a in listed] == [(2, "resolved"), (1, "resolved")]
 
     def curl_metrics(line: str) -> None:
         assert "# HELP" in shell.ok(localise(line))
@@ -338,7 +354,7 @@ def test_the_readme_tour_replays_exactly(shell: Shell) -> None:
         (r"bash scripts/tour/phones\.sh dial 2000 \"\$P2000\" '\*7219005550123'", dial_72),
         (r'bash scripts/tour/phones\.sh hijack 1000 "\$P1000" 2000 19005550123', hijack),
         (r"pbxwarden --data-dir \$D alerts", alerts),
-        (r"pbxwarden --data-dir \$D forward list --history", expect("")),
+        (r"pbxwarden --data-dir \$D forward list --history", history),
         # the safe order: a new password first, then resume, then close the alert
         (r"pbxwarden --data-dir \$D extension password 2000", new_password),
         (
@@ -347,6 +363,7 @@ def test_the_readme_tour_replays_exactly(shell: Shell) -> None:
         ),
         (r"pbxwarden --data-dir \$D extension resume 2000", resume),
         (r"pbxwarden --data-dir \$D alerts resolve 1", resolve),
+        (r"pbxwarden --data-dir \$D alerts resolve 2", resolve),
         (
             r"TOKEN=\$\(pbxwarden --data-dir \$D admin token alice --scope read-only \| tail -1\)",
             token,
