@@ -47,12 +47,13 @@ def stop_tracked(since: tuple[int, int] = (0, 0)) -> None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host``."""
+    """A port free for both UDP and TCP on ``host`` (IPv4 or IPv6)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
             udp.bind((host, 0))
             port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
                 try:
                     tcp.bind((host, port))
                 except OSError:
@@ -107,7 +108,7 @@ class PbxProcess:
                 str(self.data_dir),
                 "serve",
                 "--sip",
-                f"{self.host}:{self.port}",
+                f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}",
             ],
             stdout=subprocess.PIPE,
             stderr=log,
