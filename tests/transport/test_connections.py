@@ -40,8 +40,8 @@ def test_trusted_sources_have_their_own_higher_limit() -> None:
 
 
 def test_ipv6_sources_count_per_64_and_mapped_ipv4_as_ipv4() -> None:
-    assert source_key("2001:db8:1:2::1") == source_key("2001:db8:1:2:ffff::9") == (
-        "2001:db8:1:2::/64"
+    assert (
+        source_key("2001:db8:1:2::1") == source_key("2001:db8:1:2:ffff::9") == ("2001:db8:1:2::/64")
     )
     assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
     assert source_key("::ffff:192.0.2.7") == "192.0.2.7"

@@ -117,7 +117,7 @@ def test_banned_source_is_refused_before_anything_is_read(kind: str) -> None:
             assert await refused(port, "127.0.0.2", OPTIONS)
             assert server.transports.counters.refused_banned == 1
             assert server.received == [] and len(server.transports.table) == 0
-            reader, writer = await connect(port, "127.0.0.3")  # anyone else is served
+            _reader, writer = await connect(port, "127.0.0.3")  # anyone else is served
             writer.write(OPTIONS)
             await until(lambda: len(server.received) == 1)
             assert server.received[0][1].host == "127.0.0.3"

@@ -181,6 +181,10 @@ class _Listener:
         self.name = name
         self.sock = sock
         self.tls = tls
+        self.family = int(sock.family)
+        # The C accept underneath socket.accept(), which converts the family and type to
+        # enums for every connection: a third of the cost of refusing one.
+        self._raw_accept: Callable[[], tuple[int, Any]] = cast(Any, sock)._accept
         self._retry: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -191,7 +195,7 @@ class _Listener:
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, peer = self.sock.accept()
+                fd, peer = self._raw_accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -203,7 +207,7 @@ class _Listener:
                     self._retry = self._loop.call_later(ACCEPT_RETRY, self.start)
                     return
                 continue  # the peer gave up already (ECONNABORTED and the like)
-            self._owner._accepted(self, conn, peer)
+            self._owner._accepted(self, fd, peer)
 
     def close(self) -> None:
         if self._retry is not None:
@@ -213,10 +217,13 @@ class _Listener:
         self.sock.close()
 
 
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
 def _refuse(sock: socket.socket) -> None:
     """Close with a reset: no FIN handshake, no TIME_WAIT kept on our side."""
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     sock.close()
 
 
@@ -373,7 +380,8 @@ class Transports:
             )
             self.table.set_max_connections(usable)
 
-    def _accepted(self, listener: _Listener, sock: socket.socket, peer: tuple[Any, ...]) -> None:
+    def _accepted(self, listener: _Listener, fd: int, peer: tuple[Any, ...]) -> None:
+        sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
         host, port = str(peer[0]), int(peer[1])
         kind = self.classify(host)
         if kind is SourceKind.BANNED:
