@@ -5,12 +5,13 @@ that registers over TCP meanwhile.  Standard library only.
 As a program it is the flood (a process of its own, so that its CPU does not slow the
 phone's measurement):
 
-    python3 bench/tcp_exhaustion.py HOST PORT TOTAL SOURCES SECONDS REOPEN_RATE
+    python3 bench/tcp_exhaustion.py HOST PORT TOTAL SOURCES SECONDS REOPEN_RATE OPEN_RATE
 
 opens TOTAL idle connections round robin from SOURCES (comma-separated loopback
-addresses) as fast as it can, prints ``opened`` on stdout, then for SECONDS reopens
-those the server closed, at most REOPEN_RATE per second (a persistent attacker), and
-prints a JSON summary.  Every socket is closed before it exits.
+addresses), OPEN_RATE per second (0: as fast as it can), prints ``opened`` on stdout,
+then until SECONDS after its start reopens those the server closed, at most
+REOPEN_RATE per second (a persistent attacker), and prints a JSON summary.  Every
+socket is closed before it exits.
 """
 
 from __future__ import annotations
@@ -66,7 +67,12 @@ def _closed(sock: socket.socket) -> bool:
 
 
 def flood(
-    dest: tuple[str, int], total: int, sources: list[str], seconds: float, reopen_rate: float
+    dest: tuple[str, int],
+    total: int,
+    sources: list[str],
+    seconds: float,
+    reopen_rate: float,
+    open_rate: float = 0.0,
 ) -> dict[str, float]:
     raise_open_files(total + 256)
     socks: dict[int, socket.socket] = {}  # slot -> socket
@@ -86,6 +92,8 @@ def flood(
 
     try:
         for slot in range(total):
+            if open_rate > 0 and slot % 50 == 0:  # paced: the first connections wait for none
+                time.sleep(max(0.0, start + slot / open_rate - time.monotonic()))
             open_slot(slot)
         summary["opened"] = len(socks)
         summary["open_seconds"] = time.monotonic() - start
@@ -225,8 +233,15 @@ def register_tcp(
 
 
 def main(argv: list[str]) -> int:
-    host, port, total, sources, seconds, rate = argv
-    summary = flood((host, int(port)), int(total), sources.split(","), float(seconds), float(rate))
+    host, port, total, sources, seconds, reopen_rate, open_rate = argv
+    summary = flood(
+        (host, int(port)),
+        int(total),
+        sources.split(","),
+        float(seconds),
+        float(reopen_rate),
+        float(open_rate),
+    )
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -4,6 +4,7 @@ registering, and the flooding sources are banned."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -388,3 +389,74 @@ def test_stuck_tls_handshakes_are_closed_and_a_tls_phone_registers(tmp_path: Pat
             )
         finally:
             flood.close()
+
+
+def options(sock: socket.socket, n: int) -> None:
+    sock.sendall(
+        (
+            f"OPTIONS sip:{PHONE} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.30:9;branch=z9hG4bKo{n}\r\n"
+            f"From: <sip:probe@127.0.0.30>;tag={n}\r\nTo: <sip:probe@127.0.0.30>\r\n"
+            f"Call-ID: opt-{n}-{os.getpid()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+    )
+
+
+def test_a_ban_from_the_cli_closes_the_sources_connections(pbx: PbxProcess) -> None:
+    """Banned for any reason (here by an administrator), a source's established
+    connections are closed, not only its new ones refused."""
+    socks = []
+    try:
+        for n in range(5):
+            sock = socket.create_connection((pbx.host, pbx.port), 5, ("127.0.0.30", 0))
+            socks.append(sock)
+            options(sock, n)
+            assert sock.recv(65535).startswith(b"SIP/2.0 200 ")
+        cli(pbx.data_dir, "bans", "add", "127.0.0.30", "--duration", "600")
+
+        def all_closed() -> bool:
+            for sock in socks:
+                sock.settimeout(0.05)
+                try:
+                    if sock.recv(1) != b"":
+                        return False
+                except TimeoutError:
+                    return False
+                except ConnectionResetError:
+                    pass
+            return True
+
+        wait_for("the banned source's connections closed", all_closed)
+        with socket.create_connection((pbx.host, pbx.port), 5, ("127.0.0.30", 0)) as again:
+            again.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                assert again.recv(1) == b""  # refused at accept
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_requests_for_workers_and_for_the_main_process_both_establish(tmp_path: Path) -> None:
+    """A REGISTER handed to a registrar worker and an OPTIONS parsed in the main process
+    both count as a valid request: those connections outlive the new-connection
+    deadline, an idle one opened at the same time does not."""
+    env = {"PBXWARDEN_SIP__WORKERS": "1", "PBXWARDEN_SIP__NEW_CONNECTION_TIMEOUT": "1"}
+    with running_pbx(tmp_path / "data", {"1000": PASSWORD}, env=env) as pbx:
+        phone = TcpPhone((pbx.host, pbx.port), "1000")
+        idle = socket.create_connection((pbx.host, pbx.port), 5, ("127.0.0.31", 0))
+        prober = socket.create_connection((pbx.host, pbx.port), 5, ("127.0.0.32", 0))
+        try:
+            assert phone.register()[0] == 200
+            options(prober, 1)
+            assert prober.recv(65535).startswith(b"SIP/2.0 200 ")
+            idle.settimeout(10)
+            assert idle.recv(1) == b""  # closed at its deadline
+            assert phone.keepalive() == b"\r\n"
+            prober.sendall(b"\r\n\r\n")
+            prober.settimeout(5)
+            assert prober.recv(16) == b"\r\n"
+            assert stats(pbx)["connections_expired"] == 1
+        finally:
+            phone.close()
+            idle.close()
+            prober.close()

@@ -263,3 +263,49 @@ def test_a_tls_handshake_holds_a_slot_only_until_the_deadline(kind: str, tmp_pat
             await server.transports.close()
 
     run(kind, test)
+
+
+LIMIT_PROBE = """
+import asyncio, resource, sys
+from pbxwarden.transport.connections import ConnectionLimits
+from pbxwarden.transport.network import Transports
+
+async def main():
+    transports = Transports(lambda data, source: None, ConnectionLimits(max_connections=4096))
+    await transports.listen_stream("127.0.0.1", 0)
+    print(transports.table.limits.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    await transports.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "cap", "raised"),
+    [(256, 16_384, 4096, 4096 + 512), (256, 2048, 2048 - 512, 2048), (8192, 8192, 4096, 8192)],
+)
+def test_the_open_files_limit_is_raised_to_fit_the_cap_or_the_cap_lowered(
+    soft: int, hard: int, cap: int, raised: int
+) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    own_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if own_hard != resource.RLIM_INFINITY and own_hard < hard:
+        pytest.skip(f"hard limit {own_hard} below {hard}")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    out = subprocess.run(
+        [sys.executable, "-c", LIMIT_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1].split() == [str(cap), str(raised)]
+    if cap < 4096:
+        assert "max_connections lowered" in out.stdout + out.stderr
