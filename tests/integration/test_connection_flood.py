@@ -460,3 +460,14 @@ def test_requests_for_workers_and_for_the_main_process_both_establish(tmp_path: 
             phone.close()
             idle.close()
             prober.close()
+
+
+def test_a_bad_limit_stops_serve_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cli(data, "init")
+    result = cli(
+        data, "serve", check=False, env={"PBXWARDEN_FIREWALL__CONNECTIONS_PER_SOURCE": "0"}
+    )
+    assert result.returncode != 0
+    assert "firewall.connections_per_source" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -210,3 +213,30 @@ def test_invariants_hold_under_any_sequence(ops: list[tuple[str, int, int, float
             limit = limits.trusted_per_source if trusted_sources[host] else limits.per_source
             assert count <= limit
             assert table.source_count(host) == count
+
+
+def test_the_limits_are_configuration_keys_with_clear_errors(tmp_path: Path) -> None:
+    import tomllib
+
+    from pbxwarden.config import DEFAULT_CONFIG_TEXT, Config, ConfigError, load_config
+
+    default = Config.model_validate(tomllib.loads(DEFAULT_CONFIG_TEXT))
+    assert (default.sip.max_connections, default.sip.new_connection_timeout) == (4096, 10.0)
+    assert default.sip.idle_timeout == 900.0
+    assert default.firewall.connections_per_source == 64
+    assert default.firewall.trusted_connections_per_source == 1024
+    config = load_config(
+        tmp_path,
+        {
+            "PBXWARDEN_SIP__MAX_CONNECTIONS": "20000",
+            "PBXWARDEN_FIREWALL__CONNECTIONS_PER_SOURCE": "8",
+        },
+    )
+    assert config.sip.max_connections == 20000 and config.firewall.connections_per_source == 8
+    for key, value, where in (
+        ("PBXWARDEN_SIP__MAX_CONNECTIONS", "3", "sip.max_connections"),
+        ("PBXWARDEN_SIP__NEW_CONNECTION_TIMEOUT", "0", "sip.new_connection_timeout"),
+        ("PBXWARDEN_FIREWALL__CONNECTIONS_PER_SOURCE", "many", "firewall.connections_per_source"),
+    ):
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            load_config(tmp_path, {key: value})
