@@ -181,10 +181,6 @@ class _Listener:
         self.name = name
         self.sock = sock
         self.tls = tls
-        self.family = int(sock.family)
-        # The C accept underneath socket.accept(), which converts the family and type to
-        # enums for every connection: a third of the cost of refusing one.
-        self._raw_accept: Callable[[], tuple[int, Any]] = cast(Any, sock)._accept
         self._retry: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -195,7 +191,7 @@ class _Listener:
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                fd, peer = self._raw_accept()
+                sock, peer = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -207,7 +203,7 @@ class _Listener:
                     self._retry = self._loop.call_later(ACCEPT_RETRY, self.start)
                     return
                 continue  # the peer gave up already (ECONNABORTED and the like)
-            self._owner._accepted(self, fd, peer)
+            self._owner._accepted(self, sock, peer)
 
     def close(self) -> None:
         if self._retry is not None:
@@ -380,8 +376,7 @@ class Transports:
             )
             self.table.set_max_connections(usable)
 
-    def _accepted(self, listener: _Listener, fd: int, peer: tuple[Any, ...]) -> None:
-        sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
+    def _accepted(self, listener: _Listener, sock: socket.socket, peer: tuple[Any, ...]) -> None:
         host, port = str(peer[0]), int(peer[1])
         kind = self.classify(host)
         if kind is SourceKind.BANNED:
