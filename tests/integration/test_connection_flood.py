@@ -456,6 +456,7 @@ def test_requests_for_workers_and_for_the_main_process_both_establish(tmp_path: 
     deadline, an idle one opened at the same time does not."""
     env = {"PBXWARDEN_SIP__WORKERS": "1", "PBXWARDEN_SIP__NEW_CONNECTION_TIMEOUT": "1"}
     with running_pbx(tmp_path / "data", {"1000": PASSWORD}, env=env) as pbx:
+        wait_for("the worker ready", lambda: stats(pbx).get("workers_ready") == 1)
         phone = TcpPhone((pbx.host, pbx.port), "1000")
         idle = socket.create_connection((pbx.host, pbx.port), 5, ("127.0.0.31", 0))
         prober = socket.create_connection((pbx.host, pbx.port), 5, ("127.0.0.32", 0))
@@ -469,7 +470,9 @@ def test_requests_for_workers_and_for_the_main_process_both_establish(tmp_path: 
             prober.sendall(b"\r\n\r\n")
             prober.settimeout(5)
             assert prober.recv(16) == b"\r\n"
-            assert stats(pbx)["connections_expired"] == 1
+            figures = stats(pbx)
+            assert figures["connections_expired"] == 1
+            assert figures["worker_dispatched"] >= 2  # both REGISTERs went to the worker
         finally:
             phone.close()
             idle.close()
