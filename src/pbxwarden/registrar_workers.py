@@ -49,6 +49,7 @@ from pbxwarden.latency import Latency
 from pbxwarden.locking import adopt_stored, lock_settings
 from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.location import Binding, LocationService
+from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.registration import (
     RegistrationHandler,
     add_realms,
@@ -518,7 +519,11 @@ class RegistrarWorker:
     async def _refresh(self) -> None:
         """The same sources as the main process: realms, extensions, approved networks."""
         self._add_realms(await asyncio.to_thread(self.store.known_realms))
-        await refresh_directory(self.store, self.directory)
+        for ext in await refresh_directory(self.store, self.directory) or []:
+            # a new password: the old one's registrations go (the main process ends calls)
+            aor = aor_key(ext.realm, ext.number)
+            for binding in self.location.lookup(aor, 0.0):
+                self.location.remove(aor, binding.contact)
         self._approved_networks = await refresh_networks(
             self.store, self.netwatch, self._approved_networks
         )

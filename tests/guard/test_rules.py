@@ -258,7 +258,9 @@ def test_diverted_premium_call_is_critical_and_suspends() -> None:
     assert used.rule == "forwarding-destination"
     assert g.is_suspended("acme", "1000") is not None
     alerts = list(g.outbox)
-    assert alerts[-1].suspend and alerts[-1].key == "acme/1000/forwarding-destination"
+    assert alerts[-1].suspend and alerts[-1].key == "acme/1000/forwarding-destination/forwarded"
+    # the diversion being set and then followed are two alerts, not one reused
+    assert alerts[-2].key == "acme/1000/forwarding-destination/forward-change"
 
 
 def test_national_forwarding_is_not_an_alert() -> None:

@@ -122,6 +122,16 @@ def test_guard_baselines_upsert_and_skip_damaged_rows(tmp_path: Path) -> None:
     store.close()
 
 
+def test_an_emergency_number_cannot_be_an_extension(store: Store) -> None:
+    for number in ("911", "112", "9911"):
+        with pytest.raises(StoreError, match="emergency"):
+            store.add_extensions([(number, "Very-Secret-Pass1")])
+    store.add_tenant("de", "de.example", "DE")
+    with pytest.raises(StoreError, match="emergency number in DE"):
+        store.add_extensions([("110", "Very-Secret-Pass1")], tenant="de")
+    store.add_extensions([("911", "Very-Secret-Pass1")], tenant="de")  # not one in Germany
+
+
 def test_extension_locks_are_stored_shown_lifted_and_outdated_by_a_new_password(
     store: Store,
 ) -> None:

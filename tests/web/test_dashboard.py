@@ -242,3 +242,21 @@ async def test_dashboard_screenshot(
     target = Path(os.environ.get("PBXWARDEN_SCREENSHOT", tmp_path / "dashboard.png"))
     await page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 10_000
+
+
+async def test_resume_after_fraud_needs_a_new_password_or_a_reason(api: Api, page: Page) -> None:
+    """The guard suspended 1001 for fraud: Resume is refused and says to change the
+    password; a forced resume asks why and records it."""
+    api.store.suspend_extension("default", "1001", "anomaly: diverted to +1900", by="guard")
+    await log_in(page, api)
+    ext = page.locator('#extensions tr[data-extension="default/1001"]')
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    await ext.get_by_role("button", name="Resume").click()
+    await expect(page.locator("#notices")).to_contain_text("give it a new SIP password first")
+    await expect(ext).to_contain_text("Suspended")
+    page.once("dialog", lambda dialog: dialog.accept("the user is travelling, confirmed by phone"))
+    await ext.get_by_role("button", name="Resume").click()
+    await expect(ext).to_contain_text("Active")
+    [forced] = [e for e in api.admins.list_audit() if e["action"] == "extension.resume.forced"]
+    assert forced["after"]["reason"] == "the user is travelling, confirmed by phone"
+    assert forced["actor"].startswith("root")

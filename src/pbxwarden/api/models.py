@@ -201,6 +201,15 @@ class SuspendIn(_In):
     reason: LongText = "suspended by an admin"
 
 
+class ResumeIn(_In):
+    force: bool = Field(
+        False,
+        description="resume an extension suspended for fraud although its SIP password has "
+        "not changed since (recorded in the audit log with the reason)",
+    )
+    reason: LongText | None = Field(None, description="why; required with force")
+
+
 class SuspensionOut(BaseModel):
     tenant: str
     number: str
@@ -224,6 +233,7 @@ class TrunkIn(_In):
     realm: Annotated[str, StringConstraints(max_length=255, pattern=NO_CONTROL)] | None = None
     keep_registered: bool = Field(False, description="keep the PBX registered to the carrier")
     register_expires: Annotated[int, Field(ge=60, le=86400)] | None = None
+    emergency: bool = Field(False, description="the tenant's emergency calls go out here")
 
 
 class TrunkOut(BaseModel):
@@ -236,6 +246,7 @@ class TrunkOut(BaseModel):
     username: str | None = None
     credentials: bool = False
     keep_registered: bool = Field(False, validation_alias="register")
+    emergency: bool = False
 
 
 class DidIn(_In):
@@ -277,6 +288,7 @@ class ForwardingChangeOut(BaseModel):
     actor: str
     source: str
     at: float
+    refused: str | None = Field(None, description="why the change was refused (nothing changed)")
 
 
 # -- operations ------------------------------------------------------------------------
@@ -326,6 +338,20 @@ class CallOut(BaseModel):
     seconds: int | None = None
 
 
+class RegistrationOut(BaseModel):
+    tenant: str
+    number: str
+    id: str = Field(description="handle of this binding, to remove it")
+    source: str = Field(description="transport:address:port it registered from")
+    address: str
+    transport: str | None = None
+    user_agent: str | None = None
+    registered_at: float | None = None
+    expires_at: float
+    expires_in: int
+    contact: str
+
+
 class AlertOut(BaseModel):
     id: int
     tenant: str
@@ -348,6 +374,9 @@ class BanIn(_In):
     address: Annotated[str, StringConstraints(max_length=45, pattern=ADDRESS_PATTERN)]
     duration: Annotated[float, Field(ge=1, le=10 * 365 * 86400)] = 86400.0
     reason: Text = "manual ban"
+    force: bool = Field(
+        False, description="ban even a trunk's carrier, loopback or the caller's own address"
+    )
 
 
 class BanOut(BaseModel):

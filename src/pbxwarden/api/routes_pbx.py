@@ -26,6 +26,7 @@ from pbxwarden.api.models import (
     NetworksIn,
     PasswordIn,
     PasswordOut,
+    ResumeIn,
     SuspendIn,
     SuspensionOut,
     TenantIn,
@@ -49,7 +50,12 @@ from pbxwarden.api.security import (
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.pbx.forwarding import KINDS, judge_target
 from pbxwarden.store.credentials import trunk_credential_key
-from pbxwarden.store.db import StoreError, generate_password, password_fingerprint_key
+from pbxwarden.store.db import (
+    ResumeRefused,
+    StoreError,
+    generate_password,
+    password_fingerprint_key,
+)
 
 router = APIRouter(prefix=API_PREFIX)
 
@@ -223,7 +229,9 @@ def suspend(
 ) -> dict[str, Any]:
     visible_tenant(ctx, principal, tenant)
     reason = (body or SuspendIn()).reason
-    if not ctx.store.suspend_extension(tenant, number, f"{reason} ({principal.name})"):
+    if not ctx.store.suspend_extension(
+        tenant, number, f"{reason} ({principal.name})", by=f"admin:{principal.name}"
+    ):
         raise HTTPException(409, f"extension {number} is already suspended")
     audit(
         request,
@@ -243,18 +251,33 @@ def suspend(
     tags=["extensions"],
 )
 def resume(
-    tenant: TenantPath, number: NumberPath, request: Request, ctx: Ctx, principal: Operator
+    tenant: TenantPath,
+    number: NumberPath,
+    request: Request,
+    ctx: Ctx,
+    principal: Operator,
+    body: ResumeIn | None = None,
 ) -> dict[str, Any]:
+    """409 for an extension the guard suspended for fraud whose SIP password has not
+    changed since: give it a new one first, or resume with ``force`` and a ``reason``."""
     before = _extension(ctx, principal, tenant, number)
-    if not ctx.store.resume_extension(tenant, number):
+    asked = body or ResumeIn()
+    if asked.force and not asked.reason:
+        raise HTTPException(422, "a forced resume needs a reason (it goes into the audit log)")
+    try:
+        resumed = ctx.store.resume_extension(tenant, number, force=asked.force)
+    except ResumeRefused as exc:
+        message = str(exc).replace("--force and a --reason", "force and a reason")
+        raise HTTPException(409, message) from None
+    if not resumed:
         raise HTTPException(409, f"extension {number} is not suspended")
     audit(
         request,
         principal,
-        "extension.resume",
+        "extension.resume.forced" if asked.force else "extension.resume",
         f"tenant/{tenant}/extension/{number}",
         {"suspended": before["suspended"]},
-        {"suspended": None},
+        {"suspended": None, **({"forced": True, "reason": asked.reason} if asked.force else {})},
         tenant,
     )
     return {"tenant": tenant, "number": number, "suspended": False}
@@ -333,12 +356,16 @@ def set_forwarding(
         number,
         body.target,
         ctx.store.tenant_country(tenant),
-        ctx.store.extension_exists(tenant, body.target),
+        ctx.store.is_internal_target(tenant, body.target),
         source,
         time.time(),
     )
     if not decision.allow:
-        raise HTTPException(422, f"forwarding refused: {'; '.join(decision.reasons)}")
+        reason = "; ".join(decision.reasons)
+        ctx.store.record_forwarding_refused(
+            tenant, number, kind, body.target, "api", source, reason, time.time()
+        )
+        raise HTTPException(422, f"forwarding refused: {reason}")
     old = ctx.store.set_forwarding(
         tenant, number, kind, body.target, "api", source, time.time(), body.ring_time
     )
@@ -409,7 +436,16 @@ def list_trunks(ctx: Ctx, principal: Reader, tenant: TenantQuery = None) -> list
 def create_trunk(
     tenant: TenantPath, body: TrunkIn, request: Request, ctx: Ctx, principal: Admin
 ) -> dict[str, Any]:
+    """Provider admins only: a trunk's host is trusted for inbound calls and volume, so a
+    tenant admin who could name any host could make another tenant's phone at that address
+    look like a carrier, or its own address unbannable."""
     visible_tenant(ctx, principal, tenant)
+    if principal.tenant is not None:
+        raise HTTPException(
+            403,
+            "trunks belong to the provider: only an admin not bound to a tenant may add or "
+            "change one; ask your provider",
+        )
     secret: bytes | None = getattr(request.app.state, "secret", None)
     password = body.password.get_secret_value() if body.password is not None else None
     if password is not None and secret is None:
@@ -427,6 +463,7 @@ def create_trunk(
         register=body.keep_registered,
         register_expires=body.register_expires,
         credential_key=trunk_credential_key(secret) if secret is not None else None,
+        emergency=body.emergency,
     )
     row = next(
         r for r in ctx.store.list_trunks() if r["tenant"] == tenant and r["name"] == body.name

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
 from pbxwarden.api.models import TENANT_PATTERN
 from pbxwarden.api.security import API_PREFIX, Admin, Ctx, Reader, audit, visible_tenant
+from pbxwarden.guard.ceiling import violations
 from pbxwarden.guard.policy import TenantPolicy
 
 router = APIRouter(prefix=API_PREFIX)
@@ -63,8 +64,15 @@ def put_policy(
     tenant: TenantPath, body: TenantPolicy, request: Request, ctx: Ctx, principal: Admin
 ) -> dict[str, Any]:
     """Replace the tenant's policy (every key; omitted ones take their defaults, which
-    are closed: no international or premium dialling)."""
+    are closed: no international or premium dialling). A tenant's own admin gets 403
+    for anything beyond the provider's ceiling (``[provider]`` in the configuration)."""
     visible_tenant(ctx, principal, tenant)
+    if principal.tenant is not None:  # the tenant's own admin: within the provider's ceiling
+        beyond = violations(body, ctx.config.provider)
+        if beyond:
+            raise HTTPException(
+                403, "beyond what your provider allows: " + "; ".join(beyond[:10])
+            )
     before = _current(ctx, tenant)["policy"].model_dump()
     after = body.model_dump(exclude_defaults=True)
     ctx.store.set_policy(tenant, after, principal.name)

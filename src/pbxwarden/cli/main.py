@@ -25,7 +25,7 @@ from rich.table import Table
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
-from pbxwarden.cli.output import err, fail, out, print_rows
+from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.config import (
     CONFIG_FILE,
     DEFAULT_CONFIG_TEXT,
@@ -64,6 +64,10 @@ forward_app = typer.Typer(no_args_is_help=True, help="Call forwarding (diversion
 app.add_typer(forward_app, name="forward")
 calls_app = typer.Typer(help="Live calls on the running server.", invoke_without_command=True)
 app.add_typer(calls_app, name="calls")
+registrations_app = typer.Typer(
+    help="Registered phones of every extension, and removing one.", invoke_without_command=True
+)
+app.add_typer(registrations_app, name="registrations")
 bans_app = typer.Typer(no_args_is_help=True, help="SIP firewall bans (a running server follows).")
 app.add_typer(bans_app, name="bans")
 app.add_typer(admin_app, name="admin")
@@ -372,16 +376,74 @@ def extension_list(
         store.close()
 
 
-@app.command()
+def _bindings() -> list[dict[str, Any]]:
+    """Live bindings from the running server, else as last written to the database."""
+    from pbxwarden.control import ControlError, ask
+
+    try:
+        rows: list[dict[str, Any]] = ask(state.data_dir, {"cmd": "registrations"}, timeout=2.0)[
+            "registrations"
+        ]
+        return rows
+    except ControlError:
+        store = _store(_config())
+        try:
+            return store.list_bindings(time.time())
+        finally:
+            store.close()
+
+
+@registrations_app.callback()
 def registrations(
+    ctx: typer.Context,
+    number: Annotated[str | None, typer.Option("--extension", help="Only this extension.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
 ) -> None:
-    """List live registrations as last written to the database."""
-    store = _store(_config())
+    """Registered phones, one row per binding: from where, over what, which phone, since
+    when, until when. `registrations remove` takes one away."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = [r for r in _bindings() if number is None or r["number"] == number]
+    if as_json:
+        print_rows(rows, True, "registrations")
+        return
+    short = [
+        {
+            "extension": f"{r['number']}" + (f"@{r['tenant']}" if r["tenant"] != "default" else ""),
+            "id": r["id"],
+            "from": f"{r['transport'] or '?'} {r['address']}",
+            "phone": (r["user_agent"] or "")[:28],
+            "since": when(r["registered_at"]),
+            "expires": f"in {r['expires_in']} s",
+        }
+        for r in rows
+    ]
+    print_rows(short, False, "registrations")
+
+
+@registrations_app.command("remove")
+def registrations_remove(
+    number: Annotated[str, typer.Argument(help="The extension.")],
+    binding: Annotated[str, typer.Argument(help="The registration's id (registrations list).")],
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Remove one registration: that phone gets no more calls until it registers again
+    (a stolen password must be changed too, or it simply will)."""
+    from pbxwarden.control import ControlError, ask
+
+    request = {"cmd": "unregister", "tenant": tenant, "number": number, "id": binding}
     try:
-        print_rows(store.list_bindings(time.time()), as_json, "registrations")
-    finally:
-        store.close()
+        removed = ask(state.data_dir, request, timeout=5.0)["removed"]
+        where = f"{removed.get('transport') or '?'} {removed.get('address')}"
+    except ControlError as exc:
+        if "no registration" in str(exc):
+            raise fail(str(exc)) from None
+        if not _in_store(lambda store: store.remove_binding(tenant, number, binding)):
+            raise fail(
+                f"extension {number} of tenant {tenant} has no registration {binding}"
+            ) from None
+        where = "the database (server not running)"
+    out.print(f"extension {number}: registration {binding} removed ({where})")
 
 
 @bans_app.command("list")
@@ -406,9 +468,19 @@ def bans_add(
     address: str,
     duration: Annotated[float, typer.Option(help="Seconds.", min=1)] = 86400.0,
     reason: Annotated[str, typer.Option(help="Why, for the log and the list.")] = "manual ban",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Ban even a trunk's carrier, loopback or your own address (not firewall.allow).",
+        ),
+    ] = False,
 ) -> None:
-    """Ban an address now (the running server applies it within a second)."""
+    """Ban an address now (the running server applies it within a second). Addresses
+    the PBX depends on (trunks, loopback it listens on, yours) are refused unless --force."""
     import ipaddress
+
+    from pbxwarden.firewall.safety import ban_refusal, ssh_client_address
 
     try:
         address = str(ipaddress.ip_address(address))
@@ -423,6 +495,17 @@ def bans_add(
     store = _store(config)
     now = time.time()
     try:
+        listen = [config.sip.listen_address[0]]
+        if config.sip.tls is not None:
+            listen.append(parse_hostport(config.sip.tls.listen, 5061)[0])
+        why = ban_refusal(
+            address,
+            trunk_hosts=[t["host"] for t in store.list_trunks()],
+            listen_hosts=listen,
+            admin_address=ssh_client_address(dict(os.environ)),
+        )
+        if why is not None and not force:
+            raise fail(f"not banned: {why} (--force to ban it all the same)")
         store.save_bans([(address, now + duration, reason[:255], 1, now)])
     finally:
         store.close()
@@ -472,6 +555,9 @@ def trunk_add(
     register_expires: Annotated[
         int | None, typer.Option(help="Registration lifetime to ask for, seconds (60-86400).")
     ] = None,
+    emergency: Annotated[
+        bool, typer.Option("--emergency", help="The tenant's emergency calls go out here.")
+    ] = False,
 ) -> None:
     """Add a trunk: IP-authenticated, and with --username/--password also answering the
     carrier's digest challenges (and registering with --register). Calls still need the
@@ -506,6 +592,7 @@ def trunk_add(
             register=register,
             register_expires=register_expires,
             credential_key=key,
+            emergency=emergency,
         )
     except StoreError as exc:
         raise fail(str(exc)) from None
@@ -515,6 +602,18 @@ def trunk_add(
     if username is not None:
         auth = f", digest user {username}" + (", registering" if register else "")
     out.print(f"trunk {name} added ({host}:{port}/{transport}{auth})")
+
+
+@trunk_app.command("emergency")
+def trunk_emergency(
+    name: str,
+    off: Annotated[bool, typer.Option("--off", help="No longer the emergency trunk.")] = False,
+    tenant: Annotated[str, typer.Option(help="Tenant that owns the trunk.")] = DEFAULT_TENANT,
+) -> None:
+    """Mark the trunk the tenant's emergency calls (911, 112, 999...) go out through.
+    Without one they take the tenant's ordinary route to its own country."""
+    _in_store(lambda store: store.set_trunk_emergency(tenant, name, not off))
+    out.print(f"trunk {name}: " + ("not for emergency calls" if off else "emergency calls go here"))
 
 
 @trunk_app.command("list")
@@ -621,12 +720,16 @@ def forward_set(
             extension,
             target,
             store.tenant_country(tenant),
-            store.extension_exists(tenant, target),
+            store.is_internal_target(tenant, target),
             "cli",
             time.time(),
         )
         if not decision.allow:
-            raise fail(f"forwarding refused: {'; '.join(decision.reasons)}")
+            reason = "; ".join(decision.reasons)
+            store.record_forwarding_refused(
+                tenant, extension, kind, target, "cli", "cli", reason, time.time()
+            )
+            raise fail(f"forwarding refused: {reason}")
         old = store.set_forwarding(
             tenant, extension, kind, target, "cli", "cli", time.time(), ring_time
         )
@@ -863,7 +966,7 @@ def extension_suspend(
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
 ) -> None:
     """Refuse every costly call of an extension (a running server follows within a second)."""
-    changed = _in_store(lambda store: store.suspend_extension(tenant, number, reason))
+    changed = _in_store(lambda store: store.suspend_extension(tenant, number, reason, by="cli"))
     out.print(f"extension {number} suspended" if changed else f"{number} was already suspended")
 
 
@@ -896,9 +999,40 @@ def extension_password(
 def extension_resume(
     number: str,
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume although the guard suspended it for fraud and its SIP password has "
+            "not changed since (recorded in the audit log with --reason).",
+        ),
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
 ) -> None:
-    """Allow an extension's costly calls again, after checking its password and forwarding."""
-    changed = _in_store(lambda store: store.resume_extension(tenant, number))
+    """Allow an extension's costly calls again. One the fraud guard suspended needs a new
+    SIP password first (extension password), or the fraud simply starts again."""
+    import getpass
+
+    from pbxwarden.store.admin import AdminStore
+
+    if force and not reason:
+        raise fail("--force needs a --reason (it goes into the audit log)")
+
+    def resume(store: Store) -> bool:
+        changed = store.resume_extension(tenant, number, force=force)
+        if changed and force:
+            AdminStore(store).audit(
+                f"cli:{getpass.getuser()}",
+                "cli",
+                "extension.resume.forced",
+                f"tenant/{tenant}/extension/{number}",
+                None,
+                {"suspended": None, "forced": True, "reason": reason},
+                tenant,
+            )
+        return changed
+
+    changed = _in_store(resume)
     out.print(f"extension {number} resumed" if changed else f"{number} was not suspended")
 
 

@@ -106,10 +106,17 @@ class GuardAlert:
     reasons: tuple[str, ...]
     at: float
     suspend: bool = False  # the guard suspended the extension
+    kind: str = ""  # what was judged (a call out, a diversion being set, one followed)
+    dedupe: str | None = None  # repeats with the same key count into one open alert
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}/{self.extension or '-'}/{self.rule}"
+        """Repeats of the same thing share an open alert; a different kind of event for
+        the same extension (a diversion set, then one followed) is an alert of its own."""
+        if self.dedupe is not None:
+            return self.dedupe
+        key = f"{self.tenant}/{self.extension or '-'}/{self.rule}"
+        return f"{key}/{self.kind}" if self.kind else key
 
 
 @dataclass(slots=True)
@@ -464,9 +471,13 @@ class Guard:
         if dest.number_type not in NATIONAL_ALLOWED and dest.number_type not in (
             policy.allow_special
         ):
+            what = f" ({dest.costly_range})" if dest.costly_range else ""
             return Decision(
                 False,
-                (f"{dest.number_type} number {dest.e164} is not allowed by the policy{hours}",),
+                (
+                    f"{dest.number_type} number {dest.e164}{what} is not allowed by the "
+                    f"policy{hours}",
+                ),
                 severity=severity,
                 rule=rule,
             )
@@ -798,6 +809,7 @@ class Guard:
                 decision.reasons,
                 attempt.at,
                 suspend,
+                kind=attempt.kind,
             )
         )
 

@@ -337,7 +337,11 @@ class Via:
     def __str__(self) -> str:
         if self.raw is not None:
             return self.raw
-        host = self.host if self.port is None else f"{self.host}:{self.port}"
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # RFC 5118: sent-by is an IPv6 reference, bracketed
+        if self.port is not None:
+            host = f"{host}:{self.port}"
         params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items())
         return f"SIP/2.0/{self.transport} {host}{params}"
 

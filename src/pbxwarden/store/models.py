@@ -55,6 +55,8 @@ class Extension(Base):
     # set by the guard or an admin: every costly call refused until an admin resumes it
     suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     suspended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # "guard" (fraud: resuming needs a new password first), else the admin who did it
+    suspended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # when the SIP password was last changed (NULL: never since the extension was made)
     password_changed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # its credentials may be used from a trunk's address (an SBC in front of phones);

@@ -301,10 +301,7 @@ function extensionActions(ext) {
       ? action("Unlock", "secondary", "POST", `${path}/unlock`,
         () => `Extension ${ext.number} is no longer locked.`)
       : null,
-    ext.suspended
-      ? action("Resume", "primary", "POST", `${path}/resume`,
-        () => `Extension ${ext.number} can make calls again.`)
-      : null);
+    ext.suspended ? resumeButton(ext, path) : null);
 }
 
 function extensionState(e) {
@@ -322,6 +319,62 @@ function extensionState(e) {
   }
   if (!parts.length) parts.push(badge(e.enabled ? "Active" : "Disabled", e.enabled ? "good" : "info"));
   return el("div", {}, ...parts);
+}
+
+/** Resume; an extension the guard suspended for fraud whose password has not changed is
+ * refused by the API (409): say why, and only on an explicit confirm with a reason resume
+ * it all the same (recorded in the audit log). */
+function resumeButton(ext, path) {
+  return el("button", {
+    type: "button",
+    class: "action primary",
+    text: "Resume",
+    onclick: async (event) => {
+      const button = event.currentTarget;
+      button.disabled = true;
+      try {
+        try {
+          await api("POST", `${path}/resume`);
+        } catch (error) {
+          if (!(error instanceof ApiError) || error.status !== 409 || !/password/.test(error.message)) {
+            throw error;
+          }
+          const reason = window.prompt(
+            `${error.message}.\n\nTo resume it anyway, say why (this goes into the audit log):`);
+          if (!reason) {
+            notify(`Extension ${ext.number} stays suspended: give it a new SIP password first.`,
+              "error", true);
+            return;
+          }
+          await api("POST", `${path}/resume`, { force: true, reason });
+        }
+        await refresh();
+        notify(`Extension ${ext.number} can make calls again.`);
+      } catch (error) {
+        if (!sessionEnded(error)) notify(`That did not work: ${error.message}.`, "error");
+        refresh();
+      } finally {
+        button.disabled = false;
+      }
+    },
+  });
+}
+
+function renderRegistrations(rows) {
+  show("registrations", table([
+    ["Extension", (r) => el("span", {}, el("strong", { text: r.number }),
+      r.tenant !== "default" ? small(` ${r.tenant}`) : null)],
+    ["From", (r) => el("code", { text: `${r.transport || "?"} ${r.address}` })],
+    ["Phone", (r) => r.user_agent || ""],
+    ["Since", (r) => r.registered_at ? when(r.registered_at) : ""],
+    ["Until", (r) => inFuture(r.expires_in)],
+    ["", (r) => canAct()
+      ? action("Remove", "danger", "DELETE",
+        `/api/v1/tenants/${encodeURIComponent(r.tenant)}/extensions/${encodeURIComponent(r.number)}` +
+        `/registrations/${encodeURIComponent(r.id)}`,
+        () => `The phone at ${r.address} no longer gets calls for ${r.number}.`)
+      : ""],
+  ], rows, "No phone is registered.", (r) => ({ "data-registration": r.id })));
 }
 
 function renderExtensions(extensions) {
@@ -372,14 +425,15 @@ function stat(id, value, sub, kind) {
 // -- refreshing ------------------------------------------------------------------------
 
 async function load() {
-  const [calls, alerts, extensions, cdrs, bans] = await Promise.allSettled([
+  const [calls, alerts, extensions, cdrs, bans, registrations] = await Promise.allSettled([
     api("GET", "/api/v1/calls"),
     api("GET", "/api/v1/alerts?limit=500"),
     api("GET", "/api/v1/extensions"),
     api("GET", "/api/v1/cdrs?limit=50"),
     api("GET", "/api/v1/bans"),
+    api("GET", "/api/v1/registrations"),
   ]);
-  const all = [calls, alerts, extensions, cdrs, bans];
+  const all = [calls, alerts, extensions, cdrs, bans, registrations];
   if (all.some((r) => r.status === "rejected" && sessionEnded(r.reason))) return;
   if (state.me === null) return;  // logged out while loading
 
@@ -410,6 +464,13 @@ async function load() {
     stat("stat-suspended", suspended, `of ${extensions.value.length}`, suspended ? "bad" : "good");
   } else {
     unavailable("extensions", `Extensions cannot be shown: ${extensions.reason.message}.`);
+  }
+  if (registrations.status === "fulfilled") {
+    render("registrations", registrations.value, renderRegistrations);
+  } else {
+    unavailable("registrations", registrations.reason.status === 503
+      ? "Registered phones are known to the running PBX (pbxwarden serve) only."
+      : `Registered phones cannot be shown: ${registrations.reason.message}.`);
   }
   if (cdrs.status === "fulfilled") render("cdrs", cdrs.value.items, renderCdrs);
   else unavailable("cdrs", `Call records cannot be shown: ${cdrs.reason.message}.`);
