@@ -448,6 +448,14 @@ class CallManager:
             return
         caller = outcome.extension
         assert caller is not None and credentials is not None
+        dialed = request.uri.user or ""
+        number = emergency_number(dialed, self.routing.countries.get(caller.tenant, "US"))
+        if number is not None:
+            # Before anything that could refuse it: a locked extension, one outside its
+            # networks (a softphone away from the office) still reaches 112. The password
+            # was right; the admins are told where the call came from.
+            self._emergency(request, key, source, caller, dialed, number, now)
+            return
         if self.port.refuse_credentials(caller, source):  # locked, or from a trunk's address
             self.port.respond(key, request, self.auth.forbidden(request))
             return
@@ -460,11 +468,6 @@ class CallManager:
                 tenant=caller.tenant,
             )
             self.port.respond(key, request, self.auth.forbidden(request))
-            return
-        dialed = request.uri.user or ""
-        number = emergency_number(dialed, self.routing.countries.get(caller.tenant, "US"))
-        if number is not None:  # before anything that could refuse it
-            self._emergency(request, key, source, caller, dialed, number, now)
             return
         feature = parse_feature(dialed, self.features)
         if feature is not None:
