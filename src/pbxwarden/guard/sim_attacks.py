@@ -234,7 +234,7 @@ def _burst(sim: Simulation, rng: random.Random, name: str) -> None:
     result.started = t0
     first = sim.make(country, "mobile")
     for k in range(120):
-        number = sim.make.in_range(first[:6], len(first) - 1)
+        number = sim.make.in_range(first[:-4], len(first) - 1)
         sim.at(t0 + k * 120, _calls(sim, tenant, ext, number, result, 45.0, _attacker(7)))
 
 
@@ -242,7 +242,10 @@ def _drip(sim: Simulation, rng: random.Random, name: str) -> None:
     """One long call a day, in office hours, to a country the extension already calls."""
 
     def ext_ok(e: Extension) -> bool:
-        return bool(e.countries) and e.role != "agent"
+        return e.role != "agent" and any(_rate(sim, tenant_of(e), c) >= 0.3 for c in e.countries)
+
+    def tenant_of(e: Extension) -> Tenant:
+        return sim.by_name[e.tenant]
 
     def ok(t: Tenant) -> float:
         return _dearest(sim, t, below=0.55)[1] if any(ext_ok(e) for e in t.extensions) else -1
@@ -291,7 +294,7 @@ def _pump(sim: Simulation, rng: random.Random, name: str) -> None:
     sim.at(t0, _calls(sim, tenant, ext, test, result, 0.5, _attacker(11)))
     burst = t0 + rng.uniform(3.0, 8.0) * HOUR
     for k in range(30):
-        number = sim.make.in_range(test[:7], len(test) - 1)
+        number = sim.make.in_range(test[:-4], len(test) - 1)
         sim.at(burst + k * 120, _calls(sim, tenant, ext, number, result, 20.0, _attacker(11)))
 
 
@@ -316,7 +319,7 @@ def _spread(sim: Simulation, rng: random.Random, name: str) -> None:
     for i, ext in enumerate(exts):
         _own(sim, result, tenant, ext)
         for k in range(6):
-            number = sim.make.in_range(test[:7], len(test) - 1)
+            number = sim.make.in_range(test[:-4], len(test) - 1)
             when = t0 + i * 150 + k * 2400
             sim.at(when, _calls(sim, tenant, ext, number, result, 12.0, _attacker(40 + i)))
 
