@@ -278,9 +278,21 @@ class Guard:
         policy = self.book.effective(attempt.tenant, attempt.extension, in_hours)
         dest = attempt.destination
         tenant = self._tenant_state(attempt.tenant, now)
+        network = network_of(attempt.source) if attempt.kind == "external" else ""
+        new_network = bool(
+            network
+            and sum(ext.baseline.networks.values()) >= 10
+            and network not in ext.baseline.networks
+        )
+        if new_network:
+            self._signal(ext, now, "new-network", f"a costly call from {attempt.source}")
         verdict = self._destination(policy, attempt, dest, in_hours)
         if isinstance(verdict, Decision):
             return self._refused_destination(attempt, ext, policy, verdict)
+        if policy.suspend_on_critical and self._corroborated(ext, now):
+            return self._refuse(attempt, ext, policy, "anomaly", (
+                "refused as likely fraud: " + "; ".join(sorted({s.why for s in ext.signals})),
+            ), False, 100, force=True)
         assert dest is not None
         reasons = verdict
         rate = self.rates.per_minute(dest)
@@ -290,14 +302,6 @@ class Guard:
         refusal = None
         if attempt.kind != "forward-change":
             refusal = rules.limits(policy, attempt, ext, tenant, dest, warnings, cur)
-        network = network_of(attempt.source) if attempt.kind == "external" else ""
-        new_network = bool(
-            network
-            and sum(ext.baseline.networks.values()) >= 10
-            and network not in ext.baseline.networks
-        )
-        if new_network:
-            self._signal(ext, now, "new-network", f"a costly call from {attempt.source}")
         risk = self._high_risk(dest)
         # Scored even when a limit refuses: an attacker hammering a limit at night is more
         # than a limit reached, and must be stopped (and its calls cut), not just slowed.
@@ -413,11 +417,12 @@ class Guard:
         reasons: tuple[str, ...],
         learning: bool,
         score: int,
+        force: bool = False,
     ) -> Decision:
         """Refuse (or, in report-only, allow and report) the one call; alert on a pattern;
         suspend on corroborated fraud."""
         now = attempt.at
-        if policy.report_only_rule(rule, learning):
+        if not force and policy.report_only_rule(rule, learning):
             key = (attempt.tenant, rule)
             self.would_have[key] = self.would_have.get(key, 0) + 1
             decision = Decision(
@@ -696,7 +701,7 @@ class Guard:
                 attempt.tenant,
                 attempt.extension or None,
                 decision.severity or "warning",
-                decision.rule or "guard",
+                f"report-only:{decision.rule}" if would_have else decision.rule or "guard",
                 summary,
                 decision.reasons,
                 attempt.at,
@@ -898,17 +903,17 @@ class Guard:
             tenant = self._tenants[tenant_name]
             tenant_day = tenant.spend.totals(now)[1]
             cur = self.rates.currency
-            cap_hour, cap_day, how = rules.spend_caps(policy, ext.baseline)
+            cap_hour, cap_day, how_hour, how_day = rules.spend_caps(policy, ext.baseline)
             breach = None
             if hour > cap_hour:
                 breach = (
                     f"spent an estimated {rules.money(hour, cur)} in the last hour "
-                    f"(cap {cap_hour:g}, {how})"
+                    f"(cap {cap_hour:g}, {how_hour})"
                 )
             elif day > cap_day:
                 breach = (
                     f"spent an estimated {rules.money(day, cur)} in 24 hours "
-                    f"(cap {cap_day:g}, {how})"
+                    f"(cap {cap_day:g}, {how_day})"
                 )
             elif tenant_day > policy.tenant_spend_per_day:
                 breach = (

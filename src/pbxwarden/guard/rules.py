@@ -85,7 +85,7 @@ def costly(dest: Destination) -> bool:
     return not dest.national or dest.number_type not in NATIONAL_ALLOWED
 
 
-def spend_caps(policy: TenantPolicy, base: Baseline) -> tuple[float, float, str]:
+def spend_caps(policy: TenantPolicy, base: Baseline) -> tuple[float, float, str, str]:
     """The extension's hourly and daily spend caps in force, and how they were set.
 
     A cap the administrator changed from its default is a ceiling as set. A default one
@@ -99,8 +99,9 @@ def spend_caps(policy: TenantPolicy, base: Baseline) -> tuple[float, float, str]
     hour, day = policy.spend_per_hour, policy.spend_per_day
     scaled_hour = hour == DEFAULTS.spend_per_hour
     scaled_day = day == DEFAULTS.spend_per_day
+    admin = "set by the administrator"
     if not (scaled_hour or scaled_day):
-        return hour, day, "set by the administrator"
+        return hour, day, admin, admin
     sized = policy.tenant_spend_per_day > DEFAULTS.tenant_spend_per_day
     ceiling_hour = max(hour, policy.tenant_spend_per_day / 10)
     ceiling_day = max(day, policy.tenant_spend_per_day / 2)
@@ -117,7 +118,12 @@ def spend_caps(policy: TenantPolicy, base: Baseline) -> tuple[float, float, str]
     else:
         how = "default"
         cap_hour, cap_day = hour, day
-    return cap_hour if scaled_hour else hour, cap_day if scaled_day else day, how
+    return (
+        cap_hour if scaled_hour else hour,
+        cap_day if scaled_day else day,
+        how if scaled_hour else admin,
+        how if scaled_day else admin,
+    )
 
 
 def limits(
@@ -192,13 +198,13 @@ def limits(
             )
         )
     spend_hour, spend_day = ext.spend.totals(now)
-    cap_hour, cap_day, how = spend_caps(policy, ext.baseline)
+    cap_hour, cap_day, how_hour, how_day = spend_caps(policy, ext.baseline)
     checks.append(
         (
             spend_hour,
             cap_hour,
             f"extension {number} spent an estimated {money(spend_hour, currency)} in the "
-            f"last hour (cap {how})",
+            f"last hour (cap {how_hour})",
             403,
             "spend-cap",
         )
@@ -208,7 +214,7 @@ def limits(
             spend_day,
             cap_day,
             f"extension {number} spent an estimated {money(spend_day, currency)} in 24 "
-            f"hours (cap {how})",
+            f"hours (cap {how_day})",
             403,
             "spend-cap",
         )
