@@ -34,9 +34,7 @@ def attempt(
     source: str = OFFICE,
     tenant: str = "acme",
 ) -> CallAttempt:
-    return CallAttempt(
-        tenant, ext, caller or ext, dialed, kind, source, at, classify(dialed, "US")
-    )
+    return CallAttempt(tenant, ext, caller or ext, dialed, kind, source, at, classify(dialed, "US"))
 
 
 def guard(**policy: object) -> Guard:
@@ -65,8 +63,9 @@ def call(g: Guard, a: CallAttempt, minutes: float, answered: bool = True) -> Dec
 
 
 def inbound(g: Guard, ext: str, caller: str, at: float, talk: float | None) -> None:
-    a = CallAttempt("acme", ext, caller, "+12025550100", "inbound", "sim", at,
-                    classify("+12025550100", "US"))
+    a = CallAttempt(
+        "acme", ext, caller, "+12025550100", "inbound", "sim", at, classify("+12025550100", "US")
+    )
     assert g.authorize(a).allow
     ref = next(_refs)
     g.on_call_start(a, ref)
@@ -77,9 +76,14 @@ def inbound(g: Guard, ext: str, caller: str, at: float, talk: float | None) -> N
         g.on_call_end(ref, at + 3 + talk)
 
 
-def office_history(g: Guard, ext: str = "1000", days: int = 14, numbers: tuple[str, ...] = (
-        HOME, "+13125550188", "+14155550123"), hours: tuple[float, ...] = (9.5, 11.0, 15.0),
-        minutes: float = 3.0) -> None:
+def office_history(
+    g: Guard,
+    ext: str = "1000",
+    days: int = 14,
+    numbers: tuple[str, ...] = (HOME, "+13125550188", "+14155550123"),
+    hours: tuple[float, ...] = (9.5, 11.0, 15.0),
+    minutes: float = 3.0,
+) -> None:
     """Weekdays of ordinary calls, so the extension has a mature baseline."""
     for day in range(days):
         base = START + day * DAY
@@ -178,8 +182,9 @@ def test_forwarding_to_a_foreign_mobile_used_before_is_known() -> None:
     for trip in (START + 2 * DAY, START + 9 * DAY):
         assert call(g, attempt(mobile, trip, kind="forward-change"), 0).allow
         for k in range(2):
-            assert call(g, attempt(mobile, trip + (k + 1) * HOUR, kind="forwarded",
-                                   caller=HOME), 3).allow
+            assert call(
+                g, attempt(mobile, trip + (k + 1) * HOUR, kind="forwarded", caller=HOME), 3
+            ).allow
     again = g.authorize(attempt(mobile, T, kind="forward-change"))
     assert again.allow and again.severity is None
     assert any("forwarded to +447400123456 before" in r for r in again.reasons), again.reasons
@@ -344,8 +349,14 @@ def test_report_only_while_learning_then_enforcing_when_promoted() -> None:
 
 
 def test_old_baseline_rows_still_load() -> None:
-    old = {"first_at": START, "calls_by_hour": [1.0] * 168, "spend_by_day": [2.0] * 7,
-           "countries": {"US": 5}, "targets": [HOME], "calls": 12}
+    old = {
+        "first_at": START,
+        "calls_by_hour": [1.0] * 168,
+        "spend_by_day": [2.0] * 7,
+        "countries": {"US": 5},
+        "targets": [HOME],
+        "calls": 12,
+    }
     base = Baseline.from_json(old)
     assert base.calls == 12 and base.targets == {HOME} and base.peaks == []
     assert base.hour_days == [0] * 24 and base.ledger == {}

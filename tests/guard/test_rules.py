@@ -217,11 +217,26 @@ def test_a_burst_abroad_at_night_is_blocked_and_suspends() -> None:
     decisions = [g.authorize(attempt(f"011331423600{i:02d}", at=now + i * 20)) for i in range(8)]
     assert decisions[0].allow and decisions[0].severity == "warning"
     blocked = next(d for d in decisions if not d.allow)
-    assert blocked.severity == "critical" and blocked.rule == "anomaly"
-    assert "likely fraud" in blocked.reasons[0]
+    assert blocked.rule == "anomaly" and "likely fraud" in blocked.reasons[0]
+    # one sign of compromise (its own anomaly) refuses; it takes two to suspend
+    assert g.is_suspended("acme", "1000") is None
+    thief = CallAttempt(
+        "acme",
+        "1000",
+        "1000",
+        "01133142360099",
+        "external",
+        "udp:203.0.113.5:5060",
+        now + 300,
+        classify("01133142360099", "US"),
+    )
+    assert not g.authorize(thief).allow
     assert g.is_suspended("acme", "1000") is not None
     alert = next(a for a in g.outbox if a.suspend)
-    assert "suspended until an admin resumes it" in alert.summary
+    assert alert.severity == "critical"
+    assert "suspended until an admin resumes it (corroborated: anomaly, new-network)" in (
+        alert.summary
+    )
 
 
 def test_reconnaissance_then_diversion_abroad_is_blocked() -> None:
@@ -242,9 +257,18 @@ def test_reconnaissance_then_diversion_abroad_is_blocked() -> None:
     change = g.authorize(
         attempt("011493012345678", kind="forward-change", at=TUESDAY_10 + 2 * HOUR)
     )
-    assert not change.allow and change.severity == "critical" and change.rule == "recon"
+    assert not change.allow and change.rule == "recon"
     assert any("reconnaissance pattern" in r for r in change.reasons)
-    assert "withheld" in change.reasons[0] and "foreign +442079460000" in change.reasons[0]
+    assert "withheld" in change.reasons[0] and "+442079460000" in change.reasons[0]
+    assert g.is_suspended("acme", "1000") is None  # one sign: refused, alerted
+    assert change.severity == "warning"
+    # the phone diverts there anyway: a second sign, the extension is suspended
+    used = g.authorize(
+        attempt(
+            "011493012345678", kind="forwarded", caller="+12025550177", at=TUESDAY_10 + 2.5 * HOUR
+        )
+    )
+    assert not used.allow and used.severity == "critical"
     assert g.is_suspended("acme", "1000") is not None
 
 
@@ -254,8 +278,17 @@ def test_diverted_premium_call_is_critical_and_suspends() -> None:
     assert not set_it.allow and set_it.severity == "warning"
     assert g.is_suspended("acme", "1000") is None
     used = g.authorize(attempt("19005550123", kind="forwarded", caller="+12025550100"))
+    assert not used.allow and used.rule == "forwarding-destination"
+    assert g.is_suspended("acme", "1000") is None  # refused: one sign is not corroboration
+    # with probes aimed at the extension before, the diverted call suspends it
+    g = guard()
+    for ref, caller in ((1, "anonymous"), (2, "+442079460000")):
+        probe = attempt("+12025550100", kind="inbound", caller=caller, at=TUESDAY_10 - ref * HOUR)
+        g.on_call_start(probe, ref)
+        g.on_call_answer(ref, probe.at + 5)
+        g.on_call_end(ref, probe.at + 25)
+    used = g.authorize(attempt("19005550123", kind="forwarded", caller="+12025550100"))
     assert not used.allow and used.severity == "critical"
-    assert used.rule == "forwarding-destination"
     assert g.is_suspended("acme", "1000") is not None
     alerts = list(g.outbox)
     assert alerts[-1].suspend and alerts[-1].key == "acme/1000/forwarding-destination"

@@ -290,9 +290,16 @@ class Guard:
         if isinstance(verdict, Decision):
             return self._refused_destination(attempt, ext, policy, verdict)
         if policy.suspend_on_critical and self._corroborated(ext, now):
-            return self._refuse(attempt, ext, policy, "anomaly", (
-                "refused as likely fraud: " + "; ".join(sorted({s.why for s in ext.signals})),
-            ), False, 100, force=True)
+            return self._refuse(
+                attempt,
+                ext,
+                policy,
+                "anomaly",
+                ("refused as likely fraud: " + "; ".join(sorted({s.why for s in ext.signals})),),
+                False,
+                100,
+                force=True,
+            )
         assert dest is not None
         reasons = verdict
         rate = self.rates.per_minute(dest)
@@ -465,6 +472,18 @@ class Guard:
                 self._signal(ext, now, "probing", decision.reasons[0])
         elif attempt.kind == "forwarded" and decision.severity == "critical":
             self._signal(ext, now, "diversion-refused", decision.reasons[0])
+        if attempt.kind in ("forwarded", "forward-change"):
+            probes = rules.recon(attempt, ext)
+            if probes is not None:
+                self._signal(ext, now, "recon", probes)
+                decision = Decision(
+                    False,
+                    (*decision.reasons, probes),
+                    decision.status,
+                    decision.score,
+                    decision.severity,
+                    decision.rule,
+                )
         suspend = (
             decision.severity is not None
             and policy.suspend_on_critical
@@ -613,9 +632,15 @@ class Guard:
         """Learn the attempts that are more than an hour old, unless the extension was
         under an alert in the last day (then they are dropped: not trainable)."""
         recent = ext.recent
+        forwards = ext.forwards
+        clean = ext.suspended is None and ext.alerted_at <= now - DAY
+        while forwards and forwards[0][0] <= now - HOUR:
+            at, e164 = forwards.popleft()
+            if clean and at > ext.alerted_at + DAY:
+                ext.baseline.learn_forward(e164)
+                ext.dirty = True
         if not recent or recent[0][0] > now - HOUR:
             return
-        clean = ext.suspended is None and ext.alerted_at <= now - DAY
         while recent and recent[0][0] <= now - HOUR:
             at, hour_of_week, country, e164, day, hour, network, forwarded = recent.popleft()
             if not clean or at <= ext.alerted_at + DAY:
@@ -663,7 +688,9 @@ class Guard:
 
     def _record_forward(self, attempt: CallAttempt, ext: ExtState, dest: Destination) -> None:
         ext.forward_set = dest.e164
-        ext.recent.append((attempt.at, 0, dest.country, dest.e164, 0, 0, "", True))
+        ext.forwards.append((attempt.at, dest.e164))
+        if len(ext.forwards) > 100:
+            ext.forwards.popleft()
 
     # -- outcomes ------------------------------------------------------------------------
 

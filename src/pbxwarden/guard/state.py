@@ -117,6 +117,7 @@ class ExtState:
     # network, forwarded): learned into the baseline only when they leave the hour, so a
     # burst cannot make itself look usual
     recent: deque[tuple[float, int, str, str, int, int, str, bool]] = field(default_factory=deque)
+    forwards: deque[tuple[float, str]] = field(default_factory=deque)  # diversions set, 1 h
     prefixes: deque[tuple[float, str]] = field(default_factory=deque)  # foreign, 10 min
     spend: Spend = field(default_factory=Spend)
     diverted: deque[tuple[float, str]] = field(default_factory=deque)  # forwarded legs, 1 h
