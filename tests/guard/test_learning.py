@@ -103,24 +103,42 @@ def alerts(g: Guard) -> list[str]:
 # -- learned limits ------------------------------------------------------------------------
 
 
+def two_lines(g: Guard, minutes: float) -> set[int]:
+    """Two calls to PH at once for ``minutes``, policed every minute: the refs cut off."""
+    refs = []
+    for k in range(2):
+        a = attempt(PH, T + k)
+        assert g.authorize(a).allow
+        ref = next(_refs)
+        g.on_call_start(a, ref)
+        g.on_call_answer(ref, a.at)
+        refs.append(ref)
+    cut: set[int] = set()
+    t = T
+    while t < T + minutes * 60 and not cut:
+        t += 60
+        cut |= {r for r, _ in g.police(t) if r in refs}
+    for ref in refs:
+        g.on_call_end(ref, t)
+    return cut
+
+
 def test_a_call_centres_hour_is_not_a_breach_but_a_law_offices_is() -> None:
     # the tenant's daily cap is sized to its traffic: the default hourly cap scales
     g = guard(allow_countries=["PH"], tenant_spend_per_day=6000)
-    t = T
-    for _ in range(5):  # 5 x 10 minutes to PH at 0.50: 25 in one hour, over the default 20
-        assert call(g, attempt(PH, t), 10).allow
-        t += 11 * 60
+    assert not two_lines(g, 50)  # 50.00 in under an hour
     assert not [a for a in alerts(g) if "spend" in a]
-    # the same hour for a tenant on the default caps is refused at the cap, with the reason
+    # on the default caps, one call at a time to an allowed country runs its course...
     law = guard(allow_countries=["PH"])
     t = T
-    results = []
-    for _ in range(5):
-        results.append(call(law, attempt(PH, t), 10))
-        t += 11 * 60
-    refused = [d for d in results if not d.allow]
-    assert refused and refused[0].rule == "spend-cap"
-    assert "in the last hour" in refused[0].reasons[0] and "default" in refused[0].reasons[0]
+    for _ in range(5):  # 5 x 11 minutes to PH at 0.50: over the default 20 in an hour
+        assert call(law, attempt(PH, t), 11).allow
+        t += 12 * 60
+    # ... but two at once pass the cap and are cut off, with the reason
+    law = guard(allow_countries=["PH"])
+    assert two_lines(law, 50)
+    cut = [a for a in alerts(law) if "spend-cap" in a]
+    assert cut and "cut off: spend cap reached" in cut[0]
 
 
 def test_learned_caps_scale_with_clean_days_and_an_admins_value_is_a_ceiling() -> None:

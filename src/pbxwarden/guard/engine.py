@@ -308,7 +308,7 @@ class Guard:
         warnings: list[str] = []
         refusal = None
         if attempt.kind != "forward-change":
-            refusal = rules.limits(policy, attempt, ext, tenant, dest, warnings, cur)
+            refusal = rules.limits(policy, attempt, ext, tenant, dest, warnings, cur, rate)
         risk = self._high_risk(dest)
         # Scored even when a limit refuses: an attacker hammering a limit at night is more
         # than a limit reached, and must be stopped (and its calls cut), not just slowed.
@@ -915,22 +915,25 @@ class Guard:
         """Calls to cut off now: suspended extensions, spend caps, maximum duration,
         calls into a range found pumped."""
         cut, self._cutoffs = self._cutoffs, []
-        over: set[tuple[str, str]] = set()
+        over: dict[tuple[str, str], float] = {}  # extension -> dearest rate running
         for ref, call in self._active.items():
             if call.answered is None:
                 continue
             if now - call.answered > call.max_seconds:
                 cut.append((ref, f"costly call longer than {call.max_seconds / 60:g} minutes"))
                 continue
-            over.add((call.tenant, call.extension))
-        for tenant_name, number in over:
+            key = (call.tenant, call.extension)
+            over[key] = max(over.get(key, 0.0), call.rate)
+        for (tenant_name, number), dearest in over.items():
             ext = self._ext[(tenant_name, number)]
             policy = self.book.effective(tenant_name, number, True)
             hour, day = ext.spend.totals(now)
             tenant = self._tenants[tenant_name]
             tenant_day = tenant.spend.totals(now)[1]
             cur = self.rates.currency
-            cap_hour, cap_day, how_hour, how_day = rules.spend_caps(policy, ext.baseline)
+            cap_hour, cap_day, how_hour, how_day = rules.spend_caps(
+                policy, ext.baseline, 60 * dearest
+            )
             breach = None
             if hour > cap_hour:
                 breach = (

@@ -85,7 +85,9 @@ def costly(dest: Destination) -> bool:
     return not dest.national or dest.number_type not in NATIONAL_ALLOWED
 
 
-def spend_caps(policy: TenantPolicy, base: Baseline) -> tuple[float, float, str, str]:
+def spend_caps(
+    policy: TenantPolicy, base: Baseline, channel: float = 0.0
+) -> tuple[float, float, str, str]:
     """The extension's hourly and daily spend caps in force, and how they were set.
 
     A cap the administrator changed from its default is a ceiling as set. A default one
@@ -94,7 +96,10 @@ def spend_caps(policy: TenantPolicy, base: Baseline) -> tuple[float, float, str,
     the default and a ceiling sized from the tenant's daily cap (a tenth of it per
     hour, half of it per day). Before three clean days, a tenant whose daily cap the
     administrator raised gets that ceiling (it is sized to its traffic); others get
-    the default.
+    the default. Whatever was learned, a default hourly cap never stops one call at a
+    time to a destination the tenant allows (``channel``: an hour of the dearest call
+    the extension has running or is making): fraud needs parallel or back-to-back
+    calls, a person makes one.
     """
     hour, day = policy.spend_per_hour, policy.spend_per_day
     scaled_hour = hour == DEFAULTS.spend_per_hour
@@ -118,6 +123,9 @@ def spend_caps(policy: TenantPolicy, base: Baseline) -> tuple[float, float, str,
     else:
         how = "default"
         cap_hour, cap_day = hour, day
+    if channel * 1.05 > cap_hour:
+        cap_hour = channel * 1.05
+        how = "one call at a time to an allowed destination"
     return (
         cap_hour if scaled_hour else hour,
         cap_day if scaled_day else day,
@@ -134,6 +142,7 @@ def limits(
     dest: Destination,
     warnings: list[str],
     currency: str,
+    rate: float,
 ) -> Decision | None:
     now = attempt.at
     number = attempt.extension
@@ -198,7 +207,7 @@ def limits(
             )
         )
     spend_hour, spend_day = ext.spend.totals(now)
-    cap_hour, cap_day, how_hour, how_day = spend_caps(policy, ext.baseline)
+    cap_hour, cap_day, how_hour, how_day = spend_caps(policy, ext.baseline, 60 * rate)
     checks.append(
         (
             spend_hour,
