@@ -33,14 +33,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
-import tomllib
 from collections import deque
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
-from pbxwarden.guard import rules
-from pbxwarden.guard.baseline import DAY, MAX_LEDGER, Baseline, NumberLedger
+from pbxwarden.guard import learn, rules
+from pbxwarden.guard.baseline import DAY, Baseline
+from pbxwarden.guard.destinations import RiskEntry, judge_destination, load_high_risk
 from pbxwarden.guard.policy import GuardConfig, PolicyBook, PolicyOverride, TenantPolicy
 from pbxwarden.guard.rates import RateTable
 from pbxwarden.guard.state import (
@@ -52,8 +51,8 @@ from pbxwarden.guard.state import (
     Signal,
     TenantState,
 )
-from pbxwarden.pbx.numbers import Destination, classify
-from pbxwarden.pbx.policy import NATIONAL_ALLOWED, CallAttempt, Decision
+from pbxwarden.pbx.numbers import Destination
+from pbxwarden.pbx.policy import CallAttempt, Decision
 
 __all__ = [
     "Guard",
@@ -66,7 +65,6 @@ __all__ = [
 ]
 
 COSTLY_KINDS = ("external", "forwarded", "forward-change")
-WITHHELD = frozenset(("", "anonymous", "unknown", "restricted", "private", "unavailable"))
 # Signs that an extension is in an attacker's hands; two different ones within 24 hours
 # suspend it (one alone refuses the call and alerts).
 SIGNALS = {
@@ -79,24 +77,6 @@ SIGNALS = {
 }
 SIGNAL_WINDOW = DAY
 PROBING = 3
-
-
-@dataclass(frozen=True, slots=True)
-class RiskEntry:
-    prefix: str
-    name: str
-
-
-def load_high_risk() -> list[RiskEntry]:
-    """The bundled list (``guard/data/high_risk.toml``), longest prefixes first."""
-    text = resources.files("pbxwarden.guard").joinpath("data/high_risk.toml").read_text()
-    entries = [RiskEntry(d["prefix"], d["name"]) for d in tomllib.loads(text)["destination"]]
-    return sorted(entries, key=lambda e: len(e.prefix), reverse=True)
-
-
-def _longest(prefixes: list[str], e164: str) -> str | None:
-    matches = [p for p in prefixes if e164.startswith(p)]
-    return max(matches, key=len) if matches else None
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -303,7 +283,7 @@ class Guard:
         assert dest is not None
         reasons = verdict
         rate = self.rates.per_minute(dest)
-        self._settle(ext, tenant, now)
+        learn.settle(ext, tenant, now)
         cur = self.rates.currency
         warnings: list[str] = []
         refusal = None
@@ -347,7 +327,7 @@ class Guard:
             text = f"refused as likely fraud (risk score {score}/100): " + "; ".join(why)
             return self._refuse(attempt, ext, policy, rule, (text, *reasons), learning, score)
         if attempt.kind != "forward-change":
-            self._record(attempt, ext, dest, local, network)
+            learn.record(attempt, ext, dest, local, network)
         else:
             self._record_forward(attempt, ext, dest)
         severity, rule = None, ""
@@ -541,8 +521,6 @@ class Guard:
             ):
                 self._cutoffs.append((ref, f"calls into the dear range {prefix} refused"))
 
-    # -- destination rules ---------------------------------------------------------------
-
     def _destination(
         self,
         policy: TenantPolicy,
@@ -550,73 +528,7 @@ class Guard:
         dest: Destination | None,
         in_hours: bool,
     ) -> Decision | list[str]:
-        if dest is None or not dest.valid:
-            return Decision(False, (f"{attempt.dialed!r} is not a valid telephone number",), 404)
-        diversion = attempt.kind in ("forwarded", "forward-change")
-        rule = "forwarding-destination" if diversion else "destination"
-        # A diversion to a number the extension may not call is the attack itself when
-        # it is followed; when it is only being set, someone tried.
-        severity = "critical" if attempt.kind == "forwarded" else "warning"
-        denied = _longest(policy.deny_prefixes, dest.e164)
-        if denied:
-            return Decision(
-                False,
-                (f"{dest.e164} matches {denied}, on the tenant's deny list",),
-                severity=severity,
-                rule=rule,
-            )
-        allowed = _longest(policy.allow_prefixes, dest.e164)
-        if allowed:
-            return [f"{dest.e164} matches {allowed}, on the tenant's allow list"]
-        reasons = []
-        hours = "" if in_hours else " outside business hours"
-        if not dest.national:
-            if dest.country not in policy.allow_countries:
-                return Decision(
-                    False,
-                    (
-                        f"international call to {dest.e164} ({dest.country}) is not allowed"
-                        f"{hours}: add the country to the tenant's allow_countries if it is "
-                        "expected",
-                    ),
-                    severity=severity,
-                    rule=rule,
-                )
-            if diversion and not policy.allow_international_forwarding:
-                return Decision(
-                    False,
-                    (
-                        f"diversion to the international number {dest.e164} is not allowed: "
-                        "set allow_international_forwarding if it is expected",
-                    ),
-                    severity=severity,
-                    rule=rule,
-                )
-            reasons.append(f"calls to {dest.country} are allowed")
-        if dest.number_type not in NATIONAL_ALLOWED and dest.number_type not in (
-            policy.allow_special
-        ):
-            return Decision(
-                False,
-                (f"{dest.number_type} number {dest.e164} is not allowed by the policy{hours}",),
-                severity=severity,
-                rule=rule,
-            )
-        risk = self._high_risk(dest)
-        if risk is not None and not policy.allow_high_risk:
-            return Decision(
-                False,
-                (
-                    f"{dest.e164} is in {risk.name} ({risk.prefix}), a high-risk destination "
-                    "for revenue-share fraud",
-                ),
-                severity=severity,
-                rule=rule,
-            )
-        reasons.append(
-            f"{'national' if dest.national else 'international'} {dest.number_type} number"
-        )
-        return reasons
+        return judge_destination(policy, attempt, dest, in_hours, self._high_risk)
 
     def _high_risk(self, dest: Destination) -> RiskEntry | None:
         e164 = dest.e164
@@ -627,64 +539,6 @@ class Guard:
         return None
 
     # -- learning ------------------------------------------------------------------------
-
-    def _settle(self, ext: ExtState, tenant: TenantState, now: float) -> None:
-        """Learn the attempts that are more than an hour old, unless the extension was
-        under an alert in the last day (then they are dropped: not trainable)."""
-        recent = ext.recent
-        forwards = ext.forwards
-        clean = ext.suspended is None and ext.alerted_at <= now - DAY
-        while forwards and forwards[0][0] <= now - HOUR:
-            at, e164 = forwards.popleft()
-            if clean and at > ext.alerted_at + DAY:
-                ext.baseline.learn_forward(e164)
-                ext.dirty = True
-        if not recent or recent[0][0] > now - HOUR:
-            return
-        while recent and recent[0][0] <= now - HOUR:
-            at, hour_of_week, country, e164, day, hour, network, forwarded = recent.popleft()
-            if not clean or at <= ext.alerted_at + DAY:
-                continue
-            if forwarded:
-                ext.baseline.learn_forward(e164)
-                ext.dirty = True
-                continue
-            ext.baseline.learn_call(hour_of_week, country, e164, day, hour)
-            tenant.baseline.learn_call(hour_of_week, country, e164, day, hour)
-            ext.baseline.learn_network(network)
-            prefix = rules.range_of(e164)
-            if prefix in tenant.ranges or tenant.baseline.range_days(prefix):
-                tenant.baseline.learn_range(prefix, day)
-            ext.dirty = tenant.dirty = True
-
-    def _record(
-        self,
-        attempt: CallAttempt,
-        ext: ExtState,
-        dest: Destination,
-        local: dt.datetime,
-        network: str,
-    ) -> None:
-        now = attempt.at
-        if ext.baseline.calls == 0:  # the first call starts the history (not a suspension)
-            ext.baseline.first_at = min(ext.baseline.first_at, now)
-        hour_of_week = local.weekday() * 24 + local.hour
-        ext.recent.append(
-            (
-                now,
-                hour_of_week,
-                dest.country,
-                dest.e164,
-                local.toordinal(),
-                local.hour,
-                network,
-                attempt.kind == "forwarded",
-            )
-        )
-        if rules.costly(dest):
-            ext.prefixes.append((now, dest.e164[:6]))
-            if len(ext.prefixes) > 1000:
-                ext.prefixes.popleft()
 
     def _record_forward(self, attempt: CallAttempt, ext: ExtState, dest: Destination) -> None:
         ext.forward_set = dest.e164
@@ -818,7 +672,12 @@ class Guard:
     def on_call_end(self, ref: int, at: float) -> float | None:
         inbound = self._inbound.pop(ref, None)
         if inbound is not None:
-            self._inbound_ended(inbound, at)
+            learn.inbound_ended(
+                self._tenant_state(inbound.tenant, at),
+                lambda: self._ext_state(inbound.tenant, inbound.extension, at),
+                inbound,
+                at,
+            )
         call = self._active.pop(ref, None)
         if call is None:
             return None
@@ -846,58 +705,8 @@ class Guard:
             if state is not None and state.test is None:
                 state.test = (at, call.extension, call.e164)
         if call.new_number:
-            self._ledger(ext, call, at, talked, cost)
+            learn.ledger(ext, call, at, talked, cost)
         return round(cost, 4)
-
-    def _ledger(self, ext: ExtState, call: Active, at: float, talked: float, cost: float) -> None:
-        base = ext.baseline
-        entry = base.ledger.get(call.e164)
-        if entry is None:
-            if len(base.ledger) >= MAX_LEDGER:
-                horizon = at - rules.DRIP_DAYS * DAY
-                base.ledger = {k: v for k, v in base.ledger.items() if v.first_at > horizon}
-                if len(base.ledger) >= MAX_LEDGER:
-                    return
-            entry = base.ledger[call.e164] = NumberLedger(at)
-        if entry.last_day != call.day:
-            entry.days += 1
-            entry.last_day = call.day
-        entry.spend += cost
-        if talked >= rules.DRIP_LONG * 60:
-            entry.long_calls += 1
-        if entry.days == 2 and entry.long_calls >= 2 and ext.alerted_at <= at - DAY:
-            base.drip_ok += 1  # a daily long call that nothing else was wrong with
-
-    def _inbound_ended(self, inbound: Inbound, at: float) -> None:
-        """Remember who rang whom: unknown callers' short calls to an extension (probes
-        before a diversion) and short or missed calls tenant-wide (wangiri)."""
-        talked = at - inbound.answered if inbound.answered is not None else 0.0
-        tenant = self._tenant_state(inbound.tenant, at)
-        caller = inbound.caller.strip().lower()
-        withheld = caller in WITHHELD or not any(c.isdigit() for c in caller)
-        e164 = ""
-        if not withheld:
-            origin = classify(inbound.caller, inbound.home)
-            e164 = origin.e164 if origin is not None and origin.valid else ""
-        seen = bool(e164) and e164 in tenant.callers
-        if e164:
-            tenant.callers[e164] = at
-            if len(tenant.callers) > 20_000:
-                tenant.prune(at)
-        if not inbound.extension:
-            return
-        if inbound.answered is not None and talked <= rules.PROBE_SECONDS and not seen:
-            ext = self._ext_state(inbound.tenant, inbound.extension, at)
-            ext.probes.append((at, "withheld" if withheld else e164 or "invalid"))
-            if len(ext.probes) > 50:
-                ext.probes.popleft()
-        if e164 and talked <= rules.WANGIRI_SECONDS:
-            rang = tenant.rang.get(e164)
-            if rang is None:
-                rang = tenant.rang[e164] = deque(maxlen=100)
-                if len(tenant.rang) > 5_000:
-                    tenant.prune(at)
-            rang.append((at, inbound.extension))
 
     def _release(self, ref: int, call: Active) -> None:
         ext = self._ext.get((call.tenant, call.extension))
