@@ -368,7 +368,8 @@ class Guard:
         habitual = dest.e164 in ext.baseline.forward_targets or (
             attempt.kind == "forwarded" and dest.e164 == ext.forward_set
         )
-        if attempt.kind in ("forwarded", "forward-change") and rules.costly(dest) and not habitual:
+        watched = rules.watched(dest, rate, risk is not None)
+        if attempt.kind in ("forwarded", "forward-change") and watched and not habitual:
             found = rules.recon(attempt, ext)
             if found is not None:
                 return "recon", found, "recon"
@@ -642,16 +643,15 @@ class Guard:
             )
             if rules.watched(dest, rate, self._high_risk(dest) is not None):
                 prefix = rules.range_of(dest.e164)
-                if tenant.baseline.range_days(prefix) < rules.RANGE_KNOWN_DAYS:
-                    call.dear_range = prefix
-                    state = tenant.ranges.get(prefix)
-                    if state is None:
-                        state = tenant.ranges[prefix] = RangeState(attempt.at)
-                        if len(tenant.ranges) > 2_000:
-                            tenant.prune(attempt.at)
-                    state.calls.append((attempt.at, attempt.extension, dest.e164))
-                    if len(state.calls) > 200:
-                        state.calls.popleft()
+                call.dear_range = prefix
+                state = tenant.ranges.get(prefix)
+                if state is None:
+                    state = tenant.ranges[prefix] = RangeState(attempt.at)
+                    if len(tenant.ranges) > 2_000:
+                        tenant.prune(attempt.at)
+                state.calls.append((attempt.at, attempt.extension, dest.e164))
+                if len(state.calls) > 200:
+                    state.calls.popleft()
         self._active[ref] = call
         ext.active.add(ref)
         tenant.active.add(ref)

@@ -22,7 +22,7 @@ import datetime as dt
 
 from pbxwarden.guard.baseline import DAY, WEEKDAYS, Baseline
 from pbxwarden.guard.policy import TenantPolicy
-from pbxwarden.guard.state import HOUR, ExtState, TenantState
+from pbxwarden.guard.state import HOUR, ExtState, RangeState, TenantState
 from pbxwarden.pbx.numbers import Destination
 from pbxwarden.pbx.policy import NATIONAL_ALLOWED, CallAttempt, Decision
 
@@ -62,6 +62,7 @@ TEST_CALL_SECONDS = 60.0
 PUMP_WINDOW = 72 * HOUR
 SPREAD_WINDOW = HOUR
 SPREAD_EXTENSIONS = 3
+SPREAD_KNOWN = 5  # in a range the tenant already calls
 BURST_NUMBERS = 3
 WANGIRI_WINDOW = 72 * HOUR
 WANGIRI_EXTENSIONS = 3
@@ -289,12 +290,12 @@ def dear_range(
     """Test call then pump, a burst into one new range, or one range from many
     extensions. Returns (why, spread: cut the tenant's calls into the range too)."""
     prefix = range_of(dest.e164)
-    if tenant.baseline.range_days(prefix) >= RANGE_KNOWN_DAYS:
-        return None
     state = tenant.ranges.get(prefix)
     if state is None:
         return None
     now = attempt.at
+    if tenant.baseline.range_days(prefix) >= RANGE_KNOWN_DAYS:
+        return _spread_known(attempt, tenant, state, dest, number, prefix)
     if state.blocked > now:
         return (
             f"the range {prefix} was found pumped ({state.why}); its calls are refused for "
@@ -327,6 +328,38 @@ def dear_range(
             f"extension {number} called {len(mine)} numbers in the range {prefix} in the "
             "last hour, a range the tenant never used before",
             False,
+        )
+    return None
+
+
+def _spread_known(
+    attempt: CallAttempt,
+    tenant: TenantState,
+    state: RangeState,
+    dest: Destination,
+    number: str,
+    prefix: str,
+) -> tuple[str, bool] | None:
+    """A range the tenant calls: only many extensions at once, to numbers it never
+    called, is a spread (a revenue-share block can sit beside a family's numbers)."""
+    now = attempt.at
+    if state.blocked > now:
+        return (f"the range {prefix} was found pumped; its calls are refused for 24 hours", False)
+    calls = state.calls
+    while calls and calls[0][0] <= now - SPREAD_WINDOW:
+        calls.popleft()
+    known = tenant.baseline.targets
+    fresh = [(e, n) for _, e, n in calls if n not in known]
+    if dest.e164 in known:
+        return None
+    exts = {e for e, _ in fresh} | {number}
+    numbers = {n for _, n in fresh} | {dest.e164}
+    if len(exts) >= SPREAD_KNOWN and len(numbers) >= SPREAD_KNOWN:
+        return (
+            f"{len(exts)} extensions of tenant {attempt.tenant} called {len(numbers)} numbers "
+            f"never called before in the range {prefix} in the last hour (calls spread over "
+            "extensions to stay under each one's limits)",
+            True,
         )
     return None
 

@@ -131,7 +131,8 @@ class Report:
             "refused < 1 per 1,000 extension-days": self.per_1000(self.clean_refused) < 1.0,
             "no clean extension suspended": self.suspended_clean == 0,
             "every attack stopped within budget": all(
-                a.lost < self.budget and (a.blocked or a.lost == 0) for a in self.attacks
+                a.lost < self.budget and (a.blocked or a.without_guard < self.budget)
+                for a in self.attacks
             ),
         }
 
@@ -205,7 +206,8 @@ class Report:
         for a in self.attacks:
             hours = a.hours_to_block
             lines.append(
-                f"| {a.scenario} | {'yes' if a.blocked else 'NO'} | "
+                f"| {a.scenario} | "
+                f"{'yes' if a.blocked else 'NO' if a.without_guard >= budget else 'no (cheap)'} | "
                 f"{'yes' if a.alerted else 'no'} | "
                 f"{'-' if a.first_block_after_calls is None else a.first_block_after_calls} | "
                 f"{'-' if hours is None else f'{hours:.2f}'} | "
@@ -295,7 +297,10 @@ class Simulation:
         self.alerts: list[GuardAlert] = []
         self.attack_owner: dict[tuple[str, str], AttackResult] = {}
         self._busy_until: dict[tuple[str, str], float] = {}
-        self.stays: dict[str, tuple[int, str]] = {}  # hotel room -> (last night, home number)
+        self.stays: dict[str, tuple[int, str]] = {}
+        self.forward_ok: dict[
+            tuple[str, str], str | None
+        ] = {}  # diversion the PBX set  # hotel room -> (last night, home number)
 
     def at(self, t: float, fn: Callable[[float], None]) -> None:
         heapq.heappush(self._events, (t, next(self._seq), fn))
@@ -360,6 +365,9 @@ class Simulation:
         with ``forward_to``, diverted there as a new costly call paid by ``ext``."""
 
         def fire(now: float) -> None:
+            divert = forward_to
+            if result is None and divert != self.forward_ok.get((tenant.name, ext.number)):
+                divert = None  # the PBX refused that diversion: the call rings the desk
             attempt = CallAttempt(
                 tenant.name,
                 ext.number,
@@ -374,9 +382,9 @@ class Simulation:
             self.decisions += 1
             ref = next(self._refs)
             self.guard.on_call_start(attempt, ref)
-            if forward_to is not None:
+            if divert is not None:
                 self.call(
-                    tenant.name, ext.number, caller, forward_to, "forwarded", now, minutes, result
+                    tenant.name, ext.number, caller, divert, "forwarded", now, minutes, result
                 )
                 self.at(now + 2, lambda t: self._inbound_end(ref, t))
                 return
@@ -409,6 +417,8 @@ class Simulation:
             decision = self.guard.authorize(attempt)
             self.decisions += 1
             self._collect()
+            if result is None:
+                self.forward_ok[(ext.tenant, ext.number)] = target if decision.allow else None
             if result is not None and not decision.allow:
                 self._blocked(result, now)
             elif result is None and not decision.allow:
