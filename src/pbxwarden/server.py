@@ -905,9 +905,7 @@ class SipServer:
         task.add_done_callback(self._tasks.discard)
 
 
-def overload_state(
-    was: int, lag: float, lag_limit: float, backlog: int, backlog_limit: int
-) -> int:
+def overload_state(was: int, lag: float, lag_limit: float, backlog: int, backlog_limit: int) -> int:
     """How hard to shed new calls: 0 not at all, 1 those without credentials, 2 all.
 
     2 when the loop lags past its limit or the receive queue is four times its limit;

@@ -322,23 +322,35 @@ def test_a_test_call_then_a_pump_into_the_range_is_refused_at_its_first_call() -
     assert g2.authorize(attempt("+5351234567", T + 5 * HOUR)).allow
 
 
-def test_one_range_from_many_extensions_is_refused_and_its_calls_cut() -> None:
-    g = guard(allow_countries=["CU"], allow_high_risk=True)
+def spread(g: Guard, count: int, source: str = OFFICE) -> tuple[list[int], Decision]:
+    """Extensions 3000... each calling a new number of +535123, 150 s apart."""
     refs = []
-    for k in range(3):
-        a = attempt(f"+535123{k:04d}", T + k * 150, ext=str(3000 + k))
+    for k in range(count):
+        a = attempt(f"+535123{k:04d}", T + k * 150, ext=str(3000 + k), source=source)
         decision = g.authorize(a)
         if decision.allow:
             ref = next(_refs)
             g.on_call_start(a, ref)
             g.on_call_answer(ref, a.at)
             refs.append(ref)
-    assert len(refs) == 2
-    assert "extensions of tenant acme called 3 numbers in the range" in decision.reasons[0]
-    cut = {r for r, _ in g.police(T + 400)}
+    return refs, decision
+
+
+def test_one_range_from_many_extensions_is_refused_and_its_calls_cut() -> None:
+    g = guard(allow_countries=["CU"], allow_high_risk=True)
+    refs, decision = spread(g, 5)  # phones without history: five are needed
+    assert len(refs) == 4
+    assert "extensions of tenant acme called 5 numbers in the range" in decision.reasons[0]
+    cut = {r for r, _ in g.police(T + 800)}
     assert set(refs) <= cut
     # the range stays refused for the other extensions too
     assert not g.authorize(attempt("+5351239999", T + HOUR, ext="3009")).allow
+    # phones calling from networks they never used: three are enough
+    g = guard(allow_countries=["CU"], allow_high_risk=True)
+    for k in range(4):
+        office_history(g, ext=str(3000 + k), days=7, numbers=(HOME, "+5371500049", HOME))
+    refs, decision = spread(g, 3, source="udp:203.0.113.7:5060")
+    assert len(refs) == 2 and not decision.allow and decision.rule == "range"
 
 
 # -- report-only -------------------------------------------------------------------------
@@ -380,3 +392,34 @@ def test_old_baseline_rows_still_load() -> None:
     assert base.hour_days == [0] * 24 and base.ledger == {}
     again = Baseline.from_json(base.to_json())
     assert again.to_json() == base.to_json()
+
+
+def test_a_spread_into_a_range_the_tenant_calls_needs_new_numbers_and_odd_phones() -> None:
+    g = guard(allow_countries=["CU"], allow_high_risk=True)
+    family = ("+5351230001", "+5351230002", "+5351230003")
+    for day in range(10):  # five extensions call home and family in +535123 every day
+        for k in range(5):
+            for i, number in enumerate((HOME, family[k % 3], "+13125550188")):
+                at = START + day * DAY + k * 600 + i * HOUR
+                assert call(g, attempt(number, at, ext=str(3000 + k)), 3).allow
+    # new numbers in that range from three phones registered elsewhere: a spread
+    thief = "udp:203.0.113.{}:5060"
+    decisions = []
+    for k in range(3):
+        a = attempt(f"+535123{9000 + k}", T + k * 150, ext=str(3000 + k), source=thief.format(k))
+        decisions.append(g.authorize(a))
+        if decisions[-1].allow:
+            g.on_call_start(a, next(_refs))
+    assert [d.allow for d in decisions] == [True, True, False]
+    assert "never called before in the range +535123" in decisions[2].reasons[0]
+    # the same from the extensions' own phones: five are needed (ordinary families)
+    calm = guard(allow_countries=["CU"], allow_high_risk=True)
+    for day in range(10):
+        for k in range(5):
+            for i, number in enumerate((HOME, family[k % 3], "+13125550188")):
+                at = START + day * DAY + k * 600 + i * HOUR
+                assert call(calm, attempt(number, at, ext=str(3000 + k)), 3).allow
+    for k in range(3):
+        a = attempt(f"+535123{9000 + k}", T + k * 150, ext=str(3000 + k))
+        assert calm.authorize(a).allow
+        calm.on_call_start(a, next(_refs))

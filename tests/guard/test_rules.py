@@ -259,9 +259,7 @@ def test_reconnaissance_then_diversion_abroad_is_blocked() -> None:
     normal = attempt("+12025550100", kind="inbound", caller="+12025550177", at=TUESDAY_10 + 3)
     g.on_call_start(normal, 3)
     g.on_call_end(3, normal.at + 10)
-    change = g.authorize(
-        attempt("01137121238657", kind="forward-change", at=TUESDAY_10 + 2 * HOUR)
-    )
+    change = g.authorize(attempt("01137121238657", kind="forward-change", at=TUESDAY_10 + 2 * HOUR))
     assert not change.allow and change.rule == "recon"
     assert any("reconnaissance pattern" in r for r in change.reasons)
     assert "withheld" in change.reasons[0] and "+442079460000" in change.reasons[0]

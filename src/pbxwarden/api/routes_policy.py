@@ -119,7 +119,8 @@ def _report_only(ctx: Any, tenant: str) -> dict[str, Any]:
     until = float(first) + policy.learning_days * DAY if isinstance(first, int | float) else None
     learning = until is None or until > ctx.clock()
     alerts = [
-        a for a in ctx.store.list_alerts(None, tenant, 0.0, 10_000)
+        a
+        for a in ctx.store.list_alerts(None, tenant, 0.0, 10_000)
         if a["rule"].startswith(REPORT_ONLY)
     ]
     rules = []

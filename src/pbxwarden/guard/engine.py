@@ -305,7 +305,12 @@ class Guard:
             new_network,
         )
         learning = self.learning(attempt.tenant, now)
-        pattern = self._patterns(attempt, policy, ext, tenant, dest, rate, risk, local, why)
+        odd = new_network or (
+            not dest.national
+            and ext.baseline.calls >= 10
+            and ext.baseline.country_seen_days(dest.country) == 0
+        )
+        pattern = self._patterns(attempt, policy, ext, tenant, dest, rate, risk, local, why, odd)
         if pattern is not None:
             rule, reason, signal = pattern
             if rule == "recon" and signal == "recon":
@@ -355,6 +360,7 @@ class Guard:
         risk: RiskEntry | None,
         local: dt.datetime,
         why: list[str],
+        odd: bool,
     ) -> tuple[str, str, str] | None:
         """The first correlation that matches: (rule, reason, signal or "")."""
         if attempt.kind == "forwarded" and dest.e164 in ext.refused_forward:
@@ -380,7 +386,14 @@ class Guard:
             return "wangiri", found, ""
         if rules.watched(dest, rate, risk is not None):
             is_dear = rules.dear(dest, rate, risk is not None)
-            spread = rules.dear_range(attempt, tenant, dest, attempt.extension, is_dear)
+            spread = rules.dear_range(attempt, tenant, dest, attempt.extension, is_dear, odd)
+            if odd:
+                prefix = rules.range_of(dest.e164)
+                state = tenant.ranges.get(prefix)
+                if state is None and len(tenant.ranges) < 2_000:
+                    state = tenant.ranges[prefix] = RangeState(attempt.at)
+                if state is not None and (len(state.odd) < 100 or attempt.extension in state.odd):
+                    state.odd[attempt.extension] = attempt.at
             if spread is not None:
                 reason, tenant_wide = spread
                 prefix = rules.range_of(dest.e164)

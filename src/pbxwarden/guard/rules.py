@@ -62,7 +62,7 @@ TEST_CALL_SECONDS = 60.0
 PUMP_WINDOW = 72 * HOUR
 SPREAD_WINDOW = HOUR
 SPREAD_EXTENSIONS = 3
-SPREAD_KNOWN = 5  # in a range the tenant already calls
+SPREAD_KNOWN = 5  # unless two of the extensions call from a new network or country
 BURST_NUMBERS = 3
 WANGIRI_WINDOW = 72 * HOUR
 WANGIRI_EXTENSIONS = 3
@@ -285,7 +285,12 @@ def range_of(e164: str) -> str:
 
 
 def dear_range(
-    attempt: CallAttempt, tenant: TenantState, dest: Destination, number: str, is_dear: bool
+    attempt: CallAttempt,
+    tenant: TenantState,
+    dest: Destination,
+    number: str,
+    is_dear: bool,
+    odd: bool = False,
 ) -> tuple[str, bool] | None:
     """Test call then pump, a burst into one new range, or one range from many
     extensions. Returns (why, spread: cut the tenant's calls into the range too)."""
@@ -295,7 +300,7 @@ def dear_range(
         return None
     now = attempt.at
     if tenant.baseline.range_days(prefix) >= RANGE_KNOWN_DAYS:
-        return _spread_known(attempt, tenant, state, dest, number, prefix)
+        return _spread_known(attempt, tenant, state, dest, number, prefix, odd)
     if state.blocked > now:
         return (
             f"the range {prefix} was found pumped ({state.why}); its calls are refused for "
@@ -315,7 +320,11 @@ def dear_range(
         )
     exts = {e for _, e, _ in calls} | {number}
     numbers = {n for _, _, n in calls} | {dest.e164}
-    if len(exts) >= SPREAD_EXTENSIONS and len(numbers) >= SPREAD_EXTENSIONS:
+    strange = {e for e, t in state.odd.items() if t > now - SPREAD_WINDOW and e in exts}
+    if odd:
+        strange.add(number)
+    enough = SPREAD_EXTENSIONS if len(strange) >= 2 else SPREAD_KNOWN
+    if len(exts) >= enough and len(numbers) >= enough:
         return (
             f"{len(exts)} extensions of tenant {attempt.tenant} called {len(numbers)} numbers in "
             f"the range {prefix} in the last hour, a range the tenant never used before "
@@ -339,9 +348,11 @@ def _spread_known(
     dest: Destination,
     number: str,
     prefix: str,
+    odd: bool,
 ) -> tuple[str, bool] | None:
     """A range the tenant calls: only many extensions at once, to numbers it never
-    called, is a spread (a revenue-share block can sit beside a family's numbers)."""
+    called, is a spread (a revenue-share block can sit beside a family's numbers);
+    three are enough when two of them call from a new network or a new country."""
     now = attempt.at
     if state.blocked > now:
         return (f"the range {prefix} was found pumped; its calls are refused for 24 hours", False)
@@ -354,7 +365,11 @@ def _spread_known(
         return None
     exts = {e for e, _ in fresh} | {number}
     numbers = {n for _, n in fresh} | {dest.e164}
-    if len(exts) >= SPREAD_KNOWN and len(numbers) >= SPREAD_KNOWN:
+    strange = {e for e, t in state.odd.items() if t > now - SPREAD_WINDOW and e in exts}
+    if odd:
+        strange.add(number)
+    enough = SPREAD_EXTENSIONS if len(strange) >= 2 else SPREAD_KNOWN
+    if len(exts) >= enough and len(numbers) >= enough:
         return (
             f"{len(exts)} extensions of tenant {attempt.tenant} called {len(numbers)} numbers "
             f"never called before in the range {prefix} in the last hour (calls spread over "

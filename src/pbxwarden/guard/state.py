@@ -143,6 +143,8 @@ class RangeState:
     first_at: float
     calls: deque[tuple[float, str, str]] = field(default_factory=deque)  # at, ext, e164, 1 h
     test: tuple[float, str, str] | None = None  # short answered call: at, ext, e164
+    odd: dict[str, float] = field(default_factory=dict)  # ext -> last call from a new
+    # network or to a country it never called: compromised phones, not their users
     blocked: float = 0.0  # refused until then: the pattern was found
     why: str = ""
 
