@@ -570,8 +570,8 @@ class Guard:
         would_have: bool = False,
     ) -> None:
         state = self._ext.get((attempt.tenant, attempt.extension))
-        if state is not None:
-            state.alerted_at = attempt.at
+        if state is not None and (not decision.allow or decision.severity == "critical"):
+            state.alerted_at = attempt.at  # learning pauses (an "unusual" warning does not)
         what = {
             "external": f"a call from extension {attempt.extension} to {attempt.dialed}",
             "forwarded": f"a call diverted by extension {attempt.extension} to {attempt.dialed}",

@@ -507,7 +507,10 @@ def score(
     if mature and calling:
         day = local.weekday()
         hour_of_week = day * 24 + local.hour
-        expected = base.expected_calls(hour_of_week, now)
+        # the hour of the week's own average, but never below half of this extension's
+        # average per active hour: one missing week must not make every call a burst
+        slots = sum(base.hour_days) or 1
+        expected = max(base.expected_calls(hour_of_week, now), 0.5 * base.calls / slots)
         count = len(ext.recent) + 1
         if count >= 5 and count >= 4 * expected + 3:
             points += W_BURST
@@ -515,7 +518,9 @@ def score(
                 f"{count} costly calls in the last hour; extension {number} usually makes "
                 f"{expected:.1f} on {WEEKDAYS[day]}s at {local.hour:02d}:00"
             )
-        usual = base.expected_spend(day, now)
+        usual = max(
+            base.expected_spend(day, now), 0.5 * sum(base.spend_by_day) / 7 / base.weeks(now)
+        )
         spent = ext.spend.totals(now)[1]
         if spent >= SPEND_FLOOR and spent >= 10 * max(usual, 0.1):
             points += W_SPEND
