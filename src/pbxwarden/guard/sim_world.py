@@ -237,7 +237,7 @@ def _tenant(
         allow_international_forwarding=forwarding_abroad,
         timezone=zone,
         business_hours=business,
-        max_concurrent_calls=max(10, math.ceil(size * (0.7 if busy else 0.4))),
+        max_concurrent_calls=max(10, math.ceil(size * (1.0 if busy else 0.4))),
         tenant_spend_per_day=max(500.0, round(3 * daily, -1)),
     )
     did = numbers(home, "fixed")
