@@ -280,21 +280,21 @@ def test_diverted_premium_call_is_critical_and_suspends() -> None:
     set_it = g.authorize(attempt("19005550123", kind="forward-change"))
     assert not set_it.allow and set_it.severity == "warning"
     assert g.is_suspended("acme", "1000") is None
-    used = g.authorize(attempt("19005550123", kind="forwarded", caller="+12025550100"))
-    assert not used.allow and used.rule == "forwarding-destination"
-    assert g.is_suspended("acme", "1000") is None  # refused: one sign is not corroboration
-    # with probes aimed at the extension before, the diverted call suspends it
-    g = guard()
-    for ref, caller in ((1, "anonymous"), (2, "+442079460000")):
-        probe = attempt("+12025550100", kind="inbound", caller=caller, at=TUESDAY_10 - ref * HOUR)
-        g.on_call_start(probe, ref)
-        g.on_call_answer(ref, probe.at + 5)
-        g.on_call_end(ref, probe.at + 25)
+    # the phone diverts to premium rate itself: who but a premium number's owner gains?
     used = g.authorize(attempt("19005550123", kind="forwarded", caller="+12025550100"))
     assert not used.allow and used.severity == "critical"
+    assert used.rule == "forwarding-destination"
     assert g.is_suspended("acme", "1000") is not None
     alerts = list(g.outbox)
     assert alerts[-1].suspend and alerts[-1].key == "acme/1000/forwarding-destination"
+    assert "corroborated: diversion-refused, revenue-share" in alerts[-1].summary
+
+
+def test_a_refused_diversion_abroad_alone_does_not_suspend() -> None:
+    g = guard(allow_countries=["GB"])  # no international forwarding
+    used = g.authorize(attempt("011447400123456", kind="forwarded", caller="+12025550100"))
+    assert not used.allow and used.rule == "forwarding-destination"
+    assert used.severity == "warning" and g.is_suspended("acme", "1000") is None
 
 
 def test_national_forwarding_is_not_an_alert() -> None:

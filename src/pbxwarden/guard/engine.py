@@ -52,7 +52,7 @@ from pbxwarden.guard.state import (
     TenantState,
 )
 from pbxwarden.pbx.numbers import Destination
-from pbxwarden.pbx.policy import CallAttempt, Decision
+from pbxwarden.pbx.policy import NATIONAL_ALLOWED, CallAttempt, Decision
 
 __all__ = [
     "Guard",
@@ -70,6 +70,7 @@ COSTLY_KINDS = ("external", "forwarded", "forward-change")
 SIGNALS = {
     "recon": "probes aimed at its number before a costly diversion",
     "diversion-refused": "inbound calls diverted to a number it may not call",
+    "revenue-share": "the phone itself diverting to premium-rate or high-risk numbers",
     "probing": "three or more calls to numbers it may not call within an hour",
     "new-network": "a costly call from a network it never used",
     "range": "a test call then a burst, or a burst, into a new dear range",
@@ -466,6 +467,13 @@ class Guard:
                 self._signal(ext, now, "probing", decision.reasons[0])
         elif attempt.kind == "forwarded" and decision.severity == "critical":
             self._signal(ext, now, "diversion-refused", decision.reasons[0])
+            dest = attempt.destination
+            if (
+                dest is not None
+                and dest.valid
+                and (dest.number_type not in NATIONAL_ALLOWED or self._high_risk(dest) is not None)
+            ):
+                self._signal(ext, now, "revenue-share", decision.reasons[0])
         if attempt.kind in ("forwarded", "forward-change"):
             probes = rules.recon(attempt, ext)
             if probes is not None:
