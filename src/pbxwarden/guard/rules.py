@@ -402,8 +402,9 @@ def drip(
     entry = ext.baseline.ledger.get(dest.e164)
     if entry is None or entry.last_day == day or attempt.at - entry.first_at > DRIP_DAYS * DAY:
         return None
-    habit = ext.baseline.long_calls.get(dest.country, 0)
-    threshold = DRIP_SPEND * (5 if ext.baseline.drip_ok >= 2 or habit >= DRIP_HABIT else 1)
+    if ext.baseline.long_calls.get(dest.country, 0) >= DRIP_HABIT:
+        return None  # long calls to that country are what this extension does
+    threshold = DRIP_SPEND * (5 if ext.baseline.drip_ok >= 2 else 1)
     if entry.long_calls < 1 or entry.spend < threshold:
         return None
     age = (attempt.at - entry.first_at) / DAY

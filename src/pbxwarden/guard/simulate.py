@@ -421,6 +421,13 @@ class Simulation:
                 self.forward_ok[(ext.tenant, ext.number)] = target if decision.allow else None
             if result is not None and not decision.allow:
                 self._blocked(result, now)
+            elif (
+                result is None
+                and not decision.allow
+                and self.guard.is_suspended(ext.tenant, ext.number)
+                and (ext.tenant, ext.number) in self.attack_owner
+            ):
+                self.clean_suspended += 1  # the attacked extension's own user, after the attack
             elif result is None and not decision.allow:
                 self.clean_refused += 1
                 self.refused_reasons[decision.rule or "?"] = (
