@@ -61,6 +61,10 @@ class Baseline:
     drip_ok: int = 0  # new numbers that became daily long calls while nothing was wrong
     ledger: dict[str, NumberLedger] = field(default_factory=dict)
     ranges: dict[str, list[int]] = field(default_factory=dict)  # dear range -> [days, last]
+    network_calls: int = 0  # calls learned with a network (sum of ``networks``)
+    _peak_cache: tuple[list[float], list[float]] | None = field(
+        default=None, repr=False, compare=False
+    )
     long_calls: dict[str, int] = field(default_factory=dict)  # country -> calls of 20 min+
 
     def learn_range(self, prefix: str, day: int) -> None:
@@ -108,6 +112,7 @@ class Baseline:
 
     def learn_peak(self, day: int, hour_peak: float, day_spend: float) -> None:
         """A clean day's highest hourly spend and its total (the last 14 kept)."""
+        self._peak_cache = None
         if self.peaks and self.peaks[-1][0] == day:
             _, h, d = self.peaks[-1]
             self.peaks[-1] = (day, max(h, hour_peak), max(d, day_spend))
@@ -117,20 +122,25 @@ class Baseline:
 
     def usual_peak(self) -> tuple[list[float], list[float]] | None:
         """The clean days' highest hourly spends and day totals, highest first, or None
-        before three clean days: limits scale with a busy day, not with one odd day."""
+        before three clean days: limits scale with a busy day, not with one odd day.
+        Kept until the next peak is learned (every decision and police round reads it)."""
         if len(self.peaks) < 3:
             return None
-        hours = sorted((p[1] for p in self.peaks), reverse=True)
-        days = sorted((p[2] for p in self.peaks), reverse=True)
-        return hours, days
+        cached = self._peak_cache
+        if cached is None:
+            hours = sorted((p[1] for p in self.peaks), reverse=True)
+            days = sorted((p[2] for p in self.peaks), reverse=True)
+            cached = self._peak_cache = (hours, days)
+        return cached
 
     def learn_forward(self, e164: str) -> None:
         if len(self.forward_targets) < 1000:
             self.forward_targets[e164] = self.forward_targets.get(e164, 0) + 1
 
     def learn_network(self, network: str) -> None:
-        if network and len(self.networks) < 200:
+        if network and (network in self.networks or len(self.networks) < 200):
             self.networks[network] = self.networks.get(network, 0) + 1
+            self.network_calls += 1
 
     def usual_hour(self, hour: int) -> int:
         """Days this extension called at this hour of the day or the hours beside it."""
@@ -218,6 +228,7 @@ class Baseline:
             ),
             forward_targets=counts("forward_targets"),
             networks=counts("networks"),
+            network_calls=sum(counts("networks").values()),
             peaks=(
                 [(int(p[0]), float(p[1]), float(p[2])) for p in peaks][-PEAK_DAYS:]
                 if isinstance(peaks, list)

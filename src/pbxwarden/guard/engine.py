@@ -261,9 +261,7 @@ class Guard:
         tenant = self._tenant_state(attempt.tenant, now)
         network = network_of(attempt.source) if attempt.kind == "external" else ""
         new_network = bool(
-            network
-            and sum(ext.baseline.networks.values()) >= 10
-            and network not in ext.baseline.networks
+            network and ext.baseline.network_calls >= 10 and network not in ext.baseline.networks
         )
         if new_network:
             self._signal(ext, now, "new-network", f"a costly call from {attempt.source}")
