@@ -403,7 +403,7 @@ class Guard:
                         state.blocked = attempt.at + rules.RANGE_BLOCK
                         state.why = reason[:160]
                 return "range", reason, "range"
-        found = rules.drip(attempt, ext, dest, local.toordinal(), self.rates.currency)
+        found = rules.drip(attempt, ext, tenant, dest, local.toordinal(), self.rates.currency)
         if found is not None:
             return "drip", found, ""
         return None
@@ -724,7 +724,7 @@ class Guard:
             if state is not None and state.test is None:
                 state.test = (at, call.extension, call.e164)
         if call.new_number:
-            learn.ledger(ext, call, at, talked, cost)
+            learn.ledger(ext, tenant, call, at, talked, cost)
         return round(cost, 4)
 
     def _release(self, ref: int, call: Active) -> None:

@@ -81,7 +81,9 @@ def record(
             ext.prefixes.popleft()
 
 
-def ledger(ext: ExtState, call: Active, at: float, talked: float, cost: float) -> None:
+def ledger(
+    ext: ExtState, tenant: TenantState, call: Active, at: float, talked: float, cost: float
+) -> None:
     base = ext.baseline
     entry = base.ledger.get(call.e164)
     if entry is None:
@@ -99,6 +101,7 @@ def ledger(ext: ExtState, call: Active, at: float, talked: float, cost: float) -
         entry.long_calls += 1
     if entry.days == 2 and entry.long_calls >= 2 and ext.alerted_at <= at - DAY:
         base.drip_ok += 1  # a daily long call that nothing else was wrong with
+        tenant.baseline.drip_ok += 1  # and the tenant's (a hotel's guests phoning home)
 
 
 def inbound_ended(

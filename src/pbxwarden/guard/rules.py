@@ -395,7 +395,12 @@ def recon(attempt: CallAttempt, ext: ExtState) -> str | None:
 
 
 def drip(
-    attempt: CallAttempt, ext: ExtState, dest: Destination, day: int, currency: str
+    attempt: CallAttempt,
+    ext: ExtState,
+    tenant: TenantState,
+    dest: Destination,
+    day: int,
+    currency: str,
 ) -> str | None:
     """A number first called recently, called again on another day after long calls
     that already cost more than this extension's history explains."""
@@ -404,7 +409,10 @@ def drip(
         return None
     if ext.baseline.long_calls.get(dest.country, 0) >= DRIP_HABIT:
         return None  # long calls to that country are what this extension does
-    threshold = DRIP_SPEND * (5 if ext.baseline.drip_ok >= 2 else 1)
+    # where new numbers called daily for long calls held before without an alert (this
+    # extension twice, or three times in the tenant: a hotel's guests), it takes more
+    usual = ext.baseline.drip_ok >= 2 or tenant.baseline.drip_ok >= 3
+    threshold = DRIP_SPEND * (5 if usual else 1)
     if entry.long_calls < 1 or entry.spend < threshold:
         return None
     age = (attempt.at - entry.first_at) / DAY
