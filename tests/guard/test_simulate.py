@@ -34,6 +34,7 @@ def test_a_guard_that_allows_everything_loses_the_money() -> None:
         allow_countries=["LV", "CU", "CK", "SO", "001", "GB", "DE", "PH", "MX", "IN", "PL"],
         allow_special=["premium-rate", "voip"],
         allow_high_risk=True,
+        allow_prefixes=["+"],  # every destination
         allow_international_forwarding=True,
         max_concurrent_calls=1000,
         max_concurrent_per_extension=1000,

@@ -58,7 +58,7 @@ class Baseline:
     networks: dict[str, int] = field(default_factory=dict)  # source /24 -> days seen
     # per clean day: (day ordinal, highest spend in an hour, spend of the day)
     peaks: list[tuple[int, float, float]] = field(default_factory=list)
-    drip_ok: int = 0  # new numbers that became daily long calls while nothing was wrong
+    drip_ok: int = 0  # new numbers called again on another day while nothing was wrong
     ledger: dict[str, NumberLedger] = field(default_factory=dict)
     ranges: dict[str, list[int]] = field(default_factory=dict)  # dear range -> [days, last]
     network_calls: int = 0  # calls learned with a network (sum of ``networks``)

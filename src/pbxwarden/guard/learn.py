@@ -99,8 +99,8 @@ def ledger(
     entry.spend += cost
     if talked >= rules.DRIP_LONG * 60:
         entry.long_calls += 1
-    if entry.days == 2 and entry.long_calls >= 2 and ext.alerted_at <= at - DAY:
-        base.drip_ok += 1  # a daily long call that nothing else was wrong with
+    if entry.days == 2 and ext.alerted_at <= at - DAY:
+        base.drip_ok += 1  # a new number called again another day, nothing else wrong
         tenant.baseline.drip_ok += 1  # and the tenant's (a hotel's guests phoning home)
 
 

