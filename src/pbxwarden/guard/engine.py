@@ -154,6 +154,7 @@ class Guard:
         state = self._ext.get((tenant, extension))
         if state is None:
             state = self._ext[(tenant, extension)] = ExtState(Baseline(now))
+            self._tenant_state(tenant, now).extensions += 1
         return state
 
     def _tenant_state(self, tenant: str, now: float) -> TenantState:

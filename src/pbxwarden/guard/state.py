@@ -159,7 +159,8 @@ class TenantState:
     callers: dict[str, float] = field(default_factory=dict)
     # short or missed inbound calls per caller: e164 -> deque of (at, extension)
     rang: dict[str, deque[tuple[float, str]]] = field(default_factory=dict)
-    ranges: dict[str, RangeState] = field(default_factory=dict)  # not yet in baseline.ranges
+    ranges: dict[str, RangeState] = field(default_factory=dict)  # watched ranges, 1 h
+    extensions: int = 0  # extensions the guard has seen in the tenant
 
     def prune(self, now: float) -> None:
         """Keep the memories bounded (called when one grows past its cap)."""
