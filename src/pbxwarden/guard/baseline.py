@@ -59,6 +59,7 @@ class Baseline:
     # per clean day: (day ordinal, highest spend in an hour, spend of the day)
     peaks: list[tuple[int, float, float]] = field(default_factory=list)
     drip_ok: int = 0  # new numbers called again on another day while nothing was wrong
+    # (for an extension: with long calls; for a tenant: any)
     ledger: dict[str, NumberLedger] = field(default_factory=dict)
     ranges: dict[str, list[int]] = field(default_factory=dict)  # dear range -> [days, last]
     network_calls: int = 0  # calls learned with a network (sum of ``networks``)

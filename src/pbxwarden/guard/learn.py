@@ -100,8 +100,11 @@ def ledger(
     if talked >= rules.DRIP_LONG * 60:
         entry.long_calls += 1
     if entry.days == 2 and ext.alerted_at <= at - DAY:
-        base.drip_ok += 1  # a new number called again another day, nothing else wrong
-        tenant.baseline.drip_ok += 1  # and the tenant's (a hotel's guests phoning home)
+        # a new number called again another day with nothing else wrong: in the tenant,
+        # any such (a hotel's guests phoning home); for the extension, long calls only
+        tenant.baseline.drip_ok += 1
+        if entry.long_calls >= 2:
+            base.drip_ok += 1
 
 
 def inbound_ended(

@@ -409,10 +409,10 @@ def drip(
         return None
     if ext.baseline.long_calls.get(dest.country, 0) >= DRIP_HABIT:
         return None  # long calls to that country are what this extension does
-    # where new numbers called again on other days is what happens (this extension twice,
-    # or the tenant once per two of its extensions, without an alert: a hotel's guests
-    # phoning home), it takes more
-    usual = ext.baseline.drip_ok >= 2 or tenant.baseline.drip_ok >= max(5, tenant.extensions / 2)
+    # where it is what happens without an alert (this extension's new numbers called daily
+    # for long calls twice, or the tenant's new numbers called again on other days five
+    # times: a hotel's guests phoning home), it takes more
+    usual = ext.baseline.drip_ok >= 2 or tenant.baseline.drip_ok >= 5
     threshold = DRIP_SPEND * (5 if usual else 1)
     if entry.long_calls < 1 or entry.spend < threshold:
         return None
