@@ -557,6 +557,10 @@ max_tenant_spend_per_day = 2000.0
 max_concurrent_calls = 50
 max_calls_per_hour = 600
 max_call_minutes = 480
+allow_report_only = false        # may a tenant admin put fraud rules in report-only mode
+max_learning_days = 30.0
+max_block_score = 90
+allow_no_suspension = false
 
 # Where alerts go (besides `pbxwarden alerts` and the logs). Uncomment what you use.
 [alerts]

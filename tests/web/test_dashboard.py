@@ -93,6 +93,29 @@ async def test_admin_acknowledges_then_resolves_an_alert(api: Api, page: Page) -
     assert await page.evaluate("window.pwned") is None
 
 
+async def test_a_would_have_refused_alert_promotes_its_rule(api: Api, page: Page) -> None:
+    alert_id, _ = api.store.record_alert(
+        {
+            "tenant": "default",
+            "extension": "1001",
+            "severity": "warning",
+            "rule": "report-only:drip",
+            "summary": "Would have refused: a call from extension 1001 to +639175550101",
+            "reasons": ["would have refused (drip, report-only): +639175550101 was first called"],
+            "dedupe_key": "default/1001/report-only:drip",
+            "at": time.time() - 30,
+        }
+    )
+    await log_in(page, api)
+    row = page.locator(f'tr[data-alert-id="{alert_id}"]')
+    await expect(row).to_contain_text("would have refused")
+    await expect(row.locator(".advice")).to_contain_text("Nothing was stopped")
+    await row.get_by_role("button", name="Enforce this rule").click()
+    await expect(page.locator("#notices")).to_contain_text("The drip rule now refuses")
+    stored = api.store.policies()["default"]["policy"]
+    assert stored["enforce"] == ["drip"]
+
+
 async def test_read_only_session_gets_no_action_buttons(api: Api, page: Page) -> None:
     api.admins.add_admin("viewer", VIEWER_PASSWORD, "read-only", None, api.clock.now)
     api.store.save_bans([("203.0.113.9", time.time() + 3600, "password guessing", 1, time.time())])

@@ -1123,6 +1123,14 @@ def simulate(
         typer.Option(help="Only these attacks (repeat); default: all of them."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    run_set: Annotated[
+        str | None,
+        typer.Option(
+            "--set",
+            help="Run every seed of a fixed set instead: 'tuning' or 'holdout' (the hold-out "
+            "set's seeds and tenant mix are never used to tune the guard).",
+        ),
+    ] = None,
     sip: Annotated[
         bool,
         typer.Option(
@@ -1161,6 +1169,18 @@ def simulate(
         config = _config().guard
         if not config.tenants and config.default == type(config.default)():
             config = None  # untouched defaults: use the simulator's realistic tenant mix
+    if run_set is not None:
+        from pbxwarden.guard.simulate import run_set as run_seeds
+
+        if run_set not in ("tuning", "holdout"):
+            raise fail(f"unknown set {run_set!r}: the sets are tuning and holdout")
+        reports = run_seeds(run_set, tenants, extensions, days, chosen, config)
+        if as_json:
+            out.print_json(json.dumps([r.to_json() for r in reports]))
+        else:
+            text = "\n\n".join(r.markdown() for r in reports)
+            out.print(text, markup=False, highlight=False)
+        return
     report = Simulation(tenants, extensions, days, seed, chosen, config).run()
     if as_json:
         out.print_json(json.dumps(report.to_json()))

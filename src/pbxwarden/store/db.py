@@ -846,6 +846,16 @@ class Store:
                 else:
                     row.data, row.updated_at = text, now
 
+    def load_baseline(self, tenant: str, extension: str = "") -> dict[str, Any] | None:
+        """One learned baseline (the tenant's own with extension ""), or None."""
+        with Session(self.engine) as s:
+            row = s.get(GuardBaselineRow, (tenant, extension))
+            try:
+                data = json.loads(row.data) if row is not None else None
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+
     def load_baselines(self) -> list[tuple[str, str, dict[str, Any]]]:
         with Session(self.engine) as s:
             out = []

@@ -207,6 +207,13 @@ function advice(alert) {
       "Resume it only after giving it a new SIP password (and entering that in the phone), " +
       "or the fraud can start again."
     : "";
+  if (alert.rule.startsWith("report-only:")) {
+    const rule = alert.rule.slice("report-only:".length);
+    return `Nothing was stopped: the ${rule} rule only reports for this tenant (it is new and ` +
+      "still learning, or the rule is set to report-only). The reasons say what it would have " +
+      "refused. If that was real traffic, nothing needs doing; if it should have been " +
+      "refused, enforce the rule.";
+  }
   if (alert.rule === "destination" || alert.rule === "forwarding-destination") {
     return "A call to a number your policy does not allow was stopped. If nobody at your site " +
       `made it, the SIP password of ${ext} is probably known to someone else: give it a new ` +
@@ -239,7 +246,14 @@ function alertStatus(alert) {
 function alertActions(alert) {
   if (!canAct()) return "";
   const base = `/api/v1/alerts/${alert.id}`;
+  const reportOnly = alert.rule.startsWith("report-only:") && alert.status !== "resolved";
+  const rule = alert.rule.slice("report-only:".length);
   return el("div", { class: "buttons" },
+    reportOnly
+      ? action("Enforce this rule", "secondary", "POST",
+        `/api/v1/tenants/${encodeURIComponent(alert.tenant)}/policy/enforce/${rule}`,
+        () => `The ${rule} rule now refuses for tenant ${alert.tenant}.`)
+      : null,
     alert.status === "open"
       ? action("Acknowledge", "secondary", "POST", `${base}/ack`,
         () => `Alert ${alert.id} acknowledged.`)
@@ -254,7 +268,9 @@ function renderAlerts(alerts) {
   const rows = [...alerts].sort((a, b) =>
     STATUS_ORDER[a.status] - STATUS_ORDER[b.status] || b.last_at - a.last_at).slice(0, 100);
   show("alerts", table([
-    ["Severity", (a) => badge(a.severity, SEVERITY_KIND[a.severity] || "info")],
+    ["Severity", (a) => a.rule.startsWith("report-only:")
+      ? badge("would have refused", "info")
+      : badge(a.severity, SEVERITY_KIND[a.severity] || "info")],
     ["When", (a) => el("span", {}, when(a.last_at), a.count > 1 ? small(` · ${a.count} times`) : null)],
     ["Where", (a) => [a.tenant, a.extension ? ` / ${a.extension}` : ""].join("")],
     ["What happened", (a) => el("div", {},
