@@ -319,3 +319,18 @@ def test_baselines_survive_export_and_import() -> None:
     assert baseline is not None and baseline.mature(now) and baseline.countries["DE"] == 14
     france = fresh.authorize(attempt("01133142360000", at=now + 3 * HOUR))
     assert any("first call ever from extension 1000 to FR" in r for r in france.reasons)
+
+
+def test_a_tenant_adds_its_own_premium_ranges() -> None:
+    """A tenant's carrier bills a range libphonenumber calls ordinary: the tenant lists it
+    (dialplan syntax) and the guard refuses it like premium rate, saying why."""
+    g = guard(premium_ranges=["+1202555XXXX"])
+    refused = g.authorize(attempt("2025550143"))
+    assert not refused.allow and refused.rule == "destination"
+    assert "tenant's premium range +1202555XXXX" in refused.reasons[0]
+    assert g.authorize(attempt("2025560143")).allow  # just outside it
+    # the bundled ranges need nothing: NXX-976 is premium rate for every tenant
+    bundled = guard().authorize(attempt("2129765555"))
+    assert not bundled.allow and "NXX-976" in bundled.reasons[0]
+    with pytest.raises(ValueError, match="range"):
+        TenantPolicy(premium_ranges=["+1NXX-976"])

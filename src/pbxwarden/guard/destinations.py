@@ -88,11 +88,17 @@ def judge_destination(
                 rule=rule,
             )
         reasons.append(f"calls to {dest.country} are allowed")
-    if dest.number_type not in NATIONAL_ALLOWED and dest.number_type not in (policy.allow_special):
-        what = f" ({dest.costly_range})" if dest.costly_range else ""
+    number_type, costly = dest.number_type, dest.costly_range
+    if number_type != "premium-rate" and not dest.short:
+        for pattern, regex in policy.premium_patterns:
+            if regex.fullmatch(dest.e164):
+                number_type, costly = "premium-rate", f"in the tenant's premium range {pattern}"
+                break
+    if number_type not in NATIONAL_ALLOWED and number_type not in (policy.allow_special):
+        what = f" ({costly})" if costly else ""
         return Decision(
             False,
-            (f"{dest.number_type} number {dest.e164}{what} is not allowed by the policy{hours}",),
+            (f"{number_type} number {dest.e164}{what} is not allowed by the policy{hours}",),
             severity=severity,
             rule=rule,
         )

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pbxwarden.pbx.numbers import compile_pattern
+
 # rules that can run report-only; the learned ones do while a tenant is learning
 REPORTABLE_RULES = ("anomaly", "drip", "wangiri", "range", "recon")
 LEARNED_RULES = ("anomaly", "drip")
@@ -87,6 +89,11 @@ class TenantPolicy(BaseModel):
     allow_high_risk: bool = Field(False, description="allow destinations on the high-risk list")
     allow_prefixes: list[str] = Field([], description="E.164 prefixes always allowed")
     deny_prefixes: list[str] = Field([], description="E.164 prefixes always refused")
+    premium_ranges: list[str] = Field(
+        [],
+        description="costly ranges of this tenant's carriers, treated as premium rate like "
+        "the bundled ones: dialplan patterns such as +1NXX976XXXX (X 0-9, Z 1-9, N 2-9)",
+    )
     allow_international_forwarding: bool = Field(
         False, description="diversions to international numbers (set or followed)"
     )
@@ -128,6 +135,17 @@ class TenantPolicy(BaseModel):
     )
     report_only: list[str] = Field([], description="rules that only report, whatever the age")
     enforce: list[str] = Field([], description="rules enforcing even while learning")
+
+    @field_validator("premium_ranges")
+    @classmethod
+    def _ranges(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            compile_pattern(pattern)  # ValueError names what is wrong
+        return value
+
+    @cached_property
+    def premium_patterns(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
+        return tuple((p, compile_pattern(p)) for p in self.premium_ranges)
 
     @field_validator("report_only", "enforce")
     @classmethod
