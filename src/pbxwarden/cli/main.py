@@ -525,9 +525,18 @@ def bans_remove(address: str) -> None:
 @trunk_app.command("add")
 def trunk_add(
     name: str,
-    host: Annotated[str, typer.Option(help="Carrier IP address (calls from it are inbound).")],
-    port: Annotated[int, typer.Option(help="Carrier SIP port.")] = 5060,
-    transport: Annotated[str, typer.Option(help="udp or tcp.")] = "udp",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Carrier IP address or DNS name (calls from its addresses are inbound)."
+        ),
+    ],
+    port: Annotated[
+        int | None, typer.Option(help="Carrier SIP port (default 5060; a name's from SRV).")
+    ] = None,
+    transport: Annotated[
+        str | None, typer.Option(help="udp or tcp (default udp; a name's from NAPTR/SRV).")
+    ] = None,
     prefix: Annotated[
         list[str] | None,
         typer.Option(help="E.164 prefix routed to this trunk (repeat; default: all)."),
@@ -555,6 +564,10 @@ def trunk_add(
     emergency: Annotated[
         bool, typer.Option("--emergency", help="The tenant's emergency calls go out here.")
     ] = False,
+    inbound_from: Annotated[
+        list[str] | None,
+        typer.Option(help="Network (CIDR) the carrier also calls from, beyond its DNS (repeat)."),
+    ] = None,
 ) -> None:
     """Add a trunk: IP-authenticated, and with --username/--password also answering the
     carrier's digest challenges (and registering with --register). Calls still need the
@@ -590,7 +603,9 @@ def trunk_add(
             register_expires=register_expires,
             credential_key=key,
             emergency=emergency,
+            inbound_from=inbound_from or (),
         )
+        row = next(r for r in store.list_trunks() if (r["tenant"], r["name"]) == (tenant, name))
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -598,7 +613,8 @@ def trunk_add(
     auth = ""
     if username is not None:
         auth = f", digest user {username}" + (", registering" if register else "")
-    out.print(f"trunk {name} added ({host}:{port}/{transport}{auth})")
+    where = f"{row['host']}:{row['port'] or 'SRV'}/{row['transport']}"
+    out.print(f"trunk {name} added ({where}{auth})")
 
 
 @trunk_app.command("emergency")
@@ -618,8 +634,10 @@ def trunk_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
 ) -> None:
     """List trunks: whether credentials are set (never the password) and, for registering
-    trunks, the registration state of the running server."""
+    trunks, the registration state of the running server; for trunks by DNS name, the
+    addresses it resolves to now (asked of the running server)."""
     from pbxwarden.control import ControlError, ask
+    from pbxwarden.pbx.locate import is_ip
 
     def registration_text(status: dict[str, Any] | None) -> str | None:
         """One table cell: ``registered (expires in 1800 s)``, ``failed: why (retry in 60 s)``."""
@@ -640,11 +658,23 @@ def trunk_list(
     finally:
         store.close()
     live: dict[str, Any] | None = None
-    if any(r["register"] for r in rows):
+    resolved: dict[str, Any] = {}
+    named = [r for r in rows if not is_ip(r["host"])]
+    if named or any(r["register"] for r in rows):
         try:
-            live = ask(state.data_dir, {"cmd": "stats"}, timeout=2.0).get("trunk_registrations")
+            answer = ask(state.data_dir, {"cmd": "stats"}, timeout=2.0)
         except ControlError:
-            live = None
+            answer = None
+        if answer is not None:
+            live = answer.get("trunk_registrations") or {}
+            resolved = answer.get("trunk_dns") or {}
+    for row in named:  # a DNS name: what it resolves to now, when the server runs
+        view = resolved.get(f"{row['tenant']}/{row['name']}")
+        row["addresses"] = view["addresses"] if view else None
+        if view and view.get("error"):
+            row["dns_error"] = view["error"]
+        if not as_json:
+            row["addresses"] = ", ".join(view["addresses"]) if view else None
     for row in rows:
         status = None
         if row["register"]:
