@@ -233,6 +233,7 @@ class Lookup:
     _ttls: list[float] = field(default_factory=list)
     _errors: list[str] = field(default_factory=list)
     _started: bool = False
+    _unavailable: bool = False
 
     def questions(self) -> list[Question]:
         if not self._started:
@@ -265,9 +266,11 @@ class Lookup:
             self._want_srv(chosen)
         elif rdtype == "SRV":
             srv = [r for r in records if isinstance(r, Srv)]
-            # a single "." target: the service is decidedly not available there (RFC 2782)
+            # a single "." target: the service is decidedly not available there (RFC 2782),
+            # so the name's own address is no fallback either
             if len(srv) == 1 and srv[0].target in ("", "."):
                 srv = []
+                self._unavailable = True
             self._srv[name] = srv
             for record in srv:
                 self._ask_addresses(record.target)
@@ -307,7 +310,7 @@ class Lookup:
                             rank,
                         )
                     )
-        if not servers and own:  # no SRV (or an explicit port): the name itself (4.2)
+        if not servers and own and not self._unavailable:  # no SRV: the name itself (4.2)
             transport = self.transport or (self._srv_names[0][0] if self._srv_names else "UDP")
             servers.append(Server(transport, self.port or DEFAULT_PORTS[transport], self.host, own))
         ttl = min(self._ttls) if self._ttls else None

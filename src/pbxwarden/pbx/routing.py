@@ -80,10 +80,17 @@ class Routing:
     _networks: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Trunk], ...] = field(
         init=False, repr=False, compare=False, default=()
     )
+    _ip_hosts: dict[str, Trunk] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         networks = []
         for trunk in self.trunks:
+            try:
+                ipaddress.ip_address(trunk.host)
+            except ValueError:
+                pass  # a DNS name: its addresses come in ``sources``
+            else:
+                self._ip_hosts.setdefault(trunk.host, trunk)
             for net in trunk.inbound_from:
                 try:
                     networks.append((ipaddress.ip_network(net, strict=False), trunk))
@@ -101,7 +108,7 @@ class Routing:
 
     def trusted_hosts(self) -> set[str]:
         """Every address a trunk's carrier sends from: IP hosts and resolved names."""
-        return {t.host for t in self.trunks} | set(self.sources)
+        return set(self._ip_hosts) | set(self.sources)
 
     def trusted_networks(self) -> list[str]:
         return [str(net) for net, _ in self._networks]
@@ -142,10 +149,7 @@ class Routing:
     def trunk_at(self, host: str) -> Trunk | None:
         """The trunk whose carrier sends from ``host`` (IP-authenticated trunks): its IP
         host, an address its DNS name resolves to, or one of its ``inbound_from`` networks."""
-        for trunk in self.trunks:
-            if trunk.host == host:
-                return trunk
-        resolved = self.sources.get(host)
+        resolved = self._ip_hosts.get(host) or self.sources.get(host)
         if resolved is not None or not self._networks:
             return resolved
         try:
