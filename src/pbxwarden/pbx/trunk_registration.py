@@ -190,6 +190,15 @@ class TrunkRegistration:
             return []
         return self._fail("no answer from the carrier", now)
 
+    def elsewhere(self, cseq: int, now: float) -> list[Request]:
+        """The REGISTER with this CSeq failed at one of the carrier's servers (no answer,
+        503) and another server is there: the same registration, fresh, to send there
+        (RFC 3263 4.3). Nothing while unregistering: the binding was at the first one."""
+        pending = self._pending
+        if pending is None or pending.cseq.number != cseq or self.state is RegState.UNREGISTERING:
+            return []
+        return [self._register(pending.expires if pending.expires is not None else self._expires)]
+
     def unreachable(self, reason: str, now: float) -> None:
         """The request could not be sent at all (the carrier's name has no address)."""
         self._pending = None
@@ -414,10 +423,10 @@ class TrunkRegistrations:
             return False
         if response.status >= 200:
             del self._keys[key]
-        reg, _ = entry
+        reg, cseq = entry
         before = reg.state
-        if response.status in FAILOVER_STATUSES:
-            self._next_server(reg)
+        if response.status in FAILOVER_STATUSES and self._failed_over(reg, cseq):
+            return True
         self._send(reg, reg.on_response(response, self.clock()))
         self._report(reg, before)
         return True
@@ -428,7 +437,8 @@ class TrunkRegistrations:
             return False
         reg, cseq = entry
         before = reg.state
-        self._next_server(reg)
+        if self._failed_over(reg, cseq):
+            return True
         self._send(reg, reg.on_timeout(cseq, self.clock()))
         self._report(reg, before)
         return True
@@ -482,12 +492,26 @@ class TrunkRegistrations:
             self._servers[id(reg)] = failover = fresh
         return failover.current
 
-    def _next_server(self, reg: TrunkRegistration) -> None:
-        """Its server did not answer or said 503: the next attempt goes to the next one
-        (after the last, to the first of a fresh ordering)."""
+    def _failed_over(self, reg: TrunkRegistration, cseq: int) -> bool:
+        """Its server did not answer or said 503: the REGISTER goes to the next server at
+        once, if there is one (True). After the last, the registration fails as usual and
+        its retry starts again from the first server of a fresh ordering."""
         failover = self._servers.get(id(reg))
-        if failover is not None and failover.next() is None:
-            del self._servers[id(reg)]
+        failed = failover.current if failover is not None else None
+        if failover is None or failover.next() is None:
+            self._servers.pop(id(reg), None)
+            return False
+        requests = reg.elsewhere(cseq, self.clock())
+        if not requests:
+            return False
+        log.warning(
+            "carrier registrar failed; trying the next one",
+            trunk=reg.trunk.name,
+            failed=str(failed),
+            next=str(failover.current),
+        )
+        self._send(reg, requests)
+        return True
 
     def _arm(self, reg: TrunkRegistration) -> None:
         timer = self._timers.pop(id(reg), None)
