@@ -202,7 +202,7 @@ def test_call_fails_over_from_a_503_and_inbound_follows_dns(tmp_path: Path, dns:
         wait_addresses(pbx, {FIRST, "127.0.0.4"})
         assert invite_status(pbx, "127.0.0.4", "+12025559999") == 404
         assert invite_status(pbx, SECOND, "+12025559999") in (401, 407)
-        listed = cli(pbx.data_dir, "trunk", "list").stdout
+        listed = cli(pbx.data_dir, "trunk", "list", env={"COLUMNS": "300"}).stdout
         assert "carrier.test" in listed and "127.0.0.4" in listed, listed
 
 

@@ -398,7 +398,7 @@ def test_named_trunk_timeouts_everywhere_fail_then_retry_from_the_first() -> Non
     assert len(port.sent) == 3 and port.sent[-1][2] == TwoServers.targets[0]
 
 
-def test_named_trunk_without_an_address_fails_with_the_reason() -> None:
+def test_named_trunk_without_an_address_waits_for_dns() -> None:
     port = FakePort()
     named = replace(TRUNK, host="carrier.example", port=0, transport="auto")
     manager = TrunkRegistrations(port, lambda: port.now)  # no resolver: no address
@@ -406,4 +406,8 @@ def test_named_trunk_without_an_address_fails_with_the_reason() -> None:
     manager.sync([named])
     assert port.sent == []
     status = manager.status()["default/carrier"]
-    assert status["state"] == "failed" and "DNS name" in status["reason"]
+    assert status["state"] == "waiting for DNS" and "DNS name" in status["reason"]
+    manager.locator = TwoServers()  # resolved: the next sync starts it
+    manager.sync([named])
+    assert port.sent[-1][2] == TwoServers.targets[0]
+    assert manager.status()["default/carrier"]["state"] == "registering"

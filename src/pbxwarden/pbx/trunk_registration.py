@@ -377,6 +377,7 @@ class TrunkRegistrations:
         self.timers = timers
         self.locator: TrunkLocator = locator or StaticLocator()
         self._servers: dict[int, Failover] = {}  # by id(registration): where it goes
+        self._unresolved: dict[tuple[str, str], str] = {}  # named trunks waiting for DNS
         self._trunks: tuple[Trunk, ...] = ()
         self._active: dict[tuple[str, str], TrunkRegistration] = {}
         self._leaving: list[TrunkRegistration] = []  # unregistering after a change
@@ -400,8 +401,13 @@ class TrunkRegistrations:
                 del self._active[key]
                 self._leaving.append(reg)
                 self._send(reg, reg.stop(self.clock()))
+        self._unresolved.clear()
         for key, trunk in wanted.items():
             if key not in self._active:
+                servers = self.locator.failover(trunk)
+                if servers.current is None:  # a name not resolved yet: the next sync
+                    self._unresolved[key] = servers.reason
+                    continue
                 host, port = self.port.local_address(trunk.address.transport)
                 reg = TrunkRegistration(
                     trunk,
@@ -464,7 +470,10 @@ class TrunkRegistrations:
 
     def status(self) -> dict[str, dict[str, Any]]:
         now = self.clock()
-        return {f"{t}/{n}": reg.status(now) for (t, n), reg in sorted(self._active.items())}
+        out = {f"{t}/{n}": reg.status(now) for (t, n), reg in sorted(self._active.items())}
+        for (t, n), reason in sorted(self._unresolved.items()):
+            out[f"{t}/{n}"] = {"state": "waiting for DNS", "reason": reason}
+        return out
 
     # -- internals -------------------------------------------------------------------
 
