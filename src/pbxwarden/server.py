@@ -250,6 +250,7 @@ class SipServer:
         if self._stored_policies:
             self.guard.reconfigure(with_stored(self.config.guard, self._stored_policies))
         host, port = self.config.sip.listen_address
+        self.resolver.send_from(host)  # a trunk name's targets of this IP version only
         if "udp" in self.config.sip.transports:
             udp = bind_udp(host, port)
             if self.config.sip.workers:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from pbxwarden.config import ConfigError, load_config
 from pbxwarden.pbx.routing import Trunk
 from pbxwarden.sip.transaction import Address
 from pbxwarden.transport.resolver import TrunkResolver
@@ -183,3 +185,35 @@ async def test_removed_trunks_are_forgotten(dns: DnsServer) -> None:
     await resolver.refresh([t])
     assert await resolver.refresh([]) is True
     assert resolver.addresses([t]) == {} and resolver.next_due() is None
+
+
+async def test_only_targets_the_pbx_can_send_to(dns: DnsServer) -> None:
+    resolver = make(dns, Clock())
+    t = trunk()
+    await resolver.refresh([t])
+    resolver.send_from("127.0.0.1")  # an IPv4 socket cannot reach b's ::1
+    assert [a.host for a in resolver.failover(t).targets] == ["127.0.0.2", "127.0.0.3"]
+    resolver.send_from("::")  # dual stack: all of them
+    assert [a.host for a in resolver.failover(t).targets] == ["127.0.0.2", "127.0.0.3", "::1"]
+    resolver.send_from("::1")
+    assert [a.host for a in resolver.failover(t).targets] == ["::1"]
+    dns.remove("b.carrier.test", "AAAA")
+    resolver_v6 = make(dns, Clock())
+    resolver_v6.send_from("::1")
+    await resolver_v6.refresh([t])
+    failover = resolver_v6.failover(t)
+    assert failover.current is None and "no IPv6 address" in failover.reason
+    # inbound, the carrier is still known by every address DNS gives
+    assert resolver_v6.addresses([t])[("default", "carrier")] >= {"127.0.0.2", "127.0.0.3"}
+
+
+def test_dns_configuration_is_validated(tmp_path: Path) -> None:
+    config = load_config(tmp_path, {"PBXWARDEN_DNS__NAMESERVERS": '["127.0.0.1:5353", "::1"]'})
+    assert config.dns.nameserver_addresses() == [("127.0.0.1", 5353), ("::1", 53)]
+    for env, why in [
+        ({"PBXWARDEN_DNS__NAMESERVERS": '["dns.example"]'}, "must be an IP address"),
+        ({"PBXWARDEN_DNS__MIN_TTL": "600", "PBXWARDEN_DNS__MAX_TTL": "60"}, "min_ttl"),
+        ({"PBXWARDEN_DNS__TIMEOUT": "0"}, "dns.timeout"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            load_config(tmp_path, env)

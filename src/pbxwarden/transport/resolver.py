@@ -14,6 +14,7 @@ never looked up and behave exactly as before.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -71,6 +72,9 @@ class TrunkResolver:
         self._clock = clock
         self._rng = rng or random.Random()
         self._entries: dict[LookupKey, _Entry] = {}
+        # IP versions the PBX can send from (its bound SIP address); None: any. A target
+        # of another family could only time out, so it is not tried.
+        self.families: frozenset[int] | None = None
         self._setup_error: str | None = None
         try:
             self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
@@ -213,7 +217,22 @@ class TrunkResolver:
         if entry is None or entry.good is None:
             why = entry.error if entry is not None and entry.error else "not looked up yet"
             return Failover((), f"{trunk.host} did not resolve ({why})")
-        return Failover(entry.good.targets(self._rng))
+        targets = entry.good.targets(self._rng)
+        if self.families is not None:
+            targets = [t for t in targets if ipaddress.ip_address(t.host).version in self.families]
+            if not targets:
+                return Failover((), f"{trunk.host} has no IPv{min(self.families)} address")
+        return Failover(targets)
+
+    def send_from(self, host: str) -> None:
+        """The PBX sends from ``host`` (its SIP listen address): only targets of that IP
+        version are usable (both from ``::``, a dual-stack socket)."""
+        ip = ipaddress.ip_address(host)
+        self.families = (
+            frozenset({4, 6})
+            if ip.version == 6 and ip.is_unspecified
+            else (frozenset({ip.version}))
+        )
 
     def addresses(self, trunks: Iterable[Trunk]) -> dict[tuple[str, str], frozenset[str]]:
         """Each named trunk's carrier addresses (every SRV target's and the name's)."""
