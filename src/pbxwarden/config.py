@@ -87,6 +87,27 @@ class SipConfig(_Section):
     # on SHA-256. Add "SHA-256" once every phone supports it; it is then offered first.
     digest_algorithms: list[Literal["SHA-256", "MD5"]] = ["MD5"]
     user_agent: str = "pbxwarden"
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="TCP and TLS connections at once, all sources (the open-files limit is "
+        "raised to fit); when full, idle connections without a valid request go first",
+    )
+    new_connection_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="seconds a new TCP/TLS connection has to send a valid SIP request, "
+        "TLS handshake included (2 s once the table is three quarters full)",
+    )
+    idle_timeout: float = Field(
+        900.0,
+        ge=10,
+        le=86400,
+        description="seconds an established TCP/TLS connection may stay silent "
+        "(keep-alives count; 120 s once the table is three quarters full)",
+    )
     workers: int = Field(
         0,
         ge=0,
@@ -178,6 +199,20 @@ class FirewallConfig(_Section):
         False, description="refuse registrations from a new network until an admin approves"
     )
     allow: list[str] = Field([], description="networks never banned (trunks, admins)")
+    connections_per_source: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="TCP/TLS connections one address (IPv6: one /64) may hold; "
+        "one more is a connection flood: refused, the source banned",
+    )
+    trusted_connections_per_source: int = Field(
+        1024,
+        ge=1,
+        le=100_000,
+        description="the same for allow-listed networks and trunk hosts: more is refused, "
+        "never banned",
+    )
 
     @field_validator("allow")
     @classmethod
@@ -453,6 +488,10 @@ min_expires = 60
 max_expires = 3600
 default_expires = 3600
 workers = 0                      # registrar processes for REGISTERs (e.g. one per core)
+max_connections = 4096           # TCP/TLS connections at once (open-files limit raised to fit)
+new_connection_timeout = 10      # seconds to send a valid request (TLS handshake included)
+idle_timeout = 900               # seconds an established connection may be silent
+                                 #   (both shorter once the table is three quarters full)
 # [sip.tls]
 # listen = "127.0.0.1:5061"
 # cert_file = "/etc/pbxwarden/cert.pem"
@@ -480,6 +519,9 @@ approve_new_networks = false     # true: a phone registering from a new /24 wait
 nftables = false                 # true (Linux, root): the kernel drops banned sources' SIP traffic
 identity_limit = 50              # more distinct users claimed by one address per window:
 identity_window = 60             #   extension enumeration, banned
+connections_per_source = 64      # TCP/TLS connections per address (IPv6: per /64); more:
+                                 #   a connection flood, banned
+trusted_connections_per_source = 1024   # allow-listed networks and trunks: refused, not banned
 
 [calls]
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"

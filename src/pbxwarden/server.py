@@ -71,7 +71,14 @@ from pbxwarden.sip.transaction import (
 )
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import ExtensionAuth, Store, StoreError, binding_view
-from pbxwarden.transport.network import Transports, bind_udp, tls_context
+from pbxwarden.transport.connections import ConnectionLimits
+from pbxwarden.transport.network import (
+    FILE_RESERVE,
+    SourceKind,
+    Transports,
+    bind_udp,
+    tls_context,
+)
 from pbxwarden.transport.resolver import TrunkResolver
 from pbxwarden.transport.rtp import MediaRelay
 
@@ -189,7 +196,20 @@ class SipServer:
             self.firewall,
             self._record_network,
         )
-        self.transports = Transports(self.on_message)
+        self.transports = Transports(
+            self.on_message,
+            ConnectionLimits(
+                max_connections=sip.max_connections,
+                per_source=fw.connections_per_source,
+                trusted_per_source=fw.trusted_connections_per_source,
+                new_timeout=sip.new_connection_timeout,
+                idle_timeout=sip.idle_timeout,
+            ),
+            classify=self._connection_source,
+            over_limit=self._connection_flood,
+            reserved_files=FILE_RESERVE
+            + (config.media.port_max - config.media.port_min + 1 if config.media.relay else 0),
+        )
         self.workers: WorkerPool | None = None  # registrar workers, started after binding
         self.stats = Stats()
         self.latency = Latency()
@@ -565,6 +585,11 @@ class SipServer:
         known = set(self.firewall.bans)
         self.firewall.load([Ban(*row) for row in stored], now)
         events += self.firewall.drain_events()
+        # A banned source's TCP/TLS connections only hold slots: close them.
+        for address in {e.address for e in own if e.kind == "ban"} | (
+            set(self.firewall.bans) - known
+        ):
+            self.transports.drop_source(address)
         for event in events:
             self.events.publish(
                 event.kind,
@@ -656,6 +681,7 @@ class SipServer:
                         self._refuse(verdict, data, source)
                         return
                 if self.workers.dispatch(user, data, source):
+                    self.transports.confirm(source)
                     return
         try:
             message = parse_message(data)
@@ -672,6 +698,7 @@ class SipServer:
             if verdict is not Verdict.ALLOW:
                 self._refuse(verdict, data, source)
                 return
+            self.transports.confirm(source)  # a valid request: the connection may stay
             stamp_via(message, source)
             if (
                 self._overload
@@ -761,6 +788,22 @@ class SipServer:
             reply = error_response_bytes(data, 403, "Forbidden")
             if reply is not None:
                 self.transports.send(reply, source)
+
+    def _connection_source(self, host: str) -> SourceKind:
+        """Asked by the transport for every new TCP/TLS connection, before any read."""
+        ban = self.firewall.bans.get(host)
+        if ban is not None and ban.until > time.time():
+            return SourceKind.BANNED
+        return SourceKind.TRUSTED if self.firewall.is_allowlisted(host) else SourceKind.NORMAL
+
+    def _connection_flood(self, host: str, count: int) -> None:
+        """A source refused at its per-source connection limit: banned like any flood
+        (escalating, stored, mirrored to nftables), its connections closed."""
+        limit = self.transports.table.limits.per_source
+        reason = f"connection flood (over {limit} TCP/TLS connections)"
+        if self.firewall.ban(host, reason, time.time()) is not None:
+            closed = self.transports.drop_source(host)
+            log.debug("connection flood: source banned", address=host, closed=closed)
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -911,6 +954,7 @@ class SipServer:
                 "transactions": self.tx.active_count,
                 "calls": len(self.calls.active),
                 "bans": len(self.firewall.bans),
+                **self.transports.describe(),
                 "trunk_registrations": self.trunk_registrations.status(),
                 "trunk_dns": self.resolver.describe(self._stored_routing.trunks),
                 "sip_core": _core.mode(),
