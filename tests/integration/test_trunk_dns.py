@@ -204,6 +204,9 @@ def test_call_fails_over_from_a_503_and_inbound_follows_dns(tmp_path: Path, dns:
         assert invite_status(pbx, SECOND, "+12025559999") in (401, 407)
         listed = cli(pbx.data_dir, "trunk", "list", env={"COLUMNS": "300"}).stdout
         assert "carrier.test" in listed and "127.0.0.4" in listed, listed
+        # banning the carrier's resolved address by hand is refused like an IP trunk's
+        refused = cli(pbx.data_dir, "bans", "add", "127.0.0.4", check=False)
+        assert refused.returncode == 1 and "trunk's carrier" in refused.stderr, refused.stderr
 
 
 def test_silent_first_server_then_answered_and_registered_by_name(

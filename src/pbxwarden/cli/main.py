@@ -7,6 +7,7 @@ line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -477,6 +478,7 @@ def bans_add(
     the PBX depends on (trunks, loopback it listens on, yours) are refused unless --force."""
     import ipaddress
 
+    from pbxwarden.control import ControlError, ask
     from pbxwarden.firewall.safety import ban_refusal, ssh_client_address
 
     try:
@@ -495,9 +497,13 @@ def bans_add(
         listen = [config.sip.listen_address[0]]
         if config.sip.tls is not None:
             listen.append(parse_hostport(config.sip.tls.listen, 5061)[0])
+        trunk_hosts = [t["host"] for t in store.list_trunks()]
+        with contextlib.suppress(ControlError):  # a running server: its trunks' DNS addresses
+            views = ask(state.data_dir, {"cmd": "stats"}, timeout=2.0).get("trunk_dns") or {}
+            trunk_hosts += [a for view in views.values() for a in view.get("addresses", [])]
         why = ban_refusal(
             address,
-            trunk_hosts=[t["host"] for t in store.list_trunks()],
+            trunk_hosts=trunk_hosts,
             listen_hosts=listen,
             admin_address=ssh_client_address(dict(os.environ)),
         )
