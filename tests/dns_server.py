@@ -28,7 +28,8 @@ class DnsServer:
 
     host: str = "127.0.0.1"
     records: dict[tuple[str, str], tuple[int, list[str]]] = field(default_factory=dict)
-    silent: set[str] = field(default_factory=set)  # names whose questions get no answer
+    # names (or "name/TYPE") whose questions get no answer
+    silent: set[str] = field(default_factory=set)
     servfail: set[str] = field(default_factory=set)
     asked: list[tuple[str, str]] = field(default_factory=list)
     port: int = 0
@@ -88,7 +89,7 @@ class DnsServer:
         rdtype = dns.rdatatype.to_text(question.rdtype)
         with self._lock:
             self.asked.append((name, rdtype))
-            if name in self.silent:
+            if name in self.silent or f"{name}/{rdtype}" in self.silent:
                 return None
             reply = dns.message.make_response(query)
             reply.flags |= dns.flags.AA

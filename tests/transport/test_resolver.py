@@ -217,3 +217,20 @@ def test_dns_configuration_is_validated(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=why):
             load_config(tmp_path, env)
+
+
+async def test_a_partial_first_answer_is_used_then_completed(dns: DnsServer) -> None:
+    clock = Clock()
+    resolver = make(dns, clock, timeout=0.5, min_ttl=5.0)
+    t = trunk()
+    dns.silent.add("b.carrier.test/AAAA")  # one question unanswered, the rest fine
+    assert await resolver.refresh([t]) is True
+    assert [a.host for a in resolver.failover(t).targets] == ["127.0.0.2", "127.0.0.3"]
+    view = resolver.describe([t])["default/carrier"]
+    assert view["error"] == "AAAA b.carrier.test: no answer from the DNS server"
+    assert view["refresh_in"] == 5  # asked again after the floor, not the TTL
+    dns.silent.clear()
+    clock.now += 6
+    assert await resolver.refresh([t]) is True
+    assert [a.host for a in resolver.failover(t).targets] == ["127.0.0.2", "127.0.0.3", "::1"]
+    assert "error" not in resolver.describe([t])["default/carrier"]

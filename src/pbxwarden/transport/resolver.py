@@ -177,12 +177,16 @@ class TrunkResolver:
         entry = self._entries[key]
         before = entry.good.addresses if entry.good is not None else frozenset()
         now = self._clock()
-        if result.servers and (not result.errors or entry.good is None):
+        if result.servers and not result.errors:
             entry.good, entry.error = result, None
             entry.due = now + result.expires_in(self.min_ttl, self.max_ttl)
-            if result.errors:  # partial (say, AAAA timed out): used, and asked again soon
-                entry.error = "; ".join(result.errors)
-                entry.due = now + self.min_ttl
+        elif result.servers and entry.good is None:
+            # partial (say, AAAA timed out) and nothing better: used, and asked again soon
+            entry.good, entry.error = result, "; ".join(result.errors)
+            entry.due = now + self.min_ttl
+            log.warning(
+                "trunk name partly resolved", host=key[0], error=entry.error, retry_in=self.min_ttl
+            )
         else:
             entry.error = "; ".join(result.errors) or "DNS has no address for it"
             entry.due = now + self.min_ttl
