@@ -260,7 +260,7 @@ def test_a_name_without_addresses_fails_the_call_with_a_reason(
     with running_pbx(tmp_path / "data", USERS, env=pbx_env(dns)) as pbx:
         add_named_trunk(pbx)
         deadline = time.monotonic() + 15
-        while "dns_error" not in (row := trunks(pbx)[0]):  # looked up, and nothing found
+        while not (row := trunks(pbx)[0])["dns_error"]:  # looked up, and nothing found
             assert time.monotonic() < deadline, (row, pbx.log()[-3000:])
             time.sleep(0.3)
         assert row["dns_error"] == "DNS has no address for it" and row["addresses"] == []
@@ -299,7 +299,11 @@ def test_trunk_hosts_are_validated(tmp_path: Path) -> None:
         ("198.51.100.10", 5060, "udp"),
         ("sip.carrier.example", 5070, "auto"),
     ]
+    assert rows[0]["addresses"] == ["198.51.100.10"]
     assert rows[1]["addresses"] is None  # no server running: just the name
+    table = cli(tmp_path, "trunk", "list", env={"COLUMNS": "300"}).stdout
+    lines = [ln for ln in table.splitlines() if "198.51.100.10" in ln or "sip.carrier" in ln]
+    assert len(lines) == 2 and lines[0].count("│") == lines[1].count("│"), table
 
 
 def trunks_empty(data_dir: Path) -> bool:

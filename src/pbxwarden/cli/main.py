@@ -674,13 +674,11 @@ def trunk_list(
         if answer is not None:
             live = answer.get("trunk_registrations") or {}
             resolved = answer.get("trunk_dns") or {}
-    for row in named:  # a DNS name: what it resolves to now, when the server runs
-        view = resolved.get(f"{row['tenant']}/{row['name']}")
-        row["addresses"] = view["addresses"] if view else None
-        if view and view.get("error"):
-            row["dns_error"] = view["error"]
-        if not as_json:
-            row["addresses"] = ", ".join(view["addresses"]) if view else None
+    for row in rows:  # a DNS name: what it resolves to now, when the server runs
+        view = None if is_ip(row["host"]) else resolved.get(f"{row['tenant']}/{row['name']}")
+        addresses = [row["host"]] if is_ip(row["host"]) else view["addresses"] if view else None
+        row["addresses"] = addresses if as_json or addresses is None else ", ".join(addresses)
+        row["dns_error"] = view.get("error") if view else None
     for row in rows:
         status = None
         if row["register"]:
