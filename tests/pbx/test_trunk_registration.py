@@ -356,15 +356,22 @@ class TwoServers:
 
     targets = (Address("UDP", "127.0.0.2", 5070), Address("UDP", "127.0.0.3", 5080))
 
+    def __init__(self) -> None:
+        self.failures: list[Address] = []
+
     def failover(self, trunk: Trunk) -> Failover:
         return Failover(self.targets)
+
+    def failed(self, target: Address) -> None:
+        self.failures.append(target)
 
 
 def test_named_trunk_registers_with_its_name_and_fails_over_at_once() -> None:
     port = FakePort()
     registrar = Registrar()
     named = replace(TRUNK, host="carrier.example", port=0, transport="auto")
-    manager = TrunkRegistrations(port, lambda: port.now, locator=TwoServers())
+    locator = TwoServers()
+    manager = TrunkRegistrations(port, lambda: port.now, locator=locator)
     manager.start()
     manager.sync([named])
     key, first, dest = port.sent[-1]
@@ -376,6 +383,7 @@ def test_named_trunk_registers_with_its_name_and_fails_over_at_once() -> None:
     key, second, dest = port.sent[-1]
     assert dest == TwoServers.targets[1] and second.cseq.number > first.cseq.number
     assert manager.status()["default/carrier"]["state"] == "registering"
+    assert locator.failures == [TwoServers.targets[0]]  # told, so calls try it last
     assert _answer_last(port, manager, registrar)  # challenged by the second: answered there
     assert port.sent[-1][2] == TwoServers.targets[1]
     assert _answer_last(port, manager, registrar)

@@ -12,7 +12,7 @@ import pytest
 from pbxwarden.config import ConfigError, load_config
 from pbxwarden.pbx.routing import Trunk
 from pbxwarden.sip.transaction import Address
-from pbxwarden.transport.resolver import TrunkResolver
+from pbxwarden.transport.resolver import FAILED_HOLD, TrunkResolver
 from tests.dns_server import DnsServer, dns_server
 
 SRV = "_sip._udp.carrier.test"
@@ -234,3 +234,17 @@ async def test_a_partial_first_answer_is_used_then_completed(dns: DnsServer) -> 
     assert await resolver.refresh([t]) is True
     assert [a.host for a in resolver.failover(t).targets] == ["127.0.0.2", "127.0.0.3", "::1"]
     assert "error" not in resolver.describe([t])["default/carrier"]
+
+
+async def test_a_failed_server_is_tried_last_for_a_while(dns: DnsServer) -> None:
+    clock = Clock()
+    resolver = make(dns, clock)
+    t = trunk()
+    await resolver.refresh([t])
+    first, second, third = resolver.failover(t).targets
+    resolver.failed(first)
+    assert resolver.failover(t).targets == (second, third, first)  # still tried, last
+    assert resolver.describe([t])["default/carrier"]["failed"] == [str(first)]
+    clock.now += FAILED_HOLD + 1
+    assert resolver.failover(t).targets == (first, second, third)
+    assert "failed" not in resolver.describe([t])["default/carrier"]

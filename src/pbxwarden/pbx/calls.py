@@ -648,6 +648,8 @@ class CallManager:
         if failover is None or invite is None or call.b_trunk is None:
             return False
         failed, dest = failover.current, failover.next()
+        if failed is not None:
+            self.locator.failed(failed)
         if dest is None:
             return False
         log.warning(

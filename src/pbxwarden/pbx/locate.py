@@ -381,6 +381,9 @@ class TrunkLocator(Protocol):
 
     def failover(self, trunk: Trunk) -> Failover: ...
 
+    def failed(self, target: Address) -> None:
+        """A target gave no answer or a 503: later requests try it after the others."""
+
 
 class StaticLocator:
     """Trunks by IP address only: the configured host and port, nothing to look up."""
@@ -389,3 +392,6 @@ class StaticLocator:
         if not is_ip(trunk.host):
             return Failover((), f"{trunk.host} is a DNS name and no resolver runs")
         return Failover([trunk.address])
+
+    def failed(self, target: Address) -> None:
+        return None

@@ -507,6 +507,8 @@ class TrunkRegistrations:
         its retry starts again from the first server of a fresh ordering."""
         failover = self._servers.get(id(reg))
         failed = failover.current if failover is not None else None
+        if failed is not None:
+            self.locator.failed(failed)
         if failover is None or failover.next() is None:
             self._servers.pop(id(reg), None)
             return False

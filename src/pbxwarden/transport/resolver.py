@@ -30,12 +30,16 @@ import structlog
 
 from pbxwarden.pbx.locate import Failover, Lookup, Naptr, Question, Resolution, Srv, is_ip
 from pbxwarden.pbx.routing import Trunk
+from pbxwarden.sip.transaction import Address
 
 log = structlog.get_logger("pbxwarden.dns")
 
 # The PBX sends to carriers over UDP (it opens no TCP or TLS connection of its own), so a
 # trunk whose transport is left to DNS only takes UDP targets from NAPTR and SRV.
 CLIENT_TRANSPORTS = ("UDP",)
+# A server that gave no answer (or 503) is tried last for this long: the calls after the
+# first do not each wait Timer B for it (32 s by default) before reaching the next one.
+FAILED_HOLD = 60.0
 
 LookupKey = tuple[str, int | None, str | None]  # host, port (None: SRV), transport (None: NAPTR)
 
@@ -75,6 +79,7 @@ class TrunkResolver:
         # IP versions the PBX can send from (its bound SIP address); None: any. A target
         # of another family could only time out, so it is not tried.
         self.families: frozenset[int] | None = None
+        self._failed: dict[Address, float] = {}  # target -> until when it is tried last
         self._setup_error: str | None = None
         try:
             self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
@@ -222,11 +227,18 @@ class TrunkResolver:
             why = entry.error if entry is not None and entry.error else "not looked up yet"
             return Failover((), f"{trunk.host} did not resolve ({why})")
         targets = entry.good.targets(self._rng)
+        if self._failed:
+            now = self._clock()
+            self._failed = {t: until for t, until in self._failed.items() if until > now}
+            targets.sort(key=lambda t: t in self._failed)  # stable: the order otherwise kept
         if self.families is not None:
             targets = [t for t in targets if ipaddress.ip_address(t.host).version in self.families]
             if not targets:
                 return Failover((), f"{trunk.host} has no IPv{min(self.families)} address")
         return Failover(targets)
+
+    def failed(self, target: Address) -> None:
+        self._failed[target] = self._clock() + FAILED_HOLD
 
     def send_from(self, host: str) -> None:
         """The PBX sends from ``host`` (its SIP listen address): only targets of that IP
@@ -260,6 +272,10 @@ class TrunkResolver:
                 view["addresses"] = sorted(entry.good.addresses)
                 view["targets"] = [str(t) for t in entry.good.targets(random.Random(0))]
             view["refresh_in"] = max(0, round(entry.due - now))
+            down = [str(t) for t, until in self._failed.items() if until > now]
+            if entry.good is not None and down:
+                own = {str(t) for t in entry.good.targets(random.Random(0))}
+                view["failed"] = sorted(t for t in down if t in own)
             if entry.error:
                 view["error"] = entry.error
             out[f"{trunk.tenant}/{trunk.name}"] = view
