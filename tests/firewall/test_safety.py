@@ -14,8 +14,8 @@ def test_addresses_the_pbx_depends_on_are_named() -> None:
     }
     assert "firewall.allow" in (ban_refusal("10.1.2.3", **kw) or "")  # type: ignore[arg-type]
     assert "trunk" in (ban_refusal("198.51.100.10", **kw) or "")  # type: ignore[arg-type]
-    assert "loopback" in (ban_refusal("127.0.0.1", **kw) or "")  # type: ignore[arg-type]
-    assert "loopback" in (ban_refusal("127.0.0.9", **kw) or "")  # type: ignore[arg-type]
+    assert "this machine" in (ban_refusal("127.0.0.1", **kw) or "")  # type: ignore[arg-type]
+    assert ban_refusal("127.0.0.9", **kw) is None  # type: ignore[arg-type]  # another source
     assert "yourself" in (ban_refusal("203.0.113.9", **kw) or "")  # type: ignore[arg-type]
     assert ban_refusal("192.0.2.66", **kw) is None  # type: ignore[arg-type]
 
@@ -24,6 +24,7 @@ def test_loopback_is_fine_to_ban_when_the_pbx_does_not_listen_there() -> None:
     assert ban_refusal("127.0.0.1", listen_hosts=["192.0.2.1"]) is None
     assert ban_refusal("::1", listen_hosts=["::"]) is not None
     assert ban_refusal("127.0.0.1", listen_hosts=["0.0.0.0"]) is not None
+    assert ban_refusal("192.0.2.1", listen_hosts=["192.0.2.1"]) is not None  # itself
 
 
 def test_the_ssh_session_address() -> None:

@@ -244,12 +244,12 @@ def test_recovery_and_trust_rules_over_http(tmp_path: Path) -> None:
             assert (ok, failed) == (1, 0), output
 
             # Bans that would hurt the PBX itself are refused unless forced.
-            for address, why in (("127.0.0.1", "loopback"), ("127.0.0.2", "trunk")):
+            for address, why in (("127.0.0.1", "this machine"), ("127.0.0.2", "trunk")):
                 ban = http.post("/api/v1/bans", json={"address": address}, headers=root)
                 assert ban.status_code == 409 and why in ban.json()["detail"], ban.text
             assert http.get("/api/v1/bans", headers=root).json() == []
             cli_ban = cli(pbx.data_dir, "bans", "add", "127.0.0.1", check=False)
-            assert cli_ban.returncode == 1 and "loopback" in cli_ban.stderr
+            assert cli_ban.returncode == 1 and "this machine" in cli_ban.stderr
             assert cli(pbx.data_dir, "bans", "add", "192.0.2.66").returncode == 0
 
             # Resume over HTTP waits for the new password too.

@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 
 WILDCARDS = ("0.0.0.0", "::", "")
+LOOPBACK = ("127.0.0.1", "::1")
 
 
 def ban_refusal(
@@ -31,13 +32,16 @@ def ban_refusal(
     for host in trunk_hosts:
         if _same(host, ip):
             return f"{address} is a trunk's carrier: banning it drops every call from it"
-    if ip.is_loopback:
-        for host in listen_hosts:
-            if host in WILDCARDS or _loopback(host):
-                return (
-                    f"the PBX listens on {host or 'every address'}: banning {address} "
-                    "silences every phone and tool that reaches it through loopback"
-                )
+    for host in listen_hosts:
+        own = _same(host, ip)
+        # Phones and tools on this machine reach a loopback (or wildcard) listener from
+        # the usual loopback address; another 127.x address is a source of its own.
+        via_loopback = (host in WILDCARDS or _loopback(host)) and address in LOOPBACK
+        if own or via_loopback:
+            return (
+                f"the PBX listens on {host or 'every address'}: banning {address} "
+                "silences every phone and tool that reaches it from this machine"
+            )
     if admin_address is not None and _same(admin_address, ip):
         return f"{address} is the address you are administering from: you would lock yourself out"
     return None
