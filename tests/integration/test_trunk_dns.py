@@ -26,7 +26,14 @@ from tests.helpers import (
     sipp_available,
     start_sipp_uas,
 )
-from tests.integration.test_calls import CALLER, USERS, register_callee, target, wait_cdr
+from tests.integration.test_calls import (
+    CALLER,
+    USERS,
+    cdrs,
+    register_callee,
+    target,
+    wait_cdr,
+)
 
 pytestmark = pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
 
@@ -171,12 +178,12 @@ def test_call_fails_over_from_a_503_and_inbound_follows_dns(tmp_path: Path, dns:
 
         # the carrier's call from the second server's address rings the DID's extension
         cli(pbx.data_dir, "did", "add", "2025550100", "--extension", "2000")
+        deadline = time.monotonic() + 10
+        while invite_status(pbx, SECOND, "+12025550100") != 480:  # the DID is loaded; its
+            assert time.monotonic() < deadline, pbx.log()[-3000:]  # phone not registered yet
+            time.sleep(0.3)
         phone_port = register_callee(pbx, tmp_path)
         phone = start_sipp_uas("call_uas.xml", phone_port, tmp_path, name="phone")
-        deadline = time.monotonic() + 10
-        while invite_status(pbx, SECOND, "+12025559999") != 404:  # routing reloaded
-            assert time.monotonic() < deadline, pbx.log()[-3000:]
-            time.sleep(0.3)
         inbound = run_sipp(
             "call_uac_carrier.xml",
             target(pbx),
@@ -187,10 +194,12 @@ def test_call_fails_over_from_a_503_and_inbound_follows_dns(tmp_path: Path, dns:
         )
         assert (inbound.successful, inbound.failed) == (1, 0), inbound.output + pbx.log()[-3000:]
         assert finish_sipp_uas(phone, tmp_path, name="phone").successful == 1
-        rows = wait_cdr(pbx, 3)
-        assert [(r["kind"], r["trunk"], r["disposition"]) for r in rows if r["kind"] == "inbound"][
-            -1
-        ] == ("inbound", "carrier", "answered")
+        deadline = time.monotonic() + 10
+        while ("inbound", "carrier", "answered") not in [
+            (r["kind"], r["trunk"], r["disposition"]) for r in cdrs(pbx)
+        ]:
+            assert time.monotonic() < deadline, (cdrs(pbx), pbx.log()[-3000:])
+            time.sleep(0.3)
         # from an address DNS does not name: a stranger, challenged like any phone;
         # from an --inbound-from network: the carrier
         assert invite_status(pbx, "127.0.0.4", "+12025559999") in (401, 407)
