@@ -184,7 +184,7 @@ async def test_removed_trunks_are_forgotten(dns: DnsServer) -> None:
     t = trunk()
     await resolver.refresh([t])
     assert await resolver.refresh([]) is True
-    assert resolver.addresses([t]) == {} and resolver.next_due() is None
+    assert resolver.addresses([t]) == {} and resolver.describe([t]) == {}
 
 
 async def test_only_targets_the_pbx_can_send_to(dns: DnsServer) -> None:
@@ -248,3 +248,16 @@ async def test_a_failed_server_is_tried_last_for_a_while(dns: DnsServer) -> None
     clock.now += FAILED_HOLD + 1
     assert resolver.failover(t).targets == (first, second, third)
     assert "failed" not in resolver.describe([t])["default/carrier"]
+
+
+async def test_unusable_addresses_in_dns_are_ignored(dns: DnsServer) -> None:
+    dns.set("a.carrier.test", "A", 60, "0.0.0.0", "224.0.0.1", "127.0.0.2")
+    dns.set("b.carrier.test", "AAAA", 60, "::", "ff02::1")
+    resolver = make(dns, Clock())
+    t = trunk()
+    await resolver.refresh([t])
+    assert resolver.addresses([t])[("default", "carrier")] == {
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.9",
+    }

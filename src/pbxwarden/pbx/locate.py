@@ -225,15 +225,15 @@ class Lookup:
     port: int | None = None
     transport: str | None = None
     supported: Sequence[str] = ("UDP",)
-    _pending: set[Question] = field(default_factory=set)
-    _asked: set[Question] = field(default_factory=set)
-    _srv_names: list[tuple[str, str]] = field(default_factory=list)
-    _srv: dict[str, list[Srv]] = field(default_factory=dict)
-    _addresses: dict[str, list[str]] = field(default_factory=dict)
-    _ttls: list[float] = field(default_factory=list)
-    _errors: list[str] = field(default_factory=list)
-    _started: bool = False
-    _unavailable: bool = False
+    _pending: set[Question] = field(init=False, default_factory=set)
+    _asked: set[Question] = field(init=False, default_factory=set)
+    _srv_names: list[tuple[str, str]] = field(init=False, default_factory=list)
+    _srv: dict[str, list[Srv]] = field(init=False, default_factory=dict)
+    _addresses: dict[str, list[str]] = field(init=False, default_factory=dict)
+    _ttls: list[float] = field(init=False, default_factory=list)
+    _errors: list[str] = field(init=False, default_factory=list)
+    _started: bool = field(init=False, default=False)
+    _unavailable: bool = field(init=False, default=False)
 
     def questions(self) -> list[Question]:
         if not self._started:
@@ -367,10 +367,6 @@ class Failover:
         if self._index < len(self.targets):
             self._index += 1
         return self.current
-
-    @property
-    def tried(self) -> int:
-        return min(self._index + 1, len(self.targets))
 
 
 FAILOVER_STATUSES = frozenset({503})  # besides timeouts and transport errors (RFC 3263 4.3)

@@ -115,12 +115,6 @@ class TrunkResolver:
     def _entry(self, key: LookupKey) -> _Entry:
         return self._entries.setdefault(key, _Entry())
 
-    def next_due(self) -> float | None:
-        """Seconds until the next lookup is due (None: no named trunk)."""
-        if not self._entries:
-            return None
-        return max(0.0, min(e.due for e in self._entries.values()) - self._clock())
-
     async def _resolve(self, key: LookupKey) -> Resolution:
         host, port, transport = key
         lookup = Lookup(host, port, transport, CLIENT_TRANSPORTS)
@@ -175,7 +169,9 @@ class TrunkResolver:
                     )
                 )
             elif rdata.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                records.append(str(rdata.address))
+                ip = ipaddress.ip_address(rdata.address)
+                if not (ip.is_unspecified or ip.is_multicast):  # no carrier is there
+                    records.append(str(ip))
         return records, float(answer.rrset.ttl)
 
     def _keep(self, key: LookupKey, result: Resolution) -> bool:
