@@ -26,7 +26,13 @@ from pbxwarden.pbx import emergency
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import DIVERSION_REASONS, FeatureCode, judge_target, parse_feature
-from pbxwarden.pbx.locate import FAILOVER_STATUSES, Failover, StaticLocator, TrunkLocator
+from pbxwarden.pbx.locate import (
+    FAILOVER_STATUSES,
+    Failover,
+    StaticLocator,
+    TrunkLocator,
+    is_ip,
+)
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.media import MediaAnchor, MediaError, SdpError, is_sdp
 from pbxwarden.pbx.numbers import Destination, classify, emergency_number
@@ -991,7 +997,9 @@ class CallManager:
         from_ = NameAddr(URI("sip", user=presented, host=host), None, {"tag": generate_tag()})
         # towards a carrier the number it routes (E.164, or the emergency number as such)
         to_user = target.user if call.b_trunk is not None and target.user else call.callee
-        to = NameAddr(URI("sip", user=to_user, host=host))
+        # a carrier by DNS name is addressed by its domain, as in the Request-URI
+        named = call.b_trunk is not None and not is_ip(call.b_trunk.host)
+        to = NameAddr(URI("sip", user=to_user, host=target.host if named else host))
         headers = Headers()
         if call.presented is not None:  # RFC 3325: the identity the carrier may rely on
             headers.add("P-Asserted-Identity", f"<sip:{call.presented}@{host}>")
