@@ -172,7 +172,9 @@ class HttpConfig(_Section):
 
 class StorageConfig(_Section):
     url: str | None = Field(None, description="SQLAlchemy URL; SQLite in the data dir if unset")
-    flush_interval: float = Field(0.2, gt=0, le=10, description="registration write-back period")
+    flush_interval: float = Field(
+        0.2, gt=0, le=300, description="registration write-back period"
+    )
 
 
 class FirewallConfig(_Section):
@@ -213,6 +215,11 @@ class FirewallConfig(_Section):
         description="the same for allow-listed networks and trunk hosts: more is refused, "
         "never banned",
     )
+    # extension locks (pbxwarden.firewall.locks): failures per extension, every source
+    lock_failures: int = Field(10, ge=2, le=10_000)
+    lock_window: float = Field(600.0, gt=0, le=86400)
+    lock_sources: int = Field(2, ge=1, le=1000)
+    lock_steps: list[float] = Field([3600.0, 86400.0, 604800.0], min_length=1)
 
     @field_validator("allow")
     @classmethod
@@ -224,11 +231,11 @@ class FirewallConfig(_Section):
                 raise ValueError(f"not a network: {net!r} (use CIDR, e.g. 192.0.2.0/24)") from None
         return value
 
-    @field_validator("ban_steps")
+    @field_validator("ban_steps", "lock_steps")
     @classmethod
     def _positive(cls, value: list[float]) -> list[float]:
         if any(v <= 0 for v in value):
-            raise ValueError("ban durations must be positive seconds")
+            raise ValueError("durations must be positive seconds")
         return value
 
 
@@ -522,6 +529,10 @@ identity_window = 60             #   extension enumeration, banned
 connections_per_source = 64      # TCP/TLS connections per address (IPv6: per /64); more:
                                  #   a connection flood, banned
 trusted_connections_per_source = 1024   # allow-listed networks and trunks: refused, not banned
+lock_failures = 10               # failed authentications of one extension within lock_window
+lock_window = 600                #   from lock_sources or more addresses (or from a trunk's):
+lock_sources = 2                 #   locked against networks it never registered from
+lock_steps = [3600, 86400, 604800]  # first, second, third and later locks (seconds)
 
 [calls]
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"
@@ -588,6 +599,10 @@ max_tenant_spend_per_day = 2000.0
 max_concurrent_calls = 50
 max_calls_per_hour = 600
 max_call_minutes = 480
+allow_report_only = false        # may a tenant admin put fraud rules in report-only mode
+max_learning_days = 30.0
+max_block_score = 90
+allow_no_suspension = false
 
 # Where alerts go (besides `pbxwarden alerts` and the logs). Uncomment what you use.
 [alerts]

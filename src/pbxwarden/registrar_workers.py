@@ -43,8 +43,10 @@ import structlog
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.firewall.engine import Firewall, FirewallSettings
 from pbxwarden.firewall.geo import open_geo
+from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.latency import Latency
+from pbxwarden.locking import adopt_stored, lock_settings
 from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.location import Binding, LocationService
 from pbxwarden.pbx.registrar import aor_key
@@ -69,8 +71,10 @@ from pbxwarden.sip.transaction import (
     TransactionLayer,
     stamp_via,
 )
-from pbxwarden.store.db import Store
+from pbxwarden.store.db import ExtensionAuth, Store
+from pbxwarden.store.locks import LockStore
 from pbxwarden.transport.network import Alarm
+from pbxwarden.transport.resolver import TrunkResolver
 
 log = structlog.get_logger("pbxwarden.workers")
 
@@ -377,6 +381,13 @@ class _Reporter:
             self._last[address] = "s"
             self.events.append(["s", address])
 
+    def lock_failure(self, ext: ExtensionAuth, address: str, now: float, unbannable: bool) -> None:
+        """A known extension's failure, for the main process's copy of its lock count."""
+        changed = ext.password_changed_at
+        self.events.append(
+            ["lf", ext.id, ext.tenant, ext.number, address[:64], now, changed, unbannable]
+        )
+
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
@@ -440,6 +451,16 @@ class RegistrarWorker:
             fw.approve_new_networks, geo.country if geo is not None else None
         )
         self._approved_networks = -1
+        # This worker locks the extensions it serves at once (a burst of guesses is
+        # answered here); the main process, told of each failure, stores and announces.
+        self.locks = ExtensionLocks(
+            LockTracker(lock_settings(fw)),
+            self.netwatch,
+            self.firewall.is_allowlisted,
+            self.reporter.lock_failure,
+        )
+        self._lock_store = LockStore(store)
+        self._repeat_memory = FirewallSettings().repeat_memory
         self.registration = RegistrationHandler(
             self.auth,
             self.directory,
@@ -447,6 +468,7 @@ class RegistrarWorker:
             self.netwatch,
             self.reporter,
             self._record_network,
+            self.locks,
         )
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
         self.latency = Latency()  # handed to the main process every second
@@ -454,6 +476,16 @@ class RegistrarWorker:
         self._alarm = Alarm(self._on_timer)  # the transaction layer's next timer
         self._network_writes: list[tuple[int, str, float, bool]] = []
         self._stop = asyncio.Event()
+        # trunks by DNS name: their resolved addresses are trunk addresses here as in the
+        # main process (never a place to register from, unless the extension may)
+        dns_config = config.dns
+        self.resolver = TrunkResolver(
+            dns_config.nameserver_addresses(),
+            timeout=dns_config.timeout,
+            min_ttl=dns_config.min_ttl,
+            max_ttl=dns_config.max_ttl,
+        )
+        self._resolved_trunk_hosts: frozenset[str] = frozenset()
 
     def _add_realms(self, realms: list[str]) -> None:
         # Nonces signed as issuer index + 1: 0 is the main process.
@@ -473,10 +505,12 @@ class RegistrarWorker:
         self.reporter.events.append(["ready"])
         self._flush()
         refresher = asyncio.create_task(self._refresh_loop())
+        resolver = asyncio.create_task(self._resolve_loop())
         await self._stop.wait()
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in (refresher, resolver):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         loop.remove_reader(self._channel.fileno())
         self._flush()
         await self._write_networks()
@@ -506,6 +540,23 @@ class RegistrarWorker:
         self._approved_networks = await refresh_networks(
             self.store, self.netwatch, self._approved_networks
         )
+        await adopt_stored(self._lock_store, self.locks, self._repeat_memory)
+        self.locks.trunk_hosts |= self._resolved_trunk_hosts
+        self.firewall.set_trusted(set(self.locks.trunk_hosts))  # never banned: unbannable
+
+    async def _resolve_loop(self) -> None:
+        """The trunks' DNS names looked up as their answers expire, as the main process
+        does (its own cache: a worker shares no memory with it)."""
+        while True:
+            try:
+                trunks = (await asyncio.to_thread(self.store.routing_snapshot)).trunks
+                await self.resolver.refresh(trunks)
+                self._resolved_trunk_hosts = frozenset(
+                    a for addresses in self.resolver.addresses(trunks).values() for a in addresses
+                )
+            except Exception:
+                log.exception("registrar worker: resolving trunk names failed", worker=self.index)
+            await asyncio.sleep(1.0)
 
     async def _write_networks(self) -> None:
         writes, self._network_writes = self._network_writes, []

@@ -22,12 +22,14 @@ from pbxwarden.control import serve_control
 from pbxwarden.events import EventBus
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.geo import open_geo
+from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.alerts import Alert, AlertDispatcher
 from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.latency import Latency
+from pbxwarden.locking import LockSync, lock_settings
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
 from pbxwarden.pbx.directory import Directory, refresh_directory
@@ -154,6 +156,11 @@ class SipServer:
             fw.approve_new_networks, self.geo.country if self.geo is not None else None
         )
         self._approved_networks = -1  # stored approved networks last loaded
+        # extension locks: failures per extension from every source (firewall/locks.py)
+        self.locks = ExtensionLocks(
+            LockTracker(lock_settings(fw)), self.netwatch, self.firewall.is_allowlisted
+        )
+        self.lock_sync = LockSync(store, self.locks, self.firewall.settings.repeat_memory)
         self.nft: NftablesOffload | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         # 0: taking calls; 1: new calls without credentials get 503 (an INVITE answering
@@ -195,6 +202,7 @@ class SipServer:
             self.netwatch,
             self.firewall,
             self._record_network,
+            self.locks,
         )
         self.transports = Transports(
             self.on_message,
@@ -265,6 +273,7 @@ class SipServer:
         await self._refresh_networks()
         await self._start_offload()
         await self._sync_firewall()
+        await self.lock_sync.sync(self._deliver, self.events.publish)  # stored locks
         self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
         self._stored_policies = await asyncio.to_thread(self.store.policies)
         if self._stored_policies:
@@ -364,6 +373,7 @@ class SipServer:
                     await self._refresh_routing()
                     await self._refresh_networks()
                     await self._sync_firewall()
+                    await self.lock_sync.sync(self._deliver, self.events.publish)
                     await self._guard_round(now)
                     if now >= next_baseline_save:  # learned behaviour survives a restart
                         await self._save_baselines()
@@ -530,7 +540,9 @@ class SipServer:
         routing = stored.with_addresses(self.resolver.addresses(stored.trunks))
         self.calls.routing = routing
         self.trunk_registrations.sync(routing.trunks)
-        self.firewall.set_trusted(routing.trusted_hosts(), routing.trusted_networks())
+        trusted = routing.trusted_hosts()  # IP hosts and what the names resolve to
+        self.firewall.set_trusted(trusted, routing.trusted_networks())
+        self.locks.trunk_hosts = frozenset(trusted)
 
     async def _resolve_once(self) -> None:
         if await self.resolver.refresh(self._stored_routing.trunks):
@@ -743,6 +755,16 @@ class SipServer:
                     self.firewall.auth_succeeded(str(event[1]))
                 elif kind == "f":
                     self.firewall.auth_failed(str(event[1]), str(event[2]), float(event[3]))
+                elif kind == "lf":  # a failure of a known extension, for its lock
+                    _, ext_id, tenant, number, address, at, changed, unbannable = event
+                    self.locks.tracker.failed(
+                        int(ext_id),
+                        (str(tenant), str(number)),
+                        str(address),
+                        float(at),
+                        unbannable=bool(unbannable),
+                        password_changed_at=None if changed is None else float(changed),
+                    )
                 elif kind == "ban":
                     self.firewall.ban(str(event[1]), str(event[2]), time.time())
                 elif kind == "o":  # an answer over one of our TCP/TLS connections
@@ -1024,8 +1046,23 @@ class SipServer:
                 },
             )
 
-    def auth_failed(self, source: Address, username: str) -> None:
-        self.firewall.auth_failed(source.host, username, time.time())
+    def auth_failed(
+        self, source: Address, username: str, extension: ExtensionAuth | None = None
+    ) -> None:
+        now = time.time()
+        self.firewall.auth_failed(source.host, username, now)
+        if extension is not None:
+            self.locks.failed(extension, source.host, now)
+
+    def refuse_credentials(self, extension: ExtensionAuth, source: Address) -> bool:
+        """Right credentials that must get a wrong password's answer (a locked extension
+        from an unknown network, a trunk's address): counted like a wrong password."""
+        why = self.locks.refusal(extension, source.host, time.time())
+        if why is None:
+            return False
+        self.auth_failed(source, extension.number, extension)
+        log.info("request refused", source=str(source), user=extension.number, reason=why)
+        return True
 
     def forwarding_refused(
         self, tenant: str, number: str, kind: str, target: str, source: str, reason: str
@@ -1098,9 +1135,7 @@ class SipServer:
         task.add_done_callback(self._tasks.discard)
 
 
-def overload_state(
-    was: int, lag: float, lag_limit: float, backlog: int, backlog_limit: int
-) -> int:
+def overload_state(was: int, lag: float, lag_limit: float, backlog: int, backlog_limit: int) -> int:
     """How hard to shed new calls: 0 not at all, 1 those without credentials, 2 all.
 
     2 when the loop lags past its limit or the receive queue is four times its limit;

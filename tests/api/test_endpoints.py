@@ -395,6 +395,9 @@ async def test_a_tenant_admin_stays_within_the_provider_ceiling(api: Api) -> Non
         ({"tenant_spend_per_day": 1e6}, "tenant_spend_per_day"),
         ({"extensions": {"2000": {"allow_special": ["premium-rate"]}}}, "extensions.2000"),
         ({"after_hours": {"spend_per_day": 9999}}, "after_hours.spend_per_day"),
+        ({"report_only": ["anomaly"]}, "report_only"),
+        ({"suspend_on_critical": False}, "suspend_on_critical"),
+        ({"block_score": 100}, "block_score"),
     ]:
         refused = await acme.put(base, json=body)
         assert refused.status_code == 403 and why in refused.json()["detail"], refused.text

@@ -48,6 +48,9 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PbxProcess, 
         cli(data, "did", "add", did, "--extension", ext, "--tenant", name)
         cli(data, "trunk", "add", "carrier", "--host", CARRIER, "--port", str(carrier_port),
             "--tenant", name)  # fmt: skip
+    # 1001 may only be used from the office network: not from here, but for 911.
+    cli(data, "extension", "add", "1001", "--password", "Us-Roaming-Passw0rd", "--tenant", "us")
+    cli(data, "extension", "acl", "1001", "--allow", "10.0.0.0/8", "--tenant", "us")
     # The US extension is suspended and its tenant may not place a single costly call.
     cli(data, "extension", "suspend", "1000", "--tenant", "us", "--reason", "fraud suspected")
     cli(data, "tenant", "policy", "us", "--set", "max_concurrent_calls=0",
@@ -60,8 +63,17 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PbxProcess, 
         server.stop()
 
 
-def dial(pbx: PbxProcess, workdir: Path, tenant: str, dialed: str, scenario: str | Path) -> int:
+def dial(
+    pbx: PbxProcess,
+    workdir: Path,
+    tenant: str,
+    dialed: str,
+    scenario: str | Path,
+    user: tuple[str, str] | None = None,
+) -> int:
     realm, _, ext, password, _ = TENANTS[tenant]
+    if user is not None:
+        ext, password = user
     result = run_sipp(
         str(scenario),
         f"{pbx.host}:{pbx.port}",
@@ -189,3 +201,27 @@ def test_short_codes_are_judged_by_their_cost(pbx: tuple[PbxProcess, int], tmp_p
         ("11811", "premium-rate"),
         ("3615", "premium-rate"),
     }
+
+
+def test_outside_its_networks_an_extension_still_reaches_911(
+    pbx: tuple[PbxProcess, int], tmp_path: Path
+) -> None:
+    """A softphone away from the office: its ACL refuses every call but the emergency one."""
+    server, carrier_port = pbx
+    roaming = ("1001", "Us-Roaming-Passw0rd")
+    dial(server, tmp_path, "us", "2025550143", refused_scenario(tmp_path, 403), user=roaming)
+    messages = tmp_path / "carrier-messages.log"
+    carrier = start_sipp_uas(
+        "call_uas.xml",
+        carrier_port,
+        tmp_path,
+        local_ip=CARRIER,
+        extra=["-trace_msg", "-message_file", str(messages)],
+    )
+    try:
+        dial(server, tmp_path, "us", "911", "call_uac.xml", user=roaming)
+    finally:
+        result = finish_sipp_uas(carrier, tmp_path)
+    assert result.successful == 1, result.output
+    [invite] = carrier_invites(messages)
+    assert invite["user"] == "911" and "sip:+12025550100@" in invite["from"]  # tenant's DID

@@ -27,6 +27,7 @@ from pbxwarden.api import (
     routes_audit,
     routes_auth,
     routes_events,
+    routes_locks,
     routes_ops,
     routes_pbx,
     routes_policy,
@@ -270,6 +271,7 @@ def create_app(
     for router in (
         routes_auth.router,
         routes_pbx.router,
+        routes_locks.router,
         routes_ops.router,
         routes_audit.router,
         routes_events.router,

@@ -139,6 +139,28 @@ class ExtensionIn(_In):
     display_name: Annotated[str, StringConstraints(max_length=128, pattern=NO_CONTROL)] | None = (
         None
     )
+    password: SecretStr | None = Field(
+        None,
+        max_length=256,
+        description="SIP password; omit to have a strong one generated (recommended). "
+        "A weak one is refused (400) with the reason",
+    )
+
+
+class PasswordIn(_In):
+    password: SecretStr | None = Field(
+        None, max_length=256, description="the new SIP password; omit to generate one"
+    )
+
+
+class TrunkAccessIn(_In):
+    allow: bool = Field(description="its credentials may be used from a trunk's address")
+
+
+class LockOut(BaseModel):
+    tenant: str
+    number: str
+    locked: bool
 
 
 class ExtensionOut(BaseModel):
@@ -149,12 +171,24 @@ class ExtensionOut(BaseModel):
     networks: str | None
     suspended: str | None
     registrations: int
+    locked_until: float | None = Field(
+        None,
+        description="locked after distributed password guessing until then (Unix time): "
+        "refused from networks it never registered from; a new password lifts it",
+    )
+    lock_reason: str | None = None
+    trunk_access: bool = Field(
+        False, description="its credentials may be used from a trunk's address"
+    )
 
 
 class PasswordOut(BaseModel):
     tenant: str
     number: str
-    password: str = Field(description="SIP password, shown once; only digest hashes are stored")
+    password: str | None = Field(
+        description="generated SIP password, shown once (null when you chose it); only "
+        "digest hashes are stored"
+    )
 
 
 class NetworksIn(_In):

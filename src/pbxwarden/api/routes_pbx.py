@@ -24,6 +24,7 @@ from pbxwarden.api.models import (
     ForwardingOut,
     ForwardKind,
     NetworksIn,
+    PasswordIn,
     PasswordOut,
     ResumeIn,
     SuspendIn,
@@ -124,8 +125,9 @@ def create_extension(
     tenant: TenantPath, body: ExtensionIn, request: Request, ctx: Ctx, principal: Admin
 ) -> dict[str, Any]:
     visible_tenant(ctx, principal, tenant)
-    password = generate_password()
-    ctx.store.add_extensions(
+    chosen = None if body.password is None else body.password.get_secret_value()
+    password = generate_password() if chosen is None else chosen
+    ctx.store.add_extensions(  # a weak chosen password: StoreError, 400 with the reason
         [(body.number, password)], tenant, body.display_name, _fingerprint_key(request)
     )
     after = {"tenant": tenant, "number": body.number, "display_name": body.display_name}
@@ -138,7 +140,7 @@ def create_extension(
         after,
         tenant,
     )
-    return {"tenant": tenant, "number": body.number, "password": password}
+    return {"tenant": tenant, "number": body.number, "password": None if chosen else password}
 
 
 @router.get(
@@ -154,14 +156,21 @@ def get_extension(
     "/tenants/{tenant}/extensions/{number}/password",
     response_model=PasswordOut,
     tags=["extensions"],
-    summary="Replace the SIP password with a new generated one, returned once",
+    summary="Replace the SIP password (generated and returned once, or given and checked)",
 )
 def rotate_password(
-    tenant: TenantPath, number: NumberPath, request: Request, ctx: Ctx, principal: Admin
+    tenant: TenantPath,
+    number: NumberPath,
+    request: Request,
+    ctx: Ctx,
+    principal: Admin,
+    body: PasswordIn | None = None,
 ) -> dict[str, Any]:
     visible_tenant(ctx, principal, tenant)
+    given = body.password if body is not None else None
+    chosen = None if given is None else given.get_secret_value()
     password = ctx.admin.rotate_extension_password(
-        tenant, number, fingerprint_key=_fingerprint_key(request)
+        tenant, number, chosen, fingerprint_key=_fingerprint_key(request)
     )
     audit(
         request,
@@ -172,7 +181,7 @@ def rotate_password(
         {"password_rotated": True},
         tenant,
     )
-    return {"tenant": tenant, "number": number, "password": password}
+    return {"tenant": tenant, "number": number, "password": None if chosen else password}
 
 
 @router.put(

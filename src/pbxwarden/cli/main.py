@@ -25,6 +25,7 @@ from rich.table import Table
 
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
+from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.config import (
     CONFIG_FILE,
@@ -52,6 +53,8 @@ app = typer.Typer(
 )
 extension_app = typer.Typer(no_args_is_help=True, help="Manage extensions (SIP accounts).")
 app.add_typer(extension_app, name="extension")
+extension_app.command("unlock")(extension_unlock)
+extension_app.command("trunk-access")(extension_trunk_access)
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (companies on this PBX).")
 app.add_typer(tenant_app, name="tenant")
 trunk_app = typer.Typer(no_args_is_help=True, help="SIP trunks to carriers.")
@@ -1154,6 +1157,14 @@ def simulate(
         typer.Option(help="Only these attacks (repeat); default: all of them."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    run_set: Annotated[
+        str | None,
+        typer.Option(
+            "--set",
+            help="Run every seed of a fixed set instead: 'tuning' or 'holdout' (the hold-out "
+            "set's seeds and tenant mix are never used to tune the guard).",
+        ),
+    ] = None,
     sip: Annotated[
         bool,
         typer.Option(
@@ -1192,6 +1203,18 @@ def simulate(
         config = _config().guard
         if not config.tenants and config.default == type(config.default)():
             config = None  # untouched defaults: use the simulator's realistic tenant mix
+    if run_set is not None:
+        from pbxwarden.guard.simulate import run_set as run_seeds
+
+        if run_set not in ("tuning", "holdout"):
+            raise fail(f"unknown set {run_set!r}: the sets are tuning and holdout")
+        reports = run_seeds(run_set, tenants, extensions, days, chosen, config)
+        if as_json:
+            out.print_json(json.dumps([r.to_json() for r in reports]))
+        else:
+            text = "\n\n".join(r.markdown() for r in reports)
+            out.print(text, markup=False, highlight=False)
+        return
     report = Simulation(tenants, extensions, days, seed, chosen, config).run()
     if as_json:
         out.print_json(json.dumps(report.to_json()))

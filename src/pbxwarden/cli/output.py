@@ -40,7 +40,7 @@ def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
         table.add_row(
             *(
                 when(v)
-                if (k.endswith("_at") or k == "at") and isinstance(v, int | float)
+                if (k.endswith(("_at", "_until")) or k == "at") and isinstance(v, int | float)
                 else ""
                 if v is None
                 else str(v)

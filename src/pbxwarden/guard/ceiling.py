@@ -36,6 +36,15 @@ class ProviderCeiling(BaseModel):
     max_concurrent_calls: int = Field(50, ge=0, description="costly calls at once per tenant")
     max_calls_per_hour: int = Field(600, ge=0, description="per extension")
     max_call_minutes: float = Field(480.0, gt=0)
+    # the guard's own knobs: turning them down is opening the door as surely as a cap
+    allow_report_only: bool = Field(
+        False, description="may a tenant admin put fraud rules in report-only mode"
+    )
+    max_learning_days: float = Field(30.0, ge=0, description="longest learning period")
+    max_block_score: int = Field(90, ge=1, le=100, description="highest anomaly block score")
+    allow_no_suspension: bool = Field(
+        False, description="may a tenant admin turn off suspension on corroborated fraud"
+    )
 
 
 def violations(policy: TenantPolicy, ceiling: ProviderCeiling) -> list[str]:
@@ -67,8 +76,14 @@ def violations(policy: TenantPolicy, ceiling: ProviderCeiling) -> list[str]:
     for key, limit in (
         ("tenant_spend_per_day", ceiling.max_tenant_spend_per_day),
         ("max_concurrent_calls", ceiling.max_concurrent_calls),
+        ("learning_days", ceiling.max_learning_days),
+        ("block_score", ceiling.max_block_score),
     ):
         value = getattr(policy, key)
         if value > limit:
             out.append(f"{key} {value:g} is above the provider's maximum of {limit:g}")
+    if policy.report_only and not ceiling.allow_report_only:
+        out.append("report_only: only the provider may switch fraud rules to report-only")
+    if not policy.suspend_on_critical and not ceiling.allow_no_suspension:
+        out.append("suspend_on_critical: only the provider may turn off suspension")
     return out

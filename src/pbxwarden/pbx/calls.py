@@ -84,7 +84,10 @@ class CallPort(Protocol):
     def wall_time(self) -> float: ...
     def cdr_open(self, token: int, fields: dict[str, Any]) -> None: ...
     def cdr_close(self, token: int, fields: dict[str, Any]) -> None: ...
-    def auth_failed(self, source: Address, username: str) -> None: ...
+    def auth_failed(
+        self, source: Address, username: str, extension: ExtensionAuth | None = None
+    ) -> None: ...
+    def refuse_credentials(self, extension: ExtensionAuth, source: Address) -> bool: ...
     def set_forwarding(
         self, tenant: str, number: str, kind: str, target: str | None, source: str
     ) -> None: ...
@@ -451,13 +454,24 @@ class CallManager:
         outcome = self.auth.authenticate(request, credentials, extension, now)
         if outcome.response is not None:
             if credentials is not None and outcome.response.status == 403:
-                self.port.auth_failed(source, credentials.username)
+                self.port.auth_failed(source, credentials.username, extension)
             self.port.respond(key, request, outcome.response)
             return
         caller = outcome.extension
         assert caller is not None and credentials is not None
+        dialed = request.uri.user or ""
+        number = emergency_number(dialed, self.routing.countries.get(caller.tenant, "US"))
+        if number is not None:
+            # Before anything that could refuse it: a locked extension, one outside its
+            # networks (a softphone away from the office) still reaches 112. The password
+            # was right; the admins are told where the call came from.
+            self._emergency(request, key, source, caller, dialed, number, now)
+            return
+        if self.port.refuse_credentials(caller, source):  # locked, or from a trunk's address
+            self.port.respond(key, request, self.auth.forbidden(request))
+            return
         if not caller.allows(source.host):
-            self.port.auth_failed(source, credentials.username)
+            self.port.auth_failed(source, credentials.username, caller)
             log.warning(
                 "call from outside the extension's networks",
                 source=str(source),
@@ -465,11 +479,6 @@ class CallManager:
                 tenant=caller.tenant,
             )
             self.port.respond(key, request, self.auth.forbidden(request))
-            return
-        dialed = request.uri.user or ""
-        number = emergency_number(dialed, self.routing.countries.get(caller.tenant, "US"))
-        if number is not None:  # before anything that could refuse it
-            self._emergency(request, key, source, caller, dialed, number, now)
             return
         feature = parse_feature(dialed, self.features)
         if feature is not None:

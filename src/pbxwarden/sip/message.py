@@ -381,8 +381,10 @@ class CSeq:
         self.method: Final = method
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CSeq) and self.number == other.number and (
-            self.method == other.method
+        return (
+            isinstance(other, CSeq)
+            and self.number == other.number
+            and (self.method == other.method)
         )
 
     def __hash__(self) -> int:
@@ -500,8 +502,17 @@ class Request(Message):
         uri: URI | None = None,
     ) -> None:
         super().__init__(
-            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
-            contact_star, expires,
+            via,
+            from_,
+            to,
+            call_id,
+            cseq,
+            headers,
+            body,
+            max_forwards,
+            contacts,
+            contact_star,
+            expires,
         )
         self.method = method
         self.uri = URI("sip") if uri is None else uri
@@ -534,8 +545,17 @@ class Response(Message):
         reason: str = "OK",
     ) -> None:
         super().__init__(
-            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
-            contact_star, expires,
+            via,
+            from_,
+            to,
+            call_id,
+            cseq,
+            headers,
+            body,
+            max_forwards,
+            contacts,
+            contact_star,
+            expires,
         )
         self.status = status
         self.reason = reason
@@ -740,16 +760,38 @@ def _build(start: str, raw: list[tuple[str, str]], body: bytes) -> Request | Res
         status, reason = first
         assert isinstance(status, int) and isinstance(reason, str)
         return Response(
-            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
-            contact_star, expires, status, reason,
+            via,
+            from_,
+            to,
+            call_id,
+            cseq,
+            headers,
+            body,
+            max_forwards,
+            contacts,
+            contact_star,
+            expires,
+            status,
+            reason,
         )
     method, uri = first
     assert isinstance(method, str) and isinstance(uri, URI)
     if cseq.method != method:
         raise ParseError("CSeq method does not match the Request-Line")
     return Request(
-        via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
-        contact_star, expires, method, uri,
+        via,
+        from_,
+        to,
+        call_id,
+        cseq,
+        headers,
+        body,
+        max_forwards,
+        contacts,
+        contact_star,
+        expires,
+        method,
+        uri,
     )
 
 

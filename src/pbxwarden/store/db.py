@@ -35,6 +35,7 @@ from pbxwarden.store.models import (
     Cdr,
     DidRow,
     Extension,
+    ExtensionLockRow,
     ExtensionNetwork,
     ForwardingChange,
     GuardBaselineRow,
@@ -43,6 +44,7 @@ from pbxwarden.store.models import (
     TenantPolicyRow,
     TrunkRow,
 )
+from pbxwarden.store.strength import weakness
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
@@ -84,6 +86,8 @@ class ExtensionAuth:
     # when the SIP password was last set (None: since the extension was made): a new
     # password means the old registrations and calls may be an attacker's
     password_changed_at: float | None = None
+    # may use its credentials from a trunk's address (pbxwarden.firewall.locks)
+    trunk_access: bool = False
 
     def allows(self, address: str) -> bool:
         if not self.networks:
@@ -205,6 +209,8 @@ def _open_trunk_password(key: bytes | None, row: TrunkRow, tenant: str) -> str |
 
 
 def check_password(number: str, password: str) -> None:
+    """A SIP password strong enough to survive guessing: length, then zxcvbn's estimate
+    (the same as for admin passwords, :func:`pbxwarden.store.strength.weakness`)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise StoreError(
             f"password too short: use at least {MIN_PASSWORD_LENGTH} characters, "
@@ -212,6 +218,20 @@ def check_password(number: str, password: str) -> None:
         )
     if number in password or len(set(password)) < 6:
         raise StoreError("password too guessable: it contains the extension number or repeats")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in password):
+        raise StoreError("invalid password: no control characters")
+    why = weakness(password, [number, "pbxwarden", "sip"])
+    if why is not None:
+        raise StoreError(
+            f"{why}. Use a long passphrase, or omit the password to have a strong one generated"
+        )
+
+
+def _lock_in_force(
+    until: float | None, made: float | None, pw_at: float | None, now: float
+) -> bool:
+    """A stored extension lock still in force: neither ended nor outdated by a new password."""
+    return until is not None and until > now and (pw_at or 0.0) < (made or 0.0)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -362,6 +382,11 @@ class Store:
                 Extension.acl,
                 Extension.suspended_reason,
                 func.count(Registration.id),
+                Extension.trunk_access,
+                Extension.password_changed_at,
+                ExtensionLockRow.until,
+                ExtensionLockRow.created_at,
+                ExtensionLockRow.reason,
             )
             .join(Tenant, Tenant.id == Extension.tenant_id)
             .outerjoin(
@@ -369,11 +394,20 @@ class Store:
                 (Registration.extension_id == Extension.id)
                 & (Registration.expires_at > time.time()),
             )
-            .group_by(Extension.id, Tenant.name)
+            .outerjoin(ExtensionLockRow, ExtensionLockRow.extension_id == Extension.id)
+            .group_by(
+                Extension.id,
+                Tenant.name,
+                ExtensionLockRow.extension_id,
+                ExtensionLockRow.until,
+                ExtensionLockRow.created_at,
+                ExtensionLockRow.reason,
+            )
             .order_by(Tenant.name, Extension.number)
         )
         if tenant is not None:
             stmt = stmt.where(Tenant.name == tenant)
+        now = time.time()
         with Session(self.engine) as s:
             return [
                 {
@@ -384,8 +418,12 @@ class Store:
                     "networks": acl,
                     "suspended": sus,
                     "registrations": c,
+                    # a lock in force: until it expires, a new password or an admin lifts it
+                    "locked_until": until if _lock_in_force(until, made, pw_at, now) else None,
+                    "lock_reason": why if _lock_in_force(until, made, pw_at, now) else None,
+                    "trunk_access": bool(trunk),
                 }
-                for t, n, d, e, acl, sus, c in s.execute(stmt)
+                for t, n, d, e, acl, sus, c, trunk, pw_at, until, made, why in s.execute(stmt)
             ]
 
     _AUTH_COLUMNS = (
@@ -402,11 +440,14 @@ class Store:
         Extension.forward_noanswer,
         Extension.noanswer_after,
         Extension.password_changed_at,
+        Extension.trunk_access,
     )
 
     @staticmethod
     def _auth_row(row: Any) -> ExtensionAuth:
-        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after, pw_at = row
+        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after, pw_at, tr = (
+            row
+        )
         try:
             networks = parse_networks(acl)
         except StoreError:  # validated on write; never let one bad row stop the server
@@ -424,6 +465,7 @@ class Store:
             fn,
             float(after or 20.0),
             pw_at,
+            bool(tr),
         )
 
     def set_acl(self, tenant: str, number: str, networks: str | None) -> None:
@@ -804,6 +846,16 @@ class Store:
                     )
                 else:
                     row.data, row.updated_at = text, now
+
+    def load_baseline(self, tenant: str, extension: str = "") -> dict[str, Any] | None:
+        """One learned baseline (the tenant's own with extension ""), or None."""
+        with Session(self.engine) as s:
+            row = s.get(GuardBaselineRow, (tenant, extension))
+            try:
+                data = json.loads(row.data) if row is not None else None
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
 
     def load_baselines(self) -> list[tuple[str, str, dict[str, Any]]]:
         with Session(self.engine) as s:

@@ -4,15 +4,15 @@ A trunk's host may now be a DNS name (no schema change: port 0 stands for "from 
 transport "auto" for "as NAPTR says"); a carrier that sends from addresses its DNS does
 not name lists them in ``inbound_from``.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
