@@ -7,6 +7,7 @@ TTL; the registration to the carrier names its domain and fails over too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -330,3 +331,42 @@ def test_trunk_hosts_are_validated(tmp_path: Path) -> None:
 def trunks_empty(data_dir: Path) -> bool:
     out = cli(data_dir, "trunk", "list", "--json").stdout.strip()
     return out in ("[]", "") or out.startswith("no ")
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["main", "workers"])
+def test_no_registering_from_a_named_carriers_address(
+    tmp_path: Path, dns: DnsServer, workers: int
+) -> None:
+    """The resolved addresses are a trunk's addresses for the extension lock's rule too
+    (credentials are refused from them unless the extension may), in the main process
+    and in registrar workers, which resolve the names themselves."""
+    from pbxwarden.sip.message import Response, parse_message
+    from tests.helpers import SipClient
+
+    clients: dict[str, SipClient] = {}
+
+    def register(source: str) -> int | None:
+        """One phone per source (the same contact each time: no pile of bindings)."""
+        if source not in clients:
+            clients[source] = SipClient((pbx.host, pbx.port), source_ip=source)
+        try:
+            reply = parse_message(clients[source].register("2000", USERS["2000"]))
+        except TimeoutError:
+            return None
+        return reply.status if isinstance(reply, Response) else None
+
+    carrier_dns(dns, free_port(FIRST), free_port(SECOND))
+    env = pbx_env(dns, PBXWARDEN_SIP__WORKERS=str(workers))
+    with running_pbx(tmp_path / "data", USERS, env=env) as pbx, contextlib.ExitStack() as stack:
+        stack.callback(lambda: [c.close() for c in clients.values()])
+        add_named_trunk(pbx)
+        wait_addresses(pbx, {FIRST, SECOND})
+        assert register("127.0.0.7") == 200  # not a carrier's address: fine
+        deadline = time.monotonic() + 30
+        seen = []
+        while (status := register(SECOND)) != 403:  # each worker has resolved the name too
+            seen.append(status)
+            assert time.monotonic() < deadline, (seen, pbx.log()[-3000:])
+            time.sleep(0.3)
+        assert [register(SECOND) for _ in range(4)] == [403] * 4  # wherever it lands
+        assert register(FIRST) == 403
