@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import marshal
 import re
 import signal
@@ -486,6 +487,7 @@ class RegistrarWorker:
             max_ttl=dns_config.max_ttl,
         )
         self._resolved_trunk_hosts: frozenset[str] = frozenset()
+        self._trunk_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def _add_realms(self, realms: list[str]) -> None:
         # Nonces signed as issuer index + 1: 0 is the main process.
@@ -542,6 +544,7 @@ class RegistrarWorker:
         )
         await adopt_stored(self._lock_store, self.locks, self._repeat_memory)
         self.locks.trunk_hosts |= self._resolved_trunk_hosts
+        self.locks.trunk_networks = self._trunk_networks
         self.firewall.set_trusted(set(self.locks.trunk_hosts))  # never banned: unbannable
 
     async def _resolve_loop(self) -> None:
@@ -549,7 +552,9 @@ class RegistrarWorker:
         does (its own cache: a worker shares no memory with it)."""
         while True:
             try:
-                trunks = (await asyncio.to_thread(self.store.routing_snapshot)).trunks
+                routing = await asyncio.to_thread(self.store.routing_snapshot)
+                trunks = routing.trunks
+                self._trunk_networks = routing.inbound_networks()
                 await self.resolver.refresh(trunks)
                 self._resolved_trunk_hosts = frozenset(
                     a for addresses in self.resolver.addresses(trunks).values() for a in addresses

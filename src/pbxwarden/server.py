@@ -543,6 +543,7 @@ class SipServer:
         trusted = routing.trusted_hosts()  # IP hosts and what the names resolve to
         self.firewall.set_trusted(trusted, routing.trusted_networks())
         self.locks.trunk_hosts = frozenset(trusted)
+        self.locks.trunk_networks = routing.inbound_networks()
 
     async def _resolve_once(self) -> None:
         if await self.resolver.refresh(self._stored_routing.trunks):

@@ -337,9 +337,10 @@ def trunks_empty(data_dir: Path) -> bool:
 def test_no_registering_from_a_named_carriers_address(
     tmp_path: Path, dns: DnsServer, workers: int
 ) -> None:
-    """The resolved addresses are a trunk's addresses for the extension lock's rule too
-    (credentials are refused from them unless the extension may), in the main process
-    and in registrar workers, which resolve the names themselves."""
+    """The resolved addresses (and --inbound-from networks) are a trunk's addresses for
+    the extension lock's rule too (credentials are refused from them unless the extension
+    may), in the main process and in registrar workers, which resolve the names
+    themselves."""
     from pbxwarden.sip.message import Response, parse_message
     from tests.helpers import SipClient
 
@@ -359,7 +360,7 @@ def test_no_registering_from_a_named_carriers_address(
     env = pbx_env(dns, PBXWARDEN_SIP__WORKERS=str(workers))
     with running_pbx(tmp_path / "data", USERS, env=env) as pbx, contextlib.ExitStack() as stack:
         stack.callback(lambda: [c.close() for c in clients.values()])
-        add_named_trunk(pbx)
+        add_named_trunk(pbx, "--inbound-from", "127.0.6.0/24")
         wait_addresses(pbx, {FIRST, SECOND})
         assert register("127.0.0.7") == 200  # not a carrier's address: fine
         deadline = time.monotonic() + 30
@@ -370,3 +371,4 @@ def test_no_registering_from_a_named_carriers_address(
             time.sleep(0.3)
         assert [register(SECOND) for _ in range(4)] == [403] * 4  # wherever it lands
         assert register(FIRST) == 403
+        assert register("127.0.6.5") == 403  # an --inbound-from network is the carrier's too

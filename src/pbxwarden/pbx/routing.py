@@ -113,6 +113,10 @@ class Routing:
     def trusted_networks(self) -> list[str]:
         return [str(net) for net, _ in self._networks]
 
+    def inbound_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The ``inbound_from`` networks of every trunk, parsed."""
+        return tuple(dict.fromkeys(net for net, _ in self._networks))
+
     def trunk_for(self, tenant: str, e164: str) -> Trunk | None:
         """The tenant's trunk with the longest matching prefix."""
         best: tuple[int, Trunk] | None = None
