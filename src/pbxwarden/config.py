@@ -303,6 +303,41 @@ class MediaConfig(_Section):
         return self
 
 
+class DnsConfig(_Section):
+    """Resolving trunks given by DNS name (RFC 3263: NAPTR, SRV, A/AAAA)."""
+
+    nameservers: list[str] = Field(
+        [], description="DNS servers for trunk names, IP or IP:port; empty: the system's"
+    )
+    timeout: float = Field(3.0, gt=0, le=30, description="seconds for one DNS question")
+    min_ttl: float = Field(
+        30.0, ge=1, le=86400, description="answers are kept at least this long (seconds)"
+    )
+    max_ttl: float = Field(
+        3600.0, ge=1, le=604800, description="and at most this long, whatever their TTL"
+    )
+
+    @field_validator("nameservers")
+    @classmethod
+    def _check_nameservers(cls, value: list[str]) -> list[str]:
+        for server in value:
+            host, _ = parse_hostport(server, 53)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"a DNS server must be an IP address, got {host!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _ttls(self) -> DnsConfig:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError("min_ttl must not exceed max_ttl")
+        return self
+
+    def nameserver_addresses(self) -> list[tuple[str, int]]:
+        return [parse_hostport(server, 53) for server in self.nameservers]
+
+
 class FeaturesConfig(_Section):
     """Codes dialled on a phone; ``*72`` followed by a number sets unconditional forwarding."""
 
@@ -344,6 +379,7 @@ class Config(_Section):
     firewall: FirewallConfig = FirewallConfig()
     calls: CallsConfig = CallsConfig()
     media: MediaConfig = MediaConfig()
+    dns: DnsConfig = DnsConfig()
     features: FeaturesConfig = FeaturesConfig()
     guard: GuardConfig = GuardConfig()
     provider: ProviderCeiling = ProviderCeiling()
@@ -514,6 +550,12 @@ relay = false                    # true: RTP flows through the PBX (phones behin
 port_min = 10000                 # an even port for RTP, the next one for RTCP, per side
 port_max = 20000
 timeout = 120                    # answered calls with no media for this long are hung up
+
+[dns]                            # trunks given by name (trunk add --host carrier.example)
+nameservers = []                 # e.g. ["192.0.2.53", "192.0.2.54:5353"]; empty: the system's
+timeout = 3                      # seconds for one DNS question
+min_ttl = 30                     # answers are kept between min_ttl and max_ttl seconds,
+max_ttl = 3600                   #   as their TTL says; a failed lookup keeps the last answer
 
 [features]
 forward_always_set = "*72"       # *72 followed by a number: forward every call there

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import marshal
 import re
 import signal
@@ -74,6 +75,7 @@ from pbxwarden.sip.transaction import (
 from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.store.locks import LockStore
 from pbxwarden.transport.network import Alarm
+from pbxwarden.transport.resolver import TrunkResolver
 
 log = structlog.get_logger("pbxwarden.workers")
 
@@ -475,6 +477,17 @@ class RegistrarWorker:
         self._alarm = Alarm(self._on_timer)  # the transaction layer's next timer
         self._network_writes: list[tuple[int, str, float, bool]] = []
         self._stop = asyncio.Event()
+        # trunks by DNS name: their resolved addresses are trunk addresses here as in the
+        # main process (never a place to register from, unless the extension may)
+        dns_config = config.dns
+        self.resolver = TrunkResolver(
+            dns_config.nameserver_addresses(),
+            timeout=dns_config.timeout,
+            min_ttl=dns_config.min_ttl,
+            max_ttl=dns_config.max_ttl,
+        )
+        self._resolved_trunk_hosts: frozenset[str] = frozenset()
+        self._trunk_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def _add_realms(self, realms: list[str]) -> None:
         # Nonces signed as issuer index + 1: 0 is the main process.
@@ -494,10 +507,12 @@ class RegistrarWorker:
         self.reporter.events.append(["ready"])
         self._flush()
         refresher = asyncio.create_task(self._refresh_loop())
+        resolver = asyncio.create_task(self._resolve_loop())
         await self._stop.wait()
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in (refresher, resolver):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         loop.remove_reader(self._channel.fileno())
         self._flush()
         await self._write_networks()
@@ -528,7 +543,25 @@ class RegistrarWorker:
             self.store, self.netwatch, self._approved_networks
         )
         await adopt_stored(self._lock_store, self.locks, self._repeat_memory)
+        self.locks.trunk_hosts |= self._resolved_trunk_hosts
+        self.locks.trunk_networks = self._trunk_networks
         self.firewall.set_trusted(set(self.locks.trunk_hosts))  # never banned: unbannable
+
+    async def _resolve_loop(self) -> None:
+        """The trunks' DNS names looked up as their answers expire, as the main process
+        does (its own cache: a worker shares no memory with it)."""
+        while True:
+            try:
+                routing = await asyncio.to_thread(self.store.routing_snapshot)
+                trunks = routing.trunks
+                self._trunk_networks = routing.inbound_networks()
+                await self.resolver.refresh(trunks)
+                self._resolved_trunk_hosts = frozenset(
+                    a for addresses in self.resolver.addresses(trunks).values() for a in addresses
+                )
+            except Exception:
+                log.exception("registrar worker: resolving trunk names failed", worker=self.index)
+            await asyncio.sleep(1.0)
 
     async def _write_networks(self) -> None:
         writes, self._network_writes = self._network_writes, []

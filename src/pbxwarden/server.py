@@ -44,6 +44,7 @@ from pbxwarden.pbx.registration import (
     make_registrar,
     refresh_networks,
 )
+from pbxwarden.pbx.routing import Routing
 from pbxwarden.pbx.trunk_registration import TrunkRegistrations
 from pbxwarden.registrar_workers import WorkerPool, binding_from_event, registration_route
 from pbxwarden.sip.digest import DigestServer
@@ -80,6 +81,7 @@ from pbxwarden.transport.network import (
     bind_udp,
     tls_context,
 )
+from pbxwarden.transport.resolver import TrunkResolver
 from pbxwarden.transport.rtp import MediaRelay
 
 log = structlog.get_logger("pbxwarden.server")
@@ -225,7 +227,19 @@ class SipServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         # trunks that authenticate to their carrier: decrypted passwords, registrations
         self._trunk_key = trunk_credential_key(self._secret)
-        self.trunk_registrations = TrunkRegistrations(self, self._now, sip.user_agent)
+        # trunks by DNS name (RFC 3263): resolved in the background, read from the cache
+        dns_config = config.dns
+        self.resolver = TrunkResolver(
+            dns_config.nameserver_addresses(),
+            timeout=dns_config.timeout,
+            min_ttl=dns_config.min_ttl,
+            max_ttl=dns_config.max_ttl,
+        )
+        self._stored_routing = Routing()  # as the database has it; names not yet resolved
+        self.calls.locator = self.resolver
+        self.trunk_registrations = TrunkRegistrations(
+            self, self._now, sip.user_agent, locator=self.resolver
+        )
 
     @property
     def overloaded(self) -> bool:
@@ -254,6 +268,8 @@ class SipServer:
         self.location.load(rows)
         await self._refresh_directory()
         await self._refresh_routing()
+        with contextlib.suppress(TimeoutError):  # slow DNS: the background task goes on
+            await asyncio.wait_for(self._resolve_once(), 3 * self.config.dns.timeout)
         await self._refresh_networks()
         await self._start_offload()
         await self._sync_firewall()
@@ -263,6 +279,7 @@ class SipServer:
         if self._stored_policies:
             self.guard.reconfigure(with_stored(self.config.guard, self._stored_policies))
         host, port = self.config.sip.listen_address
+        self.resolver.send_from(host)  # a trunk name's targets of this IP version only
         if "udp" in self.config.sip.transports:
             udp = bind_udp(host, port)
             if self.config.sip.workers:
@@ -292,6 +309,7 @@ class SipServer:
             )
         self.trunk_registrations.start()  # after binding: the Contact is our address
         self._background.append(asyncio.create_task(self._write_back()))
+        self._background.append(asyncio.create_task(self._resolve_trunks()))
         self._probe_lag(self._now())
         self._control = await serve_control(self._data_dir, self.control)
         log.info(
@@ -510,11 +528,36 @@ class SipServer:
         )
 
     async def _refresh_routing(self) -> None:
-        routing = await asyncio.to_thread(self.store.routing_snapshot, self._trunk_key)
+        self._stored_routing = await asyncio.to_thread(
+            self.store.routing_snapshot, self._trunk_key
+        )
+        self._apply_routing()
+
+    def _apply_routing(self) -> None:
+        """The stored routing with the addresses DNS gave the trunks' names: inbound calls
+        are recognised, and carriers trusted by the firewall, by those addresses."""
+        stored = self._stored_routing
+        routing = stored.with_addresses(self.resolver.addresses(stored.trunks))
         self.calls.routing = routing
         self.trunk_registrations.sync(routing.trunks)
-        self.firewall.set_trusted({t.host for t in routing.trunks})
-        self.locks.trunk_hosts = frozenset(t.host for t in routing.trunks)
+        trusted = routing.trusted_hosts()  # IP hosts and what the names resolve to
+        self.firewall.set_trusted(trusted, routing.trusted_networks())
+        self.locks.trunk_hosts = frozenset(trusted)
+        self.locks.trunk_networks = routing.inbound_networks()
+
+    async def _resolve_once(self) -> None:
+        if await self.resolver.refresh(self._stored_routing.trunks):
+            self._apply_routing()
+
+    async def _resolve_trunks(self) -> None:
+        """Look trunk names up again as their answers expire (and new trunks within a
+        second of being added)."""
+        while True:
+            try:
+                await self._resolve_once()
+            except Exception:
+                log.exception("resolving trunk names failed")
+            await asyncio.sleep(1.0)
 
     async def _start_offload(self) -> None:
         fw = self.config.firewall
@@ -936,6 +979,7 @@ class SipServer:
                 "bans": len(self.firewall.bans),
                 **self.transports.describe(),
                 "trunk_registrations": self.trunk_registrations.status(),
+                "trunk_dns": self.resolver.describe(self._stored_routing.trunks),
                 "sip_core": _core.mode(),
                 **(self.workers.describe() if self.workers is not None else {}),
                 **(

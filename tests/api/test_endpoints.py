@@ -111,10 +111,24 @@ async def test_trunks_and_dids(api: Api) -> None:
     assert trunk.status_code == 201, trunk.text
     assert trunk.json()["host"] == "198.51.100.10"
     assert [t["name"] for t in (await admin.get("/api/v1/trunks")).json()] == ["carrier"]
-    bad = await admin.post(
-        "/api/v1/tenants/default/trunks", json={"name": "x", "host": "carrier.example"}
+    named = await admin.post(
+        "/api/v1/tenants/default/trunks",
+        json={"name": "named", "host": "SIP.Carrier.Example", "inbound_from": ["192.0.2.0/24"]},
     )
-    assert bad.status_code == 400 and "IP address" in bad.json()["detail"]
+    assert named.status_code == 201, named.text
+    assert (named.json()["host"], named.json()["port"], named.json()["transport"]) == (
+        "sip.carrier.example",
+        None,  # from SRV
+        "auto",  # as NAPTR and SRV say
+    )
+    assert named.json()["inbound_from"] == "192.0.2.0/24"
+    for body, why in [
+        ({"name": "x", "host": "carrier..example"}, "IP address or a DNS name"),
+        ({"name": "x", "host": "carrier.example", "inbound_from": ["nope"]}, "not a network"),
+    ]:
+        bad = await admin.post("/api/v1/tenants/default/trunks", json=body)
+        assert bad.status_code == 400 and why in bad.json()["detail"], bad.text
+    assert [t["name"] for t in (await admin.get("/api/v1/trunks")).json()] == ["carrier", "named"]
 
     did = await admin.post(
         "/api/v1/tenants/default/dids", json={"number": "+12025550100", "extension": "1000"}

@@ -161,3 +161,14 @@ def test_failures_from_a_trunk_address_lock_without_other_sources() -> None:
     made = [locks.failed(EXT, "198.51.100.10", float(i)) for i in range(4)]
     assert made[-1] is not None and made[:3] == [None] * 3
     assert reported == [("198.51.100.10", True)] * 4
+
+
+def test_a_trunks_inbound_networks_are_trunk_addresses() -> None:
+    import ipaddress
+
+    locks = gate(frozenset({"198.51.100.10"}))
+    locks.trunk_networks = (ipaddress.ip_network("203.0.113.0/24"),)
+    assert locks.refusal(EXT, "203.0.113.77", 0.0) is not None
+    assert locks.refusal(EXT, "203.0.114.1", 0.0) is None
+    assert locks.refusal(EXT, "not-an-address", 0.0) is None
+    assert locks.refusal(replace(EXT, trunk_access=True), "203.0.113.77", 0.0) is None

@@ -137,7 +137,7 @@ def test_carrier_call_to_a_did_rings_the_extension(pbx: PbxProcess, tmp_path: Pa
 
 def test_trunk_and_did_input_is_validated(pbx: PbxProcess) -> None:
     for args, expected in [
-        (("trunk", "add", "t1", "--host", "carrier.example"), "must be an IP address"),
+        (("trunk", "add", "t1", "--host", "carrier..example"), "IP address or a DNS name"),
         (("trunk", "add", "t1", "--host", CARRIER, "--prefix", "44"), "invalid prefix"),
         (("did", "add", "12", "--extension", "2000"), "not a valid telephone number"),
         (("did", "add", "2025550100", "--extension", "9999"), "no extension 9999"),

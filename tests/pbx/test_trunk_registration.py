@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from pbxwarden.pbx.locate import Failover
 from pbxwarden.pbx.routing import Trunk
 from pbxwarden.pbx.trunk_registration import (
     RegistrationTimers,
@@ -348,3 +349,73 @@ def test_manager_timeout_is_claimed() -> None:
     assert manager.status()["default/carrier"]["state"] == "failed"
     port.run_until(NOW + 30)
     assert len(port.sent) == 2  # retried after the backoff
+
+
+class TwoServers:
+    """A locator for a trunk by name whose DNS gives two servers (pbx/locate.py)."""
+
+    targets = (Address("UDP", "127.0.0.2", 5070), Address("UDP", "127.0.0.3", 5080))
+
+    def __init__(self) -> None:
+        self.failures: list[Address] = []
+
+    def failover(self, trunk: Trunk) -> Failover:
+        return Failover(self.targets)
+
+    def failed(self, target: Address) -> None:
+        self.failures.append(target)
+
+
+def test_named_trunk_registers_with_its_name_and_fails_over_at_once() -> None:
+    port = FakePort()
+    registrar = Registrar()
+    named = replace(TRUNK, host="carrier.example", port=0, transport="auto")
+    locator = TwoServers()
+    manager = TrunkRegistrations(port, lambda: port.now, locator=locator)
+    manager.start()
+    manager.sync([named])
+    key, first, dest = port.sent[-1]
+    assert dest == TwoServers.targets[0]
+    # the carrier's domain in the Request-URI, From and To; no port: SRV gave it
+    assert str(first.uri) == "sip:carrier.example"
+    assert first.to.uri.host == first.from_.uri.host == "carrier.example"
+    assert manager.on_response(make_response(first, 503), key)
+    key, second, dest = port.sent[-1]
+    assert dest == TwoServers.targets[1] and second.cseq.number > first.cseq.number
+    assert manager.status()["default/carrier"]["state"] == "registering"
+    assert locator.failures == [TwoServers.targets[0]]  # told, so calls try it last
+    assert _answer_last(port, manager, registrar)  # challenged by the second: answered there
+    assert port.sent[-1][2] == TwoServers.targets[1]
+    assert _answer_last(port, manager, registrar)
+    assert manager.status()["default/carrier"]["state"] == "registered"
+    port.run_until(NOW + 100)  # the refresh stays with the server that has the binding
+    assert port.sent[-1][2] == TwoServers.targets[1]
+
+
+def test_named_trunk_timeouts_everywhere_fail_then_retry_from_the_first() -> None:
+    port = FakePort()
+    named = replace(TRUNK, host="carrier.example", port=0, transport="auto")
+    manager = TrunkRegistrations(port, lambda: port.now, locator=TwoServers())
+    manager.start()
+    manager.sync([named])
+    assert manager.on_timeout(port.sent[-1][0])
+    assert port.sent[-1][2] == TwoServers.targets[1] and len(port.sent) == 2
+    assert manager.on_timeout(port.sent[-1][0])
+    assert len(port.sent) == 2 and manager.status()["default/carrier"]["state"] == "failed"
+    port.run_until(NOW + 30)
+    assert len(port.sent) == 3 and port.sent[-1][2] == TwoServers.targets[0]
+
+
+def test_named_trunk_without_an_address_waits_for_dns() -> None:
+    port = FakePort()
+    named = replace(TRUNK, host="carrier.example", port=0, transport="auto")
+    manager = TrunkRegistrations(port, lambda: port.now)  # no resolver: no address
+    manager.start()
+    manager.sync([named])
+    assert port.sent == []
+    status = manager.status()["default/carrier"]
+    assert status["state"] == "waiting for DNS" and "DNS name" in status["reason"]
+    manager.locator = TwoServers()  # resolved: the next sync starts it
+    manager.sync([named])
+    assert port.sent[-1][2] == TwoServers.targets[0]
+    assert manager.status()["default/carrier"]["state"] == "registering"

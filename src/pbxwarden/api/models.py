@@ -218,9 +218,15 @@ class SuspensionOut(BaseModel):
 
 class TrunkIn(_In):
     name: TenantName
-    host: Annotated[str, StringConstraints(max_length=64, pattern=NO_CONTROL)]
-    port: Annotated[int, Field(ge=1, le=65535)] = 5060
-    transport: Literal["udp", "tcp"] = "udp"
+    host: Annotated[str, StringConstraints(max_length=253, pattern=NO_CONTROL)] = Field(
+        description="IP address or DNS name (NAPTR, SRV, A/AAAA: RFC 3263)"
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None, description="default 5060; for a DNS name, the port from SRV"
+    )
+    transport: Literal["udp", "tcp", "auto"] | None = Field(
+        None, description="default udp; for a DNS name, auto: as NAPTR and SRV say"
+    )
     prefixes: list[Annotated[str, StringConstraints(max_length=17, pattern=NO_CONTROL)]] = Field(
         ["+"], max_length=100, description="E.164 prefixes routed to this trunk; + for all"
     )
@@ -234,15 +240,19 @@ class TrunkIn(_In):
     keep_registered: bool = Field(False, description="keep the PBX registered to the carrier")
     register_expires: Annotated[int, Field(ge=60, le=86400)] | None = None
     emergency: bool = Field(False, description="the tenant's emergency calls go out here")
+    inbound_from: list[
+        Annotated[str, StringConstraints(max_length=43, pattern=NO_CONTROL)]
+    ] = Field([], max_length=50, description="networks (CIDR) the carrier also calls from")
 
 
 class TrunkOut(BaseModel):
     tenant: str
     name: str
     host: str
-    port: int
+    port: int | None = Field(description="None: from DNS (SRV)")
     transport: str
     prefixes: str
+    inbound_from: str | None = None
     username: str | None = None
     credentials: bool = False
     keep_registered: bool = Field(False, validation_alias="register")

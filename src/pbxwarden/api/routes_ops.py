@@ -35,6 +35,7 @@ from pbxwarden.api.models import (
 )
 from pbxwarden.api.security import (
     API_PREFIX,
+    ApiContext,
     Ctx,
     Operator,
     Principal,
@@ -145,6 +146,17 @@ def list_cdrs(
         "offset": offset,
         "next_offset": offset + len(rows) if len(rows) == limit else None,
     }
+
+
+def _resolved_trunks(ctx: ApiContext) -> list[str]:
+    """The addresses the running server resolved trunk names to (none if not running)."""
+    if ctx.control is None:
+        return []
+    try:
+        views = ctx.control({"cmd": "stats"}).get("trunk_dns") or {}
+    except (ValueError, KeyError):
+        return []
+    return [address for view in views.values() for address in view.get("addresses", [])]
 
 
 # -- live calls ------------------------------------------------------------------------
@@ -336,7 +348,7 @@ def add_ban(body: BanIn, request: Request, ctx: Ctx, principal: Operator) -> dic
         listen.append(parse_hostport(sip.tls.listen, 5061)[0])
     why = ban_refusal(
         address,
-        trunk_hosts=[t["host"] for t in ctx.store.list_trunks()],
+        trunk_hosts=[t["host"] for t in ctx.store.list_trunks()] + _resolved_trunks(ctx),
         listen_hosts=listen,
         admin_address=client_ip(request),
     )

@@ -464,6 +464,7 @@ def create_trunk(
         register_expires=body.register_expires,
         credential_key=trunk_credential_key(secret) if secret is not None else None,
         emergency=body.emergency,
+        inbound_from=body.inbound_from,
     )
     row = next(
         r for r in ctx.store.list_trunks() if r["tenant"] == tenant and r["name"] == body.name

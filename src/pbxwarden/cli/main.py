@@ -7,6 +7,7 @@ line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -480,6 +481,7 @@ def bans_add(
     the PBX depends on (trunks, loopback it listens on, yours) are refused unless --force."""
     import ipaddress
 
+    from pbxwarden.control import ControlError, ask
     from pbxwarden.firewall.safety import ban_refusal, ssh_client_address
 
     try:
@@ -498,9 +500,13 @@ def bans_add(
         listen = [config.sip.listen_address[0]]
         if config.sip.tls is not None:
             listen.append(parse_hostport(config.sip.tls.listen, 5061)[0])
+        trunk_hosts = [t["host"] for t in store.list_trunks()]
+        with contextlib.suppress(ControlError):  # a running server: its trunks' DNS addresses
+            views = ask(state.data_dir, {"cmd": "stats"}, timeout=2.0).get("trunk_dns") or {}
+            trunk_hosts += [a for view in views.values() for a in view.get("addresses", [])]
         why = ban_refusal(
             address,
-            trunk_hosts=[t["host"] for t in store.list_trunks()],
+            trunk_hosts=trunk_hosts,
             listen_hosts=listen,
             admin_address=ssh_client_address(dict(os.environ)),
         )
@@ -528,9 +534,18 @@ def bans_remove(address: str) -> None:
 @trunk_app.command("add")
 def trunk_add(
     name: str,
-    host: Annotated[str, typer.Option(help="Carrier IP address (calls from it are inbound).")],
-    port: Annotated[int, typer.Option(help="Carrier SIP port.")] = 5060,
-    transport: Annotated[str, typer.Option(help="udp or tcp.")] = "udp",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Carrier IP address or DNS name (calls from its addresses are inbound)."
+        ),
+    ],
+    port: Annotated[
+        int | None, typer.Option(help="Carrier SIP port (default 5060; a name's from SRV).")
+    ] = None,
+    transport: Annotated[
+        str | None, typer.Option(help="udp or tcp (default udp; a name's from NAPTR/SRV).")
+    ] = None,
     prefix: Annotated[
         list[str] | None,
         typer.Option(help="E.164 prefix routed to this trunk (repeat; default: all)."),
@@ -558,6 +573,10 @@ def trunk_add(
     emergency: Annotated[
         bool, typer.Option("--emergency", help="The tenant's emergency calls go out here.")
     ] = False,
+    inbound_from: Annotated[
+        list[str] | None,
+        typer.Option(help="Network (CIDR) the carrier also calls from, beyond its DNS (repeat)."),
+    ] = None,
 ) -> None:
     """Add a trunk: IP-authenticated, and with --username/--password also answering the
     carrier's digest challenges (and registering with --register). Calls still need the
@@ -593,7 +612,9 @@ def trunk_add(
             register_expires=register_expires,
             credential_key=key,
             emergency=emergency,
+            inbound_from=inbound_from or (),
         )
+        row = next(r for r in store.list_trunks() if (r["tenant"], r["name"]) == (tenant, name))
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -601,7 +622,8 @@ def trunk_add(
     auth = ""
     if username is not None:
         auth = f", digest user {username}" + (", registering" if register else "")
-    out.print(f"trunk {name} added ({host}:{port}/{transport}{auth})")
+    where = f"{row['host']}:{row['port'] or 'SRV'}/{row['transport']}"
+    out.print(f"trunk {name} added ({where}{auth})")
 
 
 @trunk_app.command("emergency")
@@ -621,8 +643,10 @@ def trunk_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
 ) -> None:
     """List trunks: whether credentials are set (never the password) and, for registering
-    trunks, the registration state of the running server."""
+    trunks, the registration state of the running server; for trunks by DNS name, the
+    addresses it resolves to now (asked of the running server)."""
     from pbxwarden.control import ControlError, ask
+    from pbxwarden.pbx.locate import is_ip
 
     def registration_text(status: dict[str, Any] | None) -> str | None:
         """One table cell: ``registered (expires in 1800 s)``, ``failed: why (retry in 60 s)``."""
@@ -643,11 +667,21 @@ def trunk_list(
     finally:
         store.close()
     live: dict[str, Any] | None = None
-    if any(r["register"] for r in rows):
+    resolved: dict[str, Any] = {}
+    named = [r for r in rows if not is_ip(r["host"])]
+    if named or any(r["register"] for r in rows):
         try:
-            live = ask(state.data_dir, {"cmd": "stats"}, timeout=2.0).get("trunk_registrations")
+            answer = ask(state.data_dir, {"cmd": "stats"}, timeout=2.0)
         except ControlError:
-            live = None
+            answer = None
+        if answer is not None:
+            live = answer.get("trunk_registrations") or {}
+            resolved = answer.get("trunk_dns") or {}
+    for row in rows:  # a DNS name: what it resolves to now, when the server runs
+        view = None if is_ip(row["host"]) else resolved.get(f"{row['tenant']}/{row['name']}")
+        addresses = [row["host"]] if is_ip(row["host"]) else view["addresses"] if view else None
+        row["addresses"] = addresses if as_json or addresses is None else ", ".join(addresses)
+        row["dns_error"] = view.get("error") if view else None
     for row in rows:
         status = None
         if row["register"]:

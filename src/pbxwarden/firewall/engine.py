@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -114,13 +115,19 @@ class Firewall:
         self._events: list[FirewallEvent] = []
         self._allowed_cache: dict[str, bool] = {}
         self._trusted: frozenset[str] = frozenset()
+        self._trusted_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._identities: dict[str, dict[str, float]] = {}
 
     # -- queries -------------------------------------------------------------------------
 
-    def set_trusted(self, addresses: set[str]) -> None:
-        """Addresses never banned besides the configured networks: the trunks' carriers."""
+    def set_trusted(self, addresses: set[str], networks: Iterable[str] = ()) -> None:
+        """Addresses (and networks) never banned besides the configured networks: the
+        trunks' carriers, by IP, by what their DNS names resolve to, and ``inbound_from``."""
         self._trusted = frozenset(addresses)
+        trusted_networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        if trusted_networks != self._trusted_networks:
+            self._trusted_networks = trusted_networks
+            self._allowed_cache.clear()
 
     def is_allowlisted(self, address: str) -> bool:
         if address in self._trusted:
@@ -132,7 +139,7 @@ class Firewall:
             except ValueError:
                 cached = False
             else:
-                cached = any(ip in net for net in self._allow)
+                cached = any(ip in net for net in (*self._allow, *self._trusted_networks))
             if len(self._allowed_cache) > 10_000:
                 self._allowed_cache.clear()
             self._allowed_cache[address] = cached

@@ -27,6 +27,7 @@ Hand-written: no library counts SIP authentication outcomes; the state is bounde
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -197,9 +198,22 @@ class ExtensionLocks:
         self._unbannable = unbannable
         self._report = report
         self.trunk_hosts: frozenset[str] = frozenset()
+        # networks trunks' carriers call from (trunk add --inbound-from): trunk addresses too
+        self.trunk_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def is_trunk(self, address: str) -> bool:
+        if address in self.trunk_hosts:
+            return True
+        if not self.trunk_networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trunk_networks)
 
     def failed(self, ext: ExtensionAuth, address: str, now: float) -> ExtensionLock | None:
-        unbannable = address in self.trunk_hosts or self._unbannable(address)
+        unbannable = self.is_trunk(address) or self._unbannable(address)
         if self._report is not None:
             self._report(ext, address, now, unbannable)
         return self.tracker.failed(
@@ -214,7 +228,7 @@ class ExtensionLocks:
     def refusal(self, ext: ExtensionAuth, address: str, now: float) -> str | None:
         """Why correct credentials must be refused from ``address``; None when they may
         be used. The caller answers exactly as to a wrong password, and counts it."""
-        trunk = address in self.trunk_hosts
+        trunk = self.is_trunk(address)
         if trunk and not ext.trunk_access:
             return "credentials used from a trunk's address"
         lock = self.tracker.active(ext.id, now, ext.password_changed_at)

@@ -26,6 +26,13 @@ from pbxwarden.pbx import emergency
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import DIVERSION_REASONS, FeatureCode, judge_target, parse_feature
+from pbxwarden.pbx.locate import (
+    FAILOVER_STATUSES,
+    Failover,
+    StaticLocator,
+    TrunkLocator,
+    is_ip,
+)
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.media import MediaAnchor, MediaError, SdpError, is_sdp
 from pbxwarden.pbx.numbers import Destination, classify, emergency_number
@@ -195,6 +202,7 @@ class Call:
     b_provisional: bool = False
     trunk: str | None = None
     b_trunk: Trunk | None = None  # the trunk the current B leg goes out through
+    b_failover: Failover | None = None  # the carrier's servers the B leg may still try
     b_auth_attempts: int = 0  # INVITEs resent with credentials on the current B leg
     ringing: ExtensionAuth | None = None  # the extension whose phone the B leg rings
     forks: list[_Fork] = field(default_factory=list)  # legs ringing several contacts at once
@@ -317,6 +325,7 @@ class CallManager:
         self._tokens = itertools.count(1)
         self.attempts: dict[str, int] = {}  # call attempts by kind, for metrics
         self.routing = Routing()  # replaced whole by the server when trunks or DIDs change
+        self.locator: TrunkLocator = StaticLocator()  # a trunk's servers (DNS: pbx/locate.py)
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
             "*73": FeatureCode("always", False),
@@ -384,6 +393,8 @@ class CallManager:
             return
         call = self._by_b_key.get(key)
         if call is not None and not call.ended and call.answered is None:
+            if self._next_server(call, "no answer"):
+                return
             self._fail_a(call, 408, "no answer from the callee's phone")
 
     def police(self, now: float) -> int:
@@ -635,10 +646,39 @@ class CallManager:
         call.trunk = trunk.name
         call.b_trunk, call.b_auth_attempts = trunk, 0
         call.out_e164 = destination.e164
+        call.b_failover = self.locator.failover(trunk)
+        dest = call.b_failover.current
+        if dest is None:  # a name DNS gives no address for
+            self._fail_a(call, 503, f"trunk {trunk.name}: {call.b_failover.reason}")
+            return
         self.port.respond(call.a_key, call.a_request, make_response(call.a_request, 100))
-        target = URI("sip", user=destination.e164, host=trunk.host, port=trunk.port)
-        self._send_b_invite(call, target, trunk.address)
+        target = URI("sip", user=destination.e164, host=trunk.host, port=trunk.uri_port)
+        self._send_b_invite(call, target, dest)
         self._arm_ring_timer(call)
+
+    def _next_server(self, call: Call, why: str) -> bool:
+        """The carrier's server did not answer or said 503: the B leg goes to its next
+        server from DNS (RFC 3263 4.3), if it has one. False: give up with this answer."""
+        failover, invite = call.b_failover, call.b_request
+        if failover is None or invite is None or call.b_trunk is None:
+            return False
+        failed, dest = failover.current, failover.next()
+        if failed is not None:
+            self.locator.failed(failed)
+        if dest is None:
+            return False
+        log.warning(
+            "carrier server failed; trying the next one",
+            trunk=call.b_trunk.name,
+            failed=str(failed),
+            why=why,
+            next=str(dest),
+        )
+        if call.b_key is not None:
+            self._by_b_key.pop(call.b_key, None)
+        call.b_auth_attempts, call.b_provisional = 0, False
+        self._send_b_invite(call, invite.uri, dest)
+        return True
 
     def _inbound(
         self,
@@ -801,7 +841,7 @@ class CallManager:
         if call.b_key is not None:  # the previous leg is over; ignore its late answers
             self._by_b_key.pop(call.b_key, None)
         call.b_key = call.b_request = call.b_dest = None
-        call.b_trunk, call.b_auth_attempts = None, 0
+        call.b_trunk, call.b_auth_attempts, call.b_failover = None, 0, None
         call.b_provisional = False
         call.ringing = None
         call.forks = []  # cancelled forks stay in self._forks: a late 2xx gets ACK and BYE
@@ -966,7 +1006,9 @@ class CallManager:
         from_ = NameAddr(URI("sip", user=presented, host=host), None, {"tag": generate_tag()})
         # towards a carrier the number it routes (E.164, or the emergency number as such)
         to_user = target.user if call.b_trunk is not None and target.user else call.callee
-        to = NameAddr(URI("sip", user=to_user, host=host))
+        # a carrier by DNS name is addressed by its domain, as in the Request-URI
+        named = call.b_trunk is not None and not is_ip(call.b_trunk.host)
+        to = NameAddr(URI("sip", user=to_user, host=target.host if named else host))
         headers = Headers()
         if call.presented is not None:  # RFC 3325: the identity the carrier may rely on
             headers.add("P-Asserted-Identity", f"<sip:{call.presented}@{host}>")
@@ -1141,6 +1183,8 @@ class CallManager:
             return
         if status in AUTH_HEADERS and call.b_trunk is not None and call.b_trunk.username:
             self._authenticate_b(call, call.b_trunk, response)
+            return
+        if status in FAILOVER_STATUSES and self._next_server(call, f"{status}"):
             return
         self._b_failed(call, response, busy=status in (486, 600))
 

@@ -1,12 +1,15 @@
 """Where calls go that are not between extensions: trunks out, DIDs in.
 
 A snapshot of the database's trunks and DIDs, swapped in whole by the server
-when it reloads them, so that a routing decision never waits on the database.
+when it reloads them (or when DNS gives a trunk's name new addresses), so that a
+routing decision never waits on the database or on DNS.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import phonenumbers
 
@@ -29,10 +32,29 @@ class Trunk:
     register: bool = False
     register_expires: int = 3600
     emergency: bool = False  # the tenant's emergency calls go out here
+    # networks the carrier also sends calls from, beyond the host's own (DNS) addresses
+    inbound_from: tuple[str, ...] = ()
 
     @property
     def address(self) -> Address:
-        return Address(self.transport.upper(), self.host, self.port)
+        """The host as configured, with the transport and port it implies (for an IP
+        literal its one target; a name's targets come from DNS, pbx/locate.py)."""
+        transport = self.lookup_transport or "UDP"
+        return Address(transport, self.host, self.port or (5061 if transport == "TLS" else 5060))
+
+    @property
+    def lookup_transport(self) -> str | None:
+        """The transport fixed by the trunk, or None: left to DNS (NAPTR, then SRV)."""
+        return None if self.transport.lower() == "auto" else self.transport.upper()
+
+    @property
+    def uri_port(self) -> int | None:
+        """The port in URIs towards the carrier: None when DNS gives it (SRV)."""
+        return self.port or None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.tenant, self.name)
 
     @property
     def has_credentials(self) -> bool:
@@ -53,6 +75,47 @@ class Routing:
     dids: dict[str, Did] = field(default_factory=dict)
     countries: dict[str, str] = field(default_factory=dict)  # tenant -> home country
     realms: dict[str, str] = field(default_factory=dict)  # tenant -> realm
+    # addresses a trunk's carrier sends from, by DNS (trunks by name), address -> trunk
+    sources: dict[str, Trunk] = field(default_factory=dict)
+    _networks: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Trunk], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+    _ip_hosts: dict[str, Trunk] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        networks = []
+        for trunk in self.trunks:
+            try:
+                ipaddress.ip_address(trunk.host)
+            except ValueError:
+                pass  # a DNS name: its addresses come in ``sources``
+            else:
+                self._ip_hosts.setdefault(trunk.host, trunk)
+            for net in trunk.inbound_from:
+                try:
+                    networks.append((ipaddress.ip_network(net, strict=False), trunk))
+                except ValueError:  # validated when stored; never a reason to fail here
+                    continue
+        object.__setattr__(self, "_networks", tuple(networks))
+
+    def with_addresses(self, addresses: Mapping[tuple[str, str], Iterable[str]]) -> Routing:
+        """The same routing with the addresses DNS gave each trunk (by tenant and name)."""
+        sources: dict[str, Trunk] = {}
+        for trunk in self.trunks:
+            for address in addresses.get(trunk.key, ()):
+                sources.setdefault(address, trunk)
+        return replace(self, sources=sources)
+
+    def trusted_hosts(self) -> set[str]:
+        """Every address a trunk's carrier sends from: IP hosts and resolved names."""
+        return set(self._ip_hosts) | set(self.sources)
+
+    def trusted_networks(self) -> list[str]:
+        return [str(net) for net, _ in self._networks]
+
+    def inbound_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The ``inbound_from`` networks of every trunk, parsed."""
+        return tuple(dict.fromkeys(net for net, _ in self._networks))
 
     def trunk_for(self, tenant: str, e164: str) -> Trunk | None:
         """The tenant's trunk with the longest matching prefix."""
@@ -88,8 +151,16 @@ class Routing:
         return mine[0] if mine else None
 
     def trunk_at(self, host: str) -> Trunk | None:
-        """The trunk whose carrier sends from ``host`` (IP-authenticated trunks)."""
-        for trunk in self.trunks:
-            if trunk.host == host:
-                return trunk
+        """The trunk whose carrier sends from ``host`` (IP-authenticated trunks): its IP
+        host, an address its DNS name resolves to, or one of its ``inbound_from`` networks."""
+        resolved = self._ip_hosts.get(host) or self.sources.get(host)
+        if resolved is not None or not self._networks:
+            return resolved
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        for net, candidate in self._networks:
+            if ip in net:
+                return candidate
         return None

@@ -9,7 +9,10 @@ registrar's digest challenge once, and again only after a ``stale=TRUE`` one, so
 wrong password is a visible failure, never a loop that gets the PBX banned.
 
 :class:`TrunkRegistrations` keeps one per registering trunk, following the routing
-snapshot, through the same port (send, local address, timers) as the B2BUA.
+snapshot, through the same port (send, local address, timers) as the B2BUA. A trunk
+given by DNS name registers to its first server by RFC 3263 (``TrunkLocator``), with the
+name in the Request-URI, From and To (the carrier's domain); after a timeout or a 503
+the next attempt goes to the next server.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from pbxwarden.pbx.locate import FAILOVER_STATUSES, Failover, StaticLocator, TrunkLocator
 from pbxwarden.pbx.routing import Trunk
 from pbxwarden.sip.digest import DigestError
 from pbxwarden.sip.digest_client import (
@@ -186,6 +190,23 @@ class TrunkRegistration:
             return []
         return self._fail("no answer from the carrier", now)
 
+    def elsewhere(self, cseq: int, now: float) -> list[Request]:
+        """The REGISTER with this CSeq failed at one of the carrier's servers (no answer,
+        503) and another server is there: the same registration, fresh, to send there
+        (RFC 3263 4.3). Nothing while unregistering: the binding was at the first one."""
+        pending = self._pending
+        if pending is None or pending.cseq.number != cseq or self.state is RegState.UNREGISTERING:
+            return []
+        return [self._register(pending.expires if pending.expires is not None else self._expires)]
+
+    def unreachable(self, reason: str, now: float) -> None:
+        """The request could not be sent at all (the carrier's name has no address)."""
+        self._pending = None
+        if self.state is RegState.UNREGISTERING:
+            self._stopped()
+        else:
+            self._fail(reason, now)
+
     # -- outputs for operators -------------------------------------------------------
 
     @property
@@ -235,7 +256,7 @@ class TrunkRegistration:
             contacts=[contact],
             expires=expires,
             method="REGISTER",
-            uri=URI("sip", host=_uri_host(trunk.host), port=trunk.port),
+            uri=URI("sip", host=_uri_host(trunk.host), port=trunk.uri_port),
         )
         self._pending = request
         return request
@@ -348,11 +369,15 @@ class TrunkRegistrations:
         clock: Callable[[], float],
         user_agent: str = "pbxwarden",
         timers: RegistrationTimers | None = None,
+        locator: TrunkLocator | None = None,
     ) -> None:
         self.port = port
         self.clock = clock
         self.user_agent = user_agent
         self.timers = timers
+        self.locator: TrunkLocator = locator or StaticLocator()
+        self._servers: dict[int, Failover] = {}  # by id(registration): where it goes
+        self._unresolved: dict[tuple[str, str], str] = {}  # named trunks waiting for DNS
         self._trunks: tuple[Trunk, ...] = ()
         self._active: dict[tuple[str, str], TrunkRegistration] = {}
         self._leaving: list[TrunkRegistration] = []  # unregistering after a change
@@ -376,8 +401,13 @@ class TrunkRegistrations:
                 del self._active[key]
                 self._leaving.append(reg)
                 self._send(reg, reg.stop(self.clock()))
+        self._unresolved.clear()
         for key, trunk in wanted.items():
             if key not in self._active:
+                servers = self.locator.failover(trunk)
+                if servers.current is None:  # a name not resolved yet: the next sync
+                    self._unresolved[key] = servers.reason
+                    continue
                 host, port = self.port.local_address(trunk.address.transport)
                 reg = TrunkRegistration(
                     trunk,
@@ -399,8 +429,10 @@ class TrunkRegistrations:
             return False
         if response.status >= 200:
             del self._keys[key]
-        reg, _ = entry
+        reg, cseq = entry
         before = reg.state
+        if response.status in FAILOVER_STATUSES and self._failed_over(reg, cseq):
+            return True
         self._send(reg, reg.on_response(response, self.clock()))
         self._report(reg, before)
         return True
@@ -411,6 +443,8 @@ class TrunkRegistrations:
             return False
         reg, cseq = entry
         before = reg.state
+        if self._failed_over(reg, cseq):
+            return True
         self._send(reg, reg.on_timeout(cseq, self.clock()))
         self._report(reg, before)
         return True
@@ -436,17 +470,59 @@ class TrunkRegistrations:
 
     def status(self) -> dict[str, dict[str, Any]]:
         now = self.clock()
-        return {f"{t}/{n}": reg.status(now) for (t, n), reg in sorted(self._active.items())}
+        out = {f"{t}/{n}": reg.status(now) for (t, n), reg in sorted(self._active.items())}
+        for (t, n), reason in sorted(self._unresolved.items()):
+            out[f"{t}/{n}"] = {"state": "waiting for DNS", "reason": reason}
+        return out
 
     # -- internals -------------------------------------------------------------------
 
     def _send(self, reg: TrunkRegistration, requests: list[Request]) -> None:
         for request in requests:
-            key = self.port.send_request(request, reg.trunk.address)
+            dest = self._server(reg)
+            if dest is None:
+                reason = self._servers.pop(id(reg)).reason
+                reg.unreachable(reason, self.clock())
+                break
+            key = self.port.send_request(request, dest)
             self._keys[key] = (reg, request.cseq.number)
-        if reg.done and reg in self._leaving:
-            self._leaving.remove(reg)
+        if reg.done:
+            self._servers.pop(id(reg), None)
+            if reg in self._leaving:
+                self._leaving.remove(reg)
         self._arm(reg)
+
+    def _server(self, reg: TrunkRegistration) -> Address | None:
+        """Where the registration's requests go: the server it went to last, unless that
+        one failed or DNS no longer names it; else the first by RFC 3263."""
+        failover = self._servers.get(id(reg))
+        fresh = self.locator.failover(reg.trunk)
+        if failover is None or failover.current is None or failover.current not in fresh.targets:
+            self._servers[id(reg)] = failover = fresh
+        return failover.current
+
+    def _failed_over(self, reg: TrunkRegistration, cseq: int) -> bool:
+        """Its server did not answer or said 503: the REGISTER goes to the next server at
+        once, if there is one (True). After the last, the registration fails as usual and
+        its retry starts again from the first server of a fresh ordering."""
+        failover = self._servers.get(id(reg))
+        failed = failover.current if failover is not None else None
+        if failed is not None:
+            self.locator.failed(failed)
+        if failover is None or failover.next() is None:
+            self._servers.pop(id(reg), None)
+            return False
+        requests = reg.elsewhere(cseq, self.clock())
+        if not requests:
+            return False
+        log.warning(
+            "carrier registrar failed; trying the next one",
+            trunk=reg.trunk.name,
+            failed=str(failed),
+            next=str(failover.current),
+        )
+        self._send(reg, requests)
+        return True
 
     def _arm(self, reg: TrunkRegistration) -> None:
         timer = self._timers.pop(id(reg), None)

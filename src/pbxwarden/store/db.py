@@ -24,6 +24,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pbxwarden.pbx.locate import check_networks, trunk_target
 from pbxwarden.pbx.numbers import classify, emergency_number
 from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
@@ -961,8 +962,8 @@ class Store:
         tenant: str,
         name: str,
         host: str,
-        port: int,
-        transport: str,
+        port: int | None,
+        transport: str | None,
         prefixes: Sequence[str],
         *,
         username: str | None = None,
@@ -972,9 +973,12 @@ class Store:
         register_expires: int | None = None,
         credential_key: bytes | None = None,
         emergency: bool = False,
+        inbound_from: Sequence[str] = (),
     ) -> None:
         """An IP-authenticated trunk: calls to ``prefixes`` go to host:port, and calls from
-        host are accepted as inbound from the carrier.
+        host are accepted as inbound from the carrier. ``host`` may be a DNS name (stored
+        as given; RFC 3263 finds its servers and addresses, pbx/locate.py); the carrier's
+        calls may also come from the ``inbound_from`` networks.
 
         With ``username`` and ``password`` the PBX also answers the carrier's digest
         challenges, and with ``register`` keeps a registration to it. The password is
@@ -984,15 +988,10 @@ class Store:
         if not TENANT_RE.fullmatch(name):
             raise StoreError(f"invalid trunk name {name!r}: lowercase letters, digits, - and _")
         try:
-            host = str(ipaddress.ip_address(host))
-        except ValueError:
-            raise StoreError(
-                f"trunk host must be an IP address (it authenticates the carrier), got {host!r}"
-            ) from None
-        if not 1 <= port <= 65535:
-            raise StoreError(f"invalid port {port}")
-        if transport.lower() not in ("udp", "tcp"):
-            raise StoreError(f"invalid transport {transport!r}: udp or tcp")
+            host, port, transport = trunk_target(host, port, transport)
+            networks = check_networks(inbound_from)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
         cleaned = []
         for prefix in prefixes or ["+"]:
             prefix = prefix.strip()
@@ -1013,8 +1012,9 @@ class Store:
                     name=name,
                     host=host,
                     port=port,
-                    transport=transport.lower(),
+                    transport=transport,
                     prefixes=",".join(cleaned),
+                    inbound_from=",".join(networks) or None,
                     username=username,
                     password_sealed=sealed,
                     realm=realm,
@@ -1066,9 +1066,10 @@ class Store:
                     "tenant": t,
                     "name": r.name,
                     "host": r.host,
-                    "port": r.port,
+                    "port": r.port or None,  # None: from DNS (SRV)
                     "transport": r.transport,
                     "prefixes": r.prefixes,
+                    "inbound_from": r.inbound_from,
                     # whether a password is set, never the password (sealed or not)
                     "username": r.username,
                     "credentials": r.username is not None and r.password_sealed is not None,
@@ -1108,6 +1109,7 @@ class Store:
                     register=bool(r.register),
                     register_expires=r.register_expires or DEFAULT_REGISTER_EXPIRES,
                     emergency=bool(r.emergency),
+                    inbound_from=tuple(filter(None, (r.inbound_from or "").split(","))),
                 )
                 for r in s.scalars(select(TrunkRow))
             )

@@ -151,7 +151,9 @@ class Cdr(Base):
 
 class TrunkRow(Base):
     """A SIP trunk to a carrier, authenticated by IP address (both ways), and optionally
-    by digest towards the carrier (challenged INVITEs, registration)."""
+    by digest towards the carrier (challenged INVITEs, registration). ``host`` is an IP
+    address or a DNS name; for a name, port 0 means "from SRV" and transport ``auto``
+    "as NAPTR says"."""
 
     __tablename__ = "trunks"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
@@ -171,6 +173,8 @@ class TrunkRow(Base):
     register_expires: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # emergency calls of the tenant go out here (else through its ordinary route)
     emergency: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # networks the carrier's calls may also come from (comma-separated CIDR), beyond host
+    inbound_from: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class DidRow(Base):
