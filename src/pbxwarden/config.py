@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from pbxwarden.guard.alerts import AlertsConfig
-from pbxwarden.guard.engine import GuardConfig
+from pbxwarden.guard.alerts_config import AlertsConfig
+from pbxwarden.guard.policy import GuardConfig
 
 CONFIG_FILE = "pbxwarden.toml"
 SECRET_FILE = "digest.key"

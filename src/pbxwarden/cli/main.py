@@ -2,46 +2,39 @@
 
 Errors the user can fix (bad config, duplicate extension, weak password) are one
 line on stderr and a non-zero exit, never a traceback.
+
+It answers at once: at module level only typer, rich and the standard library are
+imported; each command imports what it needs (the configuration, SQLAlchemy, the
+guard) when it runs. ``tests/cli/test_startup.py`` checks that ``--help`` stays so.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import structlog
 import typer
 from rich.table import Table
 
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
 from pbxwarden.cli.output import err, fail, out, print_rows
-from pbxwarden.config import (
-    CONFIG_FILE,
-    DEFAULT_CONFIG_TEXT,
-    Config,
-    ConfigError,
-    load_config,
-    load_or_create_secret,
-    parse_hostport,
-)
-from pbxwarden.guard.policy import with_stored
-from pbxwarden.store.db import (
+from pbxwarden.store.basics import (
     DEFAULT_TENANT,
-    Store,
     StoreError,
     generate_password,
     password_fingerprint_key,
 )
+
+if TYPE_CHECKING:
+    from pbxwarden.config import Config
+    from pbxwarden.store.db import Store
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -97,6 +90,8 @@ def main(
 
 
 def _config() -> Config:
+    from pbxwarden.config import CONFIG_FILE, ConfigError, load_config
+
     if not (state.data_dir / CONFIG_FILE).exists():
         raise fail(
             f"{state.data_dir} is not initialised: run 'pbxwarden --data-dir "
@@ -120,6 +115,8 @@ def _in_store(action: Callable[[Store], T]) -> T:
 
 
 def _store(config: Config) -> Store:
+    from pbxwarden.store.db import Store
+
     store = Store(config.database_url(state.data_dir))
     try:
         store.migrate()
@@ -131,6 +128,13 @@ def _store(config: Config) -> Store:
 @app.command()
 def init() -> None:
     """Create the data directory, configuration, secrets and database (safe to re-run)."""
+    from pbxwarden.config import (
+        CONFIG_FILE,
+        DEFAULT_CONFIG_TEXT,
+        ConfigError,
+        load_or_create_secret,
+    )
+
     data_dir = state.data_dir
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -156,6 +160,8 @@ def init() -> None:
 
 def _fingerprint_key() -> bytes:
     """Key of the password fingerprints that let ``pbxwarden audit`` see reuse."""
+    from pbxwarden.config import ConfigError, load_or_create_secret
+
     try:
         return password_fingerprint_key(load_or_create_secret(state.data_dir))
     except (OSError, ConfigError) as exc:
@@ -250,7 +256,7 @@ def tenant_policy(
     """Show a tenant's fraud-guard policy, or change it (a running server follows)."""
     from pydantic import ValidationError
 
-    from pbxwarden.guard.policy import TenantPolicy
+    from pbxwarden.guard.policy import TenantPolicy, with_stored
 
     config = _config()
     if reset:
@@ -473,6 +479,7 @@ def trunk_add(
     """Add a trunk: IP-authenticated, and with --username/--password also answering the
     carrier's digest challenges (and registering with --register). Calls still need the
     policy to allow them."""
+    from pbxwarden.config import ConfigError, load_or_create_secret
     from pbxwarden.store.credentials import trunk_credential_key
 
     if password == "-":
@@ -597,6 +604,7 @@ def forward_set(
 ) -> None:
     """Set forwarding. A target the extension may not call is refused, with the reason."""
     from pbxwarden.guard.engine import Guard
+    from pbxwarden.guard.policy import with_stored
     from pbxwarden.pbx.forwarding import judge_target
 
     chosen = [
@@ -730,6 +738,10 @@ def cdr(
 
 
 def _setup_logging(config: Config) -> None:
+    import logging
+
+    import structlog
+
     level = getattr(logging, config.log.level.upper())
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -759,6 +771,10 @@ def serve(
     ] = None,
 ) -> None:
     """Run the PBX until SIGINT or SIGTERM."""
+    import asyncio
+
+    from pbxwarden.config import ConfigError, parse_hostport
+
     config = _config()
     try:
         if sip is not None:
@@ -789,6 +805,8 @@ def serve(
 
 
 def _install_fast_loop() -> None:
+    import asyncio
+
     if os.environ.get("PBXWARDEN_NO_UVLOOP"):
         return
     try:
@@ -813,6 +831,10 @@ def _tune_gc() -> None:
 
 
 async def _serve(config: Config, store: Store) -> None:
+    import asyncio
+    import signal
+
+    from pbxwarden.config import load_or_create_secret, parse_hostport
     from pbxwarden.server import SipServer
 
     server = SipServer(config, store, state.data_dir)
@@ -1019,6 +1041,8 @@ def simulate(
     unknown = [a for a in chosen if a not in ATTACKS]
     if unknown:
         raise fail(f"unknown attack {unknown[0]!r}; the attacks are {', '.join(ATTACKS)}")
+    from pbxwarden.config import CONFIG_FILE
+
     config = None
     if (state.data_dir / CONFIG_FILE).exists():
         config = _config().guard

@@ -11,15 +11,12 @@ import hmac
 import ipaddress
 import json
 import re
-import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,6 +24,10 @@ from sqlalchemy.orm import Session
 from pbxwarden.pbx.numbers import classify
 from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
+from pbxwarden.store.basics import DEFAULT_TENANT as DEFAULT_TENANT
+from pbxwarden.store.basics import StoreError as StoreError
+from pbxwarden.store.basics import generate_password as generate_password
+from pbxwarden.store.basics import password_fingerprint_key as password_fingerprint_key
 from pbxwarden.store.credentials import CredentialError, open_password, seal_password
 from pbxwarden.store.models import (
     AlertRow,
@@ -53,11 +54,6 @@ FORWARD_KINDS = ("always", "busy", "noanswer")
 # Trunk user names go into From/To URIs unescaped, so only URI-safe characters.
 TRUNK_USER_RE = re.compile(r"[A-Za-z0-9._~+-]{1,128}")
 TRUNK_REALM_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,255}")
-DEFAULT_TENANT = "default"
-
-
-class StoreError(Exception):
-    """A request the store refuses (duplicate, unknown tenant, weak password)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +113,6 @@ class BindingRow:
     source: str
     user_agent: str | None
     registered_at: float = 0.0  # when this contact first registered (refreshes keep it)
-
-
-def generate_password() -> str:
-    """24 URL-safe characters (144 bits): strong, and typeable into a phone's keypad menu."""
-    return secrets.token_urlsafe(18)
-
-
-def password_fingerprint_key(secret: bytes) -> bytes:
-    """The key of SIP password fingerprints, derived from the install secret so that it
-    is never the key that signs digest nonces."""
-    return hmac.new(secret, b"password-fingerprint", hashlib.sha256).digest()
 
 
 def password_fingerprint(key: bytes, password: str) -> str:
@@ -202,7 +187,14 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision (Alembic only loaded when needed)."""
+    from pbxwarden.store.schema import at_head
+
+    if at_head(engine):
+        return
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
