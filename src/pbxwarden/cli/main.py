@@ -770,10 +770,13 @@ def serve(
         typer.Option(help="Serve the admin API and /metrics on HOST:PORT; overrides the config."),
     ] = None,
 ) -> None:
-    """Run the PBX until SIGINT or SIGTERM."""
+    """Run the PBX until SIGINT or SIGTERM (calls in progress are hung up first).
+
+    One server per data directory: a second one exits at once, changing nothing."""
     import asyncio
 
     from pbxwarden.config import ConfigError, parse_hostport
+    from pbxwarden.lifecycle import AlreadyRunning, ListenError, PidLock
 
     config = _config()
     try:
@@ -791,17 +794,29 @@ def serve(
             )
     except ValueError as exc:
         raise fail(f"bad listen address: {exc}".replace("\n", " ")) from None
-    _setup_logging(config)
-    store = _store(config)
+    lock = PidLock(state.data_dir)
     try:
-        _install_fast_loop()
-        asyncio.run(_serve(config, store))
+        lock.acquire()  # before anything is changed (migrations, open calls closed)
+    except AlreadyRunning as exc:
+        raise fail(f"{exc}: {state.data_dir} is in use by another pbxwarden serve") from None
     except OSError as exc:
-        raise fail(f"cannot listen: {exc}") from None
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+        raise fail(f"cannot lock {lock.path}: {exc}") from None
+    try:
+        _setup_logging(config)
+        store = _store(config)
+        try:
+            _install_fast_loop()
+            asyncio.run(_serve(config, store))
+        except ListenError as exc:
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"cannot listen: {exc}") from None
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        finally:
+            store.close()
     finally:
-        store.close()
+        lock.release()
 
 
 def _install_fast_loop() -> None:
@@ -835,10 +850,15 @@ async def _serve(config: Config, store: Store) -> None:
     import signal
 
     from pbxwarden.config import load_or_create_secret, parse_hostport
+    from pbxwarden.lifecycle import ListenError
     from pbxwarden.server import SipServer
 
     server = SipServer(config, store, state.data_dir)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()  # what did start: workers, sockets, the CDR writer
+        raise
     http = None
     if config.http.enabled:
         from pbxwarden.api import create_app
@@ -854,7 +874,11 @@ async def _serve(config: Config, store: Store) -> None:
                 events=server.events,
             )
             api.state.registry.register(SipCollector(server))
-            http = await start_http(api, *parse_hostport(config.http.listen, 8080))
+            host, port = parse_hostport(config.http.listen, 8080)
+            try:
+                http = await start_http(api, host, port)
+            except OSError as exc:
+                raise ListenError(host, port, "HTTP", exc) from None
         except BaseException:
             await server.stop()
             raise
@@ -863,8 +887,10 @@ async def _serve(config: Config, store: Store) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server.ready()
     print("pbxwarden ready", flush=True)
     await stop.wait()
+    await server.end_calls()  # first, so that no call waits on the admin API's goodbyes
     if http is not None:
         await http.stop()
     await server.stop()
