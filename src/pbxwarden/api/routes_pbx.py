@@ -46,7 +46,7 @@ from pbxwarden.api.security import (
     visible_tenant,
 )
 from pbxwarden.guard.policy import with_stored
-from pbxwarden.pbx.forwarding import KINDS, judge_target
+from pbxwarden.pbx.forwarding import KINDS, judge_target, normalise_target
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import StoreError, generate_password, password_fingerprint_key
 
@@ -316,22 +316,23 @@ def set_forwarding(
     principal: Operator,
 ) -> dict[str, Any]:
     _extension(ctx, principal, tenant, number)
+    target = normalise_target(body.target)  # '(202) 555-0143' as people write it
     source = f"{principal.name}@{client_ip(request)}"
     ctx.guard.reconfigure(with_stored(ctx.config.guard, ctx.store.policies()))
     decision = judge_target(
         ctx.guard,
         tenant,
         number,
-        body.target,
+        target,
         ctx.store.tenant_country(tenant),
-        ctx.store.extension_exists(tenant, body.target),
+        ctx.store.extension_exists(tenant, target),
         source,
         time.time(),
     )
     if not decision.allow:
         raise HTTPException(422, f"forwarding refused: {'; '.join(decision.reasons)}")
     old = ctx.store.set_forwarding(
-        tenant, number, kind, body.target, "api", source, time.time(), body.ring_time
+        tenant, number, kind, target, "api", source, time.time(), body.ring_time
     )
     audit(
         request,
@@ -339,7 +340,7 @@ def set_forwarding(
         "forwarding.set",
         f"tenant/{tenant}/extension/{number}/{kind}",
         {kind: old},
-        {kind: body.target, "ring_time": body.ring_time},
+        {kind: target, "ring_time": body.ring_time},
         tenant,
     )
     return _forwarding(ctx, tenant, number)

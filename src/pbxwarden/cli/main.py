@@ -10,7 +10,6 @@ guard) when it runs. ``tests/cli/test_startup.py`` checks that ``--help`` stays 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -24,7 +23,8 @@ from rich.table import Table
 
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
-from pbxwarden.cli.output import err, fail, out, print_rows
+from pbxwarden.cli.audit_trail import actor, record
+from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.store.basics import (
     DEFAULT_TENANT,
     StoreError,
@@ -75,6 +75,14 @@ class State:
 state = State()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from pbxwarden import __version__
+
+        out.print(f"pbxwarden {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     data_dir: Annotated[
@@ -85,6 +93,10 @@ def main(
             help="Where the configuration, database and secrets live.",
         ),
     ] = Path("pbxwarden-data"),
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     state.data_dir = data_dir
 
@@ -139,7 +151,8 @@ def init() -> None:
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         cfg_path = data_dir / CONFIG_FILE
-        if not cfg_path.exists():
+        created = not cfg_path.exists()
+        if created:
             cfg_path.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
         load_or_create_secret(data_dir)
     except (OSError, ConfigError) as exc:
@@ -148,6 +161,8 @@ def init() -> None:
     store = _store(config)
     try:
         store.ensure_tenant(DEFAULT_TENANT, config.sip.realm)
+        if created:
+            record(store, "install.init", str(data_dir), None, {"realm": config.sip.realm})
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -187,6 +202,10 @@ def extension_add(
         store.add_extensions(
             [(number, secret)], tenant=tenant, display_name=name, fingerprint_key=key
         )
+        after = {"tenant": tenant, "number": number, "display_name": name}
+        record(
+            store, "extension.create", f"tenant/{tenant}/extension/{number}", None, after, tenant
+        )
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -202,18 +221,30 @@ def extension_import(
     file: Annotated[Path, typer.Argument(help="CSV file with lines 'number,password'.")],
     tenant: Annotated[str, typer.Option(help="Tenant the extensions belong to.")] = DEFAULT_TENANT,
 ) -> None:
-    """Add many extensions from a CSV file, all or none."""
+    """Add many extensions from a CSV file, all or none; an error names its line."""
+    from pbxwarden.cli.importing import ImportProblem, check_rows, read_rows
+
     config = _config()
     try:
-        with file.open(newline="", encoding="utf-8") as fh:
-            rows = [(r[0].strip(), r[1].strip()) for r in csv.reader(fh) if r and r[0].strip()]
-    except (OSError, UnicodeDecodeError, IndexError) as exc:
-        raise fail(f"cannot read {file}: {exc}") from None
+        rows = read_rows(file)
+    except ImportProblem as exc:
+        raise fail(f"nothing imported: {exc}") from None
     key = _fingerprint_key()
     store = _store(config)
     try:
-        count = store.add_extensions(rows, tenant=tenant, fingerprint_key=key)
-    except StoreError as exc:
+        existing = {e["number"] for e in store.list_extensions(tenant)}
+        check_rows(file.name, rows, existing)
+        count = store.add_extensions([(n, pw) for _, n, pw in rows], tenant, None, key)
+        numbers = [n for _, n, _ in rows]
+        record(
+            store,
+            "extension.import",
+            f"tenant/{tenant}/extensions",
+            None,
+            {"tenant": tenant, "file": str(file), "count": count, "numbers": numbers},
+            tenant,
+        )
+    except (ImportProblem, StoreError) as exc:
         raise fail(f"nothing imported: {exc}") from None
     finally:
         store.close()
@@ -227,9 +258,12 @@ def tenant_add(
     country: Annotated[str, typer.Option(help="Home country, ISO 3166 alpha-2.")] = "US",
 ) -> None:
     """Add a tenant. Its phones register to its SIP domain (the realm)."""
+    country = country.strip().upper()
     store = _store(_config())
     try:
         store.add_tenant(name, realm, country)
+        after = {"tenant": name, "realm": realm, "country": country, "extensions": 0}
+        record(store, "tenant.create", f"tenant/{name}", None, after, name)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -259,11 +293,24 @@ def tenant_policy(
     from pbxwarden.guard.policy import TenantPolicy, with_stored
 
     config = _config()
+    resource = f"tenant/{tenant}/policy"
+
+    def in_force() -> TenantPolicy:
+        stored = _in_store(lambda store: (store.tenant_realm(tenant), store.policies())[1])
+        return with_stored(config.guard, stored).for_tenant(tenant)
+
     if reset:
-        changed = _in_store(lambda store: store.delete_policy(tenant))
+        before = in_force().model_dump()
+
+        def forget(store: Store) -> bool:
+            changed = store.delete_policy(tenant)
+            if changed:
+                record(store, "policy.delete", resource, before, None, tenant)
+            return changed
+
+        changed = _in_store(forget)
         out.print("stored policy removed" if changed else "no stored policy")
-    stored = _in_store(lambda store: (store.tenant_realm(tenant), store.policies())[1])
-    current = with_stored(config.guard, stored).for_tenant(tenant)
+    current = in_force()
     if set_:
         update: dict[str, Any] = current.model_dump(exclude_defaults=True)
         for item in set_:
@@ -282,7 +329,13 @@ def tenant_policy(
             )
             raise fail(f"invalid policy: {problems}") from None
         policy = current.model_dump(exclude_defaults=True)
-        _in_store(lambda store: store.set_policy(tenant, policy, "cli"))
+        before = in_force().model_dump()
+
+        def store_policy(store: Store) -> None:
+            store.set_policy(tenant, policy, actor())
+            record(store, "policy.set", resource, before, policy, tenant)
+
+        _in_store(store_policy)
         out.print(f"policy of tenant {tenant} updated")
     data = current.model_dump(mode="json")
     if as_json:
@@ -323,7 +376,14 @@ def extension_acl(
         raise fail("give --allow CIDR (one or more) or --clear")
     store = _store(_config())
     try:
-        store.set_acl(tenant, number, None if clear else ", ".join(allow or []))
+        before = _extension(store, tenant, number).get("networks")
+        networks = None if clear else ", ".join(allow or [])
+        store.set_acl(tenant, number, networks)
+        after = _extension(store, tenant, number).get("networks")
+        resource = f"tenant/{tenant}/extension/{number}"
+        record(
+            store, "extension.networks", resource, {"networks": before}, {"networks": after}, tenant
+        )
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -355,6 +415,9 @@ def extension_approve(
     store = _store(_config())
     try:
         store.approve_network(tenant, number, network)
+        resource = f"tenant/{tenant}/extension/{number}"
+        after = {"network": network, "approved": True}
+        record(store, "extension.approve_network", resource, None, after, tenant)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -378,13 +441,18 @@ def extension_list(
 @app.command()
 def registrations(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Every column (the contact).")] = False,
 ) -> None:
     """List live registrations as last written to the database."""
+    from pbxwarden.cli.records import REGISTRATION_COLUMNS
+
     store = _store(_config())
     try:
-        print_rows(store.list_bindings(time.time()), as_json, "registrations")
+        rows = store.list_bindings(time.time())
     finally:
         store.close()
+    columns = None if show_all else REGISTRATION_COLUMNS
+    print_rows(rows, as_json, "registrations", columns, compact=not show_all)
 
 
 @bans_app.command("list")
@@ -426,7 +494,9 @@ def bans_add(
     store = _store(config)
     now = time.time()
     try:
+        before = _ban(store, address)
         store.save_bans([(address, now + duration, reason[:255], 1, now)])
+        record(store, "ban.add", f"ban/{address}", before, _ban(store, address))
     finally:
         store.close()
     out.print(f"banned {address} for {int(duration)} s")
@@ -435,14 +505,40 @@ def bans_add(
 @bans_app.command("remove")
 def bans_remove(address: str) -> None:
     """Lift a ban (and forget it, so the next ban starts short again)."""
+    import ipaddress
+
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise fail(f"not an IP address: {address!r}") from None
     store = _store(_config())
     try:
+        before = _ban(store, address)
         removed = store.remove_ban(address)
+        if removed:
+            record(store, "ban.remove", f"ban/{address}", before, None)
     finally:
         store.close()
     if not removed:
         raise fail(f"{address} is not banned")
     out.print(f"unbanned {address}")
+
+
+def _ban(store: Store, address: str) -> dict[str, Any] | None:
+    """A ban as ``bans list`` shows it (what the audit log records before and after)."""
+    now = time.time()
+    for a, until, reason, level, _ in store.load_bans(now, now):
+        if a == address:
+            return {"address": a, "reason": reason, "expires_in": int(until - now), "level": level}
+    return None
+
+
+def _extension(store: Store, tenant: str, number: str) -> dict[str, Any]:
+    """An extension as ``extension list`` shows it, or a StoreError naming it."""
+    for row in store.list_extensions(tenant):
+        if row["number"] == number:
+            return row
+    raise StoreError(f"no extension {number} in tenant {tenant}")
 
 
 @trunk_app.command("add")
@@ -511,6 +607,11 @@ def trunk_add(
             register_expires=register_expires,
             credential_key=key,
         )
+        row = next(
+            (r for r in store.list_trunks() if (r["tenant"], r["name"]) == (tenant, name)),
+            {"tenant": tenant, "name": name, "host": host, "port": port},
+        )
+        record(store, "trunk.create", f"tenant/{tenant}/trunk/{name}", None, row, tenant)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -574,7 +675,14 @@ def did_add(
     tenant: Annotated[str, typer.Option(help="Tenant that owns the number.")] = DEFAULT_TENANT,
 ) -> None:
     """Route an inbound number from the tenant's trunks to an extension."""
-    e164 = _in_store(lambda store: store.add_did(number, tenant, extension))
+
+    def add(store: Store) -> str:
+        e164 = store.add_did(number, tenant, extension)
+        row = {"number": e164, "tenant": tenant, "extension": extension}
+        record(store, "did.create", f"tenant/{tenant}/did/{e164}", None, row, tenant)
+        return e164
+
+    e164 = _in_store(add)
     out.print(f"DID {e164} rings extension {extension}")
 
 
@@ -605,7 +713,7 @@ def forward_set(
     """Set forwarding. A target the extension may not call is refused, with the reason."""
     from pbxwarden.guard.engine import Guard
     from pbxwarden.guard.policy import with_stored
-    from pbxwarden.pbx.forwarding import judge_target
+    from pbxwarden.pbx.forwarding import judge_target, normalise_target
 
     chosen = [
         (k, v)
@@ -614,7 +722,7 @@ def forward_set(
     ]
     if len(chosen) != 1:
         raise fail("give exactly one of --always, --busy, --noanswer with a number")
-    kind, target = chosen[0]
+    kind, target = chosen[0][0], normalise_target(chosen[0][1])  # "(202) 555-0143"
     config = _config()
     store = _store(config)
     try:
@@ -633,7 +741,15 @@ def forward_set(
         if not decision.allow:
             raise fail(f"forwarding refused: {'; '.join(decision.reasons)}")
         old = store.set_forwarding(
-            tenant, extension, kind, target, "cli", "cli", time.time(), ring_time
+            tenant, extension, kind, target, actor(), "cli", time.time(), ring_time
+        )
+        record(
+            store,
+            "forwarding.set",
+            f"tenant/{tenant}/extension/{extension}/{kind}",
+            {kind: old},
+            {kind: target, "ring_time": ring_time},
+            tenant,
         )
     except StoreError as exc:
         raise fail(str(exc)) from None
@@ -653,8 +769,14 @@ def forward_clear(
     """Clear forwarding."""
     store = _store(_config())
     try:
+        before: dict[str, str | None] = {}
         for k in [kind] if kind else ["always", "busy", "noanswer"]:
-            store.set_forwarding(tenant, extension, k, None, "cli", "cli", time.time())
+            before[k] = store.set_forwarding(
+                tenant, extension, k, None, actor(), "cli", time.time()
+            )
+        resource = f"tenant/{tenant}/extension/{extension}/{kind or 'all'}"
+        after = dict.fromkeys(before)
+        record(store, "forwarding.clear", resource, before, after, tenant)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -699,20 +821,27 @@ def calls_list(
 @app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Every counter.")] = False,
 ) -> None:
     """Counters of the running server: messages, refusals, registrations, calls, bans."""
+    from pbxwarden.cli.records import stats_all, stats_view
+
     answer = _ask({"cmd": "stats"})
     flat = {**answer["stats"], **{k: v for k, v in answer.items() if k != "stats"}}
     if as_json:
         out.print_json(json.dumps(flat))
     else:
-        print_rows([flat], False, "stats")
+        print_rows(stats_all(flat) if show_all else stats_view(flat), False, "stats", compact=True)
 
 
 @calls_app.command("end")
 def calls_end(call_id: str) -> None:
     """End a call in progress: both phones are hung up (BYE), or it stops ringing."""
+    live = _ask({"cmd": "calls"}).get("calls", [])
+    call = next((c for c in live if c.get("call_id") == call_id), None)
     _ask({"cmd": "end", "call_id": call_id})
+    tenant = call.get("tenant") if call else None
+    _in_store(lambda store: record(store, "call.end", f"call/{call_id}", call, None, tenant))
     out.print(f"ended {call_id}")
 
 
@@ -722,19 +851,26 @@ def cdr(
     limit: Annotated[int, typer.Option(help="At most this many records.", min=1)] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output for spreadsheets.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every column (reasons, E.164, trunk, cost...).")
+    ] = False,
 ) -> None:
-    """Call detail records: every attempt, answered, failed or blocked, with the reasons."""
+    """Call detail records: every attempt, answered, failed or blocked, with the reasons.
+
+    Times are UTC (ISO 8601); --json keeps Unix times."""
+    from pbxwarden.cli.records import CDR_COLUMNS, cdr_view, write_cdr_csv
+
     store = _store(_config())
     try:
         rows = store.list_cdrs(time.time() - since if since else 0.0, limit)
     finally:
         store.close()
     if as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["id"])
-        writer.writeheader()
-        writer.writerows(rows)
-        return
-    print_rows(rows, as_json, "call records")
+        write_cdr_csv(rows, sys.stdout)
+    elif as_json or show_all:
+        print_rows(rows, as_json, "call records")
+    else:
+        print_rows(cdr_view(rows), False, "call records", CDR_COLUMNS, compact=True)
 
 
 def _setup_logging(config: Config) -> None:
@@ -908,7 +1044,16 @@ def extension_suspend(
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
 ) -> None:
     """Refuse every costly call of an extension (a running server follows within a second)."""
-    changed = _in_store(lambda store: store.suspend_extension(tenant, number, reason))
+
+    def suspend(store: Store) -> bool:
+        changed = store.suspend_extension(tenant, number, reason)
+        if changed:
+            resource = f"tenant/{tenant}/extension/{number}"
+            before, after = {"suspended": None}, {"suspended": reason}
+            record(store, "extension.suspend", resource, before, after, tenant)
+        return changed
+
+    changed = _in_store(suspend)
     out.print(f"extension {number} suspended" if changed else f"{number} was already suspended")
 
 
@@ -927,9 +1072,14 @@ def extension_password(
     if password == "-":
         password = sys.stdin.readline().rstrip("\r\n")
     key = _fingerprint_key()
-    new = _in_store(
-        lambda store: AdminStore(store).rotate_extension_password(tenant, number, password, key)
-    )
+
+    def rotate(store: Store) -> str:
+        new = AdminStore(store).rotate_extension_password(tenant, number, password, key)
+        resource = f"tenant/{tenant}/extension/{number}"
+        record(store, "extension.password", resource, None, {"password_rotated": True}, tenant)
+        return new
+
+    new = _in_store(rotate)
     if password is None:
         out.print(f"extension {number} password: {new}", highlight=False)
         err.print("shown once: only its digest hashes are stored")
@@ -943,7 +1093,17 @@ def extension_resume(
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
 ) -> None:
     """Allow an extension's costly calls again, after checking its password and forwarding."""
-    changed = _in_store(lambda store: store.resume_extension(tenant, number))
+
+    def resume(store: Store) -> bool:
+        before = _extension(store, tenant, number).get("suspended")
+        changed = store.resume_extension(tenant, number)
+        if changed:
+            resource = f"tenant/{tenant}/extension/{number}"
+            before_, after = {"suspended": before}, {"suspended": None}
+            record(store, "extension.resume", resource, before_, after, tenant)
+        return changed
+
+    changed = _in_store(resume)
     out.print(f"extension {number} resumed" if changed else f"{number} was not suspended")
 
 
@@ -991,21 +1151,37 @@ def alerts_list(
             r["tenant"],
             r["extension"] or "",
             str(r["count"]),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_at"])),
+            when(r["last_at"]),
             r["summary"] + "".join(f"\n  - {x}" for x in r["reasons"][:6]),
         )
     out.print(table)
 
 
-def _set_alert(alert_id: int, status: str, by: str) -> None:
-    row = _in_store(lambda store: store.set_alert_status(alert_id, status, by))
+def _set_alert(alert_id: int, status: str, by: str | None) -> None:
+    def change(store: Store) -> dict[str, Any]:
+        before = store.get_alert(alert_id)
+        if before is None:
+            raise StoreError(f"no alert {alert_id}")
+        after = store.set_alert_status(alert_id, status, by or actor())
+        action = "alert.ack" if status == "acknowledged" else "alert.resolve"
+        record(
+            store,
+            action,
+            f"alert/{alert_id}",
+            {"status": before["status"]},
+            {"status": after["status"]},
+            before["tenant"],
+        )
+        return after
+
+    row = _in_store(change)
     out.print(f"alert {row['id']} {row['status']}")
 
 
 @alerts_app.command("ack")
 def alerts_ack(
     alert_id: int,
-    by: Annotated[str, typer.Option(help="Who is handling it.")] = "cli",
+    by: Annotated[str | None, typer.Option(help="Who is handling it (default: you).")] = None,
 ) -> None:
     """Acknowledge an alert: someone is on it (repeats are still counted)."""
     _set_alert(alert_id, "acknowledged", by)
@@ -1014,7 +1190,7 @@ def alerts_ack(
 @alerts_app.command("resolve")
 def alerts_resolve(
     alert_id: int,
-    by: Annotated[str, typer.Option(help="Who resolved it.")] = "cli",
+    by: Annotated[str | None, typer.Option(help="Who resolved it (default: you).")] = None,
 ) -> None:
     """Resolve an alert: the next occurrence opens a new one and is sent again."""
     _set_alert(alert_id, "resolved", by)

@@ -1,12 +1,18 @@
-"""Terminal output shared by the CLI's modules: one look for every table and error."""
+"""Terminal output shared by the CLI's modules: one look for every table and error.
+
+Times are ISO 8601 in UTC (``2025-06-01T14:03:07Z``) everywhere a person or a
+spreadsheet reads them; ``--json`` keeps Unix times for scripts.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -20,31 +26,44 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def when(ts: float | None) -> str:
+    """ISO 8601 in UTC, to the second."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
-    """A table (times in UTC), or JSON for scripts."""
+def is_time(key: str) -> bool:
+    """Columns holding Unix times: ``created_at``, ``at``, ``start_ts``..."""
+    return key.endswith(("_at", "_ts")) or key == "at"
+
+
+def cell(key: str, value: Any) -> str:
+    if is_time(key) and isinstance(value, int | float):
+        return when(value)
+    return "" if value is None else str(value)
+
+
+def print_rows(
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    title: str,
+    columns: Sequence[str] | None = None,
+    compact: bool = False,
+) -> None:
+    """A table (times in UTC), or JSON for scripts (every column, Unix times).
+
+    ``columns``: the ones an operator needs, in that order (the rest with ``--json``);
+    ``compact``: no vertical rules, so that more fits an 80-column terminal."""
     if as_json:
         out.print_json(json.dumps(rows))
         return
     if not rows:
         out.print(f"no {title}")
         return
-    table = Table(title=title)
-    for col in rows[0]:
-        table.add_column(col)
+    keys = list(columns) if columns is not None else list(rows[0])
+    table = Table(title=title, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD)
+    for key in keys:
+        table.add_column(key, no_wrap=is_time(key))
     for row in rows:
-        table.add_row(
-            *(
-                when(v)
-                if (k.endswith("_at") or k == "at") and isinstance(v, int | float)
-                else ""
-                if v is None
-                else str(v)
-                for k, v in row.items()
-            )
-        )
+        table.add_row(*(cell(k, row.get(k)) for k in keys))
     out.print(table)

@@ -170,6 +170,13 @@ def check_password(number: str, password: str) -> None:
         raise StoreError("password too guessable: it contains the extension number or repeats")
 
 
+def _known_region(country: str) -> bool:
+    """A country whose numbers libphonenumber can parse (``XX`` or ``ZZ`` are not)."""
+    import phonenumbers
+
+    return country in phonenumbers.SUPPORTED_REGIONS
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -231,8 +238,12 @@ class Store:
         """A new tenant; its realm is the SIP domain its phones register to."""
         if not REALM_RE.fullmatch(realm):
             raise StoreError(f"invalid realm {realm!r}: use the tenant's SIP domain name")
-        if not COUNTRY_RE.fullmatch(country):
-            raise StoreError(f"invalid country {country!r}: two-letter ISO code such as US, DE")
+        country = country.strip().upper()
+        if not COUNTRY_RE.fullmatch(country) or not _known_region(country):
+            raise StoreError(
+                f"invalid country {country!r}: a two-letter ISO 3166 code libphonenumber "
+                "knows, such as US, GB, DE (numbers are judged by the tenant's country)"
+            )
         with Session(self.engine) as s:
             if s.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
                 raise StoreError(f"tenant {name!r} already exists")
