@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pbxwarden.cli.audit_trail import record
-from pbxwarden.cli.output import err, fail, out, print_rows
+from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.store.basics import StoreError, generate_password
 
 if TYPE_CHECKING:
@@ -253,22 +253,27 @@ def audit_log(
     if as_json:
         print_rows(rows, True, "audit log entries")
         return
-    print_rows(
-        [{**_without(r, "before", "after"), "change": _change(r)} for r in rows],
-        False,
-        "audit log entries",
-    )
-
-
-def _without(row: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in keys}
+    if not rows:
+        out.print("no audit log entries")
+        return
+    out.print("audit log entries, newest first (times UTC):", highlight=False)
+    for r in rows:  # one line each, like a log: the change is never cut short
+        line = (
+            f"{when(r['at'])} #{r['id']} {r['actor']} ({r['source']}) {r['action']} {r['resource']}"
+        )
+        change = _change(r)
+        out.print(f"{line}: {change}" if change else line, markup=False, highlight=False)
 
 
 def _change(row: dict[str, Any]) -> str:
-    """``key: old -> new`` for what changed (the JSON output has everything)."""
+    """What changed: ``key: old -> new``, ``key=value`` for something new, ``removed``
+    (the JSON output has everything)."""
     before, after = row["before"], row["after"]
-    if not isinstance(before, dict) or not isinstance(after, dict):
-        before = before if isinstance(before, dict) else {}
-        after = after if isinstance(after, dict) else {}
+    if before is None and isinstance(after, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(after.items()) if v is not None)
+    if after is None and before is not None:
+        return "removed"
+    before = before if isinstance(before, dict) else {}
+    after = after if isinstance(after, dict) else {}
     keys = sorted(k for k in {*before, *after} if before.get(k) != after.get(k))
     return ", ".join(f"{k}: {before.get(k)} -> {after.get(k)}" for k in keys)

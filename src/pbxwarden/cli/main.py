@@ -333,7 +333,7 @@ def tenant_policy(
 
         def store_policy(store: Store) -> None:
             store.set_policy(tenant, policy, actor())
-            record(store, "policy.set", resource, before, policy, tenant)
+            record(store, "policy.set", resource, before, current.model_dump(), tenant)
 
         _in_store(store_policy)
         out.print(f"policy of tenant {tenant} updated")

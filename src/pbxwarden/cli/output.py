@@ -25,11 +25,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def when(ts: float | None) -> str:
-    """ISO 8601 in UTC, to the second."""
+def when(ts: float | None, precise: bool = False) -> str:
+    """ISO 8601 in UTC, to the second (``precise``: the millisecond)."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = datetime.fromtimestamp(ts, UTC)
+    if precise:
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def is_time(key: str) -> bool:

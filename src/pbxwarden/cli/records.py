@@ -13,7 +13,7 @@ import csv
 from collections.abc import Mapping
 from typing import IO, Any
 
-from pbxwarden.cli.output import cell, is_time
+from pbxwarden.cli.output import cell, is_time, when
 
 CDR_COLUMNS = ("start", "caller", "callee", "disposition", "duration", "decision")
 REGISTRATION_COLUMNS = ("tenant", "number", "source", "expires_in", "user_agent")
@@ -51,11 +51,11 @@ def cdr_view(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_cdr_csv(rows: list[dict[str, Any]], stream: IO[str]) -> None:
-    """Every column; times as ISO 8601 (UTC) so that spreadsheets read them as dates."""
+    """Every column; times as ISO 8601 (UTC, milliseconds) so spreadsheets read dates."""
     writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["id"])
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: cell(k, v) if is_time(k) else v for k, v in row.items()})
+        writer.writerow({k: when(v, precise=True) if is_time(k) else v for k, v in row.items()})
 
 
 _OVERLOAD = {0: "no", 1: "shedding calls without credentials", 2: "shedding all new calls"}
