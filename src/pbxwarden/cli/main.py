@@ -1027,6 +1027,7 @@ async def _serve(config: Config, store: Store) -> None:
     print("pbxwarden ready", flush=True)
     await stop.wait()
     await server.end_calls()  # first, so that no call waits on the admin API's goodbyes
+    server.events.close()  # live event streams end: the admin API need not wait for them
     if http is not None:
         await http.stop()
     await server.stop()
