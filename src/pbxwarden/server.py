@@ -1011,7 +1011,9 @@ def overload_state(
         return 2
     if queued:
         return 1
-    low = lag < lag_limit / 2 and (backlog_limit == 0 or backlog < backlog_limit / 4)
+    low = (lag_limit == 0 or lag < lag_limit / 2) and (
+        backlog_limit == 0 or backlog < backlog_limit / 4
+    )
     return max(0, was - 1) if low else was
 
 
