@@ -197,6 +197,9 @@ def test_a_second_server_on_the_same_data_directory_exits_and_changes_nothing(
         [row] = cdrs(pbx)
         assert row["disposition"] == "in-progress"
         cli(pbx.data_dir, "calls", "end", str(call["call_id"]))
+        [ended] = json.loads(cli(pbx.data_dir, "audit-log", "--json", "--limit", "1").stdout)
+        assert (ended["action"], ended["resource"]) == ("call.end", f"call/{call['call_id']}")
+        assert ended["actor"].startswith("cli:") and ended["before"]["callee"] == "2000"
         assert caller.wait(20) == 0
         assert finish_sipp_uas(phone, tmp_path).successful == 1
         [row] = wait_cdr(pbx)
