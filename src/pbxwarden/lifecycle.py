@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
 from pathlib import Path
 
 PID_FILE = "pbxwarden.pid"
@@ -82,5 +83,8 @@ class ListenError(Exception):
     def __init__(self, host: str, port: int, what: str, cause: OSError) -> None:
         self.host, self.port, self.what, self.cause = host, port, what, cause
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        reason = (cause.strerror or str(cause)).lower()
+        # asyncio words its own strerror ("error while attempting to bind on address
+        # ('127.0.0.1', 5060): address already in use"): the errno says it plainly.
+        plain = cause.errno and cause.errno > 0 and not isinstance(cause, socket.gaierror)
+        reason = (os.strerror(cause.errno) if plain else cause.strerror or str(cause)).lower()
         super().__init__(f"cannot listen on {address} ({what}): {reason}")
