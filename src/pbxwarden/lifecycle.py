@@ -85,6 +85,9 @@ class ListenError(Exception):
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         # asyncio words its own strerror ("error while attempting to bind on address
         # ('127.0.0.1', 5060): address already in use"): the errno says it plainly.
-        plain = cause.errno and cause.errno > 0 and not isinstance(cause, socket.gaierror)
-        reason = (os.strerror(cause.errno) if plain else cause.strerror or str(cause)).lower()
+        code = cause.errno
+        if code is not None and code > 0 and not isinstance(cause, socket.gaierror):
+            reason = os.strerror(code).lower()
+        else:
+            reason = (cause.strerror or str(cause)).lower()
         super().__init__(f"cannot listen on {address} ({what}): {reason}")
