@@ -26,8 +26,10 @@ def read_rows(path: Path) -> list[tuple[int, str, str]]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
+            end = 0
             for fields in reader:
-                line = reader.line_num
+                line, end = end + 1, reader.line_num  # where the record starts (quotes
+                # may hold line breaks)
                 if not fields or not "".join(fields).strip():
                     continue
                 first = fields[0].strip()

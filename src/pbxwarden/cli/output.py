@@ -56,7 +56,8 @@ def print_rows(
     """A table (times in UTC), or JSON for scripts (every column, Unix times).
 
     ``columns``: the ones an operator needs, in that order (the rest with ``--json``);
-    ``compact``: no vertical rules, so that more fits an 80-column terminal."""
+    ``compact``: no vertical rules and one line per row, so that it reads in an
+    80-column terminal (a cell too long is cut with an ellipsis; --json has it all)."""
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -64,9 +65,18 @@ def print_rows(
         out.print(f"no {title}")
         return
     keys = list(columns) if columns is not None else list(rows[0])
-    table = Table(title=title, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD)
+    if compact:  # no rules, no edges, two spaces between columns: 80 columns go far
+        table = Table(
+            title=title,
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            padding=(0, 1, 0, 0),
+        )
+    else:
+        table = Table(title=title)
     for key in keys:
-        table.add_column(key, no_wrap=is_time(key))
+        table.add_column(key, no_wrap=compact or is_time(key))
     for row in rows:
         table.add_row(*(cell(k, row.get(k)) for k in keys))
     out.print(table)

@@ -15,7 +15,9 @@ from typing import IO, Any
 
 from pbxwarden.cli.output import cell, is_time, when
 
-CDR_COLUMNS = ("start", "caller", "callee", "disposition", "duration", "decision")
+# caller, callee, disposition (with the SIP code when it failed), duration, the guard's
+# decision: headers short enough for an international number in 80 columns
+CDR_COLUMNS = ("start", "from", "to", "result", "length", "guard")
 REGISTRATION_COLUMNS = ("tenant", "number", "source", "expires_in", "user_agent")
 
 
@@ -40,11 +42,11 @@ def cdr_view(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         view.append(
             {
                 "start": cell("start_ts", r.get("start_ts")),
-                "caller": r.get("caller"),
-                "callee": r.get("callee"),
-                "disposition": how,
-                "duration": duration(r.get("duration")),
-                "decision": r.get("decision"),
+                "from": r.get("caller"),
+                "to": r.get("callee"),
+                "result": how,
+                "length": duration(r.get("duration")),
+                "guard": r.get("decision"),
             }
         )
     return view
