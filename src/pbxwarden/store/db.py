@@ -15,14 +15,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pbxwarden.pbx.numbers import classify
-from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
 from pbxwarden.store.basics import DEFAULT_TENANT as DEFAULT_TENANT
 from pbxwarden.store.basics import StoreError as StoreError
@@ -43,6 +41,9 @@ from pbxwarden.store.models import (
     TenantPolicyRow,
     TrunkRow,
 )
+
+if TYPE_CHECKING:  # imported where used: the CLI's read-only commands need neither
+    from pbxwarden.pbx.routing import Routing
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
@@ -900,6 +901,8 @@ class Store:
 
     def add_did(self, number: str, tenant: str, extension: str) -> str:
         """Route an inbound number to an extension; returns the number in E.164."""
+        from pbxwarden.pbx.numbers import classify
+
         with Session(self.engine) as s, s.begin():
             tenant_row = self._tenant_row(s, tenant)
             dest = classify(number, tenant_row.country)
@@ -950,6 +953,8 @@ class Store:
         """Trunks and DIDs; with ``credential_key`` trunk passwords are decrypted (in memory
         only). A password that does not open leaves the trunk without one: its challenges
         then fail visibly instead of the whole snapshot."""
+        from pbxwarden.pbx.routing import Did, Routing, Trunk
+
         with Session(self.engine) as s:
             tenants = {t.id: t for t in s.scalars(select(Tenant))}
             trunks = tuple(
