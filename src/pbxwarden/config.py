@@ -201,7 +201,8 @@ class CallsConfig(_Section):
         0.25,
         ge=0,
         le=10,
-        description="event-loop lag (s) above which new calls get 503 instead of work",
+        description="event-loop lag (s) above which new calls get 503 instead of work, when "
+        "it lasts and SIP waits behind it (0: off)",
     )
     overload_queue: int = Field(
         2_000_000,
@@ -481,7 +482,7 @@ ring_timeout = 60                # seconds of ringing before the caller hears "n
 max_duration = 14400             # no call lasts longer than this (seconds)
 keepalive = 60                   # ask both phones every this many seconds whether the call
                                  #   still exists (in-dialog OPTIONS); dead calls are hung up
-overload_lag = 0.25              # when the server lags this much (s), new calls get 503
+overload_lag = 0.25              # when the server lags this much (s), new calls get 503 (0: off)
 overload_queue = 2000000         # ... or this many bytes of SIP wait in the kernel's buffer
 
 [media]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pbxwarden.cli.audit_trail import actor
 from tests.helpers import (
     PbxProcess,
     cli,
@@ -84,8 +85,8 @@ def test_cli_refuses_costly_targets_and_logs_every_change(pbx: PbxProcess) -> No
     assert forwarding(pbx) == []
     changes = forwarding(pbx, history=True)
     assert [(c["kind"], c["old"], c["new"], c["actor"]) for c in changes][:2] == [
-        ("busy", None, "3000", "cli"),
-        ("noanswer", None, "2025550143", "cli"),
+        ("busy", None, "3000", actor()),
+        ("noanswer", None, "2025550143", actor()),
     ]
     assert len(changes) == 5  # two sets, three clears
 
