@@ -17,6 +17,19 @@ Scenarios (a fresh server and data directory for each run of each scenario):
 * ``nftables``   like ``banned`` with firewall.nftables=true: the kernel drops the banned
                  source before the process sees it (root and nft needed; else skipped).
 
+TCP connection exhaustion (bench/tcp_exhaustion.py): a phone on 127.0.0.9 registers as
+extension 1000 over a fresh TCP connection every --tcp-interval seconds (REGISTER, 401,
+REGISTER with digest, 200) while a flood process opens idle connections
+(--tcp-open-rate per second; 0: as fast as it can) and then, until the phone is done,
+reopens those the server closes (at most --tcp-reopen-rate per second).  Unpaced, most
+connections of a burst wait in the kernel's accept queue (or, past the listen backlog,
+never complete their handshake on the server's side) instead of reaching the server.
+A registration succeeds when its 200 arrives within 1 s of its connect.
+
+* ``tcp-baseline`` no flood.
+* ``tcp-one``      4,100 idle connections from 127.0.0.2.
+* ``tcp-forty``    10,000 idle connections from 127.0.1.1-127.0.1.40 (250 each).
+
 The flood starts one second before the caller and stops (SIPp -timeout) when the caller
 should be done.  Server CPU% = utime+stime of the server process over the caller's wall
 time; flood datagrams sent come from the flood SIPp's statistics, and the server's
@@ -57,7 +70,14 @@ LEGIT_IP = "127.0.0.1"
 BANNED_IP = "127.0.0.66"
 ALLOWED_IP = "127.0.0.67"
 PASSWORDS = {"1000": "Caller-Passw0rd-bench", "2000": "Callee-Passw0rd-bench"}
-ALL_SCENARIOS = ("baseline", "banned", "allowed", "nftables")
+TCP_PHONE_IP = "127.0.0.9"
+TCP_FLOODS = {
+    "tcp-baseline": ([], 0),
+    "tcp-one": (["127.0.0.2"], 4_100),
+    "tcp-forty": ([f"127.0.1.{i}" for i in range(1, 41)], 10_000),
+}
+TCP_AIM = 1.0  # seconds from connect to 200 OK
+ALL_SCENARIOS = ("baseline", "banned", "allowed", "nftables", *TCP_FLOODS)
 
 
 class BenchError(RuntimeError):
@@ -230,6 +250,9 @@ class Run:
     refused: int = 0
     bans: list[str] = field(default_factory=list)
     note: str = ""
+    latencies: list[float] = field(default_factory=list)  # TCP: seconds of each 200 OK
+    connections: dict[str, int] = field(default_factory=dict)  # TCP: the server's counters
+    flood: dict[str, float] = field(default_factory=dict)  # TCP: the flood's summary
 
     @property
     def success(self) -> float:
@@ -283,10 +306,85 @@ def scenario_env(args: argparse.Namespace, name: str, run: int) -> dict[str, str
     return env
 
 
+def tcp_run(args: argparse.Namespace, name: str, run: int, work: Path, result: Run) -> None:
+    """The phone registering over TCP while the flood holds its connections."""
+    from tcp_exhaustion import register_tcp
+
+    server = Server(shlex.split(args.pbxwarden_cmd), work / "data", scenario_env(args, name, run))
+    flood: subprocess.Popen[bytes] | None = None
+    try:
+        server.start(work)
+        dest = (LEGIT_IP, server.port)
+        sources, total = TCP_FLOODS[name]
+        seconds = args.tcp_registrations * args.tcp_interval + 1.0
+        before = server.stats()
+        if total:
+            flood = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(BENCH_DIR / "tcp_exhaustion.py"),
+                    LEGIT_IP,
+                    str(server.port),
+                    str(total),
+                    ",".join(sources),
+                    str(seconds),
+                    str(args.tcp_reopen_rate),
+                    str(args.tcp_open_rate),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        cpu0, t0 = cpu_seconds(server.pid()), time.monotonic()
+        for k in range(args.tcp_registrations):  # the first ones while the flood opens
+            time.sleep(max(0.0, t0 + 0.05 + k * args.tcp_interval - time.monotonic()))
+            reg = register_tcp(dest, TCP_PHONE_IP, "1000", PASSWORDS["1000"])
+            result.attempted += 1
+            if reg.status == 200:
+                result.latencies.append(reg.seconds)
+            if reg.status == 200 and reg.seconds < TCP_AIM:
+                result.succeeded += 1
+            else:
+                result.failed += 1
+                if not result.note:
+                    result.note = f"status {reg.status} after {reg.seconds:.3f} s {reg.error}"
+        result.wall = time.monotonic() - t0
+        result.server_cpu = (cpu_seconds(server.pid()) - cpu0) / result.wall
+        if flood is not None:
+            out, _ = flood.communicate(timeout=seconds + 60)
+            lines = out.decode(errors="replace").strip().splitlines()
+            try:
+                result.flood = json.loads(lines[-1])
+            except (ValueError, IndexError):
+                raise BenchError("the flood failed:\n" + "\n".join(lines[-15:])) from None
+            result.flood_sent = int(result.flood.get("opened", 0) + result.flood.get("reopened", 0))
+        after = server.stats()
+        result.connections = {
+            k.removeprefix("connections_"): int(v) - int(before.get(k, 0))  # type: ignore[call-overload]
+            for k, v in after.items()
+            if k.startswith("connections_")
+        }
+        result.bans = [str(b.get("address")) for b in server.bans()]
+    finally:
+        if flood is not None:
+            stop_group(flood)
+        server.stop()
+
+
 def one_run(args: argparse.Namespace, name: str, run: int, tmp: Path) -> Run:
     work = tmp / f"{name}-{run}"
     work.mkdir()
     result = Run(name, run)
+    if name in TCP_FLOODS:
+        tcp_run(args, name, run, work, result)
+        log(
+            f"{name} run {run}: {result.succeeded}/{result.attempted} registered within "
+            f"{TCP_AIM:.0f} s, median {1000 * median(result.latencies):.1f} ms, max "
+            f"{1000 * max(result.latencies, default=0):.1f} ms, server CPU "
+            f"{result.server_cpu:.0%}, flood {result.flood}, connections "
+            f"{result.connections}, bans {len(result.bans)}"
+        )
+        return result
     server = Server(shlex.split(args.pbxwarden_cmd), work / "data", scenario_env(args, name, run))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -397,18 +495,25 @@ def render(runs: list[Run], argv: list[str], versions: dict[str, str], total: fl
         f"Host: {platform.platform()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; {versions.get('sipp')}; pbxwarden "
         f"{versions.get('pbxwarden')}; total wall time {total:.0f} s.",
-        "",
-        "Median over runs (per-run values below). Success = SIPp caller completed the call "
-        "(INVITE/401/INVITE/200/ACK/BYE/200). CPU = server process utime+stime / caller wall "
-        "time (100% = one core). Flood sent = OPTIONS the flood SIPp sent; received/refused = "
-        "delta of `pbxwarden stats` counters over the run (flood and legit traffic).",
-        "",
-        "| scenario | runs | attempted | succeeded | failed | success % | server CPU % "
-        "| flood sent | flood rate /s | server received | server refused |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    calls = [r for r in runs if r.scenario not in TCP_FLOODS]
+    lines += (
+        []
+        if not calls
+        else [
+            "",
+            "Median over runs (per-run values below). Success = SIPp caller completed the call "
+            "(INVITE/401/INVITE/200/ACK/BYE/200). CPU = server process utime+stime / caller wall "
+            "time (100% = one core). Flood sent = OPTIONS the flood SIPp sent; received/refused = "
+            "delta of `pbxwarden stats` counters over the run (flood and legit traffic).",
+            "",
+            "| scenario | runs | attempted | succeeded | failed | success % | server CPU % "
+            "| flood sent | flood rate /s | server received | server refused |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    )
     for name in ALL_SCENARIOS:
-        mine = [r for r in runs if r.scenario == name]
+        mine = [r for r in calls if r.scenario == name]
         if not mine:
             continue
         lines.append(
@@ -422,8 +527,18 @@ def render(runs: list[Run], argv: list[str], versions: dict[str, str], total: fl
             f"| {median([r.received for r in mine]):.0f} "
             f"| {median([r.refused for r in mine]):.0f} |"
         )
+    lines += render_tcp([r for r in runs if r.scenario in TCP_FLOODS])
     lines += ["", "Per run:", ""]
     for r in runs:
+        if r.scenario in TCP_FLOODS:
+            lines.append(
+                f"- {r.scenario} #{r.run}: {r.succeeded}/{r.attempted} within {TCP_AIM:.0f} s, "
+                f"latency median {1000 * median(r.latencies):.1f} ms, max "
+                f"{1000 * max(r.latencies, default=0):.1f} ms, CPU {100 * r.server_cpu:.0f}%, "
+                f"flood {r.flood or '-'}, connections {r.connections or '-'}, "
+                f"bans {len(r.bans)}" + (f"; first failure: {r.note}" if r.note else "")
+            )
+            continue
         lines.append(
             f"- {r.scenario} #{r.run}: {r.succeeded}/{r.attempted} ({r.success:.1f}%), "
             f"CPU {100 * r.server_cpu:.0f}%, wall {r.wall:.1f} s, flood sent {r.flood_sent} "
@@ -433,6 +548,47 @@ def render(runs: list[Run], argv: list[str], versions: dict[str, str], total: fl
     return "\n".join(lines) + "\n"
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def render_tcp(runs: list[Run]) -> list[str]:
+    if not runs:
+        return []
+    lines = [
+        "",
+        f"TCP connection exhaustion: the phone's registrations over fresh TCP connections "
+        f"(success = 200 OK within {TCP_AIM:.0f} s of connect; latencies of those answered 200, "
+        "pooled over runs). "
+        "Flood = idle connections opened (and reopened after the server closed them); "
+        "refused/banned = server counters over the run.",
+        "",
+        "| scenario | runs | registrations | within 1 s % | median ms | p95 ms | max ms "
+        "| server CPU % | flood connections | refused at accept | bans |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in TCP_FLOODS:
+        mine = [r for r in runs if r.scenario == name]
+        if not mine:
+            continue
+        pooled = [x for r in mine for x in r.latencies]
+        attempted = sum(r.attempted for r in mine)
+        refused = [
+            sum(v for k, v in r.connections.items() if k.startswith("refused")) for r in mine
+        ]
+        lines.append(
+            f"| {name} | {len(mine)} | {attempted} "
+            f"| {100 * sum(r.succeeded for r in mine) / max(1, attempted):.1f} "
+            f"| {1000 * median(pooled):.1f} | {1000 * percentile(pooled, 0.95):.1f} "
+            f"| {1000 * max(pooled, default=0):.1f} "
+            f"| {100 * median([r.server_cpu for r in mine]):.0f} "
+            f"| {median([r.flood_sent for r in mine]):.0f} | {median(refused):.0f} "
+            f"| {median([len(r.bans) for r in mine]):.0f} |"
+        )
+    return lines
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--calls", type=int, default=200, help="legitimate calls per run")
@@ -440,6 +596,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--rate-limit", type=int, default=300, help="firewall.rate_limit (per 2 s)")
     p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS))
+    p.add_argument("--tcp-registrations", type=int, default=40, help="per TCP run")
+    p.add_argument("--tcp-interval", type=float, default=0.1, help="seconds between them")
+    p.add_argument("--tcp-reopen-rate", type=float, default=2000.0, help="flood reopens/s")
+    p.add_argument("--tcp-open-rate", type=float, default=5000.0, help="flood opens/s (0: unpaced)")
     p.add_argument("--max-seconds", type=float, default=300.0)
     p.add_argument("--pbxwarden-cmd", default="pbxwarden")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")

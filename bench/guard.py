@@ -862,10 +862,13 @@ def cpu_busy_fraction(sample: float = 1.0) -> float:
 def code_digest() -> str:
     """Which guard was measured: the engine and policy sources change often."""
     import pbxwarden.guard.engine as engine
+    import pbxwarden.guard.learn as learn
     import pbxwarden.guard.policy as policy
+    import pbxwarden.guard.rules as rules
+    import pbxwarden.guard.state as state
 
     digest = hashlib.sha256()
-    for module in (engine, policy):
+    for module in (engine, policy, rules, learn, state):
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -1021,7 +1024,7 @@ def render_markdown(
         "first); it runs before the guard on every outbound call.",
         f"- Machine: {host_description()}; CPU busy before start: {busy:.0%}. The machine "
         "is shared and noisy: quote the ratio. Code measured: sha256 of "
-        f"`guard/engine.py` + `guard/policy.py` {code_digest()}.",
+        f"`guard/engine.py`, `policy.py`, `rules.py`, `learn.py`, `state.py` {code_digest()}.",
         f"- Command: `{shlex.join(['python3', 'bench/guard.py', *argv])}` "
         f"(finished in {elapsed:.0f} s; warm-up replay {state['warm_seconds']} s).",
     ]
@@ -1047,7 +1050,7 @@ def describe_state(
         sum(1 for end, _ in s.spend.day if end > NOW - DAY) for s in tenant_states.values()
     )
     tenant_active = sorted(len(s.active) for s in tenant_states.values())
-    probes = sum(len(s.probes) for s in tenant_states.values())
+    probes = sum(len(s.probes) for s in ext_states.values())
     sizes = sorted(t.size for t in tenants)
     with_hours = sum(1 for t in tenants if t.hours)
     with_after = sum(1 for t in tenants if guard.config.tenants[t.name].after_hours is not None)
@@ -1078,7 +1081,10 @@ def describe_state(
             f"tenant 24-hour cost ledgers of median {statistics.median(tenant_ledgers):.0f} and "
             f"max {tenant_ledgers[-1]:,} entries"
         ),
-        "probes": f"{probes} inbound probes recorded in {stats.probe_tenants} tenants",
+        "probes": (
+            f"{probes} inbound probes (short calls from unseen callers) held by extensions of "
+            f"{stats.probe_tenants} tenants"
+        ),
         "suspended": f"{suspended} extensions suspended by the warm-up",
         "warm_seconds": f"{stats.seconds:.0f}",
     }

@@ -11,6 +11,7 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v curl >/dev/null 2>&1 || need+=(curl)  # the README tour's API step (test_tour.py)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the web dashboard's browser tests
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_tracked, tracked
+
+
+@pytest.fixture(autouse=True)
+def _no_peer_left_running() -> Iterator[None]:
+    """SIPp phones and carriers a test started are stopped after it, even when it failed
+    or timed out before its own clean-up (not those of a fixture shared by a module)."""
+    before = tracked()
+    yield
+    stop_tracked(before)
 
 
 def _pg_bin(name: str) -> str | None:

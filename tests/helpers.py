@@ -16,15 +16,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCENARIOS = Path(__file__).parent / "integration" / "scenarios"
+# Every peer process a test starts in the background; tests/conftest.py stops what is
+# left of them after each test, so a failing or timed-out test leaves nothing running.
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    STARTED.append(proc)
+    return proc
+
+
+SERVERS: list[PbxProcess] = []
+
+
+def tracked() -> tuple[int, int]:
+    return len(SERVERS), len(STARTED)
+
+
+def stop_tracked(since: tuple[int, int] = (0, 0)) -> None:
+    """Stop the servers and peers started after ``since`` (see :func:`tracked`): those of
+    one test, not a module's shared server."""
+    while len(SERVERS) > since[0]:
+        SERVERS.pop().stop()
+    while len(STARTED) > since[1]:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host``."""
+    """A port free for both UDP and TCP on ``host`` (IPv4 or IPv6)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
             udp.bind((host, 0))
             port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
                 try:
                     tcp.bind((host, port))
                 except OSError:
@@ -39,6 +68,7 @@ def cli(
     check: bool = True,
     env: dict[str, str] | None = None,
     input_text: str | None = None,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess, as a user would."""
     cmd = [sys.executable, "-m", "pbxwarden.cli.main", "--data-dir", str(data_dir), *args]
@@ -46,7 +76,7 @@ def cli(
         cmd,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
         input=input_text,
     )
@@ -78,12 +108,13 @@ class PbxProcess:
                 str(self.data_dir),
                 "serve",
                 "--sip",
-                f"{self.host}:{self.port}",
+                f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}",
             ],
             stdout=subprocess.PIPE,
             stderr=log,
             env={**os.environ, "PBXWARDEN_LOG__LEVEL": "debug", **self.env},
         )
+        SERVERS.append(self)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -164,15 +195,17 @@ def run_sipp(
     timeout: float = 30,
     recv_timeout_ms: int = 5000,
     workdir: Path,
+    domain: str | None = None,
 ) -> SippResult:
     """Run SIPp as a UAC against ``target``; counts come from its statistics file.
 
     ``users`` maps extension to password; each call takes the next user in order.
+    ``domain``: the SIP domain (a tenant's realm) in the URIs; the target's host else.
     """
     for old in ("stat.csv", "sipp-errors.log"):
         (workdir / old).unlink(missing_ok=True)
     scenario_path = scenario if Path(scenario).is_absolute() else str(SCENARIOS / scenario)
-    domain = target.rsplit(":", 1)[0]
+    domain = domain or target.rsplit(":", 1)[0]
     args = [
         "sipp",
         target,
@@ -251,7 +284,7 @@ def options_request(dest: tuple[str, int], user_agent: str = "pbxwarden-tests") 
 
 
 def udp_exchange(
-    data: bytes, dest: tuple[str, int], timeout: float = 2.0, source_ip: str = "127.0.0.1"
+    data: bytes, dest: tuple[str, int], timeout: float = 10.0, source_ip: str = "127.0.0.1"
 ) -> bytes | None:
     """Send one datagram, return the first answer (or None on timeout)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -288,7 +321,7 @@ class SipClient:
         self.domain = domain or server[0]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((source_ip, 0))
-        self.sock.settimeout(3)
+        self.sock.settimeout(10)  # answers are expected; a loaded host may be slow
         self.local = self.sock.getsockname()
         self.call_id = f"test-{os.getpid()}-{time.monotonic_ns()}"
         self.cseq = 0
@@ -391,7 +424,9 @@ def start_sipp_uas(
         str(workdir / f"{name}-stat.csv"),
         *(extra or []),
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    proc = track(
+        subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    )
     time.sleep(0.3)  # let it bind
     return proc
 

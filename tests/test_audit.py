@@ -119,7 +119,13 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cli(data, "init")
     (data / "pbxwarden.toml").write_text(PLANTED_TOML, encoding="utf-8")
     cli(data, "tenant", "add", "acme", "--realm", "sip.acme.example", "--country", "US")
-    cli(data, "extension", "add", "1000", "--password", "password1234")  # guessable
+    cli(data, "extension", "add", "1000")
+    # guessable: refused today, but an install from before the strength check may hold it
+    legacy = Store(load_config(data).database_url(data))
+    try:
+        _set_ha1(legacy, "1000", "pbxwarden", "password1234")
+    finally:
+        legacy.close()
     cli(data, "extension", "add", "1001", "--password", SHARED)
     cli(data, "extension", "add", "1002", "--password", SHARED)  # reused
     cli(data, "extension", "acl", "1000", "--allow", "192.0.2.0/24")
@@ -402,7 +408,8 @@ def test_migration_0010_keeps_existing_extensions(tmp_path: Path) -> None:
         [unknown] = [f for f in run_audit(Config(), store, None) if f.tenant == "default"]
         assert unknown.id == "sip-password-reuse-unknown"
         _alembic(store, "downgrade", "0009")
-        assert [r["number"] for r in store.list_extensions()] == ["1000"]
+        with store.engine.connect() as conn:  # today's queries need today's schema
+            assert list(conn.scalars(text("SELECT number FROM extensions"))) == ["1000"]
         _alembic(store, "upgrade", "head")
     finally:
         store.close()

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from pbxwarden.guard.alerts_config import AlertsConfig
+from pbxwarden.guard.ceiling import ProviderCeiling
 from pbxwarden.guard.policy import GuardConfig
 
 CONFIG_FILE = "pbxwarden.toml"
@@ -86,6 +87,27 @@ class SipConfig(_Section):
     # on SHA-256. Add "SHA-256" once every phone supports it; it is then offered first.
     digest_algorithms: list[Literal["SHA-256", "MD5"]] = ["MD5"]
     user_agent: str = "pbxwarden"
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="TCP and TLS connections at once, all sources (the open-files limit is "
+        "raised to fit); when full, idle connections without a valid request go first",
+    )
+    new_connection_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="seconds a new TCP/TLS connection has to send a valid SIP request, "
+        "TLS handshake included (2 s once the table is three quarters full)",
+    )
+    idle_timeout: float = Field(
+        900.0,
+        ge=10,
+        le=86400,
+        description="seconds an established TCP/TLS connection may stay silent "
+        "(keep-alives count; 120 s once the table is three quarters full)",
+    )
     workers: int = Field(
         0,
         ge=0,
@@ -150,7 +172,9 @@ class HttpConfig(_Section):
 
 class StorageConfig(_Section):
     url: str | None = Field(None, description="SQLAlchemy URL; SQLite in the data dir if unset")
-    flush_interval: float = Field(0.2, gt=0, le=10, description="registration write-back period")
+    flush_interval: float = Field(
+        0.2, gt=0, le=300, description="registration write-back period"
+    )
 
 
 class FirewallConfig(_Section):
@@ -177,6 +201,25 @@ class FirewallConfig(_Section):
         False, description="refuse registrations from a new network until an admin approves"
     )
     allow: list[str] = Field([], description="networks never banned (trunks, admins)")
+    connections_per_source: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="TCP/TLS connections one address (IPv6: one /64) may hold; "
+        "one more is a connection flood: refused, the source banned",
+    )
+    trusted_connections_per_source: int = Field(
+        1024,
+        ge=1,
+        le=100_000,
+        description="the same for allow-listed networks and trunk hosts: more is refused, "
+        "never banned",
+    )
+    # extension locks (pbxwarden.firewall.locks): failures per extension, every source
+    lock_failures: int = Field(10, ge=2, le=10_000)
+    lock_window: float = Field(600.0, gt=0, le=86400)
+    lock_sources: int = Field(2, ge=1, le=1000)
+    lock_steps: list[float] = Field([3600.0, 86400.0, 604800.0], min_length=1)
 
     @field_validator("allow")
     @classmethod
@@ -188,11 +231,11 @@ class FirewallConfig(_Section):
                 raise ValueError(f"not a network: {net!r} (use CIDR, e.g. 192.0.2.0/24)") from None
         return value
 
-    @field_validator("ban_steps")
+    @field_validator("ban_steps", "lock_steps")
     @classmethod
     def _positive(cls, value: list[float]) -> list[float]:
         if any(v <= 0 for v in value):
-            raise ValueError("ban durations must be positive seconds")
+            raise ValueError("durations must be positive seconds")
         return value
 
 
@@ -304,6 +347,7 @@ class Config(_Section):
     media: MediaConfig = MediaConfig()
     features: FeaturesConfig = FeaturesConfig()
     guard: GuardConfig = GuardConfig()
+    provider: ProviderCeiling = ProviderCeiling()
     alerts: AlertsConfig = AlertsConfig()
     log: LogConfig = LogConfig()
 
@@ -449,6 +493,10 @@ min_expires = 60
 max_expires = 3600
 default_expires = 3600
 workers = 0                      # registrar processes for REGISTERs (e.g. one per core)
+max_connections = 4096           # TCP/TLS connections at once (open-files limit raised to fit)
+new_connection_timeout = 10      # seconds to send a valid request (TLS handshake included)
+idle_timeout = 900               # seconds an established connection may be silent
+                                 #   (both shorter once the table is three quarters full)
 # [sip.tls]
 # listen = "127.0.0.1:5061"
 # cert_file = "/etc/pbxwarden/cert.pem"
@@ -476,6 +524,13 @@ approve_new_networks = false     # true: a phone registering from a new /24 wait
 nftables = false                 # true (Linux, root): the kernel drops banned sources' SIP traffic
 identity_limit = 50              # more distinct users claimed by one address per window:
 identity_window = 60             #   extension enumeration, banned
+connections_per_source = 64      # TCP/TLS connections per address (IPv6: per /64); more:
+                                 #   a connection flood, banned
+trusted_connections_per_source = 1024   # allow-listed networks and trunks: refused, not banned
+lock_failures = 10               # failed authentications of one extension within lock_window
+lock_window = 600                #   from lock_sources or more addresses (or from a trunk's):
+lock_sources = 2                 #   locked against networks it never registered from
+lock_steps = [3600, 86400, 604800]  # first, second, third and later locks (seconds)
 
 [calls]
 ring_timeout = 60                # seconds of ringing before the caller hears "no answer"
@@ -523,6 +578,23 @@ max_call_minutes = 240           # costly calls are cut off after this
 # [guard.default.after_hours]    # what changes outside business hours
 # allow_countries = []
 # rates_file = "/etc/pbxwarden/rates.toml"   # (under [guard]) your carrier's prices
+
+# The most a tenant's own admin (an API account bound to one tenant) may open in its
+# policy; your own admins and this file are not bounded by it.
+[provider]
+allow_special = []               # e.g. ["shared-cost"]; "premium-rate" only if you mean it
+allow_high_risk = false
+allow_international_forwarding = true
+max_spend_per_hour = 100.0       # per extension
+max_spend_per_day = 500.0        # per extension
+max_tenant_spend_per_day = 2000.0
+max_concurrent_calls = 50
+max_calls_per_hour = 600
+max_call_minutes = 480
+allow_report_only = false        # may a tenant admin put fraud rules in report-only mode
+max_learning_days = 30.0
+max_block_score = 90
+allow_no_suspension = false
 
 # Where alerts go (besides `pbxwarden alerts` and the logs). Uncomment what you use.
 [alerts]

@@ -43,10 +43,13 @@ import structlog
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.firewall.engine import Firewall, FirewallSettings
 from pbxwarden.firewall.geo import open_geo
+from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.latency import Latency
+from pbxwarden.locking import adopt_stored, lock_settings
 from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.location import Binding, LocationService
+from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.registration import (
     RegistrationHandler,
     add_realms,
@@ -68,7 +71,8 @@ from pbxwarden.sip.transaction import (
     TransactionLayer,
     stamp_via,
 )
-from pbxwarden.store.db import Store
+from pbxwarden.store.db import ExtensionAuth, Store
+from pbxwarden.store.locks import LockStore
 from pbxwarden.transport.network import Alarm
 
 log = structlog.get_logger("pbxwarden.workers")
@@ -376,6 +380,13 @@ class _Reporter:
             self._last[address] = "s"
             self.events.append(["s", address])
 
+    def lock_failure(self, ext: ExtensionAuth, address: str, now: float, unbannable: bool) -> None:
+        """A known extension's failure, for the main process's copy of its lock count."""
+        changed = ext.password_changed_at
+        self.events.append(
+            ["lf", ext.id, ext.tenant, ext.number, address[:64], now, changed, unbannable]
+        )
+
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
@@ -439,6 +450,16 @@ class RegistrarWorker:
             fw.approve_new_networks, geo.country if geo is not None else None
         )
         self._approved_networks = -1
+        # This worker locks the extensions it serves at once (a burst of guesses is
+        # answered here); the main process, told of each failure, stores and announces.
+        self.locks = ExtensionLocks(
+            LockTracker(lock_settings(fw)),
+            self.netwatch,
+            self.firewall.is_allowlisted,
+            self.reporter.lock_failure,
+        )
+        self._lock_store = LockStore(store)
+        self._repeat_memory = FirewallSettings().repeat_memory
         self.registration = RegistrationHandler(
             self.auth,
             self.directory,
@@ -446,6 +467,7 @@ class RegistrarWorker:
             self.netwatch,
             self.reporter,
             self._record_network,
+            self.locks,
         )
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
         self.latency = Latency()  # handed to the main process every second
@@ -497,10 +519,16 @@ class RegistrarWorker:
     async def _refresh(self) -> None:
         """The same sources as the main process: realms, extensions, approved networks."""
         self._add_realms(await asyncio.to_thread(self.store.known_realms))
-        await refresh_directory(self.store, self.directory)
+        for ext in await refresh_directory(self.store, self.directory) or []:
+            # a new password: the old one's registrations go (the main process ends calls)
+            aor = aor_key(ext.realm, ext.number)
+            for binding in self.location.lookup(aor, 0.0):
+                self.location.remove(aor, binding.contact)
         self._approved_networks = await refresh_networks(
             self.store, self.netwatch, self._approved_networks
         )
+        await adopt_stored(self._lock_store, self.locks, self._repeat_memory)
+        self.firewall.set_trusted(set(self.locks.trunk_hosts))  # never banned: unbannable
 
     async def _write_networks(self) -> None:
         writes, self._network_writes = self._network_writes, []

@@ -22,6 +22,7 @@ from pbxwarden.control import serve_control
 from pbxwarden.events import EventBus
 from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.geo import open_geo
+from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.alerts import Alert, AlertDispatcher
@@ -29,11 +30,14 @@ from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.latency import Latency
 from pbxwarden.lifecycle import ListenError
+from pbxwarden.locking import LockSync, lock_settings
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
 from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
+from pbxwarden.pbx.numbers import emergency_number
+from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.registration import (
     RegistrationHandler,
     add_realms,
@@ -69,8 +73,15 @@ from pbxwarden.sip.transaction import (
 )
 from pbxwarden.sip.transaction import State as TxState
 from pbxwarden.store.credentials import trunk_credential_key
-from pbxwarden.store.db import Store, StoreError
-from pbxwarden.transport.network import Transports, bind_udp, tls_context
+from pbxwarden.store.db import ExtensionAuth, Store, StoreError, binding_view
+from pbxwarden.transport.connections import ConnectionLimits
+from pbxwarden.transport.network import (
+    FILE_RESERVE,
+    SourceKind,
+    Transports,
+    bind_udp,
+    tls_context,
+)
 from pbxwarden.transport.rtp import MediaRelay
 
 log = structlog.get_logger("pbxwarden.server")
@@ -148,6 +159,11 @@ class SipServer:
             fw.approve_new_networks, self.geo.country if self.geo is not None else None
         )
         self._approved_networks = -1  # stored approved networks last loaded
+        # extension locks: failures per extension from every source (firewall/locks.py)
+        self.locks = ExtensionLocks(
+            LockTracker(lock_settings(fw)), self.netwatch, self.firewall.is_allowlisted
+        )
+        self.lock_sync = LockSync(store, self.locks, self.firewall.settings.repeat_memory)
         self.nft: NftablesOffload | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         # 0: taking calls; 1: new calls without credentials get 503 (an INVITE answering
@@ -194,8 +210,22 @@ class SipServer:
             self.netwatch,
             self.firewall,
             self._record_network,
+            self.locks,
         )
-        self.transports = Transports(self.on_message)
+        self.transports = Transports(
+            self.on_message,
+            ConnectionLimits(
+                max_connections=sip.max_connections,
+                per_source=fw.connections_per_source,
+                trusted_per_source=fw.trusted_connections_per_source,
+                new_timeout=sip.new_connection_timeout,
+                idle_timeout=sip.idle_timeout,
+            ),
+            classify=self._connection_source,
+            over_limit=self._connection_flood,
+            reserved_files=FILE_RESERVE
+            + (config.media.port_max - config.media.port_min + 1 if config.media.relay else 0),
+        )
         self.workers: WorkerPool | None = None  # registrar workers, started after binding
         self.stats = Stats()
         self.latency = Latency()
@@ -237,6 +267,7 @@ class SipServer:
         await self._refresh_networks()
         await self._start_offload()
         await self._sync_firewall()
+        await self.lock_sync.sync(self._deliver, self.events.publish)  # stored locks
         self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
         self._stored_policies = await asyncio.to_thread(self.store.policies)
         if self._stored_policies:
@@ -388,6 +419,7 @@ class SipServer:
                     await self._refresh_routing()
                     await self._refresh_networks()
                     await self._sync_firewall()
+                    await self.lock_sync.sync(self._deliver, self.events.publish)
                     await self._guard_round(now)
                     if now >= next_baseline_save:  # learned behaviour survives a restart
                         await self._save_baselines()
@@ -424,7 +456,7 @@ class SipServer:
             return
         mono = time.monotonic()
         for call in self.calls.active:
-            if call.answered is None:
+            if call.answered is None or call.emergency:
                 continue
             idle = self.media.idle_for(call.token, mono)
             if idle is not None and min(idle, now - call.answered) > timeout:
@@ -440,6 +472,7 @@ class SipServer:
                     alert.extension,
                     alert.reasons[0] if alert.reasons else alert.summary,
                     alert.at,
+                    "guard",
                 )
         alert_id, new = await asyncio.to_thread(
             self.store.record_alert,
@@ -505,7 +538,35 @@ class SipServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _refresh_directory(self) -> None:
-        await refresh_directory(self.store, self.directory)
+        changed = await refresh_directory(self.store, self.directory)
+        if changed is None:
+            return
+        log.debug("extensions reloaded", extensions=len(self.directory))
+        for ext in changed:
+            self._password_changed(ext)
+
+    def _password_changed(self, ext: ExtensionAuth) -> None:
+        """Recovery after a compromise: a new SIP password means whoever had the old one
+        must be out at once, not when their registration expires. Every binding of the
+        extension goes (the legitimate phone registers again with the new password) and
+        its calls in progress end, with the reason in their records."""
+        aor = aor_key(ext.realm, ext.number)
+        removed = 0
+        for binding in self.location.lookup(aor, 0.0):
+            self.location.remove(aor, binding.contact)
+            removed += 1
+        ended = self.calls.end_extension_calls(
+            ext.tenant,
+            ext.number,
+            f"extension {ext.number}'s SIP password was changed: its calls were ended",
+        )
+        log.warning(
+            "SIP password changed: registrations removed and calls ended",
+            tenant=ext.tenant,
+            extension=ext.number,
+            registrations=removed,
+            calls=ended,
+        )
 
     async def _refresh_networks(self) -> None:
         self._approved_networks = await refresh_networks(
@@ -517,6 +578,7 @@ class SipServer:
         self.calls.routing = routing
         self.trunk_registrations.sync(routing.trunks)
         self.firewall.set_trusted({t.host for t in routing.trunks})
+        self.locks.trunk_hosts = frozenset(t.host for t in routing.trunks)
 
     async def _start_offload(self) -> None:
         fw = self.config.firewall
@@ -557,6 +619,11 @@ class SipServer:
         known = set(self.firewall.bans)
         self.firewall.load([Ban(*row) for row in stored], now)
         events += self.firewall.drain_events()
+        # A banned source's TCP/TLS connections only hold slots: close them.
+        for address in {e.address for e in own if e.kind == "ban"} | (
+            set(self.firewall.bans) - known
+        ):
+            self.transports.drop_source(address)
         for event in events:
             self.events.publish(
                 event.kind,
@@ -577,7 +644,7 @@ class SipServer:
             )
             if event.kind != "unban" and event in own:  # not bans other nodes made
                 await self._deliver(
-                    GuardAlert(
+                    GuardAlert(  # one open alert per kind, and per extension attacked
                         "provider",
                         None,
                         "warning",
@@ -602,6 +669,7 @@ class SipServer:
                             ),
                         ),
                         now,
+                        dedupe=f"provider/{event.extension or '-'}/firewall-{event.kind}",
                     )
                 )
         if self.nft is not None:
@@ -647,6 +715,7 @@ class SipServer:
                         self._refuse(verdict, data, source)
                         return
                 if self.workers.dispatch(user, data, source):
+                    self.transports.confirm(source)
                     return
         try:
             message = parse_message(data)
@@ -663,6 +732,7 @@ class SipServer:
             if verdict is not Verdict.ALLOW:
                 self._refuse(verdict, data, source)
                 return
+            self.transports.confirm(source)  # a valid request: the connection may stay
             stamp_via(message, source)
             if (
                 self._overload
@@ -670,6 +740,7 @@ class SipServer:
                 and message.to.tag is None
                 and (self._overload > 1 or not _has_credentials(message))
                 and server_key(message) not in self.tx
+                and not self._maybe_emergency(message)
             ):
                 # Shed new calls cheaply so that calls in progress can finish: answering
                 # them late would only add retransmissions to the overload.
@@ -682,6 +753,14 @@ class SipServer:
         else:
             actions = self.tx.receive_response(message, now)
         self._run(actions)
+
+    def _maybe_emergency(self, request: Request) -> bool:
+        """An INVITE to an emergency number of any tenant's country is never shed."""
+        user = request.uri.user
+        if not user or len(user) > 6:
+            return False
+        countries = set(self.calls.routing.countries.values()) or {"US"}
+        return any(emergency_number(user, country) for country in countries)
 
     def _worker_events(self, worker: int, events: list[list[Any]]) -> None:
         """What a registrar worker reports: the firewall's inputs, binding changes (for
@@ -698,6 +777,16 @@ class SipServer:
                     self.firewall.auth_succeeded(str(event[1]))
                 elif kind == "f":
                     self.firewall.auth_failed(str(event[1]), str(event[2]), float(event[3]))
+                elif kind == "lf":  # a failure of a known extension, for its lock
+                    _, ext_id, tenant, number, address, at, changed, unbannable = event
+                    self.locks.tracker.failed(
+                        int(ext_id),
+                        (str(tenant), str(number)),
+                        str(address),
+                        float(at),
+                        unbannable=bool(unbannable),
+                        password_changed_at=None if changed is None else float(changed),
+                    )
                 elif kind == "ban":
                     self.firewall.ban(str(event[1]), str(event[2]), time.time())
                 elif kind == "o":  # an answer over one of our TCP/TLS connections
@@ -753,6 +842,22 @@ class SipServer:
             reply = error_response_bytes(data, 403, "Forbidden")
             if reply is not None:
                 self.transports.send(reply, source)
+
+    def _connection_source(self, host: str) -> SourceKind:
+        """Asked by the transport for every new TCP/TLS connection, before any read."""
+        ban = self.firewall.bans.get(host)
+        if ban is not None and ban.until > time.time():
+            return SourceKind.BANNED
+        return SourceKind.TRUSTED if self.firewall.is_allowlisted(host) else SourceKind.NORMAL
+
+    def _connection_flood(self, host: str, count: int) -> None:
+        """A source refused at its per-source connection limit: banned like any flood
+        (escalating, stored, mirrored to nftables), its connections closed."""
+        limit = self.transports.table.limits.per_source
+        reason = f"connection flood (over {limit} TCP/TLS connections)"
+        if self.firewall.ban(host, reason, time.time()) is not None:
+            closed = self.transports.drop_source(host)
+            log.debug("connection flood: source banned", address=host, closed=closed)
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -878,6 +983,24 @@ class SipServer:
             if not self.calls.end_call(call_id):
                 raise ValueError(f"no call {call_id!r} in progress")
             return {"ended": call_id}
+        if command == "registrations":
+            return {"registrations": self._live_bindings(time.time())}
+        if command == "unregister":
+            tenant, number = str(request.get("tenant", "")), str(request.get("number", ""))
+            handle = str(request.get("id", ""))
+            for row in self._live_bindings(time.time()):
+                if (row["tenant"], row["number"], row["id"]) == (tenant, number, handle):
+                    realm = self.calls.routing.realms.get(tenant, "")
+                    self.location.remove(aor_key(realm, number), str(row["contact"]))
+                    log.warning(
+                        "registration removed by an administrator",
+                        tenant=tenant,
+                        extension=number,
+                        source=row["address"],
+                        user_agent=row["user_agent"],
+                    )
+                    return {"removed": row}
+            raise ValueError(f"extension {number} of tenant {tenant} has no registration {handle}")
         if command == "stats":
             return {
                 "stats": self.stats.__dict__,
@@ -886,6 +1009,7 @@ class SipServer:
                 "calls": len(self.calls.active),
                 "bans": len(self.firewall.bans),
                 "overload": self._overload,
+                **self.transports.describe(),
                 "trunk_registrations": self.trunk_registrations.status(),
                 "sip_core": _core.mode(),
                 **(self.workers.describe() if self.workers is not None else {}),
@@ -896,6 +1020,17 @@ class SipServer:
                 ),
             }
         raise ValueError(f"unknown command {command!r}")
+
+    def _live_bindings(self, now: float) -> list[dict[str, Any]]:
+        tenants = {realm: tenant for tenant, realm in self.calls.routing.realms.items()}
+        rows = []
+        for aor, binding in self.location.items():
+            if binding.expires_at <= now:
+                continue
+            realm, _, number = aor.rpartition("/")
+            rows.append(binding_view(tenants.get(realm, realm), number, binding, now))
+        rows.sort(key=lambda r: (r["tenant"], r["number"], r["registered_at"] or 0.0))
+        return rows
 
     # -- CallPort: what the B2BUA uses ---------------------------------------------------
 
@@ -945,8 +1080,60 @@ class SipServer:
                 },
             )
 
-    def auth_failed(self, source: Address, username: str) -> None:
-        self.firewall.auth_failed(source.host, username, time.time())
+    def auth_failed(
+        self, source: Address, username: str, extension: ExtensionAuth | None = None
+    ) -> None:
+        now = time.time()
+        self.firewall.auth_failed(source.host, username, now)
+        if extension is not None:
+            self.locks.failed(extension, source.host, now)
+
+    def refuse_credentials(self, extension: ExtensionAuth, source: Address) -> bool:
+        """Right credentials that must get a wrong password's answer (a locked extension
+        from an unknown network, a trunk's address): counted like a wrong password."""
+        why = self.locks.refusal(extension, source.host, time.time())
+        if why is None:
+            return False
+        self.auth_failed(source, extension.number, extension)
+        log.info("request refused", source=str(source), user=extension.number, reason=why)
+        return True
+
+    def forwarding_refused(
+        self, tenant: str, number: str, kind: str, target: str, source: str, reason: str
+    ) -> None:
+        self._background_write(
+            self.store.record_forwarding_refused,
+            tenant,
+            number,
+            kind,
+            target,
+            "phone",
+            source,
+            reason,
+            time.time(),
+        )
+
+    def notify(
+        self,
+        tenant: str,
+        extension: str,
+        rule: str,
+        summary: str,
+        reasons: tuple[str, ...],
+        dedupe: str,
+    ) -> None:
+        alert = GuardAlert(
+            tenant, extension, "critical", rule, summary, reasons, time.time(), dedupe=dedupe
+        )
+
+        async def deliver() -> None:
+            try:
+                await self._deliver(alert)
+            except Exception:
+                log.exception("delivering an alert failed", rule=rule, extension=extension)
+
+        self._tasks.add(task := asyncio.ensure_future(deliver()))
+        task.add_done_callback(self._tasks.discard)
 
     def set_forwarding(
         self, tenant: str, number: str, kind: str, target: str | None, source: str

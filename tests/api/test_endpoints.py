@@ -25,7 +25,7 @@ async def test_health_docs_and_openapi(api: Api) -> None:
     assert "/api/v1/cdrs" in schema["paths"] and "/api/v1/auth/login" in schema["paths"]
     docs = await anon.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
-    assert "'sha256-" in docs.headers["content-security-policy"]
+    assert "cdn" not in docs.text and "unsafe" not in docs.headers["content-security-policy"]
 
 
 async def test_tenants(api: Api) -> None:
@@ -153,7 +153,12 @@ async def test_forwarding_set_list_clear(api: Api) -> None:
         }
     ]
     history = (await operator.get("/api/v1/forwarding/changes")).json()
-    assert [(h["kind"], h["actor"]) for h in history] == [("busy", "api"), ("noanswer", "api")]
+    assert [(h["kind"], h["actor"], bool(h["refused"])) for h in history] == [
+        ("busy", "api", False),
+        ("noanswer", "api", False),
+        ("always", "api", True),  # the refused one left its trace: who, target, why
+    ]
+    assert history[2]["new"] == "+19005550199" and "premium" in history[2]["refused"]
     assert history[0]["source"] == "root/token:operator#2@127.0.0.1"
     cleared = await operator.delete(f"{base}/busy")
     assert cleared.status_code == 200 and cleared.json()["busy"] is None
@@ -360,3 +365,38 @@ async def test_tenant_policy_read_replace_reset(api: Api) -> None:
     assert any(e["action"] == "policy.set" for e in log)
     reset = await admin.delete("/api/v1/tenants/default/policy")
     assert reset.status_code == 200 and reset.json()["source"] == "default"
+
+
+async def test_a_tenant_admin_stays_within_the_provider_ceiling(api: Api) -> None:
+    """acme's own admin may open its countries, not premium rate, high risk or huge caps;
+    the provider's admin is not bounded by the ceiling."""
+    acme = api.as_("acme-admin")
+    base = "/api/v1/tenants/acme/policy"
+    fine = await acme.put(base, json={"allow_countries": ["DE", "PH"], "spend_per_day": 200})
+    assert fine.status_code == 200, fine.text
+    for body, why in [
+        ({"allow_special": ["premium-rate"]}, "premium-rate"),
+        ({"allow_high_risk": True}, "high-risk"),
+        ({"spend_per_hour": 5000}, "spend_per_hour"),
+        ({"tenant_spend_per_day": 1e6}, "tenant_spend_per_day"),
+        ({"extensions": {"2000": {"allow_special": ["premium-rate"]}}}, "extensions.2000"),
+        ({"after_hours": {"spend_per_day": 9999}}, "after_hours.spend_per_day"),
+        ({"report_only": ["anomaly"]}, "report_only"),
+        ({"suspend_on_critical": False}, "suspend_on_critical"),
+        ({"block_score": 100}, "block_score"),
+    ]:
+        refused = await acme.put(base, json=body)
+        assert refused.status_code == 403 and why in refused.json()["detail"], refused.text
+    kept = (await acme.get(base)).json()["policy"]
+    assert kept["allow_countries"] == ["DE", "PH"] and kept["allow_special"] == []
+    provider = await api.as_("admin").put(base, json={"allow_special": ["premium-rate"]})
+    assert provider.status_code == 200, provider.text
+
+
+async def test_trunks_are_the_providers(api: Api) -> None:
+    trunk = {"name": "mine", "host": "192.0.2.50"}
+    refused = await api.as_("acme-admin").post("/api/v1/tenants/acme/trunks", json=trunk)
+    assert refused.status_code == 403 and "provider" in refused.json()["detail"]
+    assert api.store.list_trunks() == []
+    made = await api.as_("admin").post("/api/v1/tenants/acme/trunks", json=trunk)
+    assert made.status_code == 201, made.text

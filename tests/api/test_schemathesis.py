@@ -66,7 +66,9 @@ async def test_no_server_error_for_any_input(api: Api) -> None:
     started = time.monotonic()
     failures, count, statuses = await asyncio.to_thread(fuzz, api.base, api.tokens["admin"])
     assert count >= 30
-    # the run got past authentication: most answers are not 401
-    assert sum(200 <= s < 300 for s in statuses) > len(statuses) // 4, sorted(statuses)
+    # the run got past authentication: most answers are not 401, and many succeeded
+    # (random SIP passwords in bodies are mostly weak, so those get 400 with the reason)
+    assert sum(s == 401 for s in statuses) < len(statuses) // 2, sorted(statuses)
+    assert sum(200 <= s < 300 for s in statuses) > len(statuses) // 5, sorted(statuses)
     assert not failures, "\n\n".join(failures)
     assert time.monotonic() - started < 80

@@ -47,6 +47,10 @@ CHANGES = {
     "admin totp",
     "admin token",
     "admin revoke",
+    "extension unlock",  # audited in tests/integration/test_locks.py
+    "extension trunk-access",
+    "trunk emergency",
+    "registrations remove",
     "calls end",  # audited in tests/integration/test_lifecycle.py (needs a live call)
 }
 READ_ONLY = {
@@ -124,6 +128,8 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
         "-",
         input_text=TRUNK_PASSWORD + "\n",
     )
+    cli(data, "trunk", "emergency", "carrier")
+    cli(data, "extension", "trunk-access", "1000", "--allow")
     cli(data, "did", "add", "2025550100", "--extension", "2000")
     cli(data, "forward", "set", "1000", "--always", "2000")
     cli(data, "forward", "clear", "1000")
@@ -172,6 +178,8 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
         ("policy.set", "tenant/default/policy"),
         ("policy.delete", "tenant/default/policy"),
         ("trunk.create", "tenant/default/trunk/carrier"),
+        ("trunk.emergency", "tenant/default/trunk/carrier"),
+        ("extension.trunk_access", "tenant/default/extension/1000"),
         ("did.create", "tenant/default/did/+12025550100"),
         ("forwarding.set", "tenant/default/extension/1000/always"),
         ("forwarding.clear", "tenant/default/extension/1000/all"),

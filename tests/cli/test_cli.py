@@ -43,6 +43,9 @@ def test_generated_password_is_strong_and_shown_once(tmp_path: Path) -> None:
             "networks": None,
             "suspended": None,
             "registrations": 0,
+            "locked_until": None,
+            "lock_reason": None,
+            "trunk_access": False,
         }
     ]
     assert password.encode() not in (data / "pbxwarden.db").read_bytes()
@@ -135,7 +138,19 @@ def test_tenants_have_their_own_realm(tmp_path: Path) -> None:
 def test_extension_password_rotation_and_suspension(tmp_path: Path) -> None:
     data = tmp_path / "d"
     cli(data, "init")
-    cli(data, "extension", "add", "1000", "--password", "password1234")
+    weak = cli(data, "extension", "add", "1000", "--password", "password1234", check=False)
+    assert weak.returncode == 1 and "too weak" in weak.stderr
+    assert "Traceback" not in weak.stderr and len(weak.stderr.strip().splitlines()) == 1
+    cli(data, "extension", "add", "1000", "--password", "Harbor-lantern-4417")
+    weak = cli(data, "extension", "password", "1000", "--password", "password1234", check=False)
+    assert weak.returncode == 1 and "too weak" in weak.stderr
+    users = tmp_path / "users.csv"
+    users.write_text("1001,Quiet-Harbor-5512\n1002,password1234\n")
+    weak = cli(data, "extension", "import", str(users), check=False)
+    assert weak.returncode == 1 and "nothing imported" in weak.stderr and "too weak" in weak.stderr
+    assert [r["number"] for r in json.loads(cli(data, "extension", "list", "--json").stdout)] == [
+        "1000"
+    ]
     out = cli(data, "extension", "password", "1000").stdout
     new = out.split("password:")[1].split()[0]
     assert len(new) >= 20 and new.encode() not in (data / "pbxwarden.db").read_bytes()

@@ -217,18 +217,38 @@ def test_a_burst_abroad_at_night_is_blocked_and_suspends() -> None:
     decisions = [g.authorize(attempt(f"011331423600{i:02d}", at=now + i * 20)) for i in range(8)]
     assert decisions[0].allow and decisions[0].severity == "warning"
     blocked = next(d for d in decisions if not d.allow)
-    assert blocked.severity == "critical" and blocked.rule == "anomaly"
-    assert "likely fraud" in blocked.reasons[0]
+    assert blocked.rule == "anomaly" and "likely fraud" in blocked.reasons[0]
+    # one sign of compromise (its own anomaly) refuses; it takes two to suspend
+    assert g.is_suspended("acme", "1000") is None
+    thief = CallAttempt(
+        "acme",
+        "1000",
+        "1000",
+        "01133142360099",
+        "external",
+        "udp:203.0.113.5:5060",
+        now + 300,
+        classify("01133142360099", "US"),
+    )
+    assert not g.authorize(thief).allow
     assert g.is_suspended("acme", "1000") is not None
     alert = next(a for a in g.outbox if a.suspend)
-    assert "suspended until an admin resumes it" in alert.summary
+    assert alert.severity == "critical"
+    assert "suspended until an admin resumes it (corroborated: anomaly, new-network)" in (
+        alert.summary
+    )
 
 
 def test_reconnaissance_then_diversion_abroad_is_blocked() -> None:
-    policy = {"allow_countries": ["DE"], "allow_international_forwarding": True}
+    policy = {
+        "allow_countries": ["DE", "LV"],
+        "allow_high_risk": True,
+        "allow_international_forwarding": True,
+    }
     g = guard(**policy)
     # Without probing calls, the same diversion is allowed (with a warning at most).
-    assert g.authorize(attempt("011493012345678", kind="forward-change", ext="1001")).allow
+    # (A diversion to a cheap foreign mobile is not judged for probes: no money in it.)
+    assert g.authorize(attempt("01137121238657", kind="forward-change", ext="1001")).allow
     # Two short calls from withheld and foreign numbers to the company's number...
     for ref, caller in ((1, "anonymous"), (2, "+442079460000")):
         probe = attempt("+12025550100", kind="inbound", caller=caller, at=TUESDAY_10 + ref)
@@ -239,12 +259,19 @@ def test_reconnaissance_then_diversion_abroad_is_blocked() -> None:
     normal = attempt("+12025550100", kind="inbound", caller="+12025550177", at=TUESDAY_10 + 3)
     g.on_call_start(normal, 3)
     g.on_call_end(3, normal.at + 10)
-    change = g.authorize(
-        attempt("011493012345678", kind="forward-change", at=TUESDAY_10 + 2 * HOUR)
-    )
-    assert not change.allow and change.severity == "critical" and change.rule == "recon"
+    change = g.authorize(attempt("01137121238657", kind="forward-change", at=TUESDAY_10 + 2 * HOUR))
+    assert not change.allow and change.rule == "recon"
     assert any("reconnaissance pattern" in r for r in change.reasons)
-    assert "withheld" in change.reasons[0] and "foreign +442079460000" in change.reasons[0]
+    assert "withheld" in change.reasons[0] and "+442079460000" in change.reasons[0]
+    assert g.is_suspended("acme", "1000") is None  # one sign: refused, alerted
+    assert change.severity == "warning"
+    # the phone diverts there anyway: a second sign, the extension is suspended
+    used = g.authorize(
+        attempt(
+            "01137121238657", kind="forwarded", caller="+12025550177", at=TUESDAY_10 + 2.5 * HOUR
+        )
+    )
+    assert not used.allow and used.severity == "critical"
     assert g.is_suspended("acme", "1000") is not None
 
 
@@ -253,12 +280,23 @@ def test_diverted_premium_call_is_critical_and_suspends() -> None:
     set_it = g.authorize(attempt("19005550123", kind="forward-change"))
     assert not set_it.allow and set_it.severity == "warning"
     assert g.is_suspended("acme", "1000") is None
+    # the phone diverts to premium rate itself: who but a premium number's owner gains?
     used = g.authorize(attempt("19005550123", kind="forwarded", caller="+12025550100"))
     assert not used.allow and used.severity == "critical"
     assert used.rule == "forwarding-destination"
     assert g.is_suspended("acme", "1000") is not None
     alerts = list(g.outbox)
-    assert alerts[-1].suspend and alerts[-1].key == "acme/1000/forwarding-destination"
+    assert alerts[-1].suspend and alerts[-1].key == "acme/1000/forwarding-destination/forwarded"
+    # the diversion being set and then followed are two alerts, not one reused
+    assert alerts[-2].key == "acme/1000/forwarding-destination/forward-change"
+    assert "corroborated: diversion-refused, revenue-share" in alerts[-1].summary
+
+
+def test_a_refused_diversion_abroad_alone_does_not_suspend() -> None:
+    g = guard(allow_countries=["GB"])  # no international forwarding
+    used = g.authorize(attempt("011447400123456", kind="forwarded", caller="+12025550100"))
+    assert not used.allow and used.rule == "forwarding-destination"
+    assert used.severity == "warning" and g.is_suspended("acme", "1000") is None
 
 
 def test_national_forwarding_is_not_an_alert() -> None:
@@ -281,3 +319,18 @@ def test_baselines_survive_export_and_import() -> None:
     assert baseline is not None and baseline.mature(now) and baseline.countries["DE"] == 14
     france = fresh.authorize(attempt("01133142360000", at=now + 3 * HOUR))
     assert any("first call ever from extension 1000 to FR" in r for r in france.reasons)
+
+
+def test_a_tenant_adds_its_own_premium_ranges() -> None:
+    """A tenant's carrier bills a range libphonenumber calls ordinary: the tenant lists it
+    (dialplan syntax) and the guard refuses it like premium rate, saying why."""
+    g = guard(premium_ranges=["+1202555XXXX"])
+    refused = g.authorize(attempt("2025550143"))
+    assert not refused.allow and refused.rule == "destination"
+    assert "tenant's premium range +1202555XXXX" in refused.reasons[0]
+    assert g.authorize(attempt("2025560143")).allow  # just outside it
+    # the bundled ranges need nothing: NXX-976 is premium rate for every tenant
+    bundled = guard().authorize(attempt("2129765555"))
+    assert not bundled.allow and "NXX-976" in bundled.reasons[0]
+    with pytest.raises(ValueError, match="range"):
+        TenantPolicy(premium_ranges=["+1NXX-976"])

@@ -21,6 +21,7 @@ from tests.helpers import (
     running_pbx,
     sipp_available,
     start_sipp_uas,
+    track,
 )
 
 pytestmark = pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
@@ -76,36 +77,38 @@ def start_caller(
     """Extension 1000 calling 2000 in the background, for tests that act mid-call."""
     users = workdir / "caller.csv"
     users.write_text(f"SEQUENTIAL\n1000;[authentication username=1000 password={USERS['1000']}]\n")
-    return subprocess.Popen(
-        [
-            "sipp",
-            target(pbx),
-            "-sf",
-            str(SCENARIOS / scenario),
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(free_port()),
-            "-key",
-            "domain",
-            "127.0.0.1",
-            "-auth_uri",
-            "127.0.0.1",
-            "-s",
-            "2000",
-            "-inf",
-            str(users),
-            "-nostdin",
-            "-nd",
-            "-timeout",
-            f"{timeout}s",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=workdir,
+    return track(
+        subprocess.Popen(
+            [
+                "sipp",
+                target(pbx),
+                "-sf",
+                str(SCENARIOS / scenario),
+                "-m",
+                "1",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port()),
+                "-key",
+                "domain",
+                "127.0.0.1",
+                "-auth_uri",
+                "127.0.0.1",
+                "-s",
+                "2000",
+                "-inf",
+                str(users),
+                "-nostdin",
+                "-nd",
+                "-timeout",
+                f"{timeout}s",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=workdir,
+        )
     )
 
 

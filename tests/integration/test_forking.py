@@ -176,3 +176,38 @@ def test_ending_a_ringing_call_cancels_every_phone(pbx: PbxProcess, tmp_path: Pa
         assert finish_sipp_uas(phone, tmp_path, name=f"ring{i}").successful == 1
     [row] = wait_cdr(pbx)
     assert row["disposition"] == "terminated" and "ended by an administrator" in str(row["reasons"])
+
+
+def test_a_redirect_from_one_ringing_phone_is_judged_like_a_single_phones(
+    pbx: PbxProcess, tmp_path: Path
+) -> None:
+    """The attack with a second phone: the hijacker registers another contact for 2000
+    whose diversion answers 302 to premium rate while the real desk phone rings. The
+    redirect is refused and alerted, 2000 suspended; it is not lost behind the desk phone."""
+    desk, hijacked = two_phones(pbx, tmp_path)
+    ringing = start_sipp_uas("call_uas_ring.xml", desk, tmp_path, name="desk")
+    diverting = start_sipp_uas(
+        "call_uas_redirect.xml",
+        hijacked,
+        tmp_path,
+        extra=["-key", "target", "19005550123"],
+        name="hijacked",
+    )
+    ok, _, output = call(pbx, tmp_path, refused_scenario(tmp_path, 403))
+    assert ok == 1, output + pbx.log()[-3000:]
+    assert finish_sipp_uas(diverting, tmp_path, name="hijacked").successful == 1
+    cancelled = finish_sipp_uas(ringing, tmp_path, name="desk")
+    assert cancelled.successful == 1, cancelled.output + pbx.log()[-3000:]
+    [row] = wait_cdr(pbx)
+    assert (row["disposition"], row["decision"], row["forwarded_by"]) == ("blocked", "deny", "2000")
+    assert "forwarded by 2000 (redirect) to 19005550123" in str(row["reasons"])
+    deadline = time.monotonic() + 10
+    while True:
+        alerts = json.loads(cli(pbx.data_dir, "alerts", "list", "--json").stdout)
+        critical = [a for a in alerts if a["extension"] == "2000" and a["severity"] == "critical"]
+        if critical or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert critical and critical[0]["rule"] == "forwarding-destination", alerts
+    suspended = json.loads(cli(pbx.data_dir, "extension", "list", "--json").stdout)
+    assert [e["suspended"] is not None for e in suspended if e["number"] == "2000"] == [True]

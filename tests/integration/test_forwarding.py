@@ -83,7 +83,17 @@ def test_cli_refuses_costly_targets_and_logs_every_change(pbx: PbxProcess) -> No
     ]
     cli(pbx.data_dir, "forward", "clear", "2000")
     assert forwarding(pbx) == []
-    changes = forwarding(pbx, history=True)
+    history = forwarding(pbx, history=True)
+    # every refused attempt left a trace, with why; nothing was changed by them
+    refused = [c for c in history if c["refused"]]
+    assert [(c["new"], c["actor"]) for c in refused] == [
+        ("19005550123", actor()),
+        ("011442079460000", actor()),
+        ("+882163020000", actor()),
+        ("12", actor()),
+    ]
+    assert "premium-rate" in str(refused[0]["refused"])
+    changes = [c for c in history if not c["refused"]]
     assert [(c["kind"], c["old"], c["new"], c["actor"]) for c in changes][:2] == [
         ("busy", None, "3000", actor()),
         ("noanswer", None, "2025550143", actor()),
@@ -114,8 +124,15 @@ def test_feature_codes_from_the_phone(pbx: PbxProcess, tmp_path: Path) -> None:
     time.sleep(0.5)
     assert forwarding(pbx) == []
     history = forwarding(pbx, history=True)
-    assert [(c["new"], c["actor"]) for c in history] == [("3000", "phone"), (None, "phone")]
-    assert str(history[0]["source"]).startswith("udp:127.0.0.1:")
+    # the refused attempts are in the history too: who, from where, the target, why
+    assert [(c["new"], c["actor"], bool(c["refused"])) for c in history] == [
+        ("19005550123", "phone", True),
+        ("011442079460000", "phone", True),
+        ("3000", "phone", False),
+        (None, "phone", False),
+    ]
+    assert "premium-rate" in str(history[0]["refused"])
+    assert all(str(c["source"]).startswith("udp:127.0.0.1:") for c in history)
     assert "forwarding change refused" in pbx.log()
 
 

@@ -4,6 +4,7 @@ SIPp echoing it back) flowing through them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -59,6 +60,48 @@ def _start_caller(
     """The caller talks for ``talk_ms``; its messages are kept for the SDP checks."""
     trace = ["-timeout_error", "-trace_msg", "-message_file", str(workdir / "caller-messages.log")]
     return start_caller(pbx, workdir, scenario, 30, ["-d", str(talk_ms), *trace, *extra])
+
+
+BYE_FROM_THE_PBX = """  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"""
+
+
+def _until_hung_up(scenario: str, workdir: Path) -> str:
+    """The caller's scenario, talking until the PBX hangs up instead of for a fixed time:
+    the test ends the call once it has looked, however slow the machine is."""
+    text = (SCENARIOS / scenario).read_text()
+    path = workdir / scenario.replace(".xml", "_until_bye.xml")
+    path.write_text(text[: text.index("  <pause/>")] + BYE_FROM_THE_PBX)
+    return str(path)
+
+
+@contextlib.contextmanager
+def _stopped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """A SIPp started by the test is gone when the test ends, whatever happened."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def _end(pbx: PbxProcess, call_id: str) -> None:
+    cli(pbx.data_dir, "calls", "end", call_id)
 
 
 def _live_call(pbx: PbxProcess, timeout: float = 10) -> dict[str, Any]:
@@ -122,10 +165,14 @@ def test_sdp_points_both_phones_at_the_relay_and_media_flows(
         ],
     )
     caller = _start_caller(
-        pbx, tmp_path, "call_uac_media.xml", 4000, ["-key", "mport", str(alice_port)]
+        pbx,
+        tmp_path,
+        _until_hung_up("call_uac_media.xml", tmp_path),
+        0,
+        ["-key", "mport", str(alice_port)],
     )
-    with _socket(alice_port) as alice, _socket(bob_port) as bob:
-        live = _live_call(pbx)
+    with _socket(alice_port) as alice, _socket(bob_port) as bob, _stopped(caller):
+        live = _live_call(pbx, timeout=30)
         [stream] = live["media"]
         a_port, b_port = stream["a_port"], stream["b_port"]
         assert a_port != b_port and a_port % 2 == 0 and b_port % 2 == 0
@@ -148,6 +195,7 @@ def test_sdp_points_both_phones_at_the_relay_and_media_flows(
         live = _live_call(pbx)
         assert live["media"][0]["a_packets"] == 3 and live["media"][0]["b_packets"] == 3
         assert live["media"][0]["a_latched"] == f"127.0.0.1:{alice_port}"
+        _end(pbx, str(live["call_id"]))
         assert caller.wait(30) == 0
     assert finish_sipp_uas(phone, tmp_path).successful == 1
     # each phone was told the relay's port for its side, never the other phone's
@@ -172,14 +220,18 @@ def test_sipp_rtp_is_relayed_and_echoed_back(pbx: PbxProcess, tmp_path: Path) ->
     phone = start_sipp_uas(
         "call_uas.xml", callee_sip, tmp_path, extra=["-rtp_echo", "-mp", str(_even_free_port())]
     )
-    caller = _start_caller(pbx, tmp_path, "call_uac_rtp.xml", 4000, ["-mp", str(_even_free_port())])
-    [stream] = _live_call(pbx)["media"]
-    while caller.poll() is None:  # the last look at the call before it ends
-        out = cli(pbx.data_dir, "calls", "--json", check=False).stdout.strip()
-        if out.startswith("[") and json.loads(out):
-            [stream] = json.loads(out)[0]["media"]
-        time.sleep(0.2)
-    assert caller.returncode == 0
+    scenario = _until_hung_up("call_uac_rtp.xml", tmp_path)
+    caller = _start_caller(pbx, tmp_path, scenario, 0, ["-mp", str(_even_free_port())])
+    with _stopped(caller):
+        live = _live_call(pbx, timeout=30)
+        [stream] = live["media"]
+        deadline = time.monotonic() + 30
+        while min(stream["a_packets"], stream["b_packets"]) < 40:  # about a second of audio
+            assert time.monotonic() < deadline, stream
+            time.sleep(0.2)
+            [stream] = _live_call(pbx)["media"]
+        _end(pbx, str(live["call_id"]))
+        assert caller.wait(30) == 0
     assert finish_sipp_uas(phone, tmp_path).successful == 1
     # ~50 G.711 packets a second from the caller, every one echoed by the callee
     assert stream["a_packets"] >= 40, stream

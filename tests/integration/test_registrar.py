@@ -165,7 +165,7 @@ def test_malformed_input_gets_400_and_server_keeps_serving(pbx: PbxProcess) -> N
     for garbage in (b"\x00" * 100, b"INVITE", b"\xff\xfe" * 500, b"SIP/2.0 200 OK\r\n\r\n"):
         udp_exchange(garbage, dest, timeout=0.2)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-        tcp.settimeout(2)
+        tcp.settimeout(10)
         tcp.connect(dest)
         tcp.sendall(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: nope\r\n\r\n")
         tcp.recv(4096)  # answered or closed, but never a crash
@@ -192,7 +192,7 @@ def test_retransmitted_register_is_absorbed(pbx: PbxProcess) -> None:
     ).encode()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        sock.settimeout(2)
+        sock.settimeout(10)
         sock.sendto(msg, (pbx.host, pbx.port))
         first = sock.recv(65535)
         sock.sendto(msg, (pbx.host, pbx.port))

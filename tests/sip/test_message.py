@@ -288,3 +288,21 @@ def test_mutated_messages_never_crash(data: st.DataObject) -> None:
     except ParseError:
         return
     parse_message(msg.to_bytes())  # what we accept, we can write and read back
+
+
+def test_ipv6_hosts_are_bracketed_whether_parsed_or_from_a_socket() -> None:
+    """RFC 5118: URIs and Via sent-by name IPv6 addresses in brackets; a socket's address
+    (``::1``) must come out as ``[::1]``, one parsed from the wire stays as it was."""
+    from pbxwarden.sip.message import Via
+    from pbxwarden.sip.uri import URI
+
+    assert str(URI("sip", user="1000", host="::1", port=5060)) == "sip:1000@[::1]:5060"
+    assert str(URI("sip", host="2001:db8::7")) == "sip:[2001:db8::7]"
+    assert str(parse_uri("sip:1000@[::1]:5070")) == "sip:1000@[::1]:5070"
+    assert str(URI("sip", host="192.0.2.1", port=5060)) == "sip:192.0.2.1:5060"
+    assert str(Via("UDP", "::1", 5060, {"branch": "z9hG4bK1"})) == (
+        "SIP/2.0/UDP [::1]:5060;branch=z9hG4bK1"
+    )
+    assert str(Via("TCP", "[2001:db8::1]", None, {})) == "SIP/2.0/TCP [2001:db8::1]"
+    parsed = parse_uri(str(URI("sip", user="x", host="fe80::1", port=5062)))
+    assert (parsed.host, parsed.port) == ("[fe80::1]", 5062)

@@ -120,3 +120,49 @@ def test_guard_baselines_upsert_and_skip_damaged_rows(tmp_path: Path) -> None:
         conn.exec_driver_sql("UPDATE guard_baselines SET data = '{broken' WHERE extension = ''")
     assert store.load_baselines() == [("acme", "1000", {"calls": 3})]
     store.close()
+
+
+def test_an_emergency_number_cannot_be_an_extension(store: Store) -> None:
+    for number in ("911", "112", "9911"):
+        with pytest.raises(StoreError, match="emergency"):
+            store.add_extensions([(number, "Very-Secret-Pass1")])
+    store.add_tenant("de", "de.example", "DE")
+    with pytest.raises(StoreError, match="emergency number in DE"):
+        store.add_extensions([("110", "Very-Secret-Pass1")], tenant="de")
+    store.add_extensions([("911", "Very-Secret-Pass1")], tenant="de")  # not one in Germany
+
+
+def test_extension_locks_are_stored_shown_lifted_and_outdated_by_a_new_password(
+    store: Store,
+) -> None:
+    from pbxwarden.firewall.locks import ExtensionLock
+    from pbxwarden.store.admin import AdminStore
+    from pbxwarden.store.locks import LockStore
+
+    store.add_extensions([("1000", "Very-Secret-Pass1"), ("1001", "Very-Secret-Pass2")])
+    store.add_trunk("default", "carrier", "198.51.100.10", 5060, "udp", ["+"])
+    locks = LockStore(store)
+    assert locks.trunk_hosts() == frozenset({"198.51.100.10"})
+    auth = store.extension_auth("pbxwarden", "1000")
+    assert auth is not None and auth.trunk_access is False
+    now = time.time()
+    lock = ExtensionLock(auth.id, now + 600, 2, now - 1, "12 failed", ("192.0.2.1", "::1"))
+    locks.save_locks([lock])
+    locks.save_locks([ExtensionLock(auth.id, now + 9, 1, now - 5, "older", ())])  # ignored
+    assert locks.load_locks(now - 3600) == [lock]
+    rows = {r["number"]: r for r in store.list_extensions()}
+    assert rows["1000"]["locked_until"] == lock.until and rows["1000"]["lock_reason"] == "12 failed"
+    assert rows["1001"]["locked_until"] is None
+    assert locks.lift("default", "1000", "alice") and not locks.lift("default", "1000", "alice")
+    [lifted] = locks.load_locks(now - 3600)
+    assert lifted.until <= time.time() and lifted.level == 2  # kept for escalation
+    assert {r["number"]: r for r in store.list_extensions()}["1000"]["locked_until"] is None
+    locks.save_locks([ExtensionLock(auth.id, now + 600, 3, now, "again", ())])
+    AdminStore(store).rotate_extension_password("default", "1000")
+    assert {r["number"]: r for r in store.list_extensions()}["1000"]["locked_until"] is None
+    assert not locks.lift("default", "1000", "alice")  # the new password already lifted it
+    assert locks.set_trunk_access("default", "1000", True) is False
+    auth = store.extension_auth("pbxwarden", "1000")
+    assert auth is not None and auth.trunk_access is True
+    with pytest.raises(StoreError, match="no extension 1999"):
+        locks.lift("default", "1999", "alice")

@@ -93,6 +93,29 @@ async def test_admin_acknowledges_then_resolves_an_alert(api: Api, page: Page) -
     assert await page.evaluate("window.pwned") is None
 
 
+async def test_a_would_have_refused_alert_promotes_its_rule(api: Api, page: Page) -> None:
+    alert_id, _ = api.store.record_alert(
+        {
+            "tenant": "default",
+            "extension": "1001",
+            "severity": "warning",
+            "rule": "report-only:drip",
+            "summary": "Would have refused: a call from extension 1001 to +639175550101",
+            "reasons": ["would have refused (drip, report-only): +639175550101 was first called"],
+            "dedupe_key": "default/1001/report-only:drip",
+            "at": time.time() - 30,
+        }
+    )
+    await log_in(page, api)
+    row = page.locator(f'tr[data-alert-id="{alert_id}"]')
+    await expect(row).to_contain_text("would have refused")
+    await expect(row.locator(".advice")).to_contain_text("Nothing was stopped")
+    await row.get_by_role("button", name="Enforce this rule").click()
+    await expect(page.locator("#notices")).to_contain_text("The drip rule now refuses")
+    stored = api.store.policies()["default"]["policy"]
+    assert stored["enforce"] == ["drip"]
+
+
 async def test_read_only_session_gets_no_action_buttons(api: Api, page: Page) -> None:
     api.admins.add_admin("viewer", VIEWER_PASSWORD, "read-only", None, api.clock.now)
     api.store.save_bans([("203.0.113.9", time.time() + 3600, "password guessing", 1, time.time())])
@@ -137,6 +160,35 @@ async def test_hang_up_a_call_and_resume_a_suspended_extension(api: Api, page: P
     await expect(page.locator("#notices")).to_contain_text("shown only this once")  # kept
     assert (
         next(e for e in api.store.list_extensions("default") if e["number"] == "1001")["suspended"]
+        is None
+    )
+
+
+async def test_a_locked_extension_shows_why_and_a_new_password_lifts_the_lock(
+    api: Api, page: Page
+) -> None:
+    from pbxwarden.firewall.locks import ExtensionLock
+    from pbxwarden.store.locks import LockStore
+
+    auth = api.store.extension_auth("pbxwarden", "1000")
+    assert auth is not None
+    made = time.time() - 5
+    reason = "12 failed authentications from 6 addresses within 600 s"
+    LockStore(api.store).save_locks(
+        [ExtensionLock(auth.id, made + 3600, 1, made, reason, ("192.0.2.9",))]
+    )
+    await log_in(page, api)
+    ext = page.locator('#extensions tr[data-extension="default/1000"]')
+    await expect(ext).to_contain_text("Locked")
+    await expect(ext).to_contain_text(reason)
+    await expect(ext).to_contain_text("A new SIP password lifts the lock")
+    await ext.get_by_role("button", name="New SIP password").click()
+    await expect(page.locator("#notices")).to_contain_text("shown only this once")
+    await expect(ext).not_to_contain_text("Locked")
+    assert (
+        next(e for e in api.store.list_extensions("default") if e["number"] == "1000")[
+            "locked_until"
+        ]
         is None
     )
 
@@ -213,3 +265,21 @@ async def test_dashboard_screenshot(
     target = Path(os.environ.get("PBXWARDEN_SCREENSHOT", tmp_path / "dashboard.png"))
     await page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 10_000
+
+
+async def test_resume_after_fraud_needs_a_new_password_or_a_reason(api: Api, page: Page) -> None:
+    """The guard suspended 1001 for fraud: Resume is refused and says to change the
+    password; a forced resume asks why and records it."""
+    api.store.suspend_extension("default", "1001", "anomaly: diverted to +1900", by="guard")
+    await log_in(page, api)
+    ext = page.locator('#extensions tr[data-extension="default/1001"]')
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    await ext.get_by_role("button", name="Resume").click()
+    await expect(page.locator("#notices")).to_contain_text("give it a new SIP password first")
+    await expect(ext).to_contain_text("Suspended")
+    page.once("dialog", lambda dialog: dialog.accept("the user is travelling, confirmed by phone"))
+    await ext.get_by_role("button", name="Resume").click()
+    await expect(ext).to_contain_text("Active")
+    [forced] = [e for e in api.admins.list_audit() if e["action"] == "extension.resume.forced"]
+    assert forced["after"]["reason"] == "the user is travelling, confirmed by phone"
+    assert forced["actor"].startswith("root")

@@ -8,10 +8,7 @@ fallback audit entry should a successful change ever reach it unaudited.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +16,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -31,10 +27,12 @@ from pbxwarden.api import (
     routes_audit,
     routes_auth,
     routes_events,
+    routes_locks,
     routes_ops,
     routes_pbx,
     routes_policy,
 )
+from pbxwarden.api.docs import mount as mount_docs
 from pbxwarden.api.metrics import HttpMetrics, make_registry
 from pbxwarden.api.models import ErrorOut, Health
 from pbxwarden.api.security import (
@@ -230,23 +228,6 @@ def _readable(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
-def _docs_response() -> HTMLResponse:
-    """Swagger UI, with a CSP that allows its CDN files and exactly its inline script."""
-    page = get_swagger_ui_html(openapi_url="/openapi.json", title="pbxwarden admin API")
-    html = bytes(page.body).decode()
-    hashes = " ".join(
-        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
-        for s in re.findall(r"<script>(.*?)</script>", html, re.S)
-    )
-    csp = (
-        f"default-src 'none'; script-src https://cdn.jsdelivr.net {hashes}; "
-        "style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src 'self' data: "
-        "https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'; "
-        "base-uri 'none'; form-action 'none'"
-    )
-    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
-
-
 def create_app(
     store: Store,
     config: Config,
@@ -290,6 +271,7 @@ def create_app(
     for router in (
         routes_auth.router,
         routes_pbx.router,
+        routes_locks.router,
         routes_ops.router,
         routes_audit.router,
         routes_events.router,
@@ -321,10 +303,7 @@ def create_app(
         require_global(principal, "metrics")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return _docs_response()
-
+    mount_docs(app)  # Swagger UI at /docs, from installed files (no CDN)
     mount_dashboard(app)  # the web dashboard at /ui/, behind the same front door
 
     app.add_middleware(

@@ -139,6 +139,28 @@ class ExtensionIn(_In):
     display_name: Annotated[str, StringConstraints(max_length=128, pattern=NO_CONTROL)] | None = (
         None
     )
+    password: SecretStr | None = Field(
+        None,
+        max_length=256,
+        description="SIP password; omit to have a strong one generated (recommended). "
+        "A weak one is refused (400) with the reason",
+    )
+
+
+class PasswordIn(_In):
+    password: SecretStr | None = Field(
+        None, max_length=256, description="the new SIP password; omit to generate one"
+    )
+
+
+class TrunkAccessIn(_In):
+    allow: bool = Field(description="its credentials may be used from a trunk's address")
+
+
+class LockOut(BaseModel):
+    tenant: str
+    number: str
+    locked: bool
 
 
 class ExtensionOut(BaseModel):
@@ -149,12 +171,24 @@ class ExtensionOut(BaseModel):
     networks: str | None
     suspended: str | None
     registrations: int
+    locked_until: float | None = Field(
+        None,
+        description="locked after distributed password guessing until then (Unix time): "
+        "refused from networks it never registered from; a new password lifts it",
+    )
+    lock_reason: str | None = None
+    trunk_access: bool = Field(
+        False, description="its credentials may be used from a trunk's address"
+    )
 
 
 class PasswordOut(BaseModel):
     tenant: str
     number: str
-    password: str = Field(description="SIP password, shown once; only digest hashes are stored")
+    password: str | None = Field(
+        description="generated SIP password, shown once (null when you chose it); only "
+        "digest hashes are stored"
+    )
 
 
 class NetworksIn(_In):
@@ -165,6 +199,15 @@ class NetworksIn(_In):
 
 class SuspendIn(_In):
     reason: LongText = "suspended by an admin"
+
+
+class ResumeIn(_In):
+    force: bool = Field(
+        False,
+        description="resume an extension suspended for fraud although its SIP password has "
+        "not changed since (recorded in the audit log with the reason)",
+    )
+    reason: LongText | None = Field(None, description="why; required with force")
 
 
 class SuspensionOut(BaseModel):
@@ -190,6 +233,7 @@ class TrunkIn(_In):
     realm: Annotated[str, StringConstraints(max_length=255, pattern=NO_CONTROL)] | None = None
     keep_registered: bool = Field(False, description="keep the PBX registered to the carrier")
     register_expires: Annotated[int, Field(ge=60, le=86400)] | None = None
+    emergency: bool = Field(False, description="the tenant's emergency calls go out here")
 
 
 class TrunkOut(BaseModel):
@@ -202,6 +246,7 @@ class TrunkOut(BaseModel):
     username: str | None = None
     credentials: bool = False
     keep_registered: bool = Field(False, validation_alias="register")
+    emergency: bool = False
 
 
 class DidIn(_In):
@@ -243,6 +288,7 @@ class ForwardingChangeOut(BaseModel):
     actor: str
     source: str
     at: float
+    refused: str | None = Field(None, description="why the change was refused (nothing changed)")
 
 
 # -- operations ------------------------------------------------------------------------
@@ -292,6 +338,20 @@ class CallOut(BaseModel):
     seconds: int | None = None
 
 
+class RegistrationOut(BaseModel):
+    tenant: str
+    number: str
+    id: str = Field(description="handle of this binding, to remove it")
+    source: str = Field(description="transport:address:port it registered from")
+    address: str
+    transport: str | None = None
+    user_agent: str | None = None
+    registered_at: float | None = None
+    expires_at: float
+    expires_in: int
+    contact: str
+
+
 class AlertOut(BaseModel):
     id: int
     tenant: str
@@ -314,6 +374,9 @@ class BanIn(_In):
     address: Annotated[str, StringConstraints(max_length=45, pattern=ADDRESS_PATTERN)]
     duration: Annotated[float, Field(ge=1, le=10 * 365 * 86400)] = 86400.0
     reason: Text = "manual ban"
+    force: bool = Field(
+        False, description="ban even a trunk's carrier, loopback or the caller's own address"
+    )
 
 
 class BanOut(BaseModel):

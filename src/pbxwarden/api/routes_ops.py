@@ -31,6 +31,7 @@ from pbxwarden.api.models import (
     CallOut,
     CdrOut,
     CdrPage,
+    RegistrationOut,
 )
 from pbxwarden.api.security import (
     API_PREFIX,
@@ -40,10 +41,13 @@ from pbxwarden.api.security import (
     Reader,
     audit,
     audit_async,
+    client_ip,
     get_ctx,
     require_global,
     tenant_filter,
 )
+from pbxwarden.config import parse_hostport
+from pbxwarden.firewall.safety import ban_refusal
 from pbxwarden.store.db import Store, StoreError
 from pbxwarden.store.models import Cdr
 
@@ -187,6 +191,60 @@ async def end_call(
     return call
 
 
+# -- registrations ---------------------------------------------------------------------
+
+
+def _registrations(request: Request, principal: Principal) -> list[dict[str, Any]]:
+    rows = _ask(request, {"cmd": "registrations"}).get("registrations", [])
+    return [r for r in rows if principal.tenant in (None, r.get("tenant"))]
+
+
+@router.get("/registrations", response_model=list[RegistrationOut], tags=["registrations"])
+async def list_registrations(
+    request: Request, principal: Reader, tenant: TenantQuery = None
+) -> list[dict[str, Any]]:
+    """Every registered phone (one row per binding), asked of the running server: from
+    where, over what, which phone, since and until when."""
+    return [r for r in _registrations(request, principal) if tenant in (None, r["tenant"])]
+
+
+@router.delete(
+    "/tenants/{tenant}/extensions/{number}/registrations/{binding}",
+    response_model=RegistrationOut,
+    tags=["registrations"],
+)
+async def remove_registration(
+    tenant: Annotated[str, Path(pattern=TENANT_PATTERN)],
+    number: Annotated[str, Path(pattern=NUMBER_PATTERN)],
+    binding: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")],
+    request: Request,
+    principal: Operator,
+) -> dict[str, Any]:
+    """Remove one registration: that phone gets no calls until it registers again (change
+    the extension's password too if it is not yours: then it cannot)."""
+    found = next(
+        (
+            r
+            for r in _registrations(request, principal)
+            if (r["tenant"], r["number"], r["id"]) == (tenant, number, binding)
+        ),
+        None,
+    )
+    if found is None:
+        raise HTTPException(404, f"extension {number} has no registration {binding}")
+    _ask(request, {"cmd": "unregister", "tenant": tenant, "number": number, "id": binding})
+    await audit_async(
+        request,
+        principal,
+        "registration.remove",
+        f"tenant/{tenant}/extension/{number}/registration/{binding}",
+        found,
+        None,
+        tenant,
+    )
+    return dict(found)
+
+
 # -- alerts ----------------------------------------------------------------------------
 
 
@@ -272,6 +330,18 @@ def add_ban(body: BanIn, request: Request, ctx: Ctx, principal: Operator) -> dic
         raise HTTPException(
             409, f"{address} is in firewall.allow and would never be banned; remove it there"
         )
+    sip = ctx.config.sip
+    listen = [sip.listen_address[0]]
+    if sip.tls is not None:
+        listen.append(parse_hostport(sip.tls.listen, 5061)[0])
+    why = ban_refusal(
+        address,
+        trunk_hosts=[t["host"] for t in ctx.store.list_trunks()],
+        listen_hosts=listen,
+        admin_address=client_ip(request),
+    )
+    if why is not None and not body.force:
+        raise HTTPException(409, f"not banned: {why} (force: true to ban it all the same)")
     before = next((b for b in _bans(ctx) if b["address"] == address), None)
     now = time.time()
     ctx.store.save_bans([(address, now + body.duration, body.reason, 1, now)])

@@ -24,7 +24,9 @@ from pbxwarden.api.models import (
     ForwardingOut,
     ForwardKind,
     NetworksIn,
+    PasswordIn,
     PasswordOut,
+    ResumeIn,
     SuspendIn,
     SuspensionOut,
     TenantIn,
@@ -48,7 +50,12 @@ from pbxwarden.api.security import (
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.pbx.forwarding import KINDS, judge_target, normalise_target
 from pbxwarden.store.credentials import trunk_credential_key
-from pbxwarden.store.db import StoreError, generate_password, password_fingerprint_key
+from pbxwarden.store.db import (
+    ResumeRefused,
+    StoreError,
+    generate_password,
+    password_fingerprint_key,
+)
 
 router = APIRouter(prefix=API_PREFIX)
 
@@ -118,8 +125,9 @@ def create_extension(
     tenant: TenantPath, body: ExtensionIn, request: Request, ctx: Ctx, principal: Admin
 ) -> dict[str, Any]:
     visible_tenant(ctx, principal, tenant)
-    password = generate_password()
-    ctx.store.add_extensions(
+    chosen = None if body.password is None else body.password.get_secret_value()
+    password = generate_password() if chosen is None else chosen
+    ctx.store.add_extensions(  # a weak chosen password: StoreError, 400 with the reason
         [(body.number, password)], tenant, body.display_name, _fingerprint_key(request)
     )
     after = {"tenant": tenant, "number": body.number, "display_name": body.display_name}
@@ -132,7 +140,7 @@ def create_extension(
         after,
         tenant,
     )
-    return {"tenant": tenant, "number": body.number, "password": password}
+    return {"tenant": tenant, "number": body.number, "password": None if chosen else password}
 
 
 @router.get(
@@ -148,14 +156,21 @@ def get_extension(
     "/tenants/{tenant}/extensions/{number}/password",
     response_model=PasswordOut,
     tags=["extensions"],
-    summary="Replace the SIP password with a new generated one, returned once",
+    summary="Replace the SIP password (generated and returned once, or given and checked)",
 )
 def rotate_password(
-    tenant: TenantPath, number: NumberPath, request: Request, ctx: Ctx, principal: Admin
+    tenant: TenantPath,
+    number: NumberPath,
+    request: Request,
+    ctx: Ctx,
+    principal: Admin,
+    body: PasswordIn | None = None,
 ) -> dict[str, Any]:
     visible_tenant(ctx, principal, tenant)
+    given = body.password if body is not None else None
+    chosen = None if given is None else given.get_secret_value()
     password = ctx.admin.rotate_extension_password(
-        tenant, number, fingerprint_key=_fingerprint_key(request)
+        tenant, number, chosen, fingerprint_key=_fingerprint_key(request)
     )
     audit(
         request,
@@ -166,7 +181,7 @@ def rotate_password(
         {"password_rotated": True},
         tenant,
     )
-    return {"tenant": tenant, "number": number, "password": password}
+    return {"tenant": tenant, "number": number, "password": None if chosen else password}
 
 
 @router.put(
@@ -214,7 +229,9 @@ def suspend(
 ) -> dict[str, Any]:
     visible_tenant(ctx, principal, tenant)
     reason = (body or SuspendIn()).reason
-    if not ctx.store.suspend_extension(tenant, number, f"{reason} ({principal.name})"):
+    if not ctx.store.suspend_extension(
+        tenant, number, f"{reason} ({principal.name})", by=f"admin:{principal.name}"
+    ):
         raise HTTPException(409, f"extension {number} is already suspended")
     audit(
         request,
@@ -234,18 +251,33 @@ def suspend(
     tags=["extensions"],
 )
 def resume(
-    tenant: TenantPath, number: NumberPath, request: Request, ctx: Ctx, principal: Operator
+    tenant: TenantPath,
+    number: NumberPath,
+    request: Request,
+    ctx: Ctx,
+    principal: Operator,
+    body: ResumeIn | None = None,
 ) -> dict[str, Any]:
+    """409 for an extension the guard suspended for fraud whose SIP password has not
+    changed since: give it a new one first, or resume with ``force`` and a ``reason``."""
     before = _extension(ctx, principal, tenant, number)
-    if not ctx.store.resume_extension(tenant, number):
+    asked = body or ResumeIn()
+    if asked.force and not asked.reason:
+        raise HTTPException(422, "a forced resume needs a reason (it goes into the audit log)")
+    try:
+        resumed = ctx.store.resume_extension(tenant, number, force=asked.force)
+    except ResumeRefused as exc:
+        message = str(exc).replace("--force and a --reason", "force and a reason")
+        raise HTTPException(409, message) from None
+    if not resumed:
         raise HTTPException(409, f"extension {number} is not suspended")
     audit(
         request,
         principal,
-        "extension.resume",
+        "extension.resume.forced" if asked.force else "extension.resume",
         f"tenant/{tenant}/extension/{number}",
         {"suspended": before["suspended"]},
-        {"suspended": None},
+        {"suspended": None, **({"forced": True, "reason": asked.reason} if asked.force else {})},
         tenant,
     )
     return {"tenant": tenant, "number": number, "suspended": False}
@@ -325,12 +357,16 @@ def set_forwarding(
         number,
         target,
         ctx.store.tenant_country(tenant),
-        ctx.store.extension_exists(tenant, target),
+        ctx.store.is_internal_target(tenant, target),
         source,
         time.time(),
     )
     if not decision.allow:
-        raise HTTPException(422, f"forwarding refused: {'; '.join(decision.reasons)}")
+        reason = "; ".join(decision.reasons)
+        ctx.store.record_forwarding_refused(
+            tenant, number, kind, target, "api", source, reason, time.time()
+        )
+        raise HTTPException(422, f"forwarding refused: {reason}")
     old = ctx.store.set_forwarding(
         tenant, number, kind, target, "api", source, time.time(), body.ring_time
     )
@@ -401,7 +437,16 @@ def list_trunks(ctx: Ctx, principal: Reader, tenant: TenantQuery = None) -> list
 def create_trunk(
     tenant: TenantPath, body: TrunkIn, request: Request, ctx: Ctx, principal: Admin
 ) -> dict[str, Any]:
+    """Provider admins only: a trunk's host is trusted for inbound calls and volume, so a
+    tenant admin who could name any host could make another tenant's phone at that address
+    look like a carrier, or its own address unbannable."""
     visible_tenant(ctx, principal, tenant)
+    if principal.tenant is not None:
+        raise HTTPException(
+            403,
+            "trunks belong to the provider: only an admin not bound to a tenant may add or "
+            "change one; ask your provider",
+        )
     secret: bytes | None = getattr(request.app.state, "secret", None)
     password = body.password.get_secret_value() if body.password is not None else None
     if password is not None and secret is None:
@@ -419,6 +464,7 @@ def create_trunk(
         register=body.keep_registered,
         register_expires=body.register_expires,
         credential_key=trunk_credential_key(secret) if secret is not None else None,
+        emergency=body.emergency,
     )
     row = next(
         r for r in ctx.store.list_trunks() if r["tenant"] == tenant and r["name"] == body.name

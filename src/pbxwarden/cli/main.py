@@ -24,6 +24,7 @@ from rich.table import Table
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
 from pbxwarden.cli.audit_trail import actor, record
+from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.store.basics import (
     DEFAULT_TENANT,
@@ -44,6 +45,8 @@ app = typer.Typer(
 )
 extension_app = typer.Typer(no_args_is_help=True, help="Manage extensions (SIP accounts).")
 app.add_typer(extension_app, name="extension")
+extension_app.command("unlock")(extension_unlock)
+extension_app.command("trunk-access")(extension_trunk_access)
 tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (companies on this PBX).")
 app.add_typer(tenant_app, name="tenant")
 trunk_app = typer.Typer(no_args_is_help=True, help="SIP trunks to carriers.")
@@ -54,6 +57,10 @@ forward_app = typer.Typer(no_args_is_help=True, help="Call forwarding (diversion
 app.add_typer(forward_app, name="forward")
 calls_app = typer.Typer(help="Live calls on the running server.", invoke_without_command=True)
 app.add_typer(calls_app, name="calls")
+registrations_app = typer.Typer(
+    help="Registered phones of every extension, and removing one.", invoke_without_command=True
+)
+app.add_typer(registrations_app, name="registrations")
 bans_app = typer.Typer(no_args_is_help=True, help="SIP firewall bans (a running server follows).")
 app.add_typer(bans_app, name="bans")
 app.add_typer(admin_app, name="admin")
@@ -438,21 +445,83 @@ def extension_list(
         store.close()
 
 
-@app.command()
+def _bindings() -> list[dict[str, Any]]:
+    """Live bindings from the running server, else as last written to the database."""
+    from pbxwarden.control import ControlError, ask
+
+    try:
+        rows: list[dict[str, Any]] = ask(state.data_dir, {"cmd": "registrations"}, timeout=2.0)[
+            "registrations"
+        ]
+        return rows
+    except ControlError:
+        store = _store(_config())
+        try:
+            return store.list_bindings(time.time())
+        finally:
+            store.close()
+
+
+@registrations_app.callback()
 def registrations(
+    ctx: typer.Context,
+    number: Annotated[str | None, typer.Option("--extension", help="Only this extension.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
     show_all: Annotated[bool, typer.Option("--all", help="Every column (the contact).")] = False,
 ) -> None:
-    """List live registrations as last written to the database."""
-    from pbxwarden.cli.records import REGISTRATION_COLUMNS
+    """Registered phones, one row per binding: from where, over what, which phone, since
+    when, until when. `registrations remove` takes one away."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = [r for r in _bindings() if number is None or r["number"] == number]
+    if as_json:
+        print_rows(rows, True, "registrations")
+        return
+    short = [
+        {
+            "extension": f"{r['number']}" + (f"@{r['tenant']}" if r["tenant"] != "default" else ""),
+            "id": r["id"],
+            "from": f"{r['transport'] or '?'} {r['address']}",
+            "phone": (r["user_agent"] or "")[:28],
+            "since": when(r["registered_at"]),
+            "expires in": f"{r['expires_in']} s",
+        }
+        for r in rows
+    ]
+    if show_all:
+        print_rows(rows, False, "registrations")
+    else:
+        print_rows(short, False, "registrations", compact=True, keep=("extension", "id", "from"))
 
-    store = _store(_config())
+
+@registrations_app.command("remove")
+def registrations_remove(
+    number: Annotated[str, typer.Argument(help="The extension.")],
+    binding: Annotated[str, typer.Argument(help="The registration's id (registrations list).")],
+    tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+) -> None:
+    """Remove one registration: that phone gets no more calls until it registers again
+    (a stolen password must be changed too, or it simply will)."""
+    from pbxwarden.control import ControlError, ask
+
+    request = {"cmd": "unregister", "tenant": tenant, "number": number, "id": binding}
+    removed: dict[str, Any] | None = None
     try:
-        rows = store.list_bindings(time.time())
-    finally:
-        store.close()
-    columns = None if show_all else REGISTRATION_COLUMNS
-    print_rows(rows, as_json, "registrations", columns, compact=not show_all)
+        removed = ask(state.data_dir, request, timeout=5.0)["removed"]
+        assert removed is not None
+        where = f"{removed.get('transport') or '?'} {removed.get('address')}"
+    except ControlError as exc:
+        if "no registration" in str(exc):
+            raise fail(str(exc)) from None
+        if not _in_store(lambda store: store.remove_binding(tenant, number, binding)):
+            raise fail(
+                f"extension {number} of tenant {tenant} has no registration {binding}"
+            ) from None
+        where = "the database (server not running)"
+    resource = f"tenant/{tenant}/extension/{number}/registration/{binding}"
+    before = removed or {"id": binding}
+    _in_store(lambda store: record(store, "registration.remove", resource, before, None, tenant))
+    out.print(f"extension {number}: registration {binding} removed ({where})")
 
 
 @bans_app.command("list")
@@ -477,9 +546,19 @@ def bans_add(
     address: str,
     duration: Annotated[float, typer.Option(help="Seconds.", min=1)] = 86400.0,
     reason: Annotated[str, typer.Option(help="Why, for the log and the list.")] = "manual ban",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Ban even a trunk's carrier, loopback or your own address (not firewall.allow).",
+        ),
+    ] = False,
 ) -> None:
-    """Ban an address now (the running server applies it within a second)."""
+    """Ban an address now (the running server applies it within a second). Addresses
+    the PBX depends on (trunks, loopback it listens on, yours) are refused unless --force."""
     import ipaddress
+
+    from pbxwarden.firewall.safety import ban_refusal, ssh_client_address
 
     try:
         address = str(ipaddress.ip_address(address))
@@ -494,6 +573,19 @@ def bans_add(
     store = _store(config)
     now = time.time()
     try:
+        from pbxwarden.config import parse_hostport
+
+        listen = [config.sip.listen_address[0]]
+        if config.sip.tls is not None:
+            listen.append(parse_hostport(config.sip.tls.listen, 5061)[0])
+        why = ban_refusal(
+            address,
+            trunk_hosts=[t["host"] for t in store.list_trunks()],
+            listen_hosts=listen,
+            admin_address=ssh_client_address(dict(os.environ)),
+        )
+        if why is not None and not force:
+            raise fail(f"not banned: {why} (--force to ban it all the same)")
         before = _ban(store, address)
         store.save_bans([(address, now + duration, reason[:255], 1, now)])
         record(store, "ban.add", f"ban/{address}", before, _ban(store, address))
@@ -571,6 +663,9 @@ def trunk_add(
     register_expires: Annotated[
         int | None, typer.Option(help="Registration lifetime to ask for, seconds (60-86400).")
     ] = None,
+    emergency: Annotated[
+        bool, typer.Option("--emergency", help="The tenant's emergency calls go out here.")
+    ] = False,
 ) -> None:
     """Add a trunk: IP-authenticated, and with --username/--password also answering the
     carrier's digest challenges (and registering with --register). Calls still need the
@@ -606,6 +701,7 @@ def trunk_add(
             register=register,
             register_expires=register_expires,
             credential_key=key,
+            emergency=emergency,
         )
         row = next(
             (r for r in store.list_trunks() if (r["tenant"], r["name"]) == (tenant, name)),
@@ -620,6 +716,26 @@ def trunk_add(
     if username is not None:
         auth = f", digest user {username}" + (", registering" if register else "")
     out.print(f"trunk {name} added ({host}:{port}/{transport}{auth})")
+
+
+@trunk_app.command("emergency")
+def trunk_emergency(
+    name: str,
+    off: Annotated[bool, typer.Option("--off", help="No longer the emergency trunk.")] = False,
+    tenant: Annotated[str, typer.Option(help="Tenant that owns the trunk.")] = DEFAULT_TENANT,
+) -> None:
+    """Mark the trunk the tenant's emergency calls (911, 112, 999...) go out through.
+    Without one they take the tenant's ordinary route to its own country."""
+
+    def mark(store: Store) -> None:
+        store.set_trunk_emergency(tenant, name, not off)
+        resource = f"tenant/{tenant}/trunk/{name}"
+        record(
+            store, "trunk.emergency", resource, {"emergency": off}, {"emergency": not off}, tenant
+        )
+
+    _in_store(mark)
+    out.print(f"trunk {name}: " + ("not for emergency calls" if off else "emergency calls go here"))
 
 
 @trunk_app.command("list")
@@ -734,12 +850,16 @@ def forward_set(
             extension,
             target,
             store.tenant_country(tenant),
-            store.extension_exists(tenant, target),
+            store.is_internal_target(tenant, target),
             "cli",
             time.time(),
         )
         if not decision.allow:
-            raise fail(f"forwarding refused: {'; '.join(decision.reasons)}")
+            reason = "; ".join(decision.reasons)
+            store.record_forwarding_refused(
+                tenant, extension, kind, target, actor(), "cli", reason, time.time()
+            )
+            raise fail(f"forwarding refused: {reason}")
         old = store.set_forwarding(
             tenant, extension, kind, target, actor(), "cli", time.time(), ring_time
         )
@@ -870,7 +990,8 @@ def cdr(
     elif as_json or show_all:
         print_rows(rows, as_json, "call records")
     else:
-        print_rows(cdr_view(rows), False, "call records", CDR_COLUMNS, compact=True)
+        keep = ("start", "from", "to", "result")
+        print_rows(cdr_view(rows), False, "call records", CDR_COLUMNS, compact=True, keep=keep)
 
 
 def _setup_logging(config: Config) -> None:
@@ -1047,7 +1168,7 @@ def extension_suspend(
     """Refuse every costly call of an extension (a running server follows within a second)."""
 
     def suspend(store: Store) -> bool:
-        changed = store.suspend_extension(tenant, number, reason)
+        changed = store.suspend_extension(tenant, number, reason, by=actor())
         if changed:
             resource = f"tenant/{tenant}/extension/{number}"
             before, after = {"suspended": None}, {"suspended": reason}
@@ -1092,16 +1213,31 @@ def extension_password(
 def extension_resume(
     number: str,
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume although the guard suspended it for fraud and its SIP password has "
+            "not changed since (recorded in the audit log with --reason).",
+        ),
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
 ) -> None:
-    """Allow an extension's costly calls again, after checking its password and forwarding."""
+    """Allow an extension's costly calls again. One the fraud guard suspended needs a new
+    SIP password first (extension password), or the fraud simply starts again."""
+    if force and not reason:
+        raise fail("--force needs a --reason (it goes into the audit log)")
 
     def resume(store: Store) -> bool:
         before = _extension(store, tenant, number).get("suspended")
-        changed = store.resume_extension(tenant, number)
+        changed = store.resume_extension(tenant, number, force=force)
         if changed:
             resource = f"tenant/{tenant}/extension/{number}"
-            before_, after = {"suspended": before}, {"suspended": None}
-            record(store, "extension.resume", resource, before_, after, tenant)
+            after: dict[str, Any] = {"suspended": None}
+            if force:
+                after.update(forced=True, reason=reason)
+            action = "extension.resume.forced" if force else "extension.resume"
+            record(store, action, resource, {"suspended": before}, after, tenant)
         return changed
 
     changed = _in_store(resume)
@@ -1211,6 +1347,14 @@ def simulate(
         typer.Option(help="Only these attacks (repeat); default: all of them."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    run_set: Annotated[
+        str | None,
+        typer.Option(
+            "--set",
+            help="Run every seed of a fixed set instead: 'tuning' or 'holdout' (the hold-out "
+            "set's seeds and tenant mix are never used to tune the guard).",
+        ),
+    ] = None,
     sip: Annotated[
         bool,
         typer.Option(
@@ -1251,6 +1395,18 @@ def simulate(
         config = _config().guard
         if not config.tenants and config.default == type(config.default)():
             config = None  # untouched defaults: use the simulator's realistic tenant mix
+    if run_set is not None:
+        from pbxwarden.guard.simulate import run_set as run_seeds
+
+        if run_set not in ("tuning", "holdout"):
+            raise fail(f"unknown set {run_set!r}: the sets are tuning and holdout")
+        reports = run_seeds(run_set, tenants, extensions, days, chosen, config)
+        if as_json:
+            out.print_json(json.dumps([r.to_json() for r in reports]))
+        else:
+            text = "\n\n".join(r.markdown() for r in reports)
+            out.print(text, markup=False, highlight=False)
+        return
     report = Simulation(tenants, extensions, days, seed, chosen, config).run()
     if as_json:
         out.print_json(json.dumps(report.to_json()))

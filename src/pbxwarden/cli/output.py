@@ -36,8 +36,8 @@ def when(ts: float | None, precise: bool = False) -> str:
 
 
 def is_time(key: str) -> bool:
-    """Columns holding Unix times: ``created_at``, ``at``, ``start_ts``..."""
-    return key.endswith(("_at", "_ts")) or key == "at"
+    """Columns holding Unix times: ``created_at``, ``at``, ``start_ts``, ``locked_until``..."""
+    return key.endswith(("_at", "_ts", "_until")) or key == "at"
 
 
 def cell(key: str, value: Any) -> str:
@@ -52,12 +52,14 @@ def print_rows(
     title: str,
     columns: Sequence[str] | None = None,
     compact: bool = False,
+    keep: Sequence[str] = (),
 ) -> None:
     """A table (times in UTC), or JSON for scripts (every column, Unix times).
 
     ``columns``: the ones an operator needs, in that order (the rest with ``--json``);
     ``compact``: no vertical rules and one line per row, so that it reads in an
-    80-column terminal (a cell too long is cut with an ellipsis; --json has it all)."""
+    80-column terminal (a cell too long is cut with an ellipsis; --json has it all);
+    ``keep``: columns never cut (an address, an id to type)."""
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -75,8 +77,10 @@ def print_rows(
         )
     else:
         table = Table(title=title)
-    for key in keys:
-        table.add_column(key, no_wrap=compact or is_time(key))
-    for row in rows:
-        table.add_row(*(cell(k, row.get(k)) for k in keys))
+    cells = [[cell(k, row.get(k)) for k in keys] for row in rows]
+    for i, key in enumerate(keys):
+        widest = max(len(key), *(len(c[i]) for c in cells)) if key in keep else None
+        table.add_column(key, no_wrap=compact or is_time(key), min_width=widest)
+    for values in cells:
+        table.add_row(*values)
     out.print(table)

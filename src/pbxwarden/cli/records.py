@@ -18,7 +18,6 @@ from pbxwarden.cli.output import cell, is_time, when
 # caller, callee, disposition (with the SIP code when it failed), duration, the guard's
 # decision: headers short enough for an international number in 80 columns
 CDR_COLUMNS = ("start", "from", "to", "result", "length", "guard")
-REGISTRATION_COLUMNS = ("tenant", "number", "source", "expires_in", "user_agent")
 
 
 def duration(seconds: float | None) -> str:

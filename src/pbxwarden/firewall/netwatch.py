@@ -86,3 +86,8 @@ class NetworkWatch:
 
     def networks(self, extension_id: int) -> set[str]:
         return set(self._seen.get(extension_id, ()))
+
+    def knows(self, extension_id: int, network: str) -> bool:
+        """Whether the extension registered successfully from ``network`` (or it was
+        approved): what an extension lock still lets through."""
+        return network in self._seen.get(extension_id, ())

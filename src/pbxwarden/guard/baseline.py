@@ -6,8 +6,15 @@ of those is scored against the extension's own history, so that a call centre an
 a receptionist are judged by different yardsticks, and each score carries the
 sentence a person reads in the alert.
 
-Buckets are per hour of the week (168) and day of the week (7), averaged over the
-weeks observed; no library does that small piece of bookkeeping better than a list.
+What widens a limit or excuses a call must not be trainable by an attacker, so it
+counts *distinct days* a behaviour held (an hour of the day, a country, a diversion
+target), and the guard feeds this only with calls that are an hour old and were made
+while the extension was under no alert (see ``Guard._settle``). Spend peaks are kept
+per clean day for the last two weeks; a limit scales with the third highest, so a
+single odd day cannot raise it.
+
+Buckets are per hour of the week (168), hour of the day (24) and day of the week (7);
+no library does that small piece of bookkeeping better than a list.
 """
 
 from __future__ import annotations
@@ -18,6 +25,21 @@ from typing import Any
 DAY = 86400.0
 WEEK = 7 * DAY
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+PEAK_DAYS = 14  # clean days of spend peaks kept
+MAX_TARGETS = 10_000
+MAX_LEDGER = 500  # numbers followed for the slow-drip pattern
+LEDGER_DAYS = 21
+
+
+@dataclass(slots=True)
+class NumberLedger:
+    """Calls to one number first called after the extension's history was mature."""
+
+    first_at: float
+    days: int = 0  # distinct local days with a call
+    last_day: int = -1
+    long_calls: int = 0  # calls of 20 minutes or more
+    spend: float = 0.0
 
 
 @dataclass(slots=True)
@@ -28,6 +50,36 @@ class Baseline:
     countries: dict[str, int] = field(default_factory=dict)
     targets: set[str] = field(default_factory=set)  # E.164 numbers called
     calls: int = 0
+    # distinct local days seen, per hour of the day and per country (day ordinal last seen)
+    hour_days: list[int] = field(default_factory=lambda: [0] * 24)
+    hour_last: list[int] = field(default_factory=lambda: [-1] * 24)
+    country_days: dict[str, list[int]] = field(default_factory=dict)  # c -> [days, last]
+    forward_targets: dict[str, int] = field(default_factory=dict)  # e164 -> days used
+    networks: dict[str, int] = field(default_factory=dict)  # source /24 -> days seen
+    # per clean day: (day ordinal, highest spend in an hour, spend of the day)
+    peaks: list[tuple[int, float, float]] = field(default_factory=list)
+    drip_ok: int = 0  # new numbers called again on another day while nothing was wrong
+    # (for an extension: with long calls; for a tenant: any)
+    ledger: dict[str, NumberLedger] = field(default_factory=dict)
+    ranges: dict[str, list[int]] = field(default_factory=dict)  # dear range -> [days, last]
+    network_calls: int = 0  # calls learned with a network (sum of ``networks``)
+    _peak_cache: tuple[list[float], list[float]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    long_calls: dict[str, int] = field(default_factory=dict)  # country -> calls of 20 min+
+
+    def learn_range(self, prefix: str, day: int) -> None:
+        seen = self.ranges.get(prefix)
+        if seen is None:
+            if len(self.ranges) < 5000:
+                self.ranges[prefix] = [1, day]
+        elif seen[1] != day:
+            seen[0] += 1
+            seen[1] = day
+
+    def range_days(self, prefix: str) -> int:
+        seen = self.ranges.get(prefix)
+        return seen[0] if seen is not None else 0
 
     def weeks(self, now: float) -> float:
         return max(1.0, (now - self.first_at) / WEEK)
@@ -36,15 +88,70 @@ class Baseline:
         """Enough history to call something unusual without crying wolf."""
         return now - self.first_at >= min_days * DAY and self.calls >= min_calls
 
-    def learn_call(self, hour_of_week: int, country: str, e164: str) -> None:
+    def learn_call(
+        self, hour_of_week: int, country: str, e164: str, day: int = -1, hour: int = -1
+    ) -> None:
         self.calls += 1
         self.calls_by_hour[hour_of_week] += 1.0
         self.countries[country] = self.countries.get(country, 0) + 1
-        if len(self.targets) < 10_000:
+        if len(self.targets) < MAX_TARGETS:
             self.targets.add(e164)
+        if day < 0:
+            return
+        if 0 <= hour < 24 and self.hour_last[hour] != day:
+            self.hour_last[hour] = day
+            self.hour_days[hour] += 1
+        seen = self.country_days.get(country)
+        if seen is None:
+            self.country_days[country] = [1, day]
+        elif seen[1] != day:
+            seen[0] += 1
+            seen[1] = day
 
     def learn_spend(self, weekday: int, cost: float) -> None:
         self.spend_by_day[weekday] += cost
+
+    def learn_peak(self, day: int, hour_peak: float, day_spend: float) -> None:
+        """A clean day's highest hourly spend and its total (the last 14 kept)."""
+        self._peak_cache = None
+        if self.peaks and self.peaks[-1][0] == day:
+            _, h, d = self.peaks[-1]
+            self.peaks[-1] = (day, max(h, hour_peak), max(d, day_spend))
+            return
+        self.peaks.append((day, hour_peak, day_spend))
+        del self.peaks[:-PEAK_DAYS]
+
+    def usual_peak(self) -> tuple[list[float], list[float]] | None:
+        """The clean days' highest hourly spends and day totals, highest first, or None
+        before three clean days: limits scale with a busy day, not with one odd day.
+        Kept until the next peak is learned (every decision and police round reads it)."""
+        if len(self.peaks) < 3:
+            return None
+        cached = self._peak_cache
+        if cached is None:
+            hours = sorted((p[1] for p in self.peaks), reverse=True)
+            days = sorted((p[2] for p in self.peaks), reverse=True)
+            cached = self._peak_cache = (hours, days)
+        return cached
+
+    def learn_forward(self, e164: str) -> None:
+        if len(self.forward_targets) < 1000:
+            self.forward_targets[e164] = self.forward_targets.get(e164, 0) + 1
+
+    def learn_network(self, network: str) -> None:
+        if network and (network in self.networks or len(self.networks) < 200):
+            self.networks[network] = self.networks.get(network, 0) + 1
+            self.network_calls += 1
+
+    def usual_hour(self, hour: int) -> int:
+        """Days this extension called at this hour of the day or the hours beside it."""
+        return max(
+            self.hour_days[hour], self.hour_days[(hour - 1) % 24], self.hour_days[(hour + 1) % 24]
+        )
+
+    def country_seen_days(self, country: str) -> int:
+        seen = self.country_days.get(country)
+        return seen[0] if seen is not None else 0
 
     def expected_calls(self, hour_of_week: int, now: float) -> float:
         return self.calls_by_hour[hour_of_week] / self.weeks(now)
@@ -60,19 +167,48 @@ class Baseline:
             "countries": self.countries,
             "targets": sorted(self.targets),
             "calls": self.calls,
+            "hour_days": self.hour_days,
+            "hour_last": self.hour_last,
+            "country_days": self.country_days,
+            "forward_targets": self.forward_targets,
+            "networks": self.networks,
+            "peaks": [list(p) for p in self.peaks],
+            "drip_ok": self.drip_ok,
+            "ranges": self.ranges,
+            "long_calls": self.long_calls,
+            "ledger": {
+                k: [v.first_at, v.days, v.last_day, v.long_calls, v.spend]
+                for k, v in self.ledger.items()
+            },
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Baseline:
+        """Rows of every version load: keys a row lacks start empty."""
+
         def floats(key: str, n: int) -> list[float]:
             raw = data.get(key)
             values = [float(v) for v in raw] if isinstance(raw, list) else []
             return values if len(values) == n else [0.0] * n
 
+        def ints(key: str, n: int, empty: int) -> list[int]:
+            raw = data.get(key)
+            values = [int(v) for v in raw] if isinstance(raw, list) else []
+            return values if len(values) == n else [empty] * n
+
+        def counts(key: str) -> dict[str, int]:
+            raw = data.get(key)
+            return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
         countries = data.get("countries")
         targets = data.get("targets")
         first_at = data.get("first_at")
         calls = data.get("calls")
+        days = data.get("country_days")
+        peaks = data.get("peaks")
+        ledger = data.get("ledger")
+        drip_ok = data.get("drip_ok")
+        ranges = data.get("ranges")
         return cls(
             first_at=float(first_at) if isinstance(first_at, int | float) else 0.0,
             calls_by_hour=floats("calls_by_hour", 168),
@@ -84,4 +220,34 @@ class Baseline:
             ),
             targets={str(t) for t in targets} if isinstance(targets, list) else set(),
             calls=int(calls) if isinstance(calls, int) else 0,
+            hour_days=ints("hour_days", 24, 0),
+            hour_last=ints("hour_last", 24, -1),
+            country_days=(
+                {str(k): [int(v[0]), int(v[1])] for k, v in days.items()}
+                if isinstance(days, dict)
+                else {}
+            ),
+            forward_targets=counts("forward_targets"),
+            networks=counts("networks"),
+            network_calls=sum(counts("networks").values()),
+            peaks=(
+                [(int(p[0]), float(p[1]), float(p[2])) for p in peaks][-PEAK_DAYS:]
+                if isinstance(peaks, list)
+                else []
+            ),
+            drip_ok=int(drip_ok) if isinstance(drip_ok, int) else 0,
+            long_calls=counts("long_calls"),
+            ranges=(
+                {str(k): [int(v[0]), int(v[1])] for k, v in ranges.items()}
+                if isinstance(ranges, dict)
+                else {}
+            ),
+            ledger=(
+                {
+                    str(k): NumberLedger(float(v[0]), int(v[1]), int(v[2]), int(v[3]), float(v[4]))
+                    for k, v in ledger.items()
+                }
+                if isinstance(ledger, dict)
+                else {}
+            ),
         )

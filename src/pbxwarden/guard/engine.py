@@ -2,7 +2,7 @@
 
 Pure logic behind the :class:`pbxwarden.pbx.policy.CallAuthorizer` hook: a decision
 depends on the attempt, the tenant's policy and the guard's own state (calls in
-progress, recent attempts, spend, learned baselines, inbound probes), all in memory
+progress, recent attempts, spend, learned baselines, inbound calls), all in memory
 here; the clock is the attempt's time, so the simulator runs it on simulated days.
 Side effects leave as data: alerts (with a suspension flag) in :attr:`Guard.outbox`
 and calls to cut off from :meth:`Guard.police`; the server acts on them.
@@ -15,26 +15,43 @@ Rules, in order (the first that refuses decides):
    with ``allow_international_forwarding``);
 5. premium-rate, shared-cost and other special numbers only if allowed;
 6. destinations on the bundled high-risk list (revenue-share fraud) only if allowed;
-7. calls in progress, attempts per minute and per hour, calls to one foreign prefix
-   in 10 minutes, and estimated spend per hour and per day, below their limits
-   (a warning alert at ``warn_at`` of each);
-8. the anomaly score from learned behaviour and correlations below ``block_score``
-   (a warning alert from ``alert_score``).
+7. limits (:func:`pbxwarden.guard.rules.limits`): calls in progress, attempts per
+   minute and hour, one foreign prefix in 10 minutes, spend per hour and day (learned);
+8. correlations (:mod:`pbxwarden.guard.rules`): wangiri callbacks, test call then pump
+   and spread over a tenant's extensions into one dear range, the slow drip;
+9. the anomaly score from learned behaviour below ``block_score``.
+
+Actions are graduated: the one anomalous call is refused with its reason; a pattern
+raises an alert; an extension is suspended only on corroborated fraud, two
+independent signs of compromise within 24 hours (:data:`SIGNALS`). Rules in
+report-only (a tenant's first ``learning_days`` for the learned ones, or listed in
+``report_only``) allow the call and raise a "would have refused" alert instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
+import functools
+import ipaddress
 from collections import deque
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from typing import Any
 
-from pbxwarden.guard.baseline import DAY, WEEKDAYS, Baseline
+from pbxwarden.guard import learn, rules
+from pbxwarden.guard.baseline import DAY, Baseline
+from pbxwarden.guard.destinations import RiskEntry, judge_destination, load_high_risk
 from pbxwarden.guard.policy import GuardConfig, PolicyBook, PolicyOverride, TenantPolicy
 from pbxwarden.guard.rates import RateTable
-from pbxwarden.pbx.numbers import Destination, classify
+from pbxwarden.guard.state import (
+    HOUR,
+    Active,
+    ExtState,
+    Inbound,
+    RangeState,
+    Signal,
+    TenantState,
+)
+from pbxwarden.pbx.numbers import Destination
 from pbxwarden.pbx.policy import NATIONAL_ALLOWED, CallAttempt, Decision
 
 __all__ = [
@@ -48,52 +65,33 @@ __all__ = [
 ]
 
 COSTLY_KINDS = ("external", "forwarded", "forward-change")
-HOUR = 3600.0
-PREFIX_WINDOW = 600.0
-PROBE_WINDOW = 72 * HOUR
-PROBE_MAX_SECONDS = 60.0
-WITHHELD = frozenset(("", "anonymous", "unknown", "restricted", "private", "unavailable"))
-# Rules whose critical alerts mean the extension is in an attacker's hands.
-FRAUD_RULES = frozenset(("forwarding-destination", "anomaly", "recon"))
-
-# anomaly score weights (0-100 overall); tuned with `pbxwarden simulate`
-W_NEW_COUNTRY = 30
-W_NEW_COUNTRY_TENANT = 20
-W_RARE_COUNTRY = 15
-W_BURST = 30
-W_SPEND = 40
-W_SAME_PREFIX = 25
-W_OFF_HOURS = 20
-W_HIGH_RISK_ALLOWED = 10
-W_NIGHT_RISKY = 20  # per earlier call abroad to a risky or dear destination out of hours
-SPEND_FLOOR = 10.0  # a day's spend below this is never "unusual" (in the rate currency)
-RISKY_RATE = 0.20  # per minute: "dear" for W_NIGHT_RISKY
-W_EXPENSIVE = 20
-W_DIVERTED_ABROAD = 20
-W_RECON = 50
-W_NEW_FORWARD_TARGET = 20
-W_REPEAT_DIVERSION = 30
-W_REFUSED = 25  # per costly attempt refused in the last hour (probing for what works)
-W_REPEAT_UNUSUAL = 35  # another suspicious call after an unusual one, within 24 hours
-REPEAT_UNUSUAL_FROM = 30  # the score from which a repeat counts
+# Signs that an extension is in an attacker's hands; two different ones within 24 hours
+# suspend it (one alone refuses the call and alerts).
+SIGNALS = {
+    "recon": "probes aimed at its number before a costly diversion",
+    "diversion-refused": "inbound calls diverted to a number it may not call",
+    "revenue-share": "the phone itself diverting to premium-rate or high-risk numbers",
+    "probing": "three or more calls to numbers it may not call within an hour",
+    "new-network": "a costly call from a network it never used",
+    "range": "a test call then a burst, or a burst, into a new dear range",
+    "anomaly": "a call scored as likely fraud against its own history",
+}
+SIGNAL_WINDOW = DAY
+PROBING = 3
 
 
-@dataclass(frozen=True, slots=True)
-class RiskEntry:
-    prefix: str
-    name: str
-
-
-def load_high_risk() -> list[RiskEntry]:
-    """The bundled list (``guard/data/high_risk.toml``), longest prefixes first."""
-    text = resources.files("pbxwarden.guard").joinpath("data/high_risk.toml").read_text()
-    entries = [RiskEntry(d["prefix"], d["name"]) for d in tomllib.loads(text)["destination"]]
-    return sorted(entries, key=lambda e: len(e.prefix), reverse=True)
-
-
-def _longest(prefixes: list[str], e164: str) -> str | None:
-    matches = [p for p in prefixes if e164.startswith(p)]
-    return max(matches, key=len) if matches else None
+@functools.lru_cache(maxsize=65_536)
+def network_of(source: str) -> str:
+    """The /24 (IPv4) or /48 (IPv6) an attempt came from (``udp:192.0.2.7:5060``),
+    or "" when the source is no address."""
+    _, _, rest = source.partition(":")
+    host = rest[1 : rest.find("]")] if rest.startswith("[") else rest.rsplit(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,120 +104,17 @@ class GuardAlert:
     reasons: tuple[str, ...]
     at: float
     suspend: bool = False  # the guard suspended the extension
+    kind: str = ""  # what was judged (a call out, a diversion being set, one followed)
+    dedupe: str | None = None  # repeats with the same key count into one open alert
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}/{self.extension or '-'}/{self.rule}"
-
-
-@dataclass(slots=True)
-class _Active:
-    """A costly call the guard counts and prices while it runs."""
-
-    tenant: str
-    extension: str
-    rate: float  # per minute
-    weekday: int
-    max_seconds: float
-    answered: float | None = None
-
-
-@dataclass(slots=True)
-class _Inbound:
-    tenant: str
-    extension: str
-    caller: str
-    suspicious: str | None  # why the caller looks like a prober, or None
-    started: float
-    answered: float | None = None
-
-
-@dataclass(slots=True)
-class _Spend:
-    """Estimated spend over the last hour and 24 hours, calls in progress included.
-
-    Running sums, so a decision costs the same for a tenant with ten calls a day as
-    for one with ten thousand: ended calls enter two windows and leave them when
-    they expire; calls in progress are the sum of their rates and of rate x answer
-    time, so their cost so far is ``(now * rate - rate_at) / 60``.
-    """
-
-    hour: deque[tuple[float, float]] = field(default_factory=deque)  # (end, cost)
-    day: deque[tuple[float, float]] = field(default_factory=deque)
-    hour_sum: float = 0.0
-    day_sum: float = 0.0
-    running: int = 0  # answered calls in progress
-    rate: float = 0.0
-    rate_at: float = 0.0
-
-    def add(self, end: float, cost: float) -> None:
-        self.hour.append((end, cost))
-        self.day.append((end, cost))
-        self.hour_sum += cost
-        self.day_sum += cost
-
-    def start(self, rate: float, answered: float) -> None:
-        self.running += 1
-        self.rate += rate
-        self.rate_at += rate * answered
-
-    def stop(self, rate: float, answered: float) -> None:
-        self.running -= 1
-        if self.running <= 0:  # no drift left behind by floating-point sums
-            self.running, self.rate, self.rate_at = 0, 0.0, 0.0
-        else:
-            self.rate -= rate
-            self.rate_at -= rate * answered
-
-    def totals(self, now: float) -> tuple[float, float]:
-        if self.hour and self.hour[0][0] <= now - HOUR:
-            self.hour_sum = max(0.0, self.hour_sum - _trim(self.hour, now - HOUR))
-            if not self.hour:
-                self.hour_sum = 0.0
-        if self.day and self.day[0][0] <= now - DAY:
-            self.day_sum = max(0.0, self.day_sum - _trim(self.day, now - DAY))
-            if not self.day:
-                self.day_sum = 0.0
-        running = max(0.0, (now * self.rate - self.rate_at) / 60.0) if self.running else 0.0
-        return self.hour_sum + running, self.day_sum + running
-
-
-@dataclass(slots=True)
-class _ExtState:
-    baseline: Baseline
-    # costly attempts of the last hour (at, hour of week, country, e164): learned into the
-    # baseline only when they leave the hour, so a burst cannot make itself look usual
-    recent: deque[tuple[float, int, str, str]] = field(default_factory=deque)
-    prefixes: deque[tuple[float, str]] = field(default_factory=deque)  # foreign, 10 min
-    spend: _Spend = field(default_factory=lambda: _Spend())
-    diverted: deque[tuple[float, str]] = field(default_factory=deque)  # forwarded legs, 1 h
-    refused: deque[float] = field(default_factory=deque)  # costly attempts refused, 1 h
-    unusual: deque[float] = field(default_factory=deque)  # anomaly warnings, 24 h
-    night_risky: deque[float] = field(default_factory=deque)  # see W_NIGHT_RISKY, 24 h
-    active: set[int] = field(default_factory=set)
-    suspended: str | None = None
-    dirty: bool = False  # baseline changed since it was last saved
-
-
-@dataclass(slots=True)
-class _TenantState:
-    baseline: Baseline
-    active: set[int] = field(default_factory=set)
-    dirty: bool = False
-    spend: _Spend = field(default_factory=lambda: _Spend())
-    probes: deque[tuple[float, str, str]] = field(default_factory=deque)  # at, ext, why
-
-
-def _trim(ledger: deque[tuple[float, float]], horizon: float) -> float:
-    """Drop entries ending before ``horizon``; returns the cost dropped."""
-    dropped = 0.0
-    while ledger and ledger[0][0] <= horizon:
-        dropped += ledger.popleft()[1]
-    return dropped
-
-
-def _money(value: float, currency: str) -> str:
-    return f"{value:.2f} {currency}"
+        """Repeats of the same thing share an open alert; a different kind of event for
+        the same extension (a diversion set, then one followed) is an alert of its own."""
+        if self.dedupe is not None:
+            return self.dedupe
+        key = f"{self.tenant}/{self.extension or '-'}/{self.rule}"
+        return f"{key}/{self.kind}" if self.kind else key
 
 
 class Guard:
@@ -246,10 +141,12 @@ class Guard:
         self.outbox: deque[GuardAlert] = deque(maxlen=10_000)
         # (kind, allow/deny, severity) -> count, for metrics
         self.decisions: dict[tuple[str, str, str], int] = {}
-        self._ext: dict[tuple[str, str], _ExtState] = {}
-        self._tenants: dict[str, _TenantState] = {}
-        self._active: dict[int, _Active] = {}
-        self._inbound: dict[int, _Inbound] = {}
+        # (tenant, rule) -> attempts a rule in report-only would have refused
+        self.would_have: dict[tuple[str, str], int] = {}
+        self._ext: dict[tuple[str, str], ExtState] = {}
+        self._tenants: dict[str, TenantState] = {}
+        self._active: dict[int, Active] = {}
+        self._inbound: dict[int, Inbound] = {}
         self._cutoffs: list[tuple[int, str]] = []
         self._stored_suspensions: dict[tuple[str, str], str] = {}
 
@@ -260,16 +157,17 @@ class Guard:
 
     # -- state -----------------------------------------------------------------------------
 
-    def _ext_state(self, tenant: str, extension: str, now: float) -> _ExtState:
+    def _ext_state(self, tenant: str, extension: str, now: float) -> ExtState:
         state = self._ext.get((tenant, extension))
         if state is None:
-            state = self._ext[(tenant, extension)] = _ExtState(Baseline(now))
+            state = self._ext[(tenant, extension)] = ExtState(Baseline(now))
+            self._tenant_state(tenant, now).extensions += 1
         return state
 
-    def _tenant_state(self, tenant: str, now: float) -> _TenantState:
+    def _tenant_state(self, tenant: str, now: float) -> TenantState:
         state = self._tenants.get(tenant)
         if state is None:
-            state = self._tenants[tenant] = _TenantState(Baseline(now))
+            state = self._tenants[tenant] = TenantState(Baseline(now))
         return state
 
     def suspend(self, tenant: str, extension: str, reason: str) -> None:
@@ -283,6 +181,7 @@ class Guard:
         state = self._ext.get((tenant, extension))
         if state is not None:
             state.suspended = None
+            state.signals.clear()
 
     def sync_suspensions(self, stored: dict[tuple[str, str], str]) -> None:
         """Apply what changed in the stored suspensions since the last sync.
@@ -307,6 +206,12 @@ class Guard:
 
     def set_baseline(self, tenant: str, extension: str, baseline: Baseline) -> None:
         self._ext_state(tenant, extension, baseline.first_at).baseline = baseline
+
+    def learning(self, tenant: str, now: float) -> bool:
+        """Whether the tenant is still in its learning period (learned rules report)."""
+        state = self._tenants.get(tenant)
+        first = state.baseline.first_at if state is not None else now
+        return now - first < self.book.tenant(tenant).learning_days * DAY
 
     def export_baselines(self, everything: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
         """Baselines changed since the last export (or all): (tenant, extension, data);
@@ -361,40 +266,82 @@ class Guard:
         in_hours = tenant_policy.in_business_hours(local)
         policy = self.book.effective(attempt.tenant, attempt.extension, in_hours)
         dest = attempt.destination
+        tenant = self._tenant_state(attempt.tenant, now)
+        network = network_of(attempt.source) if attempt.kind == "external" else ""
+        new_network = bool(
+            network and ext.baseline.network_calls >= 10 and network not in ext.baseline.networks
+        )
+        if new_network:
+            self._signal(ext, now, "new-network", f"a costly call from {attempt.source}")
         verdict = self._destination(policy, attempt, dest, in_hours)
         if isinstance(verdict, Decision):
-            return self._decided(attempt, verdict)
+            return self._refused_destination(attempt, ext, policy, verdict)
+        if policy.suspend_on_critical and self._corroborated(ext, now):
+            return self._refuse(
+                attempt,
+                ext,
+                policy,
+                "anomaly",
+                ("refused as likely fraud: " + "; ".join(sorted({s.why for s in ext.signals})),),
+                False,
+                100,
+                force=True,
+            )
         assert dest is not None
         reasons = verdict
         rate = self.rates.per_minute(dest)
-        tenant = self._tenant_state(attempt.tenant, now)
-        self._settle(ext, tenant, now)
+        learn.settle(ext, tenant, now)
+        cur = self.rates.currency
         warnings: list[str] = []
         refusal = None
         if attempt.kind != "forward-change":
-            refusal = self._limits(policy, attempt, ext, tenant, dest, warnings)
+            refusal = rules.limits(policy, attempt, ext, tenant, dest, warnings, cur, rate)
+        risk = self._high_risk(dest)
         # Scored even when a limit refuses: an attacker hammering a limit at night is more
         # than a limit reached, and must be stopped (and its calls cut), not just slowed.
-        score, why = self._score(attempt, policy, ext, tenant, dest, rate, local, in_hours)
+        score, why = rules.score(
+            attempt,
+            ext,
+            tenant,
+            dest,
+            rate,
+            local,
+            in_hours,
+            risk.name if risk is not None else None,
+            cur,
+            new_network,
+        )
+        learning = self.learning(attempt.tenant, now)
+        odd = new_network or (
+            not dest.national
+            and ext.baseline.calls >= 10
+            and ext.baseline.country_seen_days(dest.country) == 0
+        )
+        pattern = self._patterns(attempt, policy, ext, tenant, dest, rate, risk, local, why, odd)
+        if pattern is not None:
+            rule, reason, signal = pattern
+            if rule == "recon" and signal == "recon":
+                score = min(100, score + rules.W_RECON)
+                why.append(reason)
+            else:
+                if signal:
+                    self._signal(ext, now, signal, reason)
+                return self._refuse(
+                    attempt, ext, policy, rule, (reason, *why, *reasons), learning, score
+                )
         if refusal is not None and score < policy.block_score:
-            return self._decided(attempt, refusal)
+            self._alert(attempt, refusal)
+            return refusal
         if score >= policy.block_score:
-            return self._decided(
-                attempt,
-                Decision(
-                    False,
-                    (
-                        f"refused as likely fraud (risk score {score}/100): " + "; ".join(why),
-                        *reasons,
-                    ),
-                    score=score,
-                    severity="critical",
-                    rule="recon" if any("reconnaissance" in w for w in why) else "anomaly",
-                ),
-                suspend=policy.suspend_on_critical,
-            )
+            rule = "recon" if any("reconnaissance" in w for w in why) else "anomaly"
+            if not policy.report_only_rule(rule, learning):
+                self._signal(ext, now, rule, why[0] if why else "anomaly")
+            text = f"refused as likely fraud (risk score {score}/100): " + "; ".join(why)
+            return self._refuse(attempt, ext, policy, rule, (text, *reasons), learning, score)
         if attempt.kind != "forward-change":
-            self._record(attempt, ext, tenant, dest, local)
+            learn.record(attempt, ext, dest, local, network)
+        else:
+            self._record_forward(attempt, ext, dest)
         severity, rule = None, ""
         if score >= policy.alert_score:
             ext.unusual.append(now)
@@ -409,7 +356,198 @@ class Guard:
             self._alert(attempt, decision)
         return decision
 
-    # -- rules ---------------------------------------------------------------------------
+    def _patterns(
+        self,
+        attempt: CallAttempt,
+        policy: TenantPolicy,
+        ext: ExtState,
+        tenant: TenantState,
+        dest: Destination,
+        rate: float,
+        risk: RiskEntry | None,
+        local: dt.datetime,
+        why: list[str],
+        odd: bool,
+    ) -> tuple[str, str, str] | None:
+        """The first correlation that matches: (rule, reason, signal or "")."""
+        if attempt.kind == "forwarded" and dest.e164 in ext.refused_forward:
+            when = dt.datetime.fromtimestamp(ext.refused_forward[dest.e164], local.tzinfo)
+            return (
+                "recon" if rules.recon(attempt, ext) else "anomaly",
+                f"a diversion to {dest.e164} was refused at {when:%Y-%m-%d %H:%M}, and calls are "
+                "diverted to it anyway (set on the phone itself)",
+                "diversion-refused",
+            )
+        habitual = dest.e164 in ext.baseline.forward_targets or (
+            attempt.kind == "forwarded" and dest.e164 == ext.forward_set
+        )
+        watched = rules.watched(dest, rate, risk is not None)
+        if attempt.kind in ("forwarded", "forward-change") and watched and not habitual:
+            found = rules.recon(attempt, ext)
+            if found is not None:
+                return "recon", found, "recon"
+        if attempt.kind != "external":
+            return None
+        found = rules.wangiri(attempt, tenant, dest)
+        if found is not None:
+            return "wangiri", found, ""
+        if rules.watched(dest, rate, risk is not None):
+            is_dear = rules.dear(dest, rate, risk is not None)
+            spread = rules.dear_range(attempt, tenant, dest, attempt.extension, is_dear, odd)
+            if odd:
+                prefix = rules.range_of(dest.e164)
+                state = tenant.ranges.get(prefix)
+                if state is None and len(tenant.ranges) < 2_000:
+                    state = tenant.ranges[prefix] = RangeState(attempt.at)
+                if state is not None and (len(state.odd) < 100 or attempt.extension in state.odd):
+                    state.odd[attempt.extension] = attempt.at
+            if spread is not None:
+                reason, tenant_wide = spread
+                prefix = rules.range_of(dest.e164)
+                if not policy.report_only_rule("range", self.learning(attempt.tenant, attempt.at)):
+                    self._cut_range(attempt.tenant, attempt.extension, prefix, tenant_wide)
+                    state = tenant.ranges[prefix]
+                    if state.blocked <= attempt.at:
+                        state.blocked = attempt.at + rules.RANGE_BLOCK
+                        state.why = reason[:160]
+                return "range", reason, "range"
+        found = rules.drip(attempt, ext, tenant, dest, local.toordinal(), self.rates.currency)
+        if found is not None:
+            return "drip", found, ""
+        return None
+
+    def _refuse(
+        self,
+        attempt: CallAttempt,
+        ext: ExtState,
+        policy: TenantPolicy,
+        rule: str,
+        reasons: tuple[str, ...],
+        learning: bool,
+        score: int,
+        force: bool = False,
+    ) -> Decision:
+        """Refuse (or, in report-only, allow and report) the one call; alert on a pattern;
+        suspend on corroborated fraud."""
+        now = attempt.at
+        if not force and policy.report_only_rule(rule, learning):
+            key = (attempt.tenant, rule)
+            self.would_have[key] = self.would_have.get(key, 0) + 1
+            decision = Decision(
+                True,
+                (f"would have refused ({rule}, report-only): {reasons[0]}", *reasons[1:]),
+                score=score,
+                severity="warning",
+                rule=rule,
+            )
+            self._alert(attempt, decision, would_have=True)
+            return decision
+        ext.unusual.append(now)
+        if attempt.kind == "forward-change" and attempt.destination is not None:
+            self._refused_forward(ext, attempt.destination.e164, now)
+        repeated = sum(1 for t in ext.unusual if t > now - DAY) >= 2
+        alert = rule != "anomaly" or repeated
+        suspend = policy.suspend_on_critical and self._corroborated(ext, now)
+        decision = Decision(
+            False,
+            reasons,
+            score=score,
+            severity=("critical" if suspend else "warning") if alert or suspend else None,
+            rule=rule,
+        )
+        if decision.severity is not None:
+            self._alert(attempt, decision, suspend=suspend)
+        return decision
+
+    def _refused_destination(
+        self, attempt: CallAttempt, ext: ExtState, policy: TenantPolicy, decision: Decision
+    ) -> Decision:
+        now = attempt.at
+        if attempt.kind == "forward-change" and attempt.destination is not None:
+            self._refused_forward(ext, attempt.destination.e164, now)
+        if attempt.kind == "external" and decision.rule == "destination":
+            ext.refused.append(now)
+            while ext.refused and ext.refused[0] <= now - HOUR:
+                ext.refused.popleft()
+            if len(ext.refused) >= PROBING:
+                self._signal(ext, now, "probing", decision.reasons[0])
+        elif attempt.kind == "forwarded" and decision.severity == "critical":
+            self._signal(ext, now, "diversion-refused", decision.reasons[0])
+            dest = attempt.destination
+            if (
+                dest is not None
+                and dest.valid
+                and (dest.number_type not in NATIONAL_ALLOWED or self._high_risk(dest) is not None)
+            ):
+                self._signal(ext, now, "revenue-share", decision.reasons[0])
+        if attempt.kind in ("forwarded", "forward-change"):
+            probes = rules.recon(attempt, ext)
+            if probes is not None:
+                self._signal(ext, now, "recon", probes)
+                decision = Decision(
+                    False,
+                    (*decision.reasons, probes),
+                    decision.status,
+                    decision.score,
+                    decision.severity,
+                    decision.rule,
+                )
+        suspend = (
+            decision.severity is not None
+            and policy.suspend_on_critical
+            and self._corroborated(ext, now)
+        )
+        if decision.severity is not None:
+            if suspend:
+                decision = Decision(
+                    False,
+                    decision.reasons,
+                    decision.status,
+                    decision.score,
+                    "critical",
+                    decision.rule,
+                )
+            elif decision.severity == "critical":  # one sign alone: refused, not suspended
+                decision = Decision(
+                    False,
+                    decision.reasons,
+                    decision.status,
+                    decision.score,
+                    "warning",
+                    decision.rule,
+                )
+            self._alert(attempt, decision, suspend=suspend)
+        return decision
+
+    @staticmethod
+    def _refused_forward(ext: ExtState, e164: str, now: float) -> None:
+        refused = ext.refused_forward
+        if len(refused) >= 20:
+            refused.pop(min(refused, key=refused.__getitem__))
+        refused[e164] = now
+        if ext.forward_set == e164:
+            ext.forward_set = ""
+
+    def _signal(self, ext: ExtState, now: float, kind: str, why: str) -> None:
+        signals = ext.signals
+        if signals and signals[0].at <= now - SIGNAL_WINDOW:
+            signals[:] = [s for s in signals if s.at > now - SIGNAL_WINDOW]
+        if len(signals) < 50:
+            signals.append(Signal(now, kind, why))
+
+    def _corroborated(self, ext: ExtState, now: float) -> bool:
+        kinds = {s.kind for s in ext.signals if s.at > now - SIGNAL_WINDOW}
+        return len(kinds) >= 2
+
+    def _cut_range(self, tenant: str, number: str, prefix: str, tenant_wide: bool) -> None:
+        """Calls in progress into the range: this extension's, or the tenant's (spread)."""
+        for ref, call in self._active.items():
+            if (
+                call.tenant == tenant
+                and call.dear_range == prefix
+                and (tenant_wide or call.extension == number)
+            ):
+                self._cutoffs.append((ref, f"calls into the dear range {prefix} refused"))
 
     def _destination(
         self,
@@ -418,73 +556,7 @@ class Guard:
         dest: Destination | None,
         in_hours: bool,
     ) -> Decision | list[str]:
-        if dest is None or not dest.valid:
-            return Decision(False, (f"{attempt.dialed!r} is not a valid telephone number",), 404)
-        diversion = attempt.kind in ("forwarded", "forward-change")
-        rule = "forwarding-destination" if diversion else "destination"
-        # A diversion to a number the extension may not call is the attack itself when
-        # it is followed; when it is only being set, someone tried.
-        severity = "critical" if attempt.kind == "forwarded" else "warning"
-        denied = _longest(policy.deny_prefixes, dest.e164)
-        if denied:
-            return Decision(
-                False,
-                (f"{dest.e164} matches {denied}, on the tenant's deny list",),
-                severity=severity,
-                rule=rule,
-            )
-        allowed = _longest(policy.allow_prefixes, dest.e164)
-        if allowed:
-            return [f"{dest.e164} matches {allowed}, on the tenant's allow list"]
-        reasons = []
-        hours = "" if in_hours else " outside business hours"
-        if not dest.national:
-            if dest.country not in policy.allow_countries:
-                return Decision(
-                    False,
-                    (
-                        f"international call to {dest.e164} ({dest.country}) is not allowed"
-                        f"{hours}: add the country to the tenant's allow_countries if it is "
-                        "expected",
-                    ),
-                    severity=severity,
-                    rule=rule,
-                )
-            if diversion and not policy.allow_international_forwarding:
-                return Decision(
-                    False,
-                    (
-                        f"diversion to the international number {dest.e164} is not allowed: "
-                        "set allow_international_forwarding if it is expected",
-                    ),
-                    severity=severity,
-                    rule=rule,
-                )
-            reasons.append(f"calls to {dest.country} are allowed")
-        if dest.number_type not in NATIONAL_ALLOWED and dest.number_type not in (
-            policy.allow_special
-        ):
-            return Decision(
-                False,
-                (f"{dest.number_type} number {dest.e164} is not allowed by the policy{hours}",),
-                severity=severity,
-                rule=rule,
-            )
-        risk = self._high_risk(dest)
-        if risk is not None and not policy.allow_high_risk:
-            return Decision(
-                False,
-                (
-                    f"{dest.e164} is in {risk.name} ({risk.prefix}), a high-risk destination "
-                    "for revenue-share fraud",
-                ),
-                severity=severity,
-                rule=rule,
-            )
-        reasons.append(
-            f"{'national' if dest.national else 'international'} {dest.number_type} number"
-        )
-        return reasons
+        return judge_destination(policy, attempt, dest, in_hours, self._high_risk)
 
     def _high_risk(self, dest: Destination) -> RiskEntry | None:
         e164 = dest.e164
@@ -494,310 +566,56 @@ class Guard:
                 return entry
         return None
 
-    def _limits(
-        self,
-        policy: TenantPolicy,
-        attempt: CallAttempt,
-        ext: _ExtState,
-        tenant: _TenantState,
-        dest: Destination,
-        warnings: list[str],
-    ) -> Decision | None:
-        now = attempt.at
-        number = attempt.extension
+    # -- learning ------------------------------------------------------------------------
 
-        def check(count: float, limit: float, what: str, status: int = 403) -> Decision | None:
-            if count >= limit:
-                return Decision(False, (f"{what} (limit {limit:g})",), status, rule="limit")
-            if count + 1 >= policy.warn_at * limit and limit >= 5:
-                warnings.append(f"{what}, close to the limit of {limit:g}")
-            return None
-
-        checks: list[tuple[float, float, str, int]] = [
-            (
-                len(tenant.active),
-                policy.max_concurrent_calls,
-                f"tenant {attempt.tenant} has {len(tenant.active)} costly calls in progress",
-                486,
-            ),
-            (
-                len(ext.active),
-                policy.max_concurrent_per_extension,
-                f"extension {number} has {len(ext.active)} costly calls in progress",
-                486,
-            ),
-        ]
-        recent = ext.recent
-        if recent:
-            last_minute = sum(1 for r in recent if r[0] > now - 60)
-            checks.append(
-                (
-                    last_minute,
-                    policy.calls_per_minute,
-                    f"extension {number} made {last_minute} costly calls in the last minute",
-                    403,
-                )
-            )
-            checks.append(
-                (
-                    len(recent),
-                    policy.calls_per_hour,
-                    f"extension {number} made {len(recent)} costly calls in the last hour",
-                    403,
-                )
-            )
-        if not dest.national or dest.number_type not in NATIONAL_ALLOWED:
-            prefixes = ext.prefixes
-            while prefixes and prefixes[0][0] <= now - PREFIX_WINDOW:
-                prefixes.popleft()
-            prefix = dest.e164[:6]
-            same = sum(1 for _, p in prefixes if p == prefix)
-            checks.append(
-                (
-                    same,
-                    policy.same_prefix_calls,
-                    f"extension {number} called the {prefix} prefix {same} times in 10 minutes",
-                    403,
-                )
-            )
-        spend_hour, spend_day = ext.spend.totals(now)
-        cur = self.rates.currency
-        checks.append(
-            (
-                spend_hour,
-                policy.spend_per_hour,
-                f"extension {number} spent an estimated {_money(spend_hour, cur)} in the last hour",
-                403,
-            )
-        )
-        checks.append(
-            (
-                spend_day,
-                policy.spend_per_day,
-                f"extension {number} spent an estimated {_money(spend_day, cur)} in 24 hours",
-                403,
-            )
-        )
-        tenant_day = tenant.spend.totals(now)[1]
-        checks.append(
-            (
-                tenant_day,
-                policy.tenant_spend_per_day,
-                f"tenant {attempt.tenant} spent an estimated {_money(tenant_day, cur)} in 24 hours",
-                403,
-            )
-        )
-        for count, limit, what, status in checks:
-            refusal = check(count, limit, what, status)
-            if refusal is not None:
-                return Decision(
-                    False,
-                    refusal.reasons,
-                    refusal.status,
-                    severity="critical" if "spent" in what else "warning",
-                    rule="spend-cap" if "spent" in what else "limit",
-                )
-        return None
-
-    def _score(
-        self,
-        attempt: CallAttempt,
-        policy: TenantPolicy,
-        ext: _ExtState,
-        tenant: _TenantState,
-        dest: Destination,
-        rate: float,
-        local: dt.datetime,
-        in_hours: bool,
-    ) -> tuple[int, list[str]]:
-        """The anomaly score (0-100) and one sentence per thing that is unusual."""
-        now = attempt.at
-        score = 0
-        why: list[str] = []
-        base = ext.baseline
-        mature = base.mature(now)
-        number = attempt.extension
-        country_name = dest.country
-        cur = self.rates.currency
-        if not dest.national:
-            seen = base.countries.get(dest.country, 0)
-            if seen == 0 and mature:
-                score += W_NEW_COUNTRY
-                why.append(f"first call ever from extension {number} to {country_name}")
-                if tenant.baseline.countries.get(dest.country, 0) == 0:
-                    score += W_NEW_COUNTRY_TENANT
-                    why.append(f"nobody in tenant {attempt.tenant} ever called {country_name}")
-            elif 0 < seen < 3 and mature:
-                score += W_RARE_COUNTRY
-                why.append(f"extension {number} called {country_name} only {seen} times before")
-            if not in_hours:
-                score += W_OFF_HOURS
-                why.append("international call outside business hours")
-            risk = self._high_risk(dest)
-            if risk is not None:
-                score += W_HIGH_RISK_ALLOWED
-                why.append(f"{risk.name} is a high-risk destination (allowed for this tenant)")
-            if not in_hours and (risk is not None or rate >= RISKY_RATE):
-                night = ext.night_risky
-                while night and night[0] <= now - DAY:
-                    night.popleft()
-                if night:
-                    score += W_NIGHT_RISKY * min(2, len(night))
-                    why.append(
-                        f"{len(night)} other call(s) from extension {number} to risky or "
-                        "expensive destinations abroad outside business hours in 24 hours"
-                    )
-                if attempt.kind == "external":
-                    night.append(now)
-        if rate >= 1.0:
-            score += W_EXPENSIVE
-            why.append(f"the destination costs about {_money(rate, cur)} a minute")
-        if not dest.national or dest.number_type not in NATIONAL_ALLOWED:
-            prefix = dest.e164[:6]
-            same = sum(1 for t, p in ext.prefixes if p == prefix and t > now - PREFIX_WINDOW)
-            if same >= 2:
-                score += W_SAME_PREFIX
-                why.append(f"{same + 1} calls to the same {prefix} prefix in 10 minutes")
-        if mature and attempt.kind != "forward-change":
-            day = local.weekday()
-            hour_of_week = day * 24 + local.hour
-            expected = base.expected_calls(hour_of_week, now)
-            count = len(ext.recent) + 1
-            if count >= 5 and count >= 4 * expected + 3:
-                score += W_BURST
-                why.append(
-                    f"{count} costly calls in the last hour; extension {number} usually makes "
-                    f"{expected:.1f} on {WEEKDAYS[day]}s at {local.hour:02d}:00"
-                )
-            usual = base.expected_spend(day, now)
-            spent = ext.spend.totals(now)[1]
-            if spent >= SPEND_FLOOR and spent >= 10 * max(usual, 0.1):
-                score += W_SPEND
-                why.append(
-                    f"spend {_money(spent, cur)} in 24 hours, {spent / max(usual, 0.01):.0f}x "
-                    f"this extension's usual {WEEKDAYS[day]} ({_money(usual, cur)})"
-                )
-        if attempt.kind in ("forwarded", "forward-change"):
-            if not dest.national:
-                score += W_DIVERTED_ABROAD
-                why.append(f"a diversion abroad, to {country_name}")
-            if attempt.kind == "forward-change" and dest.e164 not in base.targets:
-                score += W_NEW_FORWARD_TARGET
-                why.append(f"extension {number} never called {dest.e164} itself")
-            costly = not dest.national or dest.number_type not in NATIONAL_ALLOWED
-            probes = self._probes(tenant, now) if costly else []
-            if probes:
-                score += W_RECON
-                why.append(
-                    f"{len(probes)} short inbound call(s) from withheld or foreign numbers in the "
-                    "last 72 hours before this diversion (the reconnaissance pattern: "
-                    + ", ".join(sorted({p for _, _, p in probes}))[:200]
-                    + ")"
-                )
-            if attempt.kind == "forwarded":
-                diverted = ext.diverted
-                while diverted and diverted[0][0] <= now - HOUR:
-                    diverted.popleft()
-                repeats = sum(1 for _, target in diverted if target == dest.e164)
-                if repeats >= 2:
-                    score += W_REPEAT_DIVERSION
-                    why.append(
-                        f"{repeats + 1} inbound calls diverted to {dest.e164} in the last hour"
-                    )
-                diverted.append((now, dest.e164))
-        refused = ext.refused
-        while refused and refused[0] <= now - HOUR:
-            refused.popleft()
-        if refused and attempt.kind == "external":
-            score += W_REFUSED * min(2, len(refused))
-            why.append(
-                f"{len(refused)} call(s) from extension {number} to numbers it may not call "
-                "were refused in the last hour"
-            )
-        unusual = ext.unusual
-        while unusual and unusual[0] <= now - DAY:
-            unusual.popleft()
-        if unusual and score >= REPEAT_UNUSUAL_FROM:
-            score += W_REPEAT_UNUSUAL
-            why.append(
-                f"extension {number} already made {len(unusual)} unusual call(s) in 24 hours"
-            )
-        return min(score, 100), why
-
-    @staticmethod
-    def _settle(ext: _ExtState, tenant: _TenantState, now: float) -> None:
-        """Learn the attempts that are more than an hour old."""
-        recent = ext.recent
-        while recent and recent[0][0] <= now - HOUR:
-            _, hour_of_week, country, e164 = recent.popleft()
-            ext.baseline.learn_call(hour_of_week, country, e164)
-            tenant.baseline.learn_call(hour_of_week, country, e164)
-            ext.dirty = tenant.dirty = True
-
-    def _probes(self, tenant: _TenantState, now: float) -> list[tuple[float, str, str]]:
-        probes = tenant.probes
-        while probes and probes[0][0] <= now - PROBE_WINDOW:
-            probes.popleft()
-        return list(probes)
-
-    def _record(
-        self,
-        attempt: CallAttempt,
-        ext: _ExtState,
-        tenant: _TenantState,
-        dest: Destination,
-        local: dt.datetime,
-    ) -> None:
-        now = attempt.at
-        if ext.baseline.calls == 0:  # the first call starts the history (not a suspension)
-            ext.baseline.first_at = min(ext.baseline.first_at, now)
-        hour_of_week = local.weekday() * 24 + local.hour
-        ext.recent.append((now, hour_of_week, dest.country, dest.e164))
-        if not dest.national or dest.number_type not in NATIONAL_ALLOWED:
-            ext.prefixes.append((now, dest.e164[:6]))
-            if len(ext.prefixes) > 1000:
-                ext.prefixes.popleft()
+    def _record_forward(self, attempt: CallAttempt, ext: ExtState, dest: Destination) -> None:
+        ext.forward_set = dest.e164
+        ext.forwards.append((attempt.at, dest.e164))
+        if len(ext.forwards) > 100:
+            ext.forwards.popleft()
 
     # -- outcomes ------------------------------------------------------------------------
 
-    def _decided(self, attempt: CallAttempt, decision: Decision, suspend: bool = False) -> Decision:
-        if not decision.allow and attempt.kind == "external" and decision.rule == "destination":
-            state = self._ext.get((attempt.tenant, attempt.extension))
-            if state is not None:
-                state.refused.append(attempt.at)
-                if len(state.refused) > 100:
-                    state.refused.popleft()
-        if decision.severity is not None:
-            self._alert(attempt, decision, suspend)
-        return decision
-
-    def _alert(self, attempt: CallAttempt, decision: Decision, suspend: bool = False) -> None:
-        suspend = suspend or (
-            decision.severity == "critical"
-            and decision.rule in FRAUD_RULES
-            and self.book.tenant(attempt.tenant).suspend_on_critical
-        )
+    def _alert(
+        self,
+        attempt: CallAttempt,
+        decision: Decision,
+        suspend: bool = False,
+        would_have: bool = False,
+    ) -> None:
+        state = self._ext.get((attempt.tenant, attempt.extension))
+        if state is not None and (not decision.allow or decision.severity == "critical"):
+            state.alerted_at = attempt.at  # learning pauses (an "unusual" warning does not)
         what = {
             "external": f"a call from extension {attempt.extension} to {attempt.dialed}",
             "forwarded": f"a call diverted by extension {attempt.extension} to {attempt.dialed}",
             "forward-change": f"a diversion of extension {attempt.extension} to {attempt.dialed}",
         }.get(attempt.kind, f"a call to {attempt.dialed}")
-        verb = "was refused" if not decision.allow else "was allowed but looks unusual"
-        summary = f"{what[0].upper()}{what[1:]} {verb}"
-        if suspend:
+        if would_have:
+            verb = f"was allowed; the {decision.rule} rule (report-only) would have refused it"
+            summary = f"Would have refused: {what}; {verb.split('; ', 1)[-1]}"
+        else:
+            verb = "was refused" if not decision.allow else "was allowed but looks unusual"
+            summary = f"{what[0].upper()}{what[1:]} {verb}"
+        if suspend and state is not None:
+            signs = sorted({s.kind for s in state.signals})
             reason = f"{decision.rule}: {decision.reasons[0]}"[:500]
             self.suspend(attempt.tenant, attempt.extension, reason)
-            summary += f"; extension {attempt.extension} is suspended until an admin resumes it"
+            summary += (
+                f"; extension {attempt.extension} is suspended until an admin resumes it "
+                f"(corroborated: {', '.join(signs)})"
+            )
         self.outbox.append(
             GuardAlert(
                 attempt.tenant,
                 attempt.extension or None,
                 decision.severity or "warning",
-                decision.rule or "guard",
+                f"report-only:{decision.rule}" if would_have else decision.rule or "guard",
                 summary,
                 decision.reasons,
                 attempt.at,
                 suspend,
+                kind=attempt.kind,
             )
         )
 
@@ -810,48 +628,61 @@ class Guard:
         reasons: tuple[str, ...],
         at: float,
     ) -> None:
+        state = self._ext.get((tenant, extension))
+        if state is not None:
+            state.alerted_at = at
         self.outbox.append(GuardAlert(tenant, extension, "critical", rule, summary, reasons, at))
 
     # -- call life cycle -----------------------------------------------------------------
 
     def on_call_start(self, attempt: CallAttempt, ref: int) -> None:
         if attempt.kind == "inbound":
-            self._inbound[ref] = _Inbound(
-                attempt.tenant,
-                attempt.extension,
-                attempt.caller,
-                self._suspicious_caller(attempt),
-                attempt.at,
-            )
+            home = attempt.destination.country if attempt.destination is not None else "US"
+            self._inbound[ref] = _new_inbound(attempt, home)
             return
         if attempt.kind not in COSTLY_KINDS or attempt.destination is None:
             return
         old = self._active.pop(ref, None)
         if old is not None:
             self._release(ref, old)
+        dest = attempt.destination
         policy = self.book.effective(attempt.tenant, attempt.extension, True)
         local = policy.local(attempt.at)
-        self._active[ref] = _Active(
+        rate = self.rates.per_minute(dest)
+        ext = self._ext_state(attempt.tenant, attempt.extension, attempt.at)
+        tenant = self._tenant_state(attempt.tenant, attempt.at)
+        call = Active(
             attempt.tenant,
             attempt.extension,
-            self.rates.per_minute(attempt.destination),
+            rate,
             local.weekday(),
             policy.max_call_minutes * 60.0,
+            e164=dest.e164,
+            country=dest.country,
+            day=local.toordinal(),
         )
-        self._ext_state(attempt.tenant, attempt.extension, attempt.at).active.add(ref)
-        self._tenant_state(attempt.tenant, attempt.at).active.add(ref)
-
-    def _suspicious_caller(self, attempt: CallAttempt) -> str | None:
-        caller = attempt.caller.strip().lower()
-        if caller in WITHHELD or not any(c.isdigit() for c in caller):
-            return "withheld"
-        home = attempt.destination.country if attempt.destination is not None else "US"
-        origin = classify(attempt.caller, home)
-        if origin is None or not origin.valid:
-            return f"invalid {attempt.caller[:20]}"
-        if not origin.national:
-            return f"foreign {origin.e164}"
-        return None
+        if attempt.kind == "external":
+            base = ext.baseline
+            call.new_number = dest.e164 in base.ledger or (
+                base.mature(attempt.at)
+                and rules.costly(dest)
+                and dest.e164 not in base.targets
+                and not any(r[3] == dest.e164 for r in ext.recent if r[0] < attempt.at)
+            )
+            if rules.watched(dest, rate, self._high_risk(dest) is not None):
+                prefix = rules.range_of(dest.e164)
+                call.dear_range = prefix
+                state = tenant.ranges.get(prefix)
+                if state is None:
+                    state = tenant.ranges[prefix] = RangeState(attempt.at)
+                    if len(tenant.ranges) > 2_000:
+                        tenant.prune(attempt.at)
+                state.calls.append((attempt.at, attempt.extension, dest.e164))
+                if len(state.calls) > 200:
+                    state.calls.popleft()
+        self._active[ref] = call
+        ext.active.add(ref)
+        tenant.active.add(ref)
 
     def on_call_answer(self, ref: int, at: float) -> None:
         call = self._active.get(ref)
@@ -868,20 +699,21 @@ class Guard:
 
     def on_call_end(self, ref: int, at: float) -> float | None:
         inbound = self._inbound.pop(ref, None)
-        if inbound is not None and inbound.suspicious is not None:
-            talked = at - inbound.answered if inbound.answered is not None else 0.0
-            if talked <= PROBE_MAX_SECONDS:
-                probes = self._tenant_state(inbound.tenant, at).probes
-                probes.append((at, inbound.extension, inbound.suspicious))
-                if len(probes) > 1000:
-                    probes.popleft()
+        if inbound is not None:
+            learn.inbound_ended(
+                self._tenant_state(inbound.tenant, at),
+                lambda: self._ext_state(inbound.tenant, inbound.extension, at),
+                inbound,
+                at,
+            )
         call = self._active.pop(ref, None)
         if call is None:
             return None
         self._release(ref, call)
         if call.answered is None:
             return 0.0
-        cost = max(0.0, at - call.answered) / 60.0 * call.rate
+        talked = max(0.0, at - call.answered)
+        cost = talked / 60.0 * call.rate
         ext = self._ext_state(call.tenant, call.extension, at)
         tenant = self._tenant_state(call.tenant, at)
         ext.spend.add(at, cost)
@@ -889,9 +721,22 @@ class Guard:
         ext.baseline.learn_spend(call.weekday, cost)
         tenant.baseline.learn_spend(call.weekday, cost)
         ext.dirty = tenant.dirty = True
+        if ext.alerted_at <= at - DAY and ext.suspended is None:
+            hour, day = ext.spend.totals(at)
+            ext.baseline.learn_peak(call.day, hour, day)
+            if talked >= rules.DRIP_LONG * 60 and call.country:
+                long_calls = ext.baseline.long_calls
+                if call.country in long_calls or len(long_calls) < 100:
+                    long_calls[call.country] = long_calls.get(call.country, 0) + 1
+        if call.dear_range and talked <= rules.TEST_CALL_SECONDS:
+            state = tenant.ranges.get(call.dear_range)
+            if state is not None and state.test is None:
+                state.test = (at, call.extension, call.e164)
+        if call.new_number:
+            learn.ledger(ext, tenant, call, at, talked, cost)
         return round(cost, 4)
 
-    def _release(self, ref: int, call: _Active) -> None:
+    def _release(self, ref: int, call: Active) -> None:
         ext = self._ext.get((call.tenant, call.extension))
         if ext is not None:
             ext.active.discard(ref)
@@ -904,38 +749,43 @@ class Guard:
                 tenant.spend.stop(call.rate, call.answered)
 
     def police(self, now: float) -> list[tuple[int, str]]:
-        """Calls to cut off now: suspended extensions, spend caps, maximum duration."""
+        """Calls to cut off now: suspended extensions, spend caps, maximum duration,
+        calls into a range found pumped."""
         cut, self._cutoffs = self._cutoffs, []
-        over: set[tuple[str, str]] = set()
+        over: dict[tuple[str, str], float] = {}  # extension -> dearest rate running
         for ref, call in self._active.items():
             if call.answered is None:
                 continue
             if now - call.answered > call.max_seconds:
                 cut.append((ref, f"costly call longer than {call.max_seconds / 60:g} minutes"))
                 continue
-            over.add((call.tenant, call.extension))
-        for tenant_name, number in over:
+            key = (call.tenant, call.extension)
+            over[key] = max(over.get(key, 0.0), call.rate)
+        for (tenant_name, number), dearest in over.items():
             ext = self._ext[(tenant_name, number)]
             policy = self.book.effective(tenant_name, number, True)
             hour, day = ext.spend.totals(now)
             tenant = self._tenants[tenant_name]
             tenant_day = tenant.spend.totals(now)[1]
             cur = self.rates.currency
+            cap_hour, cap_day, how_hour, how_day = rules.spend_caps(
+                policy, ext.baseline, 60 * dearest
+            )
             breach = None
-            if hour > policy.spend_per_hour:
+            if hour > cap_hour:
                 breach = (
-                    f"spent an estimated {_money(hour, cur)} in the last hour "
-                    f"(cap {policy.spend_per_hour:g})"
+                    f"spent an estimated {rules.money(hour, cur)} in the last hour "
+                    f"(cap {cap_hour:g}, {how_hour})"
                 )
-            elif day > policy.spend_per_day:
+            elif day > cap_day:
                 breach = (
-                    f"spent an estimated {_money(day, cur)} in 24 hours "
-                    f"(cap {policy.spend_per_day:g})"
+                    f"spent an estimated {rules.money(day, cur)} in 24 hours "
+                    f"(cap {cap_day:g}, {how_day})"
                 )
             elif tenant_day > policy.tenant_spend_per_day:
                 breach = (
-                    f"tenant {tenant_name} spent an estimated {_money(tenant_day, cur)} in 24 "
-                    f"hours (cap {policy.tenant_spend_per_day:g})"
+                    f"tenant {tenant_name} spent an estimated {rules.money(tenant_day, cur)} in "
+                    f"24 hours (cap {policy.tenant_spend_per_day:g})"
                 )
             if breach is None:
                 continue
@@ -951,3 +801,7 @@ class Guard:
                 now,
             )
         return cut
+
+
+def _new_inbound(attempt: CallAttempt, home: str) -> Inbound:
+    return Inbound(attempt.tenant, attempt.extension, attempt.caller, home, attempt.at)

@@ -16,6 +16,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pbxwarden.pbx.numbers import compile_pattern
+
+# rules that can run report-only; the learned ones do while a tenant is learning
+REPORTABLE_RULES = ("anomaly", "drip", "wangiri", "range", "recon")
+LEARNED_RULES = ("anomaly", "drip")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WINDOW = re.compile(
     r"^(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+(?P<h1>\d{2}):(?P<m1>\d{2})-(?P<h2>\d{2}):(?P<m2>\d{2})$"
@@ -84,6 +89,11 @@ class TenantPolicy(BaseModel):
     allow_high_risk: bool = Field(False, description="allow destinations on the high-risk list")
     allow_prefixes: list[str] = Field([], description="E.164 prefixes always allowed")
     deny_prefixes: list[str] = Field([], description="E.164 prefixes always refused")
+    premium_ranges: list[str] = Field(
+        [],
+        description="costly ranges of this tenant's carriers, treated as premium rate like "
+        "the bundled ones: dialplan patterns such as +1NXX976XXXX (X 0-9, Z 1-9, N 2-9)",
+    )
     allow_international_forwarding: bool = Field(
         False, description="diversions to international numbers (set or followed)"
     )
@@ -111,8 +121,47 @@ class TenantPolicy(BaseModel):
     alert_score: int = Field(50, ge=1, le=100, description="score that raises a warning")
     block_score: int = Field(80, ge=1, le=100, description="score that refuses the call")
     suspend_on_critical: bool = Field(
-        True, description="a fraud pattern suspends the extension until an admin resumes it"
+        True,
+        description="corroborated fraud (two independent signs) suspends the extension "
+        "until an admin resumes it",
     )
+    # report-only: a rule that would refuse raises a "would have refused" alert instead
+    learning_days: float = Field(
+        7.0,
+        ge=0,
+        le=365,
+        description="days from a tenant's first costly call in which the learned rules "
+        "(anomaly, drip) only report",
+    )
+    report_only: list[str] = Field([], description="rules that only report, whatever the age")
+    enforce: list[str] = Field([], description="rules enforcing even while learning")
+
+    @field_validator("premium_ranges")
+    @classmethod
+    def _ranges(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            compile_pattern(pattern)  # ValueError names what is wrong
+        return value
+
+    @cached_property
+    def premium_patterns(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
+        return tuple((p, compile_pattern(p)) for p in self.premium_ranges)
+
+    @field_validator("report_only", "enforce")
+    @classmethod
+    def _rules(cls, value: list[str]) -> list[str]:
+        for rule in value:
+            if rule not in REPORTABLE_RULES:
+                raise ValueError(
+                    f"unknown rule {rule!r}: the rules are {', '.join(REPORTABLE_RULES)}"
+                )
+        return value
+
+    def report_only_rule(self, rule: str, learning: bool) -> bool:
+        """Whether ``rule`` reports instead of refusing for this tenant now."""
+        if rule in self.report_only:
+            return True
+        return learning and rule in LEARNED_RULES and rule not in self.enforce
 
     @field_validator("timezone")
     @classmethod

@@ -2,13 +2,20 @@
 
 A guard is only as good as its misses and its false alarms, and neither can be
 judged on a test bench with five calls. This generates a month of ordinary traffic
-for many tenants (office hours in their own time zones, weekends and holidays,
-national, mobile and international calls, inbound calls with the odd withheld or
-foreign caller, people forwarding their phone to their mobile), injects the attacks
-toll fraud is made of, runs the unmodified :class:`~pbxwarden.guard.engine.Guard`
-on simulated time, and reports per attack whether it was stopped, how fast, and the
-money lost with the guard against without it, plus the false alerts on clean
-traffic. It is an event loop over a heap: no library models telephone fraud.
+for tenants of several kinds (:mod:`pbxwarden.guard.sim_world`: offices, law firms,
+call centres dialling abroad all day, hotels whose guests phone home at night, shops,
+staff who forward their phone to their mobile and abroad, diaspora tenants), injects
+the attacks toll fraud is made of (:mod:`pbxwarden.guard.sim_attacks`), drives the
+unmodified :class:`~pbxwarden.guard.engine.Guard` only through its public hook on
+simulated time, as ``pbx/calls.py`` does, and reports per attack whether it was
+stopped and the money lost, and on clean traffic what an operator would live with:
+alerts, refused calls, suspended extensions and calls cut off, per 1,000
+extension-days.
+
+Two sets of runs: the *tuning* set (seeds and the mix in this package) that the
+weights may be tuned on, and the *hold-out* set (:mod:`pbxwarden.guard.holdout`, other
+seeds and another mix) that tuning does not look at. Each report names its set.
+It is an event loop over a heap: no library models telephone fraud.
 """
 
 from __future__ import annotations
@@ -16,61 +23,34 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import itertools
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbxwarden.guard.engine import Guard, GuardAlert, GuardConfig, TenantPolicy
-from pbxwarden.guard.policy import PolicyOverride
+from pbxwarden.guard.engine import Guard, GuardAlert, GuardConfig
+from pbxwarden.guard.sim_world import TUNING_MIX, Extension, Mix, NumberMaker, Tenant, make_tenants
 from pbxwarden.pbx.numbers import Destination, classify
 from pbxwarden.pbx.policy import CallAttempt
 
 DAY = 86400.0
 HOUR = 3600.0
-ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
-AREA_CODES = ("202", "212", "305", "312", "415", "512", "617", "713", "206", "303", "404")
-FOREIGN = {  # a few valid number ranges per country, E.164 without the last digits
-    "DE": "+49301234",
-    "FR": "+3314236",
-    "GB": "+4420794",
-    "MX": "+5255123",
-    "ES": "+3491123",
-    "CA": "+1416555",
-    "LV": "+3716712",
-}
-PREMIUM = "+1900555"  # US premium rate
-IRSF = (("+88216", 12), ("+537", 10), ("+3712", 11), ("+682", 8), ("+252", 11))
+PREMIUM = "+19005550123"  # prices the budget: 10 minutes of US premium rate
+TUNING_SEEDS = (1, 2, 3)
 ATTACKS = (
     "diversion-premium",
     "diversion-abroad",
+    "quiet-diversion",
     "direct-irsf",
     "slow-drip",
     "weekend-burst",
     "trunk-hairpin",
     "wangiri-callback",
+    "test-call-pump",
+    "spread",
 )
-
-
-@dataclass
-class Extension:
-    tenant: str
-    number: str
-    role: str  # office, sales, reception, lobby
-    calls_per_day: float
-    countries: tuple[str, ...]  # international destinations this person calls
-    contacts: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Tenant:
-    name: str
-    zone: str
-    policy: TenantPolicy
-    extensions: list[Extension]
-    did: str
-    holidays: set[int]  # day indexes
 
 
 @dataclass
@@ -85,49 +65,107 @@ class AttackResult:
     without_guard: float = 0.0
     first_block_after_calls: int | None = None
     first_block_after_minutes: float | None = None
+    first_block_at: float | None = None
+    first_costly_at: float | None = None
     alerted: bool = False
     started: float = 0.0
+    extensions: set[str] = field(default_factory=set)  # every extension the attack used
 
     @property
     def blocked(self) -> bool:
         return self.first_block_after_calls is not None
 
+    @property
+    def hours_to_block(self) -> float | None:
+        if self.first_block_at is None or self.first_costly_at is None:
+            return None
+        return max(0.0, self.first_block_at - self.first_costly_at) / HOUR
+
 
 @dataclass
 class Report:
+    set_name: str
+    seed: int
     tenants: int
     extensions: int
     days: int
     clean_calls: int
     clean_refused: int
-    clean_suspended: int
-    false_alerts: int
+    clean_suspended: int  # attempts of attacked extensions' own users while suspended
+    false_alerts: int  # distinct (extension, rule, day) on clean extensions
+    critical_alerts: int
     false_alert_reasons: dict[str, int]
+    suspended_clean: int  # clean extensions the guard suspended
+    cut_clean: int  # clean calls cut off
+    would_have_refused: int  # clean attempts a rule in report-only would have refused
     attacks: list[AttackResult]
     decisions: int
     seconds: float
     premium_rate: float
+    refused_reasons: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def extension_days(self) -> int:
+        return max(1, self.extensions * self.days)
+
+    def per_1000(self, count: int) -> float:
+        return 1000.0 * count / self.extension_days
 
     @property
     def false_alerts_per_1000_extension_days(self) -> float:
-        return 1000.0 * self.false_alerts / max(1, self.extensions * self.days)
+        return self.per_1000(self.false_alerts)
+
+    @property
+    def budget(self) -> float:
+        return 10 * self.premium_rate
+
+    @property
+    def lost(self) -> float:
+        return sum(a.lost for a in self.attacks)
+
+    def met(self) -> dict[str, bool]:
+        """The aims of issue 13, on this run."""
+        return {
+            "alerts < 1 per 1,000 extension-days": self.per_1000(self.false_alerts) < 1.0,
+            "refused < 1 per 1,000 extension-days": self.per_1000(self.clean_refused) < 1.0,
+            "no clean extension suspended": self.suspended_clean == 0,
+            "every attack stopped within budget": all(
+                a.lost < self.budget and (a.blocked or a.without_guard < self.budget)
+                for a in self.attacks
+            ),
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "set": self.set_name,
+            "seed": self.seed,
             "tenants": self.tenants,
+            "tenant_kinds": self.kinds,
             "extensions": self.extensions,
             "days": self.days,
             "clean_calls": self.clean_calls,
             "clean_refused": self.clean_refused,
+            "clean_refused_per_1000_extension_days": round(self.per_1000(self.clean_refused), 3),
+            "clean_refused_reasons": self.refused_reasons,
             "clean_refused_while_suspended": self.clean_suspended,
             "false_alerts": self.false_alerts,
             "false_alerts_per_1000_extension_days": round(
                 self.false_alerts_per_1000_extension_days, 3
             ),
+            "critical_alerts_per_1000_extension_days": round(
+                self.per_1000(self.critical_alerts), 3
+            ),
             "false_alert_reasons": self.false_alert_reasons,
+            "clean_extensions_suspended": self.suspended_clean,
+            "clean_calls_cut_off": self.cut_clean,
+            "would_have_refused": self.would_have_refused,
             "decisions": self.decisions,
             "seconds": round(self.seconds, 2),
-            "budget": round(10 * self.premium_rate, 2),
+            "budget": round(self.budget, 2),
+            "lost_with_guard": round(self.lost, 2),
+            "lost_without_guard": round(sum(a.without_guard for a in self.attacks), 2),
+            "met": self.met(),
             "attacks": [
                 {
                     "scenario": a.scenario,
@@ -143,6 +181,9 @@ class Report:
                         if a.first_block_after_minutes is None
                         else round(a.first_block_after_minutes, 1)
                     ),
+                    "hours_from_first_costly_event_to_block": (
+                        None if a.hours_to_block is None else round(a.hours_to_block, 2)
+                    ),
                     "lost_with_guard": round(a.lost, 2),
                     "lost_without_guard": round(a.without_guard, 2),
                 }
@@ -151,38 +192,43 @@ class Report:
         }
 
     def markdown(self) -> str:
-        budget = 10 * self.premium_rate
+        budget = self.budget
         lines = [
-            f"{self.tenants} tenants, {self.extensions} extensions, {self.days} days: "
-            f"{self.clean_calls} clean calls ({self.clean_refused} refused by policy or limits, "
-            f"{self.clean_suspended} from attacked extensions while suspended), "
-            f"{self.decisions} guard decisions in {self.seconds:.1f} s.",
+            f"Set {self.set_name}, seed {self.seed}: {self.tenants} tenants "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(self.kinds.items()))}), "
+            f"{self.extensions} extensions, {self.days} days: {self.clean_calls} clean costly "
+            f"attempts, {self.decisions} guard decisions in {self.seconds:.1f} s.",
             "",
-            "| attack | stopped | alert | calls until block | minutes until block "
+            "| attack | stopped | alert | connected until block | hours to block "
             "| lost with guard | lost without | within budget |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for a in self.attacks:
-            minutes = round(a.first_block_after_minutes or 0)
+            hours = a.hours_to_block
             lines.append(
-                f"| {a.scenario} | {'yes' if a.blocked else 'NO'} | "
+                f"| {a.scenario} | "
+                f"{'yes' if a.blocked else 'NO' if a.without_guard >= budget else 'no (cheap)'} | "
                 f"{'yes' if a.alerted else 'no'} | "
                 f"{'-' if a.first_block_after_calls is None else a.first_block_after_calls} | "
-                f"{'-' if a.first_block_after_minutes is None else minutes} | "
+                f"{'-' if hours is None else f'{hours:.2f}'} | "
                 f"{a.lost:.2f} | {a.without_guard:.2f} | "
                 f"{'yes' if a.lost < budget else 'NO'} |"
             )
+        reasons = ", ".join(f"{k}: {v}" for k, v in self.false_alert_reasons.items())
+        refused = ", ".join(f"{k}: {v}" for k, v in self.refused_reasons.items())
         lines += [
             "",
-            f"Budget: 10 minutes of premium-rate calls = {budget:.2f}. False alerts on clean "
-            f"traffic: {self.false_alerts} = "
-            f"{self.false_alerts_per_1000_extension_days:.2f} per 1,000 extension-days"
-            + (
-                " (" + ", ".join(f"{k}: {v}" for k, v in self.false_alert_reasons.items()) + ")"
-                if self.false_alert_reasons
-                else ""
-            )
-            + ".",
+            f"Budget: 10 minutes of premium-rate calls = {budget:.2f}; lost {self.lost:.2f} "
+            f"in all. Clean traffic, per 1,000 extension-days: alerts "
+            f"{self.per_1000(self.false_alerts):.2f}"
+            + (f" ({reasons})" if reasons else "")
+            + f", critical {self.per_1000(self.critical_alerts):.2f}, refused "
+            f"{self.per_1000(self.clean_refused):.2f}"
+            + (f" ({refused})" if refused else "")
+            + f"; {self.suspended_clean} clean extensions suspended, {self.cut_clean} clean "
+            f"calls cut off, {self.would_have_refused} would-have-refused in report-only.",
+            "Aims: "
+            + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in self.met().items()),
         ]
         return "\n".join(lines)
 
@@ -191,37 +237,22 @@ class _Numbers:
     """Classification is the PBX's job before the guard; cache it like a busy PBX would."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, Destination | None] = {}
+        self._cache: dict[tuple[str, str], Destination | None] = {}
 
-    def __call__(self, number: str) -> Destination | None:
-        dest = self._cache.get(number)
-        if dest is None and number not in self._cache:
-            dest = self._cache[number] = classify(number, "US")
+    def __call__(self, number: str, home: str = "US") -> Destination | None:
+        key = (number, home)
+        dest = self._cache.get(key)
+        if dest is None and key not in self._cache:
+            dest = self._cache[key] = classify(number, home)
         return dest
 
 
-def _us_number(rng: random.Random) -> str:
-    exchange = rng.randint(200, 999)
-    while exchange in (555, 311, 411, 611, 711, 811, 911, 950, 958, 959, 976):
-        exchange = rng.randint(200, 999)
-    return f"+1{rng.choice(AREA_CODES)}{exchange}{rng.randint(0, 9999):04d}"
-
-
-def _valid(rng: random.Random, prefix: str, length: int) -> str:
-    """A number in ``prefix`` that is valid (``length`` digits after the +)."""
-    for _ in range(100):
-        number = prefix + "".join(str(rng.randint(0, 9)) for _ in range(length - len(prefix) + 1))
-        dest = classify(number, "US")
-        if dest is not None and dest.valid:
-            return number
-    raise ValueError(f"no valid number of {length} digits in {prefix}")
-
-
-def _foreign(rng: random.Random, country: str) -> str:
-    base = FOREIGN[country]
-    digits = {"DE": 12, "FR": 11, "GB": 12, "MX": 12, "ES": 11, "CA": 11, "LV": 11}[country]
-    rest = digits - (len(base) - 1)
-    return base + "".join(str(rng.randint(0, 9)) for _ in range(rest))
+@dataclass(slots=True)
+class _Live:
+    answered: float | None
+    rate: float
+    result: AttackResult | None
+    clean: bool
 
 
 class Simulation:
@@ -234,14 +265,19 @@ class Simulation:
         attacks: tuple[str, ...] = ATTACKS,
         config: GuardConfig | None = None,
         start: float | None = None,
+        mix: Mix = TUNING_MIX,
     ) -> None:
         self.rng = random.Random(seed)
+        self.seed = seed
+        self.mix = mix
         self.days = days
         # a Monday at midnight UTC
         self.start = (
             start if start is not None else dt.datetime(2027, 3, 1, tzinfo=dt.UTC).timestamp()
         )
-        self.tenants = self._make_tenants(tenants, extensions)
+        self.make = NumberMaker(self.rng)
+        self.tenants = make_tenants(self.rng, mix, tenants, extensions, days)
+        self.by_name = {t.name: t for t in self.tenants}
         self.config = config or GuardConfig(tenants={t.name: t.policy for t in self.tenants})
         self.guard = Guard(self.config)
         self.numbers = _Numbers()
@@ -249,200 +285,160 @@ class Simulation:
         self._events: list[tuple[float, int, Callable[[float], None]]] = []
         self._seq = itertools.count()
         self._refs = itertools.count(1)
-        self._live: dict[int, tuple[float, float, Any]] = {}  # ref -> (answered, rate, owner)
+        self._live: dict[int, _Live] = {}
         self.results: list[AttackResult] = []
         self.clean_calls = 0
         self.clean_refused = 0
         self.clean_suspended = 0
+        self.cut_clean = 0
+        self.would_have = 0
+        self.refused_reasons: dict[str, int] = {}
         self.decisions = 0
         self.alerts: list[GuardAlert] = []
-        self._wangiri_victims: dict[str, set[str]] = {}
+        self.attack_owner: dict[tuple[str, str], AttackResult] = {}
         self._busy_until: dict[tuple[str, str], float] = {}
+        self.stays: dict[str, tuple[int, str]] = {}
+        self.forward_ok: dict[
+            tuple[str, str], str | None
+        ] = {}  # diversion the PBX set  # hotel room -> (last night, home number)
 
-    # -- world -------------------------------------------------------------------------
-
-    def _make_tenants(self, count: int, extensions: int) -> list[Tenant]:
-        rng = self.rng
-        per = max(2, extensions // count)
-        out = []
-        for i in range(count):
-            name = f"t{i:03d}"
-            countries = tuple(
-                rng.sample(["DE", "FR", "GB", "MX", "ES", "CA"], rng.choice([0, 0, 1, 2, 3]))
-            )
-            baltic = i % 10 == 3  # a tenant doing business in Latvia (a high-risk range)
-            if baltic:
-                countries = (*countries, "LV")
-            policy = TenantPolicy(
-                allow_countries=list(countries),
-                allow_high_risk=baltic,
-                allow_international_forwarding=baltic or i % 7 == 0,
-                timezone=ZONES[i % len(ZONES)],
-                business_hours=["mon-fri 08:00-19:00"],
-                after_hours=PolicyOverride(calls_per_hour=20),
-            )
-            exts = []
-            for j in range(per):
-                role = (
-                    "reception"
-                    if j == 0
-                    else rng.choices(["office", "sales", "lobby"], [0.7, 0.25, 0.05])[0]
-                )
-                rate = {"reception": 6.0, "office": 4.0, "sales": 12.0, "lobby": 0.3}[role]
-                mine = tuple(
-                    c for c in countries if rng.random() < (0.8 if role == "sales" else 0.3)
-                )
-                ext = Extension(name, str(1000 + j), role, rate * rng.uniform(0.5, 1.5), mine)
-                ext.contacts = [_us_number(rng) for _ in range(rng.randint(5, 30))]
-                ext.contacts += [_foreign(rng, c) for c in mine for _ in range(rng.randint(1, 4))]
-                exts.append(ext)
-            holidays = {d for d in range(self.days) if rng.random() < 0.03}
-            out.append(Tenant(name, policy.timezone, policy, exts, _us_number(rng), holidays))
-        return out
-
-    def _at(self, t: float, fn: Callable[[float], None]) -> None:
+    def at(self, t: float, fn: Callable[[float], None]) -> None:
         heapq.heappush(self._events, (t, next(self._seq), fn))
 
-    # -- clean traffic -----------------------------------------------------------------
+    def local_midnight(self, tenant: Tenant, day: int) -> float:
+        date = dt.datetime.fromtimestamp(self.start + day * DAY, dt.UTC).date()
+        return dt.datetime.combine(date, dt.time(), tzinfo=tenant.policy.zone).timestamp()
 
-    def _plan_clean(self) -> None:
-        rng = self.rng
-        for tenant in self.tenants:
-            zone = tenant.policy.zone
-            for day in range(self.days):
-                midnight = dt.datetime.fromtimestamp(self.start + day * DAY, dt.UTC).replace(
-                    tzinfo=zone
-                )
-                weekday = midnight.weekday()
-                holiday = day in tenant.holidays
-                base = midnight.timestamp()
-                for ext in tenant.extensions:
-                    n = ext.calls_per_day
-                    if weekday >= 5 or holiday:
-                        n *= 0.05
-                    for _ in range(self._poisson(n)):
-                        late = rng.random() < 0.04  # working late or early
-                        hour = rng.uniform(6.5, 22.0) if late else rng.uniform(8.0, 18.5)
-                        self._at(base + hour * HOUR, self._clean_call_fn(ext))
-                    if rng.random() < 0.004:  # forwarding to one's own mobile, and back
-                        when = base + rng.uniform(8.0, 18.0) * HOUR
-                        self._at(when, self._clean_forward_fn(ext, tenant))
-                # inbound calls to the company's number
-                inbound = self._poisson(15 * (0.1 if weekday >= 5 or holiday else 1.0))
-                for _ in range(inbound):
-                    self._at(
-                        base + rng.uniform(8.0, 18.5) * HOUR,
-                        self._inbound_fn(tenant, tenant.extensions[0], None),
-                    )
-
-    def _poisson(self, mean: float) -> int:
-        # Knuth; small means only
-        limit, k, p = pow(2.718281828459045, -mean), 0, 1.0
+    def poisson(self, mean: float) -> int:
+        if mean > 30:  # normal approximation for the busy ones
+            return max(0, round(self.rng.gauss(mean, math.sqrt(mean))))
+        limit, k, p = math.exp(-mean), 0, 1.0
         while True:
             p *= self.rng.random()
             if p <= limit:
                 return k
             k += 1
 
-    def _clean_call_fn(self, ext: Extension) -> Callable[[float], None]:
+    # -- clean traffic -----------------------------------------------------------------
+
+    def _plan_clean(self) -> None:
+        from pbxwarden.guard import sim_traffic
+
+        for tenant in self.tenants:
+            sim_traffic.plan_tenant(self, tenant)
+
+    def clean_call(
+        self, ext: Extension, target: str, minutes: float, answered: bool = True
+    ) -> Callable[[float], None]:
         def fire(now: float) -> None:
-            rng = self.rng
             key = (ext.tenant, ext.number)
             if self._busy_until.get(key, 0.0) > now:  # one call at a time per person
                 return
-            if ext.countries and rng.random() < (0.25 if ext.role == "sales" else 0.08):
-                target = _foreign(rng, rng.choice(ext.countries))
-            elif rng.random() < 0.7:
-                target = rng.choice(ext.contacts)
-            else:
-                target = _us_number(rng)
-            minutes = min(rng.lognormvariate(0.8, 1.0), 180.0)
-            self._busy_until[key] = now + 8 + minutes * 60
-            allowed = self._call(
-                ext.tenant, ext.number, ext.number, target, "external", now, minutes, None
+            self._busy_until[key] = now + 30 + minutes * 60
+            self.call(
+                ext.tenant,
+                ext.number,
+                ext.number,
+                target,
+                "external",
+                now,
+                minutes,
+                None,
+                answered=answered,
+                source=ext.source,
             )
-            self.clean_calls += 1
-            if not allowed and self.guard.is_suspended(ext.tenant, ext.number):
-                self.clean_suspended += 1  # the attacked extension's own user, after the attack
-            else:
-                self.clean_refused += not allowed
 
         return fire
 
-    def _clean_forward_fn(self, ext: Extension, tenant: Tenant) -> Callable[[float], None]:
-        def fire(now: float) -> None:
-            mobile = _us_number(self.rng)
-            decision = self._decide(
-                ext.tenant, ext.number, ext.number, mobile, "forward-change", now
-            )
-            if decision is None:
-                return
-            # calls to the company get diverted for a while, then it is cleared
-            for k in range(self.rng.randint(0, 3)):
-                self._at(
-                    now + (k + 1) * self.rng.uniform(600, 3600),
-                    self._forwarded_fn(ext, mobile, None),
-                )
-
-        return fire
-
-    def _forwarded_fn(
-        self, ext: Extension, target: str, result: AttackResult | None, minutes: float = 3.0
+    def inbound(
+        self,
+        tenant: Tenant,
+        ext: Extension,
+        caller: str,
+        did: str,
+        talk: float | None,
+        forward_to: str | None = None,
+        result: AttackResult | None = None,
+        minutes: float = 3.0,
     ) -> Callable[[float], None]:
-        def fire(now: float) -> None:
-            caller = _us_number(self.rng)
-            self._call(ext.tenant, ext.number, caller, target, "forwarded", now, minutes, result)
+        """A carrier's call to a DID: ``talk`` seconds (None: missed, rang 10 s);
+        with ``forward_to``, diverted there as a new costly call paid by ``ext``."""
 
-        return fire
-
-    def _inbound_fn(
-        self, tenant: Tenant, ext: Extension, caller: str | None, talk: float | None = None
-    ) -> Callable[[float], None]:
         def fire(now: float) -> None:
-            rng = self.rng
-            who = caller
-            if who is None:
-                r = rng.random()
-                who = (
-                    "anonymous"
-                    if r < 0.01
-                    else _foreign(rng, "GB")
-                    if r < 0.03
-                    else _us_number(rng)
-                )
+            divert = forward_to
+            if result is None and divert != self.forward_ok.get((tenant.name, ext.number)):
+                divert = None  # the PBX refused that diversion: the call rings the desk
             attempt = CallAttempt(
                 tenant.name,
                 ext.number,
-                who,
-                tenant.did,
+                caller,
+                did,
                 "inbound",
                 "sim",
                 now,
-                self.numbers(tenant.did),
+                self.numbers(did, tenant.home),
             )
             self.guard.authorize(attempt)
             self.decisions += 1
             ref = next(self._refs)
             self.guard.on_call_start(attempt, ref)
+            if divert is not None:
+                self.call(
+                    tenant.name, ext.number, caller, divert, "forwarded", now, minutes, result
+                )
+                self.at(now + 2, lambda t: self._inbound_end(ref, t))
+                return
+            if talk is None:
+                self.at(now + 10, lambda t: self._inbound_end(ref, t))
+                return
             self.guard.on_call_answer(ref, now + 5)
-            length = talk if talk is not None else rng.lognormvariate(1.0, 1.0) * 60
-            self._at(now + 5 + length, lambda t: self._end(ref, t))
+            self.at(now + 5 + talk, lambda t: self._inbound_end(ref, t))
+
+        return fire
+
+    def _inbound_end(self, ref: int, now: float) -> None:
+        self.guard.on_call_end(ref, now)
+
+    def forward_change(
+        self, ext: Extension, target: str, result: AttackResult | None = None
+    ) -> Callable[[float], None]:
+        def fire(now: float) -> None:
+            tenant = self.by_name[ext.tenant]
+            attempt = CallAttempt(
+                ext.tenant,
+                ext.number,
+                ext.number,
+                target,
+                "forward-change",
+                ext.source,
+                now,
+                self.numbers(target, tenant.home),
+            )
+            decision = self.guard.authorize(attempt)
+            self.decisions += 1
+            self._collect()
+            if result is None:
+                self.forward_ok[(ext.tenant, ext.number)] = target if decision.allow else None
+            if result is not None and not decision.allow:
+                self._blocked(result, now)
+            elif (
+                result is None
+                and not decision.allow
+                and self.guard.is_suspended(ext.tenant, ext.number)
+                and (ext.tenant, ext.number) in self.attack_owner
+            ):
+                self.clean_suspended += 1  # the attacked extension's own user, after the attack
+            elif result is None and not decision.allow:
+                self.clean_refused += 1
+                self.refused_reasons[decision.rule or "?"] = (
+                    self.refused_reasons.get(decision.rule or "?", 0) + 1
+                )
 
         return fire
 
     # -- the PBX's side of a call --------------------------------------------------------
 
-    def _decide(
-        self, tenant: str, ext: str, caller: str, target: str, kind: str, now: float
-    ) -> Destination | None:
-        dest = self.numbers(target)
-        attempt = CallAttempt(tenant, ext, caller, target, kind, "sim", now, dest)
-        decision = self.guard.authorize(attempt)
-        self.decisions += 1
-        self._collect()
-        return dest if decision.allow else None
-
-    def _call(
+    def call(
         self,
         tenant: str,
         ext: str,
@@ -452,186 +448,93 @@ class Simulation:
         now: float,
         minutes: float,
         result: AttackResult | None,
+        answered: bool = True,
+        source: str = "sim",
     ) -> bool:
-        dest = self.numbers(target)
-        attempt = CallAttempt(tenant, ext, caller, target, kind, "sim", now, dest)
+        home = self.by_name[tenant].home
+        dest = self.numbers(target, home)
+        attempt = CallAttempt(tenant, ext, caller, target, kind, source, now, dest)
         rate = self.guard.rates.per_minute(dest) if dest is not None else 0.0
         if result is not None:
             result.attempts += 1
-            result.without_guard += minutes * rate
+            result.extensions.add(ext)
+            if answered:
+                result.without_guard += minutes * rate
+            if result.first_costly_at is None:
+                result.first_costly_at = now
         decision = self.guard.authorize(attempt)
         self.decisions += 1
         self._collect()
+        if result is None:
+            self.clean_calls += 1
+            if any(r.startswith("would have refused") for r in decision.reasons):
+                self.would_have += 1
         if not decision.allow:
-            if result is not None and result.first_block_after_calls is None:
-                result.first_block_after_calls = result.connected
-                result.first_block_after_minutes = result.minutes
+            if result is not None:
+                self._blocked(result, now)
+            elif (tenant, ext) in self.attack_owner and self.guard.is_suspended(tenant, ext):
+                self.clean_suspended += 1  # the attacked extension's own user, after the attack
+            else:
+                self.clean_refused += 1
+                rule = decision.rule or "?"
+                self.refused_reasons[rule] = self.refused_reasons.get(rule, 0) + 1
             return False
         ref = next(self._refs)
         self.guard.on_call_start(attempt, ref)
-        answered = now + 8
-        self.guard.on_call_answer(ref, answered)
-        self._live[ref] = (answered, rate, result)
+        if not answered:
+            self._live[ref] = _Live(None, rate, result, result is None)
+            self.at(now + 20, lambda t: self._end(ref, t))
+            return True
+        answer = now + 8
+        self.guard.on_call_answer(ref, answer)
+        self._live[ref] = _Live(answer, rate, result, result is None)
         if result is not None:
             result.connected += 1
-        self._at(answered + minutes * 60, lambda t: self._end(ref, t))
+        self.at(answer + minutes * 60, lambda t: self._end(ref, t))
         return True
 
-    def _end(self, ref: int, now: float) -> None:
+    def _blocked(self, result: AttackResult, now: float) -> None:
+        if result.first_block_after_calls is None:
+            result.first_block_after_calls = result.connected
+            result.first_block_after_minutes = result.minutes
+            result.first_block_at = now
+
+    def _end(self, ref: int, now: float, cut: bool = False) -> None:
         live = self._live.pop(ref, None)
         self.guard.on_call_end(ref, now)
         if live is None:
             return
-        answered, rate, result = live
-        if result is not None:
-            minutes = max(0.0, now - answered) / 60
+        if cut and live.clean:
+            self.cut_clean += 1
+        result = live.result
+        if result is not None and live.answered is not None:
+            minutes = max(0.0, now - live.answered) / 60
             result.minutes += minutes
-            result.lost += minutes * rate
+            result.lost += minutes * live.rate
+            if cut:
+                self._blocked(result, now)
 
     def _police(self, now: float) -> None:
         for ref, _ in self.guard.police(now):
             if ref in self._live:
-                self._end(ref, now)
+                self._end(ref, now, cut=True)
         self._collect()
         if now + 60 < self.start + self.days * DAY:
-            self._at(now + 60, self._police)
+            self.at(now + 60, self._police)
 
     def _collect(self) -> None:
         while self.guard.outbox:
             self.alerts.append(self.guard.outbox.popleft())
 
-    # -- attacks -----------------------------------------------------------------------
-
-    def _victim(self, rng: random.Random, need_baltic: bool = False) -> tuple[Tenant, Extension]:
-        candidates = [
-            t for t in self.tenants if not need_baltic or "LV" in t.policy.allow_countries
-        ] or self.tenants
-        used = {(r.tenant, r.extension) for r in self.results}
-        for _ in range(100):  # one attack per extension, so each alert has one owner
-            tenant = rng.choice(candidates)
-            ext = rng.choice(tenant.extensions[1:] or tenant.extensions)
-            if (tenant.name, ext.number) not in used:
-                break
-        return tenant, ext
-
-    def _plan_attacks(self) -> None:
-        rng = random.Random(self.rng.random())
-        # the last Friday that leaves a week for the attacks; at least a week learned
-        fridays = [d for d in range(4, self.days, 7) if d + 8 <= self.days] or [4]
-        friday = fridays[-1]
-        for index, name in enumerate(self.attack_names):
-            baltic = name in ("diversion-abroad", "slow-drip", "weekend-burst", "direct-irsf")
-            tenant, ext = self._victim(rng, baltic)
-            date = dt.datetime.fromtimestamp(self.start + friday * DAY, dt.UTC).date()
-            local_friday = dt.datetime.combine(date, dt.time(), tzinfo=tenant.policy.zone)
-            # Friday 20:00 in the victim's time zone, then spread into the weekend
-            t0 = local_friday.timestamp() + 20 * HOUR + index * 7 * HOUR
-            result = AttackResult(name, tenant.name, ext.number, started=t0)
-            self.results.append(result)
-            getattr(self, "_attack_" + name.replace("-", "_"))(rng, tenant, ext, result, t0)
-
-    def _probes(self, tenant: Tenant, t0: float) -> None:
-        """'I think I dialled the wrong number, what number did I call?'"""
-        self._at(t0, self._inbound_fn(tenant, tenant.extensions[0], "anonymous", talk=25))
-        self._at(
-            t0 + 40 * 60,
-            self._inbound_fn(tenant, tenant.extensions[0], _foreign(self.rng, "GB"), talk=30),
-        )
-
-    def _diversion(
-        self,
-        rng: random.Random,
-        tenant: Tenant,
-        ext: Extension,
-        result: AttackResult,
-        t0: float,
-        target: str,
-    ) -> None:
-        self._probes(tenant, t0 - 20 * HOUR)
-        blocked_at_change: list[bool] = []
-
-        def change(now: float) -> None:
-            dest = self._decide(tenant.name, ext.number, ext.number, target, "forward-change", now)
-            blocked_at_change.append(dest is None)
-
-        self._at(t0, change)
-        # The phone's own web page also diverts (a 3xx): the calls come whatever the PBX said.
-        for k in range(40):
-            self._at(t0 + 600 + k * 900, self._forwarded_fn(ext, target, result, minutes=10.0))
-
-    def _attack_diversion_premium(
-        self, rng: random.Random, tenant: Tenant, ext: Extension, result: AttackResult, t0: float
-    ) -> None:
-        self._diversion(rng, tenant, ext, result, t0, _valid(rng, PREMIUM, 11))
-
-    def _attack_diversion_abroad(
-        self, rng: random.Random, tenant: Tenant, ext: Extension, result: AttackResult, t0: float
-    ) -> None:
-        self._diversion(rng, tenant, ext, result, t0, _valid(rng, "+3712", 11))
-
-    def _attack_direct_irsf(
-        self, rng: random.Random, tenant: Tenant, ext: Extension, result: AttackResult, t0: float
-    ) -> None:
-        # a cracked password: many concurrent calls to revenue-share ranges at night
-        for k in range(60):
-            number = _valid(rng, *IRSF[k % len(IRSF)])
-            self._at(t0 + k * 20, self._attacker_call_fn(tenant, ext, number, result, 30.0))
-
-    def _attack_slow_drip(
-        self, rng: random.Random, tenant: Tenant, ext: Extension, result: AttackResult, t0: float
-    ) -> None:
-        # one 20-minute call an hour to Latvia, nights only, for a week: under static limits
-        for night in range(7):
-            for k in range(6):
-                number = _valid(rng, "+3716", 11)
-                when = t0 + night * DAY + k * HOUR + rng.uniform(0, 600)
-                self._at(when, self._attacker_call_fn(tenant, ext, number, result, 20.0))
-
-    def _attack_weekend_burst(
-        self, rng: random.Random, tenant: Tenant, ext: Extension, result: AttackResult, t0: float
-    ) -> None:
-        saturday = t0 + DAY
-        for k in range(120):
-            number = _valid(rng, "+3712", 11)
-            self._at(saturday + k * 120, self._attacker_call_fn(tenant, ext, number, result, 45.0))
-
-    def _attack_trunk_hairpin(
-        self, rng: random.Random, tenant: Tenant, ext: Extension, result: AttackResult, t0: float
-    ) -> None:
-        # calls arriving on the carrier trunk diverted straight back out (no recon first)
-        target = _valid(rng, "+88216", 12)
-        for k in range(30):
-            self._at(t0 + k * 300, self._forwarded_fn(ext, target, result, minutes=15.0))
-
-    def _attack_wangiri_callback(
-        self, rng: random.Random, tenant: Tenant, ext: Extension, result: AttackResult, t0: float
-    ) -> None:
-        # missed one-ring calls from a premium foreign number; staff call back
-        number = _valid(rng, "+682", 8)
-        for k in range(8):
-            who = rng.choice(tenant.extensions)
-            self._wangiri_victims.setdefault(tenant.name, set()).add(who.number)
-            self._at(
-                t0 + 9 * HOUR + k * 1800, self._attacker_call_fn(tenant, who, number, result, 8.0)
-            )
-
-    def _attacker_call_fn(
-        self, tenant: Tenant, ext: Extension, number: str, result: AttackResult, minutes: float
-    ) -> Callable[[float], None]:
-        def fire(now: float) -> None:
-            self._call(
-                tenant.name, ext.number, ext.number, number, "external", now, minutes, result
-            )
-
-        return fire
-
     # -- run -----------------------------------------------------------------------------
 
-    def run(self) -> Report:
+    def run(self, set_name: str = "tuning") -> Report:
+        from pbxwarden.guard import sim_attacks
+
         began = time.perf_counter()
         self._plan_clean()
-        self._plan_attacks()
-        self._at(self.start + 60, self._police)
+        sim_attacks.plan(self, random.Random(self.rng.random()))
+        self.at(self.start + 60, self._police)
         end = self.start + self.days * DAY
         while self._events:
             t, _, fn = heapq.heappop(self._events)
@@ -639,38 +542,75 @@ class Simulation:
                 break
             fn(t)
         self._collect()
-        return self._report(time.perf_counter() - began)
+        return self._report(time.perf_counter() - began, set_name)
 
-    def _report(self, seconds: float) -> Report:
-        attacked = {(r.tenant, r.extension): r for r in self.results}
-        false_alerts = 0
+    def _report(self, seconds: float, set_name: str) -> Report:
+        seen: set[tuple[str, str, str, int]] = set()
+        critical: set[tuple[str, str, str, int]] = set()
         why: dict[str, int] = {}
-        last_sent: dict[str, float] = {}
+        suspended: set[tuple[str, str]] = set()
         for alert in self.alerts:
-            result = attacked.get((alert.tenant, alert.extension or ""))
-            if result is None and alert.extension in self._wangiri_victims.get(alert.tenant, ()):
-                result = next(r for r in self.results if r.scenario == "wangiri-callback")
+            key = (alert.tenant, alert.extension or "")
+            result = self.attack_owner.get(key)
             if result is not None and alert.at >= result.started - DAY:
                 result.alerted = True
                 continue
-            # what a person receives: repeats of an open alert are counted, not re-sent
-            if alert.at - last_sent.get(alert.key, -DAY) < DAY:
+            day = int((alert.at - self.start) // DAY)
+            distinct = (alert.tenant, alert.extension or "-", alert.rule, day)
+            if alert.suspend:
+                suspended.add(key)
+            if distinct in seen:
                 continue
-            last_sent[alert.key] = alert.at
-            false_alerts += 1
+            seen.add(distinct)
             why[alert.rule] = why.get(alert.rule, 0) + 1
-        premium = self.numbers(PREMIUM + "0123")
+            if alert.severity == "critical":
+                critical.add(distinct)
+        premium = self.numbers(PREMIUM)
+        kinds: dict[str, int] = {}
+        for t in self.tenants:
+            kinds[t.kind] = kinds.get(t.kind, 0) + 1
         return Report(
+            set_name=set_name,
+            seed=self.seed,
             tenants=len(self.tenants),
             extensions=sum(len(t.extensions) for t in self.tenants),
             days=self.days,
             clean_calls=self.clean_calls,
             clean_refused=self.clean_refused,
             clean_suspended=self.clean_suspended,
-            false_alerts=false_alerts,
+            false_alerts=len(seen),
+            critical_alerts=len(critical),
             false_alert_reasons=why,
+            suspended_clean=len(suspended),
+            cut_clean=self.cut_clean,
+            would_have_refused=self.would_have,
             attacks=self.results,
             decisions=self.decisions,
             seconds=seconds,
             premium_rate=self.guard.rates.per_minute(premium) if premium else 2.0,
+            refused_reasons=self.refused_reasons,
+            kinds=kinds,
         )
+
+
+def run_set(
+    name: str,
+    tenants: int = 50,
+    extensions: int = 700,
+    days: int = 30,
+    attacks: tuple[str, ...] = ATTACKS,
+    config: GuardConfig | None = None,
+) -> list[Report]:
+    """Every seed of a set: ``tuning`` (here) or ``holdout`` (guard/holdout.py)."""
+    if name == "holdout":
+        from pbxwarden.guard.holdout import HOLDOUT_MIX, HOLDOUT_SEEDS
+
+        seeds, mix = HOLDOUT_SEEDS, HOLDOUT_MIX
+    elif name == "tuning":
+        seeds, mix = TUNING_SEEDS, TUNING_MIX
+    else:
+        raise ValueError(f"unknown set {name!r}: tuning or holdout")
+    return [
+        Simulation(tenants, extensions, days, seed, attacks, config, mix=mix).run(name)
+        for seed in seeds
+    ]

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -112,6 +113,16 @@ def free_port(host: str) -> int:
     raise SipSimulationError(f"no free port on {host}")
 
 
+def _die_with_parent() -> None:
+    """In a child before it runs: end it when the simulation's process dies, however it
+    dies (a SIGKILL leaves no time for ``stop_all``), so no server or SIPp outlives it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class _Run:
     """One simulation: the temporary data directory, the server and the SIPp peers."""
 
@@ -146,7 +157,9 @@ class _Run:
         return rows
 
     def spawn(self, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, **kwargs)
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, **kwargs
+        )
         self.procs.append(proc)
         return proc
 

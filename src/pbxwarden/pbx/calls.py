@@ -14,22 +14,24 @@ sockets and event loops.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import structlog
 
+from pbxwarden.pbx import emergency
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import DIVERSION_REASONS, FeatureCode, judge_target, parse_feature
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.media import MediaAnchor, MediaError, SdpError, is_sdp
-from pbxwarden.pbx.numbers import Destination, classify
+from pbxwarden.pbx.numbers import Destination, classify, emergency_number
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer, Decision
 from pbxwarden.pbx.registrar import aor_key
-from pbxwarden.pbx.routing import Routing, Trunk
+from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.digest import DigestError
 from pbxwarden.sip.digest_client import (
@@ -75,10 +77,29 @@ class CallPort(Protocol):
     def wall_time(self) -> float: ...
     def cdr_open(self, token: int, fields: dict[str, Any]) -> None: ...
     def cdr_close(self, token: int, fields: dict[str, Any]) -> None: ...
-    def auth_failed(self, source: Address, username: str) -> None: ...
+    def auth_failed(
+        self, source: Address, username: str, extension: ExtensionAuth | None = None
+    ) -> None: ...
+    def refuse_credentials(self, extension: ExtensionAuth, source: Address) -> bool: ...
     def set_forwarding(
         self, tenant: str, number: str, kind: str, target: str | None, source: str
     ) -> None: ...
+    def forwarding_refused(
+        self, tenant: str, number: str, kind: str, target: str, source: str, reason: str
+    ) -> None:
+        """A phone's forwarding change was refused: it goes into the forwarding history."""
+
+    def notify(
+        self,
+        tenant: str,
+        extension: str,
+        rule: str,
+        summary: str,
+        reasons: tuple[str, ...],
+        dedupe: str,
+    ) -> None:
+        """A critical alert for the tenant's admins that is not the guard's (an emergency
+        call): stored, streamed and sent on every alert channel."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +200,7 @@ class Call:
     forks: list[_Fork] = field(default_factory=list)  # legs ringing several contacts at once
     provisional_relayed: bool = False  # forking: the caller got its one 180/183 already
     forwarded_by: list[str] = field(default_factory=list)
+    visited: set[tuple[str, str]] = field(default_factory=set)  # (tenant, extension) rung
     diversion: str | None = None  # Diversion header value for the current B leg
     history: list[str] = field(default_factory=list)  # History-Info entries (RFC 7044)
     outcome: dict[str, Any] = field(default_factory=dict)  # CDR fields set on the way
@@ -191,6 +213,9 @@ class Call:
     # Delayed offer (an INVITE without SDP): the callee's 2xx carries the offer and the
     # caller's ACK the answer, so the callee's ACK waits for the caller's and carries it.
     b_ack: tuple[str | None, bytes] | None = None  # (Content-Type, body) once the caller ACKed
+    out_e164: str | None = None  # the number the current B leg calls through a carrier
+    emergency: bool = False  # never cut off: no maximum duration, keep-alive or media timeout
+    presented: str | None = None  # the number carriers see in From (and P-Asserted-Identity)
 
     @property
     def id(self) -> str:
@@ -239,6 +264,16 @@ def _stale_challenge(response: Response) -> bool:
         return select_challenge(response)[0].stale
     except DigestError:
         return False
+
+
+_URI_HOST = re.compile(r"sips?:[^@<>;,\s]*@(\[[0-9A-Fa-f:.]+\]|[^:;>,\s]+)")
+
+
+def _hairpin_reason(did: Did) -> str:
+    return (
+        f"{did.number} is this PBX's own number (tenant {did.tenant}, extension "
+        f"{did.extension}): delivered inside, never to a carrier"
+    )
 
 
 def _parse_source(source: str) -> Address | None:
@@ -362,6 +397,22 @@ class CallManager:
                 ended += 1
         return ended
 
+    def end_extension_calls(self, tenant: str, number: str, reason: str) -> int:
+        """End every call of an extension (placed, paid or answered by it) but emergency
+        calls: after a password change, any of them may be an attacker's."""
+        ended = 0
+        for call in list(self.calls.values()):
+            if call.ended or call.emergency:
+                continue
+            rung = call.ringing
+            if (call.tenant == tenant and call.extension == number) or (
+                rung is not None and rung.tenant == tenant and rung.number == number
+            ):
+                log.warning("call ended", call_id=call.id, reason=reason)
+                self._hang_up_both(call, reason)
+                ended += 1
+        return ended
+
     def end_call(self, call_id: str, reason: str = "ended by an administrator") -> bool:
         """End a call in progress: BYE on both legs (or CANCEL if it is still ringing)."""
         for call in list(self.calls.values()):
@@ -392,13 +443,24 @@ class CallManager:
         outcome = self.auth.authenticate(request, credentials, extension, now)
         if outcome.response is not None:
             if credentials is not None and outcome.response.status == 403:
-                self.port.auth_failed(source, credentials.username)
+                self.port.auth_failed(source, credentials.username, extension)
             self.port.respond(key, request, outcome.response)
             return
         caller = outcome.extension
         assert caller is not None and credentials is not None
+        dialed = request.uri.user or ""
+        number = emergency_number(dialed, self.routing.countries.get(caller.tenant, "US"))
+        if number is not None:
+            # Before anything that could refuse it: a locked extension, one outside its
+            # networks (a softphone away from the office) still reaches 112. The password
+            # was right; the admins are told where the call came from.
+            self._emergency(request, key, source, caller, dialed, number, now)
+            return
+        if self.port.refuse_credentials(caller, source):  # locked, or from a trunk's address
+            self.port.respond(key, request, self.auth.forbidden(request))
+            return
         if not caller.allows(source.host):
-            self.port.auth_failed(source, credentials.username)
+            self.port.auth_failed(source, credentials.username, caller)
             log.warning(
                 "call from outside the extension's networks",
                 source=str(source),
@@ -407,33 +469,49 @@ class CallManager:
             )
             self.port.respond(key, request, self.auth.forbidden(request))
             return
-        dialed = request.uri.user or ""
         feature = parse_feature(dialed, self.features)
         if feature is not None:
             self._feature_code(request, key, source, caller, feature[0], feature[1], now)
             return
         callee = self.directory.get(caller.realm, dialed) if request.uri.is_sip else None
         destination = None
+        tenant, payer, caller_id, kind = caller.tenant, caller.number, caller.number, "internal"
+        did = None
         if callee is None:
             destination = classify(dialed, self.routing.countries.get(caller.tenant, "US"))
-        kind = "internal" if callee is not None else "external"
+            did = self._own_did(destination)
+            if did is None:
+                kind = "external"
+            else:  # one of the PBX's own numbers: delivered inside, never to a carrier
+                callee = self._did_extension(did)
+                if did.tenant != caller.tenant:  # another tenant's DID: a call in, to it
+                    tenant, payer, kind = did.tenant, did.extension, "inbound"
+                    caller_id = (
+                        self.routing.callback_number(caller.tenant, caller.number)
+                        or caller.number
+                    )
         attempt = CallAttempt(
-            caller.tenant, caller.number, caller.number, dialed, kind, str(source), now, destination
+            tenant, payer, caller_id, dialed, kind, str(source), now, destination
         )
         decision = self.policy.authorize(attempt)
+        if did is not None:
+            decision = replace(decision, reasons=(_hairpin_reason(did), *decision.reasons))
         call = self._open(
             request,
             key,
             source,
-            caller.tenant,
-            caller.number,
-            caller.number,
+            tenant,
+            payer,
+            caller_id,
             dialed,
             kind,
             decision,
             now,
             destination,
         )
+        if did is not None and callee is None:
+            self._fail_a(call, 404, "the DID's extension does not exist")
+            return
         if not decision.allow:
             log.warning(
                 "call denied",
@@ -454,14 +532,109 @@ class CallManager:
         assert destination is not None
         self._call_out(call, caller.tenant, destination)
 
-    def _call_out(self, call: Call, tenant: str, destination: Destination) -> None:
+    def _looped_back(self, request: Request, did: Did) -> str | None:
+        """Why an inbound call to ``did`` is one of our own outbound legs coming back, if it
+        is: a leg of ours to that very number is up, or the carrier kept the Diversion or
+        History-Info naming this PBX that our diverted leg carried. Answering it would
+        make one call two paid legs, or a loop that bills until someone notices."""
+        for other in self.calls.values():
+            if not other.ended and other.out_e164 == did.number:
+                return f"a call of ours to {did.number} is already going out"
+        ours = {self.port.local_address(t)[0] for t in ("UDP", "TCP")}
+        for name in ("Diversion", "History-Info"):
+            for value in request.headers.get_all(name):
+                for host in _URI_HOST.findall(value):
+                    if host.strip("[]") in ours:
+                        return f"its {name} names this PBX ({host})"
+        return None
+
+    def _own_did(self, destination: Destination | None) -> Did | None:
+        """The PBX's own DID ``destination`` is, if it is one (hairpins stay inside)."""
+        if destination is None or not destination.valid or destination.short:
+            return None
+        return self.routing.dids.get(destination.e164)
+
+    def _did_extension(self, did: Did) -> ExtensionAuth | None:
+        callee = self.directory.get(self.routing.realms.get(did.tenant, ""), did.extension)
+        return callee if callee is not None and callee.enabled else None
+
+    def _emergency(
+        self,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
+        caller: ExtensionAuth,
+        dialed: str,
+        number: str,
+        now: float,
+    ) -> None:
+        """An emergency call (:mod:`pbxwarden.pbx.emergency`): the guard is not asked, the
+        admins are told, and the call goes out even when nothing else may."""
+        country = self.routing.countries.get(caller.tenant, "US")
+        route = emergency.route(self.routing, caller.tenant, caller.number, number)
+        destination = Destination(dialed, number, country, "emergency", True, True, short=True)
+        call = self._open(
+            request,
+            key,
+            source,
+            caller.tenant,
+            caller.number,
+            caller.number,
+            dialed,
+            emergency.KIND,
+            emergency.decision(number, dialed),
+            now,
+            destination,
+        )
+        call.emergency = True
+        call.presented = route.callback
+        log.warning(
+            "emergency call",
+            tenant=caller.tenant,
+            extension=caller.number,
+            number=number,
+            trunk=route.trunk.name if route.trunk else None,
+            callback=route.callback,
+        )
+        registered = [
+            f"{b.source}" + (f" ({b.user_agent})" if b.user_agent else "")
+            for b in self.location.lookup(aor_key(caller.realm, caller.number), now)
+        ]
+        summary, reasons = emergency.notification(
+            caller.tenant,
+            caller.number,
+            number,
+            route.callback,
+            route.trunk.name if route.trunk else None,
+            registered,
+            call.id,
+        )
+        dedupe = f"{caller.tenant}/{caller.number}/{emergency.RULE}/{call.id}"[:255]
+        self.port.notify(caller.tenant, caller.number, emergency.RULE, summary, reasons, dedupe)
+        try:
+            call.offer = self._anchored(
+                call, "a", request.headers.get("Content-Type"), request.body, source.host
+            )
+        except MediaError as exc:  # no relay ports or odd SDP: the call still goes, unanchored
+            log.warning("emergency call's media not anchored", call_id=call.id, error=str(exc))
+            call.offer = None
+        if route.trunk is None:
+            self._fail_a(call, 503, "no trunk for emergency calls: the tenant has no trunk")
+            return
+        self._call_out(call, caller.tenant, destination, route.trunk)
+
+    def _call_out(
+        self, call: Call, tenant: str, destination: Destination, trunk: Trunk | None = None
+    ) -> None:
         """The B leg to a carrier: the tenant's trunk with the longest matching prefix."""
-        trunk = self.routing.trunk_for(tenant, destination.e164)
+        if trunk is None:
+            trunk = self.routing.trunk_for(tenant, destination.route_key)
         if trunk is None:
             self._fail_a(call, 503, f"no trunk route for {destination.e164}")
             return
         call.trunk = trunk.name
         call.b_trunk, call.b_auth_attempts = trunk, 0
+        call.out_e164 = destination.e164
         self.port.respond(call.a_key, call.a_request, make_response(call.a_request, 100))
         target = URI("sip", user=destination.e164, host=trunk.host, port=trunk.port)
         self._send_b_invite(call, target, trunk.address)
@@ -507,6 +680,11 @@ class CallManager:
         call.trunk = trunk.name
         if did is None or did.tenant != trunk.tenant:
             self._fail_a(call, 404, "no such number here")
+            return
+        looped = self._looped_back(request, did)
+        if looped is not None:
+            log.warning("our own call came back from the carrier", did=did.number, why=looped)
+            self._fail_a(call, 482, f"loop: {looped}", disposition="failed")
             return
         if not decision.allow:
             self._fail_a(call, decision.status, decision.reasons[0], disposition="blocked")
@@ -573,6 +751,7 @@ class CallManager:
         return call
 
     def _ring_extension(self, call: Call, callee: ExtensionAuth, now: float) -> None:
+        call.visited.add((callee.tenant, callee.number))
         if callee.forward_always:
             self._forward(call, callee, callee.forward_always, "always", now)
             return
@@ -627,9 +806,15 @@ class CallManager:
         call.ringing = None
         call.forks = []  # cancelled forks stay in self._forks: a late 2xx gets ACK and BYE
         call.forwarded_by.append(by.number)
+        call.visited.add((by.tenant, by.number))
         call.outcome["forwarded_by"] = ",".join(call.forwarded_by)[:255]
         if len(call.forwarded_by) > MAX_FORWARDS or target in call.forwarded_by:
             self._fail_a(call, 482, "forwarding loop", disposition="failed")
+            return
+        if emergency_number(target, self.routing.countries.get(by.tenant, "US")) is not None:
+            # a diversion (or a phone's 3xx) to 112 would send the company's callers there
+            log.warning("diversion to an emergency number refused", extension=by.number)
+            self._fail_a(call, 403, f"calls cannot be forwarded to the emergency number {target}")
             return
         host, _ = self.port.local_address(call.a_source.transport)
         call.diversion = (
@@ -639,8 +824,18 @@ class CallManager:
         call.history = history_info(call.history, host, by.number, target, why)
         target_ext = self.directory.get(by.realm, target)
         destination = None
+        did = None
         if target_ext is None:
             destination = classify(target, self.routing.countries.get(by.tenant, "US"))
+            did = self._own_did(destination)
+            if did is not None:  # a diversion to one of our own numbers stays inside
+                target_ext = self._did_extension(did)
+                if target_ext is None:
+                    self._fail_a(call, 404, "the DID's extension does not exist")
+                    return
+        if target_ext is not None and (target_ext.tenant, target_ext.number) in call.visited:
+            self._fail_a(call, 482, "forwarding loop", disposition="failed")
+            return
         kind = "internal" if target_ext is not None else "forwarded"
         attempt = CallAttempt(
             by.tenant, by.number, call.caller_id, target, kind, str(call.a_source), now, destination
@@ -649,6 +844,8 @@ class CallManager:
         if decision.allow:
             self.policy.on_call_start(attempt, call.token)
         reasons = [f"forwarded by {by.number} ({why}) to {target}", *decision.reasons]
+        if did is not None:
+            reasons.insert(1, _hairpin_reason(did))
         call.outcome.update(
             {
                 "decision": decision.label,
@@ -698,14 +895,18 @@ class CallManager:
     ) -> None:
         """``*72<number>`` and friends, dialled on the phone: set or clear forwarding."""
         if code.sets:
-            target_ext = self.directory.get(ext.realm, target)
+            country = self.routing.countries.get(ext.tenant, "US")
+            internal = self.directory.get(ext.realm, target) is not None
+            if not internal:
+                dest = classify(target, country)
+                internal = dest is not None and dest.e164 in self.routing.dids
             decision = judge_target(
                 self.policy,
                 ext.tenant,
                 ext.number,
                 target,
-                self.routing.countries.get(ext.tenant, "US"),
-                target_ext is not None,
+                country,
+                internal,
                 str(source),
                 now,
             )
@@ -715,6 +916,14 @@ class CallManager:
                     extension=ext.number,
                     target=target[:64],
                     reasons=list(decision.reasons),
+                )
+                self.port.forwarding_refused(
+                    ext.tenant,
+                    ext.number,
+                    code.kind,
+                    target,
+                    str(source),
+                    "; ".join(decision.reasons),
                 )
                 self.port.respond(
                     key,
@@ -753,9 +962,14 @@ class CallManager:
     def _b_invite(self, call: Call, target: URI, dest: Address) -> Request:
         a = call.a_request
         host, port = self.port.local_address(dest.transport)
-        from_ = NameAddr(URI("sip", user=call.caller_id, host=host), None, {"tag": generate_tag()})
-        to = NameAddr(URI("sip", user=call.callee, host=host))
+        presented = call.presented or call.caller_id
+        from_ = NameAddr(URI("sip", user=presented, host=host), None, {"tag": generate_tag()})
+        # towards a carrier the number it routes (E.164, or the emergency number as such)
+        to_user = target.user if call.b_trunk is not None and target.user else call.callee
+        to = NameAddr(URI("sip", user=to_user, host=host))
         headers = Headers()
+        if call.presented is not None:  # RFC 3325: the identity the carrier may rely on
+            headers.add("P-Asserted-Identity", f"<sip:{call.presented}@{host}>")
         for name in ("Content-Type", "Supported", "Allow"):
             value = a.headers.get(name)
             if value is not None:
@@ -827,6 +1041,17 @@ class CallManager:
         if fork.final is not None or fork.dialog is not None:
             return
         fork.final = response
+        live = fork in call.forks and not call.ended and call.answered is None
+        if live and status < 400 and response.contacts and response.contacts[0].uri.user:
+            # One phone of the extension redirects (its own diversion: a hijacked phone's
+            # web page does exactly this): judged and followed as a single phone's 3xx is,
+            # never dropped because another phone of the extension is still ringing.
+            log.info("a ringing contact redirects the call", callee=call.callee)
+            for other in call.forks:
+                if other is not fork:
+                    self._cancel_fork(other, None)
+            self._b_failed(call, response, busy=False)
+            return
         self._fork_over(call, fork)
 
     def _fork_answered(self, call: Call, fork: _Fork, response: Response) -> None:
@@ -1085,12 +1310,14 @@ class CallManager:
             lambda: call.a_acked,
             "no ACK from the caller",
         )
-        call.timers.append(
-            self.port.schedule(
-                self.settings.max_duration, lambda: self._hang_up_both(call, "maximum duration")
+        if not call.emergency:  # an emergency call lasts as long as the answering point wants
+            call.timers.append(
+                self.port.schedule(
+                    self.settings.max_duration,
+                    lambda: self._hang_up_both(call, "maximum duration"),
+                )
             )
-        )
-        self._arm_keepalive(call)
+            self._arm_keepalive(call)
         log.info("call answered", caller=call.caller_id, callee=call.callee)
 
     # -- keep-alive: does each phone still know the call? --------------------------------

@@ -25,14 +25,25 @@ class Directory:
     def get(self, realm: str, number: str) -> ExtensionAuth | None:
         return self._entries.get((realm, number))
 
-    def replace_all(self, entries: list[ExtensionAuth], version: tuple[int, float]) -> None:
+    def replace_all(
+        self, entries: list[ExtensionAuth], version: tuple[int, float]
+    ) -> list[ExtensionAuth]:
+        """Load every entry; returns those whose password changed (see :meth:`update`)."""
+        old = self._entries
         self._entries = {(e.realm, e.number): e for e in entries}
         self._version = version
+        return _new_passwords(old, entries)
 
-    def update(self, entries: list[ExtensionAuth], version: tuple[int, float]) -> None:
+    def update(
+        self, entries: list[ExtensionAuth], version: tuple[int, float]
+    ) -> list[ExtensionAuth]:
+        """Apply changed entries; returns those whose SIP password was changed since we
+        last saw them: their registrations and calls may be an attacker's."""
+        changed = _new_passwords(self._entries, entries)
         for e in entries:
             self._entries[(e.realm, e.number)] = e
         self._version = version
+        return changed
 
     @property
     def version(self) -> tuple[int, float]:
@@ -57,13 +68,30 @@ def fetch_changes(
     return False, store.extensions_changed_since(newest), version
 
 
-async def refresh_directory(store: Store, directory: Directory) -> None:
-    """Bring ``directory`` up to the database's extensions (the read runs in a thread)."""
+def _new_passwords(
+    known: dict[tuple[str, str], ExtensionAuth], entries: list[ExtensionAuth]
+) -> list[ExtensionAuth]:
+    out = []
+    for entry in entries:
+        before = known.get((entry.realm, entry.number))
+        if (
+            before is not None
+            and before.id == entry.id
+            and entry.password_changed_at is not None
+            and entry.password_changed_at != before.password_changed_at
+        ):
+            out.append(entry)
+    return out
+
+
+async def refresh_directory(store: Store, directory: Directory) -> list[ExtensionAuth] | None:
+    """Bring ``directory`` up to the database's extensions (the read runs in a thread).
+
+    None when nothing changed; else the extensions whose password changed meanwhile."""
     changes = await asyncio.to_thread(fetch_changes, store, directory.version)
     if changes is None:
-        return
+        return None
     full, entries, version = changes
     if full:
-        directory.replace_all(entries, version)
-    else:
-        directory.update(entries, version)
+        return directory.replace_all(entries, version)
+    return directory.update(entries, version)

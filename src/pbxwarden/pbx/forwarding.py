@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pbxwarden.pbx.numbers import classify
+from pbxwarden.pbx.numbers import classify, emergency_number
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer, Decision
 
 TARGET_RE = re.compile(r"\+?[0-9]{2,20}")
@@ -52,7 +52,7 @@ def judge_target(
     extension: str,
     target: str,
     country: str,
-    target_is_extension: bool,
+    target_is_internal: bool,
     source: str,
     now: float,
 ) -> Decision:
@@ -60,8 +60,11 @@ def judge_target(
         return Decision(False, (f"{target!r} is not a number to forward to",), 484)
     if target == extension:
         return Decision(False, ("an extension cannot forward to itself",), 482)
-    if target_is_extension:
-        return Decision(True, (f"forwarding to extension {target}",))
+    if emergency_number(target, country) is not None:
+        # diverting a company's calls to 112 would flood the answering point
+        return Decision(False, (f"calls cannot be forwarded to the emergency number {target}",))
+    if target_is_internal:  # an extension, or one of the PBX's own DIDs: never a carrier
+        return Decision(True, (f"forwarding to {target}, inside the PBX",))
     return policy.authorize(
         CallAttempt(
             tenant,

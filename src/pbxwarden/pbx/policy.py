@@ -15,7 +15,8 @@ from typing import Protocol
 
 from pbxwarden.pbx.numbers import Destination
 
-NATIONAL_ALLOWED = frozenset(("fixed", "mobile", "fixed-or-mobile", "toll-free"))
+# "standard-rate": a short code of the home country billed like a national call (ES 091)
+NATIONAL_ALLOWED = frozenset(("fixed", "mobile", "fixed-or-mobile", "toll-free", "standard-rate"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,8 @@ class DefaultPolicy:
                 (f"international call to {dest.e164} ({dest.country}) is not allowed by default",),
             )
         if dest.number_type not in NATIONAL_ALLOWED:
+            what = f" ({dest.costly_range})" if dest.costly_range else ""
             return Decision(
-                False, (f"{dest.number_type} number {dest.e164} is not allowed by default",)
+                False, (f"{dest.number_type} number {dest.e164}{what} is not allowed by default",)
             )
         return Decision(True, (f"national {dest.number_type} number",))

@@ -76,6 +76,14 @@ class AuthFeedback(Protocol):
     def auth_succeeded(self, address: str) -> None: ...
 
 
+class LockGate(Protocol):
+    """Extension locks and the trunk-address rule (:mod:`pbxwarden.firewall.locks`)."""
+
+    def failed(self, ext: ExtensionAuth, address: str, now: float) -> object: ...
+
+    def refusal(self, ext: ExtensionAuth, address: str, now: float) -> str | None: ...
+
+
 RecordNetwork = Callable[[int, str, float, bool], None]
 """(extension id, network, wall time, approved): a network to remember, written later."""
 
@@ -100,8 +108,10 @@ class RegistrationHandler:
         netwatch: NetworkWatch,
         feedback: AuthFeedback,
         record_network: RecordNetwork,
+        locks: LockGate | None = None,
     ) -> None:
         self.auth = auth
+        self.locks = locks
         self.directory = directory
         self.registrar = registrar
         self.netwatch = netwatch
@@ -123,6 +133,8 @@ class RegistrationHandler:
             if failed:
                 assert credentials is not None
                 self.feedback.auth_failed(source.host, credentials.username, wall)
+                if extension is not None and self.locks is not None:
+                    self.locks.failed(extension, source.host, wall)  # counted per extension
                 log.info(
                     "register refused",
                     source=str(source),
@@ -135,6 +147,8 @@ class RegistrationHandler:
             # The right password from the wrong network: likely stolen credentials. Same
             # answer as a wrong password, counted towards a ban, and loudly logged.
             self.feedback.auth_failed(source.host, credentials.username, wall)
+            if self.locks is not None:
+                self.locks.failed(outcome.extension, source.host, wall)
             log.warning(
                 "register from outside the extension's networks",
                 source=str(source),
@@ -142,6 +156,20 @@ class RegistrationHandler:
                 tenant=outcome.extension.tenant,
             )
             return RegistrationResult(self.auth.forbidden(request), False, False)
+        if self.locks is not None:
+            why = self.locks.refusal(outcome.extension, source.host, wall)
+            if why is not None:
+                # Locked (or a trunk's address): the right password gets the wrong
+                # password's answer and is counted like one, so guessing learns nothing.
+                self.feedback.auth_failed(source.host, credentials.username, wall)
+                self.locks.failed(outcome.extension, source.host, wall)
+                log.info(
+                    "register refused",
+                    source=str(source),
+                    user=credentials.username[:64],
+                    reason=why,
+                )
+                return RegistrationResult(self.auth.forbidden(request), False, True)
         self.feedback.auth_succeeded(source.host)
         if not self._watch_network(outcome.extension, source, wall):
             return RegistrationResult(self.auth.forbidden(request), False, False)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import phonenumbers
+
 from pbxwarden.sip.transaction import Address
 
 
@@ -26,6 +28,7 @@ class Trunk:
     realm: str | None = None  # informational; preferred when a carrier offers several
     register: bool = False
     register_expires: int = 3600
+    emergency: bool = False  # the tenant's emergency calls go out here
 
     @property
     def address(self) -> Address:
@@ -61,6 +64,28 @@ class Routing:
                 if e164.startswith(prefix) and (best is None or len(prefix) > best[0]):
                     best = (len(prefix), trunk)
         return best[1] if best else None
+
+    def emergency_trunk(self, tenant: str) -> Trunk | None:
+        """Where the tenant's emergency calls go: its trunk marked for them, else its route
+        to its own country, else any trunk it has (an emergency call is never refused
+        for want of a prefix)."""
+        own = [t for t in self.trunks if t.tenant == tenant]
+        for trunk in own:
+            if trunk.emergency:
+                return trunk
+        country = self.countries.get(tenant, "US")
+        code = phonenumbers.country_code_for_region(country)
+        national = self.trunk_for(tenant, f"+{code}") if code else None
+        return national or (own[0] if own else None)
+
+    def callback_number(self, tenant: str, extension: str) -> str | None:
+        """A number of the tenant's that reaches ``extension`` (its own DID, the lowest if
+        several), else the tenant's lowest DID: what an answering point calls back."""
+        mine = sorted(d.number for d in self.dids.values() if d.tenant == tenant)
+        direct = [n for n in mine if self.dids[n].extension == extension]
+        if direct:
+            return direct[0]
+        return mine[0] if mine else None
 
     def trunk_at(self, host: str) -> Trunk | None:
         """The trunk whose carrier sends from ``host`` (IP-authenticated trunks)."""

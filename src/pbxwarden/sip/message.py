@@ -337,7 +337,11 @@ class Via:
     def __str__(self) -> str:
         if self.raw is not None:
             return self.raw
-        host = self.host if self.port is None else f"{self.host}:{self.port}"
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # RFC 5118: sent-by is an IPv6 reference, bracketed
+        if self.port is not None:
+            host = f"{host}:{self.port}"
         params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items())
         return f"SIP/2.0/{self.transport} {host}{params}"
 
@@ -377,8 +381,10 @@ class CSeq:
         self.method: Final = method
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CSeq) and self.number == other.number and (
-            self.method == other.method
+        return (
+            isinstance(other, CSeq)
+            and self.number == other.number
+            and (self.method == other.method)
         )
 
     def __hash__(self) -> int:
@@ -496,8 +502,17 @@ class Request(Message):
         uri: URI | None = None,
     ) -> None:
         super().__init__(
-            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
-            contact_star, expires,
+            via,
+            from_,
+            to,
+            call_id,
+            cseq,
+            headers,
+            body,
+            max_forwards,
+            contacts,
+            contact_star,
+            expires,
         )
         self.method = method
         self.uri = URI("sip") if uri is None else uri
@@ -530,8 +545,17 @@ class Response(Message):
         reason: str = "OK",
     ) -> None:
         super().__init__(
-            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
-            contact_star, expires,
+            via,
+            from_,
+            to,
+            call_id,
+            cseq,
+            headers,
+            body,
+            max_forwards,
+            contacts,
+            contact_star,
+            expires,
         )
         self.status = status
         self.reason = reason
@@ -736,16 +760,38 @@ def _build(start: str, raw: list[tuple[str, str]], body: bytes) -> Request | Res
         status, reason = first
         assert isinstance(status, int) and isinstance(reason, str)
         return Response(
-            via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
-            contact_star, expires, status, reason,
+            via,
+            from_,
+            to,
+            call_id,
+            cseq,
+            headers,
+            body,
+            max_forwards,
+            contacts,
+            contact_star,
+            expires,
+            status,
+            reason,
         )
     method, uri = first
     assert isinstance(method, str) and isinstance(uri, URI)
     if cseq.method != method:
         raise ParseError("CSeq method does not match the Request-Line")
     return Request(
-        via, from_, to, call_id, cseq, headers, body, max_forwards, contacts,
-        contact_star, expires, method, uri,
+        via,
+        from_,
+        to,
+        call_id,
+        cseq,
+        headers,
+        body,
+        max_forwards,
+        contacts,
+        contact_star,
+        expires,
+        method,
+        uri,
     )
 
 

@@ -175,7 +175,10 @@ class URI:
             if self.password is not None:
                 out += [":", self.password]
             out.append("@")
-        out.append(self.host)
+        host = self.host
+        # RFC 3261 25.1 / RFC 5118: an IPv6 reference is bracketed (hosts parsed from the
+        # wire keep theirs; ones from socket addresses, like "::1", get them here)
+        out.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
         if self.port is not None:
             out += [":", str(self.port)]
         out.append(_render_params(self.params))

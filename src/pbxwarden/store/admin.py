@@ -47,12 +47,12 @@ from pbxwarden.store.db import (
     password_fingerprint,
 )
 from pbxwarden.store.models import Base, Extension, Tenant
+from pbxwarden.store.strength import weakness
 
 ROLES = ("read-only", "operator", "admin")
 RANK = {role: i for i, role in enumerate(ROLES)}
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 TOKEN_PREFIX = "pbxw_"
-MIN_ZXCVBN_SCORE = 3
 MAX_ADMIN_PASSWORD = 256
 TOTP_ISSUER = "pbxwarden"
 # Keys never written to the audit log, whatever a caller passes in before/after.
@@ -190,23 +190,15 @@ def lower_role(a: str, b: str) -> str:
 
 def check_admin_password(username: str, password: str) -> None:
     """zxcvbn score 3 or more; raises StoreError saying why not and how to do better."""
-    from zxcvbn import zxcvbn  # type: ignore[import-untyped]
-
     if len(password) > MAX_ADMIN_PASSWORD:
         raise StoreError(f"password too long: at most {MAX_ADMIN_PASSWORD} characters")
     if not password:
         raise StoreError("password is empty")
-    result = zxcvbn(password[:100], user_inputs=[username, "pbxwarden", "admin"])
-    if int(result["score"]) >= MIN_ZXCVBN_SCORE:
-        return
-    feedback = result.get("feedback") or {}
-    hints = [str(feedback.get("warning") or "").strip()]
-    hints += [str(s).strip() for s in feedback.get("suggestions") or []]
-    why = "; ".join(h.rstrip(".") for h in hints if h) or "it is easy to guess"
-    raise StoreError(
-        f"password too weak (strength {result['score']}/4, need {MIN_ZXCVBN_SCORE}): {why}. "
-        "Use a long passphrase, or omit the password to have one generated"
-    )
+    why = weakness(password, [username, "pbxwarden", "admin"])
+    if why is not None:
+        raise StoreError(
+            f"{why}. Use a long passphrase, or omit the password to have one generated"
+        )
 
 
 def _redact(value: Any) -> Any:

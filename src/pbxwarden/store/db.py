@@ -15,12 +15,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pbxwarden.pbx.numbers import classify, emergency_number
+from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
 from pbxwarden.store.basics import DEFAULT_TENANT as DEFAULT_TENANT
 from pbxwarden.store.basics import StoreError as StoreError
@@ -33,6 +35,7 @@ from pbxwarden.store.models import (
     Cdr,
     DidRow,
     Extension,
+    ExtensionLockRow,
     ExtensionNetwork,
     ForwardingChange,
     GuardBaselineRow,
@@ -41,9 +44,7 @@ from pbxwarden.store.models import (
     TenantPolicyRow,
     TrunkRow,
 )
-
-if TYPE_CHECKING:  # imported where used: the CLI's read-only commands need neither
-    from pbxwarden.pbx.routing import Routing
+from pbxwarden.store.strength import weakness
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
@@ -55,6 +56,10 @@ FORWARD_KINDS = ("always", "busy", "noanswer")
 # Trunk user names go into From/To URIs unescaped, so only URI-safe characters.
 TRUNK_USER_RE = re.compile(r"[A-Za-z0-9._~+-]{1,128}")
 TRUNK_REALM_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,255}")
+
+
+class ResumeRefused(StoreError):
+    """Resuming an extension suspended for fraud before its password changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,8 @@ class ExtensionAuth:
     # when the SIP password was last set (None: since the extension was made): a new
     # password means the old registrations and calls may be an attacker's
     password_changed_at: float | None = None
+    # may use its credentials from a trunk's address (pbxwarden.firewall.locks)
+    trunk_access: bool = False
 
     def allows(self, address: str) -> bool:
         if not self.networks:
@@ -114,6 +121,30 @@ class BindingRow:
     source: str
     user_agent: str | None
     registered_at: float = 0.0  # when this contact first registered (refreshes keep it)
+
+
+def binding_id(extension_id: int, contact: str) -> str:
+    """A short stable handle for one binding, for an admin to name it (a contact URI is
+    long and full of characters a shell or a URL would have to escape)."""
+    return hashlib.sha256(f"{extension_id}\n{contact}".encode()).hexdigest()[:12]
+
+
+def binding_view(tenant: str, number: str, b: BindingRow, now: float) -> dict[str, Any]:
+    """One binding as the CLI, the API and the dashboard show it."""
+    transport, _, address = b.source.partition(":")
+    return {
+        "tenant": tenant,
+        "number": number,
+        "id": binding_id(b.extension_id, b.contact),
+        "source": b.source,  # as the registrar wrote it: udp:192.0.2.7:5060
+        "address": address or b.source,
+        "transport": transport.upper() if address else None,
+        "user_agent": b.user_agent,
+        "registered_at": b.registered_at or None,
+        "expires_at": b.expires_at,
+        "expires_in": max(0, int(b.expires_at - now)),
+        "contact": b.contact,
+    }
 
 
 def password_fingerprint(key: bytes, password: str) -> str:
@@ -162,6 +193,8 @@ def _open_trunk_password(key: bytes | None, row: TrunkRow, tenant: str) -> str |
 
 
 def check_password(number: str, password: str) -> None:
+    """A SIP password strong enough to survive guessing: length, then zxcvbn's estimate
+    (the same as for admin passwords, :func:`pbxwarden.store.strength.weakness`)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise StoreError(
             f"password too short: use at least {MIN_PASSWORD_LENGTH} characters, "
@@ -169,6 +202,20 @@ def check_password(number: str, password: str) -> None:
         )
     if number in password or len(set(password)) < 6:
         raise StoreError("password too guessable: it contains the extension number or repeats")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in password):
+        raise StoreError("invalid password: no control characters")
+    why = weakness(password, [number, "pbxwarden", "sip"])
+    if why is not None:
+        raise StoreError(
+            f"{why}. Use a long passphrase, or omit the password to have a strong one generated"
+        )
+
+
+def _lock_in_force(
+    until: float | None, made: float | None, pw_at: float | None, now: float
+) -> bool:
+    """A stored extension lock still in force: neither ended nor outdated by a new password."""
+    return until is not None and until > now and (pw_at or 0.0) < (made or 0.0)
 
 
 def _known_region(country: str) -> bool:
@@ -286,14 +333,21 @@ class Store:
         used by two extensions."""
         now = time.time()
         with Session(self.engine) as s, s.begin():
-            row = s.execute(select(Tenant.id, Tenant.realm).where(Tenant.name == tenant)).first()
+            row = s.execute(
+                select(Tenant.id, Tenant.realm, Tenant.country).where(Tenant.name == tenant)
+            ).first()
             if row is None:
                 raise StoreError(f"unknown tenant {tenant!r} (run 'pbxwarden init' first?)")
-            tenant_id, realm = row
+            tenant_id, realm, country = row
             count = 0
             for number, password in entries:
                 if not EXTENSION_RE.fullmatch(number):
                     raise StoreError(f"invalid extension number {number!r}: 2 to 15 digits")
+                if emergency_number(number, country) is not None:
+                    raise StoreError(
+                        f"{number} dials an emergency number in {country}: it cannot be an "
+                        "extension (emergency calls must always reach the emergency services)"
+                    )
                 check_password(number, password)
                 s.add(
                     Extension(
@@ -330,6 +384,11 @@ class Store:
                 Extension.acl,
                 Extension.suspended_reason,
                 func.count(Registration.id),
+                Extension.trunk_access,
+                Extension.password_changed_at,
+                ExtensionLockRow.until,
+                ExtensionLockRow.created_at,
+                ExtensionLockRow.reason,
             )
             .join(Tenant, Tenant.id == Extension.tenant_id)
             .outerjoin(
@@ -337,11 +396,20 @@ class Store:
                 (Registration.extension_id == Extension.id)
                 & (Registration.expires_at > time.time()),
             )
-            .group_by(Extension.id, Tenant.name)
+            .outerjoin(ExtensionLockRow, ExtensionLockRow.extension_id == Extension.id)
+            .group_by(
+                Extension.id,
+                Tenant.name,
+                ExtensionLockRow.extension_id,
+                ExtensionLockRow.until,
+                ExtensionLockRow.created_at,
+                ExtensionLockRow.reason,
+            )
             .order_by(Tenant.name, Extension.number)
         )
         if tenant is not None:
             stmt = stmt.where(Tenant.name == tenant)
+        now = time.time()
         with Session(self.engine) as s:
             return [
                 {
@@ -352,8 +420,12 @@ class Store:
                     "networks": acl,
                     "suspended": sus,
                     "registrations": c,
+                    # a lock in force: until it expires, a new password or an admin lifts it
+                    "locked_until": until if _lock_in_force(until, made, pw_at, now) else None,
+                    "lock_reason": why if _lock_in_force(until, made, pw_at, now) else None,
+                    "trunk_access": bool(trunk),
                 }
-                for t, n, d, e, acl, sus, c in s.execute(stmt)
+                for t, n, d, e, acl, sus, c, trunk, pw_at, until, made, why in s.execute(stmt)
             ]
 
     _AUTH_COLUMNS = (
@@ -370,11 +442,14 @@ class Store:
         Extension.forward_noanswer,
         Extension.noanswer_after,
         Extension.password_changed_at,
+        Extension.trunk_access,
     )
 
     @staticmethod
     def _auth_row(row: Any) -> ExtensionAuth:
-        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after, pw_at = row
+        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after, pw_at, tr = (
+            row
+        )
         try:
             networks = parse_networks(acl)
         except StoreError:  # validated on write; never let one bad row stop the server
@@ -392,6 +467,7 @@ class Store:
             fn,
             float(after or 20.0),
             pw_at,
+            bool(tr),
         )
 
     def set_acl(self, tenant: str, number: str, networks: str | None) -> None:
@@ -520,32 +596,45 @@ class Store:
             conn.execute(delete(Registration).where(Registration.expires_at <= now))
 
     def list_bindings(self, now: float) -> list[dict[str, Any]]:
+        """Live bindings as last written back (see :func:`binding_view`); the running
+        server's own list is fresher (``registrations`` control command)."""
         stmt = (
-            select(
-                Tenant.name,
-                Extension.number,
-                Registration.contact,
-                Registration.expires_at,
-                Registration.source,
-                Registration.user_agent,
-            )
+            select(Tenant.name, Extension.number, Registration)
             .join(Extension, Extension.id == Registration.extension_id)
             .join(Tenant, Tenant.id == Extension.tenant_id)
             .where(Registration.expires_at > now)
-            .order_by(Tenant.name, Extension.number)
+            .order_by(Tenant.name, Extension.number, Registration.id)
         )
-        with self.engine.connect() as conn:
+        with Session(self.engine) as s:
             return [
-                {
-                    "tenant": t,
-                    "number": n,
-                    "contact": c,
-                    "expires_in": int(e - now),
-                    "source": src,
-                    "user_agent": ua,
-                }
-                for t, n, c, e, src, ua in conn.execute(stmt)
+                binding_view(
+                    t,
+                    n,
+                    BindingRow(
+                        r.extension_id,
+                        r.contact,
+                        r.expires_at,
+                        r.q,
+                        r.call_id,
+                        r.cseq,
+                        r.source,
+                        r.user_agent,
+                        r.registered_at or r.updated_at,
+                    ),
+                    now,
+                )
+                for t, n, r in s.execute(stmt)
             ]
+
+    def remove_binding(self, tenant: str, number: str, handle: str) -> bool:
+        """Delete one stored binding by its :func:`binding_id` (server not running)."""
+        with Session(self.engine) as s, s.begin():
+            ext = self._extension_row(s, tenant, number)
+            for row in s.scalars(select(Registration).where(Registration.extension_id == ext.id)):
+                if binding_id(ext.id, row.contact) == handle:
+                    s.delete(row)
+                    return True
+        return False
 
     # -- firewall bans -------------------------------------------------------------------
 
@@ -760,6 +849,16 @@ class Store:
                 else:
                     row.data, row.updated_at = text, now
 
+    def load_baseline(self, tenant: str, extension: str = "") -> dict[str, Any] | None:
+        """One learned baseline (the tenant's own with extension ""), or None."""
+        with Session(self.engine) as s:
+            row = s.get(GuardBaselineRow, (tenant, extension))
+            try:
+                data = json.loads(row.data) if row is not None else None
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+
     def load_baselines(self) -> list[tuple[str, str, dict[str, Any]]]:
         with Session(self.engine) as s:
             out = []
@@ -775,39 +874,70 @@ class Store:
     # -- suspension ----------------------------------------------------------------------
 
     def suspend_extension(
-        self, tenant: str, number: str, reason: str, now: float | None = None
+        self,
+        tenant: str,
+        number: str,
+        reason: str,
+        now: float | None = None,
+        by: str = "admin",
     ) -> bool:
-        """Refuse every costly call of the extension until resumed; False if it already was."""
+        """Refuse every costly call of the extension until resumed; False if it already was.
+
+        ``by`` is ``"guard"`` for the fraud guard's suspensions: those are only lifted once
+        the SIP password has changed (:meth:`resume_extension`)."""
         with Session(self.engine) as s, s.begin():
             ext = self._extension_row(s, tenant, number)
             if ext.suspended_reason is not None:
                 return False
             ext.suspended_reason = reason[:2000]
             ext.suspended_at = time.time() if now is None else now
+            ext.suspended_by = by[:64]
             ext.updated_at = time.time()
             return True
 
-    def resume_extension(self, tenant: str, number: str) -> bool:
+    def resume_extension(self, tenant: str, number: str, force: bool = False) -> bool:
+        """Lift a suspension; False if there was none.
+
+        An extension the guard suspended for fraud is in an attacker's hands until its
+        password changes: resuming it before that only lets the fraud start again, so it
+        is refused (:class:`ResumeRefused`) unless ``force`` (which the caller audits)."""
         with Session(self.engine) as s, s.begin():
             ext = self._extension_row(s, tenant, number)
             if ext.suspended_reason is None:
                 return False
-            ext.suspended_reason = ext.suspended_at = None
+            changed = ext.password_changed_at
+            if (
+                not force
+                and ext.suspended_by == "guard"
+                and (changed is None or changed < (ext.suspended_at or 0.0))
+            ):
+                raise ResumeRefused(
+                    f"extension {number} was suspended by the fraud guard "
+                    f"({ext.suspended_reason[:200]}) and its SIP password has not changed "
+                    f"since: give it a new one first (pbxwarden extension password {number}"
+                    f"{'' if tenant == DEFAULT_TENANT else ' --tenant ' + tenant}), then "
+                    "resume it; or resume with --force and a --reason"
+                )
+            ext.suspended_reason = ext.suspended_at = ext.suspended_by = None
             ext.updated_at = time.time()
             return True
 
     def suspended_extensions(self) -> list[dict[str, Any]]:
         stmt = (
             select(
-                Tenant.name, Extension.number, Extension.suspended_reason, Extension.suspended_at
+                Tenant.name,
+                Extension.number,
+                Extension.suspended_reason,
+                Extension.suspended_at,
+                Extension.suspended_by,
             )
             .join(Tenant, Tenant.id == Extension.tenant_id)
             .where(Extension.suspended_reason.is_not(None))
         )
         with Session(self.engine) as s:
             return [
-                {"tenant": t, "extension": n, "reason": r, "at": at}
-                for t, n, r, at in s.execute(stmt)
+                {"tenant": t, "extension": n, "reason": r, "at": at, "by": by}
+                for t, n, r, at, by in s.execute(stmt)
             ]
 
     # -- trunks and DIDs -----------------------------------------------------------------
@@ -844,6 +974,7 @@ class Store:
         register: bool = False,
         register_expires: int | None = None,
         credential_key: bytes | None = None,
+        emergency: bool = False,
     ) -> None:
         """An IP-authenticated trunk: calls to ``prefixes`` go to host:port, and calls from
         host are accepted as inbound from the carrier.
@@ -892,6 +1023,7 @@ class Store:
                     realm=realm,
                     register=register,
                     register_expires=register_expires,
+                    emergency=emergency,
                 )
             )
             try:
@@ -899,10 +1031,19 @@ class Store:
             except IntegrityError:
                 raise StoreError(f"trunk {name!r} already exists") from None
 
+    def set_trunk_emergency(self, tenant: str, name: str, emergency: bool) -> None:
+        """Mark (or unmark) the trunk the tenant's emergency calls go out through."""
+        with Session(self.engine) as s, s.begin():
+            tenant_row = self._tenant_row(s, tenant)
+            row = s.scalar(
+                select(TrunkRow).where(TrunkRow.tenant_id == tenant_row.id, TrunkRow.name == name)
+            )
+            if row is None:
+                raise StoreError(f"no trunk {name!r} in tenant {tenant}")
+            row.emergency = emergency
+
     def add_did(self, number: str, tenant: str, extension: str) -> str:
         """Route an inbound number to an extension; returns the number in E.164."""
-        from pbxwarden.pbx.numbers import classify
-
         with Session(self.engine) as s, s.begin():
             tenant_row = self._tenant_row(s, tenant)
             dest = classify(number, tenant_row.country)
@@ -937,6 +1078,7 @@ class Store:
                     "register": bool(r.register),
                     "register_expires": r.register_expires
                     or (DEFAULT_REGISTER_EXPIRES if r.register else None),
+                    "emergency": bool(r.emergency),
                 }
                 for t, r in s.execute(stmt)
             ]
@@ -953,8 +1095,6 @@ class Store:
         """Trunks and DIDs; with ``credential_key`` trunk passwords are decrypted (in memory
         only). A password that does not open leaves the trunk without one: its challenges
         then fail visibly instead of the whole snapshot."""
-        from pbxwarden.pbx.routing import Did, Routing, Trunk
-
         with Session(self.engine) as s:
             tenants = {t.id: t for t in s.scalars(select(Tenant))}
             trunks = tuple(
@@ -970,6 +1110,7 @@ class Store:
                     realm=r.realm,
                     register=bool(r.register),
                     register_expires=r.register_expires or DEFAULT_REGISTER_EXPIRES,
+                    emergency=bool(r.emergency),
                 )
                 for r in s.scalars(select(TrunkRow))
             )
@@ -1025,6 +1166,50 @@ class Store:
             )
             return old
 
+    def record_forwarding_refused(
+        self,
+        tenant: str,
+        number: str,
+        kind: str,
+        target: str | None,
+        actor: str,
+        source: str,
+        reason: str,
+        now: float,
+    ) -> None:
+        """Record a forwarding change that was asked for and refused: a hijacked phone
+        trying ``*72`` to a premium number leaves a trace even though nothing changed."""
+        with Session(self.engine) as s, s.begin():
+            ext = self._extension_row(s, tenant, number)
+            current = getattr(ext, f"forward_{kind}", None) if kind in FORWARD_KINDS else None
+            s.add(
+                ForwardingChange(
+                    extension_id=ext.id,
+                    kind=kind[:16],
+                    old_target=current,
+                    new_target=None if target is None else target[:64],
+                    actor=actor[:64],
+                    source=source[:128],
+                    at=now,
+                    refused=reason[:2000] or "refused",
+                )
+            )
+
+    def is_internal_target(self, tenant: str, target: str) -> bool:
+        """A forwarding target that never leaves the PBX: an extension of the tenant, or
+        a DID of this PBX (any tenant's), which is delivered inside, never to a carrier."""
+        with Session(self.engine) as s:
+            tenant_row = self._tenant_row(s, tenant)
+            exists = s.scalar(
+                select(Extension.id).where(
+                    Extension.tenant_id == tenant_row.id, Extension.number == target
+                )
+            )
+            if exists is not None:
+                return True
+            dest = classify(target, tenant_row.country)
+            return dest is not None and dest.valid and s.get(DidRow, dest.e164) is not None
+
     def forwarding_changes(self, tenant: str | None = None) -> list[dict[str, Any]]:
         stmt = (
             select(Tenant.name, Extension.number, ForwardingChange)
@@ -1045,6 +1230,7 @@ class Store:
                     "actor": c.actor,
                     "source": c.source,
                     "at": c.at,
+                    "refused": c.refused,
                 }
                 for t, n, c in s.execute(stmt)
             ]

@@ -55,8 +55,13 @@ class Extension(Base):
     # set by the guard or an admin: every costly call refused until an admin resumes it
     suspended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     suspended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # "guard" (fraud: resuming needs a new password first), else the admin who did it
+    suspended_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # when the SIP password was last changed (NULL: never since the extension was made)
     password_changed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # its credentials may be used from a trunk's address (an SBC in front of phones);
+    # off by default: a carrier's address is trusted for inbound calls, not for logins
+    trunk_access: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -93,6 +98,24 @@ class BanRow(Base):
     reason: Mapped[str] = mapped_column(String(255))
     level: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ExtensionLockRow(Base):
+    """An extension locked against unknown networks after distributed password guessing
+    (:mod:`pbxwarden.firewall.locks`). Kept after it ends so that the next one is
+    longer; ``until`` in the past means ended (expired, or lifted by an admin then)."""
+
+    __tablename__ = "extension_locks"
+
+    extension_id: Mapped[int] = mapped_column(
+        ForeignKey("extensions.id", ondelete="CASCADE"), primary_key=True
+    )
+    until: Mapped[float] = mapped_column(Float)
+    level: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    sources: Mapped[str] = mapped_column(Text)  # JSON list of addresses
+    lifted_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Cdr(Base):

@@ -2,16 +2,23 @@
 
 Deliberately thin: it frames streams, remembers connections so that responses go
 back the way requests came (RFC 3261 18.2.2), and hands every message to one
-callback. It knows nothing of SIP beyond framing.
+callback. It knows nothing of SIP beyond framing. Which connection to admit, refuse
+or close is decided by :class:`~pbxwarden.transport.connections.ConnectionTable`;
+the server says which connection sent a valid request (:meth:`Transports.confirm`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import functools
 import socket
 import ssl
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any, cast
 
 import structlog
@@ -19,13 +26,19 @@ import structlog
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import StreamFramer, error_response_bytes
 from pbxwarden.sip.transaction import Address
+from pbxwarden.transport.connections import ConnectionLimits, ConnectionTable
 
 log = structlog.get_logger("pbxwarden.transport")
 
 MessageHandler = Callable[[bytes, Address], None]
-MAX_CONNECTIONS = 4096
 SO_MEMINFO = 55  # Linux <linux/sock_diag.h>; not in the socket module
-IDLE_TIMEOUT = 900.0  # phones send keep-alives well within this (RFC 5626 suggests ~120 s)
+SWEEP_PERIOD = 0.25  # seconds between looks for connections past their deadline
+ACCEPT_BATCH = 256  # accepts per readiness callback, so that UDP is read meanwhile
+ACCEPT_RETRY = 0.1  # seconds to wait after running out of descriptors
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn; a flood must not fill it
+TLS_SHUTDOWN_TIMEOUT = 5.0  # a closing TLS connection waits this long for close_notify
+FILE_RESERVE = 512  # descriptors for everything but connections (database, logs, workers)
+MIN_CONNECTIONS = 16
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -46,60 +59,188 @@ class _Udp(asyncio.DatagramProtocol):
         log.debug("udp error", error=str(exc))
 
 
+class SourceKind(Enum):
+    """What the firewall says of a connecting address, asked before anything is read."""
+
+    NORMAL = "normal"
+    TRUSTED = "trusted"  # allow-listed network or trunk host: the higher per-source limit
+    BANNED = "banned"  # refused at once
+
+
+def _normal(host: str) -> SourceKind:
+    return SourceKind.NORMAL
+
+
+def _ignore(host: str, count: int) -> None:
+    return None
+
+
+@dataclass
+class StreamCounters:
+    """What happened to TCP/TLS connections since start (``pbxwarden stats``)."""
+
+    accepted: int = 0
+    refused_banned: int = 0  # from a banned source
+    refused_source_limit: int = 0  # over the per-source limit
+    refused_full: int = 0  # table full, nothing to evict
+    evicted: int = 0  # closed to make room for a newcomer
+    expired: int = 0  # past their deadline (no valid request in time, or idle)
+    setup_failed: int = 0  # TLS handshake failed or timed out
+
+
 class _Stream(asyncio.Protocol):
-    def __init__(self, owner: Transports, name: str) -> None:
+    """One TCP/TLS connection, from accept to close: its slot in the owner's table is
+    held from accept on, through the TLS handshake."""
+
+    def __init__(self, owner: Transports, name: str, host: str, port: int) -> None:
         self._owner = owner
-        self._name = name
+        self.key = (name, host, port)
+        self.address = Address(name, host, port)
         self._framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
-        self.address: Address | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self.setup: asyncio.Task[None] | None = None
+        self.handed = False  # the socket belongs to a transport (or its failed setup)
+        self.closed = False
+
+    async def open(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+        self.handed = True
+        loop = asyncio.get_running_loop()
+        if tls is None:
+            await loop.connect_accepted_socket(lambda: self, sock)
+        else:
+            # The table's deadline closes a slow handshake first; this is the backstop.
+            limits = self._owner.table.limits
+            await loop.connect_accepted_socket(
+                lambda: self,
+                sock,
+                ssl=tls,
+                ssl_handshake_timeout=limits.new_timeout + 1.0,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+            )
+
+    def setup_done(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self.setup = None
+        failure = task.cancelled() or task.exception() is not None
+        if failure:
+            if not self.handed:  # cancelled before it started: the socket is still ours
+                sock.close()
+            if not self.closed:
+                self._owner.counters.setup_failed += 1
+                log.debug("connection setup failed", source=str(self.address))
+            self._owner._forget(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = self.transport.get_extra_info("peername")
-        self.address = Address(self._name, peer[0], peer[1])
-        if len(self._owner.connections) >= MAX_CONNECTIONS:
+        if self.closed:  # shut while its transport was being made
             self.transport.abort()
-            return
-        self._owner.connections[(self._name, peer[0], peer[1])] = self
-        self._touch()
-
-    def _touch(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(IDLE_TIMEOUT, self._expire)
-
-    def _expire(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        assert self.transport is not None and self.address is not None
-        self._touch()
+        owner = self._owner
+        transport = self.transport
+        assert transport is not None
+        owner.table.touch(self, owner.now())
         try:
             messages = self._framer.feed(data)
         except ParseError as exc:
             # Framing is lost: answer once if we can, then drop the connection (RFC 3261 18.3).
             reply = error_response_bytes(data, exc.status, exc.reason)
             if reply:
-                self.transport.write(reply)
-            self.transport.close()
+                transport.write(reply)
+            transport.close()
             return
         for message in messages:
+            if self.closed:
+                return  # shut by the handler (its source was banned)
             if message == b"":
-                self.transport.write(b"\r\n")  # RFC 5626 keep-alive pong
+                transport.write(b"\r\n")  # RFC 5626 keep-alive pong
             else:
-                self._owner.handler(message, self.address)
+                owner.handler(message, self.address)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        if self.address is not None:
-            key = (self._name, self.address.host, self.address.port)
-            if self._owner.connections.get(key) is self:
-                del self._owner.connections[key]
+        self._owner._forget(self)
+
+    def shut(self) -> None:
+        """Close now, unflushed: an expired, evicted or banned connection."""
+        self._owner._forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.setup is not None:
+            self.setup.cancel()  # accept or TLS handshake under way: closes the socket
+
+
+class _Listener:
+    """A listening TCP socket read by hand rather than by ``loop.create_server``: the
+    source is judged before any transport exists (a banned or over-limit source costs
+    an accept and a close), and a TLS connection holds its slot during its handshake,
+    which asyncio's server would hide until the handshake completed."""
+
+    def __init__(
+        self, owner: Transports, name: str, sock: socket.socket, tls: ssl.SSLContext | None
+    ) -> None:
+        self._owner = owner
+        self.name = name
+        self.sock = sock
+        self.tls = tls
+        self._retry: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def start(self) -> None:
+        self._retry = None
+        self._loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: the connection waits in the kernel's
+                    # queue; try again shortly instead of spinning on a readable socket.
+                    log.error("cannot accept connections", error=str(exc), transport=self.name)
+                    self._loop.remove_reader(self.sock.fileno())
+                    self._retry = self._loop.call_later(ACCEPT_RETRY, self.start)
+                    return
+                continue  # the peer gave up already (ECONNABORTED and the like)
+            self._owner._accepted(self, sock, peer)
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+        else:
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _refuse(sock: socket.socket) -> None:
+    """Close with a reset: no FIN handshake, no TIME_WAIT kept on our side."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit, as far as ``wanted``
+    descriptors; returns the soft limit in force (``wanted`` where there is none)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
 
 
 class Alarm:
@@ -146,14 +287,40 @@ def bind_udp(host: str, port: int) -> socket.socket:
 
 
 class Transports:
-    """Every listening socket of one SIP server, and the way back to each peer."""
+    """Every listening socket of one SIP server, and the way back to each peer.
 
-    def __init__(self, handler: MessageHandler) -> None:
+    ``classify`` tells, per connecting address, whether it is banned or trusted;
+    ``over_limit(host, count)`` hears of a source refused at its per-source limit (the
+    server bans it and calls :meth:`drop_source`). ``reserved_files``: descriptors the
+    rest of the process needs (database, workers, media relay), kept out of the cap.
+    """
+
+    def __init__(
+        self,
+        handler: MessageHandler,
+        limits: ConnectionLimits | None = None,
+        *,
+        classify: Callable[[str], SourceKind] = _normal,
+        over_limit: Callable[[str, int], None] = _ignore,
+        reserved_files: int = FILE_RESERVE,
+    ) -> None:
         self.handler = handler
+        self.classify = classify
+        self.over_limit = over_limit
+        self.table: ConnectionTable[_Stream] = ConnectionTable(limits)
+        self.counters = StreamCounters()
         self.connections: dict[tuple[str, str, int], _Stream] = {}
+        self._reserved_files = reserved_files
         self._udp: _Udp | None = None
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[_Listener] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._full_logged = -float("inf")
         self.bound: dict[str, tuple[str, int]] = {}
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
 
     async def listen_udp(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         """Start reading; ``sock``: a socket already bound (see :func:`bind_udp`)."""
@@ -166,13 +333,127 @@ class Transports:
         self.bound["UDP"] = proto.transport.get_extra_info("sockname")[:2]
 
     async def listen_stream(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
-        loop = asyncio.get_running_loop()
         name = "TLS" if tls is not None else "TCP"
-        server = await loop.create_server(
-            lambda: _Stream(self, name), host, port, ssl=tls, reuse_address=True
-        )
-        self._servers.append(server)
-        self.bound[name] = server.sockets[0].getsockname()[:2]
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        if not self._listeners:
+            self._fit_file_limit()
+            self._sweeper = self._loop.call_later(SWEEP_PERIOD, self._sweep)
+        family, _, _, _, where = (
+            await self._loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        )[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(where)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        listener = _Listener(self, name, sock, tls)
+        listener.start()
+        self._listeners.append(listener)
+        self.bound[name] = sock.getsockname()[:2]
+
+    def _fit_file_limit(self) -> None:
+        """The cap must be reachable: raise the file limit, or lower the cap to it."""
+        cap = self.table.limits.max_connections
+        soft = raise_open_files(cap + self._reserved_files)
+        usable = soft - self._reserved_files
+        if usable < cap:
+            usable = max(MIN_CONNECTIONS, usable)
+            log.warning(
+                "sip.max_connections lowered to what the open-files limit allows",
+                configured=cap,
+                usable=usable,
+                nofile=soft,
+                hint="raise the hard limit (ulimit -Hn, systemd LimitNOFILE)",
+            )
+            self.table.set_max_connections(usable)
+
+    def _accepted(self, listener: _Listener, sock: socket.socket, peer: tuple[Any, ...]) -> None:
+        host, port = str(peer[0]), int(peer[1])
+        kind = self.classify(host)
+        if kind is SourceKind.BANNED:
+            self.counters.refused_banned += 1
+            _refuse(sock)
+            return
+        stream = _Stream(self, listener.name, host, port)
+        verdict = self.table.admit(stream, host, kind is SourceKind.TRUSTED, self.now())
+        for victim in verdict.evict:
+            self.counters.evicted += 1
+            victim.shut()
+        if not verdict.accepted:
+            _refuse(sock)
+            if verdict.over_limit:
+                self.counters.refused_source_limit += 1
+                self.over_limit(host, verdict.source_count)
+            else:
+                self.counters.refused_full += 1
+                now = self.now()
+                if now - self._full_logged >= 10.0:
+                    self._full_logged = now
+                    log.warning(
+                        "connection table full of active connections: newcomers refused",
+                        connections=len(self.table),
+                        max_connections=self.table.limits.max_connections,
+                    )
+            return
+        self.counters.accepted += 1
+        old = self.connections.get(stream.key)
+        if old is not None:  # the same address and port again: the old one is gone
+            old.shut()
+        self.connections[stream.key] = stream
+        assert self._loop is not None
+        task = self._loop.create_task(stream.open(sock, listener.tls))
+        stream.setup = task
+        task.add_done_callback(functools.partial(stream.setup_done, sock))
+
+    def _forget(self, stream: _Stream) -> None:
+        if stream.closed:
+            return
+        stream.closed = True
+        self.table.release(stream)
+        if self.connections.get(stream.key) is stream:
+            del self.connections[stream.key]
+
+    def _sweep(self) -> None:
+        """Close what is past its deadline; a periodic tick, cheaper than one timer per
+        connection rearmed on every read."""
+        for stream in self.table.expired(self.now()):
+            self.counters.expired += 1
+            stream.shut()
+        assert self._loop is not None
+        self._sweeper = self._loop.call_later(SWEEP_PERIOD, self._sweep)
+
+    def confirm(self, source: Address) -> None:
+        """``source`` sent a valid SIP request: its connection (if any) is established."""
+        if source.transport == "UDP":
+            return
+        stream = self.connections.get((source.transport, source.host, source.port))
+        if stream is not None:
+            self.table.confirm(stream, self.now())
+
+    def drop_source(self, host: str) -> int:
+        """Close every connection of ``host``'s source (it was banned); how many."""
+        streams = self.table.drop_source(host)
+        for stream in streams:
+            stream.shut()
+        return len(streams)
+
+    def describe(self) -> dict[str, int]:
+        """Connection figures for ``pbxwarden stats``."""
+        return {
+            "connections": len(self.table),
+            "connections_new": self.table.new_count,
+            "max_connections": self.table.limits.max_connections,
+            **{f"connections_{k}": v for k, v in self.counters.__dict__.items()},
+        }
 
     def udp_backlog(self) -> int | None:
         """Bytes waiting in the UDP socket's receive buffer (Linux SO_MEMINFO), or None
@@ -203,14 +484,19 @@ class Transports:
         return True
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
-        for conn in list(self.connections.values()):
-            if conn.transport is not None:
-                conn.transport.close()
-        for server in self._servers:
-            server.close()
-            await server.wait_closed()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        for stream in self.table.members():
+            if stream.transport is not None:
+                stream.transport.close()  # flush what is queued (final BYE answers)
+            else:
+                stream.shut()
+        await asyncio.sleep(0)
 
 
 RECEIVE_BUFFER = 8 * 1024 * 1024

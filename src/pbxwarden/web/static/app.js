@@ -13,6 +13,7 @@ const FEED_MAX = 100;
 const RANK = { "read-only": 0, operator: 1, admin: 2 };
 const EVENT_TYPES = [
   "call.start", "call.end", "alert", "ban", "unban", "distributed-brute-force", "lost",
+  "lock", "unlock",
 ];
 
 const state = {
@@ -190,6 +191,12 @@ const STATUS_ORDER = { open: 0, acknowledged: 1, resolved: 2 };
 function advice(alert) {
   const ext = alert.extension ? `extension ${alert.extension}` : "the extension";
   if (alert.status === "resolved") return "Resolved: nothing left to do.";
+  if (alert.rule === "extension-locked") {
+    return `Someone is guessing the SIP password of ${ext} from many addresses. It is locked: ` +
+      "even the right password is refused from networks it never registered from, while its " +
+      "own phones keep working. Give it a new SIP password (Extensions, below) and enter " +
+      "that in the phone: the lock lifts then.";
+  }
   if (alert.rule.startsWith("firewall-")) {
     return "The SIP firewall blocked this address by itself: nothing to do. If the address is " +
       "your own office or your SIP provider, remove the block below and add its network to " +
@@ -200,6 +207,13 @@ function advice(alert) {
       "Resume it only after giving it a new SIP password (and entering that in the phone), " +
       "or the fraud can start again."
     : "";
+  if (alert.rule.startsWith("report-only:")) {
+    const rule = alert.rule.slice("report-only:".length);
+    return `Nothing was stopped: the ${rule} rule only reports for this tenant (it is new and ` +
+      "still learning, or the rule is set to report-only). The reasons say what it would have " +
+      "refused. If that was real traffic, nothing needs doing; if it should have been " +
+      "refused, enforce the rule.";
+  }
   if (alert.rule === "destination" || alert.rule === "forwarding-destination") {
     return "A call to a number your policy does not allow was stopped. If nobody at your site " +
       `made it, the SIP password of ${ext} is probably known to someone else: give it a new ` +
@@ -232,7 +246,14 @@ function alertStatus(alert) {
 function alertActions(alert) {
   if (!canAct()) return "";
   const base = `/api/v1/alerts/${alert.id}`;
+  const reportOnly = alert.rule.startsWith("report-only:") && alert.status !== "resolved";
+  const rule = alert.rule.slice("report-only:".length);
   return el("div", { class: "buttons" },
+    reportOnly
+      ? action("Enforce this rule", "secondary", "POST",
+        `/api/v1/tenants/${encodeURIComponent(alert.tenant)}/policy/enforce/${rule}`,
+        () => `The ${rule} rule now refuses for tenant ${alert.tenant}.`)
+      : null,
     alert.status === "open"
       ? action("Acknowledge", "secondary", "POST", `${base}/ack`,
         () => `Alert ${alert.id} acknowledged.`)
@@ -247,7 +268,9 @@ function renderAlerts(alerts) {
   const rows = [...alerts].sort((a, b) =>
     STATUS_ORDER[a.status] - STATUS_ORDER[b.status] || b.last_at - a.last_at).slice(0, 100);
   show("alerts", table([
-    ["Severity", (a) => badge(a.severity, SEVERITY_KIND[a.severity] || "info")],
+    ["Severity", (a) => a.rule.startsWith("report-only:")
+      ? badge("would have refused", "info")
+      : badge(a.severity, SEVERITY_KIND[a.severity] || "info")],
     ["When", (a) => el("span", {}, when(a.last_at), a.count > 1 ? small(` · ${a.count} times`) : null)],
     ["Where", (a) => [a.tenant, a.extension ? ` / ${a.extension}` : ""].join("")],
     ["What happened", (a) => el("div", {},
@@ -279,31 +302,106 @@ function renderCalls(calls) {
 }
 
 function extensionActions(ext) {
-  if (!canAct() || !ext.suspended) return "";
+  if (!canAct() || !(ext.suspended || ext.locked_until)) return "";
   const path = `/api/v1/tenants/${encodeURIComponent(ext.tenant)}/extensions/` +
     encodeURIComponent(ext.number);
   return el("div", { class: "buttons" },
     isAdmin()
       ? action("New SIP password", "secondary", "POST", `${path}/password`, (r) => ({
         text: `New SIP password of extension ${r.number}: ${r.password} (shown only this ` +
-          "once). Enter it in the phone, then resume the extension.",
+          "once). Enter it in the phone" + (ext.suspended ? ", then resume the extension." : "."),
         sticky: true,
       }))
       : null,
-    action("Resume", "primary", "POST", `${path}/resume`,
-      () => `Extension ${ext.number} can make calls again.`));
+    ext.locked_until
+      ? action("Unlock", "secondary", "POST", `${path}/unlock`,
+        () => `Extension ${ext.number} is no longer locked.`)
+      : null,
+    ext.suspended ? resumeButton(ext, path) : null);
+}
+
+function extensionState(e) {
+  const parts = [];
+  if (e.suspended) {
+    parts.push(badge("Suspended", "bad"), el("small", { class: "block", text: e.suspended }));
+  }
+  if (e.locked_until) {
+    parts.push(badge("Locked", "bad"), el("small", {
+      class: "block",
+      text: `Password guessing (${e.lock_reason || "many failed logins"}): refused from ` +
+        `unknown networks until ${new Date(e.locked_until * 1000).toLocaleString()}. ` +
+        "A new SIP password lifts the lock.",
+    }));
+  }
+  if (!parts.length) parts.push(badge(e.enabled ? "Active" : "Disabled", e.enabled ? "good" : "info"));
+  return el("div", {}, ...parts);
+}
+
+/** Resume; an extension the guard suspended for fraud whose password has not changed is
+ * refused by the API (409): say why, and only on an explicit confirm with a reason resume
+ * it all the same (recorded in the audit log). */
+function resumeButton(ext, path) {
+  return el("button", {
+    type: "button",
+    class: "action primary",
+    text: "Resume",
+    onclick: async (event) => {
+      const button = event.currentTarget;
+      button.disabled = true;
+      try {
+        try {
+          await api("POST", `${path}/resume`);
+        } catch (error) {
+          if (!(error instanceof ApiError) || error.status !== 409 || !/password/.test(error.message)) {
+            throw error;
+          }
+          const reason = window.prompt(
+            `${error.message}.\n\nTo resume it anyway, say why (this goes into the audit log):`);
+          if (!reason) {
+            notify(`Extension ${ext.number} stays suspended: give it a new SIP password first.`,
+              "error", true);
+            return;
+          }
+          await api("POST", `${path}/resume`, { force: true, reason });
+        }
+        await refresh();
+        notify(`Extension ${ext.number} can make calls again.`);
+      } catch (error) {
+        if (!sessionEnded(error)) notify(`That did not work: ${error.message}.`, "error");
+        refresh();
+      } finally {
+        button.disabled = false;
+      }
+    },
+  });
+}
+
+function renderRegistrations(rows) {
+  show("registrations", table([
+    ["Extension", (r) => el("span", {}, el("strong", { text: r.number }),
+      r.tenant !== "default" ? small(` ${r.tenant}`) : null)],
+    ["From", (r) => el("code", { text: `${r.transport || "?"} ${r.address}` })],
+    ["Phone", (r) => r.user_agent || ""],
+    ["Since", (r) => r.registered_at ? when(r.registered_at) : ""],
+    ["Until", (r) => inFuture(r.expires_in)],
+    ["", (r) => canAct()
+      ? action("Remove", "danger", "DELETE",
+        `/api/v1/tenants/${encodeURIComponent(r.tenant)}/extensions/${encodeURIComponent(r.number)}` +
+        `/registrations/${encodeURIComponent(r.id)}`,
+        () => `The phone at ${r.address} no longer gets calls for ${r.number}.`)
+      : ""],
+  ], rows, "No phone is registered.", (r) => ({ "data-registration": r.id })));
 }
 
 function renderExtensions(extensions) {
-  const rows = [...extensions].sort((a, b) => (b.suspended ? 1 : 0) - (a.suspended ? 1 : 0));
+  const trouble = (e) => (e.suspended ? 1 : 0) + (e.locked_until ? 1 : 0);
+  const rows = [...extensions].sort((a, b) => trouble(b) - trouble(a));
   show("extensions", table([
     ["Extension", (e) => el("span", {}, el("strong", { text: e.number }), 
       e.display_name ? ` ${e.display_name}` : "")],
     ["Tenant", (e) => e.tenant],
     ["Phones", (e) => e.registrations ? `${e.registrations} registered` : "none registered"],
-    ["State", (e) => e.suspended
-      ? el("div", {}, badge("Suspended", "bad"), el("small", { class: "block", text: e.suspended }))
-      : badge(e.enabled ? "Active" : "Disabled", e.enabled ? "good" : "info")],
+    ["State", extensionState],
     ["", extensionActions],
   ], rows, "No extensions yet.", (e) => ({ "data-extension": `${e.tenant}/${e.number}` })));
 }
@@ -343,14 +441,15 @@ function stat(id, value, sub, kind) {
 // -- refreshing ------------------------------------------------------------------------
 
 async function load() {
-  const [calls, alerts, extensions, cdrs, bans] = await Promise.allSettled([
+  const [calls, alerts, extensions, cdrs, bans, registrations] = await Promise.allSettled([
     api("GET", "/api/v1/calls"),
     api("GET", "/api/v1/alerts?limit=500"),
     api("GET", "/api/v1/extensions"),
     api("GET", "/api/v1/cdrs?limit=50"),
     api("GET", "/api/v1/bans"),
+    api("GET", "/api/v1/registrations"),
   ]);
-  const all = [calls, alerts, extensions, cdrs, bans];
+  const all = [calls, alerts, extensions, cdrs, bans, registrations];
   if (all.some((r) => r.status === "rejected" && sessionEnded(r.reason))) return;
   if (state.me === null) return;  // logged out while loading
 
@@ -381,6 +480,13 @@ async function load() {
     stat("stat-suspended", suspended, `of ${extensions.value.length}`, suspended ? "bad" : "good");
   } else {
     unavailable("extensions", `Extensions cannot be shown: ${extensions.reason.message}.`);
+  }
+  if (registrations.status === "fulfilled") {
+    render("registrations", registrations.value, renderRegistrations);
+  } else {
+    unavailable("registrations", registrations.reason.status === 503
+      ? "Registered phones are known to the running PBX (pbxwarden serve) only."
+      : `Registered phones cannot be shown: ${registrations.reason.message}.`);
   }
   if (cdrs.status === "fulfilled") render("cdrs", cdrs.value.items, renderCdrs);
   else unavailable("cdrs", `Call records cannot be shown: ${cdrs.reason.message}.`);
@@ -437,6 +543,11 @@ function describe(type, e) {
     case "distributed-brute-force":
       return "Password guessing from many addresses" +
         (e.extension ? ` on extension ${e.extension}` : "") + `: ${e.reason}`;
+    case "lock":
+      return `Extension ${e.extension} locked (password guessing from ` +
+        `${(e.sources || []).length} addresses): ${e.reason}`;
+    case "unlock":
+      return `Extension ${e.extension} unlocked`;
     case "lost":
       return `${e.events} events were skipped (too many at once); the lists below are complete.`;
     default:

@@ -1,0 +1,425 @@
+"""Issue 13's mechanisms one by one: learned limits, graduated actions, correlations
+scoped to their victim, slow drip, wangiri, test call then pump, spread, report-only.
+
+Each test drives the real guard only through the hook ``pbx/calls.py`` drives
+(authorize, on_call_start, on_call_answer, on_call_end, police), on simulated time.
+"""
+
+from __future__ import annotations
+
+from pbxwarden.guard.baseline import Baseline
+from pbxwarden.guard.engine import Guard, GuardConfig, TenantPolicy
+from pbxwarden.pbx.numbers import classify
+from pbxwarden.pbx.policy import CallAttempt, Decision
+
+HOUR = 3600.0
+DAY = 86400.0
+# Tuesday 2028-05-02 10:00 UTC; history starts two weeks before (a Tuesday too)
+T = 1_840_874_400.0
+START = T - 14 * DAY
+HOME = "+12025550143"  # a national number
+PH = "+639171234567"  # Philippines mobile, 0.50 a minute (bundled default price)
+OFFICE = "udp:192.0.2.10:5060"
+
+_refs = iter(range(1, 10_000_000))
+
+
+def attempt(
+    dialed: str,
+    at: float,
+    *,
+    ext: str = "1000",
+    kind: str = "external",
+    caller: str | None = None,
+    source: str = OFFICE,
+    tenant: str = "acme",
+) -> CallAttempt:
+    return CallAttempt(tenant, ext, caller or ext, dialed, kind, source, at, classify(dialed, "US"))
+
+
+def guard(**policy: object) -> Guard:
+    base: dict[str, object] = {"business_hours": ["mon-fri 08:00-18:00"], "learning_days": 0}
+    base.update(policy)
+    return Guard(GuardConfig(tenants={"acme": TenantPolicy(**base)}))  # type: ignore[arg-type]
+
+
+def call(g: Guard, a: CallAttempt, minutes: float, answered: bool = True) -> Decision:
+    """Authorize; if allowed, run the call for ``minutes`` (policing every minute)."""
+    decision = g.authorize(a)
+    if decision.allow:
+        ref = next(_refs)
+        g.on_call_start(a, ref)
+        if answered:
+            g.on_call_answer(ref, a.at)
+            cut = None
+            t = a.at
+            while t < a.at + minutes * 60 and cut is None:
+                t = min(t + 60, a.at + minutes * 60)
+                cut = next((r for r, _ in g.police(t) if r == ref), None)
+            g.on_call_end(ref, t)
+        else:
+            g.on_call_end(ref, a.at + 20)
+    return decision
+
+
+def inbound(g: Guard, ext: str, caller: str, at: float, talk: float | None) -> None:
+    a = CallAttempt(
+        "acme", ext, caller, "+12025550100", "inbound", "sim", at, classify("+12025550100", "US")
+    )
+    assert g.authorize(a).allow
+    ref = next(_refs)
+    g.on_call_start(a, ref)
+    if talk is None:
+        g.on_call_end(ref, at + 15)
+    else:
+        g.on_call_answer(ref, at + 3)
+        g.on_call_end(ref, at + 3 + talk)
+
+
+def office_history(
+    g: Guard,
+    ext: str = "1000",
+    days: int = 14,
+    numbers: tuple[str, ...] = (HOME, "+13125550188", "+14155550123"),
+    hours: tuple[float, ...] = (9.5, 11.0, 15.0),
+    minutes: float = 3.0,
+) -> None:
+    """Weekdays of ordinary calls, so the extension has a mature baseline."""
+    for day in range(days):
+        base = START + day * DAY
+        if (day % 7) in (4, 5):  # START is a Tuesday: days 4 and 5 are Saturday, Sunday
+            continue
+        for i, hour in enumerate(hours):
+            a = attempt(numbers[(day + i) % len(numbers)], base + (hour - 10) * HOUR, ext=ext)
+            assert call(g, a, minutes).allow
+
+
+def alerts(g: Guard) -> list[str]:
+    out = [f"{a.severity}:{a.rule}:{a.summary}" for a in g.outbox]
+    g.outbox.clear()
+    return out
+
+
+# -- learned limits ------------------------------------------------------------------------
+
+
+def two_lines(g: Guard, minutes: float) -> set[int]:
+    """Two calls to PH at once for ``minutes``, policed every minute: the refs cut off."""
+    refs = []
+    for k in range(2):
+        a = attempt(PH, T + k)
+        assert g.authorize(a).allow
+        ref = next(_refs)
+        g.on_call_start(a, ref)
+        g.on_call_answer(ref, a.at)
+        refs.append(ref)
+    cut: set[int] = set()
+    t = T
+    while t < T + minutes * 60 and not cut:
+        t += 60
+        cut |= {r for r, _ in g.police(t) if r in refs}
+    for ref in refs:
+        g.on_call_end(ref, t)
+    return cut
+
+
+def test_a_call_centres_hour_is_not_a_breach_but_a_law_offices_is() -> None:
+    # the tenant's daily cap is sized to its traffic: the default hourly cap scales
+    g = guard(allow_countries=["PH"], tenant_spend_per_day=6000)
+    assert not two_lines(g, 50)  # 50.00 in under an hour
+    assert not [a for a in alerts(g) if "spend" in a]
+    # on the default caps, one call at a time to an allowed country runs its course...
+    law = guard(allow_countries=["PH"])
+    t = T
+    for _ in range(5):  # 5 x 11 minutes to PH at 0.50: over the default 20 in an hour
+        assert call(law, attempt(PH, t), 11).allow
+        t += 12 * 60
+    # ... but two at once pass the cap and are cut off, with the reason
+    law = guard(allow_countries=["PH"])
+    assert two_lines(law, 50)
+    cut = [a for a in alerts(law) if "spend-cap" in a]
+    assert cut and "cut off: spend cap reached" in cut[0]
+
+
+def test_learned_caps_scale_with_clean_days_and_an_admins_value_is_a_ceiling() -> None:
+    g = guard(allow_countries=["PH"])
+    for day in range(4):  # four clean days of 40 minutes of PH in one hour (20.00 spent)
+        t = START + day * DAY
+        for k in range(4):
+            assert call(g, attempt(PH, t + k * 620), 10).allow, (day, k)
+    base = g.baseline("acme", "1000")
+    assert base is not None and base.usual_peak() is not None
+    t = T
+    for _ in range(6):  # 30.00 in an hour: under 1.5 x the busiest clean hour
+        assert call(g, attempt(PH, t), 10).allow
+        t += 610
+    capped = guard(allow_countries=["PH"], spend_per_hour=15)
+    capped.set_baseline("acme", "1000", base)
+    t = T
+    decisions = [call(capped, attempt(PH, t + k * 610), 10) for k in range(4)]
+    assert not decisions[-1].allow and "set by the administrator" in decisions[-1].reasons[0]
+
+
+def test_learning_pauses_while_the_extension_is_under_alert() -> None:
+    g = guard(allow_countries=["PH"])
+    office_history(g)
+    ext = g._ext[("acme", "1000")]  # white box: the learning gate
+    ext.alerted_at = T
+    before = g.baseline("acme", "1000")
+    assert before is not None
+    calls_before, peaks_before = before.calls, len(before.peaks)
+    for k in range(5):
+        call(g, attempt(PH, T + 600 + k * 900), 10)
+    call(g, attempt(HOME, T + 3 * HOUR), 1)  # settles the calls above
+    after = g.baseline("acme", "1000")
+    assert after is not None
+    assert after.calls == calls_before and len(after.peaks) == peaks_before
+    assert after.country_seen_days("PH") == 0
+
+
+# -- known behaviour lowers the score ------------------------------------------------------
+
+
+def test_an_extension_that_works_late_is_not_off_hours() -> None:
+    g = guard(allow_countries=["PH"])
+    office_history(g, days=8, numbers=(HOME, PH, "+13125550188"))
+    late = T + 11 * HOUR  # 21:00
+    first = call(g, attempt(PH, late - 6 * DAY), 5)
+    assert first.allow and any("outside business hours" in r for r in first.reasons)
+    for day in range(1, 5):  # more evenings at 21:00
+        assert call(g, attempt(PH, late - 6 * DAY + day * DAY), 5).allow
+    later = call(g, attempt(PH, late), 5)
+    assert later.allow and later.severity is None
+    assert any("usually calls at 21:00" in r for r in later.reasons), later.reasons
+
+
+def test_forwarding_to_a_foreign_mobile_used_before_is_known() -> None:
+    g = guard(allow_countries=["GB"], allow_international_forwarding=True)
+    office_history(g)
+    mobile = "+447400123456"
+    for trip in (START + 2 * DAY, START + 9 * DAY):
+        assert call(g, attempt(mobile, trip, kind="forward-change"), 0).allow
+        for k in range(2):
+            assert call(
+                g, attempt(mobile, trip + (k + 1) * HOUR, kind="forwarded", caller=HOME), 3
+            ).allow
+    again = g.authorize(attempt(mobile, T, kind="forward-change"))
+    assert again.allow and again.severity is None
+    assert any("forwarded to +447400123456 before" in r for r in again.reasons), again.reasons
+
+
+# -- reconnaissance scoped to the victim, graduated actions ---------------------------------
+
+
+def test_reconnaissance_is_probes_aimed_at_the_diverted_extension() -> None:
+    g = guard(allow_countries=["PH"], allow_international_forwarding=True)
+    office_history(g)
+    office_history(g, ext="1001")
+    target = "+639178765432"
+    # short calls from unseen foreign callers, but to another extension, and a known caller
+    inbound(g, "1001", "+442079460001", T - 5 * HOUR, 20)
+    inbound(g, "1001", "+442079460002", T - 4 * HOUR, 25)
+    inbound(g, "1000", HOME, T - 9 * DAY, 300)
+    inbound(g, "1000", HOME, T - 3 * HOUR, 20)
+    calm = g.authorize(attempt("+639170000001", T, kind="forward-change"))
+    assert calm.allow and not any("reconnaissance" in r for r in calm.reasons)
+    # two short calls from callers never seen, to this extension, shortly before
+    inbound(g, "1000", "anonymous", T + HOUR, 25)
+    inbound(g, "1000", "+15125550199", T + 2 * HOUR, 30)
+    hijack = g.authorize(attempt(target, T + 3 * HOUR, kind="forward-change"))
+    assert not hijack.allow and hijack.rule == "recon"
+    assert "short call(s) to extension 1000 from callers never seen" in hijack.reasons[0]
+    assert g.is_suspended("acme", "1000") is None  # one sign: refused, not suspended
+    # the phone diverts anyway: a second, independent sign suspends it
+    diverted = g.authorize(attempt(target, T + 3.2 * HOUR, kind="forwarded", caller=HOME))
+    assert not diverted.allow
+    assert g.is_suspended("acme", "1000") is not None
+    critical = [a for a in alerts(g) if a.startswith("critical")]
+    assert critical and "corroborated: diversion-refused, recon" in critical[-1]
+
+
+def test_one_anomalous_call_is_refused_without_suspension_or_alert() -> None:
+    g = guard(allow_countries=["PH", "LV"], allow_high_risk=True)
+    office_history(g)
+    night = T + 13 * HOUR  # 23:00
+    # a first call ever to a high-risk, dearer country at night from a law office desk
+    decisions = [call(g, attempt("+37121234567", night + k * 300), 2) for k in range(3)]
+    refused = [d for d in decisions if not d.allow]
+    assert refused and refused[0].rule == "anomaly"
+    assert "first call ever from extension 1000 to LV" in refused[0].reasons[0]
+    assert g.is_suspended("acme", "1000") is None
+    assert call(g, attempt(HOME, T + DAY), 2).allow  # ordinary calls go on
+
+
+def test_a_new_network_and_probing_refused_destinations_suspend() -> None:
+    g = guard()
+    office_history(g)
+    thief = "udp:203.0.113.9:5060"
+    for k, number in enumerate(("+882163020000", "+5372345678", "+252612345678")):
+        assert not g.authorize(attempt(number, T + 2 * HOUR + k * 20, source=thief)).allow
+    g.authorize(attempt(HOME, T + 2 * HOUR + 80, source=thief))
+    assert g.is_suspended("acme", "1000") is not None
+    assert any("corroborated: new-network, probing" in a for a in alerts(g))
+
+
+# -- slow drip --------------------------------------------------------------------------
+
+
+def test_a_new_number_called_daily_for_long_calls_is_a_drip() -> None:
+    g = guard(allow_countries=["PH"])
+    office_history(g, days=9, numbers=(HOME, PH, "+13125550188"))
+    for day in range(5):  # the extension calls PH often, short calls to several numbers
+        assert call(g, attempt(f"+63917123{day:04d}", START + 9 * DAY + day * DAY + HOUR), 4).allow
+    drip = "+639175550101"
+    first = call(g, attempt(drip, T), 38)
+    assert first.allow
+    second = call(g, attempt(drip, T + DAY + HOUR), 38)
+    assert not second.allow and second.rule == "drip"
+    assert "slow-drip" in second.reasons[0] and "+639175550101" in second.reasons[0]
+    assert g.is_suspended("acme", "1000") is None
+    # its own habit: an extension that makes long calls to PH on many days is not refused
+    habit = guard(allow_countries=["PH"])
+    office_history(habit, days=8, numbers=(HOME, PH, "+13125550188"))
+    for day in range(6):
+        t = START + 8 * DAY + day * DAY + HOUR
+        assert call(habit, attempt(f"+63917123{day:04d}", t), 25).allow
+    assert call(habit, attempt(drip, T), 38).allow
+    assert call(habit, attempt(drip, T + DAY + HOUR), 38).allow
+
+
+# -- wangiri ----------------------------------------------------------------------------
+
+
+def test_calling_back_a_number_that_rang_many_extensions_once_is_refused() -> None:
+    g = guard(allow_countries=["PH"])
+    bait = "+639209876543"
+    for k in range(12):
+        inbound(g, str(2000 + k), bait, T + k * 40, None)  # one ring each, no answer
+    back = g.authorize(attempt(bait, T + HOUR, ext="2003"))
+    assert not back.allow and back.rule == "wangiri"
+    assert "rang 12 extensions" in back.reasons[0]
+    # a number that rang one extension is a missed call, and calling back is fine
+    inbound(g, "2001", "+639201112223", T, None)
+    assert g.authorize(attempt("+639201112223", T + HOUR, ext="2001")).allow
+
+
+# -- test call then pump, spread --------------------------------------------------------
+
+
+def test_a_test_call_then_a_pump_into_the_range_is_refused_at_its_first_call() -> None:
+    cuba = (HOME, "+5371500049", "+13125550188")
+    g = guard(allow_countries=["CU"], allow_high_risk=True)
+    office_history(g, numbers=cuba)
+    test = call(g, attempt("+5351234567", T), 0.5)
+    assert test.allow
+    pump = g.authorize(attempt("+5351230001", T + 5 * HOUR, source="udp:203.0.113.4:5060"))
+    assert not pump.allow and pump.rule == "range"
+    assert "test-call-then-pump" in pump.reasons[0]
+    # the number itself called back is not the pattern
+    g2 = guard(allow_countries=["CU"], allow_high_risk=True)
+    office_history(g2, numbers=cuba)
+    call(g2, attempt("+5351234567", T), 0.5)
+    assert g2.authorize(attempt("+5351234567", T + 5 * HOUR)).allow
+
+
+def spread(g: Guard, count: int, source: str = OFFICE) -> tuple[list[int], Decision]:
+    """Extensions 3000... each calling a new number of +535123, 150 s apart."""
+    refs = []
+    for k in range(count):
+        a = attempt(f"+535123{k:04d}", T + k * 150, ext=str(3000 + k), source=source)
+        decision = g.authorize(a)
+        if decision.allow:
+            ref = next(_refs)
+            g.on_call_start(a, ref)
+            g.on_call_answer(ref, a.at)
+            refs.append(ref)
+    return refs, decision
+
+
+def test_one_range_from_many_extensions_is_refused_and_its_calls_cut() -> None:
+    g = guard(allow_countries=["CU"], allow_high_risk=True)
+    refs, decision = spread(g, 5)  # phones without history: five are needed
+    assert len(refs) == 4
+    assert "extensions of tenant acme called 5 numbers in the range" in decision.reasons[0]
+    cut = {r for r, _ in g.police(T + 800)}
+    assert set(refs) <= cut
+    # the range stays refused for the other extensions too
+    assert not g.authorize(attempt("+5351239999", T + HOUR, ext="3009")).allow
+    # phones calling from networks they never used: three are enough
+    g = guard(allow_countries=["CU"], allow_high_risk=True)
+    for k in range(4):
+        office_history(g, ext=str(3000 + k), days=7, numbers=(HOME, "+5371500049", HOME))
+    refs, decision = spread(g, 3, source="udp:203.0.113.7:5060")
+    assert len(refs) == 2 and not decision.allow and decision.rule == "range"
+
+
+# -- report-only -------------------------------------------------------------------------
+
+
+def test_report_only_while_learning_then_enforcing_when_promoted() -> None:
+    policy = {"allow_countries": ["PH"], "learning_days": 30}
+    g = guard(**policy)
+    office_history(g, numbers=(HOME, PH, "+13125550188"))
+    drip = "+639175550101"
+    call(g, attempt(drip, T), 38)
+    alerts(g)
+    second = call(g, attempt(drip, T + DAY + HOUR), 38)
+    assert second.allow and second.reasons[0].startswith("would have refused (drip")
+    assert any(a.startswith("warning:report-only:drip:Would have refused") for a in alerts(g))
+    assert g.would_have == {("acme", "drip"): 1}
+    promoted = guard(**policy, enforce=["drip"])
+    office_history(promoted, numbers=(HOME, PH, "+13125550188"))
+    call(promoted, attempt(drip, T), 38)
+    assert not call(promoted, attempt(drip, T + DAY + HOUR), 38).allow
+    # any rule can be kept in report-only by name
+    wangiri = guard(allow_countries=["PH"], report_only=["wangiri"])
+    for k in range(4):
+        inbound(wangiri, str(2000 + k), "+639209876543", T + k * 40, None)
+    assert wangiri.authorize(attempt("+639209876543", T + HOUR, ext="2000")).allow
+
+
+def test_old_baseline_rows_still_load() -> None:
+    old = {
+        "first_at": START,
+        "calls_by_hour": [1.0] * 168,
+        "spend_by_day": [2.0] * 7,
+        "countries": {"US": 5},
+        "targets": [HOME],
+        "calls": 12,
+    }
+    base = Baseline.from_json(old)
+    assert base.calls == 12 and base.targets == {HOME} and base.peaks == []
+    assert base.hour_days == [0] * 24 and base.ledger == {}
+    again = Baseline.from_json(base.to_json())
+    assert again.to_json() == base.to_json()
+
+
+def test_a_spread_into_a_range_the_tenant_calls_needs_new_numbers_and_odd_phones() -> None:
+    g = guard(allow_countries=["CU"], allow_high_risk=True)
+    family = ("+5351230001", "+5351230002", "+5351230003")
+    for day in range(10):  # five extensions call home and family in +535123 every day
+        for k in range(5):
+            for i, number in enumerate((HOME, family[k % 3], "+13125550188")):
+                at = START + day * DAY + k * 600 + i * HOUR
+                assert call(g, attempt(number, at, ext=str(3000 + k)), 3).allow
+    # new numbers in that range from three phones registered elsewhere: a spread
+    thief = "udp:203.0.113.{}:5060"
+    decisions = []
+    for k in range(3):
+        a = attempt(f"+535123{9000 + k}", T + k * 150, ext=str(3000 + k), source=thief.format(k))
+        decisions.append(g.authorize(a))
+        if decisions[-1].allow:
+            g.on_call_start(a, next(_refs))
+    assert [d.allow for d in decisions] == [True, True, False]
+    assert "never called before in the range +535123" in decisions[2].reasons[0]
+    # the same from the extensions' own phones: five are needed (ordinary families)
+    calm = guard(allow_countries=["CU"], allow_high_risk=True)
+    for day in range(10):
+        for k in range(5):
+            for i, number in enumerate((HOME, family[k % 3], "+13125550188")):
+                at = START + day * DAY + k * 600 + i * HOUR
+                assert call(calm, attempt(number, at, ext=str(3000 + k)), 3).allow
+    for k in range(3):
+        a = attempt(f"+535123{9000 + k}", T + k * 150, ext=str(3000 + k))
+        assert calm.authorize(a).allow
+        calm.on_call_start(a, next(_refs))
