@@ -111,10 +111,14 @@ def test_csv_has_every_column_with_iso_8601_times(pbx: PbxProcess) -> None:
 def test_registrations_fit(pbx: PbxProcess, width: int) -> None:
     [reg] = records(pbx, "registrations")
     lines = shown(pbx, width, "registrations")
-    assert not any("contact" in line for line in lines)
-    [row] = [line for line in lines if " 2000 " in line]
-    assert str(reg["source"]) in row and "SIPp pbxwarden-tests" in row
-    assert str(reg["contact"]) in "\n".join(shown(pbx, 400, "registrations", "--all"))
+    header = next(line for line in lines if line.startswith("ext"))
+    assert header.split() == ["ext", "id", "from", "phone", "since"]
+    [row] = [line for line in lines if line.startswith("2000 ")]
+    assert f"UDP {reg['address']}" in row and str(reg["id"]) in row  # never cut
+    assert "SIPp pbxwarden" in row
+    assert re.search(r"\b\d{4}-\d\d-\d\dT\d\d:\d\dZ\b", row)  # since, to the minute
+    everything = "\n".join(shown(pbx, 400, "registrations", "--all"))
+    assert str(reg["contact"]) in everything and "expires_in" in everything
 
 
 @pytest.mark.parametrize("width", [80, 100])

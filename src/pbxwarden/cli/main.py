@@ -467,31 +467,32 @@ def registrations(
     ctx: typer.Context,
     number: Annotated[str | None, typer.Option("--extension", help="Only this extension.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
-    show_all: Annotated[bool, typer.Option("--all", help="Every column (the contact).")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every column (expiry, contact...).")
+    ] = False,
 ) -> None:
     """Registered phones, one row per binding: from where, over what, which phone, since
-    when, until when. `registrations remove` takes one away."""
+    when (--all: until when, the contact). `registrations remove` takes one away."""
     if ctx.invoked_subcommand is not None:
         return
     rows = [r for r in _bindings() if number is None or r["number"] == number]
     if as_json:
         print_rows(rows, True, "registrations")
         return
-    short = [
+    short = [  # what an operator needs, in 80 columns; --all and --json have the rest
         {
-            "extension": f"{r['number']}" + (f"@{r['tenant']}" if r["tenant"] != "default" else ""),
+            "ext": f"{r['number']}" + (f"@{r['tenant']}" if r["tenant"] != "default" else ""),
             "id": r["id"],
             "from": f"{r['transport'] or '?'} {r['address']}",
-            "phone": (r["user_agent"] or "")[:28],
-            "since": when(r["registered_at"]),
-            "expires in": f"{r['expires_in']} s",
+            "phone": (r["user_agent"] or "")[:20],
+            "since": when(r["registered_at"], minutes=True),
         }
         for r in rows
     ]
     if show_all:
         print_rows(rows, False, "registrations")
     else:
-        print_rows(short, False, "registrations", compact=True, keep=("extension", "id", "from"))
+        print_rows(short, False, "registrations", compact=True, keep=("ext", "id", "from"))
 
 
 @registrations_app.command("remove")

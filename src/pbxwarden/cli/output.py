@@ -25,14 +25,15 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def when(ts: float | None, precise: bool = False) -> str:
-    """ISO 8601 in UTC, to the second (``precise``: the millisecond)."""
+def when(ts: float | None, precise: bool = False, minutes: bool = False) -> str:
+    """ISO 8601 in UTC, to the second (``precise``: the millisecond; ``minutes``: the
+    minute, where a narrow table needs the room)."""
     if ts is None:
         return ""
     moment = datetime.fromtimestamp(ts, UTC)
     if precise:
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime("%Y-%m-%dT%H:%MZ" if minutes else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def is_time(key: str) -> bool:
