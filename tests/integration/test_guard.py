@@ -131,6 +131,10 @@ def test_diversion_attack_is_refused_suspended_and_reported(
         assert alerts(pbx.data_dir, "--status", "resolved")[0]["resolved_by"] == actor()
         again = cli(pbx.data_dir, "alerts", "resolve", str(stored["id"]), check=False)
         assert again.returncode == 1 and "already resolved" in again.stderr
+        # recovery in the safe order: resuming waits for a new password
+        early = cli(pbx.data_dir, "extension", "resume", "2000", check=False)
+        assert early.returncode == 1 and "extension password 2000" in early.stderr
+        cli(pbx.data_dir, "extension", "password", "2000")
         assert "resumed" in cli(pbx.data_dir, "extension", "resume", "2000").stdout
 
 
