@@ -31,3 +31,28 @@ def test_overload_state(was: int, lag: float, backlog: int, expected: int) -> No
 def test_queue_limit_zero_means_lag_only() -> None:
     assert overload_state(0, 0.01, LAG, 10**9, 0) == 0
     assert overload_state(1, 0.01, LAG, 10**9, 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("lag", "backlog", "busy", "late_before", "expected"),
+    [
+        (0.30, 0, True, True, 2),  # lasting lag, messages kept arriving: load
+        (0.30, 5_000, False, True, 2),  # lasting lag, SIP queued behind it: load
+        (0.30, 0, False, True, 0),  # lasting lag with nothing waiting: not load
+        (0.30, 5_000, True, False, 0),  # one late probe (start-up, a collection): not yet
+        (3.00, 0, False, False, 0),  # a long stall with nothing waiting: never
+    ],
+)
+def test_lag_is_load_only_when_it_lasts_and_sip_waits(
+    lag: float, backlog: int, busy: bool, late_before: bool, expected: int
+) -> None:
+    assert (
+        overload_state(0, lag, LAG, backlog, QUEUE, busy=busy, late_before=late_before) == expected
+    )
+
+
+def test_lag_limit_zero_means_queue_only() -> None:
+    """0 turns the lag signal off (it once meant "always overloaded")."""
+    assert overload_state(0, 5.0, 0, 0, QUEUE) == 0
+    assert overload_state(0, 5.0, 0, 1_200_000, QUEUE) == 1
+    assert overload_state(2, 0.01, 0, 0, QUEUE) == 1

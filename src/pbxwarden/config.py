@@ -24,9 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from pbxwarden.guard.alerts import AlertsConfig
+from pbxwarden.guard.alerts_config import AlertsConfig
 from pbxwarden.guard.ceiling import ProviderCeiling
-from pbxwarden.guard.engine import GuardConfig
+from pbxwarden.guard.policy import GuardConfig
 
 CONFIG_FILE = "pbxwarden.toml"
 SECRET_FILE = "digest.key"
@@ -244,7 +244,8 @@ class CallsConfig(_Section):
         0.25,
         ge=0,
         le=10,
-        description="event-loop lag (s) above which new calls get 503 instead of work",
+        description="event-loop lag (s) above which new calls get 503 instead of work, when "
+        "it lasts and SIP waits behind it (0: off)",
     )
     overload_queue: int = Field(
         2_000_000,
@@ -443,12 +444,39 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+def _describe(error: ValidationError, source: str, env: dict[str, Any] | None = None) -> str:
+    """One line per problem (the whole message on one line when there is one): the key,
+    what is wrong, and for a key that does not exist the nearest one that does."""
+    from pbxwarden.config_hints import suggest
+
+    problems = []
     for err in error.errors():
         where = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
+        if err["type"] == "extra_forbidden":
+            variable = _variable(err["loc"], env or {})
+            text = f"unknown key {where}" + (f" ({variable})" if variable else "")
+            hint = suggest(Config, err["loc"])
+            problems.append(text + (f": did you mean {hint}?" if hint else ""))
+        else:
+            problems.append(f"{where}: {err['msg']}")
+    if len(problems) == 1:
+        return f"invalid configuration ({source}): {problems[0]}"
+    return "\n".join([f"invalid configuration ({source}):", *(f"  {p}" for p in problems)])
+
+
+def _variable(loc: tuple[int | str, ...], env: dict[str, Any]) -> str | None:
+    """The environment variable that set ``loc``, if one did."""
+    node: Any = env
+    path = [str(p) for p in loc]
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    while isinstance(node, dict) and node:  # an unknown section: one of its variables
+        part = next(iter(node))
+        path.append(part)
+        node = node[part]
+    return ENV_PREFIX + "__".join(p.upper() for p in path)
 
 
 def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config:
@@ -460,11 +488,17 @@ def load_config(data_dir: Path, environ: dict[str, str] | None = None) -> Config
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
-    env = _env_overrides(dict(os.environ if environ is None else environ))
+    variables = dict(os.environ if environ is None else environ)
+    env = _env_overrides(variables)
     try:
-        return Config.model_validate(_merge(raw, env))
+        config = Config.model_validate(_merge(raw, env))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, f"{path} and {ENV_PREFIX}* variables")) from None
+        raise ConfigError(_describe(exc, f"{path} and {ENV_PREFIX}* variables", env)) from None
+    from pbxwarden.config_hints import misnamed_variables
+
+    for name, meant in misnamed_variables(Config, variables, ENV_PREFIX):
+        raise ConfigError(f"environment variable {name} is not read: did you mean {meant}?")
+    return config
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
@@ -539,7 +573,7 @@ ring_timeout = 60                # seconds of ringing before the caller hears "n
 max_duration = 14400             # no call lasts longer than this (seconds)
 keepalive = 60                   # ask both phones every this many seconds whether the call
                                  #   still exists (in-dialog OPTIONS); dead calls are hung up
-overload_lag = 0.25              # when the server lags this much (s), new calls get 503
+overload_lag = 0.25              # when the server lags this much (s), new calls get 503 (0: off)
 overload_queue = 2000000         # ... or this many bytes of SIP wait in the kernel's buffer
 
 [media]

@@ -2,29 +2,34 @@
 
 The SIP path publishes and never waits: each subscriber has a bounded queue, and a
 subscriber too slow to keep up loses events (counted, and told so in the stream)
-rather than slowing calls down.
+rather than slowing calls down. At shutdown every stream is told so and ends, so that
+the admin API's graceful stop does not wait on open streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 QUEUE_SIZE = 1000
+SHUTDOWN = "server.shutdown"  # the last event of every stream
 
 
 class Subscription:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self.dropped = 0
+        self.closed = False  # the server is stopping: end once the queue is drained
 
 
 class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self.closed = False
 
     @property
     def subscribers(self) -> int:
@@ -40,9 +45,19 @@ class EventBus:
             except asyncio.QueueFull:
                 sub.dropped += 1
 
+    def close(self) -> None:
+        """The server is stopping: each stream gets a last event and ends."""
+        self.closed = True
+        event = {"type": SHUTDOWN, "at": time.time()}
+        for sub in self._subscribers:
+            sub.closed = True
+            with contextlib.suppress(asyncio.QueueFull):  # else it ends once drained
+                sub.queue.put_nowait(event)
+
     @contextmanager
     def subscribe(self) -> Iterator[Subscription]:
         sub = Subscription()
+        sub.closed = self.closed
         self._subscribers.add(sub)
         try:
             yield sub

@@ -29,6 +29,7 @@ from pbxwarden.guard.alerts import Alert, AlertDispatcher
 from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.latency import Latency
+from pbxwarden.lifecycle import ListenError
 from pbxwarden.locking import LockSync, lock_settings
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
@@ -71,6 +72,7 @@ from pbxwarden.sip.transaction import (
     server_key,
     stamp_via,
 )
+from pbxwarden.sip.transaction import State as TxState
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import ExtensionAuth, Store, StoreError, binding_view
 from pbxwarden.transport.connections import ConnectionLimits
@@ -106,6 +108,9 @@ EVENT_CALL_FIELDS = (
 )
 EVENT_END_FIELDS = ("disposition", "sip_code", "duration", "cost", "reasons", "decision")
 BASELINE_SAVE_INTERVAL = 60.0  # seconds between saves of the guard's learned baselines
+# At shutdown, how long the phones of calls in progress have to answer our BYEs and
+# CANCELs (retransmitted over UDP meanwhile: 0.5, 1.5 and 3.5 s after the first).
+SHUTDOWN_GRACE = 4.0
 
 
 @dataclass
@@ -165,8 +170,13 @@ class SipServer:
         self._tasks: set[asyncio.Future[None]] = set()
         # 0: taking calls; 1: new calls without credentials get 503 (an INVITE answering
         # our challenge is half of an attempt already admitted); 2: every new call gets 503
-        self._overload = 2 if config.calls.overload_lag == 0 else 0  # lag 0: always (tests)
+        self._overload = 0
         self._lag_probe: asyncio.TimerHandle | None = None
+        self._probe_armed = False  # lag is only measured once start-up is over (ready())
+        self._probe_received = 0  # stats.received at the previous probe
+        self._probe_late = False  # the previous probe fired late
+        self._stopping = False
+        self._farewells: list[tuple[TransactionKey, bool]] | None = None
         self.cdrs = CdrWriter(store)
         self.guard = Guard(config.guard)
         self.events = EventBus()  # live events for the admin API's stream
@@ -281,7 +291,10 @@ class SipServer:
         host, port = self.config.sip.listen_address
         self.resolver.send_from(host)  # a trunk name's targets of this IP version only
         if "udp" in self.config.sip.transports:
-            udp = bind_udp(host, port)
+            try:
+                udp = bind_udp(host, port)
+            except OSError as exc:
+                raise ListenError(host, port, "UDP", exc) from None
             if self.config.sip.workers:
                 # Workers first: a REGISTER read before its worker is up would be challenged
                 # here and its answer refused as stale there (a needless round trip).
@@ -298,15 +311,23 @@ class SipServer:
                     log.warning("registrar workers slow to start; registering here meanwhile")
             await self.transports.listen_udp(host, port, udp)
         if "tcp" in self.config.sip.transports:
-            await self.transports.listen_stream(host, port)
+            try:
+                await self.transports.listen_stream(host, port)
+            except OSError as exc:
+                raise ListenError(host, port, "TCP", exc) from None
         tls = self.config.sip.tls
         if tls is not None:
-            from pbxwarden.config import parse_hostport
+            from pbxwarden.config import ConfigError, parse_hostport
 
             thost, tport = parse_hostport(tls.listen, 5061)
-            await self.transports.listen_stream(
-                thost, tport, tls_context(str(tls.cert_file), str(tls.key_file))
-            )
+            try:
+                context = tls_context(str(tls.cert_file), str(tls.key_file))
+            except OSError as exc:
+                raise ConfigError(f"cannot load sip.tls cert_file or key_file: {exc}") from None
+            try:
+                await self.transports.listen_stream(thost, tport, context)
+            except OSError as exc:
+                raise ListenError(thost, tport, "TLS", exc) from None
         self.trunk_registrations.start()  # after binding: the Contact is our address
         self._background.append(asyncio.create_task(self._write_back()))
         self._background.append(asyncio.create_task(self._resolve_trunks()))
@@ -319,14 +340,57 @@ class SipServer:
             sip_core=_core.mode(),
         )
 
+    def ready(self) -> None:
+        """Start-up is over (the caller's too: the admin API, ``gc.freeze``): from now on
+        a late lag probe means load, not the start-up's own work."""
+        self._probe_armed = True
+        self._probe_received = self.stats.received
+        self._probe_late = False
+        if self._lag_probe is not None and self._loop is not None:
+            self._lag_probe.cancel()
+            self._probe_lag(self._now())
+
+    async def end_calls(self) -> None:
+        """The first step of a shutdown: refuse new calls (503), hang up every call (BYE
+        to both phones; CANCEL and 480 for those still ringing) and give the phones
+        :data:`SHUTDOWN_GRACE` to answer, retransmitting as usual, so that no phone is
+        left in a call the PBX forgot. Each record closes with the call's real end."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._overload = 2  # every new call gets 503 from here on
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
+            self._lag_probe = None
+        farewells: list[tuple[TransactionKey, bool]] = []  # (key, our client transaction)
+        self._farewells = farewells  # send_request() adds each BYE and CANCEL
+        try:
+            for call in self.calls.active:
+                if call.answered is None and call.a_key is not None:
+                    farewells.append((call.a_key, False))  # our 480 waits for its ACK
+                self.calls.end_call(call.id, "server shutting down")
+        finally:
+            self._farewells = None
+        if not farewells or self._loop is None:
+            return
+        deadline = self._now() + SHUTDOWN_GRACE
+        while self._now() < deadline and not all(self._settled(k, c) for k, c in farewells):
+            await asyncio.sleep(0.02)
+
+    def _settled(self, key: TransactionKey, client: bool) -> bool:
+        """A farewell needs nothing more from us: its final answer came (a request of
+        ours), or the phone acknowledged ours (the 480 to a ringing caller)."""
+        state = self.tx.state(key)
+        if client:
+            return state not in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING)
+        return state not in (TxState.PROCEEDING, TxState.COMPLETED)
+
     async def stop(self) -> None:
+        await self.end_calls()
         if self._control is not None:
             self._control.close()
         if self.workers is not None:
             await self.workers.stop()  # their last reports arrive before the final flush
-        for call in self.calls.active:
-            self.calls.end_call(call.id, "server shutting down")
-        await asyncio.sleep(0.05)  # let the BYEs and CANCELs leave
         if self.media is not None:
             self.media.close()
         self.trunk_registrations.stop()  # unregister from carriers, waiting briefly for them
@@ -783,16 +847,26 @@ class SipServer:
     _LAG_PERIOD = 0.05
 
     def _probe_lag(self, scheduled: float) -> None:
-        """Overload detection, every 50 ms: how late does this timer fire, and how much
-        SIP waits unread in the kernel's receive buffer?"""
+        """Overload detection, every 50 ms: how late does this timer fire, how much SIP
+        waits unread in the kernel's receive buffer, and did any arrive meanwhile?"""
         now = self._now()
         calls = self.config.calls
-        if calls.overload_lag > 0:
+        if self._probe_armed and not self._stopping:
             lag = now - scheduled
-            backlog = (self.transports.udp_backlog() or 0) if calls.overload_queue else 0
+            backlog = self.transports.udp_backlog() or 0
+            received = self.stats.received
+            busy = received != self._probe_received
+            self._probe_received = received
             level = overload_state(
-                self._overload, lag, calls.overload_lag, backlog, calls.overload_queue
+                self._overload,
+                lag,
+                calls.overload_lag,
+                backlog,
+                calls.overload_queue,
+                busy=busy,
+                late_before=self._probe_late,
             )
+            self._probe_late = lag > calls.overload_lag
             if bool(level) != bool(self._overload):
                 log.warning(
                     "overloaded: shedding new calls" if level else "overload over",
@@ -977,6 +1051,7 @@ class SipServer:
                 "transactions": self.tx.active_count,
                 "calls": len(self.calls.active),
                 "bans": len(self.firewall.bans),
+                "overload": self._overload,
                 **self.transports.describe(),
                 "trunk_registrations": self.trunk_registrations.status(),
                 "trunk_dns": self.resolver.describe(self._stored_routing.trunks),
@@ -1005,6 +1080,8 @@ class SipServer:
 
     def send_request(self, request: Request, dest: Address) -> TransactionKey:
         key, actions = self.tx.send_request(request, dest, self._now())
+        if self._farewells is not None:  # a BYE or CANCEL of the shutdown: wait for it
+            self._farewells.append((key, True))
         self._run(actions)
         return key
 
@@ -1136,19 +1213,38 @@ class SipServer:
         task.add_done_callback(self._tasks.discard)
 
 
-def overload_state(was: int, lag: float, lag_limit: float, backlog: int, backlog_limit: int) -> int:
+def overload_state(
+    was: int,
+    lag: float,
+    lag_limit: float,
+    backlog: int,
+    backlog_limit: int,
+    *,
+    busy: bool = True,
+    late_before: bool = True,
+) -> int:
     """How hard to shed new calls: 0 not at all, 1 those without credentials, 2 all.
 
     2 when the loop lags past its limit or the receive queue is four times its limit;
     1 when the queue is past its limit. Down again only below half the lag and a quarter
     of the queue (hysteresis: no flapping at the threshold), and one level at a time.
+
+    A late timer is load only when it lasts (``late_before``: the previous probe was
+    late too) and SIP waits behind it: bytes still queued in the kernel (``backlog``),
+    or messages that arrived since the previous probe (``busy``: a loop kept busy over
+    TCP, whose queues are not measured). One stall (start-up, a garbage collection, the
+    machine paused) or lag with nothing waiting sheds nothing; a limit of 0 turns the
+    lag signal off (as 0 does the queue's).
     """
     queued = backlog_limit > 0 and backlog > backlog_limit
-    if lag > lag_limit or (queued and backlog > 4 * backlog_limit):
+    lagging = 0 < lag_limit < lag and late_before and (backlog > 0 or busy)
+    if lagging or (queued and backlog > 4 * backlog_limit):
         return 2
     if queued:
         return 1
-    low = lag < lag_limit / 2 and (backlog_limit == 0 or backlog < backlog_limit / 4)
+    low = (lag_limit == 0 or lag < lag_limit / 2) and (
+        backlog_limit == 0 or backlog < backlog_limit / 4
+    )
     return max(0, was - 1) if low else was
 
 

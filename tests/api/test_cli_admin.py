@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from pbxwarden.cli import main as cli_main
 from pbxwarden.cli.admin import admin_app, audit_log
+from pbxwarden.cli.audit_trail import actor
 from pbxwarden.config import load_config
 from pbxwarden.store.admin import AdminStore
 from pbxwarden.store.db import Store
@@ -107,8 +108,10 @@ def test_admin_commands_end_to_end(tmp_path: Path) -> None:
         "admin.totp",
         "admin.create",
         "admin.create",
+        "install.init",
     ]
-    assert {e["actor"] for e in entries} == {"cli"}
+    assert {e["actor"] for e in entries} == {actor()} and actor().startswith("cli:")
+    assert {e["source"] for e in entries} == {"cli"}
     assert entries[0]["before"]["revoked_at"] is None and entries[0]["after"]["revoked_at"]
     human, _ = run(data, "audit-log", "--limit", "1")
     assert "audit log entries" in human and "cli" in human

@@ -280,38 +280,6 @@ def test_hold_with_a_reinvite_is_relayed(pbx: PbxProcess, tmp_path: Path) -> Non
     assert row["disposition"] == "answered"
 
 
-def test_overload_sheds_new_calls_with_503(tmp_path: Path) -> None:
-    """With the lag threshold at 0 the server counts as overloaded all the time: new
-    calls are refused cheaply (503, Retry-After) before any authentication work."""
-    env = {"PBXWARDEN_CALLS__OVERLOAD_LAG": "0"}
-    with running_pbx(tmp_path / "data", USERS, env=env) as pbx:
-        import socket
-
-        from pbxwarden.sip.message import Response, generate_branch, parse_message
-
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            sock.settimeout(10)
-            port = sock.getsockname()[1]
-            sock.sendto(
-                (
-                    f"INVITE sip:2000@{pbx.host} SIP/2.0\r\n"
-                    f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch={generate_branch()};rport\r\n"
-                    f"From: <sip:1000@{pbx.host}>;tag=x\r\nTo: <sip:2000@{pbx.host}>\r\n"
-                    "Call-ID: shed-1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-                    "Content-Length: 0\r\n\r\n"
-                ).encode(),
-                (pbx.host, pbx.port),
-            )
-            reply = parse_message(sock.recv(65535))
-        assert isinstance(reply, Response) and reply.status == 503
-        assert reply.headers.get("Retry-After") == "5"
-        assert json.loads(cli(pbx.data_dir, "stats", "--json").stdout)["shed"] == 1
-        # Registrations are not shed.
-        port_2000 = register_callee(pbx, tmp_path)
-        assert port_2000 > 0
-
-
 def test_delayed_offer_the_callers_answer_reaches_the_callee(
     pbx: PbxProcess, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pbxwarden.cli.audit_trail import actor
 from tests.helpers import (
     PbxProcess,
     cli,
@@ -86,16 +87,16 @@ def test_cli_refuses_costly_targets_and_logs_every_change(pbx: PbxProcess) -> No
     # every refused attempt left a trace, with why; nothing was changed by them
     refused = [c for c in history if c["refused"]]
     assert [(c["new"], c["actor"]) for c in refused] == [
-        ("19005550123", "cli"),
-        ("011442079460000", "cli"),
-        ("+882163020000", "cli"),
-        ("12", "cli"),
+        ("19005550123", actor()),
+        ("011442079460000", actor()),
+        ("+882163020000", actor()),
+        ("12", actor()),
     ]
     assert "premium-rate" in str(refused[0]["refused"])
     changes = [c for c in history if not c["refused"]]
     assert [(c["kind"], c["old"], c["new"], c["actor"]) for c in changes][:2] == [
-        ("busy", None, "3000", "cli"),
-        ("noanswer", None, "2025550143", "cli"),
+        ("busy", None, "3000", actor()),
+        ("noanswer", None, "2025550143", actor()),
     ]
     assert len(changes) == 5  # two sets, three clears
 

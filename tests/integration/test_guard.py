@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pbxwarden.cli.audit_trail import actor
 from pbxwarden.guard.alerts import verify_signature
 from pbxwarden.store.db import Store
 from tests.helpers import (
@@ -127,7 +128,7 @@ def test_diversion_attack_is_refused_suspended_and_reported(
         assert alerts(pbx.data_dir)[0]["acked_by"] == "alice"
         cli(pbx.data_dir, "alerts", "resolve", str(stored["id"]))
         assert alerts(pbx.data_dir) == []
-        assert alerts(pbx.data_dir, "--status", "resolved")[0]["resolved_by"] == "cli"
+        assert alerts(pbx.data_dir, "--status", "resolved")[0]["resolved_by"] == actor()
         again = cli(pbx.data_dir, "alerts", "resolve", str(stored["id"]), check=False)
         assert again.returncode == 1 and "already resolved" in again.stderr
         # recovery in the safe order: resuming waits for a new password

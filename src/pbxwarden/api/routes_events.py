@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from pbxwarden.api.security import Reader
-from pbxwarden.events import EventBus
+from pbxwarden.events import SHUTDOWN, EventBus
 
 router = APIRouter(prefix="/api/v1")
 HEARTBEAT = 15.0
@@ -44,6 +44,8 @@ async def events(request: Request, principal: Reader) -> StreamingResponse:
             yield b": pbxwarden events\n\n"
             reported = 0
             while not await request.is_disconnected():
+                if sub.closed and sub.queue.empty():
+                    break  # the server is stopping
                 try:
                     event = await asyncio.wait_for(sub.queue.get(), HEARTBEAT)
                 except TimeoutError:
@@ -53,9 +55,11 @@ async def events(request: Request, principal: Reader) -> StreamingResponse:
                     lost = {"type": "lost", "events": sub.dropped - reported}
                     reported = sub.dropped
                     yield f"event: lost\ndata: {json.dumps(lost)}\n\n".encode()
-                if _visible(event, tenant):
+                if _visible(event, tenant) or event["type"] == SHUTDOWN:
                     data = json.dumps(event, default=str)
                     yield f"event: {event['type']}\ndata: {data}\n\n".encode()
+                if event["type"] == SHUTDOWN:
+                    break
 
     return StreamingResponse(
         stream(),

@@ -48,7 +48,7 @@ from pbxwarden.api.security import (
     visible_tenant,
 )
 from pbxwarden.guard.policy import with_stored
-from pbxwarden.pbx.forwarding import KINDS, judge_target
+from pbxwarden.pbx.forwarding import KINDS, judge_target, normalise_target
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import (
     ResumeRefused,
@@ -348,26 +348,27 @@ def set_forwarding(
     principal: Operator,
 ) -> dict[str, Any]:
     _extension(ctx, principal, tenant, number)
+    target = normalise_target(body.target)  # '(202) 555-0143' as people write it
     source = f"{principal.name}@{client_ip(request)}"
     ctx.guard.reconfigure(with_stored(ctx.config.guard, ctx.store.policies()))
     decision = judge_target(
         ctx.guard,
         tenant,
         number,
-        body.target,
+        target,
         ctx.store.tenant_country(tenant),
-        ctx.store.is_internal_target(tenant, body.target),
+        ctx.store.is_internal_target(tenant, target),
         source,
         time.time(),
     )
     if not decision.allow:
         reason = "; ".join(decision.reasons)
         ctx.store.record_forwarding_refused(
-            tenant, number, kind, body.target, "api", source, reason, time.time()
+            tenant, number, kind, target, "api", source, reason, time.time()
         )
         raise HTTPException(422, f"forwarding refused: {reason}")
     old = ctx.store.set_forwarding(
-        tenant, number, kind, body.target, "api", source, time.time(), body.ring_time
+        tenant, number, kind, target, "api", source, time.time(), body.ring_time
     )
     audit(
         request,
@@ -375,7 +376,7 @@ def set_forwarding(
         "forwarding.set",
         f"tenant/{tenant}/extension/{number}/{kind}",
         {kind: old},
-        {kind: body.target, "ring_time": body.ring_time},
+        {kind: target, "ring_time": body.ring_time},
         tenant,
     )
     return _forwarding(ctx, tenant, number)

@@ -2,10 +2,11 @@
 
 The first admin can only be made here (the API needs an admin to make one). Secrets
 are printed once and never stored: passwords as argon2 hashes, tokens as SHA-256.
-Every change is written to the audit log with the actor ``cli``.
+Every change is written to the audit log (:mod:`pbxwarden.cli.audit_trail`).
 
 Self-contained on purpose: ``pbxwarden.cli.main`` imports this module, so importing it
-back would be circular; the data directory comes from the root command's options.
+back would be circular; the data directory comes from the root command's options. The
+store and the configuration are imported when a command runs (``--help`` stays fast).
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pbxwarden.cli.output import err, fail, out, print_rows
-from pbxwarden.config import CONFIG_FILE, Config, ConfigError, load_config
-from pbxwarden.store.admin import ROLES, AdminStore
-from pbxwarden.store.db import Store, StoreError, generate_password
+from pbxwarden.cli.audit_trail import record
+from pbxwarden.cli.output import err, fail, out, print_rows, when
+from pbxwarden.store.basics import StoreError, generate_password
+
+if TYPE_CHECKING:
+    from pbxwarden.config import Config
+    from pbxwarden.store.admin import AdminStore
+    from pbxwarden.store.db import Store
 
 admin_app = typer.Typer(no_args_is_help=True, help="Admin accounts and API tokens (admin API).")
-
-ACTOR = "cli"
 
 
 def _data_dir(ctx: typer.Context) -> Path:
@@ -36,6 +39,10 @@ def _data_dir(ctx: typer.Context) -> Path:
 
 
 def _open(ctx: typer.Context) -> tuple[Config, Store, AdminStore]:
+    from pbxwarden.config import CONFIG_FILE, ConfigError, load_config
+    from pbxwarden.store.admin import AdminStore
+    from pbxwarden.store.db import Store
+
     data_dir = _data_dir(ctx)
     if not (data_dir / CONFIG_FILE).exists():
         raise fail(
@@ -90,15 +97,16 @@ def admin_add(
     ] = None,
 ) -> None:
     """Add an admin. Weak passwords are refused (zxcvbn); only an argon2 hash is stored."""
+    from pbxwarden.store.admin import ROLES
+
     if role not in ROLES:
         raise fail(f"invalid role {role!r}: {', '.join(ROLES)}")
     secret, generated = _read_password(username, password)
     _, store, admins = _open(ctx)
     try:
         info = admins.add_admin(username, secret, role, tenant)
-        admins.audit(
-            ACTOR,
-            ACTOR,
+        record(
+            store,
             "admin.create",
             f"admin/{info.username}",
             None,
@@ -140,9 +148,8 @@ def admin_totp(
     _, store, admins = _open(ctx)
     try:
         secret = admins.set_totp(username, not disable)
-        admins.audit(
-            ACTOR,
-            ACTOR,
+        record(
+            store,
             "admin.totp",
             f"admin/{username.strip().lower()}",
             None,
@@ -156,7 +163,7 @@ def admin_totp(
         out.print(f"TOTP disabled for {username}")
         return
     out.print(f"TOTP enabled for {username}; add it to an authenticator app now:")
-    out.print(AdminStore.provisioning_uri(username.strip().lower(), secret), highlight=False)
+    out.print(admins.provisioning_uri(username.strip().lower(), secret), highlight=False)
     err.print("this is shown once; sessions opened before are ended")
 
 
@@ -172,6 +179,8 @@ def admin_token(
     tenant: Annotated[str | None, typer.Option(help="Bind the token to this tenant.")] = None,
 ) -> None:
     """Create an API token owned by USERNAME; printed once, only its hash is stored."""
+    from pbxwarden.store.admin import ROLES
+
     if scope not in ROLES:
         raise fail(f"invalid scope {scope!r}: {', '.join(ROLES)}")
     _, store, admins = _open(ctx)
@@ -185,9 +194,7 @@ def admin_token(
             None if expires_days is None else now + expires_days * 86400,
             now,
         )
-        admins.audit(
-            ACTOR, ACTOR, "token.create", f"token/{info['id']}", None, info, info["tenant"]
-        )
+        record(store, "token.create", f"token/{info['id']}", None, info, info["tenant"])
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -217,9 +224,8 @@ def admin_revoke(ctx: typer.Context, token_id: int) -> None:
     _, store, admins = _open(ctx)
     try:
         before = admins.revoke_token(token_id)
-        admins.audit(
-            ACTOR,
-            ACTOR,
+        record(
+            store,
             "token.revoke",
             f"token/{token_id}",
             before,
@@ -247,22 +253,27 @@ def audit_log(
     if as_json:
         print_rows(rows, True, "audit log entries")
         return
-    print_rows(
-        [{**_without(r, "before", "after"), "change": _change(r)} for r in rows],
-        False,
-        "audit log entries",
-    )
-
-
-def _without(row: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in keys}
+    if not rows:
+        out.print("no audit log entries")
+        return
+    out.print("audit log entries, newest first (times UTC):", highlight=False)
+    for r in rows:  # one line each, like a log: the change is never cut short
+        line = (
+            f"{when(r['at'])} #{r['id']} {r['actor']} ({r['source']}) {r['action']} {r['resource']}"
+        )
+        change = _change(r)
+        out.print(f"{line}: {change}" if change else line, markup=False, highlight=False)
 
 
 def _change(row: dict[str, Any]) -> str:
-    """``key: old -> new`` for what changed (the JSON output has everything)."""
+    """What changed: ``key: old -> new``, ``key=value`` for something new, ``removed``
+    (the JSON output has everything)."""
     before, after = row["before"], row["after"]
-    if not isinstance(before, dict) or not isinstance(after, dict):
-        before = before if isinstance(before, dict) else {}
-        after = after if isinstance(after, dict) else {}
+    if before is None and isinstance(after, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(after.items()) if v is not None)
+    if after is None and before is not None:
+        return "removed"
+    before = before if isinstance(before, dict) else {}
+    after = after if isinstance(after, dict) else {}
     keys = sorted(k for k in {*before, *after} if before.get(k) != after.get(k))
     return ", ".join(f"{k}: {before.get(k)} -> {after.get(k)}" for k in keys)

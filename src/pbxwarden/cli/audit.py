@@ -14,10 +14,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from pbxwarden.audit import RANK, SEVERITIES, at_least, run_audit
 from pbxwarden.cli.admin import _data_dir, _open
 from pbxwarden.cli.output import err, fail, out
-from pbxwarden.config import SECRET_FILE, ConfigError, load_or_create_secret
 
 FINDINGS_EXIT = 2
 COLOURS = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
@@ -38,6 +36,9 @@ def audit(
     """Look for what invites toll fraud (weak or shared SIP passwords, open networks,
     uncapped costly calls, outside diversions, admins without TOTP, exposed services,
     no alert channel) and say how to fix each."""
+    from pbxwarden.audit import RANK, SEVERITIES, at_least, run_audit
+    from pbxwarden.config import SECRET_FILE, ConfigError, load_or_create_secret
+
     if fail_on not in RANK:
         raise fail(f"--fail-on must be one of {', '.join(SEVERITIES)}, not {fail_on!r}")
     data_dir = _data_dir(ctx)

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from pbxwarden.cli.admin import ACTOR, _open
+from pbxwarden.cli.admin import _open
+from pbxwarden.cli.audit_trail import actor, record
 from pbxwarden.cli.output import fail, out, when
-from pbxwarden.store.db import DEFAULT_TENANT, StoreError
-from pbxwarden.store.locks import LockStore
+from pbxwarden.store.basics import DEFAULT_TENANT, StoreError
 
 TenantOption = Annotated[str, typer.Option(help="Tenant of the extension.")]
 
@@ -22,17 +22,18 @@ def extension_unlock(
 
     A new password (extension password) lifts it too, and is the better answer: the lock
     means someone is guessing the password. A running server follows within a second."""
-    _, store, admins = _open(ctx)
+    from pbxwarden.store.locks import LockStore
+
+    _, store, _ = _open(ctx)
     try:
         locks = LockStore(store)
         lock = locks.lock_of(tenant, number)
-        if not locks.lift(tenant, number, ACTOR):
+        if not locks.lift(tenant, number, actor()):
             out.print(f"extension {number} is not locked")
             return
         assert lock is not None
-        admins.audit(
-            ACTOR,
-            ACTOR,
+        record(
+            store,
             "extension.unlock",
             f"tenant/{tenant}/extension/{number}",
             {"locked_until": lock.until, "reason": lock.reason},
@@ -62,12 +63,13 @@ def extension_trunk_access(
     tenant: TenantOption = DEFAULT_TENANT,
 ) -> None:
     """Allow (or deny again) an extension to register and call from a trunk's address."""
-    _, store, admins = _open(ctx)
+    from pbxwarden.store.locks import LockStore
+
+    _, store, _ = _open(ctx)
     try:
         before = LockStore(store).set_trunk_access(tenant, number, allow)
-        admins.audit(
-            ACTOR,
-            ACTOR,
+        record(
+            store,
             "extension.trunk_access",
             f"tenant/{tenant}/extension/{number}",
             {"trunk_access": before},

@@ -2,48 +2,41 @@
 
 Errors the user can fix (bad config, duplicate extension, weak password) are one
 line on stderr and a non-zero exit, never a traceback.
+
+It answers at once: at module level only typer, rich and the standard library are
+imported; each command imports what it needs (the configuration, SQLAlchemy, the
+guard) when it runs. ``tests/cli/test_startup.py`` checks that ``--help`` stays so.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import csv
 import json
-import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import structlog
 import typer
 from rich.table import Table
 
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
+from pbxwarden.cli.audit_trail import actor, record
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows, when
-from pbxwarden.config import (
-    CONFIG_FILE,
-    DEFAULT_CONFIG_TEXT,
-    Config,
-    ConfigError,
-    load_config,
-    load_or_create_secret,
-    parse_hostport,
-)
-from pbxwarden.guard.policy import with_stored
-from pbxwarden.store.db import (
+from pbxwarden.store.basics import (
     DEFAULT_TENANT,
-    Store,
     StoreError,
     generate_password,
     password_fingerprint_key,
 )
+
+if TYPE_CHECKING:
+    from pbxwarden.config import Config
+    from pbxwarden.store.db import Store
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -90,6 +83,14 @@ class State:
 state = State()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from pbxwarden import __version__
+
+        out.print(f"pbxwarden {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     data_dir: Annotated[
@@ -100,11 +101,17 @@ def main(
             help="Where the configuration, database and secrets live.",
         ),
     ] = Path("pbxwarden-data"),
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     state.data_dir = data_dir
 
 
 def _config() -> Config:
+    from pbxwarden.config import CONFIG_FILE, ConfigError, load_config
+
     if not (state.data_dir / CONFIG_FILE).exists():
         raise fail(
             f"{state.data_dir} is not initialised: run 'pbxwarden --data-dir "
@@ -128,6 +135,8 @@ def _in_store(action: Callable[[Store], T]) -> T:
 
 
 def _store(config: Config) -> Store:
+    from pbxwarden.store.db import Store
+
     store = Store(config.database_url(state.data_dir))
     try:
         store.migrate()
@@ -139,11 +148,19 @@ def _store(config: Config) -> Store:
 @app.command()
 def init() -> None:
     """Create the data directory, configuration, secrets and database (safe to re-run)."""
+    from pbxwarden.config import (
+        CONFIG_FILE,
+        DEFAULT_CONFIG_TEXT,
+        ConfigError,
+        load_or_create_secret,
+    )
+
     data_dir = state.data_dir
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         cfg_path = data_dir / CONFIG_FILE
-        if not cfg_path.exists():
+        created = not cfg_path.exists()
+        if created:
             cfg_path.write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
         load_or_create_secret(data_dir)
     except (OSError, ConfigError) as exc:
@@ -152,6 +169,8 @@ def init() -> None:
     store = _store(config)
     try:
         store.ensure_tenant(DEFAULT_TENANT, config.sip.realm)
+        if created:
+            record(store, "install.init", str(data_dir), None, {"realm": config.sip.realm})
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -164,6 +183,8 @@ def init() -> None:
 
 def _fingerprint_key() -> bytes:
     """Key of the password fingerprints that let ``pbxwarden audit`` see reuse."""
+    from pbxwarden.config import ConfigError, load_or_create_secret
+
     try:
         return password_fingerprint_key(load_or_create_secret(state.data_dir))
     except (OSError, ConfigError) as exc:
@@ -189,6 +210,10 @@ def extension_add(
         store.add_extensions(
             [(number, secret)], tenant=tenant, display_name=name, fingerprint_key=key
         )
+        after = {"tenant": tenant, "number": number, "display_name": name}
+        record(
+            store, "extension.create", f"tenant/{tenant}/extension/{number}", None, after, tenant
+        )
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -204,18 +229,30 @@ def extension_import(
     file: Annotated[Path, typer.Argument(help="CSV file with lines 'number,password'.")],
     tenant: Annotated[str, typer.Option(help="Tenant the extensions belong to.")] = DEFAULT_TENANT,
 ) -> None:
-    """Add many extensions from a CSV file, all or none."""
+    """Add many extensions from a CSV file, all or none; an error names its line."""
+    from pbxwarden.cli.importing import ImportProblem, check_rows, read_rows
+
     config = _config()
     try:
-        with file.open(newline="", encoding="utf-8") as fh:
-            rows = [(r[0].strip(), r[1].strip()) for r in csv.reader(fh) if r and r[0].strip()]
-    except (OSError, UnicodeDecodeError, IndexError) as exc:
-        raise fail(f"cannot read {file}: {exc}") from None
+        rows = read_rows(file)
+    except ImportProblem as exc:
+        raise fail(f"nothing imported: {exc}") from None
     key = _fingerprint_key()
     store = _store(config)
     try:
-        count = store.add_extensions(rows, tenant=tenant, fingerprint_key=key)
-    except StoreError as exc:
+        existing = {e["number"] for e in store.list_extensions(tenant)}
+        check_rows(file.name, rows, existing)
+        count = store.add_extensions([(n, pw) for _, n, pw in rows], tenant, None, key)
+        numbers = [n for _, n, _ in rows]
+        record(
+            store,
+            "extension.import",
+            f"tenant/{tenant}/extensions",
+            None,
+            {"tenant": tenant, "file": str(file), "count": count, "numbers": numbers},
+            tenant,
+        )
+    except (ImportProblem, StoreError) as exc:
         raise fail(f"nothing imported: {exc}") from None
     finally:
         store.close()
@@ -229,9 +266,12 @@ def tenant_add(
     country: Annotated[str, typer.Option(help="Home country, ISO 3166 alpha-2.")] = "US",
 ) -> None:
     """Add a tenant. Its phones register to its SIP domain (the realm)."""
+    country = country.strip().upper()
     store = _store(_config())
     try:
         store.add_tenant(name, realm, country)
+        after = {"tenant": name, "realm": realm, "country": country, "extensions": 0}
+        record(store, "tenant.create", f"tenant/{name}", None, after, name)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -258,14 +298,27 @@ def tenant_policy(
     """Show a tenant's fraud-guard policy, or change it (a running server follows)."""
     from pydantic import ValidationError
 
-    from pbxwarden.guard.policy import TenantPolicy
+    from pbxwarden.guard.policy import TenantPolicy, with_stored
 
     config = _config()
+    resource = f"tenant/{tenant}/policy"
+
+    def in_force() -> TenantPolicy:
+        stored = _in_store(lambda store: (store.tenant_realm(tenant), store.policies())[1])
+        return with_stored(config.guard, stored).for_tenant(tenant)
+
     if reset:
-        changed = _in_store(lambda store: store.delete_policy(tenant))
+        before = in_force().model_dump()
+
+        def forget(store: Store) -> bool:
+            changed = store.delete_policy(tenant)
+            if changed:
+                record(store, "policy.delete", resource, before, None, tenant)
+            return changed
+
+        changed = _in_store(forget)
         out.print("stored policy removed" if changed else "no stored policy")
-    stored = _in_store(lambda store: (store.tenant_realm(tenant), store.policies())[1])
-    current = with_stored(config.guard, stored).for_tenant(tenant)
+    current = in_force()
     if set_:
         update: dict[str, Any] = current.model_dump(exclude_defaults=True)
         for item in set_:
@@ -284,7 +337,13 @@ def tenant_policy(
             )
             raise fail(f"invalid policy: {problems}") from None
         policy = current.model_dump(exclude_defaults=True)
-        _in_store(lambda store: store.set_policy(tenant, policy, "cli"))
+        before = in_force().model_dump()
+
+        def store_policy(store: Store) -> None:
+            store.set_policy(tenant, policy, actor())
+            record(store, "policy.set", resource, before, current.model_dump(), tenant)
+
+        _in_store(store_policy)
         out.print(f"policy of tenant {tenant} updated")
     data = current.model_dump(mode="json")
     if as_json:
@@ -325,7 +384,14 @@ def extension_acl(
         raise fail("give --allow CIDR (one or more) or --clear")
     store = _store(_config())
     try:
-        store.set_acl(tenant, number, None if clear else ", ".join(allow or []))
+        before = _extension(store, tenant, number).get("networks")
+        networks = None if clear else ", ".join(allow or [])
+        store.set_acl(tenant, number, networks)
+        after = _extension(store, tenant, number).get("networks")
+        resource = f"tenant/{tenant}/extension/{number}"
+        record(
+            store, "extension.networks", resource, {"networks": before}, {"networks": after}, tenant
+        )
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -357,6 +423,9 @@ def extension_approve(
     store = _store(_config())
     try:
         store.approve_network(tenant, number, network)
+        resource = f"tenant/{tenant}/extension/{number}"
+        after = {"network": network, "approved": True}
+        record(store, "extension.approve_network", resource, None, after, tenant)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -399,27 +468,32 @@ def registrations(
     ctx: typer.Context,
     number: Annotated[str | None, typer.Option("--extension", help="Only this extension.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every column (expiry, contact...).")
+    ] = False,
 ) -> None:
     """Registered phones, one row per binding: from where, over what, which phone, since
-    when, until when. `registrations remove` takes one away."""
+    when (--all: until when, the contact). `registrations remove` takes one away."""
     if ctx.invoked_subcommand is not None:
         return
     rows = [r for r in _bindings() if number is None or r["number"] == number]
     if as_json:
         print_rows(rows, True, "registrations")
         return
-    short = [
+    short = [  # what an operator needs, in 80 columns; --all and --json have the rest
         {
-            "extension": f"{r['number']}" + (f"@{r['tenant']}" if r["tenant"] != "default" else ""),
+            "ext": f"{r['number']}" + (f"@{r['tenant']}" if r["tenant"] != "default" else ""),
             "id": r["id"],
             "from": f"{r['transport'] or '?'} {r['address']}",
-            "phone": (r["user_agent"] or "")[:28],
-            "since": when(r["registered_at"]),
-            "expires": f"in {r['expires_in']} s",
+            "phone": (r["user_agent"] or "")[:20],
+            "since": when(r["registered_at"], minutes=True),
         }
         for r in rows
     ]
-    print_rows(short, False, "registrations")
+    if show_all:
+        print_rows(rows, False, "registrations")
+    else:
+        print_rows(short, False, "registrations", compact=True, keep=("ext", "id", "from"))
 
 
 @registrations_app.command("remove")
@@ -433,8 +507,10 @@ def registrations_remove(
     from pbxwarden.control import ControlError, ask
 
     request = {"cmd": "unregister", "tenant": tenant, "number": number, "id": binding}
+    removed: dict[str, Any] | None = None
     try:
         removed = ask(state.data_dir, request, timeout=5.0)["removed"]
+        assert removed is not None
         where = f"{removed.get('transport') or '?'} {removed.get('address')}"
     except ControlError as exc:
         if "no registration" in str(exc):
@@ -444,6 +520,9 @@ def registrations_remove(
                 f"extension {number} of tenant {tenant} has no registration {binding}"
             ) from None
         where = "the database (server not running)"
+    resource = f"tenant/{tenant}/extension/{number}/registration/{binding}"
+    before = removed or {"id": binding}
+    _in_store(lambda store: record(store, "registration.remove", resource, before, None, tenant))
     out.print(f"extension {number}: registration {binding} removed ({where})")
 
 
@@ -497,6 +576,8 @@ def bans_add(
     store = _store(config)
     now = time.time()
     try:
+        from pbxwarden.config import parse_hostport
+
         listen = [config.sip.listen_address[0]]
         if config.sip.tls is not None:
             listen.append(parse_hostport(config.sip.tls.listen, 5061)[0])
@@ -512,7 +593,9 @@ def bans_add(
         )
         if why is not None and not force:
             raise fail(f"not banned: {why} (--force to ban it all the same)")
+        before = _ban(store, address)
         store.save_bans([(address, now + duration, reason[:255], 1, now)])
+        record(store, "ban.add", f"ban/{address}", before, _ban(store, address))
     finally:
         store.close()
     out.print(f"banned {address} for {int(duration)} s")
@@ -521,14 +604,40 @@ def bans_add(
 @bans_app.command("remove")
 def bans_remove(address: str) -> None:
     """Lift a ban (and forget it, so the next ban starts short again)."""
+    import ipaddress
+
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise fail(f"not an IP address: {address!r}") from None
     store = _store(_config())
     try:
+        before = _ban(store, address)
         removed = store.remove_ban(address)
+        if removed:
+            record(store, "ban.remove", f"ban/{address}", before, None)
     finally:
         store.close()
     if not removed:
         raise fail(f"{address} is not banned")
     out.print(f"unbanned {address}")
+
+
+def _ban(store: Store, address: str) -> dict[str, Any] | None:
+    """A ban as ``bans list`` shows it (what the audit log records before and after)."""
+    now = time.time()
+    for a, until, reason, level, _ in store.load_bans(now, now):
+        if a == address:
+            return {"address": a, "reason": reason, "expires_in": int(until - now), "level": level}
+    return None
+
+
+def _extension(store: Store, tenant: str, number: str) -> dict[str, Any]:
+    """An extension as ``extension list`` shows it, or a StoreError naming it."""
+    for row in store.list_extensions(tenant):
+        if row["number"] == number:
+            return row
+    raise StoreError(f"no extension {number} in tenant {tenant}")
 
 
 @trunk_app.command("add")
@@ -581,6 +690,7 @@ def trunk_add(
     """Add a trunk: IP-authenticated, and with --username/--password also answering the
     carrier's digest challenges (and registering with --register). Calls still need the
     policy to allow them."""
+    from pbxwarden.config import ConfigError, load_or_create_secret
     from pbxwarden.store.credentials import trunk_credential_key
 
     if password == "-":
@@ -614,7 +724,11 @@ def trunk_add(
             emergency=emergency,
             inbound_from=inbound_from or (),
         )
-        row = next(r for r in store.list_trunks() if (r["tenant"], r["name"]) == (tenant, name))
+        row = next(
+            (r for r in store.list_trunks() if (r["tenant"], r["name"]) == (tenant, name)),
+            {"tenant": tenant, "name": name, "host": host, "port": port},
+        )
+        record(store, "trunk.create", f"tenant/{tenant}/trunk/{name}", None, row, tenant)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -634,7 +748,15 @@ def trunk_emergency(
 ) -> None:
     """Mark the trunk the tenant's emergency calls (911, 112, 999...) go out through.
     Without one they take the tenant's ordinary route to its own country."""
-    _in_store(lambda store: store.set_trunk_emergency(tenant, name, not off))
+
+    def mark(store: Store) -> None:
+        store.set_trunk_emergency(tenant, name, not off)
+        resource = f"tenant/{tenant}/trunk/{name}"
+        record(
+            store, "trunk.emergency", resource, {"emergency": off}, {"emergency": not off}, tenant
+        )
+
+    _in_store(mark)
     out.print(f"trunk {name}: " + ("not for emergency calls" if off else "emergency calls go here"))
 
 
@@ -703,7 +825,14 @@ def did_add(
     tenant: Annotated[str, typer.Option(help="Tenant that owns the number.")] = DEFAULT_TENANT,
 ) -> None:
     """Route an inbound number from the tenant's trunks to an extension."""
-    e164 = _in_store(lambda store: store.add_did(number, tenant, extension))
+
+    def add(store: Store) -> str:
+        e164 = store.add_did(number, tenant, extension)
+        row = {"number": e164, "tenant": tenant, "extension": extension}
+        record(store, "did.create", f"tenant/{tenant}/did/{e164}", None, row, tenant)
+        return e164
+
+    e164 = _in_store(add)
     out.print(f"DID {e164} rings extension {extension}")
 
 
@@ -733,7 +862,8 @@ def forward_set(
 ) -> None:
     """Set forwarding. A target the extension may not call is refused, with the reason."""
     from pbxwarden.guard.engine import Guard
-    from pbxwarden.pbx.forwarding import judge_target
+    from pbxwarden.guard.policy import with_stored
+    from pbxwarden.pbx.forwarding import judge_target, normalise_target
 
     chosen = [
         (k, v)
@@ -742,7 +872,7 @@ def forward_set(
     ]
     if len(chosen) != 1:
         raise fail("give exactly one of --always, --busy, --noanswer with a number")
-    kind, target = chosen[0]
+    kind, target = chosen[0][0], normalise_target(chosen[0][1])  # "(202) 555-0143"
     config = _config()
     store = _store(config)
     try:
@@ -761,11 +891,19 @@ def forward_set(
         if not decision.allow:
             reason = "; ".join(decision.reasons)
             store.record_forwarding_refused(
-                tenant, extension, kind, target, "cli", "cli", reason, time.time()
+                tenant, extension, kind, target, actor(), "cli", reason, time.time()
             )
             raise fail(f"forwarding refused: {reason}")
         old = store.set_forwarding(
-            tenant, extension, kind, target, "cli", "cli", time.time(), ring_time
+            tenant, extension, kind, target, actor(), "cli", time.time(), ring_time
+        )
+        record(
+            store,
+            "forwarding.set",
+            f"tenant/{tenant}/extension/{extension}/{kind}",
+            {kind: old},
+            {kind: target, "ring_time": ring_time},
+            tenant,
         )
     except StoreError as exc:
         raise fail(str(exc)) from None
@@ -785,8 +923,14 @@ def forward_clear(
     """Clear forwarding."""
     store = _store(_config())
     try:
+        before: dict[str, str | None] = {}
         for k in [kind] if kind else ["always", "busy", "noanswer"]:
-            store.set_forwarding(tenant, extension, k, None, "cli", "cli", time.time())
+            before[k] = store.set_forwarding(
+                tenant, extension, k, None, actor(), "cli", time.time()
+            )
+        resource = f"tenant/{tenant}/extension/{extension}/{kind or 'all'}"
+        after = dict.fromkeys(before)
+        record(store, "forwarding.clear", resource, before, after, tenant)
     except StoreError as exc:
         raise fail(str(exc)) from None
     finally:
@@ -831,20 +975,27 @@ def calls_list(
 @app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Every counter.")] = False,
 ) -> None:
     """Counters of the running server: messages, refusals, registrations, calls, bans."""
+    from pbxwarden.cli.records import stats_all, stats_view
+
     answer = _ask({"cmd": "stats"})
     flat = {**answer["stats"], **{k: v for k, v in answer.items() if k != "stats"}}
     if as_json:
         out.print_json(json.dumps(flat))
     else:
-        print_rows([flat], False, "stats")
+        print_rows(stats_all(flat) if show_all else stats_view(flat), False, "stats", compact=True)
 
 
 @calls_app.command("end")
 def calls_end(call_id: str) -> None:
     """End a call in progress: both phones are hung up (BYE), or it stops ringing."""
+    live = _ask({"cmd": "calls"}).get("calls", [])
+    call = next((c for c in live if c.get("call_id") == call_id), None)
     _ask({"cmd": "end", "call_id": call_id})
+    tenant = call.get("tenant") if call else None
+    _in_store(lambda store: record(store, "call.end", f"call/{call_id}", call, None, tenant))
     out.print(f"ended {call_id}")
 
 
@@ -854,22 +1005,34 @@ def cdr(
     limit: Annotated[int, typer.Option(help="At most this many records.", min=1)] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output for spreadsheets.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every column (reasons, E.164, trunk, cost...).")
+    ] = False,
 ) -> None:
-    """Call detail records: every attempt, answered, failed or blocked, with the reasons."""
+    """Call detail records: every attempt, answered, failed or blocked, with the reasons.
+
+    Times are UTC (ISO 8601); --json keeps Unix times."""
+    from pbxwarden.cli.records import CDR_COLUMNS, cdr_view, write_cdr_csv
+
     store = _store(_config())
     try:
         rows = store.list_cdrs(time.time() - since if since else 0.0, limit)
     finally:
         store.close()
     if as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["id"])
-        writer.writeheader()
-        writer.writerows(rows)
-        return
-    print_rows(rows, as_json, "call records")
+        write_cdr_csv(rows, sys.stdout)
+    elif as_json or show_all:
+        print_rows(rows, as_json, "call records")
+    else:
+        keep = ("start", "from", "to", "result")
+        print_rows(cdr_view(rows), False, "call records", CDR_COLUMNS, compact=True, keep=keep)
 
 
 def _setup_logging(config: Config) -> None:
+    import logging
+
+    import structlog
+
     level = getattr(logging, config.log.level.upper())
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -898,7 +1061,14 @@ def serve(
         typer.Option(help="Serve the admin API and /metrics on HOST:PORT; overrides the config."),
     ] = None,
 ) -> None:
-    """Run the PBX until SIGINT or SIGTERM."""
+    """Run the PBX until SIGINT or SIGTERM (calls in progress are hung up first).
+
+    One server per data directory: a second one exits at once, changing nothing."""
+    import asyncio
+
+    from pbxwarden.config import ConfigError, parse_hostport
+    from pbxwarden.lifecycle import AlreadyRunning, ListenError, PidLock
+
     config = _config()
     try:
         if sip is not None:
@@ -915,20 +1085,34 @@ def serve(
             )
     except ValueError as exc:
         raise fail(f"bad listen address: {exc}".replace("\n", " ")) from None
-    _setup_logging(config)
-    store = _store(config)
+    lock = PidLock(state.data_dir)
     try:
-        _install_fast_loop()
-        asyncio.run(_serve(config, store))
+        lock.acquire()  # before anything is changed (migrations, open calls closed)
+    except AlreadyRunning as exc:
+        raise fail(f"{exc}: {state.data_dir} is in use by another pbxwarden serve") from None
     except OSError as exc:
-        raise fail(f"cannot listen: {exc}") from None
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+        raise fail(f"cannot lock {lock.path}: {exc}") from None
+    try:
+        _setup_logging(config)
+        store = _store(config)
+        try:
+            _install_fast_loop()
+            asyncio.run(_serve(config, store))
+        except ListenError as exc:
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"cannot listen: {exc}") from None
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        finally:
+            store.close()
     finally:
-        store.close()
+        lock.release()
 
 
 def _install_fast_loop() -> None:
+    import asyncio
+
     if os.environ.get("PBXWARDEN_NO_UVLOOP"):
         return
     try:
@@ -953,10 +1137,19 @@ def _tune_gc() -> None:
 
 
 async def _serve(config: Config, store: Store) -> None:
+    import asyncio
+    import signal
+
+    from pbxwarden.config import load_or_create_secret, parse_hostport
+    from pbxwarden.lifecycle import ListenError
     from pbxwarden.server import SipServer
 
     server = SipServer(config, store, state.data_dir)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()  # what did start: workers, sockets, the CDR writer
+        raise
     http = None
     if config.http.enabled:
         from pbxwarden.api import create_app
@@ -972,7 +1165,11 @@ async def _serve(config: Config, store: Store) -> None:
                 events=server.events,
             )
             api.state.registry.register(SipCollector(server))
-            http = await start_http(api, *parse_hostport(config.http.listen, 8080))
+            host, port = parse_hostport(config.http.listen, 8080)
+            try:
+                http = await start_http(api, host, port)
+            except OSError as exc:
+                raise ListenError(host, port, "HTTP", exc) from None
         except BaseException:
             await server.stop()
             raise
@@ -981,8 +1178,11 @@ async def _serve(config: Config, store: Store) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server.ready()
     print("pbxwarden ready", flush=True)
     await stop.wait()
+    await server.end_calls()  # first, so that no call waits on the admin API's goodbyes
+    server.events.close()  # live event streams end: the admin API need not wait for them
     if http is not None:
         await http.stop()
     await server.stop()
@@ -1000,7 +1200,16 @@ def extension_suspend(
     tenant: Annotated[str, typer.Option(help="Tenant of the extension.")] = DEFAULT_TENANT,
 ) -> None:
     """Refuse every costly call of an extension (a running server follows within a second)."""
-    changed = _in_store(lambda store: store.suspend_extension(tenant, number, reason, by="cli"))
+
+    def suspend(store: Store) -> bool:
+        changed = store.suspend_extension(tenant, number, reason, by=actor())
+        if changed:
+            resource = f"tenant/{tenant}/extension/{number}"
+            before, after = {"suspended": None}, {"suspended": reason}
+            record(store, "extension.suspend", resource, before, after, tenant)
+        return changed
+
+    changed = _in_store(suspend)
     out.print(f"extension {number} suspended" if changed else f"{number} was already suspended")
 
 
@@ -1019,9 +1228,14 @@ def extension_password(
     if password == "-":
         password = sys.stdin.readline().rstrip("\r\n")
     key = _fingerprint_key()
-    new = _in_store(
-        lambda store: AdminStore(store).rotate_extension_password(tenant, number, password, key)
-    )
+
+    def rotate(store: Store) -> str:
+        new = AdminStore(store).rotate_extension_password(tenant, number, password, key)
+        resource = f"tenant/{tenant}/extension/{number}"
+        record(store, "extension.password", resource, None, {"password_rotated": True}, tenant)
+        return new
+
+    new = _in_store(rotate)
     if password is None:
         out.print(f"extension {number} password: {new}", highlight=False)
         err.print("shown once: only its digest hashes are stored")
@@ -1045,25 +1259,19 @@ def extension_resume(
 ) -> None:
     """Allow an extension's costly calls again. One the fraud guard suspended needs a new
     SIP password first (extension password), or the fraud simply starts again."""
-    import getpass
-
-    from pbxwarden.store.admin import AdminStore
-
     if force and not reason:
         raise fail("--force needs a --reason (it goes into the audit log)")
 
     def resume(store: Store) -> bool:
+        before = _extension(store, tenant, number).get("suspended")
         changed = store.resume_extension(tenant, number, force=force)
-        if changed and force:
-            AdminStore(store).audit(
-                f"cli:{getpass.getuser()}",
-                "cli",
-                "extension.resume.forced",
-                f"tenant/{tenant}/extension/{number}",
-                None,
-                {"suspended": None, "forced": True, "reason": reason},
-                tenant,
-            )
+        if changed:
+            resource = f"tenant/{tenant}/extension/{number}"
+            after: dict[str, Any] = {"suspended": None}
+            if force:
+                after.update(forced=True, reason=reason)
+            action = "extension.resume.forced" if force else "extension.resume"
+            record(store, action, resource, {"suspended": before}, after, tenant)
         return changed
 
     changed = _in_store(resume)
@@ -1114,21 +1322,37 @@ def alerts_list(
             r["tenant"],
             r["extension"] or "",
             str(r["count"]),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_at"])),
+            when(r["last_at"]),
             r["summary"] + "".join(f"\n  - {x}" for x in r["reasons"][:6]),
         )
     out.print(table)
 
 
-def _set_alert(alert_id: int, status: str, by: str) -> None:
-    row = _in_store(lambda store: store.set_alert_status(alert_id, status, by))
+def _set_alert(alert_id: int, status: str, by: str | None) -> None:
+    def change(store: Store) -> dict[str, Any]:
+        before = store.get_alert(alert_id)
+        if before is None:
+            raise StoreError(f"no alert {alert_id}")
+        after = store.set_alert_status(alert_id, status, by or actor())
+        action = "alert.ack" if status == "acknowledged" else "alert.resolve"
+        record(
+            store,
+            action,
+            f"alert/{alert_id}",
+            {"status": before["status"]},
+            {"status": after["status"]},
+            before["tenant"],
+        )
+        return after
+
+    row = _in_store(change)
     out.print(f"alert {row['id']} {row['status']}")
 
 
 @alerts_app.command("ack")
 def alerts_ack(
     alert_id: int,
-    by: Annotated[str, typer.Option(help="Who is handling it.")] = "cli",
+    by: Annotated[str | None, typer.Option(help="Who is handling it (default: you).")] = None,
 ) -> None:
     """Acknowledge an alert: someone is on it (repeats are still counted)."""
     _set_alert(alert_id, "acknowledged", by)
@@ -1137,7 +1361,7 @@ def alerts_ack(
 @alerts_app.command("resolve")
 def alerts_resolve(
     alert_id: int,
-    by: Annotated[str, typer.Option(help="Who resolved it.")] = "cli",
+    by: Annotated[str | None, typer.Option(help="Who resolved it (default: you).")] = None,
 ) -> None:
     """Resolve an alert: the next occurrence opens a new one and is sent again."""
     _set_alert(alert_id, "resolved", by)
@@ -1198,6 +1422,8 @@ def simulate(
     unknown = [a for a in chosen if a not in ATTACKS]
     if unknown:
         raise fail(f"unknown attack {unknown[0]!r}; the attacks are {', '.join(ATTACKS)}")
+    from pbxwarden.config import CONFIG_FILE
+
     config = None
     if (state.data_dir / CONFIG_FILE).exists():
         config = _config().guard

@@ -1,12 +1,18 @@
-"""Terminal output shared by the CLI's modules: one look for every table and error."""
+"""Terminal output shared by the CLI's modules: one look for every table and error.
+
+Times are ISO 8601 in UTC (``2025-06-01T14:03:07Z``) everywhere a person or a
+spreadsheet reads them; ``--json`` keeps Unix times for scripts.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -19,32 +25,63 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def when(ts: float | None) -> str:
+def when(ts: float | None, precise: bool = False, minutes: bool = False) -> str:
+    """ISO 8601 in UTC, to the second (``precise``: the millisecond; ``minutes``: the
+    minute, where a narrow table needs the room)."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    moment = datetime.fromtimestamp(ts, UTC)
+    if precise:
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.strftime("%Y-%m-%dT%H:%MZ" if minutes else "%Y-%m-%dT%H:%M:%SZ")
 
 
-def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
-    """A table (times in UTC), or JSON for scripts."""
+def is_time(key: str) -> bool:
+    """Columns holding Unix times: ``created_at``, ``at``, ``start_ts``, ``locked_until``..."""
+    return key.endswith(("_at", "_ts", "_until")) or key == "at"
+
+
+def cell(key: str, value: Any) -> str:
+    if is_time(key) and isinstance(value, int | float):
+        return when(value)
+    return "" if value is None else str(value)
+
+
+def print_rows(
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    title: str,
+    columns: Sequence[str] | None = None,
+    compact: bool = False,
+    keep: Sequence[str] = (),
+) -> None:
+    """A table (times in UTC), or JSON for scripts (every column, Unix times).
+
+    ``columns``: the ones an operator needs, in that order (the rest with ``--json``);
+    ``compact``: no vertical rules and one line per row, so that it reads in an
+    80-column terminal (a cell too long is cut with an ellipsis; --json has it all);
+    ``keep``: columns never cut (an address, an id to type)."""
     if as_json:
         out.print_json(json.dumps(rows))
         return
     if not rows:
         out.print(f"no {title}")
         return
-    table = Table(title=title)
-    for col in rows[0]:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(
-            *(
-                when(v)
-                if (k.endswith(("_at", "_until")) or k == "at") and isinstance(v, int | float)
-                else ""
-                if v is None
-                else str(v)
-                for k, v in row.items()
-            )
+    keys = list(columns) if columns is not None else list(rows[0])
+    if compact:  # no rules, no edges, two spaces between columns: 80 columns go far
+        table = Table(
+            title=title,
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            padding=(0, 1, 0, 0),
         )
+    else:
+        table = Table(title=title)
+    cells = [[cell(k, row.get(k)) for k in keys] for row in rows]
+    for i, key in enumerate(keys):
+        widest = max(len(key), *(len(c[i]) for c in cells)) if key in keep else None
+        table.add_column(key, no_wrap=compact or is_time(key), min_width=widest)
+    for values in cells:
+        table.add_row(*values)
     out.print(table)

@@ -14,6 +14,8 @@ from pbxwarden.pbx.numbers import classify, emergency_number
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer, Decision
 
 TARGET_RE = re.compile(r"\+?[0-9]{2,20}")
+# What people put between digits when they write a number (E.123's visual separators).
+_SEPARATORS = re.compile(r"[\s().\-/\u00a0\u2010-\u2015]+")
 KINDS = ("always", "busy", "noanswer")
 DIVERSION_REASONS = {
     "always": "unconditional",
@@ -35,6 +37,13 @@ def parse_feature(dialed: str, codes: dict[str, FeatureCode]) -> tuple[FeatureCo
         if dialed.startswith(code):
             return codes[code], dialed[len(code) :]
     return None
+
+
+def normalise_target(text: str) -> str:
+    """A target as people write it, as dialled digits: ``(202) 555-0143`` becomes
+    ``2025550143``, ``+49 30 1234-5678`` becomes ``+493012345678``. Only separators are
+    dropped; anything else stays, for :func:`judge_target` to refuse with a reason."""
+    return _SEPARATORS.sub("", text.strip())
 
 
 def judge_target(

@@ -11,15 +11,12 @@ import hmac
 import ipaddress
 import json
 import re
-import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -28,6 +25,10 @@ from pbxwarden.pbx.locate import check_networks, trunk_target
 from pbxwarden.pbx.numbers import classify, emergency_number
 from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
+from pbxwarden.store.basics import DEFAULT_TENANT as DEFAULT_TENANT
+from pbxwarden.store.basics import StoreError as StoreError
+from pbxwarden.store.basics import generate_password as generate_password
+from pbxwarden.store.basics import password_fingerprint_key as password_fingerprint_key
 from pbxwarden.store.credentials import CredentialError, open_password, seal_password
 from pbxwarden.store.models import (
     AlertRow,
@@ -56,11 +57,6 @@ FORWARD_KINDS = ("always", "busy", "noanswer")
 # Trunk user names go into From/To URIs unescaped, so only URI-safe characters.
 TRUNK_USER_RE = re.compile(r"[A-Za-z0-9._~+-]{1,128}")
 TRUNK_REALM_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,255}")
-DEFAULT_TENANT = "default"
-
-
-class StoreError(Exception):
-    """A request the store refuses (duplicate, unknown tenant, weak password)."""
 
 
 class ResumeRefused(StoreError):
@@ -152,17 +148,6 @@ def binding_view(tenant: str, number: str, b: BindingRow, now: float) -> dict[st
     }
 
 
-def generate_password() -> str:
-    """24 URL-safe characters (144 bits): strong, and typeable into a phone's keypad menu."""
-    return secrets.token_urlsafe(18)
-
-
-def password_fingerprint_key(secret: bytes) -> bytes:
-    """The key of SIP password fingerprints, derived from the install secret so that it
-    is never the key that signs digest nonces."""
-    return hmac.new(secret, b"password-fingerprint", hashlib.sha256).digest()
-
-
 def password_fingerprint(key: bytes, password: str) -> str:
     """HMAC-SHA256 of a SIP password: equal for equal passwords, whatever the extension
     (HA1 hashes include the user name, so they cannot show a password used twice), and
@@ -234,6 +219,13 @@ def _lock_in_force(
     return until is not None and until > now and (pw_at or 0.0) < (made or 0.0)
 
 
+def _known_region(country: str) -> bool:
+    """A country whose numbers libphonenumber can parse (``XX`` or ``ZZ`` are not)."""
+    import phonenumbers
+
+    return country in phonenumbers.SUPPORTED_REGIONS
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -251,7 +243,14 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision (Alembic only loaded when needed)."""
+    from pbxwarden.store.schema import at_head
+
+    if at_head(engine):
+        return
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
@@ -288,8 +287,12 @@ class Store:
         """A new tenant; its realm is the SIP domain its phones register to."""
         if not REALM_RE.fullmatch(realm):
             raise StoreError(f"invalid realm {realm!r}: use the tenant's SIP domain name")
-        if not COUNTRY_RE.fullmatch(country):
-            raise StoreError(f"invalid country {country!r}: two-letter ISO code such as US, DE")
+        country = country.strip().upper()
+        if not COUNTRY_RE.fullmatch(country) or not _known_region(country):
+            raise StoreError(
+                f"invalid country {country!r}: a two-letter ISO 3166 code libphonenumber "
+                "knows, such as US, GB, DE (numbers are judged by the tenant's country)"
+            )
         with Session(self.engine) as s:
             if s.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
                 raise StoreError(f"tenant {name!r} already exists")
