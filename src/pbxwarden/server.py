@@ -20,12 +20,12 @@ from pbxwarden import _core
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.events import EventBus
-from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings, Verdict
+from pbxwarden.firewall.engine import Firewall, FirewallSettings, Verdict
 from pbxwarden.firewall.geo import open_geo
 from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
-from pbxwarden.guard.alerts import Alert, AlertDispatcher
+from pbxwarden.guard.alerts import AlertDispatcher
 from pbxwarden.guard.engine import Guard, GuardAlert
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.latency import Latency
@@ -33,21 +33,20 @@ from pbxwarden.lifecycle import ListenError
 from pbxwarden.locking import LockSync, lock_settings
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
 from pbxwarden.pbx.cdr import CdrWriter
-from pbxwarden.pbx.directory import Directory, refresh_directory
+from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.numbers import emergency_number
-from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.registration import (
     RegistrationHandler,
     add_realms,
     make_authenticator,
     make_registrar,
-    refresh_networks,
 )
-from pbxwarden.pbx.routing import Routing
 from pbxwarden.pbx.trunk_registration import TrunkRegistrations
 from pbxwarden.registrar_workers import WorkerPool, binding_from_event, registration_route
+from pbxwarden.server_control import ControlCommands
+from pbxwarden.server_sync import StoreSync
 from pbxwarden.sip.digest import DigestServer
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
@@ -74,7 +73,7 @@ from pbxwarden.sip.transaction import (
 )
 from pbxwarden.sip.transaction import State as TxState
 from pbxwarden.store.credentials import trunk_credential_key
-from pbxwarden.store.db import ExtensionAuth, Store, StoreError, binding_view
+from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.transport.connections import ConnectionLimits
 from pbxwarden.transport.network import (
     FILE_RESERVE,
@@ -107,7 +106,6 @@ EVENT_CALL_FIELDS = (
     "number_type",
 )
 EVENT_END_FIELDS = ("disposition", "sip_code", "duration", "cost", "reasons", "decision")
-BASELINE_SAVE_INTERVAL = 60.0  # seconds between saves of the guard's learned baselines
 # At shutdown, how long the phones of calls in progress have to answer our BYEs and
 # CANCELs (retransmitted over UDP meanwhile: 0.5, 1.5 and 3.5 s after the first).
 SHUTDOWN_GRACE = 4.0
@@ -155,12 +153,10 @@ class SipServer:
                 allow=tuple(fw.allow),
             )
         )
-        self._unsaved_bans: dict[str, Ban] = {}
         self.geo = open_geo(fw.geoip_database)
         self.netwatch = NetworkWatch(
             fw.approve_new_networks, self.geo.country if self.geo is not None else None
         )
-        self._approved_networks = -1  # stored approved networks last loaded
         # extension locks: failures per extension from every source (firewall/locks.py)
         self.locks = ExtensionLocks(
             LockTracker(lock_settings(fw)), self.netwatch, self.firewall.is_allowlisted
@@ -180,7 +176,6 @@ class SipServer:
         self.cdrs = CdrWriter(store)
         self.guard = Guard(config.guard)
         self.events = EventBus()  # live events for the admin API's stream
-        self._stored_policies: dict[str, dict[str, Any]] = {}
         self._live_calls: dict[int, tuple[str, str]] = {}  # CDR token -> (tenant, Call-ID)
         self.alert_channels = AlertDispatcher(config.alerts)
         self.media: MediaRelay | None = None
@@ -245,11 +240,16 @@ class SipServer:
             min_ttl=dns_config.min_ttl,
             max_ttl=dns_config.max_ttl,
         )
-        self._stored_routing = Routing()  # as the database has it; names not yet resolved
         self.calls.locator = self.resolver
         self.trunk_registrations = TrunkRegistrations(
             self, self._now, sip.user_agent, locator=self.resolver
         )
+        self.sync = StoreSync(self)  # the database, the guard's outbox, the firewall
+        self.controls = ControlCommands(self)  # what the CLI asks over the control socket
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answers the CLI over the control socket (:mod:`pbxwarden.server_control`)."""
+        return self.controls.handle(request)
 
     @property
     def overloaded(self) -> bool:
@@ -276,18 +276,18 @@ class SipServer:
         self.cdrs.start()
         rows = await asyncio.to_thread(self.store.load_bindings, time.time())
         self.location.load(rows)
-        await self._refresh_directory()
-        await self._refresh_routing()
+        await self.sync.refresh_directory()
+        await self.sync.refresh_routing()
         with contextlib.suppress(TimeoutError):  # slow DNS: the background task goes on
-            await asyncio.wait_for(self._resolve_once(), 3 * self.config.dns.timeout)
-        await self._refresh_networks()
-        await self._start_offload()
-        await self._sync_firewall()
-        await self.lock_sync.sync(self._deliver, self.events.publish)  # stored locks
+            await asyncio.wait_for(self.sync.resolve_once(), 3 * self.config.dns.timeout)
+        await self.sync.refresh_networks()
+        await self.sync.start_offload()
+        await self.sync.sync_firewall()
+        await self.lock_sync.sync(self.sync.deliver, self.events.publish)  # stored locks
         self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
-        self._stored_policies = await asyncio.to_thread(self.store.policies)
-        if self._stored_policies:
-            self.guard.reconfigure(with_stored(self.config.guard, self._stored_policies))
+        self.sync.stored_policies = await asyncio.to_thread(self.store.policies)
+        if self.sync.stored_policies:
+            self.guard.reconfigure(with_stored(self.config.guard, self.sync.stored_policies))
         host, port = self.config.sip.listen_address
         self.resolver.send_from(host)  # a trunk name's targets of this IP version only
         if "udp" in self.config.sip.transports:
@@ -329,10 +329,10 @@ class SipServer:
             except OSError as exc:
                 raise ListenError(thost, tport, "TLS", exc) from None
         self.trunk_registrations.start()  # after binding: the Contact is our address
-        self._background.append(asyncio.create_task(self._write_back()))
-        self._background.append(asyncio.create_task(self._resolve_trunks()))
+        self._background.append(asyncio.create_task(self.sync.write_back()))
+        self._background.append(asyncio.create_task(self.sync.resolve_trunks()))
         self._probe_lag(self._now())
-        self._control = await serve_control(self._data_dir, self.control)
+        self._control = await serve_control(self._data_dir, self.controls.handle)
         log.info(
             "sip listening",
             addresses={k: f"{h}:{p}" for k, (h, p) in self.transports.bound.items()},
@@ -401,7 +401,7 @@ class SipServer:
         if self._tasks:  # forwarding changes and networks still being written
             await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await self._save_baselines()
+            await self.sync.save_baselines()
         except Exception:
             log.exception("saving the guard's baselines failed")
         await self.cdrs.stop()
@@ -419,326 +419,7 @@ class SipServer:
             self._timer.cancel()
         if self._lag_probe is not None:
             self._lag_probe.cancel()
-        await self._flush()
-
-    async def _write_back(self) -> None:
-        interval = self.config.storage.flush_interval
-        next_realm_check = 0.0
-        next_baseline_save = time.time() + BASELINE_SAVE_INTERVAL
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                now = time.time()
-                self.location.purge(now)
-                await self._flush()
-                if now >= next_realm_check:  # tenants and extensions added from the CLI
-                    self._add_realms(await asyncio.to_thread(self.store.known_realms))
-                    await self._refresh_directory()
-                    await self._refresh_routing()
-                    await self._refresh_networks()
-                    await self._sync_firewall()
-                    await self.lock_sync.sync(self._deliver, self.events.publish)
-                    await self._guard_round(now)
-                    if now >= next_baseline_save:  # learned behaviour survives a restart
-                        await self._save_baselines()
-                        next_baseline_save = now + BASELINE_SAVE_INTERVAL
-                    next_realm_check = now + 1.0
-            except Exception:  # the database may be briefly locked; retry next round
-                log.exception("registration write-back failed")
-
-    async def _save_baselines(self) -> None:
-        rows = self.guard.export_baselines()
-        if rows:
-            await asyncio.to_thread(self.store.save_baselines, rows)
-
-    async def _guard_round(self, now: float) -> None:
-        """Cut off what the guard says must end, adopt suspensions an admin changed, and
-        deliver the guard's alerts (stored first, then sent)."""
-        self.calls.police(now)
-        self._end_silent_calls(now)
-        policies = await asyncio.to_thread(self.store.policies)
-        if policies != self._stored_policies:  # set through the API or the CLI
-            self.guard.reconfigure(with_stored(self.config.guard, policies))
-            self._stored_policies = policies
-            log.info("guard policies updated", tenants=sorted(policies))
-        stored = await asyncio.to_thread(self.store.suspended_extensions)
-        self.guard.sync_suspensions({(r["tenant"], r["extension"]): r["reason"] for r in stored})
-        while self.guard.outbox:
-            await self._deliver(self.guard.outbox.popleft())
-
-    def _end_silent_calls(self, now: float) -> None:
-        """Hang up answered calls whose media stopped: a phone that crashed or lost its
-        network sends no BYE, and a call left up keeps costing until max_duration."""
-        timeout = self.config.media.timeout
-        if self.media is None or not timeout:
-            return
-        mono = time.monotonic()
-        for call in self.calls.active:
-            if call.answered is None or call.emergency:
-                continue
-            idle = self.media.idle_for(call.token, mono)
-            if idle is not None and min(idle, now - call.answered) > timeout:
-                log.warning("call without media hung up", call_id=call.id, seconds=int(idle))
-                self.calls.end_call(call.id, f"no media for {int(timeout)} s")
-
-    async def _deliver(self, alert: GuardAlert) -> None:
-        if alert.suspend and alert.extension:
-            with contextlib.suppress(StoreError):  # the extension was deleted meanwhile
-                await asyncio.to_thread(
-                    self.store.suspend_extension,
-                    alert.tenant,
-                    alert.extension,
-                    alert.reasons[0] if alert.reasons else alert.summary,
-                    alert.at,
-                    "guard",
-                )
-        alert_id, new = await asyncio.to_thread(
-            self.store.record_alert,
-            {
-                "tenant": alert.tenant,
-                "extension": alert.extension,
-                "severity": alert.severity,
-                "rule": alert.rule,
-                "summary": alert.summary,
-                "reasons": alert.reasons,
-                "dedupe_key": alert.key,
-                "at": alert.at,
-            },
-        )
-        self.events.publish(
-            "alert",
-            {
-                "id": alert_id,
-                "new": new,
-                "tenant": alert.tenant,
-                "extension": alert.extension,
-                "severity": alert.severity,
-                "rule": alert.rule,
-                "summary": alert.summary,
-                "reasons": list(alert.reasons),
-                "suspended": alert.suspend,
-            },
-            alert.at,
-        )
-        log.warning(
-            "guard alert",
-            id=alert_id,
-            new=new,
-            severity=alert.severity,
-            rule=alert.rule,
-            tenant=alert.tenant,
-            extension=alert.extension,
-            summary=alert.summary,
-        )
-        if new:
-            self._send_alert(alert, alert_id)
-
-    def _send_alert(self, alert: GuardAlert, alert_id: int) -> None:
-        """Hand a new alert to the configured channels (webhook, email, syslog)."""
-        if not self.alert_channels.configured:
-            return
-        outgoing = Alert(
-            alert_id,
-            alert.tenant,
-            alert.extension,
-            alert.severity,
-            alert.rule,
-            alert.summary,
-            alert.reasons,
-            alert.at,
-        )
-
-        async def send() -> None:
-            results = await self.alert_channels.send(outgoing, alert.key)
-            log.info("alert sent", id=alert_id, results=results)
-
-        self._tasks.add(task := asyncio.ensure_future(send()))
-        task.add_done_callback(self._tasks.discard)
-
-    async def _refresh_directory(self) -> None:
-        changed = await refresh_directory(self.store, self.directory)
-        if changed is None:
-            return
-        log.debug("extensions reloaded", extensions=len(self.directory))
-        for ext in changed:
-            self._password_changed(ext)
-
-    def _password_changed(self, ext: ExtensionAuth) -> None:
-        """Recovery after a compromise: a new SIP password means whoever had the old one
-        must be out at once, not when their registration expires. Every binding of the
-        extension goes (the legitimate phone registers again with the new password) and
-        its calls in progress end, with the reason in their records."""
-        aor = aor_key(ext.realm, ext.number)
-        removed = 0
-        for binding in self.location.lookup(aor, 0.0):
-            self.location.remove(aor, binding.contact)
-            removed += 1
-        ended = self.calls.end_extension_calls(
-            ext.tenant,
-            ext.number,
-            f"extension {ext.number}'s SIP password was changed: its calls were ended",
-        )
-        log.warning(
-            "SIP password changed: registrations removed and calls ended",
-            tenant=ext.tenant,
-            extension=ext.number,
-            registrations=removed,
-            calls=ended,
-        )
-
-    async def _refresh_networks(self) -> None:
-        self._approved_networks = await refresh_networks(
-            self.store, self.netwatch, self._approved_networks
-        )
-
-    async def _refresh_routing(self) -> None:
-        self._stored_routing = await asyncio.to_thread(
-            self.store.routing_snapshot, self._trunk_key
-        )
-        self._apply_routing()
-
-    def _apply_routing(self) -> None:
-        """The stored routing with the addresses DNS gave the trunks' names: inbound calls
-        are recognised, and carriers trusted by the firewall, by those addresses."""
-        stored = self._stored_routing
-        routing = stored.with_addresses(self.resolver.addresses(stored.trunks))
-        self.calls.routing = routing
-        self.trunk_registrations.sync(routing.trunks)
-        trusted = routing.trusted_hosts()  # IP hosts and what the names resolve to
-        self.firewall.set_trusted(trusted, routing.trusted_networks())
-        self.locks.trunk_hosts = frozenset(trusted)
-        self.locks.trunk_networks = routing.inbound_networks()
-
-    async def _resolve_once(self) -> None:
-        if await self.resolver.refresh(self._stored_routing.trunks):
-            self._apply_routing()
-
-    async def _resolve_trunks(self) -> None:
-        """Look trunk names up again as their answers expire (and new trunks within a
-        second of being added)."""
-        while True:
-            try:
-                await self._resolve_once()
-            except Exception:
-                log.exception("resolving trunk names failed")
-            await asyncio.sleep(1.0)
-
-    async def _start_offload(self) -> None:
-        fw = self.config.firewall
-        if not fw.nftables:
-            return
-        ports = [self.config.sip.listen_address[1]]
-        if self.config.sip.tls is not None:
-            from pbxwarden.config import parse_hostport
-
-            ports.append(parse_hostport(self.config.sip.tls.listen, 5061)[1])
-        offload = NftablesOffload(fw.nftables_table, ports)
-        try:
-            await asyncio.to_thread(offload.setup)
-        except NftablesError as exc:
-            log.warning("nftables offload is off", reason=str(exc))
-            return
-        self.nft = offload
-        log.info("nftables offload on", table=fw.nftables_table, ports=ports)
-
-    async def _sync_firewall(self) -> None:
-        """Persist new bans, adopt the stored set (bans added or removed by the CLI), and
-        mirror the changes into the kernel when nftables offload is on."""
-        now = time.time()
-        events = self.firewall.drain_events()
-        own = list(events)
-        for event in events:
-            if event.kind == "ban" and event.address in self.firewall.bans:
-                self._unsaved_bans[event.address] = self.firewall.bans[event.address]
-        if self._unsaved_bans:
-            rows = [
-                (b.address, b.until, b.reason, b.level, b.created_at)
-                for b in self._unsaved_bans.values()
-            ]
-            await asyncio.to_thread(self.store.save_bans, rows)
-            self._unsaved_bans.clear()
-        since = now - self.firewall.settings.repeat_memory
-        stored = await asyncio.to_thread(self.store.load_bans, now, since)
-        known = set(self.firewall.bans)
-        self.firewall.load([Ban(*row) for row in stored], now)
-        events += self.firewall.drain_events()
-        # A banned source's TCP/TLS connections only hold slots: close them.
-        for address in {e.address for e in own if e.kind == "ban"} | (
-            set(self.firewall.bans) - known
-        ):
-            self.transports.drop_source(address)
-        for event in events:
-            self.events.publish(
-                event.kind,
-                {
-                    "tenant": "provider",
-                    "address": event.address,
-                    "reason": event.reason,
-                    "until": event.until,
-                    "extension": event.extension,
-                },
-            )
-            log.warning(
-                "firewall " + event.kind,
-                address=event.address,
-                reason=event.reason,
-                until=event.until,
-                extension=event.extension,
-            )
-            if event.kind != "unban" and event in own:  # not bans other nodes made
-                await self._deliver(
-                    GuardAlert(  # one open alert per kind, and per extension attacked
-                        "provider",
-                        None,
-                        "warning",
-                        f"firewall-{event.kind}",
-                        f"SIP firewall: {event.address} {event.reason}",
-                        (
-                            *(
-                                [
-                                    f"{event.address} is banned until "
-                                    + time.strftime(
-                                        "%Y-%m-%d %H:%M:%S UTC", time.gmtime(event.until)
-                                    )
-                                ]
-                                if event.until is not None
-                                else []
-                            ),
-                            f"reason: {event.reason}",
-                            *(
-                                [f"it tried the identity {event.extension}"]
-                                if event.extension
-                                else []
-                            ),
-                        ),
-                        now,
-                        dedupe=f"provider/{event.extension or '-'}/firewall-{event.kind}",
-                    )
-                )
-        if self.nft is not None:
-            added = {
-                a: b.until
-                for a, b in self.firewall.bans.items()
-                if a not in known or any(e.kind == "ban" and e.address == a for e in events)
-            }
-            lifted = [e.address for e in events if e.kind == "unban"]
-            if added or lifted:
-                try:
-                    await asyncio.to_thread(self.nft.sync, added, lifted, now)
-                except NftablesError as exc:
-                    log.error("nftables offload failed", error=str(exc))
-
-    async def _flush(self) -> None:
-        if not self.location.has_changes:
-            return
-        upserts, deletes = self.location.drain_changes()
-        try:
-            await asyncio.to_thread(self.store.write_bindings, upserts, deletes, time.time())
-        except Exception:
-            self.location.requeue(upserts, deletes)  # nothing is lost; the next round retries
-            raise
-
-    # -- inbound path --------------------------------------------------------------------
+        await self.sync.flush()
 
     def on_message(self, data: bytes, source: Address) -> None:
         """Entry point for every message from every transport."""
@@ -1002,82 +683,6 @@ class SipServer:
         self._tasks.add(task := asyncio.ensure_future(write()))
         task.add_done_callback(self._tasks.discard)
 
-    def control(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answers the CLI over the control socket (see :mod:`pbxwarden.control`)."""
-        command = request.get("cmd")
-        if command == "calls":
-            now = time.time()
-            return {
-                "calls": [
-                    {
-                        "call_id": c.id,
-                        "tenant": c.tenant,
-                        "caller": c.caller_id,
-                        "callee": c.callee,
-                        "state": "answered" if c.answered else "ringing",
-                        "seconds": int(now - (c.answered or c.started)),
-                        **({"media": self.media.describe(c.token)} if self.media else {}),
-                    }
-                    for c in self.calls.active
-                ]
-            }
-        if command == "end":
-            call_id = str(request.get("call_id", ""))
-            if not self.calls.end_call(call_id):
-                raise ValueError(f"no call {call_id!r} in progress")
-            return {"ended": call_id}
-        if command == "registrations":
-            return {"registrations": self._live_bindings(time.time())}
-        if command == "unregister":
-            tenant, number = str(request.get("tenant", "")), str(request.get("number", ""))
-            handle = str(request.get("id", ""))
-            for row in self._live_bindings(time.time()):
-                if (row["tenant"], row["number"], row["id"]) == (tenant, number, handle):
-                    realm = self.calls.routing.realms.get(tenant, "")
-                    self.location.remove(aor_key(realm, number), str(row["contact"]))
-                    log.warning(
-                        "registration removed by an administrator",
-                        tenant=tenant,
-                        extension=number,
-                        source=row["address"],
-                        user_agent=row["user_agent"],
-                    )
-                    return {"removed": row}
-            raise ValueError(f"extension {number} of tenant {tenant} has no registration {handle}")
-        if command == "stats":
-            return {
-                "stats": self.stats.__dict__,
-                "bindings": len(self.location),
-                "transactions": self.tx.active_count,
-                "calls": len(self.calls.active),
-                "bans": len(self.firewall.bans),
-                "overload": self._overload,
-                **self.transports.describe(),
-                "trunk_registrations": self.trunk_registrations.status(),
-                "trunk_dns": self.resolver.describe(self._stored_routing.trunks),
-                "sip_core": _core.mode(),
-                **(self.workers.describe() if self.workers is not None else {}),
-                **(
-                    {f"media_{k}": v for k, v in self.media.counters.__dict__.items()}
-                    if self.media
-                    else {}
-                ),
-            }
-        raise ValueError(f"unknown command {command!r}")
-
-    def _live_bindings(self, now: float) -> list[dict[str, Any]]:
-        tenants = {realm: tenant for tenant, realm in self.calls.routing.realms.items()}
-        rows = []
-        for aor, binding in self.location.items():
-            if binding.expires_at <= now:
-                continue
-            realm, _, number = aor.rpartition("/")
-            rows.append(binding_view(tenants.get(realm, realm), number, binding, now))
-        rows.sort(key=lambda r: (r["tenant"], r["number"], r["registered_at"] or 0.0))
-        return rows
-
-    # -- CallPort: what the B2BUA uses ---------------------------------------------------
-
     def send_request(self, request: Request, dest: Address) -> TransactionKey:
         key, actions = self.tx.send_request(request, dest, self._now())
         if self._farewells is not None:  # a BYE or CANCEL of the shutdown: wait for it
@@ -1172,7 +777,7 @@ class SipServer:
 
         async def deliver() -> None:
             try:
-                await self._deliver(alert)
+                await self.sync.deliver(alert)
             except Exception:
                 log.exception("delivering an alert failed", rule=rule, extension=extension)
 
@@ -1207,7 +812,7 @@ class SipServer:
                 actor="phone",
                 source=source,
             )
-            await self._refresh_directory()
+            await self.sync.refresh_directory()
 
         self._tasks.add(task := asyncio.ensure_future(write()))
         task.add_done_callback(self._tasks.discard)
