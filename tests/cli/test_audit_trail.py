@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 
 from pbxwarden.cli.main import app
@@ -100,6 +101,8 @@ def audit_log(data: Path) -> list[dict[str, Any]]:
     return list(json.loads(cli(data, "audit-log", "--json", "--limit", "1000").stdout))
 
 
+# some thirty CLI runs, each a process: on one loaded core they outlast the suite's 120 s
+@pytest.mark.timeout(600)
 def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) -> None:
     data = tmp_path / "d"
     cli(data, "init")
