@@ -66,7 +66,6 @@ class Baseline:
     _peak_cache: tuple[list[float], list[float]] | None = field(
         default=None, repr=False, compare=False
     )
-    long_calls: dict[str, int] = field(default_factory=dict)  # country -> calls of 20 min+
 
     def learn_range(self, prefix: str, day: int) -> None:
         seen = self.ranges.get(prefix)
@@ -175,7 +174,6 @@ class Baseline:
             "peaks": [list(p) for p in self.peaks],
             "drip_ok": self.drip_ok,
             "ranges": self.ranges,
-            "long_calls": self.long_calls,
             "ledger": {
                 k: [v.first_at, v.days, v.last_day, v.long_calls, v.spend]
                 for k, v in self.ledger.items()
@@ -236,7 +234,6 @@ class Baseline:
                 else []
             ),
             drip_ok=int(drip_ok) if isinstance(drip_ok, int) else 0,
-            long_calls=counts("long_calls"),
             ranges=(
                 {str(k): [int(v[0]), int(v[1])] for k, v in ranges.items()}
                 if isinstance(ranges, dict)

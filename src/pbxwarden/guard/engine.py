@@ -724,10 +724,6 @@ class Guard:
         if ext.alerted_at <= at - DAY and ext.suspended is None:
             hour, day = ext.spend.totals(at)
             ext.baseline.learn_peak(call.day, hour, day)
-            if talked >= rules.DRIP_LONG * 60 and call.country:
-                long_calls = ext.baseline.long_calls
-                if call.country in long_calls or len(long_calls) < 100:
-                    long_calls[call.country] = long_calls.get(call.country, 0) + 1
         if call.dear_range and talked <= rules.TEST_CALL_SECONDS:
             state = tenant.ranges.get(call.dear_range)
             if state is not None and state.test is None:

@@ -6,13 +6,18 @@ module. ``pbxwarden simulate --set holdout`` runs it, and its report says so. Th
 differs in kind weights, home countries and the countries called, so a rule fitted to
 the tuning mix's particular countries or proportions shows up here as false alarms.
 Change it only to add kinds of traffic, never after looking at what a rule does on it.
+
+Seeds 7301-7303 were the hold-out set until run 5 (docs/benchmarks.md); the drip rule was
+then changed after looking at them, so they are spent: they are tuning data now
+(:data:`SPENT_SEEDS`), and 8101-8103 were drawn in their place and run once, blind.
 """
 
 from __future__ import annotations
 
 from pbxwarden.guard.sim_world import Mix
 
-HOLDOUT_SEEDS = (7301, 7302, 7303)
+HOLDOUT_SEEDS = (8101, 8102, 8103)
+SPENT_SEEDS = (7301, 7302, 7303)  # former hold-out seeds, looked at while tuning
 HOLDOUT_MIX = Mix(
     "holdout",
     kinds={

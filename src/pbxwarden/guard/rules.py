@@ -73,7 +73,8 @@ PROBES = 2
 DRIP_SPEND = 10.0
 DRIP_LONG = 20.0  # minutes
 DRIP_DAYS = 21
-DRIP_HABIT = 5  # long calls to the country on clean days: the extension's own habit
+DRIP_USUAL = 5  # times DRIP_SPEND where the extension's own history has such numbers
+DRIP_TENANT_USUAL = 5  # ... where only the tenant's has (3 measured worse on every seed)
 RANGE_BLOCK = DAY  # a range found pumped stays refused this long
 
 
@@ -407,13 +408,17 @@ def drip(
     entry = ext.baseline.ledger.get(dest.e164)
     if entry is None or entry.last_day == day or attempt.at - entry.first_at > DRIP_DAYS * DAY:
         return None
-    if ext.baseline.long_calls.get(dest.country, 0) >= DRIP_HABIT:
-        return None  # long calls to that country are what this extension does
-    # where it is what happens without an alert (this extension's new numbers called daily
-    # for long calls twice, or the tenant's new numbers called again on other days five
-    # times: a hotel's guests phoning home), it takes more
-    usual = ext.baseline.drip_ok >= 2 or tenant.baseline.drip_ok >= 5
-    threshold = DRIP_SPEND * (5 if usual else 1)
+    # where it is what happens without an alert, it takes more: this extension's own new
+    # numbers called again for long calls on later days (a sales desk's follow-ups), or
+    # less so the tenant's new numbers called again on other days (a hotel's guests
+    # phoning home). Long calls to the country are no licence on their own: the drip's own
+    # calls are long calls to that country.
+    if ext.baseline.drip_ok >= 2:
+        threshold = DRIP_SPEND * DRIP_USUAL
+    elif tenant.baseline.drip_ok >= 5:
+        threshold = DRIP_SPEND * DRIP_TENANT_USUAL
+    else:
+        threshold = DRIP_SPEND
     if entry.long_calls < 1 or entry.spend < threshold:
         return None
     age = (attempt.at - entry.first_at) / DAY
