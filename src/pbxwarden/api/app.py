@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pbxwarden.api import (
     routes_audit,
     routes_auth,
+    routes_caller_id,
     routes_events,
     routes_locks,
     routes_ops,
@@ -272,6 +273,7 @@ def create_app(
         routes_auth.router,
         routes_pbx.router,
         routes_locks.router,
+        routes_caller_id.router,
         routes_ops.router,
         routes_audit.router,
         routes_events.router,

@@ -153,6 +153,22 @@ class PasswordIn(_In):
     )
 
 
+class CallerIdIn(_In):
+    number: Annotated[str, StringConstraints(max_length=32, pattern=NO_CONTROL)] | None = Field(
+        None,
+        description="one of the tenant's DIDs to present; null goes back to the default "
+        "(its own DID, else the tenant's lowest). Leave out with 'default': false to keep it",
+    )
+    default: bool = Field(False, description="present the default number again")
+    withhold: bool | None = Field(None, description="withhold the caller ID on every call")
+
+
+class TrunkIdentityIn(_In):
+    assert_identity: bool = Field(
+        description="send P-Asserted-Identity (RFC 3325): only to a carrier that trusts the PBX"
+    )
+
+
 class TrunkAccessIn(_In):
     allow: bool = Field(description="its credentials may be used from a trunk's address")
 
@@ -180,6 +196,12 @@ class ExtensionOut(BaseModel):
     trunk_access: bool = Field(
         False, description="its credentials may be used from a trunk's address"
     )
+    caller_id: str | None = Field(
+        None,
+        description="the DID its calls to carriers present (null: its own DID, else the "
+        "tenant's lowest)",
+    )
+    withhold_caller_id: bool = Field(False, description="its calls withhold the caller ID")
 
 
 class PasswordOut(BaseModel):
@@ -240,9 +262,9 @@ class TrunkIn(_In):
     keep_registered: bool = Field(False, description="keep the PBX registered to the carrier")
     register_expires: Annotated[int, Field(ge=60, le=86400)] | None = None
     emergency: bool = Field(False, description="the tenant's emergency calls go out here")
-    inbound_from: list[
-        Annotated[str, StringConstraints(max_length=43, pattern=NO_CONTROL)]
-    ] = Field([], max_length=50, description="networks (CIDR) the carrier also calls from")
+    inbound_from: list[Annotated[str, StringConstraints(max_length=43, pattern=NO_CONTROL)]] = (
+        Field([], max_length=50, description="networks (CIDR) the carrier also calls from")
+    )
 
 
 class TrunkOut(BaseModel):
@@ -257,6 +279,7 @@ class TrunkOut(BaseModel):
     credentials: bool = False
     keep_registered: bool = Field(False, validation_alias="register")
     emergency: bool = False
+    assert_identity: bool = Field(True, description="the carrier gets P-Asserted-Identity")
 
 
 class DidIn(_In):

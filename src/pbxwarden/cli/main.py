@@ -25,6 +25,7 @@ from rich.table import Table
 from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
 from pbxwarden.cli.audit_trail import actor, record
+from pbxwarden.cli.caller_id import extension_caller_id, trunk_identity
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.store.basics import (
@@ -52,6 +53,8 @@ tenant_app = typer.Typer(no_args_is_help=True, help="Manage tenants (companies o
 app.add_typer(tenant_app, name="tenant")
 trunk_app = typer.Typer(no_args_is_help=True, help="SIP trunks to carriers.")
 app.add_typer(trunk_app, name="trunk")
+extension_app.command("caller-id")(extension_caller_id)
+trunk_app.command("identity")(trunk_identity)
 did_app = typer.Typer(no_args_is_help=True, help="Inbound numbers (DIDs) and where they ring.")
 app.add_typer(did_app, name="did")
 forward_app = typer.Typer(no_args_is_help=True, help="Call forwarding (diversions).")

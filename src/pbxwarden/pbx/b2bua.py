@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from pbxwarden.pbx import caller_id
 from pbxwarden.pbx.call import (
     COMPLETED_ELSEWHERE,
     DISPOSITIONS,
@@ -219,16 +220,22 @@ class B2bua:
     def _b_invite(self, call: Call, target: URI, dest: Address) -> Request:
         a = call.a_request
         host, port = self.port.local_address(dest.transport)
-        presented = call.presented or call.caller_id
-        from_ = NameAddr(URI("sip", user=presented, host=host), None, {"tag": generate_tag()})
+        tag = generate_tag()
+        headers = Headers()
+        if call.b_trunk is not None and call.identity is not None:
+            # towards a carrier: a number the tenant owns, never what the phone put in From
+            from_, extra = caller_id.from_and_headers(
+                call.identity, host, tag, call.b_trunk.assert_identity
+            )
+            for extra_name, extra_value in extra:
+                headers.add(extra_name, extra_value)
+        else:
+            from_ = NameAddr(URI("sip", user=call.caller_id, host=host), None, {"tag": tag})
         # towards a carrier the number it routes (E.164, or the emergency number as such)
         to_user = target.user if call.b_trunk is not None and target.user else call.callee
         # a carrier by DNS name is addressed by its domain, as in the Request-URI
         named = call.b_trunk is not None and not is_ip(call.b_trunk.host)
         to = NameAddr(URI("sip", user=to_user, host=target.host if named else host))
-        headers = Headers()
-        if call.presented is not None:  # RFC 3325: the identity the carrier may rely on
-            headers.add("P-Asserted-Identity", f"<sip:{call.presented}@{host}>")
         for name in ("Content-Type", "Supported", "Allow"):
             value = a.headers.get(name)
             if value is not None:

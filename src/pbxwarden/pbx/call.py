@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from pbxwarden.pbx.caller_id import Identity
 from pbxwarden.pbx.locate import (
     Failover,
 )
@@ -189,7 +190,9 @@ class Call:
     b_ack: tuple[str | None, bytes] | None = None  # (Content-Type, body) once the caller ACKed
     out_e164: str | None = None  # the number the current B leg calls through a carrier
     emergency: bool = False  # never cut off: no maximum duration, keep-alive or media timeout
-    presented: str | None = None  # the number carriers see in From (and P-Asserted-Identity)
+    # what legs to carriers present (pbxwarden.pbx.caller_id); None: the call came in
+    # from a carrier and has not been forwarded out
+    identity: Identity | None = None
 
     @property
     def id(self) -> str:

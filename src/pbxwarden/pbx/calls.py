@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import structlog
 
+from pbxwarden.pbx import caller_id as cid
 from pbxwarden.pbx import emergency
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.b2bua import B2bua
@@ -138,7 +139,8 @@ class CallManager(B2bua):
             return
         caller = outcome.extension
         assert caller is not None and credentials is not None
-        dialed = request.uri.user or ""
+        # *67 or #31# before the number: this call withholds the caller ID
+        dialed, withheld = cid.strip_withhold(request.uri.user or "")
         number = emergency_number(dialed, self.routing.countries.get(caller.tenant, "US"))
         if number is not None:
             # Before anything that could refuse it: a locked extension, one outside its
@@ -195,6 +197,13 @@ class CallManager(B2bua):
             decision,
             now,
             destination,
+        )
+        call.identity = cid.outbound(
+            self.routing,
+            caller.tenant,
+            caller.number,
+            caller.caller_id,
+            withheld or caller.withhold_caller_id,
         )
         if did is not None and callee is None:
             self.fail(call, 404, "the DID's extension does not exist")
@@ -274,7 +283,7 @@ class CallManager(B2bua):
             destination,
         )
         call.emergency = True
-        call.presented = route.callback
+        call.identity = cid.Identity(route.callback)  # never withheld: it must call back
         log.warning(
             "emergency call",
             tenant=caller.tenant,
@@ -499,6 +508,8 @@ class CallManager(B2bua):
             self._ring_extension(call, target_ext, now)
             return
         assert destination is not None
+        if call.identity is None:  # a call from a carrier, forwarded out to one
+            call.identity = cid.forwarded(self.routing, by.tenant, by.number, call.caller_id)
         self.outbound.call_out(call, by.tenant, destination)
 
     def _feature_code(

@@ -32,6 +32,7 @@ class Trunk:
     register: bool = False
     register_expires: int = 3600
     emergency: bool = False  # the tenant's emergency calls go out here
+    assert_identity: bool = True  # P-Asserted-Identity to this carrier (RFC 3325)
     # networks the carrier also sends calls from, beyond the host's own (DNS) addresses
     inbound_from: tuple[str, ...] = ()
 

@@ -84,6 +84,8 @@ class ExtensionAuth:
     password_changed_at: float | None = None
     # may use its credentials from a trunk's address (pbxwarden.firewall.locks)
     trunk_access: bool = False
+    caller_id: str | None = None  # chosen outbound caller ID (pbxwarden.pbx.caller_id)
+    withhold_caller_id: bool = False
 
     def allows(self, address: str) -> bool:
         if not self.networks:
@@ -387,6 +389,8 @@ class Store:
                 func.count(Registration.id),
                 Extension.trunk_access,
                 Extension.password_changed_at,
+                Extension.caller_id,
+                Extension.withhold_caller_id,
                 ExtensionLockRow.until,
                 ExtensionLockRow.created_at,
                 ExtensionLockRow.reason,
@@ -425,8 +429,12 @@ class Store:
                     "locked_until": until if _lock_in_force(until, made, pw_at, now) else None,
                     "lock_reason": why if _lock_in_force(until, made, pw_at, now) else None,
                     "trunk_access": bool(trunk),
+                    "caller_id": cid,
+                    "withhold_caller_id": bool(withhold),
                 }
-                for t, n, d, e, acl, sus, c, trunk, pw_at, until, made, why in s.execute(stmt)
+                for t, n, d, e, acl, sus, c, trunk, pw_at, cid, withhold, until, made, why in (
+                    s.execute(stmt)
+                )
             ]
 
     _AUTH_COLUMNS = (
@@ -444,13 +452,16 @@ class Store:
         Extension.noanswer_after,
         Extension.password_changed_at,
         Extension.trunk_access,
+        Extension.caller_id,
+        Extension.withhold_caller_id,
     )
 
     @staticmethod
     def _auth_row(row: Any) -> ExtensionAuth:
         ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after, pw_at, tr = (
-            row
+            row[:14]
         )
+        cid, withhold = row[14:16]
         try:
             networks = parse_networks(acl)
         except StoreError:  # validated on write; never let one bad row stop the server
@@ -469,6 +480,8 @@ class Store:
             float(after or 20.0),
             pw_at,
             bool(tr),
+            cid,
+            bool(withhold),
         )
 
     def set_acl(self, tenant: str, number: str, networks: str | None) -> None:
@@ -1080,6 +1093,7 @@ class Store:
                     "register_expires": r.register_expires
                     or (DEFAULT_REGISTER_EXPIRES if r.register else None),
                     "emergency": bool(r.emergency),
+                    "assert_identity": r.assert_identity is not False,
                 }
                 for t, r in s.execute(stmt)
             ]
@@ -1112,6 +1126,7 @@ class Store:
                     register=bool(r.register),
                     register_expires=r.register_expires or DEFAULT_REGISTER_EXPIRES,
                     emergency=bool(r.emergency),
+                    assert_identity=r.assert_identity is not False,
                     inbound_from=tuple(filter(None, (r.inbound_from or "").split(","))),
                 )
                 for r in s.scalars(select(TrunkRow))

@@ -62,6 +62,10 @@ class Extension(Base):
     # its credentials may be used from a trunk's address (an SBC in front of phones);
     # off by default: a carrier's address is trusted for inbound calls, not for logins
     trunk_access: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # the number its calls to carriers present (one of the tenant's DIDs; NULL: its own
+    # DID, else the tenant's lowest), and whether it withholds it (Privacy: id)
+    caller_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    withhold_caller_id: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
 
@@ -175,6 +179,8 @@ class TrunkRow(Base):
     emergency: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # networks the carrier's calls may also come from (comma-separated CIDR), beyond host
     inbound_from: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the carrier gets P-Asserted-Identity (NULL: yes; off for carriers that do not trust us)
+    assert_identity: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class DidRow(Base):

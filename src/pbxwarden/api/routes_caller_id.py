@@ -1,0 +1,78 @@
+"""Caller ID over HTTP (:mod:`pbxwarden.pbx.caller_id`): the number an extension presents
+to carriers, withholding, and whether a trunk's carrier gets P-Asserted-Identity. Both
+changes are audited; the number must be one of the tenant's DIDs (400 otherwise)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from pbxwarden.api.models import CallerIdIn, ExtensionOut, TrunkIdentityIn, TrunkOut
+from pbxwarden.api.routes_pbx import NumberPath, TenantPath, _extension
+from pbxwarden.api.security import API_PREFIX, Admin, Ctx, audit, require_global
+from pbxwarden.store.caller_id import _UNSET, CallerIdStore
+from pbxwarden.store.db import StoreError
+
+router = APIRouter(prefix=API_PREFIX)
+
+
+@router.put(
+    "/tenants/{tenant}/extensions/{number}/caller-id",
+    response_model=ExtensionOut,
+    tags=["extensions"],
+    summary="The caller ID the extension presents to carriers (one of the tenant's DIDs), "
+    "or withhold it",
+)
+def set_caller_id(
+    tenant: TenantPath,
+    number: NumberPath,
+    body: CallerIdIn,
+    request: Request,
+    ctx: Ctx,
+    principal: Admin,
+) -> dict[str, Any]:
+    _extension(ctx, principal, tenant, number)
+    chosen: Any = None if body.default else (body.number if body.number is not None else _UNSET)
+    before, after = CallerIdStore(ctx.store).set_extension(tenant, number, chosen, body.withhold)
+    audit(
+        request,
+        principal,
+        "extension.caller_id",
+        f"tenant/{tenant}/extension/{number}",
+        before,
+        after,
+        tenant,
+    )
+    return _extension(ctx, principal, tenant, number)
+
+
+@router.put(
+    "/tenants/{tenant}/trunks/{name}/identity",
+    response_model=TrunkOut,
+    tags=["trunks"],
+    summary="Whether the trunk's carrier gets P-Asserted-Identity (RFC 3325)",
+)
+def set_trunk_identity(
+    tenant: TenantPath,
+    name: str,
+    body: TrunkIdentityIn,
+    request: Request,
+    ctx: Ctx,
+    principal: Admin,
+) -> dict[str, Any]:
+    require_global(principal, "changing a trunk")  # trunks belong to the provider
+    before = CallerIdStore(ctx.store).set_trunk_identity(tenant, name, body.assert_identity)
+    audit(
+        request,
+        principal,
+        "trunk.identity",
+        f"tenant/{tenant}/trunk/{name}",
+        {"assert_identity": before},
+        {"assert_identity": body.assert_identity},
+        tenant,
+    )
+    for trunk in ctx.store.list_trunks():
+        if trunk["tenant"] == tenant and trunk["name"] == name:
+            return trunk
+    raise StoreError(f"no trunk {name!r} in tenant {tenant}")
