@@ -51,6 +51,8 @@ CHANGES = {
     "extension unlock",  # audited in tests/integration/test_locks.py
     "extension trunk-access",
     "trunk emergency",
+    "trunk identity",
+    "extension caller-id",
     "registrations remove",
     "calls end",  # audited in tests/integration/test_lifecycle.py (needs a live call)
 }
@@ -134,6 +136,8 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
     cli(data, "trunk", "emergency", "carrier")
     cli(data, "extension", "trunk-access", "1000", "--allow")
     cli(data, "did", "add", "2025550100", "--extension", "2000")
+    cli(data, "trunk", "identity", "carrier", "--no-assert")
+    cli(data, "extension", "caller-id", "1000", "--number", "+12025550100", "--withhold")
     cli(data, "forward", "set", "1000", "--always", "2000")
     cli(data, "forward", "clear", "1000")
     cli(data, "bans", "add", "203.0.113.7", "--reason", "scanner")
@@ -184,6 +188,8 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
         ("trunk.emergency", "tenant/default/trunk/carrier"),
         ("extension.trunk_access", "tenant/default/extension/1000"),
         ("did.create", "tenant/default/did/+12025550100"),
+        ("trunk.identity", "tenant/default/trunk/carrier"),
+        ("extension.caller_id", "tenant/default/extension/1000"),
         ("forwarding.set", "tenant/default/extension/1000/always"),
         ("forwarding.clear", "tenant/default/extension/1000/all"),
         ("ban.add", "ban/203.0.113.7"),
