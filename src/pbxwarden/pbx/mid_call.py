@@ -30,6 +30,9 @@ from pbxwarden.sip.message import (
 )
 from pbxwarden.sip.transaction import Address, TransactionKey
 
+# mid-call requests answered here, never passed to the other leg
+NOT_RELAYED = frozenset({"REFER", "SUBSCRIBE", "MESSAGE", "PUBLISH"})
+
 if TYPE_CHECKING:
     from pbxwarden.pbx.b2bua import B2bua
 
@@ -150,6 +153,13 @@ class MidCall:
             return
         if call.ended or call.answered is None:
             self.core.port.respond(key, request, make_response(request, 481))
+            return
+        if request.method in NOT_RELAYED:
+            # A transfer is a new call someone pays for: the PBX must place it itself,
+            # through the guard, never let the other phone (or a carrier) act on it.
+            log.warning("mid-call request refused", method=request.method, call_id=call.id)
+            reason = f"Not Implemented ({request.method} in a call is not available)"
+            self.core.port.respond(key, request, make_response(request, 501, reason))
             return
         self._relay_in_dialog(call, leg, request, key, source)
 
