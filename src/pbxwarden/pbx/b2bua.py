@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from pbxwarden.pbx import caller_id
+from pbxwarden.pbx import caller_id, options
 from pbxwarden.pbx.call import (
     COMPLETED_ELSEWHERE,
     DISPOSITIONS,
@@ -236,10 +236,13 @@ class B2bua:
         # a carrier by DNS name is addressed by its domain, as in the Request-URI
         named = call.b_trunk is not None and not is_ip(call.b_trunk.host)
         to = NameAddr(URI("sip", user=to_user, host=target.host if named else host))
-        for name in ("Content-Type", "Supported", "Allow"):
+        for name in ("Content-Type", "Allow"):
             value = a.headers.get(name)
             if value is not None:
                 headers.add(name, value)
+        supported = options.offered(a.headers.get("Supported"))
+        if supported is not None:
+            headers.add("Supported", supported)
         if call.diversion is not None:
             headers.add("Diversion", call.diversion)
         if call.history:

@@ -17,7 +17,7 @@ from dataclasses import replace
 import structlog
 
 from pbxwarden.pbx import caller_id as cid
-from pbxwarden.pbx import emergency
+from pbxwarden.pbx import emergency, options
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.b2bua import B2bua
 from pbxwarden.pbx.call import (
@@ -116,6 +116,14 @@ class CallManager(B2bua):
 
     def _new_call(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         now = self.port.wall_time()
+        missing = options.unsupported(request)
+        if missing:  # RFC 3261 8.2.2.3: an extension it requires that we do not perform
+            self.port.respond(
+                key,
+                request,
+                make_response(request, 420, headers=[("Unsupported", ", ".join(missing))]),
+            )
+            return
         trunk = self.routing.trunk_at(source.host)
         if trunk is not None and "Authorization" not in request.headers:
             self._inbound(request, source, key, trunk, now)
