@@ -46,6 +46,8 @@ def test_generated_password_is_strong_and_shown_once(tmp_path: Path) -> None:
             "locked_until": None,
             "lock_reason": None,
             "trunk_access": False,
+            "caller_id": None,
+            "withhold_caller_id": False,
         }
     ]
     assert password.encode() not in (data / "pbxwarden.db").read_bytes()
