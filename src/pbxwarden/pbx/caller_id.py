@@ -6,7 +6,7 @@ and a number the tenant does not own is spoofing, which STIR/SHAKEN attestation 
 CLI rules forbid. So a call an extension places through a carrier presents, in E.164,
 the extension's chosen outbound caller ID if it is still one of the tenant's DIDs, else
 the extension's own DID, else the tenant's lowest DID; never what the phone wrote in
-From. A tenant that owns no number presents none (anonymous), with a warning.
+From. A tenant that owns no number presents none (an anonymous From).
 
 Withholding (per extension, or per call by dialling a prefix such as ``*67`` or
 ``#31#``) sends ``From: "Anonymous" <sip:anonymous@anonymous.invalid>`` with
@@ -77,8 +77,7 @@ def from_and_headers(
             extra.append(("Privacy", "id"))
         anonymous = URI("sip", user="anonymous", host="anonymous.invalid")
         return NameAddr(anonymous, "Anonymous", {"tag": tag}), extra
-    user = identity.shown if identity.shown and _E164.fullmatch(identity.shown) else None
-    user = user or identity.number
+    user = identity.shown or identity.number  # ``shown``: E.164, checked by forwarded()
     return NameAddr(URI("sip", user=user, host=host), None, {"tag": tag}), extra
 
 

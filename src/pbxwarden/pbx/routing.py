@@ -82,8 +82,17 @@ class Routing:
         init=False, repr=False, compare=False, default=()
     )
     _ip_hosts: dict[str, Trunk] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # callback numbers, computed once per snapshot: every call an extension places asks
+    _direct: dict[tuple[str, str], str] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    _lowest: dict[str, str] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        for number in sorted(self.dids):
+            did = self.dids[number]
+            self._lowest.setdefault(did.tenant, number)
+            self._direct.setdefault((did.tenant, did.extension), number)
         networks = []
         for trunk in self.trunks:
             try:
@@ -145,11 +154,7 @@ class Routing:
     def callback_number(self, tenant: str, extension: str) -> str | None:
         """A number of the tenant's that reaches ``extension`` (its own DID, the lowest if
         several), else the tenant's lowest DID: what an answering point calls back."""
-        mine = sorted(d.number for d in self.dids.values() if d.tenant == tenant)
-        direct = [n for n in mine if self.dids[n].extension == extension]
-        if direct:
-            return direct[0]
-        return mine[0] if mine else None
+        return self._direct.get((tenant, extension)) or self._lowest.get(tenant)
 
     def trunk_at(self, host: str) -> Trunk | None:
         """The trunk whose carrier sends from ``host`` (IP-authenticated trunks): its IP
