@@ -48,12 +48,13 @@ def test_a_lost_200_to_a_reinvite_is_retransmitted_and_the_ack_relayed(
     assert row["disposition"] == "answered"
 
 
-def test_a_refer_is_answered_by_the_pbx_and_never_reaches_the_other_phone(
+def test_a_refer_to_a_premium_number_is_refused_by_the_pbx_and_never_relayed(
     pbx: PbxProcess, tmp_path: Path
 ) -> None:
-    """Transfer is not built yet: a REFER (here to a premium number) gets 501 from the
-    PBX; relayed, the other phone (or a carrier) could place a call nobody authorized.
-    The callee's scenario fails on any request but BYE, so a relayed REFER fails it."""
+    """The caller asks for a blind transfer of the callee to a premium number: the PBX
+    judges it as a call the caller pays for and answers 403 itself; relayed, the other
+    phone (or a carrier) could place a call nobody authorized. The callee's scenario
+    fails on any request but BYE, so a relayed REFER fails it."""
     port = register_callee(pbx, tmp_path)
     phone = start_sipp_uas("call_uas.xml", port, tmp_path)
     caller = run_sipp("call_uac_refer.xml", target(pbx), users=CALLER, extra=["-s", "2000"],
@@ -61,5 +62,9 @@ def test_a_refer_is_answered_by_the_pbx_and_never_reaches_the_other_phone(
     assert (caller.successful, caller.failed) == (1, 0), caller.output + pbx.log()[-3000:]
     callee = finish_sipp_uas(phone, tmp_path)
     assert (callee.successful, callee.failed) == (1, 0), callee.output
-    [row] = wait_cdr(pbx)
-    assert row["disposition"] == "answered"
+    rows = wait_cdr(pbx, 2)
+    by_kind = {row["kind"]: row for row in rows}
+    assert by_kind["internal"]["disposition"] == "answered", rows
+    refused = by_kind["transferred"]
+    assert refused["disposition"] == "blocked" and refused["callee"] == "+19005550123", refused
+    assert refused["extension"] == "1000", refused  # the transferring extension pays

@@ -15,7 +15,7 @@ from importlib import resources
 
 from pbxwarden.guard.policy import TenantPolicy
 from pbxwarden.pbx.numbers import Destination
-from pbxwarden.pbx.policy import NATIONAL_ALLOWED, CallAttempt, Decision
+from pbxwarden.pbx.policy import DIVERSIONS, DIVERTED, NATIONAL_ALLOWED, CallAttempt, Decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +47,11 @@ def judge_destination(
     high-risk ranges. A list of reasons when the destination may be called."""
     if dest is None or not dest.valid:
         return Decision(False, (f"{attempt.dialed!r} is not a valid telephone number",), 404)
-    diversion = attempt.kind in ("forwarded", "forward-change")
+    diversion = attempt.kind in DIVERSIONS
     rule = "forwarding-destination" if diversion else "destination"
     # A diversion to a number the extension may not call is the attack itself when
     # it is followed; when it is only being set, someone tried.
-    severity = "critical" if attempt.kind == "forwarded" else "warning"
+    severity = "critical" if attempt.kind in DIVERTED else "warning"
     denied = _longest(policy.deny_prefixes, dest.e164)
     if denied:
         return Decision(

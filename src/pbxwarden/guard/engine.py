@@ -52,7 +52,7 @@ from pbxwarden.guard.state import (
     TenantState,
 )
 from pbxwarden.pbx.numbers import Destination
-from pbxwarden.pbx.policy import NATIONAL_ALLOWED, CallAttempt, Decision
+from pbxwarden.pbx.policy import DIVERSIONS, DIVERTED, NATIONAL_ALLOWED, CallAttempt, Decision
 
 __all__ = [
     "Guard",
@@ -64,7 +64,7 @@ __all__ = [
     "load_high_risk",
 ]
 
-COSTLY_KINDS = ("external", "forwarded", "forward-change")
+COSTLY_KINDS = ("external", "forwarded", "transferred", "forward-change")
 # Signs that an extension is in an attacker's hands; two different ones within 24 hours
 # suspend it (one alone refuses the call and alerts).
 SIGNALS = {
@@ -370,7 +370,7 @@ class Guard:
         odd: bool,
     ) -> tuple[str, str, str] | None:
         """The first correlation that matches: (rule, reason, signal or "")."""
-        if attempt.kind == "forwarded" and dest.e164 in ext.refused_forward:
+        if attempt.kind in DIVERTED and dest.e164 in ext.refused_forward:
             when = dt.datetime.fromtimestamp(ext.refused_forward[dest.e164], local.tzinfo)
             return (
                 "recon" if rules.recon(attempt, ext) else "anomaly",
@@ -379,10 +379,10 @@ class Guard:
                 "diversion-refused",
             )
         habitual = dest.e164 in ext.baseline.forward_targets or (
-            attempt.kind == "forwarded" and dest.e164 == ext.forward_set
+            attempt.kind in DIVERTED and dest.e164 == ext.forward_set
         )
         watched = rules.watched(dest, rate, risk is not None)
-        if attempt.kind in ("forwarded", "forward-change") and watched and not habitual:
+        if attempt.kind in DIVERSIONS and watched and not habitual:
             found = rules.recon(attempt, ext)
             if found is not None:
                 return "recon", found, "recon"
@@ -471,7 +471,7 @@ class Guard:
                 ext.refused.popleft()
             if len(ext.refused) >= PROBING:
                 self._signal(ext, now, "probing", decision.reasons[0])
-        elif attempt.kind == "forwarded" and decision.severity == "critical":
+        elif attempt.kind in DIVERTED and decision.severity == "critical":
             self._signal(ext, now, "diversion-refused", decision.reasons[0])
             dest = attempt.destination
             if (
@@ -480,7 +480,7 @@ class Guard:
                 and (dest.number_type not in NATIONAL_ALLOWED or self._high_risk(dest) is not None)
             ):
                 self._signal(ext, now, "revenue-share", decision.reasons[0])
-        if attempt.kind in ("forwarded", "forward-change"):
+        if attempt.kind in DIVERSIONS:
             probes = rules.recon(attempt, ext)
             if probes is not None:
                 self._signal(ext, now, "recon", probes)
@@ -589,6 +589,8 @@ class Guard:
         what = {
             "external": f"a call from extension {attempt.extension} to {attempt.dialed}",
             "forwarded": f"a call diverted by extension {attempt.extension} to {attempt.dialed}",
+            "transferred": f"a call transferred by extension {attempt.extension} to "
+            f"{attempt.dialed}",
             "forward-change": f"a diversion of extension {attempt.extension} to {attempt.dialed}",
         }.get(attempt.kind, f"a call to {attempt.dialed}")
         if would_have:

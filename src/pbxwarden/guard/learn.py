@@ -17,7 +17,7 @@ from pbxwarden.guard import rules
 from pbxwarden.guard.baseline import DAY, MAX_LEDGER, NumberLedger
 from pbxwarden.guard.state import HOUR, Active, ExtState, Inbound, TenantState
 from pbxwarden.pbx.numbers import Destination, classify
-from pbxwarden.pbx.policy import CallAttempt
+from pbxwarden.pbx.policy import DIVERTED, CallAttempt
 
 WITHHELD = frozenset(("", "anonymous", "unknown", "restricted", "private", "unavailable"))
 
@@ -72,7 +72,7 @@ def record(
             local.toordinal(),
             local.hour,
             network,
-            attempt.kind == "forwarded",
+            attempt.kind in DIVERTED,
         )
     )
     if rules.costly(dest):

@@ -24,7 +24,7 @@ from pbxwarden.guard.baseline import DAY, WEEKDAYS, Baseline
 from pbxwarden.guard.policy import TenantPolicy
 from pbxwarden.guard.state import HOUR, ExtState, RangeState, TenantState
 from pbxwarden.pbx.numbers import Destination
-from pbxwarden.pbx.policy import NATIONAL_ALLOWED, CallAttempt, Decision
+from pbxwarden.pbx.policy import DIVERSIONS, DIVERTED, NATIONAL_ALLOWED, CallAttempt, Decision
 
 PREFIX_WINDOW = 600.0
 DEFAULTS = TenantPolicy()
@@ -543,7 +543,7 @@ def score(
                 f"spend {money(spent, currency)} in 24 hours, {spent / max(usual, 0.01):.0f}x "
                 f"this extension's usual {WEEKDAYS[day]} ({money(usual, currency)})"
             )
-    if attempt.kind in ("forwarded", "forward-change"):
+    if attempt.kind in DIVERSIONS:
         points += _diversion(attempt, ext, dest, why)
     refused = ext.refused
     while refused and refused[0] <= now - HOUR:
@@ -573,13 +573,13 @@ def _diversion(attempt: CallAttempt, ext: ExtState, dest: Destination, why: list
     if not dest.national and not before and dest.e164 != ext.forward_set:
         points += W_DIVERTED_ABROAD
         why.append(f"a diversion abroad, to {dest.country}")
-    if attempt.kind == "forwarded" and dest.e164 == ext.forward_set:
+    if attempt.kind in DIVERTED and dest.e164 == ext.forward_set:
         why.append(f"the diversion to {dest.e164} was set through the PBX and allowed")
         return points
     if dest.e164 not in base.targets and not before and costly(dest):
         points += W_NEW_FORWARD_TARGET
         why.append(f"extension {attempt.extension} never called {dest.e164} itself")
-    if attempt.kind == "forwarded":
+    if attempt.kind in DIVERTED:
         diverted = ext.diverted
         while diverted and diverted[0][0] <= attempt.at - HOUR:
             diverted.popleft()

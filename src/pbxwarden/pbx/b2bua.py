@@ -82,14 +82,48 @@ class B2bua:
         self._tokens = itertools.count(1)
         self.attempts: dict[str, int] = {}  # call attempts by kind, for metrics
         self.mid = MidCall(self)
+        # requests a feature sent in a call's dialogs, and who takes their final answers
+        self.awaiting: dict[TransactionKey, Callable[[Response | None], None]] = {}
 
     def _leg_failed(self, call: Call, response: Response, *, busy: bool, timeout: bool) -> None:
         """The b leg (or every fork) ended without an answer: ``response`` is its final
         answer (a stand-in 408 when ``timeout``). The dialplan decides what follows."""
         raise NotImplementedError
 
+    def refer(
+        self,
+        call: Call,
+        leg: str,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
+    ) -> None:
+        """A REFER in a call (a transfer): never relayed; the dialplan performs it."""
+        self.port.respond(key, request, make_response(request, 501))
+
+    def request(
+        self, request: Request, dest: Address, on_final: Callable[[Response | None], None]
+    ) -> TransactionKey:
+        """Send an in-dialog request for a feature: ``on_final`` gets each final answer
+        (a 2xx to an INVITE may come again until ACKed), or None when none came."""
+        key = self.port.send_request(request, dest)
+        self.awaiting[key] = on_final
+        return key
+
+    def _forget_awaiting(self, key: TransactionKey) -> None:
+        self.awaiting.pop(key, None)
+
     def on_response(self, response: Response, key: TransactionKey) -> None:
         if self.mid.on_response(response, key):
+            return
+        handler = self.awaiting.get(key)
+        if handler is not None:
+            if response.status >= 200:
+                if response.status >= 300 or response.cseq.method != "INVITE":
+                    del self.awaiting[key]
+                else:  # its retransmissions still need an ACK for a while
+                    self.port.schedule(64 * self.settings.t1, lambda: self._forget_awaiting(key))
+                handler(response)
             return
         forked = self._forks.get(key)
         if forked is not None:
@@ -104,6 +138,10 @@ class B2bua:
 
     def on_timeout(self, key: TransactionKey) -> None:
         if self.mid.on_timeout(key):
+            return
+        handler = self.awaiting.pop(key, None)
+        if handler is not None:
+            handler(None)
             return
         forked = self._forks.get(key)
         if forked is not None:
@@ -145,12 +183,14 @@ class B2bua:
         return ended
 
     def end_call(self, call_id: str, reason: str = "ended by an administrator") -> bool:
-        """End a call in progress: BYE on both legs (or CANCEL if it is still ringing)."""
+        """End a call in progress: BYE on both legs (or CANCEL if it is still ringing).
+        A transferred call shares its Call-ID with the call it came from: both end."""
+        ended = False
         for call in list(self.calls.values()):
             if call.id == call_id and not call.ended:
                 self.hang_up(call, reason)
-                return True
-        return False
+                ended = True
+        return ended
 
     # -- a new call ----------------------------------------------------------------------
 
@@ -236,7 +276,8 @@ class B2bua:
         # a carrier by DNS name is addressed by its domain, as in the Request-URI
         named = call.b_trunk is not None and not is_ip(call.b_trunk.host)
         to = NameAddr(URI("sip", user=to_user, host=target.host if named else host))
-        for name in ("Content-Type", "Allow"):
+        # a joined call's B leg is placed without an offer: the answer brings one
+        for name in ("Allow",) if call.joined is not None else ("Content-Type", "Allow"):
             value = a.headers.get(name)
             if value is not None:
                 headers.add(name, value)
@@ -254,7 +295,11 @@ class B2bua:
             call_id=generate_call_id(),
             cseq=CSeq(1, "INVITE"),
             headers=headers,
-            body=call.offer if call.offer is not None else a.body,
+            body=b""
+            if call.joined is not None
+            else call.offer
+            if call.offer is not None
+            else a.body,
             max_forwards=max(0, (a.max_forwards if a.max_forwards is not None else 70) - 1),
             contacts=[self.contact(dest.transport)],
             method="INVITE",
@@ -327,7 +372,7 @@ class B2bua:
         if fork.dialog is None:
             fork.dialog = Dialog.as_uac(fork.request, response)
         if call.b_key == fork.key:  # the winner's 2xx again: our ACK was lost
-            self._ack_b(call)
+            self.ack_b(call)
             return
         if call.ended or call.answered is not None or fork not in call.forks:
             # RFC 3261 13.2.2.4: a 2xx from a fork that lost the race (or rang after the
@@ -343,7 +388,7 @@ class B2bua:
         call.b_provisional = fork.provisional
         call.b_dialog = fork.dialog
         self.dialogs[(fork.request.call_id, fork.dialog.local_tag)] = (call, "b")
-        self._ack_b(call)
+        self.ack_b(call)
         for other in call.forks:
             if other is not fork:
                 self._cancel_fork(other, COMPLETED_ELSEWHERE)
@@ -399,7 +444,7 @@ class B2bua:
                 assert call.b_request is not None
                 call.b_dialog = Dialog.as_uac(call.b_request, response)
                 self.dialogs[(call.b_request.call_id, call.b_dialog.local_tag)] = (call, "b")
-            self._ack_b(call)
+            self.ack_b(call)
             if call.ended:  # answered after the caller gave up: hang up at once
                 self.bye(call, "b")
                 return
@@ -411,6 +456,9 @@ class B2bua:
         self._leg_failed(call, response, busy=status in (486, 600), timeout=False)
 
     def _relay_to_a(self, call: Call, response: Response, b_host: str) -> None:
+        if call.joined is not None:
+            call.joined.progress(call, response)
+            return
         headers = [("Contact", str(self.contact(call.a_source.transport)))]
         ctype = response.headers.get("Content-Type")
         body = response.body if ctype else b""
@@ -434,7 +482,7 @@ class B2bua:
             ),
         )
 
-    def _ack_b(self, call: Call) -> None:
+    def ack_b(self, call: Call) -> None:
         assert call.b_dialog is not None and call.b_request is not None
         assert call.b_dest is not None
         if call.b_request.body or call.ended:
@@ -455,7 +503,7 @@ class B2bua:
             log.warning("caller's answer not anchored", call_id=call.id, error=str(exc))
             ctype, body = None, b""
         call.b_ack = (ctype if body else None, body)
-        self._ack_b(call)
+        self.ack_b(call)
 
     def ack(
         self,
@@ -484,6 +532,9 @@ class B2bua:
         self.port.send_direct(ack, dest)
 
     def _answer_a(self, call: Call, response: Response) -> None:
+        if call.joined is not None:  # the a leg is up already: the feature joins them
+            call.joined.answered(call, response)
+            return
         ctype = response.headers.get("Content-Type")
         assert call.b_dest is not None
         try:
@@ -510,6 +561,11 @@ class B2bua:
             lambda: call.a_acked,
             "no ACK from the caller",
         )
+        self.arm_answered(call)
+        log.info("call answered", caller=call.caller_id, callee=call.callee)
+
+    def arm_answered(self, call: Call) -> None:
+        """An answered call's limits: its maximum duration and the keep-alive pings."""
         if not call.emergency:  # an emergency call lasts as long as the answering point wants
             call.timers.append(
                 self.port.schedule(
@@ -518,7 +574,6 @@ class B2bua:
                 )
             )
             self.mid.arm_keepalive(call)
-        log.info("call answered", caller=call.caller_id, callee=call.callee)
 
     # -- keep-alive: does each phone still know the call? --------------------------------
 
@@ -649,6 +704,10 @@ class B2bua:
     def hang_up(self, call: Call, reason: str) -> None:
         if call.ended:
             return
+        if call.moved_to is not None:  # its transferred leg goes too (a spend cap, an admin)
+            self.hang_up(call.moved_to, reason)
+        if call.ended:
+            return
         if call.answered is None:
             self.cancel_b(call)
             self.fail(call, 480, reason, disposition="terminated")
@@ -659,6 +718,11 @@ class B2bua:
 
     def finish(self, call: Call, disposition: str, sip_code: int, note: str) -> None:
         if call.ended:
+            return
+        if call.moved_to is not None and not call.moved_to.ended:
+            # a leg of this call lives on, transferred: accounted for here until it ends
+            if call.finish_pending is None:
+                call.finish_pending = (disposition, sip_code, note)
             return
         call.ended = True
         if self.media is not None:
@@ -693,6 +757,8 @@ class B2bua:
         )
         # Keep the dialogs a little while for late BYEs and retransmissions, then forget.
         self.port.schedule(32.0, lambda: self._forget(call))
+        if call.joined is not None:
+            call.joined.ended(call, disposition, sip_code)
 
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.token, None)

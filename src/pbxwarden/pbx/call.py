@@ -39,6 +39,16 @@ class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
 
+class Joined(Protocol):
+    """A feature whose call starts from a dialog that is already up (the transferee of a
+    transfer, :mod:`pbxwarden.pbx.transfer`): the core hands it the new B leg's progress,
+    its answer and the call's end, instead of answering an INVITE from the a leg."""
+
+    def progress(self, call: Call, response: Response) -> None: ...
+    def answered(self, call: Call, response: Response) -> None: ...
+    def ended(self, call: Call, disposition: str, sip_code: int) -> None: ...
+
+
 class CallPort(Protocol):
     """What the B2BUA needs from the running server."""
 
@@ -193,6 +203,15 @@ class Call:
     # what legs to carriers present (pbxwarden.pbx.caller_id); None: the call came in
     # from a carrier and has not been forwarded out
     identity: Identity | None = None
+    a_extension: ExtensionAuth | None = None  # the authenticated extension on the a leg
+    # The a leg is a dialog that was already up, whose feature takes the answer (a
+    # transfer: the B leg is placed without an offer, RFC 3725 flow I).
+    joined: Joined | None = None
+    # One of this call's legs now belongs to ``moved_to`` (it was transferred): this
+    # call is accounted for until that leg ends; its own end waits in ``finish_pending``.
+    moved_to: Call | None = None
+    finish_pending: tuple[str, int, str] | None = None
+    hung_up_by: str | None = None  # the leg whose BYE ended the call
 
     @property
     def id(self) -> str:

@@ -44,6 +44,7 @@ from pbxwarden.pbx.outbound import Outbound
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer
 from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.routing import Did, Routing, Trunk
+from pbxwarden.pbx.transfer import Transfers
 from pbxwarden.sip.digest import DigestError
 from pbxwarden.sip.digest_client import (
     AUTH_HEADERS,
@@ -92,6 +93,7 @@ class CallManager(B2bua):
         self.routing = Routing()  # replaced whole by the server when trunks or DIDs change
         self.locator: TrunkLocator = StaticLocator()  # a trunk's servers (DNS: pbx/locate.py)
         self.outbound = Outbound(self)
+        self.transfers = Transfers(self)
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
             "*73": FeatureCode("always", False),
@@ -113,6 +115,16 @@ class CallManager(B2bua):
             self.cancel(request, key)
         elif method != "ACK":
             self.port.respond(key, request, make_response(request, 481))
+
+    def refer(
+        self,
+        call: Call,
+        leg: str,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
+    ) -> None:
+        self.transfers.refer(call, leg, request, key, source)
 
     def _new_call(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         now = self.port.wall_time()
@@ -179,11 +191,11 @@ class CallManager(B2bua):
         did = None
         if callee is None:
             destination = classify(dialed, self.routing.countries.get(caller.tenant, "US"))
-            did = self._own_did(destination)
+            did = self.own_did(destination)
             if did is None:
                 kind = "external"
             else:  # one of the PBX's own numbers: delivered inside, never to a carrier
-                callee = self._did_extension(did)
+                callee = self.did_extension(did)
                 if did.tenant != caller.tenant:  # another tenant's DID: a call in, to it
                     tenant, payer, kind = did.tenant, did.extension, "inbound"
                     caller_id = (
@@ -206,6 +218,7 @@ class CallManager(B2bua):
             now,
             destination,
         )
+        call.a_extension = caller
         call.identity = cid.outbound(
             self.routing,
             caller.tenant,
@@ -231,7 +244,7 @@ class CallManager(B2bua):
         if not self.anchor_offer(call):
             return
         if callee is not None:
-            self._ring_extension(call, callee, now)
+            self.ring_extension(call, callee, now)
             return
         assert destination is not None
         self.outbound.call_out(call, caller.tenant, destination)
@@ -252,13 +265,13 @@ class CallManager(B2bua):
                         return f"its {name} names this PBX ({host})"
         return None
 
-    def _own_did(self, destination: Destination | None) -> Did | None:
+    def own_did(self, destination: Destination | None) -> Did | None:
         """The PBX's own DID ``destination`` is, if it is one (hairpins stay inside)."""
         if destination is None or not destination.valid or destination.short:
             return None
         return self.routing.dids.get(destination.e164)
 
-    def _did_extension(self, did: Did) -> ExtensionAuth | None:
+    def did_extension(self, did: Did) -> ExtensionAuth | None:
         callee = self.directory.get(self.routing.realms.get(did.tenant, ""), did.extension)
         return callee if callee is not None and callee.enabled else None
 
@@ -383,9 +396,9 @@ class CallManager(B2bua):
         if callee is None or not callee.enabled:
             self.fail(call, 404, "the DID's extension does not exist")
             return
-        self._ring_extension(call, callee, now)
+        self.ring_extension(call, callee, now)
 
-    def _ring_extension(self, call: Call, callee: ExtensionAuth, now: float) -> None:
+    def ring_extension(self, call: Call, callee: ExtensionAuth, now: float) -> None:
         call.visited.add((callee.tenant, callee.number))
         if callee.forward_always:
             self._forward(call, callee, callee.forward_always, "always", now)
@@ -462,9 +475,9 @@ class CallManager(B2bua):
         did = None
         if target_ext is None:
             destination = classify(target, self.routing.countries.get(by.tenant, "US"))
-            did = self._own_did(destination)
+            did = self.own_did(destination)
             if did is not None:  # a diversion to one of our own numbers stays inside
-                target_ext = self._did_extension(did)
+                target_ext = self.did_extension(did)
                 if target_ext is None:
                     self.fail(call, 404, "the DID's extension does not exist")
                     return
@@ -513,7 +526,7 @@ class CallManager(B2bua):
             return
         call.callee = target
         if target_ext is not None:
-            self._ring_extension(call, target_ext, now)
+            self.ring_extension(call, target_ext, now)
             return
         assert destination is not None
         if call.identity is None:  # a call from a carrier, forwarded out to one

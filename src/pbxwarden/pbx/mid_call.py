@@ -30,7 +30,8 @@ from pbxwarden.sip.message import (
 )
 from pbxwarden.sip.transaction import Address, TransactionKey
 
-# mid-call requests answered here, never passed to the other leg
+# mid-call requests answered here, never passed to the other leg (REFER: a transfer,
+# which the PBX performs itself: pbxwarden.pbx.transfer)
 NOT_RELAYED = frozenset({"REFER", "SUBSCRIBE", "MESSAGE", "PUBLISH"})
 
 if TYPE_CHECKING:
@@ -128,7 +129,10 @@ class MidCall:
             return
         call, leg = found
         dialog = call.leg(leg)[0]
-        assert dialog is not None
+        if dialog is None:  # a leg that moved to another call (a transfer) meanwhile
+            if request.method != "ACK":
+                self.core.port.respond(key, request, make_response(request, 481))
+            return
         if request.method == "ACK":
             answered = self._awaiting_ack(call, leg, request.cseq.number)
             if answered is not None:
@@ -145,14 +149,28 @@ class MidCall:
             return
         if request.method == "BYE":
             self.core.port.respond(key, request, make_response(request, 200))
-            if not call.ended:
+            call.hung_up_by = call.hung_up_by or leg
+            if not call.ended and call.answered is None:  # a transferee hung up early
+                self.core.hang_up(call, "caller hung up")
+            elif not call.ended:
                 self.core.bye(call, other_leg(leg))
                 self.core.finish(
                     call, "answered", 200, "caller hung up" if leg == "a" else "callee hung up"
                 )
             return
-        if call.ended or call.answered is None:
+        if call.ended:
             self.core.port.respond(key, request, make_response(request, 481))
+            return
+        if call.moved_to is not None or (call.b_ack is None and call.joined is not None):
+            # a transfer is under way: the other party is not joined yet (RFC 3261 14.1)
+            reason = "Request Pending (a transfer of this call is under way)"
+            self.core.port.respond(key, request, make_response(request, 491, reason))
+            return
+        if call.answered is None:
+            self.core.port.respond(key, request, make_response(request, 481))
+            return
+        if request.method == "REFER":
+            self.core.refer(call, leg, request, key, source)
             return
         if request.method in NOT_RELAYED:
             # A transfer is a new call someone pays for: the PBX must place it itself,

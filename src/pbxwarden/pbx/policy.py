@@ -16,6 +16,10 @@ from typing import Protocol
 from pbxwarden.pbx.numbers import Destination
 
 # "standard-rate": a short code of the home country billed like a national call (ES 091)
+# kinds that are someone else's call sent on at the extension's cost, and with the
+# setting of a diversion, every kind judged as a diversion
+DIVERTED = frozenset(("forwarded", "transferred"))
+DIVERSIONS = DIVERTED | {"forward-change"}
 NATIONAL_ALLOWED = frozenset(("fixed", "mobile", "fixed-or-mobile", "toll-free", "standard-rate"))
 
 
@@ -26,7 +30,8 @@ class CallAttempt:
     caller: str
     dialed: str
     # "internal" (extension to extension), "external" (out), "inbound" (from a carrier),
-    # "forwarded" (a diversion or redirect: a new call paid by ``extension``), or
+    # "forwarded" (a diversion or redirect: a new call paid by ``extension``),
+    # "transferred" (a call ``extension`` transfers out: judged like a diversion), or
     # "forward-change" (setting a diversion: judged like a call to the target)
     kind: str
     source: str  # transport address the request came from

@@ -1,0 +1,178 @@
+"""Real PJSIP phones (PyPI ``pjsua2-python``) for the integration tests, in-process.
+
+PJSIP runs with no worker threads and a null sound device: the test's own thread polls
+its events (:meth:`Phones.until`), so every callback runs there and nothing races the
+assertions. Each phone is an account on its own UDP port on loopback. RTP is sent all
+the time (no voice activity detection), so media can be counted at each phone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+pj: Any = pytest.importorskip("pjsua2", reason="pjsua2-python is not installed")
+
+
+class PhoneCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, phone: Phone, call_id: int | None = None) -> None:
+        if call_id is None:
+            super().__init__(phone)
+        else:
+            super().__init__(phone, call_id)
+        self.phone = phone
+        self.state = pj.PJSIP_INV_STATE_NULL
+        self.last_status = 0
+        self.transfers: list[tuple[int, bool]] = []  # (sipfrag status, final) from NOTIFYs
+        self.media_active = False
+
+    def onCallState(self, prm: Any) -> None:
+        info = self.getInfo()
+        self.state = info.state
+        self.last_status = info.lastStatusCode
+
+    def onCallMediaState(self, prm: Any) -> None:
+        info = self.getInfo()
+        self.media_active = any(
+            m.type == pj.PJMEDIA_TYPE_AUDIO and m.status == pj.PJSUA_CALL_MEDIA_ACTIVE
+            for m in info.media
+        )
+
+    def onCallTransferStatus(self, prm: Any) -> None:
+        self.transfers.append((int(prm.statusCode), bool(prm.finalNotify)))
+        prm.cont = True
+
+    def rtp(self) -> tuple[int, int]:
+        """RTP packets (received, sent) on the audio stream, 0 when there is none."""
+        try:
+            stat = self.getStreamStat(0)
+        except pj.Error:
+            return 0, 0
+        return int(stat.rtcp.rxStat.pkt), int(stat.rtcp.txStat.pkt)
+
+    @property
+    def confirmed(self) -> bool:
+        return bool(self.state == pj.PJSIP_INV_STATE_CONFIRMED)
+
+    @property
+    def disconnected(self) -> bool:
+        return bool(self.state == pj.PJSIP_INV_STATE_DISCONNECTED)
+
+
+class Phone(pj.Account):  # type: ignore[misc]
+    def __init__(self, phones: Phones, number: str) -> None:
+        super().__init__()
+        self.phones = phones
+        self.number = number
+        self.incoming: list[PhoneCall] = []
+        self.calls: list[PhoneCall] = []
+        self.registered = 0
+
+    def onRegState(self, prm: Any) -> None:
+        self.registered = int(prm.code)
+
+    def onIncomingCall(self, prm: Any) -> None:
+        call = PhoneCall(self, prm.callId)
+        call.state = pj.PJSIP_INV_STATE_INCOMING
+        self.incoming.append(call)
+
+    def call(self, number: str) -> PhoneCall:
+        call = PhoneCall(self)
+        self.calls.append(call)
+        call.makeCall(self.phones.uri(number), pj.CallOpParam(True))
+        return call
+
+    def answer(self, call: PhoneCall, status: int = 200) -> None:
+        """Answer (200) or refuse (486 busy, 603 decline...) a ringing call."""
+        prm = pj.CallOpParam()
+        prm.statusCode = status
+        call.answer(prm)
+
+
+class Phones:
+    """One PJSIP endpoint with a phone (account) per extension."""
+
+    def __init__(self, pbx_host: str, pbx_port: int) -> None:
+        self.pbx = f"{pbx_host}:{pbx_port}"
+        self.ep = pj.Endpoint()
+        self.ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.logConfig.level = int(os.environ.get("PJSIP_LOG", "1"))
+        cfg.logConfig.consoleLevel = cfg.logConfig.level
+        cfg.medConfig.noVad = True
+        cfg.medConfig.sndAutoCloseTime = -1  # the null device is the media clock: keep it
+        self.ep.libInit(cfg)
+        self.ep.audDevManager().setNullDev()
+        self.ep.libStart()
+        self.phones: list[Phone] = []
+
+    def uri(self, number: str) -> str:
+        return f"sip:{number}@{self.pbx}"
+
+    def add(self, number: str, password: str) -> Phone:
+        tcfg = pj.TransportConfig()
+        tcfg.boundAddress = "127.0.0.1"
+        tcfg.port = 0
+        transport = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        acfg = pj.AccountConfig()
+        acfg.idUri = self.uri(number)
+        acfg.regConfig.registrarUri = f"sip:{self.pbx}"
+        acfg.sipConfig.transportId = transport
+        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", number, 0, password))
+        acfg.natConfig.sipOutboundUse = 0
+        acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        phone = Phone(self, number)
+        phone.create(acfg)
+        self.phones.append(phone)
+        self.until(lambda: phone.registered == 200, f"{number} registered")
+        return phone
+
+    def until(self, condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for: {what}")
+            self.ep.libHandleEvents(20)
+
+    def run(self, seconds: float) -> None:
+        """Let media flow for a while (events are handled meanwhile)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.ep.libHandleEvents(20)
+
+    def _hang_up_all(self) -> None:
+        """A call object still alive after the library is gone aborts the process:
+        every call must be over (its id invalidated) before the library goes."""
+        calls = [c for phone in self.phones for c in (*phone.calls, *phone.incoming)]
+        with contextlib.suppress(Exception):
+            self.ep.hangupAllCalls()
+        with contextlib.suppress(AssertionError):
+            self.until(lambda: all(c.disconnected for c in calls), "calls over", timeout=10)
+
+    def close(self) -> None:
+        self._hang_up_all()
+        for phone in self.phones:
+            phone.incoming.clear()
+            phone.calls.clear()
+            with contextlib.suppress(Exception):
+                phone.shutdown()
+        self.phones.clear()
+        gc.collect()  # Python's Call objects must go before the library they wrap
+        self.ep.libDestroy()
+
+
+@contextlib.contextmanager
+def pjsip_phones(pbx_host: str, pbx_port: int) -> Iterator[Phones]:
+    phones = Phones(pbx_host, pbx_port)
+    try:
+        yield phones
+    finally:
+        phones.close()
