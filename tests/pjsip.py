@@ -12,12 +12,16 @@ import contextlib
 import gc
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 pj: Any = pytest.importorskip("pjsua2", reason="pjsua2-python is not installed")
+
+
+LIVE_CALLS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class PhoneCall(pj.Call):  # type: ignore[misc]
@@ -27,6 +31,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         else:
             super().__init__(phone, call_id)
         self.phone = phone
+        LIVE_CALLS.add(self)
         self.state = pj.PJSIP_INV_STATE_NULL
         self.last_status = 0
         self.transfers: list[tuple[int, bool]] = []  # (sipfrag status, final) from NOTIFYs
@@ -47,6 +52,15 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
     def onCallTransferStatus(self, prm: Any) -> None:
         self.transfers.append((int(prm.statusCode), bool(prm.finalNotify)))
         prm.cont = True
+
+    def held(self) -> bool:
+        """The audio stream is not sendrecv (this phone holds, or is held)."""
+        info = self.getInfo()
+        return any(
+            m.type == pj.PJMEDIA_TYPE_AUDIO
+            and m.status in (pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD)
+            for m in info.media
+        )
 
     def rtp(self) -> tuple[int, int]:
         """RTP packets (received, sent) on the audio stream, 0 when there is none."""
@@ -81,6 +95,9 @@ class Phone(pj.Account):  # type: ignore[misc]
         call = PhoneCall(self, prm.callId)
         call.state = pj.PJSIP_INV_STATE_INCOMING
         self.incoming.append(call)
+        ringing = pj.CallOpParam()
+        ringing.statusCode = 180  # as a desk phone does: it rings
+        call.answer(ringing)
 
     def call(self, number: str) -> PhoneCall:
         call = PhoneCall(self)
@@ -166,6 +183,8 @@ class Phones:
                 phone.shutdown()
         self.phones.clear()
         gc.collect()  # Python's Call objects must go before the library they wrap
+        for call in list(LIVE_CALLS):  # ones a failed test's traceback still holds:
+            call.thisown = False  # never destroyed then (a leak, not an abort)
         self.ep.libDestroy()
 
 

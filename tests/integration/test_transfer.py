@@ -130,6 +130,53 @@ def test_blind_transfer_joins_the_other_party_and_the_target_with_media(
     assert transferred["disposition"] == "answered" and transferred["answer_ts"], transferred
 
 
+@pytest.mark.parametrize("answered", [True, False], ids=["attended", "semi-attended"])
+def test_attended_transfer_joins_the_caller_with_the_consulted_colleague(
+    pbx: tuple[PbxProcess, int], phones: Phones, answered: bool
+) -> None:
+    """The receptionist holds the caller, calls the colleague, then transfers with
+    Replaces (pjsua2 xferReplaces): the caller and the colleague talk; the receptionist
+    is off both calls. Semi-attended: the colleague's phone still rang when the
+    receptionist transferred: the caller is put through to it."""
+    server, _ = pbx
+    before = len(cdrs(server))
+    caller, reception, colleague = (phones.add(n, p) for n, p in USERS.items())
+    placed, taken = talking(phones, caller, reception, "1001")
+    taken.setHold(pj.CallOpParam(True))
+    phones.until(lambda: not taken.media_active or taken.held(), "the caller is on hold")
+    consult = reception.call("1002")
+    phones.until(lambda: bool(colleague.incoming), "the colleague's phone rings")
+    first = colleague.incoming[0]
+    if answered:
+        colleague.answer(first)
+        phones.until(lambda: consult.confirmed and first.confirmed, "the consultation")
+    taken.xferReplaces(consult, pj.CallOpParam(True))
+    if answered:
+        talks = first
+    else:
+        phones.until(lambda: len(colleague.incoming) > 1, "the caller rings the colleague")
+        talks = colleague.incoming[1]
+        colleague.answer(talks)
+    phones.until(
+        lambda: any(code == 200 and final for code, final in taken.transfers),
+        "the receptionist is told the transfer succeeded",
+    )
+    phones.until(lambda: taken.disconnected and consult.disconnected, "receptionist is off")
+    phones.until(lambda: talks.confirmed, "the colleague is in the call")
+    rx_caller, rx_colleague = placed.rtp()[0], talks.rtp()[0]
+    phones.until(
+        lambda: placed.rtp()[0] > rx_caller + 25 and talks.rtp()[0] > rx_colleague + 25,
+        "RTP both ways between the caller and the colleague",
+    )
+    assert placed.confirmed
+    talks.hangup(pj.CallOpParam(True))
+    phones.until(lambda: placed.disconnected, "the caller gets the colleague's BYE")
+    rows = closed_cdrs(server, before, 3)
+    transferred = [r for r in rows if r["kind"] == "transferred"]
+    assert len(transferred) == 1 and transferred[0]["extension"] == "1001", rows
+    assert transferred[0]["callee"] == "1002", transferred
+
+
 def test_a_failed_transfer_gives_the_call_back_to_the_transferor(
     phones: Phones,
 ) -> None:
@@ -205,3 +252,15 @@ def test_a_transfer_to_a_premium_number_is_refused_and_never_reaches_the_carrier
     assert len(refused) == 1, refused
     assert refused[0]["disposition"] == "blocked" and refused[0]["decision"] == "deny"
     assert "+19005550123" in str(refused[0]["reasons"]), refused[0]
+
+    def alerted() -> list[dict[str, object]]:
+        with sqlite3.connect(server.data_dir / "pbxwarden.db") as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM alerts WHERE extension = '1001'").fetchall()
+        return [dict(r) for r in rows if "transferred" in str(r["summary"])]
+
+    deadline = time.monotonic() + 10
+    while not alerted() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [alert] = alerted()  # the admins are told who tried to transfer a call where
+    assert "+19005550123" in str(alert["summary"]) + str(alert["reasons"]), alert

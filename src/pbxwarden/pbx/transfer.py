@@ -21,12 +21,20 @@ Blind transfer of the transferee C by the transferor R, in call O:
    back to R's call (still held by R's phone, which takes it back); if R has hung up
    meanwhile, C is hung up.
 
+Attended transfer: R has called the target T (call O2) and sends, in O, a REFER whose
+Refer-To carries ``Replaces`` naming R's dialog of O2 (RFC 3891). C's leg of O and T's
+leg of O2 move into N, T is re-INVITEd without an offer, its offer goes to C and C's
+answer back to T; R is hung up on both calls. T's leg was authorized when R called it
+and stays accounted to O2. If O2 is still ringing, it is cancelled and C is
+transferred blind to the number it rang (the "semi-attended" transfer).
+
 O stays accounted for (CDR, guard) until C's leg ends, since that leg may be the costly
 one (a carrier leg R placed); N's CDR and cost are the transfer's, paid by R.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -38,7 +46,7 @@ from pbxwarden.pbx import caller_id as cid
 from pbxwarden.pbx.call import Call, other_leg
 from pbxwarden.pbx.media import MediaError, is_sdp
 from pbxwarden.pbx.numbers import Destination, classify, emergency_number
-from pbxwarden.pbx.policy import CallAttempt
+from pbxwarden.pbx.policy import CallAttempt, Decision
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
@@ -59,6 +67,28 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pbxwarden.transfer")
 
 KIND = "transferred"
+_REPLACES = re.compile(r"(?:^|&)replaces=([^&]*)", re.IGNORECASE)
+
+
+def replaces_of(headers: str | None) -> tuple[str, str, str] | tuple[()] | None:
+    """The (Call-ID, to-tag, from-tag) of a Refer-To's ``?Replaces=`` (RFC 3891, escaped
+    in the URI); () when it is there but unreadable, None when there is none."""
+    if headers is None:
+        return None
+    found = _REPLACES.search(headers)
+    if found is None:
+        return None
+    call_id, *params = unquote(found.group(1)).split(";")
+    tags = {}
+    for param in params:
+        name, _, value = param.strip().partition("=")
+        tags[name.lower()] = value
+    to_tag, from_tag = tags.get("to-tag"), tags.get("from-tag")
+    if not call_id.strip() or to_tag is None or not from_tag:
+        return ()  # an empty to-tag: the call still rings, its callee has not tagged it
+    return call_id.strip(), to_tag, from_tag
+
+
 SUBSCRIPTION_EXPIRES = 60  # seconds the implicit refer subscription lasts (RFC 3515)
 
 
@@ -76,6 +106,11 @@ class Transfer:
     reinvite: Request | None = None  # C's re-INVITE with the target's offer
     final_sent: bool = False
     done: bool = False  # C and the target are joined
+    # attended: O2 and R's leg of it; T's leg moved from O2 into N
+    consult: tuple[Call, str] | None = None
+    t_reinvite: Request | None = None  # T's re-INVITE without an offer (attended)
+    answer: tuple[str | None, bytes] | None = None  # C's answer, for T's ACKs
+    t_offered: bool = False
 
     # -- Joined: what the core hands over -------------------------------------------------
 
@@ -89,6 +124,39 @@ class Transfer:
         now = core.port.wall_time()
         call.answered = now
         core.policy.on_call_answer(call.token, now)
+        self._offer_to_transferee(call, response)
+
+    def start_attended(self, call: Call) -> None:
+        """Ask T for a fresh offer: a re-INVITE without SDP in its dialog."""
+        core = self.feature.core
+        assert call.b_dialog is not None and call.b_dest is not None
+        dest = call.b_dest
+        host, port = core.port.local_address(dest.transport)
+        self.t_reinvite = call.b_dialog.new_request(
+            "INVITE",
+            Via(dest.transport, host, port, {"rport": None}),
+            contact=str(core.contact(dest.transport)),
+        )
+        core.request(self.t_reinvite, dest, lambda r: self._target_offered(call, r))
+
+    def _target_offered(self, call: Call, response: Response | None) -> None:
+        core = self.feature.core
+        invite = self.t_reinvite
+        assert invite is not None and call.b_dialog is not None and call.b_dest is not None
+        if response is not None and 200 <= response.status < 300:
+            self.t_offered = True
+            if self.done or call.ended:  # a retransmitted 2xx: the same ACK again
+                ctype, body = self.answer or (None, b"")
+                core.ack(invite, call.b_dialog, call.b_dest, ctype, body)
+                return
+            self._offer_to_transferee(call, response)
+            return
+        if not call.ended:
+            status = 408 if response is None else response.status
+            self._not_joined(call, status, f"the transfer target answered {status}")
+
+    def _offer_to_transferee(self, call: Call, response: Response) -> None:
+        core = self.feature.core
         ctype = response.headers.get("Content-Type")
         assert call.b_dest is not None
         try:
@@ -112,12 +180,16 @@ class Transfer:
     def ended(self, call: Call, disposition: str, sip_code: int) -> None:
         core = self.feature.core
         origin = self.origin
-        if self.done:  # the transfer was complete: O's moved leg is over
-            if origin.finish_pending is not None:
-                core.finish(origin, *origin.finish_pending)
+        if self.done:  # the transfer was complete: the moved legs are over
+            for done, _ in self._origins():
+                if done.finish_pending is not None:
+                    core.finish(done, *done.finish_pending)
             return
         phrase = REASON_PHRASES.get(sip_code, "Error") if sip_code >= 300 else "Request Terminated"
         self.notify(sip_code if sip_code >= 300 else 487, phrase, final=True)
+        if self.consult is not None:
+            self._attended_failed(call)
+            return
         if call.hung_up_by == "a" or origin.finish_pending is not None or origin.ended:
             # C hung up, or R did: nobody is left for the other one
             if call.hung_up_by != "a":
@@ -158,8 +230,12 @@ class Transfer:
             self._not_joined(call, 488, f"the transferred party's media: {exc}")
             return
         self.done = True
-        call.b_ack = (ctype, answer)
-        core.ack_b(call)
+        call.b_ack = self.answer = (ctype, answer)
+        if self.t_reinvite is not None:  # attended: the answer goes in the re-INVITE's ACK
+            assert call.b_dialog is not None and call.b_dest is not None
+            core.ack(self.t_reinvite, call.b_dialog, call.b_dest, ctype, answer)
+        else:
+            core.ack_b(call)
         core.arm_answered(call)
         log.info(
             "call transferred",
@@ -168,22 +244,53 @@ class Transfer:
             target=self.target[:64],
         )
         self.notify(200, "OK", final=True)
-        origin = self.origin
-        core.bye(origin, self.transferor)
-        if core.media is not None:  # the old media session of C's leg is over
-            core.media.release(origin.token)
-        core.finish(origin, "answered", 200, "")  # waits for C's leg (see the docstring)
+        for origin, transferor in self._origins():
+            core.bye(origin, transferor)
+            if core.media is not None:  # the old media session of the moved leg is over
+                core.media.release(origin.token)
+            core.finish(origin, "answered", 200, "")  # waits for the moved leg (docstring)
+
+    def _origins(self) -> list[tuple[Call, str]]:
+        """O (and O2 for an attended transfer), each with R's leg of it."""
+        return [(self.origin, self.transferor), *([self.consult] if self.consult else [])]
 
     def _not_joined(self, call: Call, status: int, why: str) -> None:
         """The target answered but the two cannot be joined: the target is hung up and C
-        goes back to R (or is hung up, if R is gone)."""
+        goes back to R (or is hung up, if R is gone). In an attended transfer, T's leg
+        goes back to O2 instead, as it was."""
         core = self.feature.core
         log.warning("transfer not completed", call_id=self.origin.id, why=why)
+        if self.consult is not None:
+            if self.t_offered:  # T's 2xx needs its ACK; the dialog stays as it was
+                assert self.t_reinvite is not None and call.b_dialog is not None
+                assert call.b_dest is not None
+                core.ack(self.t_reinvite, call.b_dialog, call.b_dest)
+            core.finish(call, "failed", status, why)
+            return
         assert call.b_request is not None and call.b_dialog is not None
         assert call.b_dest is not None
         core.ack(call.b_request, call.b_dialog, call.b_dest)  # no answer to give: then BYE
         core.bye(call, "b")
         core.finish(call, "failed", status, why)
+
+    def _attended_failed(self, call: Call) -> None:
+        """Both legs go back to the calls they came from; a call whose other party hung
+        up meanwhile is hung up."""
+        assert self.consult is not None
+        consult, transferor = self.consult
+        core = self.feature.core
+        self._reattach()
+        assert call.b_dialog is not None
+        t_leg = other_leg(transferor)
+        if t_leg == "a":
+            consult.a_dialog = call.b_dialog
+        else:
+            consult.b_dialog = call.b_dialog
+        core.dialogs[(call.b_dialog.call_id, call.b_dialog.local_tag)] = (consult, t_leg)
+        consult.moved_to = None
+        if call.hung_up_by is not None:  # a party hung up meanwhile: both calls end
+            for origin in (self.origin, consult):
+                core.hang_up(origin, "the other party hung up during a transfer")
 
     def _reattach(self) -> None:
         origin, core = self.origin, self.feature.core
@@ -263,9 +370,6 @@ class Transfers:
         except ParseError as exc:
             refuse(400, f"Refer-To: {exc}")
             return
-        if uri.headers is not None and "replaces=" in uri.headers.lower():
-            refuse(501, "attended transfer (Replaces) is not available yet")
-            return
         target = unquote(uri.user or "")
         if not target or len(target) > 64:
             refuse(400, "Refer-To names no number")
@@ -275,7 +379,130 @@ class Transfers:
         if dialog is None or dest is None:
             refuse(481, "the other party has left the call")
             return
+        replaces = replaces_of(uri.headers)
+        if replaces is not None:
+            if not replaces:
+                refuse(400, "unreadable Replaces in Refer-To")
+                return
+            consult = self._consulted(by, call, replaces)
+            if isinstance(consult, str):
+                refuse(481 if "no such" in consult else 403, consult)
+                return
+            o2, o2_leg = consult
+            if o2.answered is not None:
+                if o2.moved_to is not None or (o2.joined is not None and o2.b_ack is None):
+                    refuse(491, "the consulted call is being transferred already")
+                    return
+                self._attended(call, leg, by, o2, o2_leg, dialog, dest, request, key)
+                return
+            # semi-attended: the consulted phone still rings; C goes there blind instead
+            core.hang_up(o2, "replaced by a transfer")
         self._transfer(call, leg, by, target, transferee, dialog, dest, request, key, refuse)
+
+    def _consulted(
+        self, by: ExtensionAuth, call: Call, replaces: tuple[str, str, str]
+    ) -> tuple[Call, str] | str:
+        """The call R's Replaces names (R's own dialog of it), or why it cannot be used."""
+        call_id, to_tag, from_tag = replaces
+        for local, remote in ((to_tag, from_tag), (from_tag, to_tag)):
+            found = self.core.dialogs.get((call_id, local)) if local else None
+            if found is None:
+                found = self._ringing(call_id, local, remote)
+                if found is None:
+                    continue
+            else:
+                dialog = found[0].leg(found[1])[0]
+                if dialog is None or dialog.remote_tag != remote:
+                    continue
+            o2, o2_leg = found
+            if o2.ended:
+                continue
+            mine = self.transferor(o2, o2_leg)
+            if o2 is call or mine is None or (mine.tenant, mine.number) != (by.tenant, by.number):
+                return "the call named in Replaces is not the transferring extension's"
+            return o2, o2_leg
+        return "no such call to replace (Replaces)"
+
+    def _ringing(self, call_id: str, local: str, remote: str) -> tuple[Call, str] | None:
+        """A call R placed that still rings (no dialog yet), by its tags."""
+        for o2 in self.core.calls.values():
+            a = o2.a_request
+            if (
+                o2.answered is None
+                and a.call_id == call_id
+                and (not local or o2.a_tag == local)
+                and a.from_.params.get("tag") == remote
+            ):
+                return o2, "a"
+        return None
+
+    def _attended(
+        self,
+        call: Call,
+        leg: str,
+        by: ExtensionAuth,
+        o2: Call,
+        o2_leg: str,
+        dialog: Dialog,
+        dest: Address,
+        request: Request,
+        key: TransactionKey | None,
+    ) -> None:
+        """Join C (of ``call``) with T (of ``o2``): both legs move into a new call."""
+        core = self.core
+        t_leg = other_leg(o2_leg)
+        t_dialog, t_dest = o2.leg(t_leg)
+        if t_dialog is None or t_dest is None:
+            core.port.respond(key, request, make_response(request, 481))
+            return
+        transferee = other_leg(leg)
+        invite, number, moved_ext = self._party(call, transferee)
+        t_invite, t_number, t_ext = self._party(o2, t_leg)
+        now = core.port.wall_time()
+        note = f"attended transfer by {by.number}: joined with {t_number}"
+        new = core.open(
+            invite,
+            None,
+            dest,
+            by.tenant,
+            by.number,
+            number,
+            t_number,
+            KIND,
+            Decision(True, (note, "the target's leg was authorized when it was called")),
+            now,
+            None,
+        )
+        core.port.respond(key, request, make_response(request, 202))
+        transfer = Transfer(self, call, leg, by, t_number, transferee, dialog)
+        transfer.consult = (o2, o2_leg)
+        new.joined, new.a_dialog, new.a_acked, new.a_extension = transfer, dialog, True, moved_ext
+        new.b_request, new.b_dialog, new.b_dest = t_invite, t_dialog, t_dest
+        new.ringing = t_ext
+        if t_leg == "b":
+            new.b_trunk, new.trunk = o2.b_trunk, o2.trunk
+        new.answered = now
+        for origin, moved, moved_dialog in ((call, transferee, dialog), (o2, t_leg, t_dialog)):
+            local = "a" if origin is call else "b"
+            core.dialogs[(moved_dialog.call_id, moved_dialog.local_tag)] = (new, local)
+            if moved == "a":
+                origin.a_dialog = None
+            else:
+                origin.b_dialog = None
+            origin.moved_to = new
+            base = origin.outcome.get("reasons") or "; ".join(origin.decision.reasons)
+            origin.outcome["reasons"] = f"{base}; {note}"[:2000]
+        transfer.notify(100, "Trying", final=False)
+        log.info("attended transfer", call_id=call.id, by=by.number, target=t_number[:64])
+        transfer.start_attended(new)
+
+    @staticmethod
+    def _party(call: Call, leg: str) -> tuple[Request, str, ExtensionAuth | None]:
+        """The INVITE that made ``leg``'s dialog, its number and its extension, if any."""
+        if leg == "a":
+            return call.a_request, call.caller_id, call.a_extension
+        assert call.b_request is not None
+        return call.b_request, call.callee, call.ringing if call.b_trunk is None else None
 
     def _transfer(
         self,
@@ -312,12 +539,7 @@ class Transfers:
         ):
             refuse(482, "a call cannot be transferred to the extension transferring it")
             return
-        if transferee == "a":
-            invite, number, moved_ext = call.a_request, call.caller_id, call.a_extension
-        else:
-            assert call.b_request is not None
-            invite, number = call.b_request, call.callee
-            moved_ext = call.ringing if call.b_trunk is None else None
+        invite, number, moved_ext = self._party(call, transferee)
         kind = "internal" if target_ext is not None else KIND
         attempt = CallAttempt(
             by.tenant, by.number, number, target, kind, str(call.leg(leg)[1]), now, destination
