@@ -21,6 +21,15 @@ SCENARIOS = Path(__file__).parent / "integration" / "scenarios"
 STARTED: list[subprocess.Popen[bytes]] = []
 
 
+def die_with_pytest() -> None:
+    """Run in a child before it starts: it ends when pytest dies, however pytest dies (a
+    crash in a native library, SIGKILL on a CI timeout leave no time for fixtures)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
     STARTED.append(proc)
     return proc
@@ -113,6 +122,7 @@ class PbxProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             env={**os.environ, "PBXWARDEN_LOG__LEVEL": "debug", **self.env},
+            preexec_fn=die_with_pytest,
         )
         SERVERS.append(self)
         deadline = time.monotonic() + timeout
@@ -425,7 +435,13 @@ def start_sipp_uas(
         *(extra or []),
     ]
     proc = track(
-        subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+        subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=workdir,
+            preexec_fn=die_with_pytest,
+        )
     )
     time.sleep(0.3)  # let it bind
     return proc

@@ -21,7 +21,8 @@ import pytest
 pj: Any = pytest.importorskip("pjsua2", reason="pjsua2-python is not installed")
 
 
-LIVE_CALLS: weakref.WeakSet[Any] = weakref.WeakSet()
+# every PJSIP object made here: those still alive when the library goes are disowned
+LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class PhoneCall(pj.Call):  # type: ignore[misc]
@@ -31,7 +32,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         else:
             super().__init__(phone, call_id)
         self.phone = phone
-        LIVE_CALLS.add(self)
+        LIVE.add(self)
         self.state = pj.PJSIP_INV_STATE_NULL
         self.last_status = 0
         self.transfers: list[tuple[int, bool]] = []  # (sipfrag status, final) from NOTIFYs
@@ -87,6 +88,29 @@ class Phone(pj.Account):  # type: ignore[misc]
         self.incoming: list[PhoneCall] = []
         self.calls: list[PhoneCall] = []
         self.registered = 0
+        self.received: list[tuple[str, str]] = []  # instant messages: (From URI, body)
+        self.sent: list[tuple[int, str]] = []  # the answers to ours: (status, reason)
+        self.buddies: list[Any] = []
+        LIVE.add(self)
+
+    def onInstantMessage(self, prm: Any) -> None:
+        self.received.append((str(prm.fromUri), str(prm.msgBody)))
+
+    def onInstantMessageStatus(self, prm: Any) -> None:
+        self.sent.append((int(prm.code), str(prm.reason)))
+
+    def message(self, number: str, text: str) -> None:
+        """Send an instant message (MESSAGE, RFC 3428) to ``number`` through the PBX."""
+        cfg = pj.BuddyConfig()
+        cfg.uri = self.phones.uri(number)
+        cfg.subscribe = False
+        buddy = pj.Buddy()
+        buddy.create(self, cfg)
+        LIVE.add(buddy)
+        self.buddies.append(buddy)
+        prm = pj.SendInstantMessageParam()
+        prm.content = text
+        buddy.sendInstantMessage(prm)
 
     def onRegState(self, prm: Any) -> None:
         self.registered = int(prm.code)
@@ -176,15 +200,17 @@ class Phones:
 
     def close(self) -> None:
         self._hang_up_all()
+        self.run(0.3)  # answers to messages in flight: their callbacks need the accounts
         for phone in self.phones:
             phone.incoming.clear()
             phone.calls.clear()
+            phone.buddies.clear()
             with contextlib.suppress(Exception):
                 phone.shutdown()
         self.phones.clear()
         gc.collect()  # Python's Call objects must go before the library they wrap
-        for call in list(LIVE_CALLS):  # ones a failed test's traceback still holds:
-            call.thisown = False  # never destroyed then (a leak, not an abort)
+        for alive in list(LIVE):  # ones a failed test's traceback still holds:
+            alive.thisown = False  # never destroyed then (a leak, not an abort)
         self.ep.libDestroy()
 
 

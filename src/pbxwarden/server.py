@@ -87,7 +87,8 @@ from pbxwarden.transport.rtp import MediaRelay
 
 log = structlog.get_logger("pbxwarden.server")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, REFER"  # implemented
+# what is implemented (MESSAGE: between extensions, out of a call)
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, REFER, MESSAGE"
 
 
 EVENT_CALL_FIELDS = (
@@ -635,7 +636,7 @@ class SipServer:
         method = request.method
         if key is not None and method != "ACK":
             self.latency.start(key, method, time.perf_counter())
-        if method in ("INVITE", "ACK", "CANCEL", "BYE") or request.to.tag is not None:
+        if method in ("INVITE", "ACK", "CANCEL", "BYE", "MESSAGE") or request.to.tag is not None:
             self.calls.on_request(request, source, key)
         elif method == "REGISTER":
             self._register(request, source, key)

@@ -39,6 +39,7 @@ from pbxwarden.pbx.locate import (
 )
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.pbx.media import MediaAnchor, MediaError
+from pbxwarden.pbx.messages import Messages
 from pbxwarden.pbx.numbers import Destination, classify, emergency_number
 from pbxwarden.pbx.outbound import Outbound
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer
@@ -94,6 +95,7 @@ class CallManager(B2bua):
         self.locator: TrunkLocator = StaticLocator()  # a trunk's servers (DNS: pbx/locate.py)
         self.outbound = Outbound(self)
         self.transfers = Transfers(self)
+        self.messages = Messages(self)
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
             "*73": FeatureCode("always", False),
@@ -113,6 +115,8 @@ class CallManager(B2bua):
             self._new_call(request, source, key)
         elif method == "CANCEL":
             self.cancel(request, key)
+        elif method == "MESSAGE":
+            self.messages.receive(request, source, key)
         elif method != "ACK":
             self.port.respond(key, request, make_response(request, 481))
 
