@@ -158,7 +158,9 @@ class Phones:
     def uri(self, number: str) -> str:
         return f"sip:{number}@{self.pbx}"
 
-    def add(self, number: str, password: str) -> Phone:
+    def add(self, number: str, password: str, *, require_timer: bool = False) -> Phone:
+        """A phone registered as ``number``; ``require_timer``: its calls require session
+        timers (RFC 4028), as some desk phones are set to."""
         tcfg = pj.TransportConfig()
         tcfg.boundAddress = "127.0.0.1"
         tcfg.port = 0
@@ -170,6 +172,9 @@ class Phones:
         acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", number, 0, password))
         acfg.natConfig.sipOutboundUse = 0
         acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        if require_timer:
+            acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_REQUIRED
+            acfg.callConfig.timerSessExpiresSec = 90
         phone = Phone(self, number)
         phone.create(acfg)
         self.phones.append(phone)

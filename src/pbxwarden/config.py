@@ -259,6 +259,13 @@ class CallsConfig(_Section):
     max_duration: float = Field(
         14400.0, gt=0, le=86400, description="seconds; then both legs hang up"
     )
+    session_min_se: int = Field(
+        90,
+        ge=1,
+        le=86400,
+        description="shortest session-timer interval (s) a caller may ask for; shorter "
+        "ones get 422 (RFC 4028 sets 90; less is for tests)",
+    )
     keepalive: float = Field(
         60.0,
         ge=0,

@@ -195,6 +195,7 @@ class SipServer:
                 sip.t1,
                 sip.t2,
                 config.calls.keepalive,
+                config.calls.session_min_se,
             ),
             self.media,
         )

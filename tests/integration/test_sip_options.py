@@ -83,14 +83,15 @@ def test_an_unsupported_require_is_answered_420(pbx: PbxProcess, tmp_path: Path)
     assert (result.successful, result.failed) == (1, 0), result.output + pbx.log()[-2000:]
 
 
-def test_the_callee_is_not_offered_100rel(pbx: PbxProcess, tmp_path: Path) -> None:
+def test_the_callee_is_offered_neither_100rel_nor_timers(pbx: PbxProcess, tmp_path: Path) -> None:
     port = register_callee(pbx, tmp_path)
     messages = tmp_path / "callee-messages.log"
     phone = start_sipp_uas(
         "call_uas.xml", port, tmp_path, extra=["-trace_msg", "-message_file", str(messages)]
     )
     text = (SCENARIOS / "call_uac.xml").read_text()
-    text = text.replace("Max-Forwards: 70\n", "Max-Forwards: 70\n      Supported: 100rel, timer\n")
+    supporting = "Max-Forwards: 70\n      Supported: 100rel, timer, replaces\n"
+    text = text.replace("Max-Forwards: 70\n", supporting)
     caller = tmp_path / "supporting.xml"
     caller.write_text(text)
     result = run_sipp(str(caller), target(pbx), users=CALLER, extra=["-s", "2000"],
@@ -100,6 +101,6 @@ def test_the_callee_is_not_offered_100rel(pbx: PbxProcess, tmp_path: Path) -> No
     invite = re.split(r"\n(?=INVITE sip:)", messages.read_text(errors="replace"))[1]
     head = invite.split("\n\n", 1)[0]
     supported = re.findall(r"^Supported:\s*(.*)$", head, re.M)
-    assert supported == ["timer"], head
+    assert supported == ["replaces"], head  # the PBX does neither on a B leg
     [row] = wait_cdr(pbx)
     assert row["disposition"] == "answered"

@@ -14,13 +14,14 @@ Sans-I/O: timers use the scheduler of the :class:`CallPort`, messages leave thro
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from pbxwarden.pbx import caller_id, options
+from pbxwarden.pbx import caller_id, options, session_timer
 from pbxwarden.pbx.call import (
     COMPLETED_ELSEWHERE,
     DISPOSITIONS,
@@ -241,6 +242,8 @@ class B2bua:
                 "number_type": destination.number_type if destination else None,
             },
         )
+        with contextlib.suppress(ValueError, session_timer.TooBrief):  # judged by the dialplan
+            call.session_timer = session_timer.asked(request, self.settings.min_se)
         self.calls[call.token] = call
         if key is not None:
             self._by_invite[key] = call
@@ -550,6 +553,8 @@ class B2bua:
         headers = [("Contact", str(self.contact(call.a_source.transport)))]
         if ctype:
             headers.append(("Content-Type", ctype))
+        if call.session_timer is not None:
+            headers += session_timer.answer_headers(call.session_timer)
         ok = make_response(call.a_request, 200, to_tag=call.a_tag, headers=headers, body=body)
         call.a_final = ok
         call.a_dialog = Dialog.as_uas(call.a_request, call.a_tag)
@@ -565,7 +570,8 @@ class B2bua:
         log.info("call answered", caller=call.caller_id, callee=call.callee)
 
     def arm_answered(self, call: Call) -> None:
-        """An answered call's limits: its maximum duration and the keep-alive pings."""
+        """An answered call's limits: its maximum duration, the keep-alive pings and the
+        caller's session timer."""
         if not call.emergency:  # an emergency call lasts as long as the answering point wants
             call.timers.append(
                 self.port.schedule(
@@ -574,6 +580,61 @@ class B2bua:
                 )
             )
             self.mid.arm_keepalive(call)
+            if call.session_timer is not None:
+                call.session_refreshed = self.port.wall_time()
+                self._session_check(call, session_timer.expiry(call.session_timer.interval))
+                if call.session_timer.refresher == "uas":
+                    self._session_refresh(call)
+
+    def _session_check(self, call: Call, delay: float) -> None:
+        """Hang up when the caller's session was not refreshed in time (RFC 4028 10)."""
+
+        def check() -> None:
+            timer = call.session_timer
+            if call.ended or timer is None or call.a_dialog is None:  # a_dialog: moved on
+                return
+            left = session_timer.expiry(timer.interval) - (
+                self.port.wall_time() - call.session_refreshed
+            )
+            if left > 0:
+                self._session_check(call, left)
+                return
+            log.warning("session expired", call_id=call.id, interval=timer.interval)
+            self.hang_up(call, "the caller's session expired: its phone stopped refreshing it")
+
+        call.timers.append(self.port.schedule(delay, check))
+
+    def _session_refresh(self, call: Call) -> None:
+        """The caller asked the PBX to refresh: an UPDATE without SDP at half the interval
+        (RFC 4028 10); a phone that no longer knows the call (481) or is gone ends it."""
+        timer = call.session_timer
+        assert timer is not None
+
+        def refresh() -> None:
+            dialog, dest = call.a_dialog, call.a_source
+            if call.ended or dialog is None or call.session_timer is not timer:
+                return
+            host, port = self.port.local_address(dest.transport)
+            update = dialog.new_request(
+                "UPDATE",
+                Via(dest.transport, host, port, {"rport": None}),
+                contact=str(self.contact(dest.transport)),
+                headers=[("Session-Expires", f"{timer.interval};refresher=uas")],
+            )
+            self.request(update, dest, answered)
+
+        def answered(response: Response | None) -> None:
+            if call.ended:
+                return
+            if response is not None and 200 <= response.status < 300:
+                call.session_refreshed = self.port.wall_time()
+                self._session_refresh(call)
+            elif response is None or response.status in (408, 481):
+                self.hang_up(call, "the caller's phone did not answer a session refresh")
+            else:  # refused (405...): the session expires unless the caller refreshes
+                log.info("session refresh refused", call_id=call.id, status=response.status)
+
+        call.timers.append(self.port.schedule(timer.interval / 2, refresh))
 
     # -- keep-alive: does each phone still know the call? --------------------------------
 

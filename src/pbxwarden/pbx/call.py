@@ -22,6 +22,7 @@ from pbxwarden.pbx.locate import (
 )
 from pbxwarden.pbx.policy import Decision
 from pbxwarden.pbx.routing import Trunk
+from pbxwarden.pbx.session_timer import SessionTimer
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.digest import DigestError
 from pbxwarden.sip.digest_client import (
@@ -93,6 +94,7 @@ class CallSettings:
     t1: float = 0.5
     t2: float = 4.0
     keepalive: float = 60.0  # seconds between in-dialog OPTIONS to both legs (0: never)
+    min_se: int = 90  # the shortest session interval accepted (RFC 4028 Min-SE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,8 @@ class Call:
     moved_to: Call | None = None
     finish_pending: tuple[str, int, str] | None = None
     hung_up_by: str | None = None  # the leg whose BYE ended the call
+    session_timer: SessionTimer | None = None  # the caller's (pbxwarden.pbx.session_timer)
+    session_refreshed: float = 0.0  # when the session was last refreshed
 
     @property
     def id(self) -> str:

@@ -17,7 +17,7 @@ from dataclasses import replace
 import structlog
 
 from pbxwarden.pbx import caller_id as cid
-from pbxwarden.pbx import emergency, options
+from pbxwarden.pbx import emergency, options, session_timer
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.b2bua import B2bua
 from pbxwarden.pbx.call import (
@@ -138,6 +138,18 @@ class CallManager(B2bua):
                 key,
                 request,
                 make_response(request, 420, headers=[("Unsupported", ", ".join(missing))]),
+            )
+            return
+        try:
+            session_timer.asked(request, self.settings.min_se)
+        except session_timer.TooBrief as exc:  # RFC 4028 6: ask for a longer interval
+            self.port.respond(
+                key, request, make_response(request, 422, headers=[("Min-SE", str(exc.min_se))])
+            )
+            return
+        except ValueError as exc:
+            self.port.respond(
+                key, request, make_response(request, 400, f"Bad Request ({safe_reason(str(exc))})")
             )
             return
         trunk = self.routing.trunk_at(source.host)

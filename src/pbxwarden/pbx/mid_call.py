@@ -10,10 +10,12 @@ would go on costing money until its maximum duration.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import structlog
 
+from pbxwarden.pbx import options, session_timer
 from pbxwarden.pbx.call import (
     Call,
     Relayed,
@@ -209,9 +211,12 @@ class MidCall:
         host, port = self.core.port.local_address(dest.transport)
         headers = [
             (n, v)
-            for n in ("Content-Type", "Event", "Supported")
+            for n in ("Content-Type", "Event")
             if (v := request.headers.get(n)) is not None
         ]
+        supported = options.offered(request.headers.get("Supported"))
+        if supported is not None:
+            headers.append(("Supported", supported))
         relayed = dialog.new_request(
             request.method,
             Via(dest.transport, host, port, {"rport": None}),
@@ -245,6 +250,7 @@ class MidCall:
             status, reason, body = 500, "Server Internal Error (answer SDP unreadable)", b""
         if body:
             headers.append(("Content-Type", ctype or ""))
+        headers += self._refreshed(r, status)
         answer = make_response(original, status, reason, headers=headers, body=body)
         self.core.port.respond(r.in_key, original, answer)
         if r.relayed.method == "INVITE" and response.status < 300:
@@ -256,6 +262,21 @@ class MidCall:
                 lambda: answered.ack is not None,
                 "no ACK for a re-INVITE",
             )
+
+    def _refreshed(self, r: Relayed, status: int) -> list[tuple[str, str]]:
+        """A 2xx to the caller's re-INVITE or UPDATE refreshes its session (RFC 4028 10),
+        with the interval it asks for now, if any; the answer says so."""
+        call = r.call
+        timer = call.session_timer
+        if r.leg != "a" or timer is None or not 200 <= status < 300:
+            return []
+        if r.original.method not in ("INVITE", "UPDATE"):
+            return []
+        with contextlib.suppress(ValueError, session_timer.TooBrief):
+            timer = session_timer.asked(r.original, self.core.settings.min_se) or timer
+        call.session_timer = timer
+        call.session_refreshed = self.core.port.wall_time()
+        return session_timer.answer_headers(timer)
 
     def _awaiting_ack(self, call: Call, leg: str, cseq: int) -> RelayedAnswer | None:
         return next(

@@ -2,19 +2,20 @@
 legs may offer on a caller's behalf.
 
 The B2BUA is the UAS of the caller's INVITE and the UAC of every leg it places, so an
-extension the caller requires must be one the PBX performs itself: reliable provisional
-responses (100rel, RFC 3262) and session timers (RFC 4028) are not built yet, so a
-``Require`` naming them, or anything else, is answered 420 with ``Unsupported``, and
-``100rel`` is never offered to a callee (else it would send reliable 180s that nobody
-PRACKs, and the call would die after 32 s).
+extension the caller requires must be one the PBX performs itself. Session timers
+(RFC 4028, :mod:`pbxwarden.pbx.session_timer`) are, on the caller's leg; reliable
+provisional responses (100rel, RFC 3262) are not built yet, so a ``Require`` naming
+them, or anything else unknown, is answered 420 with ``Unsupported``. Neither is
+offered to a callee: it would send reliable 180s that nobody PRACKs (the call would die
+after 32 s), or expect the PBX to refresh a session it does not refresh.
 """
 
 from __future__ import annotations
 
 from pbxwarden.sip.message import Request
 
-SUPPORTED: frozenset[str] = frozenset()  # option tags the PBX performs itself
-NOT_OFFERED = frozenset({"100rel"})  # never passed on in a B leg's Supported
+SUPPORTED: frozenset[str] = frozenset({"timer"})  # option tags the PBX performs itself
+NOT_OFFERED = frozenset({"100rel", "timer"})  # never passed on in a B leg's Supported
 
 
 def _tags(values: list[str]) -> list[str]:
