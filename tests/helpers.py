@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SCENARIOS = Path(__file__).parent / "integration" / "scenarios"
 # Every peer process a test starts in the background; tests/conftest.py stops what is
@@ -206,7 +207,8 @@ def run_sipp(
     recv_timeout_ms: int = 5000,
     workdir: Path,
     domain: str | None = None,
-) -> SippResult:
+    background: bool = False,
+) -> Any:
     """Run SIPp as a UAC against ``target``; counts come from its statistics file.
 
     ``users`` maps extension to password; each call takes the next user in order.
@@ -260,13 +262,45 @@ def run_sipp(
         )
         args += ["-inf", str(inf)]
     args += extra or []
+    if background:
+        return track(
+            subprocess.Popen(
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=workdir,
+                preexec_fn=die_with_pytest,
+            )
+        )
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 15, cwd=workdir)
+    return sipp_result(workdir, proc.returncode, proc.stdout[-4000:] + proc.stderr[-4000:])
+
+
+def start_sipp_uac(scenario: str, target: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """:func:`run_sipp` in the background (a subscriber waiting for NOTIFYs while the
+    test makes calls); give it a ``workdir`` of its own, then :func:`finish_sipp_uac`."""
+    proc = run_sipp(scenario, target, background=True, **kwargs)
+    assert isinstance(proc, subprocess.Popen)
+    return proc
+
+
+def finish_sipp_uac(
+    proc: subprocess.Popen[bytes], workdir: Path, timeout: float = 30
+) -> SippResult:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    return sipp_result(workdir, proc.returncode, "")
+
+
+def sipp_result(workdir: Path, returncode: int, output: str) -> SippResult:
     ok, failed = _sipp_counts(workdir / "stat.csv")
     errors = workdir / "sipp-errors.log"
-    output = proc.stdout[-4000:] + proc.stderr[-4000:]
     if errors.exists():
         output += "\n--- sipp errors ---\n" + errors.read_text()[-4000:]
-    return SippResult(proc.returncode, ok, failed, output)
+    return SippResult(returncode, ok, failed, output)
 
 
 def _sipp_counts(stat_file: Path) -> tuple[int, int]:

@@ -80,6 +80,27 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         return bool(self.state == pj.PJSIP_INV_STATE_DISCONNECTED)
 
 
+class Watched(pj.Buddy):  # type: ignore[misc]
+    """A buddy whose presence a phone subscribes to (RFC 3856)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        LIVE.add(self)
+        self.states: list[tuple[int, str]] = []  # (PJSUA_BUDDY_STATUS_*, note)
+
+    def onBuddyState(self) -> None:
+        info = self.getInfo()
+        self.states.append((int(info.presStatus.status), str(info.presStatus.note)))
+
+    def ended(self) -> tuple[int, str] | None:
+        """(code, reason) once the subscription was refused or ended."""
+        info = self.getInfo()
+        refused = info.subState == pj.PJSIP_EVSUB_STATE_NULL and info.subTermCode >= 300
+        if info.subState == pj.PJSIP_EVSUB_STATE_TERMINATED or refused:
+            return int(info.subTermCode), str(info.subTermReason)
+        return None
+
+
 class Phone(pj.Account):  # type: ignore[misc]
     def __init__(self, phones: Phones, number: str) -> None:
         super().__init__()
@@ -112,6 +133,16 @@ class Phone(pj.Account):  # type: ignore[misc]
         prm.content = text
         buddy.sendInstantMessage(prm)
 
+    def watch(self, number: str) -> Watched:
+        """Subscribe to ``number``'s presence through the PBX."""
+        cfg = pj.BuddyConfig()
+        cfg.uri = self.phones.uri(number)
+        cfg.subscribe = True
+        buddy = Watched()
+        buddy.create(self, cfg)
+        self.buddies.append(buddy)
+        return buddy
+
     def onRegState(self, prm: Any) -> None:
         self.registered = int(prm.code)
 
@@ -136,12 +167,26 @@ class Phone(pj.Account):  # type: ignore[misc]
         call.answer(prm)
 
 
+_ENDPOINT: list[Any] = []
+
+
+def endpoint() -> Any:
+    """pjsua2's Endpoint is a singleton: one object for the whole test run, its library
+    created and destroyed per test (a second Endpoint, while a failed test's traceback
+    still holds the first, would tear the library down under the next test)."""
+    if not _ENDPOINT:
+        ep = pj.Endpoint()
+        ep.thisown = False  # never destroyed by Python, even at exit
+        _ENDPOINT.append(ep)
+    return _ENDPOINT[0]
+
+
 class Phones:
     """One PJSIP endpoint with a phone (account) per extension."""
 
     def __init__(self, pbx_host: str, pbx_port: int) -> None:
         self.pbx = f"{pbx_host}:{pbx_port}"
-        self.ep = pj.Endpoint()
+        self.ep = endpoint()
         self.ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0

@@ -88,7 +88,7 @@ from pbxwarden.transport.rtp import MediaRelay
 log = structlog.get_logger("pbxwarden.server")
 
 # what is implemented (MESSAGE: between extensions, out of a call)
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, REFER, MESSAGE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, REFER, MESSAGE, SUBSCRIBE"
 
 
 EVENT_CALL_FIELDS = (
@@ -637,7 +637,10 @@ class SipServer:
         method = request.method
         if key is not None and method != "ACK":
             self.latency.start(key, method, time.perf_counter())
-        if method in ("INVITE", "ACK", "CANCEL", "BYE", "MESSAGE") or request.to.tag is not None:
+        if (
+            method in ("INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "SUBSCRIBE")
+            or request.to.tag is not None
+        ):
             self.calls.on_request(request, source, key)
         elif method == "REGISTER":
             self._register(request, source, key)
@@ -668,6 +671,10 @@ class SipServer:
         result = self.registration.handle(request, source, time.time())
         if result.registered:
             self.stats.registers_ok += 1
+            if request.to.uri.user:
+                self.calls.registration_changed(
+                    self.calls.auth.realm_for(request), request.to.uri.user
+                )
         if result.auth_failed:
             self.stats.auth_failures += 1
         self.respond(key, request, result.response)

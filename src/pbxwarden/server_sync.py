@@ -83,6 +83,7 @@ class StoreSync:
         deliver the guard's alerts (stored first, then sent)."""
         self.server.calls.police(now)
         self.end_silent_calls(now)
+        self.server.calls.presence.sweep()  # registrations that expired meanwhile
         policies = await asyncio.to_thread(self.server.store.policies)
         if policies != self.stored_policies:  # set through the API or the CLI
             self.server.guard.reconfigure(with_stored(self.server.config.guard, policies))

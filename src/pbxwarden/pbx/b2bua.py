@@ -91,6 +91,9 @@ class B2bua:
         answer (a stand-in 408 when ``timeout``). The dialplan decides what follows."""
         raise NotImplementedError
 
+    def line_changed(self, call: Call) -> None:
+        """A call rang, was answered or ended: busy lamps may change (the dialplan's)."""
+
     def refer(
         self,
         call: Call,
@@ -572,6 +575,7 @@ class B2bua:
     def arm_answered(self, call: Call) -> None:
         """An answered call's limits: its maximum duration, the keep-alive pings and the
         caller's session timer."""
+        self.line_changed(call)
         if not call.emergency:  # an emergency call lasts as long as the answering point wants
             call.timers.append(
                 self.port.schedule(
@@ -784,8 +788,10 @@ class B2bua:
             # a leg of this call lives on, transferred: accounted for here until it ends
             if call.finish_pending is None:
                 call.finish_pending = (disposition, sip_code, note)
+                self.line_changed(call)
             return
         call.ended = True
+        self.line_changed(call)
         if self.media is not None:
             self.media.release(call.token)
         now = self.port.wall_time()

@@ -43,6 +43,7 @@ from pbxwarden.pbx.messages import Messages
 from pbxwarden.pbx.numbers import Destination, classify, emergency_number
 from pbxwarden.pbx.outbound import Outbound
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer
+from pbxwarden.pbx.presence import Presence
 from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.pbx.transfer import Transfers
@@ -96,6 +97,7 @@ class CallManager(B2bua):
         self.outbound = Outbound(self)
         self.transfers = Transfers(self)
         self.messages = Messages(self)
+        self.presence = Presence(self)
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
             "*73": FeatureCode("always", False),
@@ -110,15 +112,30 @@ class CallManager(B2bua):
     def on_request(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         method = request.method
         if request.to.tag is not None:
-            self.mid.in_dialog(request, source, key)
+            if self.presence.owns(request):
+                self.presence.in_dialog(request, source, key)
+            else:
+                self.mid.in_dialog(request, source, key)
         elif method == "INVITE":
             self._new_call(request, source, key)
         elif method == "CANCEL":
             self.cancel(request, key)
         elif method == "MESSAGE":
             self.messages.receive(request, source, key)
+        elif method == "SUBSCRIBE":
+            self.presence.subscribe(request, source, key)
         elif method != "ACK":
             self.port.respond(key, request, make_response(request, 481))
+
+    def line_changed(self, call: Call) -> None:
+        for tenant, number in self.presence.line_of(call):
+            self.presence.changed(tenant, number)
+
+    def registration_changed(self, realm: str, number: str) -> None:
+        """An extension registered or unregistered: its presence watchers are told."""
+        extension = self.directory.get(realm, number)
+        if extension is not None:
+            self.presence.changed(extension.tenant, extension.number)
 
     def refer(
         self,
@@ -129,6 +146,35 @@ class CallManager(B2bua):
         source: Address,
     ) -> None:
         self.transfers.refer(call, leg, request, key, source)
+
+    def authenticated(
+        self, request: Request, source: Address, key: TransactionKey | None
+    ) -> ExtensionAuth | None:
+        """The authenticated extension sending an out-of-call request (MESSAGE, SUBSCRIBE),
+        or None when it was answered already (a challenge, 403, 400)."""
+        core = self
+        now = core.port.wall_time()
+        try:
+            credentials = core.auth.credentials(request)
+        except DigestError as exc:
+            core.port.respond(
+                key, request, make_response(request, 400, f"Bad Request ({safe_reason(str(exc))})")
+            )
+            return None
+        realm = core.auth.realm_for(request)
+        extension = core.directory.get(realm, credentials.username) if credentials else None
+        outcome = core.auth.authenticate(request, credentials, extension, now)
+        if outcome.response is not None:
+            if credentials is not None and outcome.response.status == 403:
+                core.port.auth_failed(source, credentials.username, extension)
+            core.port.respond(key, request, outcome.response)
+            return None
+        sender = outcome.extension
+        assert sender is not None and credentials is not None
+        if core.port.refuse_credentials(sender, source) or not sender.allows(source.host):
+            core.port.respond(key, request, core.auth.forbidden(request))
+            return None
+        return sender
 
     def _new_call(self, request: Request, source: Address, key: TransactionKey | None) -> None:
         now = self.port.wall_time()
@@ -441,6 +487,7 @@ class CallManager(B2bua):
             self.fork(call, targets)
             ringing_leg = call.forks
         self.arm_ring_timer(call)
+        self.line_changed(call)
         if callee.forward_noanswer:
             call.timers.append(
                 self.port.schedule(
@@ -464,11 +511,14 @@ class CallManager(B2bua):
         """
         if call.b_key is not None:  # the previous leg is over; ignore its late answers
             self.by_b_key.pop(call.b_key, None)
+        rang = call.ringing
         call.b_key = call.b_request = call.b_dest = None
         call.b_trunk, call.b_auth_attempts, call.b_failover = None, 0, None
         call.b_provisional = False
         call.ringing = None
         call.forks = []  # cancelled forks stay in self._forks: a late 2xx gets ACK and BYE
+        if rang is not None:  # its lamp stops blinking
+            self.presence.changed(rang.tenant, rang.number)
         call.forwarded_by.append(by.number)
         call.visited.add((by.tenant, by.number))
         call.outcome["forwarded_by"] = ",".join(call.forwarded_by)[:255]

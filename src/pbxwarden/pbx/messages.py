@@ -19,7 +19,6 @@ import structlog
 
 from pbxwarden.pbx.call import MAX_FORKS, best_response, parse_source
 from pbxwarden.pbx.registrar import aor_key
-from pbxwarden.sip.digest import DigestError
 from pbxwarden.sip.message import (
     CSeq,
     Headers,
@@ -71,7 +70,7 @@ class Messages:
                 phrase = f"{make_response(request, status).reason} ({safe_reason(why)})"
             core.port.respond(key, request, make_response(request, status, phrase))
 
-        sender = self._sender(request, source, key)
+        sender = core.authenticated(request, source, key)
         if sender is None:
             return
         if len(request.body) > MAX_BODY:
@@ -101,34 +100,6 @@ class Messages:
             out = self._message(sender, target, contact, dest, ctype, request.body)
             core.request(out, dest, partial(self._answered, delivery))
         log.info("message sent on", sender=sender.number, target=target.number, phones=len(targets))
-
-    def _sender(
-        self, request: Request, source: Address, key: TransactionKey | None
-    ) -> ExtensionAuth | None:
-        """The authenticated extension sending ``request``, or None (already answered)."""
-        core = self.core
-        now = core.port.wall_time()
-        try:
-            credentials = core.auth.credentials(request)
-        except DigestError as exc:
-            core.port.respond(
-                key, request, make_response(request, 400, f"Bad Request ({safe_reason(str(exc))})")
-            )
-            return None
-        realm = core.auth.realm_for(request)
-        extension = core.directory.get(realm, credentials.username) if credentials else None
-        outcome = core.auth.authenticate(request, credentials, extension, now)
-        if outcome.response is not None:
-            if credentials is not None and outcome.response.status == 403:
-                core.port.auth_failed(source, credentials.username, extension)
-            core.port.respond(key, request, outcome.response)
-            return None
-        sender = outcome.extension
-        assert sender is not None and credentials is not None
-        if core.port.refuse_credentials(sender, source) or not sender.allows(source.host):
-            core.port.respond(key, request, core.auth.forbidden(request))
-            return None
-        return sender
 
     def _message(
         self,
