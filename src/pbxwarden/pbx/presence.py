@@ -27,12 +27,14 @@ import structlog
 from pbxwarden.pbx.call import Call, Cancellable
 from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.sip.dialog import Dialog
+from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
     Request,
     Response,
     Via,
     generate_tag,
     make_response,
+    safe_reason,
 )
 from pbxwarden.sip.transaction import Address, TransactionKey
 from pbxwarden.store.db import ExtensionAuth
@@ -147,12 +149,18 @@ class Presence:
             return
         tag = generate_tag()
         host, _ = core.port.local_address(source.transport)
+        try:
+            dialog = Dialog.as_uas(request, tag)
+        except ParseError as exc:  # no From tag, an unreadable Contact
+            phrase = f"Bad Request ({safe_reason(str(exc))})"
+            core.port.respond(key, request, make_response(request, 400, phrase))
+            return
         sub = Subscription(
             event,
             who,
             (target.tenant, target.number),
             f"sip:{target.number}@{host}",
-            Dialog.as_uas(request, tag),
+            dialog,
             source,
             core.port.wall_time() + expires,
         )
