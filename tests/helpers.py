@@ -494,3 +494,20 @@ def finish_sipp_uas(
     return SippResult(
         proc.returncode, ok, failed, errors.read_text()[-4000:] if errors.exists() else ""
     )
+
+
+def carrier_invites(log: Path) -> list[dict[str, str]]:
+    """The INVITEs a SIPp peer logged (``-trace_msg``): the request line (``uri``), its
+    user part (``user``), the head as received (``raw``), and the From,
+    P-Asserted-Identity and Privacy values (several joined with " | ")."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    out = []
+    for block in re.split(r"\n(?=INVITE sip:)", text)[1:]:
+        head = block.split("\n\n", 1)[0]
+        user = re.match(r"INVITE sip:([^@;> ]+)@", head)
+        fields = {"uri": head.split("\n", 1)[0], "raw": head, "user": user.group(1) if user else ""}
+        for name in ("From", "P-Asserted-Identity", "Privacy"):
+            found = re.findall(rf"^{name}:\s*(.*)$", head, re.M)
+            fields[name] = " | ".join(f.strip() for f in found)
+        out.append(fields)
+    return out

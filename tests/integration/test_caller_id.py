@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import (
     SCENARIOS,
     PbxProcess,
+    carrier_invites,
     cli,
     finish_sipp_uas,
     free_port,
@@ -75,19 +76,6 @@ def spoofing_scenario(workdir: Path) -> Path:
     path = workdir / "call_uac_spoofing.xml"
     path.write_text(text)
     return path
-
-
-def carrier_invites(log: Path) -> list[dict[str, str]]:
-    text = log.read_text(errors="replace") if log.exists() else ""
-    out = []
-    for block in re.split(r"\n(?=INVITE sip:)", text)[1:]:
-        head = block.split("\n\n", 1)[0]
-        fields = {"uri": head.split("\n", 1)[0], "raw": head}
-        for name in ("From", "P-Asserted-Identity", "Privacy"):
-            found = re.findall(rf"^{name}:\s*(.*)$", head, re.M)
-            fields[name] = " | ".join(f.strip() for f in found)
-        out.append(fields)
-    return out
 
 
 def place(

@@ -6,7 +6,6 @@ short codes judged by their cost."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from tests.helpers import (
     PbxProcess,
+    carrier_invites,
     cli,
     finish_sipp_uas,
     free_port,
@@ -87,25 +87,6 @@ def dial(
     return result.successful
 
 
-def carrier_invites(log: Path) -> list[dict[str, str]]:
-    """The INVITEs the carrier received: Request-URI user, From, P-Asserted-Identity."""
-    text = log.read_text(errors="replace") if log.exists() else ""
-    out = []
-    for block in re.split(r"\n(?=INVITE sip:)", text)[1:]:
-        head = block.split("\n\n", 1)[0]
-        uri = re.match(r"INVITE sip:([^@;> ]+)@", head)
-        frm = re.search(r"^From:\s*(.*)$", head, re.M)
-        pai = re.search(r"^P-Asserted-Identity:\s*(.*)$", head, re.M)
-        out.append(
-            {
-                "user": uri.group(1) if uri else "",
-                "from": frm.group(1).strip() if frm else "",
-                "pai": pai.group(1).strip() if pai else "",
-            }
-        )
-    return out
-
-
 def wait_for(predicate: object, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,8 +128,8 @@ def test_emergency_numbers_always_connect_with_the_callback_number(
     assert [i["user"] for i in invites] == [number for _, _, number in calls]
     for invite, (tenant, _, _) in zip(invites, calls, strict=True):
         callback = TENANTS[tenant][4]
-        assert f"sip:{callback}@" in invite["from"], invite
-        assert f"sip:{callback}@" in invite["pai"], invite
+        assert f"sip:{callback}@" in invite["From"], invite
+        assert f"sip:{callback}@" in invite["P-Asserted-Identity"], invite
 
     def records() -> list[dict[str, object]]:
         rows = json.loads(cli(server.data_dir, "cdr", "--json").stdout)
@@ -224,4 +205,4 @@ def test_outside_its_networks_an_extension_still_reaches_911(
         result = finish_sipp_uas(carrier, tmp_path)
     assert result.successful == 1, result.output
     [invite] = carrier_invites(messages)
-    assert invite["user"] == "911" and "sip:+12025550100@" in invite["from"]  # tenant's DID
+    assert invite["user"] == "911" and "sip:+12025550100@" in invite["From"]  # tenant's DID
