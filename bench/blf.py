@@ -165,8 +165,8 @@ def main() -> int:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         sock.close()
-        # a phone with 200 busy lamp keys subscribes to all of them at once when it boots:
-        # more than the default per-source rate limit (100 requests per 2 s) lets through
+        # a phone with 200 busy lamp keys subscribes to all of them at once when it boots;
+        # a registered one gets firewall.proven_rate_limit, these phones do not register
         env = {**os.environ, "PBXWARDEN_FIREWALL__RATE_LIMIT": "1000"}
         server = subprocess.Popen(
             [*cli, "serve", "--sip", f"127.0.0.1:{port}"],

@@ -179,6 +179,12 @@ class StorageConfig(_Section):
 
 class FirewallConfig(_Section):
     rate_limit: int = Field(100, ge=1, description="requests per source per rate_window")
+    proven_rate_limit: int = Field(
+        1000,
+        ge=1,
+        description="the same for a source that registered with a right password in the last "
+        "hour: a phone subscribing to its busy lamps at boot is not a flood",
+    )
     trusted_rate_limit: int = Field(
         5000, ge=1, description="the same for allow-listed sources and trunks: excess dropped"
     )
@@ -557,6 +563,7 @@ admin_networks = ["127.0.0.0/8", "::1/128"]   # every other address gets 403
 rate_limit = 100                 # requests per source per rate_window (seconds); more is a flood
 rate_window = 2.0
 trusted_rate_limit = 5000        # allow-listed sources and trunks: never banned, excess dropped
+proven_rate_limit = 1000         # a source that registered in the last hour (busy lamp bursts)
 auth_failure_limit = 10          # failed authentications per source within auth_failure_window
 auth_failure_window = 300
 ban_steps = [600, 3600, 86400]   # first, second, third and later bans (seconds)

@@ -144,6 +144,7 @@ class SipServer:
                 rate_window=fw.rate_window,
                 rate_limit=fw.rate_limit,
                 trusted_rate_limit=fw.trusted_rate_limit,
+                proven_rate_limit=fw.proven_rate_limit,
                 auth_failure_limit=fw.auth_failure_limit,
                 auth_failure_window=fw.auth_failure_window,
                 distributed_sources=fw.distributed_sources,

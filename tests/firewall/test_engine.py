@@ -34,6 +34,23 @@ def test_flood_is_banned_and_then_dropped_before_parsing() -> None:
     assert [e.kind for e in events] == ["ban"]
 
 
+def test_a_phone_that_registered_may_burst_but_not_flood() -> None:
+    """A desk phone subscribing to its 200 busy lamps at boot (twice 200 requests with
+    the challenges) is not banned once it registered with a right password; past the
+    proven limit it is, and a stranger's burst is banned at the ordinary limit."""
+    fw = Firewall(FirewallSettings(rate_limit=100, proven_rate_limit=1000, rate_window=2.0))
+    fw.auth_succeeded("192.0.2.20", T0)
+    burst = [fw.check_source("192.0.2.20", T0 + 1 + i * 0.002) for i in range(400)]
+    assert burst == [Verdict.ALLOW] * 400 and not fw.bans
+    flood = [fw.check_source("192.0.2.20", T0 + 1.8 + i * 0.0001) for i in range(700)]
+    assert Verdict.DROP in flood and fw.bans["192.0.2.20"].reason == "request flood"
+    stranger = [fw.check_source("198.51.100.9", T0 + 1 + i * 0.002) for i in range(400)]
+    assert stranger[100] is Verdict.DROP and "198.51.100.9" in fw.bans
+    fw.auth_succeeded("192.0.2.30", T0)  # an hour later the login no longer counts
+    late = [fw.check_source("192.0.2.30", T0 + 3700 + i * 0.002) for i in range(200)]
+    assert Verdict.DROP in late
+
+
 def test_steady_traffic_below_the_limit_is_never_banned() -> None:
     fw = Firewall(FirewallSettings(rate_limit=20, rate_window=2.0))
     # 9 requests per second for a minute: 18 per window, under 20 even with decay.

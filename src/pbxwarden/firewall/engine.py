@@ -20,6 +20,7 @@ bounded dicts so that spoofed sources cannot exhaust memory.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ class FirewallSettings:
     rate_window: float = 2.0
     rate_limit: int = 100  # requests per source per window; 50/s is far above any phone
     trusted_rate_limit: int = 5000  # allow-listed sources: excess dropped, never banned
+    # A source that registered with a right password in the last hour: a desk phone
+    # subscribing to 200 busy lamps at boot sends 400 requests at once; banned only past this
+    proven_rate_limit: int = 1000
+    proven_for: float = 3600.0
     auth_failure_limit: int = 10
     auth_failure_window: float = 300.0
     distributed_sources: int = 5  # distinct sources failing on one extension: alert
@@ -117,6 +122,7 @@ class Firewall:
         self._trusted: frozenset[str] = frozenset()
         self._trusted_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._identities: dict[str, dict[str, float]] = {}
+        self._proven: OrderedDict[str, float] = OrderedDict()  # address -> last good login
 
     # -- queries -------------------------------------------------------------------------
 
@@ -171,6 +177,13 @@ class Firewall:
         estimate = count + self._previous.get(address, 0) * max(0.0, weight)
         if estimate > self.settings.rate_limit:
             if not self.is_allowlisted(address):
+                proven = self._proven.get(address)
+                if (
+                    proven is not None
+                    and 0 <= now - proven < self.settings.proven_for
+                    and estimate <= self.settings.proven_rate_limit
+                ):
+                    return Verdict.ALLOW  # a phone of ours in a burst, not a flood
                 self.ban(address, "request flood", now)
                 return Verdict.DROP
             if estimate > self.settings.trusted_rate_limit:
@@ -263,8 +276,14 @@ class Firewall:
                 )
             )
 
-    def auth_succeeded(self, address: str) -> None:
+    def auth_succeeded(self, address: str, now: float | None = None) -> None:
+        """A phone registered from ``address`` with a right password: its failures are
+        forgiven, and its bursts get :attr:`FirewallSettings.proven_rate_limit`."""
         self._source_failures.pop(address, None)
+        self._proven[address] = time.time() if now is None else now
+        self._proven.move_to_end(address)
+        while len(self._proven) > self.settings.max_tracked:
+            self._proven.popitem(last=False)
 
     # -- bans ----------------------------------------------------------------------------
 
