@@ -482,19 +482,25 @@ class Transfers:
         if t_leg == "b":
             new.b_trunk, new.trunk = o2.b_trunk, o2.trunk
         new.answered = now
-        for origin, moved, moved_dialog in ((call, transferee, dialog), (o2, t_leg, t_dialog)):
-            local = "a" if origin is call else "b"
-            core.dialogs[(moved_dialog.call_id, moved_dialog.local_tag)] = (new, local)
-            if moved == "a":
-                origin.a_dialog = None
-            else:
-                origin.b_dialog = None
-            origin.moved_to = new
-            base = origin.outcome.get("reasons") or "; ".join(origin.decision.reasons)
-            origin.outcome["reasons"] = f"{base}; {note}"[:2000]
+        self._move(call, transferee, dialog, new, "a", note)
+        self._move(o2, t_leg, t_dialog, new, "b", note)
         transfer.notify(100, "Trying", final=False)
         log.info("attended transfer", call_id=call.id, by=by.number, target=t_number[:64])
         transfer.start_attended(new)
+
+    def _move(
+        self, origin: Call, leg: str, dialog: Dialog, new: Call, new_leg: str, note: str
+    ) -> None:
+        """``origin``'s ``leg`` is ``new``'s ``new_leg`` from now on: its requests go
+        there, ``origin`` no longer ends it, and its CDR says why."""
+        self.core.dialogs[(dialog.call_id, dialog.local_tag)] = (new, new_leg)
+        if leg == "a":
+            origin.a_dialog = None
+        else:
+            origin.b_dialog = None
+        origin.moved_to = new
+        base = origin.outcome.get("reasons") or "; ".join(origin.decision.reasons)
+        origin.outcome["reasons"] = f"{base}; {note}"[:2000]
 
     @staticmethod
     def _party(call: Call, leg: str) -> tuple[Request, str, ExtensionAuth | None]:
@@ -581,15 +587,7 @@ class Transfers:
             core.routing, by.tenant, by.number, by.caller_id, by.withhold_caller_id
         )
         new.visited.add((by.tenant, by.number))
-        # C's leg is N's from now on: its requests go there, O no longer ends it
-        core.dialogs[(dialog.call_id, dialog.local_tag)] = (new, "a")
-        if transferee == "a":
-            call.a_dialog = None
-        else:
-            call.b_dialog = None
-        call.moved_to = new
-        base = call.outcome.get("reasons") or "; ".join(call.decision.reasons)
-        call.outcome["reasons"] = f"{base}; {note}"[:2000]
+        self._move(call, transferee, dialog, new, "a", note)
         transfer.notify(100, "Trying", final=False)
         log.info("transfer accepted", call_id=call.id, by=by.number, target=target[:64])
         if target_ext is not None:
