@@ -511,3 +511,13 @@ def carrier_invites(log: Path) -> list[dict[str, str]]:
             fields[name] = " | ".join(f.strip() for f in found)
         out.append(fields)
     return out
+
+
+def two_tenant_office(data: Path, users: dict[str, str]) -> None:
+    """A data directory with ``users`` in the default tenant and, beside it, tenant
+    ``other`` with extension 2000: what a phone must not reach across."""
+    cli(data, "init")
+    for number, password in users.items():
+        cli(data, "extension", "add", number, "--password", password)
+    cli(data, "tenant", "add", "other", "--realm", "other.example", "--country", "US")
+    cli(data, "extension", "add", "2000", "--password", "Velvet-Canyon-24z", "--tenant", "other")

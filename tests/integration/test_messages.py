@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import PbxProcess, cli
+from tests.helpers import PbxProcess, cli, two_tenant_office
 from tests.pjsip import Phones, pjsip_phones
 
 USERS = {"1000": "Quartz-Harbor-71x", "1001": "Maple-Orbit-39q", "1002": "Cobalt-Fjord-58k"}
@@ -21,11 +21,7 @@ USERS = {"1000": "Quartz-Harbor-71x", "1001": "Maple-Orbit-39q", "1002": "Cobalt
 @pytest.fixture(scope="module")
 def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxProcess]:
     data = tmp_path_factory.mktemp("messages") / "data"
-    cli(data, "init")
-    for ext, password in USERS.items():
-        cli(data, "extension", "add", ext, "--password", password)
-    cli(data, "tenant", "add", "other", "--realm", "other.example", "--country", "US")
-    cli(data, "extension", "add", "2000", "--password", "Velvet-Canyon-24z", "--tenant", "other")
+    two_tenant_office(data, USERS)
     cli(data, "trunk", "add", "carrier", "--host", "127.0.0.2", "--port", "5099")
     server = PbxProcess(data)
     server.start()

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PbxProcess, cli, finish_sipp_uac, sipp_available, start_sipp_uac
+from tests.helpers import (
+    PbxProcess,
+    finish_sipp_uac,
+    sipp_available,
+    start_sipp_uac,
+    two_tenant_office,
+)
 from tests.pjsip import Phones, pj, pjsip_phones
 
 pytestmark = pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
@@ -22,11 +28,7 @@ USERS = {"1000": "Quartz-Harbor-71x", "1001": "Maple-Orbit-39q", "1002": "Cobalt
 @pytest.fixture(scope="module")
 def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PbxProcess]:
     data = tmp_path_factory.mktemp("presence") / "data"
-    cli(data, "init")
-    for ext, password in USERS.items():
-        cli(data, "extension", "add", ext, "--password", password)
-    cli(data, "tenant", "add", "other", "--realm", "other.example", "--country", "US")
-    cli(data, "extension", "add", "2000", "--password", "Velvet-Canyon-24z", "--tenant", "other")
+    two_tenant_office(data, USERS)
     server = PbxProcess(data)
     server.start()
     try:
