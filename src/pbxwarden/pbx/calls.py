@@ -327,6 +327,19 @@ class CallManager(B2bua):
                         return f"its {name} names this PBX ({host})"
         return None
 
+    def resolve(
+        self, by: ExtensionAuth, target: str
+    ) -> tuple[ExtensionAuth | None, Destination | None, Did | None]:
+        """Where a number ``by`` sends a call on to (a diversion, a transfer) leads: an
+        extension of its tenant, else a number (and the PBX's own DID it is, if any,
+        with the DID's extension: delivered inside; None when that does not exist)."""
+        target_ext = self.directory.get(by.realm, target)
+        if target_ext is not None:
+            return target_ext, None, None
+        destination = classify(target, self.routing.countries.get(by.tenant, "US"))
+        did = self.own_did(destination)
+        return (self.did_extension(did) if did is not None else None), destination, did
+
     def own_did(self, destination: Destination | None) -> Did | None:
         """The PBX's own DID ``destination`` is, if it is one (hairpins stay inside)."""
         if destination is None or not destination.valid or destination.short:
@@ -536,17 +549,10 @@ class CallManager(B2bua):
             f"counter={len(call.forwarded_by)}"
         )
         call.history = history_info(call.history, host, by.number, target, why)
-        target_ext = self.directory.get(by.realm, target)
-        destination = None
-        did = None
-        if target_ext is None:
-            destination = classify(target, self.routing.countries.get(by.tenant, "US"))
-            did = self.own_did(destination)
-            if did is not None:  # a diversion to one of our own numbers stays inside
-                target_ext = self.did_extension(did)
-                if target_ext is None:
-                    self.fail(call, 404, "the DID's extension does not exist")
-                    return
+        target_ext, destination, did = self.resolve(by, target)
+        if did is not None and target_ext is None:
+            self.fail(call, 404, "the DID's extension does not exist")
+            return
         if target_ext is not None and (target_ext.tenant, target_ext.number) in call.visited:
             self.fail(call, 482, "forwarding loop", disposition="failed")
             return

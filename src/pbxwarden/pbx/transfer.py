@@ -45,7 +45,7 @@ import structlog
 from pbxwarden.pbx import caller_id as cid
 from pbxwarden.pbx.call import Call, other_leg
 from pbxwarden.pbx.media import MediaError, is_sdp
-from pbxwarden.pbx.numbers import Destination, classify, emergency_number
+from pbxwarden.pbx.numbers import emergency_number
 from pbxwarden.pbx.policy import CallAttempt, Decision
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.errors import ParseError
@@ -529,16 +529,10 @@ class Transfers:
         if emergency_number(target, country) is not None:
             refuse(403, f"calls cannot be transferred to the emergency number {target}")
             return
-        target_ext = core.directory.get(by.realm, target)
-        destination: Destination | None = None
-        if target_ext is None:
-            destination = classify(target, country)
-            did = core.own_did(destination)
-            if did is not None:  # one of our own numbers: delivered inside
-                target_ext = core.did_extension(did)
-                if target_ext is None:
-                    refuse(404, "the DID's extension does not exist")
-                    return
+        target_ext, destination, did = core.resolve(by, target)
+        if did is not None and target_ext is None:
+            refuse(404, "the DID's extension does not exist")
+            return
         if target_ext is not None and (target_ext.tenant, target_ext.number) == (
             by.tenant,
             by.number,
