@@ -312,6 +312,26 @@ class B2bua:
             uri=target,
         )
 
+    def dialog_request(
+        self,
+        dialog: Dialog,
+        dest: Address,
+        method: str,
+        *,
+        body: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Request:
+        """A request of ours in ``dialog`` to the phone at ``dest``: our Via and Contact
+        for its transport (re-INVITE, UPDATE, NOTIFY from the PBX itself)."""
+        host, port = self.port.local_address(dest.transport)
+        return dialog.new_request(
+            method,
+            Via(dest.transport, host, port, {"rport": None}),
+            contact=str(self.contact(dest.transport)),
+            body=body,
+            headers=headers or [],
+        )
+
     def contact(self, transport: str) -> NameAddr:
         host, port = self.port.local_address(transport)
         params: dict[str, str | None] = (
@@ -618,11 +638,10 @@ class B2bua:
             dialog, dest = call.a_dialog, call.a_source
             if call.ended or dialog is None or call.session_timer is not timer:
                 return
-            host, port = self.port.local_address(dest.transport)
-            update = dialog.new_request(
+            update = self.dialog_request(
+                dialog,
+                dest,
                 "UPDATE",
-                Via(dest.transport, host, port, {"rport": None}),
-                contact=str(self.contact(dest.transport)),
                 headers=[("Session-Expires", f"{timer.interval};refresher=uas")],
             )
             self.request(update, dest, answered)

@@ -31,7 +31,6 @@ from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import (
     Request,
     Response,
-    Via,
     generate_tag,
     make_response,
     safe_reason,
@@ -306,11 +305,10 @@ class Presence:
         else:
             state = f"active;expires={max(1, int(sub.expires_at - now))}"
         dest = sub.dest
-        host, port = core.port.local_address(dest.transport)
-        notify = sub.dialog.new_request(
+        notify = core.dialog_request(
+            sub.dialog,
+            dest,
             "NOTIFY",
-            Via(dest.transport, host, port, {"rport": None}),
-            contact=str(core.contact(dest.transport)),
             body=body.encode(),
             headers=[
                 ("Event", sub.event),

@@ -53,7 +53,6 @@ from pbxwarden.sip.message import (
     REASON_PHRASES,
     Request,
     Response,
-    Via,
     make_response,
     safe_reason,
 )
@@ -131,12 +130,7 @@ class Transfer:
         core = self.feature.core
         assert call.b_dialog is not None and call.b_dest is not None
         dest = call.b_dest
-        host, port = core.port.local_address(dest.transport)
-        self.t_reinvite = call.b_dialog.new_request(
-            "INVITE",
-            Via(dest.transport, host, port, {"rport": None}),
-            contact=str(core.contact(dest.transport)),
-        )
+        self.t_reinvite = core.dialog_request(call.b_dialog, dest, "INVITE")
         core.request(self.t_reinvite, dest, lambda r: self._target_offered(call, r))
 
     def _target_offered(self, call: Call, response: Response | None) -> None:
@@ -167,11 +161,10 @@ class Transfer:
             self._not_joined(call, 488, f"the transfer target's media: {exc}")
             return
         dest = call.a_source
-        host, port = core.port.local_address(dest.transport)
-        self.reinvite = self.dialog.new_request(
+        self.reinvite = core.dialog_request(
+            self.dialog,
+            dest,
             "INVITE",
-            Via(dest.transport, host, port, {"rport": None}),
-            contact=str(core.contact(dest.transport)),
             body=offer,
             headers=[("Content-Type", ctype or "application/sdp")],
         )
@@ -311,14 +304,13 @@ class Transfer:
         if dialog is None or dest is None:
             return
         core = self.feature.core
-        host, port = core.port.local_address(dest.transport)
         state = (
             "terminated;reason=noresource" if final else f"active;expires={SUBSCRIPTION_EXPIRES}"
         )
-        notify = dialog.new_request(
+        notify = core.dialog_request(
+            dialog,
+            dest,
             "NOTIFY",
-            Via(dest.transport, host, port, {"rport": None}),
-            contact=str(core.contact(dest.transport)),
             body=f"SIP/2.0 {status} {safe_reason(phrase)}\r\n".encode(),
             headers=[
                 ("Event", "refer"),
