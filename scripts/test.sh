@@ -34,6 +34,10 @@ ruff check .
 mypy --strict src/pbxwarden
 # The whole suite on the compiled core; then the core's own tests on its sources too,
 # which run wherever no C compiler is (PBXWARDEN_PURE_PYTHON, see src/pbxwarden/_core.py).
-PBXWARDEN_EXPECT_CORE=compiled python -m pytest -q -p no:cacheprovider "$@"
+# Three workers (pytest-xdist) on two cores: most tests wait on real peers and timers, so
+# the suite runs in about 60 % of the serial time, and every test must hold under load.
+# PBXWARDEN_TEST_WORKERS=0 runs it serially.
+workers="${PBXWARDEN_TEST_WORKERS:-3}"
+PBXWARDEN_EXPECT_CORE=compiled python -m pytest -q -p no:cacheprovider -n "$workers" "$@"
 PBXWARDEN_PURE_PYTHON=1 PBXWARDEN_EXPECT_CORE=interpreted \
   python -m pytest -q -p no:cacheprovider tests/sip tests/pbx tests/test_sip_core_build.py

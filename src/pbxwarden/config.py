@@ -172,9 +172,7 @@ class HttpConfig(_Section):
 
 class StorageConfig(_Section):
     url: str | None = Field(None, description="SQLAlchemy URL; SQLite in the data dir if unset")
-    flush_interval: float = Field(
-        0.2, gt=0, le=300, description="registration write-back period"
-    )
+    flush_interval: float = Field(0.2, gt=0, le=300, description="registration write-back period")
 
 
 class FirewallConfig(_Section):

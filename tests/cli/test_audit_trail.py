@@ -38,6 +38,8 @@ CHANGES = {
     "tenant policy",
     "trunk add",
     "did add",
+    "group set",
+    "group remove",
     "forward set",
     "forward clear",
     "bans add",
@@ -63,6 +65,7 @@ READ_ONLY = {
     "tenant list",
     "trunk list",
     "did list",
+    "group list",
     "forward list",
     "bans list",
     "alerts",
@@ -136,6 +139,8 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
     cli(data, "trunk", "emergency", "carrier")
     cli(data, "extension", "trunk-access", "1000", "--allow")
     cli(data, "did", "add", "2025550100", "--extension", "2000")
+    cli(data, "group", "set", "600", "-m", "1000", "-m", "2000", "--strategy", "hunt")
+    cli(data, "group", "remove", "600")
     cli(data, "trunk", "identity", "carrier", "--no-assert")
     cli(data, "extension", "caller-id", "1000", "--number", "+12025550100", "--withhold")
     cli(data, "forward", "set", "1000", "--always", "2000")
@@ -188,6 +193,8 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
         ("trunk.emergency", "tenant/default/trunk/carrier"),
         ("extension.trunk_access", "tenant/default/extension/1000"),
         ("did.create", "tenant/default/did/+12025550100"),
+        ("group.create", "tenant/default/group/600"),
+        ("group.delete", "tenant/default/group/600"),
         ("trunk.identity", "tenant/default/trunk/carrier"),
         ("extension.caller_id", "tenant/default/extension/1000"),
         ("forwarding.set", "tenant/default/extension/1000/always"),
@@ -214,6 +221,7 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
     assert by_action["policy.set"]["after"]["allow_countries"] == ["DE"]
     assert by_action["policy.delete"]["before"]["allow_countries"] == ["DE"]
     assert by_action["trunk.create"]["after"]["host"] == "127.0.0.2"
+    assert by_action["group.create"]["after"]["members"] == ["1000", "2000"]
     assert by_action["forwarding.set"]["after"]["always"] == "2000"
     assert by_action["forwarding.clear"]["before"]["always"] == "2000"
     assert by_action["ban.add"]["after"]["reason"] == "scanner"

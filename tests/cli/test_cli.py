@@ -63,6 +63,9 @@ def test_bad_input_is_refused_clearly_and_nothing_is_lost(tmp_path: Path) -> Non
         (("extension", "add", "12ab", "--password", "Good-Passw0rd-2"), "invalid extension"),
         (("extension", "add", "1002", "--tenant", "nope"), "unknown tenant"),
         (("tenant", "add", "acme", "--realm", "bad realm!"), "invalid realm"),
+        (("group", "set", "1000", "-m", "+12025550143"), "is an extension"),
+        (("group", "set", "600", "-m", "1999"), "neither an extension"),
+        (("group", "set", "600", "-m", "1000", "--strategy", "random"), "is not one of"),
     ]:
         proc = cli(data, *args, check=False)
         assert proc.returncode == 1, args

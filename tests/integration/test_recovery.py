@@ -213,8 +213,10 @@ def test_recovery_and_trust_rules_over_http(tmp_path: Path) -> None:
         register_from(pbx, tmp_path, HIJACKER)
         with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as http:
             rows = wait_for(
-                lambda: len(http.get("/api/v1/registrations", headers=root).json()) == 2
-                and http.get("/api/v1/registrations", headers=root).json()
+                lambda: (
+                    len(http.get("/api/v1/registrations", headers=root).json()) == 2
+                    and http.get("/api/v1/registrations", headers=root).json()
+                )
             )
             assert rows, pbx.log()[-2000:]
             assert http.get("/api/v1/registrations", headers=acme).json() == []  # not its own

@@ -40,7 +40,16 @@ PASSWORD = "correct horse battery staple"
 URI = "sip:bob@pbx.example.com"
 
 _CREDENTIAL_FIELDS = (
-    "username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "nc", "qop", "opaque"
+    "username",
+    "realm",
+    "nonce",
+    "uri",
+    "response",
+    "algorithm",
+    "cnonce",
+    "nc",
+    "qop",
+    "opaque",
 )
 
 
@@ -48,6 +57,7 @@ def _with(creds: Credentials, **changes: Any) -> Credentials:
     """Credentials with some fields changed (a value class, not a dataclass)."""
     fields = {name: getattr(creds, name) for name in _CREDENTIAL_FIELDS}
     return Credentials(**{**fields, **changes})
+
 
 NOW = 1_700_000_000.0
 

@@ -166,3 +166,21 @@ def test_extension_locks_are_stored_shown_lifted_and_outdated_by_a_new_password(
     assert auth is not None and auth.trunk_access is True
     with pytest.raises(StoreError, match="no extension 1999"):
         locks.lift("default", "1999", "alice")
+
+
+def test_one_number_is_never_both_an_extension_and_a_group(store: Store) -> None:
+    store.add_extensions([("1000", "Good-Passw0rd-aaa")])
+    from pbxwarden.store.groups import GroupStore
+
+    groups = GroupStore(store)
+    groups.put("default", "600", ["1000", "+12025550143"], fallback="1000")
+    with pytest.raises(StoreError, match="is a ring group"):
+        store.add_extensions([("600", "Good-Passw0rd-bbb")])
+    with pytest.raises(StoreError, match="is an extension"):
+        groups.put("default", "1000", ["600"])
+    with pytest.raises(StoreError, match="is a group"):
+        groups.put("default", "601", ["600"])  # members are extensions or numbers
+    groups.put("default", "601", ["1000"], fallback="600")  # a fallback may be a group
+    assert store.add_did("+12025550100", "default", "600") == "+12025550100"
+    snapshot = store.routing_snapshot()
+    assert snapshot.groups[("default", "600")].members == ("1000", "+12025550143")

@@ -76,9 +76,7 @@ def put_policy(
     if principal.tenant is not None:  # the tenant's own admin: within the provider's ceiling
         beyond = violations(body, ctx.config.provider)
         if beyond:
-            raise HTTPException(
-                403, "beyond what your provider allows: " + "; ".join(beyond[:10])
-            )
+            raise HTTPException(403, "beyond what your provider allows: " + "; ".join(beyond[:10]))
     before = _current(ctx, tenant)["policy"].model_dump()
     after = body.model_dump(exclude_defaults=True)
     ctx.store.set_policy(tenant, after, principal.name)

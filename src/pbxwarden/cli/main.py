@@ -26,6 +26,7 @@ from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
 from pbxwarden.cli.audit_trail import actor, record
 from pbxwarden.cli.caller_id import extension_caller_id, trunk_identity
+from pbxwarden.cli.groups import group_app
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.store.basics import (
@@ -57,6 +58,7 @@ extension_app.command("caller-id")(extension_caller_id)
 trunk_app.command("identity")(trunk_identity)
 did_app = typer.Typer(no_args_is_help=True, help="Inbound numbers (DIDs) and where they ring.")
 app.add_typer(did_app, name="did")
+app.add_typer(group_app, name="group")
 forward_app = typer.Typer(no_args_is_help=True, help="Call forwarding (diversions).")
 app.add_typer(forward_app, name="forward")
 calls_app = typer.Typer(help="Live calls on the running server.", invoke_without_command=True)
@@ -648,9 +650,7 @@ def trunk_add(
     name: str,
     host: Annotated[
         str,
-        typer.Option(
-            help="Carrier IP address or DNS name (calls from its addresses are inbound)."
-        ),
+        typer.Option(help="Carrier IP address or DNS name (calls from its addresses are inbound)."),
     ],
     port: Annotated[
         int | None, typer.Option(help="Carrier SIP port (default 5060; a name's from SRV).")
@@ -824,10 +824,10 @@ def trunk_list(
 @did_app.command("add")
 def did_add(
     number: str,
-    extension: Annotated[str, typer.Option(help="Extension that rings.")],
+    extension: Annotated[str, typer.Option(help="Extension (or ring group) that rings.")],
     tenant: Annotated[str, typer.Option(help="Tenant that owns the number.")] = DEFAULT_TENANT,
 ) -> None:
-    """Route an inbound number from the tenant's trunks to an extension."""
+    """Route an inbound number from the tenant's trunks to an extension or ring group."""
 
     def add(store: Store) -> str:
         e164 = store.add_did(number, tenant, extension)

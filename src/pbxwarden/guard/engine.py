@@ -64,7 +64,7 @@ __all__ = [
     "load_high_risk",
 ]
 
-COSTLY_KINDS = ("external", "forwarded", "transferred", "forward-change")
+COSTLY_KINDS = ("external", "forwarded", "transferred", "group", "forward-change")
 # Signs that an extension is in an attacker's hands; two different ones within 24 hours
 # suspend it (one alone refuses the call and alerts).
 SIGNALS = {
@@ -471,7 +471,11 @@ class Guard:
                 ext.refused.popleft()
             if len(ext.refused) >= PROBING:
                 self._signal(ext, now, "probing", decision.reasons[0])
-        elif attempt.kind in DIVERTED and decision.severity == "critical":
+        elif (
+            attempt.kind in DIVERTED and attempt.kind != "group" and decision.severity == "critical"
+        ):
+            # (a group's member is the admin's configuration, refused on every call: an
+            # alert to fix it, not a sign that a phone was taken over)
             self._signal(ext, now, "diversion-refused", decision.reasons[0])
             dest = attempt.destination
             if (
@@ -591,6 +595,7 @@ class Guard:
             "forwarded": f"a call diverted by extension {attempt.extension} to {attempt.dialed}",
             "transferred": f"a call transferred by extension {attempt.extension} to "
             f"{attempt.dialed}",
+            "group": f"a call to ring group {attempt.extension}'s member {attempt.dialed}",
             "forward-change": f"a diversion of extension {attempt.extension} to {attempt.dialed}",
         }.get(attempt.kind, f"a call to {attempt.dialed}")
         if would_have:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -38,6 +38,7 @@ from pbxwarden.pbx.media import MediaAnchor, MediaError, SdpError, is_sdp
 from pbxwarden.pbx.mid_call import MidCall
 from pbxwarden.pbx.numbers import Destination
 from pbxwarden.pbx.policy import CallAuthorizer, Decision
+from pbxwarden.pbx.routing import Trunk
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.digest_client import (
     AUTH_HEADERS,
@@ -57,6 +58,9 @@ from pbxwarden.sip.message import (
 )
 from pbxwarden.sip.transaction import Address, TransactionError, TransactionKey
 from pbxwarden.sip.uri import URI, NameAddr, parse_uri
+
+if TYPE_CHECKING:
+    from pbxwarden.pbx.groups import Member
 
 log = structlog.get_logger("pbxwarden.calls")
 
@@ -85,6 +89,7 @@ class B2bua:
         self.mid = MidCall(self)
         # requests a feature sent in a call's dialogs, and who takes their final answers
         self.awaiting: dict[TransactionKey, Callable[[Response | None], None]] = {}
+        self.refs: dict[int, Call] = {}  # further guard references (group members' legs)
 
     def _leg_failed(self, call: Call, response: Response, *, busy: bool, timeout: bool) -> None:
         """The b leg (or every fork) ended without an answer: ``response`` is its final
@@ -93,6 +98,14 @@ class B2bua:
 
     def line_changed(self, call: Call) -> None:
         """A call rang, was answered or ended: busy lamps may change (the dialplan's)."""
+
+    def fork_won(self, call: Call, fork: Fork) -> None:
+        """``fork`` answered and is the call's B leg now (a ring group moves on)."""
+
+    def fork_challenged(self, call: Call, fork: Fork, response: Response) -> bool:
+        """A carrier challenged a fork's INVITE: True when it was sent again with
+        credentials (the dialplan knows the trunk's)."""
+        return False
 
     def refer(
         self,
@@ -163,7 +176,7 @@ class B2bua:
         """Cut off the calls the authorizer says must end now (spend cap, suspension)."""
         ended = 0
         for token, reason in self.policy.police(now):
-            call = self.calls.get(token)
+            call = self.calls.get(token) or self.refs.get(token)
             if call is not None and not call.ended:
                 log.warning("call cut off", call_id=call.id, reason=reason)
                 self.hang_up(call, reason)
@@ -252,6 +265,23 @@ class B2bua:
             self._by_invite[key] = call
         return call
 
+    def new_ref(self, call: Call) -> int:
+        """A further guard reference for one of ``call``'s legs (a group's external
+        member): counted, answered and ended on its own, cut off as the call."""
+        ref = next(self._tokens)
+        self.refs[ref] = call
+        call.refs.append(ref)
+        return ref
+
+    def end_ref(self, call: Call, ref: int, now: float) -> None:
+        """That leg is over (it lost, or its step ended): the guard releases it."""
+        if ref in call.refs:
+            call.refs.remove(ref)
+            self.refs.pop(ref, None)
+            cost = self.policy.on_call_end(ref, now)
+            if cost:
+                call.outcome["member_cost"] = call.outcome.get("member_cost", 0.0) + cost
+
     def arm_ring_timer(self, call: Call) -> None:
         call.timers.append(
             self.port.schedule(self.settings.ring_timeout, lambda: self._ring_timeout(call))
@@ -263,24 +293,27 @@ class B2bua:
         call.b_key = self.port.send_request(invite, dest)
         self.by_b_key[call.b_key] = call
 
-    def _b_invite(self, call: Call, target: URI, dest: Address) -> Request:
+    def _b_invite(
+        self, call: Call, target: URI, dest: Address, trunk: Trunk | None = None
+    ) -> Request:
         a = call.a_request
+        trunk = trunk or call.b_trunk
         host, port = self.port.local_address(dest.transport)
         tag = generate_tag()
         headers = Headers()
-        if call.b_trunk is not None and call.identity is not None:
+        if trunk is not None and call.identity is not None:
             # towards a carrier: a number the tenant owns, never what the phone put in From
             from_, extra = caller_id.from_and_headers(
-                call.identity, host, tag, call.b_trunk.assert_identity
+                call.identity, host, tag, trunk.assert_identity
             )
             for extra_name, extra_value in extra:
                 headers.add(extra_name, extra_value)
         else:
-            from_ = NameAddr(URI("sip", user=call.caller_id, host=host), None, {"tag": tag})
+            from_ = NameAddr(URI("sip", user=call.caller_id, host=host), call.display, {"tag": tag})
         # towards a carrier the number it routes (E.164, or the emergency number as such)
-        to_user = target.user if call.b_trunk is not None and target.user else call.callee
+        to_user = target.user if trunk is not None and target.user else call.callee
         # a carrier by DNS name is addressed by its domain, as in the Request-URI
-        named = call.b_trunk is not None and not is_ip(call.b_trunk.host)
+        named = trunk is not None and not is_ip(trunk.host)
         to = NameAddr(URI("sip", user=to_user, host=target.host if named else host))
         # a joined call's B leg is placed without an offer: the answer brings one
         for name in ("Allow",) if call.joined is not None else ("Content-Type", "Allow"):
@@ -360,6 +393,23 @@ class B2bua:
         call.forks = forks
         log.info("ringing contacts in parallel", callee=call.callee, contacts=len(forks))
 
+    def fork_members(self, call: Call, members: list[Member]) -> None:
+        """Ring a ring group's step (:mod:`pbxwarden.pbx.groups`): one fork per member
+        contact or external number, raced like an extension's contacts."""
+        forks = []
+        for member in members:
+            invite = self._b_invite(call, member.uri, member.dest, member.trunk)
+            fork = Fork(self.port.send_request(invite, member.dest), invite, member.dest)
+            fork.extension, fork.trunk = member.extension, member.trunk
+            fork.ref, fork.e164 = member.ref, member.e164
+            self._forks[fork.key] = (call, fork)
+            forks.append(fork)
+        call.forks = forks
+
+    def register_fork(self, call: Call, fork: Fork) -> None:
+        """``fork``'s INVITE was sent again (with credentials): its answers come here."""
+        self._forks[fork.key] = (call, fork)
+
     def _fork_response(self, call: Call, fork: Fork, response: Response) -> None:
         status = response.status
         if status < 200:
@@ -380,9 +430,22 @@ class B2bua:
             return
         if fork.final is not None or fork.dialog is not None:
             return
-        fork.final = response
         live = fork in call.forks and not call.ended and call.answered is None
-        if live and status < 400 and response.contacts and response.contacts[0].uri.user:
+        if (
+            live
+            and status in AUTH_HEADERS
+            and fork.trunk is not None
+            and self.fork_challenged(call, fork, response)
+        ):
+            return
+        fork.final = response
+        if live and status < 400 and call.group is not None:
+            log.warning(  # a group member's own diversion would take the group's call
+                "a group member's phone redirected the call: not followed",
+                callee=call.callee,
+                member=fork.extension.number if fork.extension else None,
+            )
+        elif live and status < 400 and response.contacts and response.contacts[0].uri.user:
             # One phone of the extension redirects (its own diversion: a hijacked phone's
             # web page does exactly this): judged and followed as a single phone's 3xx is,
             # never dropped because another phone of the extension is still ringing.
@@ -413,11 +476,18 @@ class B2bua:
         call.b_request, call.b_key, call.b_dest = fork.request, fork.key, fork.dest
         call.b_provisional = fork.provisional
         call.b_dialog = fork.dialog
+        if fork.extension is not None:  # a group member: its line is the one in the call
+            call.ringing = fork.extension
+        if fork.trunk is not None:  # a group's external member: this carrier is paid
+            call.b_trunk, call.trunk, call.out_e164 = fork.trunk, fork.trunk.name, fork.e164
+        if fork.ref is not None:
+            self.policy.on_call_answer(fork.ref, self.port.wall_time())
         self.dialogs[(fork.request.call_id, fork.dialog.local_tag)] = (call, "b")
         self.ack_b(call)
         for other in call.forks:
             if other is not fork:
                 self._cancel_fork(other, COMPLETED_ELSEWHERE)
+        self.fork_won(call, fork)
         self._answer_a(call, response)
 
     def _fork_over(self, call: Call, fork: Fork) -> None:
@@ -426,7 +496,7 @@ class B2bua:
         if call.ended or call.answered is not None or fork not in call.forks:
             return
         assert fork.final is not None
-        if fork.final.status >= 600:
+        if fork.final.status >= 600 and call.group is None:  # one member's "no" is not the group's
             for other in call.forks:
                 if other is not fork:
                     self._cancel_fork(other, None)
@@ -815,6 +885,11 @@ class B2bua:
             self.media.release(call.token)
         now = self.port.wall_time()
         cost = self.policy.on_call_end(call.token, now)
+        for ref in list(call.refs):  # a group's external member that answered
+            self.end_ref(call, ref, now)
+        member_cost = call.outcome.pop("member_cost", None)
+        if member_cost:
+            cost = (cost or 0.0) + member_cost
         for timer in call.timers:
             timer.cancel()
         call.timers.clear()
@@ -848,6 +923,8 @@ class B2bua:
 
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.token, None)
+        for ref in call.refs:
+            self.refs.pop(ref, None)
         if call.a_key is not None:
             self._by_invite.pop(call.a_key, None)
         if call.b_key is not None:

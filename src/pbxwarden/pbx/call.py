@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from pbxwarden.pbx.caller_id import Identity
@@ -34,6 +34,9 @@ from pbxwarden.sip.message import (
 )
 from pbxwarden.sip.transaction import Address, TransactionKey
 from pbxwarden.store.db import ExtensionAuth
+
+if TYPE_CHECKING:
+    from pbxwarden.pbx.groups import GroupRun
 
 
 class Cancellable(Protocol):
@@ -158,6 +161,13 @@ class Fork:
     cancelled: bool = False
     dialog: Dialog | None = None  # set by a 2xx
     hung_up: bool = False  # a losing 2xx was ACKed and BYEd
+    # a ring group's member leg (pbxwarden.pbx.groups): the extension it rings, or the
+    # carrier, guard reference and number of an external member
+    extension: ExtensionAuth | None = None
+    trunk: Trunk | None = None
+    ref: int | None = None
+    e164: str | None = None
+    auth_attempts: int = 0
 
 
 @dataclass(eq=False)
@@ -216,6 +226,10 @@ class Call:
     hung_up_by: str | None = None  # the leg whose BYE ended the call
     session_timer: SessionTimer | None = None  # the caller's (pbxwarden.pbx.session_timer)
     session_refreshed: float = 0.0  # when the session was last refreshed
+    group: GroupRun | None = None  # a ring group ringing for the call (pbxwarden.pbx.groups)
+    display: str | None = None  # the ringing legs' From display name, quoted (a group's prefix)
+    # further guard references of the call: legs to a ring group's external members
+    refs: list[int] = field(default_factory=list)
 
     @property
     def id(self) -> str:

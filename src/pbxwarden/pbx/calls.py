@@ -27,11 +27,14 @@ from pbxwarden.pbx.call import (
     CallPort,
     CallSettings,
     Cancellable,
+    Fork,
     history_info,
     parse_source,
 )
+from pbxwarden.pbx.dialplan import Group
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import DIVERSION_REASONS, FeatureCode, judge_target, parse_feature
+from pbxwarden.pbx.groups import Groups
 from pbxwarden.pbx.locate import (
     FAILOVER_STATUSES,
     StaticLocator,
@@ -61,7 +64,10 @@ from pbxwarden.sip.transaction import Address, TransactionKey
 from pbxwarden.sip.uri import parse_uri
 from pbxwarden.store.db import ExtensionAuth
 
-__all__ = ["CallManager", "CallSettings", "Cancellable", "history_info"]
+__all__ = ["CallManager", "CallSettings", "Cancellable", "Target", "history_info"]
+
+# what a number of a tenant's dialplan rings: an extension's phones, or a ring group
+Target = ExtensionAuth | Group
 
 log = structlog.get_logger("pbxwarden.calls")
 
@@ -98,6 +104,7 @@ class CallManager(B2bua):
         self.transfers = Transfers(self)
         self.messages = Messages(self)
         self.presence = Presence(self)
+        self.groups = Groups(self)
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
             "*73": FeatureCode("always", False),
@@ -146,6 +153,15 @@ class CallManager(B2bua):
         source: Address,
     ) -> None:
         self.transfers.refer(call, leg, request, key, source)
+
+    def fork_won(self, call: Call, fork: Fork) -> None:
+        if call.group is not None:
+            self.groups.answered(
+                call, fork.extension.number if fork.extension else fork.e164, fork.ref
+            )
+
+    def fork_challenged(self, call: Call, fork: Fork, response: Response) -> bool:
+        return self.outbound.authenticate_fork(call, fork, response)
 
     def authenticated(
         self, request: Request, source: Address, key: TransactionKey | None
@@ -247,7 +263,7 @@ class CallManager(B2bua):
         if feature is not None:
             self._feature_code(request, key, source, caller, feature[0], feature[1], now)
             return
-        callee = self.directory.get(caller.realm, dialed) if request.uri.is_sip else None
+        callee = self.target(caller.tenant, caller.realm, dialed) if request.uri.is_sip else None
         destination = None
         tenant, payer, caller_id, kind = caller.tenant, caller.number, caller.number, "internal"
         did = None
@@ -257,7 +273,7 @@ class CallManager(B2bua):
             if did is None:
                 kind = "external"
             else:  # one of the PBX's own numbers: delivered inside, never to a carrier
-                callee = self.did_extension(did)
+                callee = self.did_target(did)
                 if did.tenant != caller.tenant:  # another tenant's DID: a call in, to it
                     tenant, payer, kind = did.tenant, did.extension, "inbound"
                     caller_id = (
@@ -306,7 +322,7 @@ class CallManager(B2bua):
         if not self.anchor_offer(call):
             return
         if callee is not None:
-            self.ring_extension(call, callee, now)
+            self.ring(call, callee, now)
             return
         assert destination is not None
         self.outbound.call_out(call, caller.tenant, destination)
@@ -327,18 +343,29 @@ class CallManager(B2bua):
                         return f"its {name} names this PBX ({host})"
         return None
 
+    def target(self, tenant: str, realm: str, number: str) -> Target | None:
+        """What ``number`` is in the tenant's dialplan: an extension, a ring group."""
+        return self.directory.get(realm, number) or self.routing.groups.get((tenant, number))
+
     def resolve(
-        self, by: ExtensionAuth, target: str
-    ) -> tuple[ExtensionAuth | None, Destination | None, Did | None]:
+        self, by: Target, target: str
+    ) -> tuple[Target | None, Destination | None, Did | None]:
         """Where a number ``by`` sends a call on to (a diversion, a transfer) leads: an
-        extension of its tenant, else a number (and the PBX's own DID it is, if any,
-        with the DID's extension: delivered inside; None when that does not exist)."""
-        target_ext = self.directory.get(by.realm, target)
-        if target_ext is not None:
-            return target_ext, None, None
+        extension or group of its tenant, else a number (and the PBX's own DID it is, if
+        any, with what the DID rings: delivered inside; None when that does not exist)."""
+        inside = self.target(by.tenant, by.realm, target)
+        if inside is not None:
+            return inside, None, None
         destination = classify(target, self.routing.countries.get(by.tenant, "US"))
         did = self.own_did(destination)
-        return (self.did_extension(did) if did is not None else None), destination, did
+        return (self.did_target(did) if did is not None else None), destination, did
+
+    def ring(self, call: Call, target: Target, now: float) -> None:
+        """Ring an extension's phones, or a ring group's members."""
+        if isinstance(target, Group):
+            self.groups.ring(call, target, now)
+        else:
+            self.ring_extension(call, target, now)
 
     def own_did(self, destination: Destination | None) -> Did | None:
         """The PBX's own DID ``destination`` is, if it is one (hairpins stay inside)."""
@@ -346,9 +373,10 @@ class CallManager(B2bua):
             return None
         return self.routing.dids.get(destination.e164)
 
-    def did_extension(self, did: Did) -> ExtensionAuth | None:
-        callee = self.directory.get(self.routing.realms.get(did.tenant, ""), did.extension)
-        return callee if callee is not None and callee.enabled else None
+    def did_target(self, did: Did) -> Target | None:
+        """What the DID rings (its extension, enabled; or a ring group)."""
+        callee = self.target(did.tenant, self.routing.realms.get(did.tenant, ""), did.extension)
+        return None if isinstance(callee, ExtensionAuth) and not callee.enabled else callee
 
     def _emergency(
         self,
@@ -467,16 +495,16 @@ class CallManager(B2bua):
         self.policy.on_call_start(attempt, call.token)  # the guard watches for probing calls
         if not self.anchor_offer(call):
             return
-        callee = self.directory.get(self.routing.realms.get(did.tenant, ""), did.extension)
-        if callee is None or not callee.enabled:
+        callee = self.did_target(did)
+        if callee is None:
             self.fail(call, 404, "the DID's extension does not exist")
             return
-        self.ring_extension(call, callee, now)
+        self.ring(call, callee, now)
 
     def ring_extension(self, call: Call, callee: ExtensionAuth, now: float) -> None:
         call.visited.add((callee.tenant, callee.number))
         if callee.forward_always:
-            self._forward(call, callee, callee.forward_always, "always", now)
+            self.divert(call, callee, callee.forward_always, "always", now)
             return
         bindings = self.location.lookup(aor_key(callee.realm, callee.number), now)
         targets = [
@@ -486,7 +514,7 @@ class CallManager(B2bua):
         ][:MAX_FORKS]
         if not targets:
             if callee.forward_noanswer:  # not reachable counts as not answering
-                self._forward(call, callee, callee.forward_noanswer, "noanswer", now)
+                self.divert(call, callee, callee.forward_noanswer, "noanswer", now)
                 return
             self.fail(call, 480, "the extension is not registered")
             return
@@ -514,9 +542,9 @@ class CallManager(B2bua):
             return
         assert callee.forward_noanswer is not None
         self.cancel_b(call)
-        self._forward(call, callee, callee.forward_noanswer, "noanswer", self.port.wall_time())
+        self.divert(call, callee, callee.forward_noanswer, "noanswer", self.port.wall_time())
 
-    def _forward(self, call: Call, by: ExtensionAuth, target: str, why: str, now: float) -> None:
+    def divert(self, call: Call, by: Target, target: str, why: str, now: float) -> None:
         """Divert the call: a new leg to ``target`` paid by ``by``, through the hook.
 
         Forwarding set on the PBX, forwarding on busy or no answer, and a 3xx redirect
@@ -598,7 +626,7 @@ class CallManager(B2bua):
             return
         call.callee = target
         if target_ext is not None:
-            self.ring_extension(call, target_ext, now)
+            self.ring(call, target_ext, now)
             return
         assert destination is not None
         if call.identity is None:  # a call from a carrier, forwarded out to one
@@ -685,6 +713,9 @@ class CallManager(B2bua):
             call, f"{response.status}"
         ):
             return
+        if call.group is not None:  # a ring group's step: the next one rings
+            self.groups.step_failed(call, response)
+            return
         status = response.status
         ringing = call.ringing
         now = self.port.wall_time()
@@ -693,10 +724,10 @@ class CallManager(B2bua):
             # blindly, always through the authorization hook.
             target = response.contacts[0].uri.user if response.contacts else None
             if ringing is not None and target:
-                self._forward(call, ringing, target, "redirect", now)
+                self.divert(call, ringing, target, "redirect", now)
             else:
                 self.fail(call, 480, "redirect not followed", sip_code=status)
         elif busy and ringing is not None and ringing.forward_busy:
-            self._forward(call, ringing, ringing.forward_busy, "busy", now)
+            self.divert(call, ringing, ringing.forward_busy, "busy", now)
         else:
             self.fail(call, status, response.reason or None, sip_code=status)

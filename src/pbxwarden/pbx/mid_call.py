@@ -210,9 +210,7 @@ class MidCall:
             return
         host, port = self.core.port.local_address(dest.transport)
         headers = [
-            (n, v)
-            for n in ("Content-Type", "Event")
-            if (v := request.headers.get(n)) is not None
+            (n, v) for n in ("Content-Type", "Event") if (v := request.headers.get(n)) is not None
         ]
         supported = options.offered(request.headers.get("Supported"))
         if supported is not None:

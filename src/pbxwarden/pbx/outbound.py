@@ -16,6 +16,7 @@ import structlog
 from pbxwarden.pbx.call import (
     MAX_TRUNK_AUTH_ATTEMPTS,
     Call,
+    Fork,
     stale_challenge,
 )
 from pbxwarden.pbx.numbers import Destination
@@ -136,3 +137,29 @@ class Outbound:
         call.b_request = with_credentials(invite, header, value)
         call.b_key = self.core.port.send_request(call.b_request, dest)
         self.core.by_b_key[call.b_key] = call
+
+    def authenticate_fork(self, call: Call, fork: Fork, response: Response) -> bool:
+        """A carrier challenged the INVITE of a ring group's external member: sent again
+        with the trunk's credentials (once; twice after a stale nonce). False: that
+        member fails with the challenge, the group goes on."""
+        trunk = fork.trunk
+        if trunk is None or trunk.username is None or trunk.password is None:
+            return False
+        if fork.auth_attempts > 0 and (
+            fork.auth_attempts >= MAX_TRUNK_AUTH_ATTEMPTS or not stale_challenge(response)
+        ):
+            log.warning("carrier rejected the trunk credentials", trunk=trunk.name)
+            return False
+        client = DigestClient(ClientCredentials(trunk.username, trunk.password, trunk.realm))
+        invite = fork.request
+        try:
+            header, value = client.answer(response, "INVITE", str(invite.uri), invite.body)
+        except DigestError as exc:
+            log.warning("carrier challenge cannot be answered", trunk=trunk.name, error=str(exc))
+            return False
+        fork.auth_attempts += 1
+        fork.provisional = False
+        fork.request = with_credentials(invite, header, value)
+        fork.key = self.core.port.send_request(fork.request, fork.dest)
+        self.core.register_fork(call, fork)
+        return True

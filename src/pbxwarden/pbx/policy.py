@@ -18,7 +18,7 @@ from pbxwarden.pbx.numbers import Destination
 # "standard-rate": a short code of the home country billed like a national call (ES 091)
 # kinds that are someone else's call sent on at the extension's cost, and with the
 # setting of a diversion, every kind judged as a diversion
-DIVERTED = frozenset(("forwarded", "transferred"))
+DIVERTED = frozenset(("forwarded", "transferred", "group"))
 DIVERSIONS = DIVERTED | {"forward-change"}
 NATIONAL_ALLOWED = frozenset(("fixed", "mobile", "fixed-or-mobile", "toll-free", "standard-rate"))
 
@@ -31,7 +31,8 @@ class CallAttempt:
     dialed: str
     # "internal" (extension to extension), "external" (out), "inbound" (from a carrier),
     # "forwarded" (a diversion or redirect: a new call paid by ``extension``),
-    # "transferred" (a call ``extension`` transfers out: judged like a diversion), or
+    # "transferred" (a call ``extension`` transfers out: judged like a diversion),
+    # "group" (a ring group's external member, ``extension`` the group's number), or
     # "forward-change" (setting a diversion: judged like a call to the target)
     kind: str
     source: str  # transport address the request came from

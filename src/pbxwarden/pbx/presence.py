@@ -371,4 +371,8 @@ class Presence:
             found.append((call.a_extension.tenant, call.a_extension.number))
         if call.ringing is not None and call.b_trunk is None:
             found.append((call.ringing.tenant, call.ringing.number))
+        elif call.answered is None and not call.ended:  # a ring group's members ringing
+            for fork in call.forks:
+                if fork.extension is not None and fork.final is None:
+                    found.append((fork.extension.tenant, fork.extension.number))
         return found

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import phonenumbers
 
+from pbxwarden.pbx.dialplan import Group
 from pbxwarden.sip.transaction import Address
 
 
@@ -78,6 +79,7 @@ class Routing:
     realms: dict[str, str] = field(default_factory=dict)  # tenant -> realm
     # addresses a trunk's carrier sends from, by DNS (trunks by name), address -> trunk
     sources: dict[str, Trunk] = field(default_factory=dict)
+    groups: dict[tuple[str, str], Group] = field(default_factory=dict)  # (tenant, number)
     _networks: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Trunk], ...] = field(
         init=False, repr=False, compare=False, default=()
     )

@@ -577,7 +577,7 @@ class Transfers:
         transfer.notify(100, "Trying", final=False)
         log.info("transfer accepted", call_id=call.id, by=by.number, target=target[:64])
         if target_ext is not None:
-            core.ring_extension(new, target_ext, now)
+            core.ring(new, target_ext, now)
         else:
             assert destination is not None
             core.outbound.call_out(new, by.tenant, destination)

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pbxwarden.pbx.dialplan import Group
 from pbxwarden.pbx.locate import check_networks, trunk_target
 from pbxwarden.pbx.numbers import classify, emergency_number
 from pbxwarden.pbx.routing import Did, Routing, Trunk
@@ -41,6 +42,7 @@ from pbxwarden.store.models import (
     ForwardingChange,
     GuardBaselineRow,
     Registration,
+    RingGroupRow,
     Tenant,
     TenantPolicyRow,
     TrunkRow,
@@ -343,7 +345,12 @@ class Store:
                 raise StoreError(f"unknown tenant {tenant!r} (run 'pbxwarden init' first?)")
             tenant_id, realm, country = row
             count = 0
+            groups = set(
+                s.scalars(select(RingGroupRow.number).where(RingGroupRow.tenant_id == tenant_id))
+            )
             for number, password in entries:
+                if number in groups:
+                    raise StoreError(f"{number} is a ring group of tenant {tenant}")
                 if not EXTENSION_RE.fullmatch(number):
                     raise StoreError(f"invalid extension number {number!r}: 2 to 15 digits")
                 if emergency_number(number, country) is not None:
@@ -1066,9 +1073,13 @@ class Store:
                 select(Extension.id).where(
                     Extension.tenant_id == tenant_row.id, Extension.number == extension
                 )
+            ) or s.scalar(
+                select(RingGroupRow.id).where(
+                    RingGroupRow.tenant_id == tenant_row.id, RingGroupRow.number == extension
+                )
             )
             if exists is None:
-                raise StoreError(f"no extension {extension} in tenant {tenant}")
+                raise StoreError(f"no extension or group {extension} in tenant {tenant}")
             if s.get(DidRow, dest.e164) is not None:
                 raise StoreError(f"DID {dest.e164} already exists")
             s.add(DidRow(number=dest.e164, tenant_id=tenant_row.id, extension=extension))
@@ -1135,11 +1146,26 @@ class Store:
                 r.number: Did(r.number, tenants[r.tenant_id].name, r.extension)
                 for r in s.scalars(select(DidRow))
             }
+            groups = {
+                (tenants[r.tenant_id].name, r.number): Group(
+                    tenants[r.tenant_id].name,
+                    tenants[r.tenant_id].realm,
+                    r.number,
+                    r.name,
+                    r.strategy,
+                    tuple(r.members.split(",")),
+                    r.ring_time,
+                    r.fallback,
+                    r.cid_prefix,
+                )
+                for r in s.scalars(select(RingGroupRow))
+            }
         return Routing(
             trunks,
             dids,
             {t.name: t.country for t in tenants.values()},
             {t.name: t.realm for t in tenants.values()},
+            groups=groups,
         )
 
     # -- call forwarding -----------------------------------------------------------------

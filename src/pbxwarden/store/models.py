@@ -268,3 +268,23 @@ class TenantPolicyRow(Base):
     policy: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[float] = mapped_column(Float)
     updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class RingGroupRow(Base):
+    """A ring or hunt group (:mod:`pbxwarden.pbx.dialplan`): a number of the tenant's
+    dialplan that rings its members; never also an extension's number."""
+
+    __tablename__ = "ring_groups"
+    __table_args__ = (UniqueConstraint("tenant_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    number: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(64), default="")
+    strategy: Mapped[str] = mapped_column(String(16))
+    members: Mapped[str] = mapped_column(Text)  # comma-separated, in ringing order
+    ring_time: Mapped[float] = mapped_column(Float)
+    fallback: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    cid_prefix: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
