@@ -103,8 +103,13 @@ def _measure(registrations: int, users: int, profile: bool) -> float:
                 header = challenge.headers.get("WWW-Authenticate")
                 assert header is not None
                 authorization = build_authorization(
-                    parse_challenge(header), "REGISTER", f"sip:{domain}", user,
-                    passwords[user], "0a4f113b", 1,
+                    parse_challenge(header),
+                    "REGISTER",
+                    f"sip:{domain}",
+                    user,
+                    passwords[user],
+                    "0a4f113b",
+                    1,
                 )
                 second = REGISTER.format(
                     step=2, auth=f"Authorization: {authorization}\r\n", **fields
@@ -149,8 +154,15 @@ def _child(tree: Path, args: argparse.Namespace, pure: bool = False) -> float:
     if pure:
         env["PBXWARDEN_PURE_PYTHON"] = "1"
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child",
-         "--registrations", str(args.registrations), "--users", str(args.users)],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            "--registrations",
+            str(args.registrations),
+            "--users",
+            str(args.users),
+        ],
         cwd=tree,
         check=True,
         capture_output=True,
@@ -189,8 +201,15 @@ def main() -> int:
         finally:
             if args.compare:
                 subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                     str(Path(tmp) / "base")],
+                    [
+                        "git",
+                        "-C",
+                        str(ROOT),
+                        "worktree",
+                        "remove",
+                        "--force",
+                        str(Path(tmp) / "base"),
+                    ],
                     check=False,
                 )
     medians = {name: statistics.median(v) for name, v in results.items()}
