@@ -2,11 +2,11 @@
 
 Holding both legs is what lets the PBX authorize a call before it costs anything,
 account for it, and end it at any moment (a spend cap, a fraud alert, an operator). The
-core places b legs where it is told, rings several contacts at once (RFC 3261 16.6),
+core places b legs where it is told, rings several at once (:mod:`pbxwarden.pbx.forking`),
 relays provisional and final answers to the caller, anchors media, retransmits its 2xx
 until the ACK, and ends calls; what a failed leg means (follow a redirect, forward on
 busy, try the carrier's next server, answer a challenge) is the dialplan's decision
-(:meth:`B2bua._leg_failed`, implemented by :class:`pbxwarden.pbx.calls.CallManager`).
+(:meth:`B2bua.leg_failed`, implemented by :class:`pbxwarden.pbx.calls.CallManager`).
 Mid-call requests and keep-alives are :mod:`pbxwarden.pbx.mid_call`.
 
 Sans-I/O: timers use the scheduler of the :class:`CallPort`, messages leave through it.
@@ -23,14 +23,13 @@ import structlog
 
 from pbxwarden.pbx import caller_id, options, session_timer
 from pbxwarden.pbx.call import (
-    COMPLETED_ELSEWHERE,
     DISPOSITIONS,
     Call,
     CallPort,
     CallSettings,
     Fork,
-    best_response,
 )
+from pbxwarden.pbx.forking import Forking
 from pbxwarden.pbx.locate import (
     is_ip,
 )
@@ -56,11 +55,11 @@ from pbxwarden.sip.message import (
     make_response,
     safe_reason,
 )
-from pbxwarden.sip.transaction import Address, TransactionError, TransactionKey
-from pbxwarden.sip.uri import URI, NameAddr, parse_uri
+from pbxwarden.sip.transaction import Address, TransactionKey
+from pbxwarden.sip.uri import URI, NameAddr
 
 if TYPE_CHECKING:
-    from pbxwarden.pbx.groups import Member
+    pass
 
 log = structlog.get_logger("pbxwarden.calls")
 
@@ -82,16 +81,16 @@ class B2bua:
         self.calls: dict[int, Call] = {}
         self._by_invite: dict[TransactionKey, Call] = {}
         self.by_b_key: dict[TransactionKey, Call] = {}
-        self._forks: dict[TransactionKey, tuple[Call, Fork]] = {}  # every fork until forgotten
         self.dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
         self._tokens = itertools.count(1)
         self.attempts: dict[str, int] = {}  # call attempts by kind, for metrics
         self.mid = MidCall(self)
+        self.forking = Forking(self)
         # requests a feature sent in a call's dialogs, and who takes their final answers
         self.awaiting: dict[TransactionKey, Callable[[Response | None], None]] = {}
         self.refs: dict[int, Call] = {}  # further guard references (group members' legs)
 
-    def _leg_failed(self, call: Call, response: Response, *, busy: bool, timeout: bool) -> None:
+    def leg_failed(self, call: Call, response: Response, *, busy: bool, timeout: bool) -> None:
         """The b leg (or every fork) ended without an answer: ``response`` is its final
         answer (a stand-in 408 when ``timeout``). The dialplan decides what follows."""
         raise NotImplementedError
@@ -142,10 +141,10 @@ class B2bua:
                     self.port.schedule(64 * self.settings.t1, lambda: self._forget_awaiting(key))
                 handler(response)
             return
-        forked = self._forks.get(key)
+        forked = self.forking.forks.get(key)
         if forked is not None:
             if response.cseq.method == "INVITE":
-                self._fork_response(forked[0], forked[1], response)
+                self.forking.response(forked[0], forked[1], response)
             return
         call = self.by_b_key.get(key)
         if call is None:
@@ -160,17 +159,17 @@ class B2bua:
         if handler is not None:
             handler(None)
             return
-        forked = self._forks.get(key)
+        forked = self.forking.forks.get(key)
         if forked is not None:
             fork_call, fork = forked
             if fork.final is None and fork.dialog is None:
                 fork.final = make_response(fork.request, 408)
-                self._fork_over(fork_call, fork)
+                self.forking.over(fork_call, fork)
             return
         call = self.by_b_key.get(key)
         if call is not None and not call.ended and call.answered is None:
             assert call.b_request is not None
-            self._leg_failed(call, make_response(call.b_request, 408), busy=False, timeout=True)
+            self.leg_failed(call, make_response(call.b_request, 408), busy=False, timeout=True)
 
     def police(self, now: float) -> int:
         """Cut off the calls the authorizer says must end now (spend cap, suspension)."""
@@ -288,12 +287,12 @@ class B2bua:
         )
 
     def send_b_invite(self, call: Call, target: URI, dest: Address) -> None:
-        invite = self._b_invite(call, target, dest)
+        invite = self.b_invite(call, target, dest)
         call.b_request, call.b_dest = invite, dest
         call.b_key = self.port.send_request(invite, dest)
         self.by_b_key[call.b_key] = call
 
-    def _b_invite(
+    def b_invite(
         self, call: Call, target: URI, dest: Address, trunk: Trunk | None = None
     ) -> Request:
         a = call.a_request
@@ -372,159 +371,6 @@ class B2bua:
         )
         return NameAddr(URI("sip", host=host, port=port, params=params))
 
-    # -- forking: every registered contact of the extension rings at once ---------------
-
-    def fork(self, call: Call, targets: list[tuple[str, Address]]) -> None:
-        """Ring every contact at once (RFC 3261 16.6 parallel search), one B leg each.
-
-        The first 2xx wins and becomes the call's B leg (``b_*``); the others are
-        cancelled with ``Reason: ... Call completed elsewhere`` (RFC 3326). Only the first
-        provisional response of any fork reaches the caller (180, or 183 with its early
-        media): relaying several phones' early media to one caller cannot work, and one
-        "ringing" is all the caller needs.
-        """
-        call.provisional_relayed = False
-        forks = []
-        for contact, dest in targets:
-            invite = self._b_invite(call, parse_uri(contact), dest)
-            fork = Fork(self.port.send_request(invite, dest), invite, dest)
-            self._forks[fork.key] = (call, fork)
-            forks.append(fork)
-        call.forks = forks
-        log.info("ringing contacts in parallel", callee=call.callee, contacts=len(forks))
-
-    def fork_members(self, call: Call, members: list[Member]) -> None:
-        """Ring a ring group's step (:mod:`pbxwarden.pbx.groups`): one fork per member
-        contact or external number, raced like an extension's contacts."""
-        forks = []
-        for member in members:
-            invite = self._b_invite(call, member.uri, member.dest, member.trunk)
-            fork = Fork(self.port.send_request(invite, member.dest), invite, member.dest)
-            fork.extension, fork.trunk = member.extension, member.trunk
-            fork.ref, fork.e164 = member.ref, member.e164
-            self._forks[fork.key] = (call, fork)
-            forks.append(fork)
-        call.forks = forks
-
-    def register_fork(self, call: Call, fork: Fork) -> None:
-        """``fork``'s INVITE was sent again (with credentials): its answers come here."""
-        self._forks[fork.key] = (call, fork)
-
-    def _fork_response(self, call: Call, fork: Fork, response: Response) -> None:
-        status = response.status
-        if status < 200:
-            if status == 100:
-                return
-            fork.provisional = True
-            if fork.cancel_pending is not None:  # cancelled before it could be: now it can
-                reason, fork.cancel_pending = fork.cancel_pending, None
-                self._cancel_fork(fork, reason or None)
-                return
-            live = fork in call.forks and not call.ended and call.answered is None
-            if live and not call.provisional_relayed:
-                call.provisional_relayed = True
-                self._relay_to_a(call, response, fork.dest.host)
-            return
-        if status < 300:
-            self._fork_answered(call, fork, response)
-            return
-        if fork.final is not None or fork.dialog is not None:
-            return
-        live = fork in call.forks and not call.ended and call.answered is None
-        if (
-            live
-            and status in AUTH_HEADERS
-            and fork.trunk is not None
-            and self.fork_challenged(call, fork, response)
-        ):
-            return
-        fork.final = response
-        if live and status < 400 and call.group is not None:
-            log.warning(  # a group member's own diversion would take the group's call
-                "a group member's phone redirected the call: not followed",
-                callee=call.callee,
-                member=fork.extension.number if fork.extension else None,
-            )
-        elif live and status < 400 and response.contacts and response.contacts[0].uri.user:
-            # One phone of the extension redirects (its own diversion: a hijacked phone's
-            # web page does exactly this): judged and followed as a single phone's 3xx is,
-            # never dropped because another phone of the extension is still ringing.
-            log.info("a ringing contact redirects the call", callee=call.callee)
-            for other in call.forks:
-                if other is not fork:
-                    self._cancel_fork(other, None)
-            self._leg_failed(call, response, busy=False, timeout=False)
-            return
-        self._fork_over(call, fork)
-
-    def _fork_answered(self, call: Call, fork: Fork, response: Response) -> None:
-        if fork.dialog is None:
-            fork.dialog = Dialog.as_uac(fork.request, response)
-        if call.b_key == fork.key:  # the winner's 2xx again: our ACK was lost
-            self.ack_b(call)
-            return
-        if call.ended or call.answered is not None or fork not in call.forks:
-            # RFC 3261 13.2.2.4: a 2xx from a fork that lost the race (or rang after the
-            # caller gave up) still gets its ACK, then a BYE.
-            self.ack(fork.request, fork.dialog, fork.dest)
-            if not fork.hung_up:
-                fork.hung_up = True
-                log.info("late answer from another contact hung up", callee=call.callee)
-                self.send_bye(fork.dialog, fork.dest)
-            return
-        fork.cancel_pending = None
-        call.b_request, call.b_key, call.b_dest = fork.request, fork.key, fork.dest
-        call.b_provisional = fork.provisional
-        call.b_dialog = fork.dialog
-        if fork.extension is not None:  # a group member: its line is the one in the call
-            call.ringing = fork.extension
-        if fork.trunk is not None:  # a group's external member: this carrier is paid
-            call.b_trunk, call.trunk, call.out_e164 = fork.trunk, fork.trunk.name, fork.e164
-        if fork.ref is not None:
-            self.policy.on_call_answer(fork.ref, self.port.wall_time())
-        self.dialogs[(fork.request.call_id, fork.dialog.local_tag)] = (call, "b")
-        self.ack_b(call)
-        for other in call.forks:
-            if other is not fork:
-                self._cancel_fork(other, COMPLETED_ELSEWHERE)
-        self.fork_won(call, fork)
-        self._answer_a(call, response)
-
-    def _fork_over(self, call: Call, fork: Fork) -> None:
-        """A fork failed: when it was the last one ringing (or said 6xx: "nowhere"), the
-        caller gets the best of the failures, and busy forwarding if every phone was busy."""
-        if call.ended or call.answered is not None or fork not in call.forks:
-            return
-        assert fork.final is not None
-        if fork.final.status >= 600 and call.group is None:  # one member's "no" is not the group's
-            for other in call.forks:
-                if other is not fork:
-                    self._cancel_fork(other, None)
-            best, busy = fork.final, fork.final.status == 600
-        else:
-            finals = [f.final for f in call.forks if f.final is not None]
-            if len(finals) < len(call.forks):
-                return  # others are still ringing
-            best = best_response(finals)
-            busy = all(r.status in (486, 600) for r in finals)
-        self._leg_failed(call, best, busy=busy, timeout=False)
-
-    def _cancel_fork(self, fork: Fork, reason: str | None) -> None:
-        if fork.cancelled or fork.final is not None or fork.dialog is not None:
-            return
-        if not fork.provisional:
-            # RFC 3261 9.1: no CANCEL before a provisional response; sent when one comes
-            fork.cancel_pending = reason or ""
-            return
-        fork.cancelled = True
-        try:
-            cancel = self.port.build_cancel(fork.key)
-        except TransactionError:  # the transaction is already over
-            return
-        if reason:
-            cancel.headers.add("Reason", reason)
-        self.port.send_request(cancel, fork.dest)
-
     # -- the B leg answers ---------------------------------------------------------------
 
     def _b_invite_response(self, call: Call, response: Response) -> None:
@@ -533,7 +379,7 @@ class B2bua:
             if status > 100:
                 call.b_provisional = True
                 if not call.ended and call.b_dest is not None:
-                    self._relay_to_a(call, response, call.b_dest.host)
+                    self.relay_to_a(call, response, call.b_dest.host)
             return
         if status < 300:
             if call.b_dialog is None:
@@ -545,13 +391,13 @@ class B2bua:
                 self.bye(call, "b")
                 return
             if call.answered is None:
-                self._answer_a(call, response)
+                self.answer_a(call, response)
             return
         if call.ended:
             return
-        self._leg_failed(call, response, busy=status in (486, 600), timeout=False)
+        self.leg_failed(call, response, busy=status in (486, 600), timeout=False)
 
-    def _relay_to_a(self, call: Call, response: Response, b_host: str) -> None:
+    def relay_to_a(self, call: Call, response: Response, b_host: str) -> None:
         if call.joined is not None:
             call.joined.progress(call, response)
             return
@@ -627,7 +473,7 @@ class B2bua:
         )
         self.port.send_direct(ack, dest)
 
-    def _answer_a(self, call: Call, response: Response) -> None:
+    def answer_a(self, call: Call, response: Response) -> None:
         if call.joined is not None:  # the a leg is up already: the feature joins them
             call.joined.answered(call, response)
             return
@@ -815,7 +661,7 @@ class B2bua:
     def cancel_b(self, call: Call) -> None:
         if call.forks and call.answered is None:
             for fork in call.forks:
-                self._cancel_fork(fork, None)
+                self.forking.cancel(fork, None)
             return
         if call.b_key is not None and call.b_dest is not None and call.answered is None:
             self.port.send_request(self.port.build_cancel(call.b_key), call.b_dest)
@@ -931,8 +777,9 @@ class B2bua:
             self.by_b_key.pop(call.b_key, None)
         for key in [k for k, (c, _) in self.dialogs.items() if c is call]:
             del self.dialogs[key]
-        for fork_key in [k for k, (c, _) in self._forks.items() if c is call]:
-            del self._forks[fork_key]
+        forks = self.forking.forks
+        for fork_key in [k for k, (c, _) in forks.items() if c is call]:
+            del forks[fork_key]
         self.mid.forget(call)
 
     @property

@@ -525,7 +525,7 @@ class CallManager(B2bua):
             self.send_b_invite(call, parse_uri(targets[0][0]), targets[0][1])
             ringing_leg = call.b_key
         else:
-            self.fork(call, targets)
+            self.forking.ring(call, targets)
             ringing_leg = call.forks
         self.arm_ring_timer(call)
         self.line_changed(call)
@@ -557,7 +557,7 @@ class CallManager(B2bua):
         call.b_trunk, call.b_auth_attempts, call.b_failover = None, 0, None
         call.b_provisional = False
         call.ringing = None
-        call.forks = []  # cancelled forks stay in self._forks: a late 2xx gets ACK and BYE
+        call.forks = []  # cancelled forks stay in forking.forks: a late 2xx gets ACK and BYE
         if rang is not None:  # its lamp stops blinking
             self.presence.changed(rang.tenant, rang.number)
         call.forwarded_by.append(by.number)
@@ -698,7 +698,7 @@ class CallManager(B2bua):
             make_response(request, 603, f"Decline (call forwarding {code.kind} {what})"),
         )
 
-    def _leg_failed(self, call: Call, response: Response, *, busy: bool, timeout: bool) -> None:
+    def leg_failed(self, call: Call, response: Response, *, busy: bool, timeout: bool) -> None:
         """The b leg (or every fork) failed: answer the carrier's challenge, try its next
         server, follow a redirect, forward on busy, or fail the call with the answer."""
         trunk = call.b_trunk

@@ -109,7 +109,7 @@ class Groups:
             targets = self._targets(call, run, run.steps[run.step], now)
             if not targets:
                 continue
-            core.fork_members(call, targets)
+            core.forking.members(call, targets)
             core.line_changed(call)
             timer = core.port.schedule(run.group.ring_time, lambda: self._step_timeout(call))
             run.timer = timer

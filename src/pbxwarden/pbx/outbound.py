@@ -161,5 +161,5 @@ class Outbound:
         fork.provisional = False
         fork.request = with_credentials(invite, header, value)
         fork.key = self.core.port.send_request(fork.request, fork.dest)
-        self.core.register_fork(call, fork)
+        self.core.forking.register(call, fork)
         return True
