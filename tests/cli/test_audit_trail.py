@@ -40,6 +40,9 @@ CHANGES = {
     "did add",
     "group set",
     "group remove",
+    "hours set",
+    "hours override",
+    "hours remove",
     "forward set",
     "forward clear",
     "bans add",
@@ -66,6 +69,7 @@ READ_ONLY = {
     "trunk list",
     "did list",
     "group list",
+    "hours list",
     "forward list",
     "bans list",
     "alerts",
@@ -141,6 +145,22 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
     cli(data, "did", "add", "2025550100", "--extension", "2000")
     cli(data, "group", "set", "600", "-m", "1000", "-m", "2000", "--strategy", "hunt")
     cli(data, "group", "remove", "600")
+    cli(
+        data,
+        "hours",
+        "set",
+        "700",
+        "--hours",
+        "mon-fri 09:00-17:00",
+        "--open",
+        "1000",
+        "--closed",
+        "2000",
+        "--holiday",
+        "2026-12-25",
+    )
+    cli(data, "hours", "override", "700", "closed")
+    cli(data, "hours", "remove", "700")
     cli(data, "trunk", "identity", "carrier", "--no-assert")
     cli(data, "extension", "caller-id", "1000", "--number", "+12025550100", "--withhold")
     cli(data, "forward", "set", "1000", "--always", "2000")
@@ -195,6 +215,9 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
         ("did.create", "tenant/default/did/+12025550100"),
         ("group.create", "tenant/default/group/600"),
         ("group.delete", "tenant/default/group/600"),
+        ("hours.create", "tenant/default/hours/700"),
+        ("hours.override", "tenant/default/hours/700"),
+        ("hours.delete", "tenant/default/hours/700"),
         ("trunk.identity", "tenant/default/trunk/carrier"),
         ("extension.caller_id", "tenant/default/extension/1000"),
         ("forwarding.set", "tenant/default/extension/1000/always"),
@@ -222,6 +245,7 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
     assert by_action["policy.delete"]["before"]["allow_countries"] == ["DE"]
     assert by_action["trunk.create"]["after"]["host"] == "127.0.0.2"
     assert by_action["group.create"]["after"]["members"] == ["1000", "2000"]
+    assert by_action["hours.override"]["after"]["override"] == "closed"
     assert by_action["forwarding.set"]["after"]["always"] == "2000"
     assert by_action["forwarding.clear"]["before"]["always"] == "2000"
     assert by_action["ban.add"]["after"]["reason"] == "scanner"

@@ -1,11 +1,13 @@
-"""Ring and hunt groups, driven by real PJSIP phones and a SIPp carrier.
+"""Ring and hunt groups and business hours, driven by real PJSIP phones and a SIPp
+carrier.
 
 Each strategy with members answering or not: ring all (the first to answer wins, the
 others stop ringing), hunt (the next member after the ring time, or at once when one is
 busy), round robin (the next call starts after the member who answered), the fallback
 when nobody answers, a DID pointing at a group, and an external member judged by the
 guard: a national number reaches the carrier with the tenant's own number as caller
-ID, a premium one never does.
+ID, a premium one never does. A time condition leads to a group while open and to an
+extension once an admin closes it, on the running server.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PbxProcess, 
     cli(data, *group, "603", "-m", "1001", "-m", MOBILE, "-m", PREMIUM)
     cli(data, *group, "604", "-m", "1003", "-m", "1001", "--strategy", "hunt", "--fallback", "1002")
     cli(data, "did", "add", DID, "--extension", "600")
+    always = "mon-sun 00:00-24:00"
+    cli(data, "hours", "set", "700", "--hours", always, "--open", "600", "--closed", "1002")
     server = PbxProcess(data)
     server.start()
     try:
@@ -203,3 +207,34 @@ def test_external_members_are_judged_and_paid_by_the_group(
     cdr = last_cdr(server, before)
     assert cdr["trunk"] == "carrier" and cdr["disposition"] == "answered", cdr
     assert f"member {PREMIUM} refused" in str(cdr["reasons"]), cdr
+
+
+def test_business_hours_lead_to_the_group_until_closed(
+    pbx: tuple[PbxProcess, int], phones: Phones
+) -> None:
+    server, _ = pbx
+    before = len(cdrs(server))
+    caller, first, second = (phones.add(n, USERS[n]) for n in ("1000", "1001", "1002"))
+    placed = caller.call("700")  # open: the sales group rings, both phones
+    one, two = ringing(phones, first), ringing(phones, second)
+    placed.hangup(pj.CallOpParam(True))
+    phones.until(lambda: one.disconnected and two.disconnected, "the group stops ringing")
+    assert "time condition 700: open" in str(last_cdr(server, before)["reasons"])
+    cli(server.data_dir, "hours", "override", "700", "closed")  # an unplanned closure
+    deadline = time.monotonic() + 10
+    while True:  # the running server follows within its reload interval
+        rang = len(first.incoming), len(second.incoming)
+        placed = caller.call("700")
+        phones.until(lambda r=rang: len(second.incoming) > r[1], "1002 rings")
+        phones.run(0.3)  # and 1001 too, while the override is not yet followed
+        if len(first.incoming) == rang[0]:
+            break
+        placed.hangup(pj.CallOpParam(True))
+        phones.until(lambda p=placed: p.disconnected, "the caller hung up")
+        assert time.monotonic() < deadline, "the override never took effect"
+        phones.run(0.5)
+    taken = second.incoming[-1]
+    second.answer(taken)
+    phones.until(lambda: placed.confirmed, "closed: 1002 answers")
+    hang_up(phones, placed, taken)
+    assert "time condition 700: closed (override)" in str(last_cdr(server, before)["reasons"])

@@ -170,11 +170,11 @@ def test_extension_locks_are_stored_shown_lifted_and_outdated_by_a_new_password(
 
 def test_one_number_is_never_both_an_extension_and_a_group(store: Store) -> None:
     store.add_extensions([("1000", "Good-Passw0rd-aaa")])
-    from pbxwarden.store.groups import GroupStore
+    from pbxwarden.store.dialplan import GroupStore
 
     groups = GroupStore(store)
     groups.put("default", "600", ["1000", "+12025550143"], fallback="1000")
-    with pytest.raises(StoreError, match="is a ring group"):
+    with pytest.raises(StoreError, match="is a ring group or time condition"):
         store.add_extensions([("600", "Good-Passw0rd-bbb")])
     with pytest.raises(StoreError, match="is an extension"):
         groups.put("default", "1000", ["600"])

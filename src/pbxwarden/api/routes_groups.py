@@ -12,7 +12,7 @@ from pbxwarden.api.models import NO_CONTROL, NUMBER_PATTERN, _In
 from pbxwarden.api.routes_pbx import TenantPath, TenantQuery, _visible_rows
 from pbxwarden.api.security import API_PREFIX, Admin, Ctx, Reader, audit, visible_tenant
 from pbxwarden.pbx.dialplan import MAX_MEMBERS, MAX_RING_TIME, MIN_RING_TIME, STRATEGIES
-from pbxwarden.store.groups import GroupStore
+from pbxwarden.store.dialplan import GroupStore
 
 router = APIRouter(prefix=API_PREFIX)
 GroupPath = Annotated[str, Path(pattern=NUMBER_PATTERN, description="group number")]

@@ -46,7 +46,7 @@ def group_set(
     tenant: TenantOption = DEFAULT_TENANT,
 ) -> None:
     """Create or replace a group. External members' calls are judged by the guard."""
-    from pbxwarden.store.groups import GroupStore
+    from pbxwarden.store.dialplan import GroupStore
 
     _, store, _ = _open(ctx)
     try:
@@ -72,7 +72,7 @@ def group_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
 ) -> None:
     """List groups."""
-    from pbxwarden.store.groups import GroupStore
+    from pbxwarden.store.dialplan import GroupStore
 
     _, store, _ = _open(ctx)
     try:
@@ -88,7 +88,7 @@ def group_list(
 @group_app.command("remove")
 def group_remove(ctx: typer.Context, number: str, tenant: TenantOption = DEFAULT_TENANT) -> None:
     """Delete a group (refused while a DID rings it)."""
-    from pbxwarden.store.groups import GroupStore
+    from pbxwarden.store.dialplan import GroupStore
 
     _, store, _ = _open(ctx)
     try:

@@ -27,6 +27,7 @@ from pbxwarden.cli.audit import audit
 from pbxwarden.cli.audit_trail import actor, record
 from pbxwarden.cli.caller_id import extension_caller_id, trunk_identity
 from pbxwarden.cli.groups import group_app
+from pbxwarden.cli.hours import hours_app
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.store.basics import (
@@ -59,6 +60,7 @@ trunk_app.command("identity")(trunk_identity)
 did_app = typer.Typer(no_args_is_help=True, help="Inbound numbers (DIDs) and where they ring.")
 app.add_typer(did_app, name="did")
 app.add_typer(group_app, name="group")
+app.add_typer(hours_app, name="hours")
 forward_app = typer.Typer(no_args_is_help=True, help="Call forwarding (diversions).")
 app.add_typer(forward_app, name="forward")
 calls_app = typer.Typer(help="Live calls on the running server.", invoke_without_command=True)

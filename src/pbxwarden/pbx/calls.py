@@ -31,7 +31,7 @@ from pbxwarden.pbx.call import (
     history_info,
     parse_source,
 )
-from pbxwarden.pbx.dialplan import Group
+from pbxwarden.pbx.dialplan import Group, TimeCondition
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import DIVERSION_REASONS, FeatureCode, judge_target, parse_feature
 from pbxwarden.pbx.groups import Groups
@@ -66,8 +66,9 @@ from pbxwarden.store.db import ExtensionAuth
 
 __all__ = ["CallManager", "CallSettings", "Cancellable", "Target", "history_info"]
 
-# what a number of a tenant's dialplan rings: an extension's phones, or a ring group
-Target = ExtensionAuth | Group
+# what a number of a tenant's dialplan leads to: an extension's phones, a ring group, or
+# a time condition (business hours)
+Target = ExtensionAuth | Group | TimeCondition
 
 log = structlog.get_logger("pbxwarden.calls")
 
@@ -344,8 +345,14 @@ class CallManager(B2bua):
         return None
 
     def target(self, tenant: str, realm: str, number: str) -> Target | None:
-        """What ``number`` is in the tenant's dialplan: an extension, a ring group."""
-        return self.directory.get(realm, number) or self.routing.groups.get((tenant, number))
+        """What ``number`` is in the tenant's dialplan: an extension, a ring group, a time
+        condition."""
+        routing = self.routing
+        return (
+            self.directory.get(realm, number)
+            or routing.groups.get((tenant, number))
+            or routing.time_conditions.get((tenant, number))
+        )
 
     def resolve(
         self, by: Target, target: str
@@ -361,11 +368,33 @@ class CallManager(B2bua):
         return (self.did_target(did) if did is not None else None), destination, did
 
     def ring(self, call: Call, target: Target, now: float) -> None:
-        """Ring an extension's phones, or a ring group's members."""
+        """Ring an extension's phones, a ring group's members, or where a time condition
+        leads now."""
         if isinstance(target, Group):
             self.groups.ring(call, target, now)
+        elif isinstance(target, TimeCondition):
+            self._time_condition(call, target, now)
         else:
             self.ring_extension(call, target, now)
+
+    def _time_condition(self, call: Call, condition: TimeCondition, now: float) -> None:
+        """Business hours: the open or the closed destination, by the tenant's clock (a
+        number outside is a diversion paid by the time condition, judged by the guard)."""
+        if (condition.tenant, condition.number) in call.visited:
+            self.fail(call, 482, "time conditions lead to each other", disposition="failed")
+            return
+        call.visited.add((condition.tenant, condition.number))
+        state = "open" if condition.is_open(now) else "closed"
+        if condition.override is not None:
+            state += " (override)"
+        base = call.outcome.get("reasons") or "; ".join(call.decision.reasons)
+        call.outcome["reasons"] = f"{base}; time condition {condition.number}: {state}"[:2000]
+        destination = condition.destination(now)
+        inside = self.target(condition.tenant, condition.realm, destination)
+        if inside is None:
+            self.divert(call, condition, destination, "always", now)
+        else:
+            self.ring(call, inside, now)
 
     def own_did(self, destination: Destination | None) -> Did | None:
         """The PBX's own DID ``destination`` is, if it is one (hairpins stay inside)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import phonenumbers
 
-from pbxwarden.pbx.dialplan import Group
+from pbxwarden.pbx.dialplan import Group, TimeCondition
 from pbxwarden.sip.transaction import Address
 
 
@@ -80,6 +80,7 @@ class Routing:
     # addresses a trunk's carrier sends from, by DNS (trunks by name), address -> trunk
     sources: dict[str, Trunk] = field(default_factory=dict)
     groups: dict[tuple[str, str], Group] = field(default_factory=dict)  # (tenant, number)
+    time_conditions: dict[tuple[str, str], TimeCondition] = field(default_factory=dict)
     _networks: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Trunk], ...] = field(
         init=False, repr=False, compare=False, default=()
     )

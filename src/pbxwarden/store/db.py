@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pbxwarden.pbx.dialplan import Group
+from pbxwarden.pbx.dialplan import Group, TimeCondition, parse_windows
 from pbxwarden.pbx.locate import check_networks, trunk_target
 from pbxwarden.pbx.numbers import classify, emergency_number
 from pbxwarden.pbx.routing import Did, Routing, Trunk
@@ -45,6 +45,7 @@ from pbxwarden.store.models import (
     RingGroupRow,
     Tenant,
     TenantPolicyRow,
+    TimeConditionRow,
     TrunkRow,
 )
 from pbxwarden.store.strength import weakness
@@ -347,10 +348,14 @@ class Store:
             count = 0
             groups = set(
                 s.scalars(select(RingGroupRow.number).where(RingGroupRow.tenant_id == tenant_id))
+            ) | set(
+                s.scalars(
+                    select(TimeConditionRow.number).where(TimeConditionRow.tenant_id == tenant_id)
+                )
             )
             for number, password in entries:
                 if number in groups:
-                    raise StoreError(f"{number} is a ring group of tenant {tenant}")
+                    raise StoreError(f"{number} is a ring group or time condition of {tenant}")
                 if not EXTENSION_RE.fullmatch(number):
                     raise StoreError(f"invalid extension number {number!r}: 2 to 15 digits")
                 if emergency_number(number, country) is not None:
@@ -1069,17 +1074,28 @@ class Store:
             dest = classify(number, tenant_row.country)
             if dest is None or not dest.valid:
                 raise StoreError(f"not a valid telephone number: {number!r}")
-            exists = s.scalar(
-                select(Extension.id).where(
-                    Extension.tenant_id == tenant_row.id, Extension.number == extension
+            exists = (
+                s.scalar(
+                    select(Extension.id).where(
+                        Extension.tenant_id == tenant_row.id, Extension.number == extension
+                    )
                 )
-            ) or s.scalar(
-                select(RingGroupRow.id).where(
-                    RingGroupRow.tenant_id == tenant_row.id, RingGroupRow.number == extension
+                or s.scalar(
+                    select(RingGroupRow.id).where(
+                        RingGroupRow.tenant_id == tenant_row.id, RingGroupRow.number == extension
+                    )
+                )
+                or s.scalar(
+                    select(TimeConditionRow.id).where(
+                        TimeConditionRow.tenant_id == tenant_row.id,
+                        TimeConditionRow.number == extension,
+                    )
                 )
             )
             if exists is None:
-                raise StoreError(f"no extension or group {extension} in tenant {tenant}")
+                raise StoreError(
+                    f"no extension, group or time condition {extension} in tenant {tenant}"
+                )
             if s.get(DidRow, dest.e164) is not None:
                 raise StoreError(f"DID {dest.e164} already exists")
             s.add(DidRow(number=dest.e164, tenant_id=tenant_row.id, extension=extension))
@@ -1160,12 +1176,28 @@ class Store:
                 )
                 for r in s.scalars(select(RingGroupRow))
             }
+            conditions = {
+                (tenants[r.tenant_id].name, r.number): TimeCondition(
+                    tenants[r.tenant_id].name,
+                    tenants[r.tenant_id].realm,
+                    r.number,
+                    r.name,
+                    r.timezone,
+                    parse_windows(r.windows),
+                    frozenset(d for d in r.holidays.split(",") if d),
+                    r.open_to,
+                    r.closed_to,
+                    r.override,
+                )
+                for r in s.scalars(select(TimeConditionRow))
+            }
         return Routing(
             trunks,
             dids,
             {t.name: t.country for t in tenants.values()},
             {t.name: t.realm for t in tenants.values()},
             groups=groups,
+            time_conditions=conditions,
         )
 
     # -- call forwarding -----------------------------------------------------------------

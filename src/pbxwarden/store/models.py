@@ -288,3 +288,24 @@ class RingGroupRow(Base):
     cid_prefix: Mapped[str] = mapped_column(String(32), default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class TimeConditionRow(Base):
+    """Business hours (:mod:`pbxwarden.pbx.dialplan`): a number of the tenant's dialplan
+    leading to one destination when open and another when closed."""
+
+    __tablename__ = "time_conditions"
+    __table_args__ = (UniqueConstraint("tenant_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    number: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(64), default="")
+    timezone: Mapped[str] = mapped_column(String(64))
+    windows: Mapped[str] = mapped_column(Text)  # "mon-fri 09:00-17:00; sat 10:00-13:00"
+    holidays: Mapped[str] = mapped_column(Text, default="")  # comma-separated ISO dates
+    open_to: Mapped[str] = mapped_column(String(32))
+    closed_to: Mapped[str] = mapped_column(String(32))
+    override: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
