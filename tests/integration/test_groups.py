@@ -238,3 +238,36 @@ def test_business_hours_lead_to_the_group_until_closed(
     phones.until(lambda: placed.confirmed, "closed: 1002 answers")
     hang_up(phones, placed, taken)
     assert "time condition 700: closed (override)" in str(last_cdr(server, before)["reasons"])
+
+
+def test_group_pickup_answers_a_colleagues_ringing_phone(
+    pbx: tuple[PbxProcess, int], phones: Phones
+) -> None:
+    """1000 calls 1001; 1002 dials *8: 1001 stops ringing, 1000 and 1002 talk."""
+    server, _ = pbx
+    before = len(cdrs(server))
+    caller, rung, picker = (phones.add(n, USERS[n]) for n in ("1000", "1001", "1002"))
+    nothing = picker.call("*8")
+    phones.until(lambda: nothing.disconnected, "nothing to pick up: refused")
+    placed = caller.call("1001")
+    ringing_call = ringing(phones, rung)
+    picked = picker.call("*8")
+    phones.until(lambda: picked.confirmed and placed.confirmed, "the picker has the call")
+    phones.until(lambda: ringing_call.disconnected, "1001 stops ringing")
+    phones.until(lambda: placed.rtp()[0] > 10 and picked.rtp()[0] > 10, "media both ways")
+    hang_up(phones, placed, picked)
+    cdr = last_cdr(server, before)
+    assert cdr["callee"] == "1001" and "picked up by 1002" in str(cdr["reasons"]), cdr
+    assert cdr["disposition"] == "answered", cdr
+
+
+def test_directed_pickup_of_a_ringing_group(phones: Phones) -> None:
+    caller, one, two, picker = (phones.add(n, USERS[n]) for n in USERS)
+    placed = caller.call("600")
+    first, second = ringing(phones, one), ringing(phones, two)
+    wrong = picker.call("**1999")  # nothing rings 1999
+    phones.until(lambda: wrong.disconnected, "a directed pickup of a quiet number is refused")
+    picked = picker.call("**600")
+    phones.until(lambda: picked.confirmed and placed.confirmed, "1003 picked up the group call")
+    phones.until(lambda: first.disconnected and second.disconnected, "the group stops ringing")
+    hang_up(phones, placed, picked)

@@ -226,6 +226,9 @@ class Call:
     hung_up_by: str | None = None  # the leg whose BYE ended the call
     session_timer: SessionTimer | None = None  # the caller's (pbxwarden.pbx.session_timer)
     session_refreshed: float = 0.0  # when the session was last refreshed
+    # the B leg is a call the PBX answered (a pickup: the picker dialled in), acked yet?
+    b_uas: bool = False
+    b_acked: bool = False
     group: GroupRun | None = None  # a ring group ringing for the call (pbxwarden.pbx.groups)
     display: str | None = None  # the ringing legs' From display name, quoted (a group's prefix)
     # further guard references of the call: legs to a ring group's external members

@@ -45,6 +45,7 @@ from pbxwarden.pbx.media import MediaAnchor, MediaError
 from pbxwarden.pbx.messages import Messages
 from pbxwarden.pbx.numbers import Destination, classify, emergency_number
 from pbxwarden.pbx.outbound import Outbound
+from pbxwarden.pbx.pickup import Pickup, pickup_code
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer
 from pbxwarden.pbx.presence import Presence
 from pbxwarden.pbx.registrar import aor_key
@@ -106,6 +107,7 @@ class CallManager(B2bua):
         self.messages = Messages(self)
         self.presence = Presence(self)
         self.groups = Groups(self)
+        self.pickup = Pickup(self)
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
             "*73": FeatureCode("always", False),
@@ -259,6 +261,10 @@ class CallManager(B2bua):
                 tenant=caller.tenant,
             )
             self.port.respond(key, request, self.auth.forbidden(request))
+            return
+        wanted = pickup_code(dialed)
+        if wanted is not None:  # *8, **NNN: answer a colleague's ringing phone
+            self.pickup.pick(request, key, source, caller, wanted)
             return
         feature = parse_feature(dialed, self.features)
         if feature is not None:

@@ -212,3 +212,53 @@ class Endpoint:
         if latched is not None:
             return latched
         return (self.sdp_host, self.rtcp_port if rtcp else self.port)
+
+
+_STATIC_CODECS = {0: ("pcmu", 8000), 3: ("gsm", 8000), 8: ("pcma", 8000), 9: ("g722", 8000)}
+
+
+def _codecs(media: dict[str, Any]) -> dict[int, tuple[str, int]]:
+    """A stream's payload types and the codec each names (static ones need no rtpmap)."""
+    named = {
+        int(r["payload"]): (str(r.get("codec", "")).lower(), int(r.get("rate") or 0))
+        for r in media.get("rtp", [])
+        if "payload" in r
+    }
+    payloads = [int(p) for p in str(media.get("payloads", "")).split() if p.isdigit()]
+    return {pt: named.get(pt) or _STATIC_CODECS.get(pt, (str(pt), 0)) for pt in payloads}
+
+
+def answer(offer: bytes, source: bytes) -> bytes:
+    """An SDP answer to ``offer`` made from ``source``, another party's own offer: when
+    the PBX joins two phones that both made offers (call pickup), each gets the other's
+    description as its answer (RFC 3264 6: the same m= lines in order; per stream the
+    codecs both support, in the offerer's order of preference, with the numbers the
+    other phone receives them on; a stream the other lacks is rejected with port 0)."""
+    asked, given = _parse(offer), _parse(source)
+    session = dict(given)
+    lines = []
+    for index, media in enumerate(asked["media"]):
+        other = given["media"][index] if index < len(given["media"]) else None
+        wanted = _codecs(media)
+        mine = (
+            _codecs(other) if other is not None and other.get("type") == media.get("type") else {}
+        )
+        by_codec = {codec: pt for pt, codec in mine.items()}
+        common = [by_codec[codec] for codec in wanted.values() if codec in by_codec]
+        if other is None or not common or not int(other.get("port") or 0):
+            lines.append(
+                {
+                    "type": media.get("type"),
+                    "port": 0,
+                    "protocol": media.get("protocol"),
+                    "payloads": str(media.get("payloads", "0")).split()[0],
+                }
+            )
+            continue
+        line = dict(other)
+        line["payloads"] = " ".join(str(pt) for pt in dict.fromkeys(common))
+        line["rtp"] = [r for r in other.get("rtp", []) if int(r.get("payload", -1)) in common]
+        line["fmtp"] = [f for f in other.get("fmtp", []) if int(f.get("payload", -1)) in common]
+        lines.append(line)
+    session["media"] = lines
+    return str(sdp_transform.write(session)).encode("utf-8")

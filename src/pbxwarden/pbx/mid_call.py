@@ -141,6 +141,8 @@ class MidCall:
                 self._relay_ack(answered, request)
             elif leg == "a":
                 self.core.caller_acked(call, request)
+            elif call.b_uas:  # the picker's ACK for our 2xx (pbxwarden.pbx.pickup)
+                call.b_acked = True
             return
         if not dialog.accepts(request):
             self.core.port.respond(
