@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -56,19 +57,41 @@ def stop_tracked(since: tuple[int, int] = (0, 0)) -> None:
                 proc.wait(5)
 
 
+# Ports handed to servers come from a block of their own per pytest-xdist worker, below
+# the kernel's ephemeral range (32768-60999): a port another worker probed, or one the
+# kernel gives a client socket meanwhile, is never handed out here before the server
+# that was meant to get it has bound it.
+_PORT_BLOCK = 3000
+_PORT_BASE = 20000
+_given: set[tuple[str, int]] = set()
+
+
+def _worker() -> int:
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) % 4 if name[2:].isdigit() else 0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` (IPv4 or IPv6)."""
+    """A port free for both UDP and TCP on ``host`` (IPv4 or IPv6), from this worker's
+    block, never handed out twice by one test process."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(family, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return int(port)
+    low = _PORT_BASE + _worker() * _PORT_BLOCK
+    start = random.randrange(_PORT_BLOCK)
+    for step in range(_PORT_BLOCK):
+        port = low + (start + step) % _PORT_BLOCK
+        if (host, port) in _given:
+            continue
+        with (
+            socket.socket(family, socket.SOCK_DGRAM) as udp,
+            socket.socket(family, socket.SOCK_STREAM) as tcp,
+        ):
+            try:
+                udp.bind((host, port))
+                tcp.bind((host, port))
+            except OSError:
+                continue
+        _given.add((host, port))
+        return port
     raise RuntimeError("no free port")
 
 

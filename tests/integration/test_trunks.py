@@ -140,7 +140,7 @@ def test_trunk_and_did_input_is_validated(pbx: PbxProcess) -> None:
         (("trunk", "add", "t1", "--host", "carrier..example"), "IP address or a DNS name"),
         (("trunk", "add", "t1", "--host", CARRIER, "--prefix", "44"), "invalid prefix"),
         (("did", "add", "12", "--extension", "2000"), "not a valid telephone number"),
-        (("did", "add", "2025550100", "--extension", "9999"), "no extension 9999"),
+        (("did", "add", "2025550100", "--extension", "9999"), "or time condition 9999"),
     ]:
         proc = cli(pbx.data_dir, *args, check=False)
         assert proc.returncode == 1 and expected in proc.stderr, (args, proc.stderr)
