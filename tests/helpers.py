@@ -544,3 +544,23 @@ def two_tenant_office(data: Path, users: dict[str, str]) -> None:
         cli(data, "extension", "add", number, "--password", password)
     cli(data, "tenant", "add", "other", "--realm", "other.example", "--country", "US")
     cli(data, "extension", "add", "2000", "--password", "Velvet-Canyon-24z", "--tenant", "other")
+
+
+def cdr_rows(server: PbxProcess) -> list[dict[str, object]]:
+    """The server's call records, oldest first, as the database has them."""
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "pbxwarden.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM cdrs ORDER BY id")]
+
+
+def closed_cdrs(server: PbxProcess, before: int, count: int) -> list[dict[str, object]]:
+    """The records after the first ``before``, once at least ``count`` exist, all closed."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = cdr_rows(server)[before:]
+        if len(rows) >= count and all(r["end_ts"] is not None for r in rows):
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(f"CDRs not closed: {cdr_rows(server)[before:]}")

@@ -12,7 +12,6 @@ extension once an admin closes it, on the running server.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,9 @@ import pytest
 from tests.helpers import (
     PbxProcess,
     carrier_invites,
+    cdr_rows,
     cli,
+    closed_cdrs,
     finish_sipp_uas,
     free_port,
     sipp_available,
@@ -76,22 +77,6 @@ def phones(pbx: tuple[PbxProcess, int]) -> Iterator[Phones]:
         yield endpoint
 
 
-def cdrs(server: PbxProcess) -> list[dict[str, object]]:
-    with sqlite3.connect(server.data_dir / "pbxwarden.db") as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM cdrs ORDER BY id")]
-
-
-def last_cdr(server: PbxProcess, before: int) -> dict[str, object]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        rows = cdrs(server)[before:]
-        if rows and rows[-1]["end_ts"] is not None:
-            return rows[-1]
-        time.sleep(0.1)
-    raise AssertionError(f"no closed CDR: {cdrs(server)[before:]}")
-
-
 def ringing(phones: Phones, phone: Phone, count: int = 1) -> PhoneCall:
     phones.until(lambda: len(phone.incoming) >= count, f"{phone.number} rings")
     return phone.incoming[count - 1]
@@ -108,7 +93,7 @@ def test_ring_all_through_a_did_first_answer_wins(
     """The caller dials the DID, which points at the ring-all group: both members ring
     with the group's prefix shown; one answers, the other stops ringing; media flows."""
     server, _ = pbx
-    before = len(cdrs(server))
+    before = len(cdr_rows(server))
     caller, first, second = (phones.add(n, USERS[n]) for n in ("1000", "1001", "1002"))
     placed = caller.call(DID)
     one, two = ringing(phones, first), ringing(phones, second)
@@ -118,7 +103,7 @@ def test_ring_all_through_a_did_first_answer_wins(
     phones.until(lambda: one.disconnected, "1001 stops ringing")
     phones.until(lambda: placed.rtp()[0] > 10 and two.rtp()[0] > 10, "media both ways")
     hang_up(phones, placed, two)
-    cdr = last_cdr(server, before)
+    cdr = closed_cdrs(server, before, 1)[-1]
     assert cdr["disposition"] == "answered" and "rung by group 600 (ringall)" in str(
         cdr["reasons"]
     ), cdr
@@ -158,7 +143,7 @@ def test_busy_members_then_the_fallback(pbx: tuple[PbxProcess, int], phones: Pho
     """Group 604 hunts 1003 (not registered: skipped) then 1001, which is busy: the call
     goes at once to the fallback, 1002, as a diversion paid by the group."""
     server, _ = pbx
-    before = len(cdrs(server))
+    before = len(cdr_rows(server))
     caller, first, fallback = (phones.add(n, USERS[n]) for n in ("1000", "1001", "1002"))
     placed = caller.call("604")
     one = ringing(phones, first)
@@ -167,7 +152,7 @@ def test_busy_members_then_the_fallback(pbx: tuple[PbxProcess, int], phones: Pho
     fallback.answer(two)
     phones.until(lambda: placed.confirmed, "the caller reaches the fallback")
     hang_up(phones, placed, two)
-    cdr = last_cdr(server, before)
+    cdr = closed_cdrs(server, before, 1)[-1]
     assert cdr["forwarded_by"] == "604" and cdr["disposition"] == "answered", cdr
 
 
@@ -187,7 +172,7 @@ def test_external_members_are_judged_and_paid_by_the_group(
         timeout=15,
         extra=["-trace_msg", "-message_file", str(messages)],
     )
-    before = len(cdrs(server))
+    before = len(cdr_rows(server))
     try:
         caller, member = phones.add("1000", USERS["1000"]), phones.add("1001", USERS["1001"])
         placed = caller.call("603")
@@ -204,7 +189,7 @@ def test_external_members_are_judged_and_paid_by_the_group(
     invites = carrier_invites(messages)
     assert [i["user"] for i in invites] == [MOBILE], invites  # the premium member: never
     assert f"sip:{DID}@" in invites[0]["From"], invites[0]
-    cdr = last_cdr(server, before)
+    cdr = closed_cdrs(server, before, 1)[-1]
     assert cdr["trunk"] == "carrier" and cdr["disposition"] == "answered", cdr
     assert f"member {PREMIUM} refused" in str(cdr["reasons"]), cdr
 
@@ -213,13 +198,13 @@ def test_business_hours_lead_to_the_group_until_closed(
     pbx: tuple[PbxProcess, int], phones: Phones
 ) -> None:
     server, _ = pbx
-    before = len(cdrs(server))
+    before = len(cdr_rows(server))
     caller, first, second = (phones.add(n, USERS[n]) for n in ("1000", "1001", "1002"))
     placed = caller.call("700")  # open: the sales group rings, both phones
     one, two = ringing(phones, first), ringing(phones, second)
     placed.hangup(pj.CallOpParam(True))
     phones.until(lambda: one.disconnected and two.disconnected, "the group stops ringing")
-    assert "time condition 700: open" in str(last_cdr(server, before)["reasons"])
+    assert "time condition 700: open" in str(closed_cdrs(server, before, 1)[-1]["reasons"])
     cli(server.data_dir, "hours", "override", "700", "closed")  # an unplanned closure
     deadline = time.monotonic() + 10
     while True:  # the running server follows within its reload interval
@@ -237,7 +222,9 @@ def test_business_hours_lead_to_the_group_until_closed(
     second.answer(taken)
     phones.until(lambda: placed.confirmed, "closed: 1002 answers")
     hang_up(phones, placed, taken)
-    assert "time condition 700: closed (override)" in str(last_cdr(server, before)["reasons"])
+    assert "time condition 700: closed (override)" in str(
+        closed_cdrs(server, before, 1)[-1]["reasons"]
+    )
 
 
 def test_group_pickup_answers_a_colleagues_ringing_phone(
@@ -245,7 +232,7 @@ def test_group_pickup_answers_a_colleagues_ringing_phone(
 ) -> None:
     """1000 calls 1001; 1002 dials *8: 1001 stops ringing, 1000 and 1002 talk."""
     server, _ = pbx
-    before = len(cdrs(server))
+    before = len(cdr_rows(server))
     caller, rung, picker = (phones.add(n, USERS[n]) for n in ("1000", "1001", "1002"))
     nothing = picker.call("*8")
     phones.until(lambda: nothing.disconnected, "nothing to pick up: refused")
@@ -256,7 +243,7 @@ def test_group_pickup_answers_a_colleagues_ringing_phone(
     phones.until(lambda: ringing_call.disconnected, "1001 stops ringing")
     phones.until(lambda: placed.rtp()[0] > 10 and picked.rtp()[0] > 10, "media both ways")
     hang_up(phones, placed, picked)
-    cdr = last_cdr(server, before)
+    cdr = closed_cdrs(server, before, 1)[-1]
     assert cdr["callee"] == "1001" and "picked up by 1002" in str(cdr["reasons"]), cdr
     assert cdr["disposition"] == "answered", cdr
 

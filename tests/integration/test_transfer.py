@@ -18,7 +18,9 @@ import pytest
 
 from tests.helpers import (
     PbxProcess,
+    cdr_rows,
     cli,
+    closed_cdrs,
     finish_sipp_uas,
     free_port,
     sipp_available,
@@ -59,12 +61,6 @@ def phones(pbx: tuple[PbxProcess, int]) -> Iterator[Phones]:
         yield endpoint
 
 
-def cdrs(server: PbxProcess) -> list[dict[str, object]]:
-    with sqlite3.connect(server.data_dir / "pbxwarden.db") as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM cdrs ORDER BY id")]
-
-
 def talking(
     phones: Phones, caller: Phone, callee: Phone, number: str
 ) -> tuple[PhoneCall, PhoneCall]:
@@ -78,16 +74,6 @@ def talking(
     return placed, taken
 
 
-def closed_cdrs(server: PbxProcess, before: int, count: int) -> list[dict[str, object]]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        rows = cdrs(server)[before:]
-        if len(rows) >= count and all(r["end_ts"] is not None for r in rows):
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(f"CDRs not closed: {cdrs(server)[before:]}")
-
-
 @pytest.mark.parametrize("transferor", ["callee", "caller"])
 def test_blind_transfer_joins_the_other_party_and_the_target_with_media(
     pbx: tuple[PbxProcess, int], phones: Phones, transferor: str
@@ -95,7 +81,7 @@ def test_blind_transfer_joins_the_other_party_and_the_target_with_media(
     """The receptionist answers a call and transfers the caller (or the caller transfers
     the one it called): the other party ends up talking to the colleague."""
     server, _ = pbx
-    before = len(cdrs(server))
+    before = len(cdr_rows(server))
     caller, reception, colleague = (phones.add(n, p) for n, p in USERS.items())
     placed, taken = talking(phones, caller, reception, "1001")
     refers, stays = (taken, placed) if transferor == "callee" else (placed, taken)
@@ -139,7 +125,7 @@ def test_attended_transfer_joins_the_caller_with_the_consulted_colleague(
     is off both calls. Semi-attended: the colleague's phone still rang when the
     receptionist transferred: the caller is put through to it."""
     server, _ = pbx
-    before = len(cdrs(server))
+    before = len(cdr_rows(server))
     caller, reception, colleague = (phones.add(n, p) for n, p in USERS.items())
     placed, taken = talking(phones, caller, reception, "1001")
     taken.setHold(pj.CallOpParam(True))
@@ -229,7 +215,7 @@ def test_a_transfer_to_a_premium_number_is_refused_and_never_reaches_the_carrier
         timeout=8,
         extra=["-trace_msg", "-message_file", str(messages)],
     )
-    before = len(cdrs(server))
+    before = len(cdr_rows(server))
     try:
         caller, reception = phones.add("1000", USERS["1000"]), phones.add("1001", USERS["1001"])
         call = caller.call("1001")
@@ -248,7 +234,7 @@ def test_a_transfer_to_a_premium_number_is_refused_and_never_reaches_the_carrier
         finish_sipp_uas(carrier, tmp_path, timeout=15)
     log = messages.read_text(errors="replace") if messages.exists() else ""
     assert "INVITE sip:" not in log, log[:2000]
-    refused = [r for r in cdrs(server)[before:] if r["kind"] == "transferred"]
+    refused = [r for r in cdr_rows(server)[before:] if r["kind"] == "transferred"]
     assert len(refused) == 1, refused
     assert refused[0]["disposition"] == "blocked" and refused[0]["decision"] == "deny"
     assert "+19005550123" in str(refused[0]["reasons"]), refused[0]

@@ -47,6 +47,22 @@ def _row(tenant: str, r: RingGroupRow) -> dict[str, Any]:
     }
 
 
+def _dialplan(
+    s: Session, tenant: Tenant
+) -> tuple[set[str], dict[str, RingGroupRow], dict[str, TimeConditionRow]]:
+    """The tenant's dialplan numbers: its extensions, groups and time conditions."""
+    extensions = set(s.scalars(select(Extension.number).where(Extension.tenant_id == tenant.id)))
+    groups = {
+        r.number: r
+        for r in s.scalars(select(RingGroupRow).where(RingGroupRow.tenant_id == tenant.id))
+    }
+    conditions = {
+        r.number: r
+        for r in s.scalars(select(TimeConditionRow).where(TimeConditionRow.tenant_id == tenant.id))
+    }
+    return extensions, groups, conditions
+
+
 class GroupStore:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -73,22 +89,7 @@ class GroupStore:
         now = time.time()
         with Session(self.engine) as s, s.begin():
             tenant_row = self.store._tenant_row(s, tenant)
-            extensions = set(
-                s.scalars(select(Extension.number).where(Extension.tenant_id == tenant_row.id))
-            )
-            groups = {
-                r.number: r
-                for r in s.scalars(
-                    select(RingGroupRow).where(RingGroupRow.tenant_id == tenant_row.id)
-                )
-            }
-            conditions = set(
-                s.scalars(
-                    select(TimeConditionRow.number).where(
-                        TimeConditionRow.tenant_id == tenant_row.id
-                    )
-                )
-            )
+            extensions, groups, conditions = _dialplan(s, tenant_row)
             if number in extensions:
                 raise StoreError(f"{number} is an extension of tenant {tenant}: choose another")
             if number in conditions:
@@ -208,25 +209,12 @@ class TimeConditionStore:
         now = time.time()
         with Session(self.engine) as s, s.begin():
             tenant_row = self.store._tenant_row(s, tenant)
-            extensions = set(
-                s.scalars(select(Extension.number).where(Extension.tenant_id == tenant_row.id))
-            )
-            groups = set(
-                s.scalars(
-                    select(RingGroupRow.number).where(RingGroupRow.tenant_id == tenant_row.id)
-                )
-            )
-            rows = {
-                r.number: r
-                for r in s.scalars(
-                    select(TimeConditionRow).where(TimeConditionRow.tenant_id == tenant_row.id)
-                )
-            }
+            extensions, groups, rows = _dialplan(s, tenant_row)
             if number in extensions or number in groups:
                 raise StoreError(f"{number} is already an extension or a group of tenant {tenant}")
             if emergency_number(number, tenant_row.country) is not None:
                 raise StoreError(f"{number} dials an emergency number in {tenant_row.country}")
-            inside = extensions | groups | set(rows)
+            inside = extensions | set(groups) | set(rows)
             for target, what in ((open_to, "open destination"), (closed_to, "closed destination")):
                 if target not in inside:
                     GroupStore._check_external(target, extensions, tenant_row, what)
