@@ -229,10 +229,23 @@ class Groups:
                 self.core.end_ref(call, other, now)
         run.refs.clear()
         group = run.group
-        if number is not None and number in group.members:
-            position = group.members.index(number)
+        position = self._position(group, number)
+        if position is not None:
             self.next_member[(group.tenant, group.number)] = (position + 1) % len(group.members)
         self._note(call)
+
+    def _position(self, group: Group, number: str | None) -> int | None:
+        """Where the member who answered stands (an external one answers as E.164)."""
+        if number is None:
+            return None
+        if number in group.members:
+            return group.members.index(number)
+        country = self.core.routing.countries.get(group.tenant, "US")
+        for position, member in enumerate(group.members):
+            destination = classify(member, country)
+            if destination is not None and destination.e164 == number:
+                return position
+        return None
 
     def _exhausted(self, call: Call, now: float) -> None:
         run = call.group
