@@ -35,6 +35,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         LIVE.add(self)
         self.state = pj.PJSIP_INV_STATE_NULL
         self.last_status = 0
+        self.last_reason = ""
         self.transfers: list[tuple[int, bool]] = []  # (sipfrag status, final) from NOTIFYs
         self.media_active = False
 
@@ -42,6 +43,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         info = self.getInfo()
         self.state = info.state
         self.last_status = info.lastStatusCode
+        self.last_reason = str(info.lastReason)
 
     def onCallMediaState(self, prm: Any) -> None:
         info = self.getInfo()
@@ -106,6 +108,7 @@ class Phone(pj.Account):  # type: ignore[misc]
         super().__init__()
         self.phones = phones
         self.number = number
+        self.domain = ""  # the tenant realm it registered in ("": the PBX's address)
         self.incoming: list[PhoneCall] = []
         self.calls: list[PhoneCall] = []
         self.registered = 0
@@ -157,7 +160,8 @@ class Phone(pj.Account):  # type: ignore[misc]
     def call(self, number: str) -> PhoneCall:
         call = PhoneCall(self)
         self.calls.append(call)
-        call.makeCall(self.phones.uri(number), pj.CallOpParam(True))
+        uri = f"sip:{number}@{self.domain}" if self.domain else self.phones.uri(number)
+        call.makeCall(uri, pj.CallOpParam(True))
         return call
 
     def answer(self, call: PhoneCall, status: int = 200) -> None:
@@ -203,15 +207,20 @@ class Phones:
     def uri(self, number: str) -> str:
         return f"sip:{number}@{self.pbx}"
 
-    def add(self, number: str, password: str, *, require_timer: bool = False) -> Phone:
+    def add(
+        self, number: str, password: str, *, require_timer: bool = False, domain: str = ""
+    ) -> Phone:
         """A phone registered as ``number``; ``require_timer``: its calls require session
-        timers (RFC 4028), as some desk phones are set to."""
+        timers (RFC 4028), as some desk phones are set to; ``domain``: a tenant's realm
+        (its requests go to the PBX as their outbound proxy)."""
         tcfg = pj.TransportConfig()
         tcfg.boundAddress = "127.0.0.1"
         tcfg.port = 0
         transport = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
         acfg = pj.AccountConfig()
-        acfg.idUri = self.uri(number)
+        acfg.idUri = f"sip:{number}@{domain}" if domain else self.uri(number)
+        if domain:
+            acfg.sipConfig.proxies.append(f"sip:{self.pbx};lr")
         acfg.regConfig.registrarUri = f"sip:{self.pbx}"
         acfg.sipConfig.transportId = transport
         acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", number, 0, password))
@@ -221,6 +230,7 @@ class Phones:
             acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_REQUIRED
             acfg.callConfig.timerSessExpiresSec = 90
         phone = Phone(self, number)
+        phone.domain = domain
         phone.create(acfg)
         self.phones.append(phone)
         self.until(lambda: phone.registered == 200, f"{number} registered")

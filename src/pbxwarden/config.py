@@ -277,6 +277,19 @@ class CallsConfig(_Section):
         description="seconds between in-dialog OPTIONS to both phones of an answered call; "
         "a call a phone no longer knows (481) or that goes unanswered is hung up (0: off)",
     )
+    park_slots: int = Field(
+        9,
+        ge=0,
+        le=99,
+        description="park slots per tenant, dialled as the park code and 1, 2... (0: no park)",
+    )
+    park_timeout: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="seconds a call waits parked before it rings the extension that parked "
+        "it (0: it waits until retrieved or hung up)",
+    )
 
 
 class MediaConfig(_Section):
@@ -359,6 +372,8 @@ class FeaturesConfig(_Section):
     forward_busy_clear: str = "*91"
     forward_noanswer_set: str = "*92"
     forward_noanswer_clear: str = "*93"
+    park: str = "*70"  # transfer a call here to park it; its slots are *701, *702...
+    hours_override: str = "*62"  # and a time condition's number: force it, or stop
 
     @field_validator("*")
     @classmethod
@@ -585,6 +600,9 @@ ring_timeout = 60                # seconds of ringing before the caller hears "n
 max_duration = 14400             # no call lasts longer than this (seconds)
 keepalive = 60                   # ask both phones every this many seconds whether the call
                                  #   still exists (in-dialog OPTIONS); dead calls are hung up
+park_slots = 9                   # transfer a call to *70 to park it in the first free slot
+park_timeout = 120               #   (*701-*709); dial the slot to take it; after this long
+                                 #   it rings the extension that parked it
 overload_lag = 0.25              # when the server lags this much (s), new calls get 503 (0: off)
 overload_queue = 2000000         # ... or this many bytes of SIP wait in the kernel's buffer
 
@@ -610,6 +628,9 @@ forward_busy_set = "*90"
 forward_busy_clear = "*91"
 forward_noanswer_set = "*92"
 forward_noanswer_clear = "*93"
+park = "*70"                     # call park (slots: this code and 1, 2...)
+hours_override = "*62"           # *62 and a time condition's number: force it the other
+                                 #   way from its hours, dial again to follow them
 
 # The fraud guard. Closed by default: national fixed, mobile and toll-free numbers
 # only. Per-tenant overrides go in [guard.tenants.NAME] with the same keys.

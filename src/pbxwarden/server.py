@@ -197,6 +197,10 @@ class SipServer:
                 sip.t2,
                 config.calls.keepalive,
                 config.calls.session_min_se,
+                config.features.park,
+                config.calls.park_slots,
+                config.calls.park_timeout,
+                config.features.hours_override,
             ),
             self.media,
         )
@@ -793,6 +797,11 @@ class SipServer:
 
         self._tasks.add(task := asyncio.ensure_future(deliver()))
         task.add_done_callback(self._tasks.discard)
+
+    def set_hours_override(
+        self, tenant: str, number: str, override: str | None, actor: str, source: str
+    ) -> None:
+        self.sync.hours_override(tenant, number, override, actor, source)
 
     def set_forwarding(
         self, tenant: str, number: str, kind: str, target: str | None, source: str

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -47,6 +48,10 @@ class StoreSync:
         self.approved_networks = -1  # stored approved networks last loaded
         self.stored_policies: dict[str, dict[str, Any]] = {}
         self.stored_routing = Routing()  # as the database has it; names not yet resolved
+        # time condition overrides dialled on phones, not yet stored: (order, override)
+        self.pending_overrides: dict[tuple[str, str], tuple[int, str | None]] = {}
+        self._override_seq = 0
+        self._override_lock = asyncio.Lock()
 
     async def write_back(self) -> None:
         interval = self.server.config.storage.flush_interval
@@ -221,6 +226,44 @@ class StoreSync:
             self.server.store, self.server.netwatch, self.approved_networks
         )
 
+    def hours_override(
+        self, tenant: str, number: str, override: str | None, actor: str, source: str
+    ) -> None:
+        """A phone's ``*62`` override of a time condition (already in effect in the
+        dialplan): stored and audited in the background, in the order dialled; until it
+        is stored, reloads of the routing keep it rather than what the database had."""
+        self._override_seq += 1
+        self.pending_overrides[(tenant, number)] = (self._override_seq, override)
+        task = asyncio.ensure_future(
+            self._store_override(tenant, number, override, actor, source, self._override_seq)
+        )
+        self.server._tasks.add(task)
+        task.add_done_callback(self.server._tasks.discard)
+
+    async def _store_override(
+        self, tenant: str, number: str, override: str | None, actor: str, source: str, seq: int
+    ) -> None:
+        from pbxwarden.store.admin import AdminStore
+        from pbxwarden.store.dialplan import TimeConditionStore
+
+        store = self.server.store
+
+        def write() -> None:
+            before, after = TimeConditionStore(store).set_override(tenant, number, override)
+            resource = f"tenant/{tenant}/hours/{number}"
+            AdminStore(store).audit(
+                actor, source, "hours.override", resource, before, after, tenant
+            )
+
+        async with self._override_lock:
+            try:
+                await asyncio.to_thread(write)
+            except Exception:
+                log.exception("saving a time condition override failed", number=number)
+            if self.pending_overrides.get((tenant, number), (0, None))[0] == seq:
+                del self.pending_overrides[(tenant, number)]
+            await self.refresh_routing()
+
     async def refresh_routing(self) -> None:
         self.stored_routing = await asyncio.to_thread(
             self.server.store.routing_snapshot, self.server._trunk_key
@@ -232,6 +275,12 @@ class StoreSync:
         are recognised, and carriers trusted by the firewall, by those addresses."""
         stored = self.stored_routing
         routing = stored.with_addresses(self.server.resolver.addresses(stored.trunks))
+        if self.pending_overrides:  # dialled on a phone, not stored yet
+            conditions = dict(routing.time_conditions)
+            for key, (_, override) in self.pending_overrides.items():
+                if key in conditions:
+                    conditions[key] = replace(conditions[key], override=override)
+            routing = replace(routing, time_conditions=conditions)
         self.server.calls.routing = routing
         self.server.trunk_registrations.sync(routing.trunks)
         trusted = routing.trusted_hosts()  # IP hosts and what the names resolve to

@@ -12,6 +12,8 @@ extension once an admin closes it, on the running server.
 
 from __future__ import annotations
 
+import sqlite3
+
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,6 +227,45 @@ def test_business_hours_lead_to_the_group_until_closed(
     assert "time condition 700: closed (override)" in str(
         closed_cdrs(server, before, 1)[-1]["reasons"]
     )
+
+
+def test_a_phone_overrides_business_hours_with_the_feature_code(
+    pbx: tuple[PbxProcess, int], phones: Phones
+) -> None:
+    """*62700 forces time condition 700 the other way from its hours at once (closing
+    early), audited with the phone as the actor; dialled again, the hours rule again."""
+    server, _ = pbx
+    caller, first, second = (phones.add(n, USERS[n]) for n in ("1000", "1001", "1002"))
+
+    def toggle() -> str:
+        placed = caller.call("*62700")
+        phones.until(lambda: placed.disconnected, "the override code is answered")
+        assert placed.last_status == 603, (placed.last_status, placed.last_reason)
+        return placed.last_reason
+
+    state = toggle()
+    if "open (its hours)" in state:  # an override was left by an earlier test: now cleared
+        state = toggle()
+    assert "now closed (override" in state, state
+    rang = len(first.incoming), len(second.incoming)
+    placed = caller.call("700")  # closed: only 1002, at once (no reload interval)
+    phones.until(lambda: len(second.incoming) > rang[1], "1002 rings")
+    phones.run(0.3)
+    assert len(first.incoming) == rang[0], "the group rang although the override closed it"
+    placed.hangup(pj.CallOpParam(True))
+    phones.until(lambda: placed.disconnected, "the caller hung up")
+    assert "now open (its hours)" in toggle()
+    placed = caller.call("700")  # open again: the group rings both
+    one, two = ringing(phones, first, rang[0] + 1), ringing(phones, second, rang[1] + 2)
+    placed.hangup(pj.CallOpParam(True))
+    phones.until(lambda: one.disconnected and two.disconnected, "the group stops ringing")
+
+    def actors() -> list[str]:
+        with sqlite3.connect(server.data_dir / "pbxwarden.db") as db:
+            query = "SELECT actor FROM audit_log WHERE action = 'hours.override' ORDER BY id"
+            return [row[0] for row in db.execute(query)]
+
+    phones.until(lambda: actors()[-2:] == ["phone 1000", "phone 1000"], "both in the audit log")
 
 
 def test_group_pickup_answers_a_colleagues_ringing_phone(

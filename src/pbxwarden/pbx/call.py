@@ -77,6 +77,11 @@ class CallPort(Protocol):
     ) -> None:
         """A phone's forwarding change was refused: it goes into the forwarding history."""
 
+    def set_hours_override(
+        self, tenant: str, number: str, override: str | None, actor: str, source: str
+    ) -> None:
+        """A phone overrode a time condition (or stopped overriding it): stored, audited."""
+
     def notify(
         self,
         tenant: str,
@@ -98,6 +103,10 @@ class CallSettings:
     t2: float = 4.0
     keepalive: float = 60.0  # seconds between in-dialog OPTIONS to both legs (0: never)
     min_se: int = 90  # the shortest session interval accepted (RFC 4028 Min-SE)
+    park_code: str = "*70"  # transfer a call here to park it; slots are *701, *702...
+    park_slots: int = 9  # per tenant (0: no parking)
+    park_timeout: float = 120.0  # then a parked call rings the extension that parked it
+    hours_code: str = "*62"  # *62 and a time condition's number: override it, or stop
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from pbxwarden.pbx.media import MediaAnchor, MediaError
 from pbxwarden.pbx.messages import Messages
 from pbxwarden.pbx.numbers import Destination, classify, emergency_number
 from pbxwarden.pbx.outbound import Outbound
+from pbxwarden.pbx.park import Park
 from pbxwarden.pbx.pickup import Pickup, pickup_code
 from pbxwarden.pbx.policy import CallAttempt, CallAuthorizer
 from pbxwarden.pbx.presence import Presence
@@ -108,6 +109,7 @@ class CallManager(B2bua):
         self.presence = Presence(self)
         self.groups = Groups(self)
         self.pickup = Pickup(self)
+        self.park = Park(self)
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
             "*73": FeatureCode("always", False),
@@ -266,6 +268,22 @@ class CallManager(B2bua):
         if wanted is not None:  # *8, **NNN: answer a colleague's ringing phone
             self.pickup.pick(request, key, source, caller, wanted)
             return
+        if self.park.parks(dialed):  # *701: take the call parked there
+            slot = self.park.slot_of(dialed)
+            if slot is None:
+                why = f"transfer a call to {dialed} to park it; dial its slot to take it back"
+                self.port.respond(
+                    key, request, make_response(request, 484, f"Address Incomplete ({why})")
+                )
+                return
+            self.park.retrieve(request, key, source, caller, slot)
+            return
+        code = self.settings.hours_code
+        if code and dialed.startswith(code) and len(dialed) > len(code):
+            condition = self.routing.time_conditions.get((caller.tenant, dialed[len(code) :]))
+            if condition is not None:
+                self._hours_override(request, key, source, caller, condition, now)
+                return
         feature = parse_feature(dialed, self.features)
         if feature is not None:
             self._feature_code(request, key, source, caller, feature[0], feature[1], now)
@@ -401,6 +419,42 @@ class CallManager(B2bua):
             self.divert(call, condition, destination, "always", now)
         else:
             self.ring(call, inside, now)
+
+    def _hours_override(
+        self,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
+        ext: ExtensionAuth,
+        condition: TimeCondition,
+        now: float,
+    ) -> None:
+        """``*62`` and a time condition's number, dialled on a phone of its tenant: force
+        it the other way from what its hours say now (closing early, a snow day), or, when
+        it is forced already, let its hours rule again. Stored and audited like the API's
+        override; the phone hears the new state in the decline's reason."""
+        if condition.override is None:
+            override: str | None = "closed" if condition.is_open(now) else "open"
+            state = f"{override} (override; dial again to follow the hours)"
+        else:
+            override = None
+        changed = replace(condition, override=override)
+        if override is None:
+            state = f"{'open' if changed.is_open(now) else 'closed'} (its hours)"
+        conditions = {**self.routing.time_conditions, (condition.tenant, condition.number): changed}
+        self.routing = replace(self.routing, time_conditions=conditions)
+        self.port.set_hours_override(
+            condition.tenant, condition.number, override, f"phone {ext.number}", str(source)
+        )
+        log.warning(
+            "time condition overridden from a phone",
+            tenant=ext.tenant,
+            number=condition.number,
+            override=override,
+            extension=ext.number,
+        )
+        reason = f"Decline (time condition {condition.number} now {state})"
+        self.port.respond(key, request, make_response(request, 603, safe_reason(reason)))
 
     def own_did(self, destination: Destination | None) -> Did | None:
         """The PBX's own DID ``destination`` is, if it is one (hairpins stay inside)."""

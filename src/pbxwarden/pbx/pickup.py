@@ -113,28 +113,8 @@ class Pickup:
             return
         rang = self.rung(call)
         self._release_ringing(call)
-        tag = generate_tag()
-        ok = make_response(
-            request,
-            200,
-            to_tag=tag,
-            headers=[
-                ("Contact", str(core.contact(source.transport))),
-                ("Content-Type", media.SDP_TYPE),
-            ],
-            body=to_picker,
-        )
-        call.b_request, call.b_key, call.b_dest = request, None, source
-        call.b_trunk, call.b_uas, call.b_acked = None, True, False
-        call.b_dialog = Dialog.as_uas(request, tag)
-        call.ringing = picker
-        core.dialogs[(request.call_id, tag)] = (call, "b")
-        core.port.respond(key, request, ok)
-        core.retransmit_2xx(
-            call,
-            lambda: core.port.respond(key, request, ok),
-            lambda: call.b_acked,
-            "no ACK from the phone that picked up",
+        answer_as_b_leg(
+            core, call, request, key, source, picker, to_picker, "the phone that picked up"
         )
         base = call.outcome.get("reasons") or "; ".join(call.decision.reasons)
         call.outcome["reasons"] = f"{base}; picked up by {picker.number}"[:2000]
@@ -161,3 +141,40 @@ class Pickup:
             core.by_b_key.pop(call.b_key, None)
             core.forking.cancel(fork, COMPLETED_ELSEWHERE)
         call.group = None
+
+
+def answer_as_b_leg(
+    core: CallManager,
+    call: Call,
+    request: Request,
+    key: TransactionKey | None,
+    source: Address,
+    extension: ExtensionAuth,
+    sdp: bytes,
+    who: str,
+) -> None:
+    """``extension``'s INVITE becomes ``call``'s B leg, answered by the PBX with ``sdp``
+    (a pickup's picker, a parked call's retriever); the 2xx is resent until its ACK."""
+    tag = generate_tag()
+    ok = make_response(
+        request,
+        200,
+        to_tag=tag,
+        headers=[
+            ("Contact", str(core.contact(source.transport))),
+            ("Content-Type", media.SDP_TYPE),
+        ],
+        body=sdp,
+    )
+    call.b_request, call.b_key, call.b_dest = request, None, source
+    call.b_trunk, call.b_uas, call.b_acked = None, True, False
+    call.b_dialog = Dialog.as_uas(request, tag)
+    call.ringing = extension
+    core.dialogs[(request.call_id, tag)] = (call, "b")
+    core.port.respond(key, request, ok)
+    core.retransmit_2xx(
+        call,
+        lambda: core.port.respond(key, request, ok),
+        lambda: call.b_acked,
+        f"no ACK from {who}",
+    )

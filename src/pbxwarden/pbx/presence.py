@@ -25,6 +25,7 @@ from xml.sax.saxutils import quoteattr
 import structlog
 
 from pbxwarden.pbx.call import Call, Cancellable
+from pbxwarden.pbx.park import Parked
 from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.errors import ParseError
@@ -157,8 +158,8 @@ class Presence:
         sub = Subscription(
             event,
             who,
-            (target.tenant, target.number),
-            f"sip:{target.number}@{host}",
+            target,
+            f"sip:{target[1]}@{host}",
             dialog,
             source,
             core.port.wall_time() + expires,
@@ -171,7 +172,7 @@ class Presence:
         self.watchers.setdefault(sub.target, set()).add(sub)
         self.counts[who] = self.counts.get(who, 0) + 1
         self._arm_expiry(sub)
-        log.info("subscribed", package=event, subscriber=who[1], target=target.number)
+        log.info("subscribed", package=event, subscriber=who[1], target=target[1])
         self._notify(sub)
 
     def in_dialog(self, request: Request, source: Address, key: TransactionKey | None) -> None:
@@ -211,12 +212,18 @@ class Presence:
 
     def _target(
         self, subscriber: ExtensionAuth, request: Request, event: str
-    ) -> ExtensionAuth | None:
+    ) -> tuple[str, str] | None:
+        """(tenant, number) watched: an extension of the subscriber's tenant, or one of its
+        park slots (dialog package: a busy lamp lit while a call waits there)."""
         number = request.uri.user or ""
         if event == "message-summary" and number != subscriber.number:
             return None  # someone else's mailbox: answered as if it did not exist
-        target = self.core.directory.get(subscriber.realm, number) if request.uri.is_sip else None
-        return target if target is not None and target.enabled else None
+        if not request.uri.is_sip:
+            return None
+        if event == "dialog" and self.core.park.slot_of(number) is not None:
+            return subscriber.tenant, number
+        target = self.core.directory.get(subscriber.realm, number)
+        return (target.tenant, target.number) if target is not None and target.enabled else None
 
     def _answer(
         self,
@@ -251,7 +258,14 @@ class Presence:
                 self.changed(*target)
 
     def line(self, tenant: str, number: str) -> Line:
-        """The extension's calls now: as caller (initiator) or as the callee (recipient)."""
+        """The extension's calls now: as caller (initiator) or as the callee (recipient);
+        a park slot's: the call waiting there."""
+        slot = self.core.park.slot_of(number)
+        if slot is not None:
+            parked = self.core.park.parked(tenant, slot)
+            if parked is None or not parked.held():
+                return ()
+            return ((parked.call.token, "recipient", "confirmed"),)
         found = []
         for call in self.core.calls.values():
             if call.ended or call.finish_pending is not None:
@@ -365,8 +379,10 @@ class Presence:
             self.counts.pop(sub.subscriber, None)
 
     def line_of(self, call: Call) -> list[tuple[str, str]]:
-        """The extensions whose line ``call`` is part of."""
+        """The extensions (and park slot) whose line ``call`` is part of."""
         found = []
+        if isinstance(call.joined, Parked):
+            found.append((call.tenant, call.joined.number))
         if call.a_extension is not None:
             found.append((call.a_extension.tenant, call.a_extension.number))
         if call.ringing is not None and call.b_trunk is None:

@@ -300,25 +300,30 @@ class Transfer:
         if self.final_sent or origin.finish_pending is not None or origin.ended:
             return
         self.final_sent = final
-        dialog, dest = origin.leg(self.transferor)
-        if dialog is None or dest is None:
-            return
-        core = self.feature.core
-        state = (
-            "terminated;reason=noresource" if final else f"active;expires={SUBSCRIPTION_EXPIRES}"
-        )
-        notify = core.dialog_request(
-            dialog,
-            dest,
-            "NOTIFY",
-            body=f"SIP/2.0 {status} {safe_reason(phrase)}\r\n".encode(),
-            headers=[
-                ("Event", "refer"),
-                ("Subscription-State", state),
-                ("Content-Type", "message/sipfrag;version=2.0"),
-            ],
-        )
-        core.port.send_request(notify, dest)
+        refer_notify(self.feature.core, origin, self.transferor, status, phrase, final=final)
+
+
+def refer_notify(
+    core: CallManager, origin: Call, leg: str, status: int, phrase: str, *, final: bool
+) -> None:
+    """A transfer's progress to the transferor on ``leg`` of ``origin``, as the refer
+    event package's sipfrag (RFC 3515 2.4.5); nothing when that leg is gone."""
+    dialog, dest = origin.leg(leg)
+    if dialog is None or dest is None:
+        return
+    state = "terminated;reason=noresource" if final else f"active;expires={SUBSCRIPTION_EXPIRES}"
+    notify = core.dialog_request(
+        dialog,
+        dest,
+        "NOTIFY",
+        body=f"SIP/2.0 {status} {safe_reason(phrase)}\r\n".encode(),
+        headers=[
+            ("Event", "refer"),
+            ("Subscription-State", state),
+            ("Content-Type", "message/sipfrag;version=2.0"),
+        ],
+    )
+    core.port.send_request(notify, dest)
 
 
 class Transfers:
@@ -346,6 +351,9 @@ class Transfers:
         def refuse(status: int, why: str) -> None:
             phrase = f"{REASON_PHRASES.get(status, 'Error')} ({safe_reason(why)})"
             core.port.respond(key, request, make_response(request, status, phrase))
+
+        def accept() -> None:
+            core.port.respond(key, request, make_response(request, 202))
 
         by = self.transferor(call, leg)
         here = call.leg(leg)[1]
@@ -389,7 +397,10 @@ class Transfers:
                 return
             # semi-attended: the consulted phone still rings; C goes there blind instead
             core.hang_up(o2, "replaced by a transfer")
-        self._transfer(call, leg, by, target, transferee, dialog, dest, request, key, refuse)
+        if self.core.park.parks(target):  # *70, *701: the call waits in a park slot
+            self.core.park.park(call, leg, by, target, transferee, dialog, dest, accept, refuse)
+            return
+        self.blind(call, leg, by, target, transferee, dialog, dest, accept, refuse)
 
     def _consulted(
         self, by: ExtensionAuth, call: Call, replaces: tuple[str, str, str]
@@ -448,8 +459,8 @@ class Transfers:
             core.port.respond(key, request, make_response(request, 481))
             return
         transferee = other_leg(leg)
-        invite, number, moved_ext = self._party(call, transferee)
-        t_invite, t_number, t_ext = self._party(o2, t_leg)
+        invite, number, moved_ext = self.party(call, transferee)
+        t_invite, t_number, t_ext = self.party(o2, t_leg)
         now = core.port.wall_time()
         note = f"attended transfer by {by.number}: joined with {t_number}"
         new = core.open(
@@ -474,13 +485,13 @@ class Transfers:
         if t_leg == "b":
             new.b_trunk, new.trunk = o2.b_trunk, o2.trunk
         new.answered = now
-        self._move(call, transferee, dialog, new, "a", note)
-        self._move(o2, t_leg, t_dialog, new, "b", note)
+        self.move(call, transferee, dialog, new, "a", note)
+        self.move(o2, t_leg, t_dialog, new, "b", note)
         transfer.notify(100, "Trying", final=False)
         log.info("attended transfer", call_id=call.id, by=by.number, target=t_number[:64])
         transfer.start_attended(new)
 
-    def _move(
+    def move(
         self, origin: Call, leg: str, dialog: Dialog, new: Call, new_leg: str, note: str
     ) -> None:
         """``origin``'s ``leg`` is ``new``'s ``new_leg`` from now on: its requests go
@@ -495,14 +506,14 @@ class Transfers:
         origin.outcome["reasons"] = f"{base}; {note}"[:2000]
 
     @staticmethod
-    def _party(call: Call, leg: str) -> tuple[Request, str, ExtensionAuth | None]:
+    def party(call: Call, leg: str) -> tuple[Request, str, ExtensionAuth | None]:
         """The INVITE that made ``leg``'s dialog, its number and its extension, if any."""
         if leg == "a":
             return call.a_request, call.caller_id, call.a_extension
         assert call.b_request is not None
         return call.b_request, call.callee, call.ringing if call.b_trunk is None else None
 
-    def _transfer(
+    def blind(
         self,
         call: Call,
         leg: str,
@@ -511,10 +522,14 @@ class Transfers:
         transferee: str,
         dialog: Dialog,
         dest: Address,
-        request: Request,
-        key: TransactionKey | None,
+        accept: Callable[[], None],
         refuse: Callable[[int, str], None],
+        *,
+        ring_back: bool = False,
     ) -> None:
+        """Transfer the party on ``transferee`` to ``target``, paid by ``by``: a REFER's
+        blind transfer, or (``ring_back``) a parked call going back to the extension
+        that parked it (:mod:`pbxwarden.pbx.park`)."""
         core = self.core
         now = core.port.wall_time()
         country = core.routing.countries.get(by.tenant, "US")
@@ -525,19 +540,28 @@ class Transfers:
         if did is not None and target_ext is None:
             refuse(404, "the DID's extension does not exist")
             return
-        if target_ext is not None and (target_ext.tenant, target_ext.number) == (
-            by.tenant,
-            by.number,
+        if (
+            not ring_back
+            and target_ext is not None
+            and (target_ext.tenant, target_ext.number)
+            == (
+                by.tenant,
+                by.number,
+            )
         ):
             refuse(482, "a call cannot be transferred to the extension transferring it")
             return
-        invite, number, moved_ext = self._party(call, transferee)
+        invite, number, moved_ext = self.party(call, transferee)
         kind = "internal" if target_ext is not None else KIND
         attempt = CallAttempt(
             by.tenant, by.number, number, target, kind, str(call.leg(leg)[1]), now, destination
         )
         decision = core.policy.authorize(attempt)
-        note = f"transferred by {by.number} to {target}"
+        note = (
+            f"back to {target}, who parked it"
+            if ring_back
+            else f"transferred by {by.number} to {target}"
+        )
         decision = replace(decision, reasons=(note, *decision.reasons))
         new = core.open(
             invite,
@@ -565,7 +589,7 @@ class Transfers:
             if decision.severity == "critical":
                 core.police(now)
             return
-        core.port.respond(key, request, make_response(request, 202))
+        accept()
         core.policy.on_call_start(attempt, new.token)
         transfer = Transfer(self, call, leg, by, target, transferee, dialog)
         new.joined, new.a_dialog, new.a_acked, new.a_extension = transfer, dialog, True, moved_ext
@@ -573,7 +597,7 @@ class Transfers:
             core.routing, by.tenant, by.number, by.caller_id, by.withhold_caller_id
         )
         new.visited.add((by.tenant, by.number))
-        self._move(call, transferee, dialog, new, "a", note)
+        self.move(call, transferee, dialog, new, "a", note)
         transfer.notify(100, "Trying", final=False)
         log.info("transfer accepted", call_id=call.id, by=by.number, target=target[:64])
         if target_ext is not None:
