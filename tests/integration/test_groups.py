@@ -13,7 +13,6 @@ extension once an admin closes it, on the running server.
 from __future__ import annotations
 
 import sqlite3
-
 import time
 from collections.abc import Iterator
 from pathlib import Path
