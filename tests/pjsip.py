@@ -157,11 +157,16 @@ class Phone(pj.Account):  # type: ignore[misc]
         ringing.statusCode = 180  # as a desk phone does: it rings
         call.answer(ringing)
 
-    def call(self, number: str) -> PhoneCall:
+    def call(self, number: str, headers: dict[str, str] | None = None) -> PhoneCall:
         call = PhoneCall(self)
         self.calls.append(call)
         uri = f"sip:{number}@{self.domain}" if self.domain else self.phones.uri(number)
-        call.makeCall(uri, pj.CallOpParam(True))
+        prm = pj.CallOpParam(True)
+        for name, value in (headers or {}).items():
+            header = pj.SipHeader()
+            header.hName, header.hValue = name, value
+            prm.txOption.headers.append(header)
+        call.makeCall(uri, prm)
         return call
 
     def answer(self, call: PhoneCall, status: int = 200) -> None:

@@ -18,7 +18,7 @@ from tests.helpers import (
     start_sipp_uac,
     two_tenant_office,
 )
-from tests.pjsip import Phones, pj, pjsip_phones
+from tests.pjsip import Phone, Phones, pj, pjsip_phones
 
 pytestmark = pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed")
 
@@ -100,3 +100,56 @@ def test_another_tenants_extension_looks_like_a_missing_one(phones: Phones) -> N
     phones.until(lambda: theirs.ended() is not None and missing.ended() is not None, "refused")
     assert theirs.ended() == missing.ended(), (theirs.ended(), missing.ended())
     assert theirs.ended()[0] == 404, theirs.ended()  # type: ignore[index]
+
+
+def test_a_busy_lamp_key_picks_up_the_ringing_call_it_shows(
+    pbx: PbxProcess, phones: Phones, tmp_path: Path
+) -> None:
+    """A desk phone's lamp shows 1001 ringing with the dialog's identifiers (RFC 4235);
+    pressing the key sends an INVITE with Replaces naming that dialog (RFC 3891): the
+    call is picked up. The same Replaces from another tenant, or naming no call, is
+    answered 481 alike."""
+    caller, watched, desk = (phones.add(n, USERS[n]) for n in ("1000", "1001", "1002"))
+    outsider = phones.add("2000", "Velvet-Canyon-24z", domain="other.example")
+    before = pbx.log().count("subscribed")
+    lamp_log = tmp_path / "lamp.log"
+    lamp = start_sipp_uac(
+        "blf_pickup.xml",
+        f"{pbx.host}:{pbx.port}",
+        users={"1002": USERS["1002"]},
+        extra=["-s", "1001", "-trace_logs", "-log_file", str(lamp_log)],
+        workdir=tmp_path,
+        recv_timeout_ms=20000,
+    )
+    try:
+        wait_log(pbx, "subscribed", before + 1)
+        placed = caller.call("1001")
+        phones.until(lambda: bool(watched.incoming), "the watched phone rings")
+        phones.until(
+            lambda: lamp_log.exists() and "ringing dialog" in lamp_log.read_text(),
+            "the lamp shows the ringing dialog",
+        )
+        line = lamp_log.read_text().split("ringing dialog", 1)[1].split()
+        call_id, our_tag = line[0], line[1]
+
+        def refused(phone: Phone, replaces: str) -> int:
+            tried = phone.call("1001", {"Replaces": replaces})
+            phones.until(lambda: tried.disconnected, "the pickup INVITE is answered")
+            return tried.last_status
+
+        assert refused(outsider, f"{call_id};to-tag=x;from-tag={our_tag}") == 481
+        assert refused(desk, f"no-such-call;to-tag=x;from-tag={our_tag}") == 481
+        assert placed.state != pj.PJSIP_INV_STATE_DISCONNECTED, "the call still rings"
+        picked = desk.call("1001", {"Replaces": f"{call_id};to-tag=;from-tag={our_tag};early-only"})
+        phones.until(lambda: picked.confirmed and placed.confirmed, "the key picked it up")
+        phones.until(lambda: watched.incoming[0].disconnected, "1001 stops ringing")
+        rx_caller, rx_desk = placed.rtp()[0], picked.rtp()[0]
+        phones.until(
+            lambda: placed.rtp()[0] > rx_caller + 25 and picked.rtp()[0] > rx_desk + 25,
+            "media both ways after the pickup",
+        )
+        placed.hangup(pj.CallOpParam(True))
+        phones.until(lambda: picked.disconnected, "the desk phone gets the BYE")
+    finally:
+        result = finish_sipp_uac(lamp, tmp_path)
+    assert (result.successful, result.failed) == (1, 0), result.output + pbx.log()[-3000:]

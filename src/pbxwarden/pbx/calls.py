@@ -264,6 +264,10 @@ class CallManager(B2bua):
             )
             self.port.respond(key, request, self.auth.forbidden(request))
             return
+        replaces = request.headers.get("Replaces")
+        if replaces is not None:  # a busy lamp key pressed: pick up the call it shows
+            self.pickup.replacing(request, key, source, caller, replaces)
+            return
         wanted = pickup_code(dialed)
         if wanted is not None:  # *8, **NNN: answer a colleague's ringing phone
             self.pickup.pick(request, key, source, caller, wanted)

@@ -3,7 +3,8 @@ legs may offer on a caller's behalf.
 
 The B2BUA is the UAS of the caller's INVITE and the UAC of every leg it places, so an
 extension the caller requires must be one the PBX performs itself. Session timers
-(RFC 4028, :mod:`pbxwarden.pbx.session_timer`) are, on the caller's leg; reliable
+(RFC 4028, :mod:`pbxwarden.pbx.session_timer`) are, on the caller's leg, and so is
+``Replaces`` (RFC 3891: a busy lamp key's pickup, :mod:`pbxwarden.pbx.pickup`); reliable
 provisional responses (100rel, RFC 3262) are not built yet, so a ``Require`` naming
 them, or anything else unknown, is answered 420 with ``Unsupported``. Neither is
 offered to a callee: it would send reliable 180s that nobody PRACKs (the call would die
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from pbxwarden.sip.message import Request
 
-SUPPORTED: frozenset[str] = frozenset({"timer"})  # option tags the PBX performs itself
+SUPPORTED: frozenset[str] = frozenset({"timer", "replaces"})  # option tags the PBX performs itself
 NOT_OFFERED = frozenset({"100rel", "timer"})  # never passed on in a B leg's Supported
 
 

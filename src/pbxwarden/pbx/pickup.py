@@ -87,14 +87,89 @@ class Pickup:
         picker: ExtensionAuth,
         target: str,
     ) -> None:
-        core = self.core
         call = self.ringing_call(picker, target)
         if call is None:
             what = f"nothing is ringing {target}" if target else "nothing is ringing"
-            core.port.respond(
+            self.core.port.respond(
                 key, request, make_response(request, 480, f"Temporarily Unavailable ({what})")
             )
             return
+        self.take(request, key, source, picker, call, target or "*")
+
+    def replacing(
+        self,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
+        picker: ExtensionAuth,
+        header: str,
+    ) -> None:
+        """An INVITE with ``Replaces`` (RFC 3891): a desk phone's busy lamp key pressed
+        while the watched phone rings names the ringing leg (the Call-ID and tags of
+        its dialog-info NOTIFY): a directed pickup of that call. Only a leg ringing an
+        extension of the picker's own tenant is found; anything else, another tenant's
+        call included, is answered 481 as a dialog that does not exist. Taking over an
+        answered call is not offered (a transfer does that, judged by the guard)."""
+        core = self.core
+        call_id, _, params = header.partition(";")
+        tags = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (p.partition("=") for p in params.split(";"))
+        }
+        named = {tags.get("to-tag", ""), tags.get("from-tag", "")} - {""}
+        call = self._ringing_leg(picker, call_id.strip(), named)
+        if call is not None:
+            self.take(request, key, source, picker, call, "Replaces")
+            return
+        answered = next(
+            (
+                found
+                for tag in named
+                if (found := core.dialogs.get((call_id.strip(), tag))) is not None
+                and found[0].tenant == picker.tenant
+                and not found[0].ended
+            ),
+            None,
+        )
+        if answered is not None:
+            phrase = "Forbidden (taking over an answered call is not offered: transfer it)"
+            core.port.respond(key, request, make_response(request, 403, phrase))
+            return
+        core.port.respond(key, request, make_response(request, 481))
+
+    def _ringing_leg(self, picker: ExtensionAuth, call_id: str, tags: set[str]) -> Call | None:
+        """The call one of whose legs ringing an extension of the picker's tenant is the
+        dialog named by ``call_id`` and our tag in it."""
+        for call in self.core.calls.values():
+            if call.ended or call.answered is not None or call.joined is not None:
+                continue
+            legs = (
+                [(f.request, f.extension) for f in call.forks if f.final is None]
+                if call.forks
+                else [(call.b_request, call.ringing if call.b_trunk is None else None)]
+            )
+            for leg, extension in legs:
+                if (
+                    leg is not None
+                    and extension is not None
+                    and extension.tenant == picker.tenant
+                    and leg.call_id == call_id
+                    and leg.from_.params.get("tag") in tags
+                ):
+                    return call
+        return None
+
+    def take(
+        self,
+        request: Request,
+        key: TransactionKey | None,
+        source: Address,
+        picker: ExtensionAuth,
+        call: Call,
+        target: str,
+    ) -> None:
+        """The picker's INVITE answers ``call``, which rings elsewhere."""
+        core = self.core
         ctype, offer = request.headers.get("Content-Type"), request.body
         caller_offer = call.a_request.body
         if not media.is_sdp(ctype, offer) or not media.is_sdp(
@@ -118,7 +193,7 @@ class Pickup:
         )
         base = call.outcome.get("reasons") or "; ".join(call.decision.reasons)
         call.outcome["reasons"] = f"{base}; picked up by {picker.number}"[:2000]
-        log.info("call picked up", call_id=call.id, by=picker.number, target=target or "*")
+        log.info("call picked up", call_id=call.id, by=picker.number, target=target)
         answer = make_response(
             call.a_request, 200, headers=[("Content-Type", media.SDP_TYPE)], body=to_caller
         )

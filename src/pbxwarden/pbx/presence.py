@@ -53,7 +53,19 @@ MIN_EXPIRES = 60
 MAX_EXPIRES = 3600
 MAX_PER_SUBSCRIBER = 200  # a receptionist's sidecars hold about a hundred BLF keys
 
-Line = tuple[tuple[int, str, str], ...]  # (call token, direction, state) per dialog
+# (call token, direction, state, the dialog's identifiers as attributes) per dialog
+Line = tuple[tuple[int, str, str, str], ...]
+
+
+def _ids(call_id: str, local: str | None, remote: str | None) -> str:
+    """RFC 4235 call-id, local-tag and remote-tag of the watched phone's dialog with the
+    PBX: what a busy lamp key puts in the Replaces of its pickup INVITE (RFC 3891)."""
+    attrs = f" call-id={quoteattr(call_id)}"
+    if local:
+        attrs += f" local-tag={quoteattr(local)}"
+    if remote:
+        attrs += f" remote-tag={quoteattr(remote)}"
+    return attrs
 
 
 @dataclass(eq=False)
@@ -74,8 +86,8 @@ class Subscription:
 def dialog_info(entity: str, version: int, line: Line) -> str:
     """An RFC 4235 document (always ``full``): one <dialog> per call of the line."""
     dialogs = "".join(
-        f'<dialog id="{token}" direction="{direction}"><state>{state}</state></dialog>'
-        for token, direction, state in line
+        f'<dialog id="{token}"{ids} direction="{direction}"><state>{state}</state></dialog>'
+        for token, direction, state, ids in line
     )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -86,7 +98,7 @@ def dialog_info(entity: str, version: int, line: Line) -> str:
 
 def pidf(entity: str, registered: bool, line: Line) -> str:
     """An RFC 3863 document with an RPID activity (RFC 4480) while on the phone."""
-    busy = any(state == "confirmed" for _, _, state in line)
+    busy = any(state == "confirmed" for _, _, state, _ in line)
     note = "On the phone" if busy else ("Available" if registered else "Offline")
     activity = "<rpid:on-the-phone/>" if busy else "<rpid:unknown/>"
     return (
@@ -265,7 +277,7 @@ class Presence:
             parked = self.core.park.parked(tenant, slot)
             if parked is None or not parked.held():
                 return ()
-            return ((parked.call.token, "recipient", "confirmed"),)
+            return ((parked.call.token, "recipient", "confirmed", ""),)
         found = []
         for call in self.core.calls.values():
             if call.ended or call.finish_pending is not None:
@@ -273,14 +285,35 @@ class Presence:
             state = "confirmed" if call.answered is not None else "early"
             a = call.a_extension
             if a is not None and (a.tenant, a.number) == (tenant, number):
-                found.append((call.token, "initiator", state))
+                ids = _ids(
+                    call.a_request.call_id, call.a_request.from_.params.get("tag"), call.a_tag
+                )
+                found.append((call.token, "initiator", state, ids))
             rung = call.ringing
             if (
                 rung is not None
                 and call.b_trunk is None
+                and call.b_request is not None
                 and (rung.tenant, rung.number) == (tenant, number)
             ):
-                found.append((call.token, "recipient", state))
+                b = call.b_request
+                phone_tag = call.b_dialog.remote_tag if call.b_dialog is not None else None
+                ids = _ids(b.call_id, phone_tag, b.from_.params.get("tag"))
+                found.append((call.token, "recipient", state, ids))
+            elif call.answered is None:  # a ring group's member, rung by its own leg
+                for fork in call.forks:
+                    ext = fork.extension
+                    if (
+                        ext is not None
+                        and fork.final is None
+                        and (ext.tenant, ext.number)
+                        == (
+                            tenant,
+                            number,
+                        )
+                    ):
+                        ids = _ids(fork.request.call_id, None, fork.request.from_.params.get("tag"))
+                        found.append((call.token, "recipient", state, ids))
         return tuple(found)
 
     def _registered(self, tenant: str, number: str) -> bool:
