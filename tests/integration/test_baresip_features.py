@@ -11,7 +11,11 @@ parties so that media can be counted.
   registered, busy on the phone, online again. baresip 1.0 has no dialog event package
   (RFC 4235) client, so its "BLF" is presence; the SIPp BLF key of test_presence.py
   covers the dialog package.
+- baresip's address book follows a transfer between three colleagues.
 - Another tenant's extension answers baresip's SUBSCRIBE exactly like a missing one.
+
+baresip 1.0 cannot do attended transfer (its menu has ``/transfer`` only), and on a
+failed transfer its menu hangs up the call itself instead of taking it back.
 """
 
 from __future__ import annotations
@@ -36,14 +40,13 @@ from tests.helpers import (
     free_port,
     sipp_available,
     start_sipp_uas,
-    two_tenant_office,
 )
 from tests.pjsip import Phone, PhoneCall, Phones, pj, pjsip_phones
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip not installed"),
     pytest.mark.skipif(not sipp_available(), reason="SIPp (sip-tester) not installed"),
-    pytest.mark.timeout(90),
+    pytest.mark.timeout(120),
 ]
 
 CARRIER = "127.0.0.2"
@@ -53,14 +56,22 @@ USERS = {
     "1001": "Maple-Orbit-39q",  # the other party of baresip's call
     "1002": "Cobalt-Fjord-58k",  # the transfer target; the caller in the presence test
     "1003": "Amber-Delta-62w",  # watched by baresip's presence module
+    "1004": "Indigo-Tundra-85m",  # baresip, when it tries a premium transfer
 }
 BARESIP = "1000"
+SUSPECT = "1004"  # suspended by the guard after its transfer to a premium number
 
 
 @contextlib.contextmanager
 def office(data: Path) -> Iterator[tuple[PbxProcess, int]]:
-    """The default tenant with USERS and a carrier trunk; tenant ``other`` with 2000."""
-    two_tenant_office(data, USERS)
+    """The default tenant with USERS and a carrier trunk; tenant ``other`` with 2000
+    (:func:`tests.helpers.two_tenant_office` in fewer CLI runs: the suite is loaded)."""
+    cli(data, "init")
+    users = data / "extensions.csv"
+    users.write_text("".join(f"{n},{p}\n" for n, p in USERS.items()))
+    cli(data, "extension", "import", str(users))
+    cli(data, "tenant", "add", "other", "--realm", "other.example", "--country", "US")
+    cli(data, "extension", "add", "2000", "--password", "Velvet-Canyon-24z", "--tenant", "other")
     carrier_port = free_port(CARRIER)
     cli(data, "trunk", "add", "carrier", "--host", CARRIER, "--port", str(carrier_port))
     server = PbxProcess(data)
@@ -188,64 +199,64 @@ def test_baresip_transfers_its_call_blind_and_the_pbx_joins_the_two(
 
 
 def test_baresip_transferring_to_a_premium_number_is_refused_before_the_carrier(
-    tmp_path: Path,
+    pbx: tuple[PbxProcess, int], phones: Phones, tmp_path: Path
 ) -> None:
     """baresip's REFER to a premium number is answered 403 with the reason, and baresip
     reports the transfer failed. The PBX does not end the call: baresip 1.0's menu
     module hangs up itself on a failed transfer (later versions take the call back), and
     its BYE is what ends it. The carrier never sees an INVITE; the attempt is a blocked
-    CDR and an alert (which suspends 1000: this test has a PBX of its own)."""
-    with (
-        office(tmp_path / "data") as (server, carrier_port),
-        pjsip_phones(server.host, server.port) as phones,
-    ):
-        messages = tmp_path / "carrier-messages.log"
-        carrier = start_sipp_uas(
+    CDR and an alert (which suspends the extension: baresip is 1004 here, whom no
+    other test uses)."""
+    server, carrier_port = pbx
+    before = len(cdr_rows(server))
+    other = phones.add("1001", USERS["1001"])
+    messages = tmp_path / "carrier-messages.log"
+    with running_baresip(tmp_path, server, SUSPECT, USERS[SUSPECT], tone=True) as ua:
+        registered(phones, ua)
+        call = in_call(phones, ua, other, baresip_calls=True)
+        carrier = start_sipp_uas(  # it would get the INVITE, were the transfer placed
             "call_uas.xml",
             carrier_port,
             tmp_path,
             local_ip=CARRIER,
-            timeout=15,
+            timeout=6,
             extra=["-trace_msg", "-message_file", str(messages)],
         )
         try:
-            other = phones.add("1001", USERS["1001"])
-            with running_baresip(tmp_path, server, BARESIP, USERS[BARESIP], tone=True) as ua:
-                registered(phones, ua)
-                call = in_call(phones, ua, other, baresip_calls=True)
-                assert ua.command("transfer", PREMIUM)["ok"], ua.log()
-                phones.until(
-                    lambda: ua.seen("TRANSFER_FAILED") is not None, "baresip hears the refusal"
-                )
-                failed = ua.seen("TRANSFER_FAILED")
-                assert failed is not None and str(failed["param"]).startswith("403"), failed
-                [refused] = [m for m in sip_messages(ua, "SIP/2.0 403 ") if " REFER\n" in m]
-                assert PREMIUM in refused.split("\n", 1)[0], refused  # the reason, in the phrase
-                phones.until(lambda: call.disconnected, "baresip hung up")
-                assert sip_messages(ua, "BYE sip:", to_port=server.port), ua.log()
-                assert not sip_messages(ua, "BYE sip:", from_port=server.port), ua.log()
+            assert ua.command("transfer", PREMIUM)["ok"], ua.log()
+            phones.until(
+                lambda: ua.seen("TRANSFER_FAILED") is not None, "baresip hears the refusal"
+            )
+            failed = ua.seen("TRANSFER_FAILED")
+            assert failed is not None and str(failed["param"]).startswith("403"), failed
+            [refused] = [m for m in sip_messages(ua, "SIP/2.0 403 ") if " REFER\n" in m]
+            assert PREMIUM in refused.split("\n", 1)[0], refused  # the reason, in the phrase
+            phones.until(lambda: call.disconnected, "baresip hung up")
+            assert not call.refers, "the REFER was passed on"
+            assert sip_messages(ua, "BYE sip:", to_port=server.port), ua.log()
+            assert not sip_messages(ua, "BYE sip:", from_port=server.port), ua.log()
         finally:
-            finish_sipp_uas(carrier, tmp_path, timeout=20)
-        log = messages.read_text(errors="replace") if messages.exists() else ""
-        assert "INVITE sip:" not in log, log[:2000]
-        rows = closed_cdrs(server, 0, 2)
-        [blocked] = [r for r in rows if r["kind"] == "transferred"]
-        assert blocked["disposition"] == "blocked" and blocked["decision"] == "deny", blocked
-        assert blocked["extension"] == BARESIP and PREMIUM in str(blocked["reasons"]), blocked
-        [original] = [r for r in rows if r["kind"] != "transferred"]
-        assert original["disposition"] == "answered", original
-        assert "caller hung up" in str(original["reasons"]), original  # baresip's BYE
+            finish_sipp_uas(carrier, tmp_path, timeout=15)
+    log = messages.read_text(errors="replace") if messages.exists() else ""
+    assert "INVITE sip:" not in log, log[:2000]
+    rows = closed_cdrs(server, before, 2)
+    [blocked] = [r for r in rows if r["kind"] == "transferred"]
+    assert blocked["disposition"] == "blocked" and blocked["decision"] == "deny", blocked
+    assert blocked["extension"] == SUSPECT and PREMIUM in str(blocked["reasons"]), blocked
+    [original] = [r for r in rows if r["kind"] != "transferred"]
+    assert original["disposition"] == "answered", original
+    assert "caller hung up" in str(original["reasons"]), original  # baresip's BYE
 
-        def alerted() -> list[dict[str, object]]:
-            with sqlite3.connect(server.data_dir / "pbxwarden.db") as db:
-                db.row_factory = sqlite3.Row
-                found = db.execute("SELECT * FROM alerts WHERE extension = ?", (BARESIP,))
-                return [dict(r) for r in found if PREMIUM in str(r["summary"]) + str(r["reasons"])]
+    def alerted() -> list[dict[str, object]]:
+        with sqlite3.connect(server.data_dir / "pbxwarden.db") as db:
+            db.row_factory = sqlite3.Row
+            found = db.execute("SELECT * FROM alerts WHERE extension = ?", (SUSPECT,))
+            return [dict(r) for r in found if PREMIUM in str(r["summary"]) + str(r["reasons"])]
 
-        deadline = time.monotonic() + 10
-        while not alerted() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert alerted(), "no alert about the refused transfer"
+    deadline = time.monotonic() + 10
+    while not alerted() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alerted(), "no alert about the refused transfer"
 
 
 class Contacts:
@@ -309,6 +320,38 @@ def test_baresip_watches_a_colleague_register_go_on_the_phone_and_come_back(
         # every NOTIFY was answered 200 by baresip: none was refused as unreadable
         answers = [m for m in sip_messages(ua, "SIP/2.0 ") if " NOTIFY\n" in m]
         assert answers and all(m.startswith("SIP/2.0 200 ") for m in answers), answers
+
+
+def test_baresip_sees_the_lines_of_a_transfer(
+    pbx: tuple[PbxProcess, int], phones: Phones, tmp_path: Path
+) -> None:
+    """baresip watches three colleagues while 1001 calls 1002 and 1002 transfers 1001
+    to 1003 (PJSIP): the transferor is available once the transfer is done, the
+    transferred caller and the target are on the phone, and all are available after."""
+    server, _ = pbx
+    lines = ("1001", "1002", "1003")
+    with running_baresip(tmp_path, server, BARESIP, USERS[BARESIP], watch=lines) as ua:
+        book = Contacts(ua)
+
+        def shows(*states: str) -> Callable[[], bool]:
+            return lambda: all(book.state(n) == s for n, s in zip(lines, states, strict=True))
+
+        caller, reception, colleague = (phones.add(n, USERS[n]) for n in lines)
+        phones.until(shows("Online", "Online", "Online"), "all three online")
+        placed = caller.call("1002")
+        phones.until(lambda: bool(reception.incoming), "1002 rings")
+        taken = reception.incoming[0]
+        reception.answer(taken)
+        phones.until(shows("Busy", "Busy", "Online"), "1001 and 1002 on the phone")
+        taken.xfer(phones.uri("1003"), pj.CallOpParam(True))
+        phones.until(lambda: bool(colleague.incoming), "1003 rings")
+        ringing = colleague.incoming[0]
+        colleague.answer(ringing)
+        phones.until(lambda: taken.disconnected, "the PBX hangs up the transferor")
+        phones.until(shows("Busy", "Online", "Busy"), "the transferor is free, the others talk")
+        placed.hangup(pj.CallOpParam(True))
+        phones.until(lambda: ringing.disconnected, "the call is over")
+        phones.until(shows("Online", "Online", "Online"), "all three available again")
 
 
 def _normalized(response: str) -> str:
