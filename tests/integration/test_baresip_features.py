@@ -5,6 +5,8 @@ parties so that media can be counted.
 - baresip's ``/transfer`` (a blind REFER) is performed by the PBX: the other party and
   the target talk, baresip is told ``200 OK`` in the refer NOTIFY and its call ends;
   the REFER never reaches a phone.
+- baresip is transferred by a PJSIP phone (a re-INVITE with the target's offer), or is
+  the target (an INVITE without an offer).
 - A transfer to a premium number is refused (baresip hears 403, keeps its call) and no
   INVITE reaches the carrier.
 - baresip's presence module (RFC 3856, PIDF) watches a colleague: offline, online once
@@ -196,6 +198,62 @@ def test_baresip_transfers_its_call_blind_and_the_pbx_joins_the_two(
     assert (transferred["extension"], transferred["callee"]) == (BARESIP, "1002"), transferred
     assert transferred["caller"] == "1001", transferred
     assert transferred["disposition"] == "answered" and transferred["answer_ts"], transferred
+
+
+@pytest.mark.parametrize("role", ["transferee", "target"])
+def test_baresip_is_transferred_or_is_the_target_of_a_pjsip_transfer(
+    pbx: tuple[PbxProcess, int], phones: Phones, tmp_path: Path, role: str
+) -> None:
+    """A PJSIP phone transfers. As the transferee, baresip takes the PBX's re-INVITE
+    with the target's offer (RFC 3725 flow I) and its RTP reaches the target. As the
+    target, baresip answers the PBX's INVITE without an offer with its own, and the
+    transferred PJSIP caller and baresip hear each other.
+
+    Only baresip's sending is counted when it is transferred: when the RTP it gets
+    changes source (new SSRC) mid-call, baresip 1.0 (libre 1.1's jitter buffer) drops
+    every packet whose sequence number is behind the old source's, about one run in
+    two, a client limitation the PBX, out of the media path, cannot mend."""
+    server, _ = pbx
+    before = len(cdr_rows(server))
+    one, two = phones.add("1001", USERS["1001"]), phones.add("1002", USERS["1002"])
+    with running_baresip(tmp_path, server, BARESIP, USERS[BARESIP], tone=True) as ua:
+        registered(phones, ua)
+        if role == "transferee":  # 1001 called baresip, and transfers it to 1002
+            transferor = in_call(phones, ua, one, baresip_calls=True)
+            transferor.xfer(phones.uri("1002"), pj.CallOpParam(True))
+            phones.until(lambda: bool(two.incoming), "1002 rings")
+            other = two.incoming[0]
+            two.answer(other)
+        else:  # 1001 called 1002, which transfers 1001 to baresip
+            other = one.call("1002")
+            phones.until(lambda: bool(two.incoming), "1002 rings")
+            transferor = two.incoming[0]
+            two.answer(transferor)
+            phones.until(lambda: other.confirmed, "1001 and 1002 talk")
+            transferor.xfer(phones.uri(BARESIP), pj.CallOpParam(True))
+        phones.until(lambda: transferor.disconnected, "the PBX hangs up the transferor")
+        assert transferor.transfers[-1] == (200, True), transferor.transfers
+        phones.until(lambda: other.confirmed, "baresip's new party is in the call")
+        rx = other.rtp()[0]
+        phones.until(lambda: other.rtp()[0] > rx + 25, "baresip's RTP reaches its new party")
+        if role == "target":
+            established = ua.seen("CALL_ESTABLISHED")
+            assert established is not None and established["direction"] == "incoming"
+            [invite] = sip_messages(ua, "INVITE sip:", from_port=server.port)
+            assert "application/sdp" not in invite, invite  # the offer was baresip's
+            sent = other.rtp()[1]
+            phones.until(lambda: other.rtp()[1] > sent + 25, "1001 sends to baresip")
+        else:
+            # the re-INVITE with 1002's offer (then, maybe, PJSIP's own to settle a codec)
+            invites = sip_messages(ua, "INVITE sip:", from_port=server.port)
+            assert invites and "application/sdp" in invites[0], invites
+        assert not other.refers and not transferor.refers, "the REFER was passed on"
+        other.hangup(pj.CallOpParam(True))
+        phones.until(lambda: ua.seen("CALL_CLOSED") is not None, "baresip gets the BYE")
+    rows = closed_cdrs(server, before, 2)
+    [transferred] = [r for r in rows if r["kind"] == "transferred"]
+    target = "1002" if role == "transferee" else BARESIP
+    assert (transferred["callee"], transferred["disposition"]) == (target, "answered"), rows
 
 
 def test_baresip_transferring_to_a_premium_number_is_refused_before_the_carrier(
