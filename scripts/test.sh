@@ -10,6 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)  # test_linphone.py: presence
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v curl >/dev/null 2>&1 || need+=(curl)  # the README tour's API step (test_tour.py)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the web dashboard's browser tests

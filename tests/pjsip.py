@@ -37,6 +37,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.last_status = 0
         self.last_reason = ""
         self.transfers: list[tuple[int, bool]] = []  # (sipfrag status, final) from NOTIFYs
+        self.refers: list[str] = []  # Refer-To of REFERs that reached this phone (declined)
         self.media_active = False
 
     def onCallState(self, prm: Any) -> None:
@@ -55,6 +56,10 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
     def onCallTransferStatus(self, prm: Any) -> None:
         self.transfers.append((int(prm.statusCode), bool(prm.finalNotify)))
         prm.cont = True
+
+    def onCallTransferRequest(self, prm: Any) -> None:
+        self.refers.append(str(prm.dstUri))
+        prm.statusCode = 603  # a PBX that performs transfers never hands one over
 
     def held(self) -> bool:
         """The audio stream is not sendrecv (this phone holds, or is held)."""

@@ -1,14 +1,12 @@
 """Interoperability with a real softphone: Debian's baresip registers and calls through
 the PBX, headless (no sound card: the ``aubridge`` null device) and scripted over its
-``ctrl_tcp`` interface (netstring-framed JSON commands and events) on loopback."""
+``ctrl_tcp`` interface (netstring-framed JSON commands and events) on loopback
+(:mod:`tests.baresip`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.baresip import Baresip
 from tests.helpers import (
     PbxProcess,
     cli,
@@ -36,161 +35,6 @@ pytestmark = [
 USERS = {"1000": "Caller-Passw0rd-x", "2000": "Callee-Passw0rd-y"}
 PHONE = "1000"  # baresip's extension
 PEER = "2000"  # the SIPp phone's extension
-
-# Only what a headless phone needs: G.711, the aubridge null audio device (no ALSA or
-# PulseAudio), the menu (its commands: dial, hangup, accept) and ctrl_tcp to drive it.
-# baresip 1.0.0 also listens for TLS on sip_listen's port + 1.
-CONFIG = """\
-poll_method		epoll
-sip_listen		127.0.0.1:{sip_port}
-net_interface		127.0.0.1
-call_local_timeout	30
-call_max_calls		2
-audio_player		aubridge,pbxwarden
-audio_source		aubridge,pbxwarden
-audio_alert		aubridge,pbxwarden
-module_path		/usr/lib/baresip/modules
-module			g711.so
-module			aubridge.so
-module_tmp		account.so
-module_app		menu.so
-module_app		ctrl_tcp.so
-ctrl_tcp_listen		127.0.0.1:{ctrl_port}
-"""
-ACCOUNT = (
-    "<sip:{user}@127.0.0.1:{pbx_port};transport=udp>"
-    ";auth_pass={password};regint=600;answermode=auto\n"
-)
-
-
-def _free_port_pair() -> int:
-    """A free port whose successor is free too (baresip's TLS listener)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            try:
-                tcp.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port pair")
-
-
-class Baresip:
-    """A baresip process with its own config dir, log file and ctrl_tcp connection."""
-
-    def __init__(
-        self, workdir: Path, pbx: PbxProcess, user: str, password: str, tone: bool = False
-    ) -> None:
-        self.dir = workdir / "baresip"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.ctrl_port = free_port()
-        config = CONFIG.format(sip_port=_free_port_pair(), ctrl_port=self.ctrl_port)
-        if tone:  # a microphone that says something: ausine's 440 Hz (48 kHz stereo only)
-            config = config.replace(
-                "audio_source\t\taubridge,pbxwarden", "audio_source\t\tausine,440"
-            )
-            config += "module\t\t\tausine.so\nausrc_srate\t\t48000\nausrc_channels\t\t2\n"
-        (self.dir / "config").write_text(config)
-        (self.dir / "accounts").write_text(
-            ACCOUNT.format(user=user, pbx_port=pbx.port, password=password)
-        )
-        (self.dir / "contacts").write_text("")
-        self.log_path = workdir / "baresip.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.sock: socket.socket | None = None
-        self.buf = b""
-        self.events: list[dict[str, Any]] = []
-        self.tokens = 0
-
-    def start(self, timeout: float = 10) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                ["baresip", "-f", str(self.dir), "-v", "-s"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"baresip exited ({self.proc.returncode}):\n{self.log()}")
-            try:
-                self.sock = socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"baresip's ctrl_tcp did not come up:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.close()
-            self.sock = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
-
-    def log(self, tail: int = 6000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n--- baresip log ---\n" + text[-tail:]
-
-    def _read(self, deadline: float) -> dict[str, Any] | None:
-        """The next netstring message, or None at the deadline."""
-        assert self.sock is not None
-        while True:
-            head, sep, rest = self.buf.partition(b":")
-            if sep:
-                size = int(head)
-                if len(rest) > size:
-                    self.buf = rest[size + 1 :]  # drop the trailing ","
-                    message: dict[str, Any] = json.loads(rest[:size])
-                    return message
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                return None
-            if not data:
-                raise AssertionError(f"baresip closed its control connection{self.log()}")
-            self.buf += data
-
-    def command(self, command: str, params: str = "", timeout: float = 5) -> dict[str, Any]:
-        """Send a command; return its response (events seen meanwhile are kept)."""
-        assert self.sock is not None
-        self.tokens += 1
-        token = str(self.tokens)
-        body = json.dumps({"command": command, "params": params, "token": token}).encode()
-        self.sock.sendall(str(len(body)).encode() + b":" + body + b",")
-        deadline = time.monotonic() + timeout
-        while (message := self._read(deadline)) is not None:
-            if message.get("response") and message.get("token") == token:
-                return message
-            self.events.append(message)
-        raise AssertionError(f"no response to {command!r}{self.log()}")
-
-    def wait_event(self, kind: str, timeout: float = 10) -> dict[str, Any]:
-        """The first event of type ``kind`` (already seen or still to come)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events:
-                if event.get("event") and event.get("type") == kind:
-                    return event
-            message = self._read(deadline)
-            if message is None:
-                seen = [e.get("type") for e in self.events]
-                raise AssertionError(f"no {kind} event from baresip (saw {seen}){self.log()}")
-            self.events.append(message)
 
 
 @pytest.fixture
