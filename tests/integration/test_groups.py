@@ -288,6 +288,22 @@ def test_group_pickup_answers_a_colleagues_ringing_phone(
     assert cdr["disposition"] == "answered", cdr
 
 
+def test_group_pickup_stays_within_the_pickers_departments(phones: Phones) -> None:
+    """1002 belongs to ring groups (with 1001 and 1003): *8 answers only calls ringing
+    those colleagues, not 1000 (in no group); **1000 still picks that call up."""
+    caller, rung, picker = (phones.add(n, USERS[n]) for n in ("1001", "1000", "1002"))
+    placed = caller.call("1000")
+    ringing_call = ringing(phones, rung)
+    other = picker.call("*8")
+    phones.until(lambda: other.disconnected, "another department's call is not offered")
+    assert other.last_status == 480, (other.last_status, other.last_reason)
+    assert not ringing_call.disconnected, "1000 still rings"
+    picked = picker.call("**1000")
+    phones.until(lambda: picked.confirmed and placed.confirmed, "a directed pickup takes it")
+    phones.until(lambda: ringing_call.disconnected, "1000 stops ringing")
+    hang_up(phones, placed, picked)
+
+
 def test_directed_pickup_of_a_ringing_group(phones: Phones) -> None:
     caller, one, two, picker = (phones.add(n, USERS[n]) for n in USERS)
     placed = caller.call("600")

@@ -1,10 +1,12 @@
 """Call pickup: answering a colleague's ringing phone from one's own.
 
-``*8`` picks up a call ringing any extension of the picker's tenant (group pickup: the
-tenant is the pickup group), ``**`` and a number the call ringing that extension or
-ring group (directed pickup). The oldest such call is taken: its ringing legs are
-cancelled as "completed elsewhere" (RFC 3326: no missed call on the phones that rang),
-and the picker's own call becomes that call's B leg, answered by the PBX.
+``*8`` picks up a call ringing a colleague's phone (group pickup): colleagues are the
+members of the ring groups the picker belongs to (its departments), or the whole tenant
+for an extension in no group; ``**`` and a number picks up the call ringing that
+extension or ring group (directed pickup), in any department of the tenant. The
+oldest such call is taken: its ringing legs are cancelled as "completed elsewhere"
+(RFC 3326: no missed call on the phones that rang), and the picker's own call becomes
+that call's B leg, answered by the PBX.
 
 Both phones made offers (the caller when it called, the picker when it dialled the
 code), so each gets the other's description as its answer (:func:`media.answer`);
@@ -56,7 +58,18 @@ class Pickup:
             return [f.extension for f in call.forks if f.extension and f.final is None]
         return [call.ringing] if call.ringing is not None and call.b_trunk is None else []
 
+    def colleagues(self, picker: ExtensionAuth) -> set[str] | None:
+        """Whose ringing phones ``*8`` may answer: the members of the ring groups the
+        picker belongs to (its departments), or None (the whole tenant) when it is in
+        none."""
+        mine: set[str] = set()
+        for (tenant, _), group in self.core.routing.groups.items():
+            if tenant == picker.tenant and picker.number in group.members:
+                mine.update(group.members)
+        return mine or None
+
     def ringing_call(self, picker: ExtensionAuth, target: str) -> Call | None:
+        colleagues = None if target else self.colleagues(picker)
         found = []
         for call in self.core.calls.values():
             if call.ended or call.answered is not None or call.joined is not None:
@@ -71,6 +84,8 @@ class Pickup:
             if not rung:
                 continue
             group = call.group.group if call.group is not None else None
+            if colleagues is not None and not any(e.number in colleagues for e in rung):
+                continue  # ringing in another department: a directed pickup still can
             if target and not (
                 any(e.number == target for e in rung)
                 or (group is not None and group.number == target)
