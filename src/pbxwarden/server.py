@@ -629,6 +629,7 @@ class SipServer:
             return
         if response.status >= 200:
             self.latency.finish(key, time.perf_counter())
+        self.calls.origins.outgoing(response)  # one SDP session per dialog (RFC 3264 8)
         try:
             actions = self.tx.send_response(key, response, self._now())
         except TransactionError:
@@ -698,6 +699,7 @@ class SipServer:
         task.add_done_callback(self._tasks.discard)
 
     def send_request(self, request: Request, dest: Address) -> TransactionKey:
+        self.calls.origins.outgoing(request)
         key, actions = self.tx.send_request(request, dest, self._now())
         if self._farewells is not None:  # a BYE or CANCEL of the shutdown: wait for it
             self._farewells.append((key, True))
@@ -705,6 +707,7 @@ class SipServer:
         return key
 
     def send_direct(self, message: Request | Response, dest: Address) -> None:
+        self.calls.origins.outgoing(message)
         self.transports.send(message.to_bytes(), dest)
 
     def build_cancel(self, key: TransactionKey) -> Request:

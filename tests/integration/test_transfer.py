@@ -23,6 +23,7 @@ from tests.helpers import (
     closed_cdrs,
     finish_sipp_uas,
     free_port,
+    run_sipp,
     sipp_available,
     start_sipp_uas,
 )
@@ -250,3 +251,45 @@ def test_a_transfer_to_a_premium_number_is_refused_and_never_reaches_the_carrier
         time.sleep(0.2)
     [alert] = alerted()  # the admins are told who tried to transfer a call where
     assert "+19005550123" in str(alert["summary"]) + str(alert["reasons"]), alert
+
+
+def test_the_transferred_phone_keeps_one_sdp_session(
+    pbx: tuple[PbxProcess, int], phones: Phones, tmp_path: Path
+) -> None:
+    """The re-INVITE carrying the target's offer presents the session the transferee
+    already had, one version on (RFC 3264 8), not the target's own origin: a strict
+    phone would take another session's SDP for a different call and ignore it."""
+    server, _ = pbx
+    port = free_port()
+    reg = run_sipp(
+        "register.xml",
+        f"{server.host}:{server.port}",
+        users={"1000": USERS["1000"]},
+        local_port=port,
+        workdir=tmp_path,
+    )
+    assert reg.successful == 1, reg.output
+    log_file = tmp_path / "origins.log"
+    transferee = start_sipp_uas(
+        "call_uas_transferred.xml",
+        port,
+        tmp_path,
+        extra=["-trace_logs", "-log_file", str(log_file)],
+    )
+    reception, colleague = phones.add("1001", USERS["1001"]), phones.add("1002", USERS["1002"])
+    placed = reception.call("1000")
+    phones.until(lambda: placed.confirmed, "the SIPp phone answered")
+    placed.xfer(phones.uri("1002"), pj.CallOpParam(True))
+    phones.until(lambda: bool(colleague.incoming), "the colleague's phone rings")
+    ringing = colleague.incoming[0]
+    colleague.answer(ringing)
+    phones.until(lambda: ringing.confirmed, "the colleague has the call")
+    phones.until(lambda: log_file.exists() and "origins" in log_file.read_text(), "re-INVITEd")
+    ringing.hangup(pj.CallOpParam(True))
+    done = finish_sipp_uas(transferee, tmp_path)
+    assert done.successful == 1, done.output + server.log()[-3000:]
+    first_user, first_session, first_version, user, session, version = (
+        log_file.read_text().split("origins", 1)[1].replace("[", " ").replace("]", " ").split()
+    )
+    assert (user, session) == (first_user, first_session), log_file.read_text()
+    assert int(version) == int(first_version) + 1, log_file.read_text()

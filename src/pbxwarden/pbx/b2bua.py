@@ -38,6 +38,7 @@ from pbxwarden.pbx.mid_call import MidCall
 from pbxwarden.pbx.numbers import Destination
 from pbxwarden.pbx.policy import CallAuthorizer, Decision
 from pbxwarden.pbx.routing import Trunk
+from pbxwarden.pbx.sdp_origin import SdpOrigins
 from pbxwarden.sip.dialog import Dialog
 from pbxwarden.sip.digest_client import (
     AUTH_HEADERS,
@@ -89,6 +90,8 @@ class B2bua:
         # requests a feature sent in a call's dialogs, and who takes their final answers
         self.awaiting: dict[TransactionKey, Callable[[Response | None], None]] = {}
         self.refs: dict[int, Call] = {}  # further guard references (group members' legs)
+        # the SDP origin each phone sees in its dialog (the server rewrites what it sends)
+        self.origins = SdpOrigins()
 
     def leg_failed(self, call: Call, response: Response, *, busy: bool, timeout: bool) -> None:
         """The b leg (or every fork) ended without an answer: ``response`` is its final
@@ -769,6 +772,10 @@ class B2bua:
 
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.token, None)
+        self.origins.forget((call.a_request.call_id, call.a_tag))
+        for leg in [call.b_request, *(f.request for f in call.forks)]:
+            if leg is not None and (tag := leg.from_.params.get("tag")):
+                self.origins.forget((leg.call_id, tag))
         for ref in call.refs:
             self.refs.pop(ref, None)
         if call.a_key is not None:
