@@ -773,6 +773,8 @@ class B2bua:
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.token, None)
         self.origins.forget((call.a_request.call_id, call.a_tag))
+        if call.b_uas and call.b_dialog is not None:  # a picker's INVITE: our tag is its To
+            self.origins.forget((call.b_dialog.call_id, call.b_dialog.local_tag))
         for leg in [call.b_request, *(f.request for f in call.forks)]:
             if leg is not None and (tag := leg.from_.params.get("tag")):
                 self.origins.forget((leg.call_id, tag))
