@@ -399,7 +399,9 @@ def test_long_calls_alone_are_no_licence_for_a_drip() -> None:
         call(g, attempt(drip, T + day * DAY + 2 * HOUR, ext="3000"), 38) for day in range(2)
     ]
     assert [d.allow for d in decisions] == [True, False]
-    assert "refused from 10.00 USD" in decisions[1].reasons[0]
+    assert (
+        "refused from 10.00 USD: extension 3000's calls are long, but" in (decisions[1].reasons[0])
+    )
 
 
 def test_a_drips_own_long_calls_do_not_make_long_calls_usual() -> None:

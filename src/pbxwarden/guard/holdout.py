@@ -11,7 +11,8 @@ Seeds 7301-7303 were the hold-out set until run 5 (docs/benchmarks.md); the drip
 then changed after looking at them, so they are spent: they are tuning data now
 (:data:`SPENT_SEEDS`), and 8101-8103 were drawn in their place and run once, blind (run
 6). The drip rule was changed again after looking at 8101 and 8103 (run 7), so they are
-spent too, and 9101-9103 replace them, run once, blind, after that change.
+spent too, and 9101-9103 replace them, run once, blind, after that change (run 7; its
+alerts were read afterwards, so the next change to a rule needs new seeds again).
 """
 
 from __future__ import annotations

@@ -436,6 +436,12 @@ def drip(
     elif gap > DRIP_GAP:
         threshold = DRIP_SPEND * DRIP_USUAL
         bar = f"its last call was {gap} days ago, not day after day"
+    elif base.talks_long(entry):
+        threshold = DRIP_SPEND
+        bar = (
+            "extension {n}'s calls are long, but it has no habit of calling new numbers "
+            "back for long calls, nor has tenant {t} yet"
+        )
     else:
         threshold = DRIP_SPEND
         bar = (
