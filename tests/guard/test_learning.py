@@ -277,11 +277,12 @@ def test_a_new_number_called_daily_for_long_calls_is_a_drip() -> None:
     assert not second.allow and second.rule == "drip"
     assert "slow-drip" in second.reasons[0] and "+639175550101" in second.reasons[0]
     assert g.is_suspended("acme", "1000") is None
-    # long calls to the country, even many, are no licence: the drip's own calls are long
-    # calls to PH, so an exemption for them would let every drip through from its sixth day
+    # long calls to the country are no licence for a desk whose calls are short on
+    # average: the drip's own calls are long calls to PH, so an exemption for them would
+    # let every drip through from its sixth day
     many = guard(allow_countries=["PH"])
     office_history(many, days=8, numbers=(HOME, PH, "+13125550188"))
-    for day in range(6):
+    for day in range(3):
         t = START + 8 * DAY + day * DAY + HOUR
         assert call(many, attempt(f"+63917123{day:04d}", t), 25).allow
     assert call(many, attempt(drip, T), 38).allow
@@ -290,9 +291,9 @@ def test_a_new_number_called_daily_for_long_calls_is_a_drip() -> None:
     # calls (a sales desk's follow-ups) raise the bar fivefold, and a drip still ends
     sales = guard(allow_countries=["PH", "GB"])
     office_history(sales, days=8, numbers=(HOME, PH, "+13125550188"))
-    for k in range(3):
-        t = START + 8 * DAY + 2 * k * DAY + HOUR
-        for again in (0, DAY):
+    for k in range(3):  # called again two days later: a repeat counts once it held for days
+        t = START + 8 * DAY + k * DAY + HOUR
+        for again in (0, 2 * DAY):
             assert call(sales, attempt(f"+4479112345{k:02d}", t + again), 25).allow
     lost = 0
     for day in range(5):
@@ -302,6 +303,122 @@ def test_a_new_number_called_daily_for_long_calls_is_a_drip() -> None:
             break
         lost += 1
     assert lost == 3  # 19.00 a call: refused once 50.00 (5 x 10.00) is spent
+
+
+def test_a_tenants_habit_of_calling_new_numbers_back_does_not_hide_a_drip_on_a_desk() -> None:
+    """A hotel: the rooms' guests call new numbers back every evening; the desk still
+    keeps its own bar, and only a phone whose calls are long anyway gets the higher one."""
+    g = guard(allow_countries=["PH", "GB"])
+    office_history(g, days=9, numbers=(HOME, PH, "+13125550188"))
+    # five other phones of the tenant talk long every day (rooms whose guests phone home),
+    # and each called a new number back two days later with nothing wrong
+    for k in range(5):
+        ext = f"30{k:02d}"
+        office_history(g, ext=ext, days=9, minutes=25)
+        t = START + 9 * DAY + k * 1200 + 2.5 * HOUR
+        for again in (0, 2 * DAY):
+            assert call(g, attempt(f"+4479112346{k:02d}", t + again, ext=ext), 25).allow
+    assert g._tenants["acme"].baseline.drip_ok == 5
+    # the desk almost never talks 20 minutes: the tenant's habit is not its own, and the
+    # drip is refused at its second day
+    drip = "+639175550101"
+    assert call(g, attempt(drip, T), 38).allow
+    second = call(g, attempt(drip, T + DAY + HOUR), 38)
+    assert not second.allow and second.rule == "drip"
+    assert "has no habit of calling new numbers back" in second.reasons[0]
+    assert "Ask the user whether they know this number" in second.reasons[0]
+    # a phone that talks long as a matter of course is judged by the tenant's bar: a new
+    # number called back daily takes 50.00 before it is refused
+    room = "3000"
+    guest = "+639175550202"
+    decisions = [
+        call(g, attempt(guest, T + day * DAY + 2 * HOUR, ext=room), 38) for day in range(4)
+    ]
+    assert [d.allow for d in decisions] == [True, True, True, False]
+    assert "refused from 50.00 USD" in decisions[3].reasons[0]
+    assert g._ext[("acme", room)].baseline.talks_long()
+
+
+def test_a_number_called_again_after_a_pause_is_a_follow_up_not_a_drip() -> None:
+    g = guard(allow_countries=["PH"])
+    office_history(g, days=9, numbers=(HOME, PH, "+13125550188"))
+    contact = "+639175550303"
+    for week in range(3):  # 38 minutes once a week: 19.00 each
+        assert call(g, attempt(contact, T + week * 7 * DAY), 38).allow
+    again = call(g, attempt(contact, T + 18 * DAY), 5)
+    assert not again.allow and again.rule == "drip"  # 57.00: past the 50.00 bar
+    assert "its last call was 4 days ago, not day after day" in again.reasons[0]
+
+
+def test_a_refused_drip_never_counts_as_an_ordinary_repeat() -> None:
+    g = guard(allow_countries=["PH"])
+    office_history(g, days=9, numbers=(HOME, PH, "+13125550188"))
+    drip = "+639175550101"
+    decisions = [call(g, attempt(drip, T + day * DAY + HOUR), 38) for day in range(8)]
+    # refused attempts keep it "day after day": it stays refused, past the 3-day gap
+    assert [d.allow for d in decisions] == [True] + [False] * 7
+    # refused from its second day on: an alert about the extension since its first call,
+    # so neither the extension nor the tenant learned it as usual
+    assert g._ext[("acme", "1000")].baseline.drip_ok == 0
+    assert g._tenants["acme"].baseline.drip_ok == 0
+    # and a repeat counts for the extension only once it held for days: a new number
+    # called on two consecutive days is not yet usual
+    other = guard(allow_countries=["PH"])
+    office_history(other, days=9, numbers=(HOME, PH, "+13125550188"))
+    assert call(other, attempt("+639175550404", T), 5).allow
+    assert call(other, attempt("+639175550404", T + DAY), 5).allow
+    entry = other._ext[("acme", "1000")].baseline.ledger["+639175550404"]
+    assert other._tenants["acme"].baseline.drip_ok == 1  # the tenant's: on two days
+    assert not entry.credited  # the extension's: not before it held two days
+    assert call(other, attempt("+639175550404", T + 2 * DAY), 5).allow
+    assert entry.credited and other._tenants["acme"].baseline.drip_ok == 1
+
+
+def test_long_calls_are_a_habit_when_calls_last_8_minutes_on_average() -> None:
+    base = Baseline(START)
+    for _ in range(9):
+        base.learn_length(10.0)
+    assert not base.talks_long()  # nine calls are no habit yet
+    base.learn_length(10.0)
+    assert base.talks_long()  # 100 minutes in 10 calls: a guest room, family abroad
+    for _ in range(5):
+        base.learn_length(2.0)
+    assert not base.talks_long()  # 110 minutes in 15 calls
+    again = Baseline.from_json(base.to_json())
+    assert (again.answered, again.talked) == (15, 110.0)
+
+
+def test_long_calls_alone_are_no_licence_for_a_drip() -> None:
+    # staff calling family abroad talk as long as a guest room: without the tenant's
+    # habit of calling new numbers back, a phone with long calls keeps the low bar
+    g = guard(allow_countries=["PH"])
+    office_history(g, ext="3000", days=9, minutes=25)
+    assert g._ext[("acme", "3000")].baseline.talks_long()
+    drip = "+639175550202"
+    decisions = [
+        call(g, attempt(drip, T + day * DAY + 2 * HOUR, ext="3000"), 38) for day in range(2)
+    ]
+    assert [d.allow for d in decisions] == [True, False]
+    assert (
+        "refused from 10.00 USD: extension 3000's calls are long, but" in (decisions[1].reasons[0])
+    )
+
+
+def test_a_drips_own_long_calls_do_not_make_long_calls_usual() -> None:
+    g = guard(allow_countries=["PH"])
+    # a quiet desk: 12 national calls of 6 minutes
+    office_history(g, days=6, numbers=(HOME, PH, "+13125550188"), minutes=6)
+    for k in range(3):
+        assert call(g, attempt(HOME, START + 6 * DAY + k * HOUR), 6).allow
+    base = g._ext[("acme", "1000")].baseline
+    assert base.mature(T) and base.answered >= 10 and not base.talks_long()
+    drip = "+639175550101"
+    assert call(g, attempt(drip, T), 38).allow
+    # with the drip's 38 minutes its average passes 8 minutes; without them it does not
+    entry = base.ledger[drip]
+    assert base.talked >= 8 * base.answered and not base.talks_long(entry)
+    second = call(g, attempt(drip, T + DAY + HOUR), 38)
+    assert not second.allow and second.rule == "drip"
 
 
 # -- wangiri ----------------------------------------------------------------------------
@@ -440,3 +557,52 @@ def test_a_spread_into_a_range_the_tenant_calls_needs_new_numbers_and_odd_phones
         a = attempt(f"+535123{9000 + k}", T + k * 150, ext=str(3000 + k))
         assert calm.authorize(a).allow
         calm.on_call_start(a, next(_refs))
+
+
+def test_a_day_is_judged_against_the_extensions_busy_days_too() -> None:
+    """A guest room: most days nothing, some days a guest phones home for 15.00. A day
+    of 20.00 is far above its average, but not above twice its busy days."""
+    import datetime as dt
+
+    from pbxwarden.guard import rules
+    from pbxwarden.guard.state import ExtState, TenantState
+
+    def judged(busy_day: float) -> list[str]:
+        base = Baseline(START - 14 * DAY)
+        base.calls = 40
+        base.spend_by_day = [2.0] * 7  # 14.00 a week in four weeks: 0.50 a day
+        for day in range(3):
+            base.learn_peak(700_000 + day, busy_day, busy_day)
+        ext = ExtState(base)
+        ext.spend.add(T - 60, 20.0)
+        a = attempt(PH, T)
+        assert a.destination is not None
+        local = dt.datetime.fromtimestamp(T, dt.UTC)
+        _, why = rules.score(
+            a,
+            ext,
+            TenantState(Baseline(START)),
+            a.destination,
+            0.5,
+            local,
+            True,
+            None,
+            "USD",
+            False,
+        )
+        return why
+
+    assert not [w for w in judged(15.0) if w.startswith("spend")]
+    spend = [w for w in judged(2.0) if w.startswith("spend")]
+    assert spend and "over twice its busy days (2.00 USD)" in spend[0]
+
+
+def test_the_drip_ledger_survives_export_and_import() -> None:
+    g = guard(allow_countries=["PH"])
+    office_history(g, days=9, numbers=(HOME, PH, "+13125550188"))
+    for day in range(3):
+        assert call(g, attempt("+639175550404", T + day * DAY), 5).allow
+    base = g._ext[("acme", "1000")].baseline
+    again = Baseline.from_json(base.to_json())
+    assert again.ledger == base.ledger and again.answered == base.answered
+    assert again.talked == base.talked

@@ -75,9 +75,10 @@ def test_the_holdout_set_is_apart_from_tuning() -> None:
             assert len(where) == 1  # inside run_set, when asked for the hold-out set
         else:
             assert not where, module
-    from pbxwarden.guard.holdout import HOLDOUT_MIX, HOLDOUT_SEEDS
+    from pbxwarden.guard.holdout import HOLDOUT_MIX, HOLDOUT_SEEDS, SPENT_SEEDS
 
     assert not set(HOLDOUT_SEEDS) & set(simulate.TUNING_SEEDS)
+    assert not set(HOLDOUT_SEEDS) & set(SPENT_SEEDS)  # a seed looked at is never hold-out
     assert HOLDOUT_MIX != sim_world.TUNING_MIX
     reports = run_set("holdout", tenants=3, extensions=20, days=9, attacks=("direct-irsf",))
     assert [(r.set_name, r.seed) for r in reports] == [("holdout", s) for s in HOLDOUT_SEEDS]

@@ -29,6 +29,8 @@ PEAK_DAYS = 14  # clean days of spend peaks kept
 MAX_TARGETS = 10_000
 MAX_LEDGER = 500  # numbers followed for the slow-drip pattern
 LEDGER_DAYS = 21
+LONG_HABIT = 8.0  # minutes an answered call lasts on average where long calls are usual
+LONG_HABIT_CALLS = 10
 
 
 @dataclass(slots=True)
@@ -40,6 +42,11 @@ class NumberLedger:
     last_day: int = -1
     long_calls: int = 0  # calls of 20 minutes or more
     spend: float = 0.0
+    credited: bool = False  # counted as the extension's ordinary repeat (``learn.ledger``)
+    tenant_credited: bool = False  # ... as the tenant's
+    tried_day: int = -1  # last local day with an attempt (refused ones too)
+    answered: int = 0  # answered calls to it, and their minutes
+    talked: float = 0.0
 
 
 @dataclass(slots=True)
@@ -62,6 +69,8 @@ class Baseline:
     # (for an extension: with long calls; for a tenant: any)
     ledger: dict[str, NumberLedger] = field(default_factory=dict)
     ranges: dict[str, list[int]] = field(default_factory=dict)  # dear range -> [days, last]
+    answered: int = 0  # answered calls on clean days
+    talked: float = 0.0  # their minutes
     network_calls: int = 0  # calls learned with a network (sum of ``networks``)
     _peak_cache: tuple[list[float], list[float]] | None = field(
         default=None, repr=False, compare=False
@@ -75,6 +84,21 @@ class Baseline:
         elif seen[1] != day:
             seen[0] += 1
             seen[1] = day
+
+    def learn_length(self, minutes: float) -> None:
+        """One answered call on a clean day, and how long it lasted."""
+        self.answered += 1
+        self.talked += minutes
+
+    def talks_long(self, entry: NumberLedger | None = None) -> bool:
+        """Long calls are this extension's habit: its answered calls last 8 minutes or more
+        on average (a guest room phoning home), not a desk's few minutes. The calls to
+        ``entry``'s number are left out: a drip cannot make its own long calls usual."""
+        answered, talked = self.answered, self.talked
+        if entry is not None:
+            answered -= entry.answered
+            talked -= entry.talked
+        return answered >= LONG_HABIT_CALLS and talked >= LONG_HABIT * answered
 
     def range_days(self, prefix: str) -> int:
         seen = self.ranges.get(prefix)
@@ -174,8 +198,21 @@ class Baseline:
             "peaks": [list(p) for p in self.peaks],
             "drip_ok": self.drip_ok,
             "ranges": self.ranges,
+            "answered": self.answered,
+            "talked": self.talked,
             "ledger": {
-                k: [v.first_at, v.days, v.last_day, v.long_calls, v.spend]
+                k: [
+                    v.first_at,
+                    v.days,
+                    v.last_day,
+                    v.long_calls,
+                    v.spend,
+                    int(v.credited),
+                    v.tried_day,
+                    v.answered,
+                    v.talked,
+                    int(v.tenant_credited),
+                ]
                 for k, v in self.ledger.items()
             },
         }
@@ -207,6 +244,8 @@ class Baseline:
         ledger = data.get("ledger")
         drip_ok = data.get("drip_ok")
         ranges = data.get("ranges")
+        answered = data.get("answered")
+        talked = data.get("talked")
         return cls(
             first_at=float(first_at) if isinstance(first_at, int | float) else 0.0,
             calls_by_hour=floats("calls_by_hour", 168),
@@ -239,9 +278,22 @@ class Baseline:
                 if isinstance(ranges, dict)
                 else {}
             ),
+            answered=int(answered) if isinstance(answered, int) else 0,
+            talked=float(talked) if isinstance(talked, int | float) else 0.0,
             ledger=(
                 {
-                    str(k): NumberLedger(float(v[0]), int(v[1]), int(v[2]), int(v[3]), float(v[4]))
+                    str(k): NumberLedger(
+                        float(v[0]),
+                        int(v[1]),
+                        int(v[2]),
+                        int(v[3]),
+                        float(v[4]),
+                        credited=bool(v[5]) if len(v) > 5 else v[1] >= 2,
+                        tried_day=int(v[6]) if len(v) > 6 else -1,
+                        answered=int(v[7]) if len(v) > 7 else 0,
+                        talked=float(v[8]) if len(v) > 8 else 0.0,
+                        tenant_credited=bool(v[9]) if len(v) > 9 else v[1] >= 2,
+                    )
                     for k, v in ledger.items()
                 }
                 if isinstance(ledger, dict)

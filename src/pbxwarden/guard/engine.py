@@ -731,6 +731,7 @@ class Guard:
         if ext.alerted_at <= at - DAY and ext.suspended is None:
             hour, day = ext.spend.totals(at)
             ext.baseline.learn_peak(call.day, hour, day)
+            ext.baseline.learn_length(talked / 60.0)
         if call.dear_range and talked <= rules.TEST_CALL_SECONDS:
             state = tenant.ranges.get(call.dear_range)
             if state is not None and state.test is None:

@@ -97,12 +97,23 @@ def ledger(
         entry.days += 1
         entry.last_day = call.day
     entry.spend += cost
+    if call.answered is not None:
+        entry.answered += 1
+        entry.talked += talked / 60.0
     if talked >= rules.DRIP_LONG * 60:
         entry.long_calls += 1
-    if entry.days == 2 and ext.alerted_at <= at - DAY:
-        # a new number called again another day with nothing else wrong: in the tenant,
-        # any such (a hotel's guests phoning home); for the extension, long calls only
+    if entry.credited or entry.days < 2 or ext.alerted_at >= entry.first_at:
+        return
+    # a new number called again another day with no alert about the extension since it
+    # was first called (a drip refused at its second day never counts): in the tenant,
+    # any such (a hotel's guests phoning home); for the extension, long calls only, and
+    # only once the pattern held for days (a drip let through cannot count for itself
+    # before it is judged again)
+    if not entry.tenant_credited:
+        entry.tenant_credited = True
         tenant.baseline.drip_ok += 1
+    if at - entry.first_at >= rules.DRIP_HOLD * DAY:
+        entry.credited = True
         if entry.long_calls >= 2:
             base.drip_ok += 1
 

@@ -40,6 +40,7 @@ W_OFF_HOURS = 20
 W_HIGH_RISK_ALLOWED = 10
 W_NIGHT_RISKY = 20  # per earlier call abroad to a risky or dear destination out of hours
 SPEND_FLOOR = 10.0  # a day's spend below this is never "unusual" (in the rate currency)
+SPEND_BUSY = 2.0  # times the third busiest clean day's spend: below it a day is not unusual
 RISKY_RATE = 0.20  # per minute: "dear" for W_NIGHT_RISKY
 W_EXPENSIVE = 20
 W_DIVERTED_ABROAD = 10  # the tenant allows it: only a little unusual
@@ -74,7 +75,9 @@ DRIP_SPEND = 10.0
 DRIP_LONG = 20.0  # minutes
 DRIP_DAYS = 21
 DRIP_USUAL = 5  # times DRIP_SPEND where the extension's own history has such numbers
-DRIP_TENANT_USUAL = 5  # ... where only the tenant's has (3 measured worse on every seed)
+DRIP_TENANT_REPEATS = 5  # the tenant's new numbers called back that make it "usual"
+DRIP_GAP = 3  # days: a call again after a longer pause is a follow-up (Friday -> Monday is 3)
+DRIP_HOLD = 2  # days a repeat must have held without an alert before it counts as usual
 RANGE_BLOCK = DAY  # a range found pumped stays refused this long
 
 
@@ -410,22 +413,51 @@ def drip(
         return None
     # where it is what happens without an alert, it takes more: this extension's own new
     # numbers called again for long calls on later days (a sales desk's follow-ups), or
-    # less so the tenant's new numbers called again on other days (a hotel's guests
-    # phoning home). Long calls to the country are no licence on their own: the drip's own
-    # calls are long calls to that country.
-    if ext.baseline.drip_ok >= 2:
+    # the tenant's new numbers called again on other days (a hotel's guests phoning
+    # home), but the tenant's habit counts only for an extension whose calls are long
+    # anyway (8 minutes on average without this number's: a guest room), so a desk whose
+    # calls last a few minutes keeps the low bar in any tenant. Its own long calls alone
+    # are no licence: staff calling family abroad talk as long, and a drip hid there. A
+    # number called again after a pause of more than DRIP_GAP days (a follow-up a week
+    # later) is no drip: a drip is paid by calling day after day. Long calls to the
+    # country are no licence either: the drip's own calls are long calls to that country.
+    base = ext.baseline
+    gap = day - max(entry.last_day, entry.tried_day)  # refused attempts count: still daily
+    entry.tried_day = day
+    if base.drip_ok >= 2:
         threshold = DRIP_SPEND * DRIP_USUAL
-    elif tenant.baseline.drip_ok >= 5:
-        threshold = DRIP_SPEND * DRIP_TENANT_USUAL
+        bar = "extension {n} called new numbers back for long calls before"
+    elif tenant.baseline.drip_ok >= DRIP_TENANT_REPEATS and base.talks_long(entry):
+        threshold = DRIP_SPEND * DRIP_USUAL
+        bar = (
+            "extension {n}'s calls usually last 8 minutes or more, and tenant {t}'s "
+            "people call new numbers back"
+        )
+    elif gap > DRIP_GAP:
+        threshold = DRIP_SPEND * DRIP_USUAL
+        bar = f"its last call was {gap} days ago, not day after day"
+    elif base.talks_long(entry):
+        threshold = DRIP_SPEND
+        bar = (
+            "extension {n}'s calls are long, but it has no habit of calling new numbers "
+            "back for long calls, nor has tenant {t} yet"
+        )
     else:
         threshold = DRIP_SPEND
+        bar = (
+            "extension {n}'s calls are usually short and it has no habit of calling new "
+            "numbers back for long calls"
+        )
     if entry.long_calls < 1 or entry.spend < threshold:
         return None
     age = (attempt.at - entry.first_at) / DAY
+    bar = bar.format(n=attempt.extension, t=attempt.tenant)
     return (
         f"{dest.e164} was first called {age:.0f} day(s) ago and already took "
         f"{money(entry.spend, currency)} in {entry.long_calls} long call(s) on {entry.days} "
-        f"day(s); calling it again day after day is the slow-drip pattern"
+        f"day(s); calling a new number again day after day for long calls is the slow-drip "
+        f"pattern (refused from {money(threshold, currency)}: {bar}). Ask the user whether "
+        "they know this number: if not, someone else has the extension's SIP password"
     )
 
 
@@ -537,11 +569,17 @@ def score(
             base.expected_spend(day, now), 0.5 * sum(base.spend_by_day) / 7 / base.weeks(now)
         )
         spent = ext.spend.totals(now)[1]
-        if spent >= SPEND_FLOOR and spent >= 10 * max(usual, 0.1):
+        # an extension whose days vary (a guest room: empty, then a guest phoning home
+        # every evening) is judged against its busy clean days too, not only its average:
+        # twice the third busiest of the last 14 clean days (one odd day cannot raise it)
+        peak = base.usual_peak()
+        busy = peak[1][2] if peak is not None else 0.0
+        if spent >= SPEND_FLOOR and spent >= 10 * max(usual, 0.1) and spent >= SPEND_BUSY * busy:
             points += W_SPEND
             why.append(
                 f"spend {money(spent, currency)} in 24 hours, {spent / max(usual, 0.01):.0f}x "
                 f"this extension's usual {WEEKDAYS[day]} ({money(usual, currency)})"
+                + (f" and over twice its busy days ({money(busy, currency)})" if busy else "")
             )
     if attempt.kind in DIVERSIONS:
         points += _diversion(attempt, ext, dest, why)
