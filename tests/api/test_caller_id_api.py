@@ -35,3 +35,30 @@ async def test_only_a_tenants_own_did_is_presented(api: Api) -> None:
     assert {"caller_id": "+12025550100", "withhold_caller_id": True} in [
         c["after"] for c in changes
     ]
+
+
+async def test_a_trunks_transfer_switch_is_the_providers(api: Api) -> None:
+    """Whether a carrier's REFERs are performed: off by default, set by a global admin
+    only (a tenant admin gets 403, even for its own tenant's trunk), audited."""
+    api.store.add_trunk("acme", "carrier", "192.0.2.7", 5060, "udp", ["+1"])
+    url = "/api/v1/tenants/acme/trunks/carrier/transfers"
+    listed = (await api.as_("admin").get("/api/v1/trunks")).json()
+    trunks = listed["items"] if isinstance(listed, dict) else listed
+    assert [t["accept_transfers"] for t in trunks if t["name"] == "carrier"] == [False]
+    tenant_admin = await api.as_("acme-admin").put(url, json={"accept": True})
+    assert tenant_admin.status_code == 403, tenant_admin.text
+    bad = await api.as_("admin").put(url, json={"accept": "maybe"})
+    assert bad.status_code == 422
+    made = await api.as_("admin").put(url, json={"accept": True})
+    assert made.status_code == 200 and made.json()["accept_transfers"] is True, made.text
+    assert api.store.routing_snapshot().trunk_named("acme", "carrier").accept_transfers
+    missing = await api.as_("admin").put(
+        "/api/v1/tenants/acme/trunks/nowhere/transfers", json={"accept": True}
+    )
+    assert missing.status_code == 404, missing.text
+    entries = (await api.as_("admin").get("/api/v1/audit")).json()["items"]
+    [change] = [e for e in entries if e["action"] == "trunk.transfers"]
+    assert (change["before"], change["after"]) == (
+        {"accept_transfers": False},
+        {"accept_transfers": True},
+    )

@@ -57,6 +57,7 @@ CHANGES = {
     "extension trunk-access",
     "trunk emergency",
     "trunk identity",
+    "trunk transfers",
     "extension caller-id",
     "registrations remove",
     "calls end",  # audited in tests/integration/test_lifecycle.py (needs a live call)
@@ -162,6 +163,7 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
     cli(data, "hours", "override", "700", "closed")
     cli(data, "hours", "remove", "700")
     cli(data, "trunk", "identity", "carrier", "--no-assert")
+    cli(data, "trunk", "transfers", "carrier", "--accept")
     cli(data, "extension", "caller-id", "1000", "--number", "+12025550100", "--withhold")
     cli(data, "forward", "set", "1000", "--always", "2000")
     cli(data, "forward", "clear", "1000")
@@ -219,6 +221,7 @@ def test_every_change_from_the_cli_is_audited_without_secrets(tmp_path: Path) ->
         ("hours.override", "tenant/default/hours/700"),
         ("hours.delete", "tenant/default/hours/700"),
         ("trunk.identity", "tenant/default/trunk/carrier"),
+        ("trunk.transfers", "tenant/default/trunk/carrier"),
         ("extension.caller_id", "tenant/default/extension/1000"),
         ("forwarding.set", "tenant/default/extension/1000/always"),
         ("forwarding.clear", "tenant/default/extension/1000/all"),

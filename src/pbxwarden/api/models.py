@@ -169,6 +169,13 @@ class TrunkIdentityIn(_In):
     )
 
 
+class TrunkTransfersIn(_In):
+    accept: bool = Field(
+        description="perform the carrier's REFERs (each target judged by the guard as a "
+        "call of our extension in the call); false: answer them 403"
+    )
+
+
 class TrunkAccessIn(_In):
     allow: bool = Field(description="its credentials may be used from a trunk's address")
 
@@ -280,6 +287,7 @@ class TrunkOut(BaseModel):
     keep_registered: bool = Field(False, validation_alias="register")
     emergency: bool = False
     assert_identity: bool = Field(True, description="the carrier gets P-Asserted-Identity")
+    accept_transfers: bool = Field(False, description="the carrier's REFERs are performed")
 
 
 class DidIn(_In):

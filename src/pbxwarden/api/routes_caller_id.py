@@ -1,6 +1,7 @@
 """Caller ID over HTTP (:mod:`pbxwarden.pbx.caller_id`): the number an extension presents
-to carriers, withholding, and whether a trunk's carrier gets P-Asserted-Identity. Both
-changes are audited; the number must be one of the tenant's DIDs (400 otherwise)."""
+to carriers, withholding, and whether a trunk's carrier gets P-Asserted-Identity; and
+the trunk's other switch, whether its carrier's transfers are performed. Every change
+is audited; the number must be one of the tenant's DIDs (400 otherwise)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from pbxwarden.api.models import CallerIdIn, ExtensionOut, TrunkIdentityIn, TrunkOut
+from pbxwarden.api.models import (
+    CallerIdIn,
+    ExtensionOut,
+    TrunkIdentityIn,
+    TrunkOut,
+    TrunkTransfersIn,
+)
 from pbxwarden.api.routes_pbx import NumberPath, TenantPath, _extension
 from pbxwarden.api.security import API_PREFIX, Admin, Ctx, audit, require_global
 from pbxwarden.store.caller_id import _UNSET, CallerIdStore
 from pbxwarden.store.db import StoreError
+from pbxwarden.store.trunk_settings import TrunkSettings
 
 router = APIRouter(prefix=API_PREFIX)
 
@@ -72,7 +80,39 @@ def set_trunk_identity(
         {"assert_identity": body.assert_identity},
         tenant,
     )
+    return _trunk(ctx, tenant, name)
+
+
+def _trunk(ctx: Ctx, tenant: str, name: str) -> dict[str, Any]:
     for trunk in ctx.store.list_trunks():
         if trunk["tenant"] == tenant and trunk["name"] == name:
             return trunk
     raise StoreError(f"no trunk {name!r} in tenant {tenant}")
+
+
+@router.put(
+    "/tenants/{tenant}/trunks/{name}/transfers",
+    response_model=TrunkOut,
+    tags=["trunks"],
+    summary="Whether the trunk's carrier may ask the PBX to transfer a call (REFER)",
+)
+def set_trunk_transfers(
+    tenant: TenantPath,
+    name: str,
+    body: TrunkTransfersIn,
+    request: Request,
+    ctx: Ctx,
+    principal: Admin,
+) -> dict[str, Any]:
+    require_global(principal, "changing a trunk")  # trunks belong to the provider
+    before = TrunkSettings(ctx.store).set_transfers(tenant, name, body.accept)
+    audit(
+        request,
+        principal,
+        "trunk.transfers",
+        f"tenant/{tenant}/trunk/{name}",
+        {"accept_transfers": before},
+        {"accept_transfers": body.accept},
+        tenant,
+    )
+    return _trunk(ctx, tenant, name)

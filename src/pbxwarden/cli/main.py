@@ -30,6 +30,7 @@ from pbxwarden.cli.groups import group_app
 from pbxwarden.cli.hours import hours_app
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows, when
+from pbxwarden.cli.trunk_settings import trunk_transfers
 from pbxwarden.store.basics import (
     DEFAULT_TENANT,
     StoreError,
@@ -57,6 +58,7 @@ trunk_app = typer.Typer(no_args_is_help=True, help="SIP trunks to carriers.")
 app.add_typer(trunk_app, name="trunk")
 extension_app.command("caller-id")(extension_caller_id)
 trunk_app.command("identity")(trunk_identity)
+trunk_app.command("transfers")(trunk_transfers)
 did_app = typer.Typer(no_args_is_help=True, help="Inbound numbers (DIDs) and where they ring.")
 app.add_typer(did_app, name="did")
 app.add_typer(group_app, name="group")

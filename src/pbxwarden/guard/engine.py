@@ -64,7 +64,14 @@ __all__ = [
     "load_high_risk",
 ]
 
-COSTLY_KINDS = ("external", "forwarded", "transferred", "group", "forward-change")
+COSTLY_KINDS = (
+    "external",
+    "forwarded",
+    "transferred",
+    "carrier-transfer",
+    "group",
+    "forward-change",
+)
 # Signs that an extension is in an attacker's hands; two different ones within 24 hours
 # suspend it (one alone refuses the call and alerts).
 SIGNALS = {
@@ -472,10 +479,13 @@ class Guard:
             if len(ext.refused) >= PROBING:
                 self._signal(ext, now, "probing", decision.reasons[0])
         elif (
-            attempt.kind in DIVERTED and attempt.kind != "group" and decision.severity == "critical"
+            attempt.kind in DIVERTED
+            and attempt.kind not in ("group", "carrier-transfer")
+            and decision.severity == "critical"
         ):
             # (a group's member is the admin's configuration, refused on every call: an
-            # alert to fix it, not a sign that a phone was taken over)
+            # alert to fix it, not a sign that a phone was taken over; nor is what the
+            # far party of a carrier's call asked for)
             self._signal(ext, now, "diversion-refused", decision.reasons[0])
             dest = attempt.destination
             if (
@@ -595,6 +605,8 @@ class Guard:
             "forwarded": f"a call diverted by extension {attempt.extension} to {attempt.dialed}",
             "transferred": f"a call transferred by extension {attempt.extension} to "
             f"{attempt.dialed}",
+            "carrier-transfer": f"a transfer of extension {attempt.extension}'s call to "
+            f"{attempt.dialed}, asked for by the carrier's party",
             "group": f"a call to ring group {attempt.extension}'s member {attempt.dialed}",
             "forward-change": f"a diversion of extension {attempt.extension} to {attempt.dialed}",
         }.get(attempt.kind, f"a call to {attempt.dialed}")

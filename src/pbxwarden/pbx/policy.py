@@ -18,7 +18,7 @@ from pbxwarden.pbx.numbers import Destination
 # "standard-rate": a short code of the home country billed like a national call (ES 091)
 # kinds that are someone else's call sent on at the extension's cost, and with the
 # setting of a diversion, every kind judged as a diversion
-DIVERTED = frozenset(("forwarded", "transferred", "group"))
+DIVERTED = frozenset(("forwarded", "transferred", "carrier-transfer", "group"))
 DIVERSIONS = DIVERTED | {"forward-change"}
 NATIONAL_ALLOWED = frozenset(("fixed", "mobile", "fixed-or-mobile", "toll-free", "standard-rate"))
 
@@ -32,6 +32,7 @@ class CallAttempt:
     # "internal" (extension to extension), "external" (out), "inbound" (from a carrier),
     # "forwarded" (a diversion or redirect: a new call paid by ``extension``),
     # "transferred" (a call ``extension`` transfers out: judged like a diversion),
+    # "carrier-transfer" (a carrier's party transfers ``extension``'s call out),
     # "group" (a ring group's external member, ``extension`` the group's number), or
     # "forward-change" (setting a diversion: judged like a call to the target)
     kind: str

@@ -34,6 +34,8 @@ class Trunk:
     register_expires: int = 3600
     emergency: bool = False  # the tenant's emergency calls go out here
     assert_identity: bool = True  # P-Asserted-Identity to this carrier (RFC 3325)
+    # its REFERs are performed (the target judged as a call of our party), else 403
+    accept_transfers: bool = False
     # networks the carrier also sends calls from, beyond the host's own (DNS) addresses
     inbound_from: tuple[str, ...] = ()
 
@@ -140,6 +142,12 @@ class Routing:
                 if e164.startswith(prefix) and (best is None or len(prefix) > best[0]):
                     best = (len(prefix), trunk)
         return best[1] if best else None
+
+    def trunk_named(self, tenant: str, name: str) -> Trunk | None:
+        for trunk in self.trunks:
+            if trunk.key == (tenant, name):
+                return trunk
+        return None
 
     def emergency_trunk(self, tenant: str) -> Trunk | None:
         """Where the tenant's emergency calls go: its trunk marked for them, else its route

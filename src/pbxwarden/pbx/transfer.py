@@ -6,7 +6,11 @@ our cost (the fraud path other PBXs left open). The target is judged as a new ca
 by the transferring extension, kind ``transferred``, through the same authorization
 hook as every call and diversion: a transfer to a premium or forbidden number is
 answered 403 with the reason, recorded in the CDRs and alerted like a diversion.
-Carriers' REFERs are refused.
+Carriers' REFERs are refused, unless the trunk accepts transfers (``trunk transfers
+NAME --accept``): then a blind transfer the carrier's party asks for is performed the
+same way, the target judged as a call paid by our extension in the call (kind
+``carrier-transfer``: refused and alerted like any diversion, but never counted as a
+sign that the extension itself was taken over).
 
 Blind transfer of the transferee C by the transferor R, in call O:
 
@@ -66,6 +70,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pbxwarden.transfer")
 
 KIND = "transferred"
+# a transfer a carrier asked for (REFER from a trunk that accepts them), paid by our party
+CARRIER_KIND = "carrier-transfer"
 _REPLACES = re.compile(r"(?:^|&)replaces=([^&]*)", re.IGNORECASE)
 
 
@@ -357,10 +363,14 @@ class Transfers:
 
         by = self.transferor(call, leg)
         here = call.leg(leg)[1]
+        kind = KIND
         if by is None or here is None or here.host != source.host:
-            log.warning("REFER from a carrier refused", call_id=call.id, source=str(source))
-            refuse(403, "transfer requests from a carrier are not accepted")
-            return
+            by = self._for_carrier(call, leg, here, source)
+            if by is None:
+                log.warning("REFER from a carrier refused", call_id=call.id, source=str(source))
+                refuse(403, "transfer requests from a carrier are not accepted")
+                return
+            kind = CARRIER_KIND
         values = request.headers.get_all("Refer-To")
         if len(values) != 1:
             refuse(400, "a REFER needs exactly one Refer-To")
@@ -380,6 +390,9 @@ class Transfers:
             refuse(481, "the other party has left the call")
             return
         replaces = replaces_of(uri.headers)
+        if kind == CARRIER_KIND and (replaces is not None or self.core.park.parks(target)):
+            refuse(403, "a carrier may ask for a blind transfer only")
+            return
         if replaces is not None:
             if not replaces:
                 refuse(400, "unreadable Replaces in Refer-To")
@@ -400,7 +413,23 @@ class Transfers:
         if self.core.park.parks(target):  # *70, *701: the call waits in a park slot
             self.core.park.park(call, leg, by, target, transferee, dialog, dest, accept, refuse)
             return
-        self.blind(call, leg, by, target, transferee, dialog, dest, accept, refuse)
+        self.blind(call, leg, by, target, transferee, dialog, dest, accept, refuse, kind=kind)
+
+    def _for_carrier(
+        self, call: Call, leg: str, here: Address | None, source: Address
+    ) -> ExtensionAuth | None:
+        """Who pays for the transfer a carrier asks for on ``leg``: our extension on the
+        other leg, when the carrier's trunk accepts transfers and the REFER came from
+        that carrier; else None (refused)."""
+        if here is None or here.host != source.host:
+            return None
+        if leg == "b":
+            trunk = call.b_trunk
+        else:
+            trunk = self.core.routing.trunk_named(call.tenant, call.trunk) if call.trunk else None
+        if trunk is None or not trunk.accept_transfers:
+            return None
+        return self.transferor(call, other_leg(leg))
 
     def _consulted(
         self, by: ExtensionAuth, call: Call, replaces: tuple[str, str, str]
@@ -526,6 +555,7 @@ class Transfers:
         refuse: Callable[[int, str], None],
         *,
         ring_back: bool = False,
+        kind: str = KIND,
     ) -> None:
         """Transfer the party on ``transferee`` to ``target``, paid by ``by``: a REFER's
         blind transfer, or (``ring_back``) a parked call going back to the extension
@@ -552,16 +582,23 @@ class Transfers:
             refuse(482, "a call cannot be transferred to the extension transferring it")
             return
         invite, number, moved_ext = self.party(call, transferee)
-        kind = "internal" if target_ext is not None else KIND
         attempt = CallAttempt(
-            by.tenant, by.number, number, target, kind, str(call.leg(leg)[1]), now, destination
+            by.tenant,
+            by.number,
+            number,
+            target,
+            "internal" if target_ext is not None else kind,
+            str(call.leg(leg)[1]),
+            now,
+            destination,
         )
         decision = core.policy.authorize(attempt)
-        note = (
-            f"back to {target}, who parked it"
-            if ring_back
-            else f"transferred by {by.number} to {target}"
-        )
+        if ring_back:
+            note = f"back to {target}, who parked it"
+        elif kind == CARRIER_KIND:
+            note = f"transferred by the carrier ({call.leg(leg)[1]}) to {target}, for {by.number}"
+        else:
+            note = f"transferred by {by.number} to {target}"
         decision = replace(decision, reasons=(note, *decision.reasons))
         new = core.open(
             invite,
@@ -571,7 +608,7 @@ class Transfers:
             by.number,
             number,
             target,
-            KIND,
+            kind,
             decision,
             now,
             destination,

@@ -1121,6 +1121,7 @@ class Store:
                     or (DEFAULT_REGISTER_EXPIRES if r.register else None),
                     "emergency": bool(r.emergency),
                     "assert_identity": r.assert_identity is not False,
+                    "accept_transfers": bool(r.accept_transfers),
                 }
                 for t, r in s.execute(stmt)
             ]
@@ -1154,6 +1155,7 @@ class Store:
                     register_expires=r.register_expires or DEFAULT_REGISTER_EXPIRES,
                     emergency=bool(r.emergency),
                     assert_identity=r.assert_identity is not False,
+                    accept_transfers=bool(r.accept_transfers),
                     inbound_from=tuple(filter(None, (r.inbound_from or "").split(","))),
                 )
                 for r in s.scalars(select(TrunkRow))

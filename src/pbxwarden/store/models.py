@@ -181,6 +181,8 @@ class TrunkRow(Base):
     inbound_from: Mapped[str | None] = mapped_column(Text, nullable=True)
     # the carrier gets P-Asserted-Identity (NULL: yes; off for carriers that do not trust us)
     assert_identity: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # the carrier may ask the PBX to transfer a call (REFER); NULL: no
+    accept_transfers: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class DidRow(Base):
