@@ -257,6 +257,14 @@ class CallsConfig(_Section):
         description="bytes of SIP datagrams waiting in the kernel above which new calls get "
         "503 (0: off); a deep queue is seconds of delay the event loop does not see",
     )
+    admission_wait: float = Field(
+        0.25,
+        ge=0,
+        le=5,
+        description="seconds a new call over UDP may wait behind calls in progress before "
+        "it gets 503 (twice that for one answering our challenge); 0: every datagram in "
+        "arrival order",
+    )
     ring_timeout: float = Field(
         60.0, gt=0, le=600, description="seconds before a call is unanswered"
     )
@@ -605,6 +613,8 @@ park_timeout = 120               #   (*701-*709); dial the slot to take it; afte
                                  #   it rings the extension that parked it
 overload_lag = 0.25              # when the server lags this much (s), new calls get 503 (0: off)
 overload_queue = 2000000         # ... or this many bytes of SIP wait in the kernel's buffer
+admission_wait = 0.25            # calls in progress are served first; a new call waiting
+                                 #   longer than this behind them gets 503 (0: arrival order)
 
 [media]
 relay = false                    # true: RTP flows through the PBX (phones behind NAT);

@@ -75,6 +75,7 @@ from pbxwarden.sip.transaction import State as TxState
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.transport.connections import ConnectionLimits
+from pbxwarden.transport.ingress import Ingress
 from pbxwarden.transport.network import (
     FILE_RESERVE,
     SourceKind,
@@ -229,6 +230,8 @@ class SipServer:
             over_limit=self._connection_flood,
             reserved_files=FILE_RESERVE
             + (config.media.port_max - config.media.port_min + 1 if config.media.relay else 0),
+            shed=self.on_late_call,
+            ingress=Ingress(wait=config.calls.admission_wait),
         )
         self.workers: WorkerPool | None = None  # registrar workers, started after binding
         self.stats = Stats()
@@ -428,7 +431,12 @@ class SipServer:
             self._lag_probe.cancel()
         await self.sync.flush()
 
-    def on_message(self, data: bytes, source: Address) -> None:
+    def on_late_call(self, data: bytes, source: Address) -> None:
+        """A new call that waited too long behind calls in progress: 503, after the same
+        firewall checks as any message (an emergency call is never shed)."""
+        self.on_message(data, source, shed=True)
+
+    def on_message(self, data: bytes, source: Address, shed: bool = False) -> None:
         """Entry point for every message from every transport."""
         self.stats.received += 1
         wall = time.time()
@@ -466,10 +474,10 @@ class SipServer:
             self.transports.confirm(source)  # a valid request: the connection may stay
             stamp_via(message, source)
             if (
-                self._overload
+                (shed or self._overload)
                 and message.method == "INVITE"
                 and message.to.tag is None
-                and (self._overload > 1 or not _has_credentials(message))
+                and (shed or self._overload > 1 or not _has_credentials(message))
                 and server_key(message) not in self.tx
                 and not self._maybe_emergency(message)
             ):

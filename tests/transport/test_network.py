@@ -19,15 +19,15 @@ async def test_udp_backlog_counts_what_waits_unread() -> None:
         assert transports.udp_backlog() == 0
         host, port = transports.bound["UDP"]
         proto = transports._udp
-        assert proto is not None and proto.transport is not None
-        proto.transport.pause_reading()  # the loop stops reading: datagrams pile up
+        assert proto is not None
+        proto.pause_reading()  # the loop stops reading: datagrams pile up
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             for _ in range(50):
                 sender.sendto(b"OPTIONS sip:x SIP/2.0\r\n\r\n" + bytes(500), (host, port))
         await asyncio.sleep(0.05)
         queued = transports.udp_backlog()
         assert queued is not None and queued >= 50 * 500
-        proto.transport.resume_reading()
+        proto.resume_reading()
         for _ in range(100):
             await asyncio.sleep(0.01)
             if transports.udp_backlog() == 0:
@@ -83,3 +83,41 @@ async def test_alarm_keeps_the_earliest_deadline_and_fires_once() -> None:
     alarm.cancel()
     await asyncio.sleep(0.05)
     assert len(fired) == 1
+
+
+async def test_udp_serves_calls_in_progress_before_new_calls() -> None:
+    """A burst read in one go: the BYEs (calls in progress) are handled before the new
+    INVITEs that arrived first; with no wait left, the INVITEs go to the shed callback."""
+    from pbxwarden.transport.ingress import Ingress
+
+    handled: list[bytes] = []
+    shed: list[bytes] = []
+    transports = Transports(
+        lambda data, source: handled.append(data[:6]),
+        shed=lambda data, source: shed.append(data[:6]),
+        ingress=Ingress(wait=0.25, limit=3),
+    )
+    await transports.listen_udp("127.0.0.1", 0)
+    try:
+        host, port = transports.bound["UDP"]
+        proto = transports._udp
+        assert proto is not None
+        proto.pause_reading()
+        invite = b"INVITE sip:1001@x SIP/2.0\r\nTo: <sip:1001@x>\r\n\r\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(5):
+                sender.sendto(invite, (host, port))
+            sender.sendto(b"BYE sip:x SIP/2.0\r\nTo: <sip:x>;tag=1\r\n\r\n", (host, port))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if transports.udp_backlog() and transports.udp_backlog() >= 6 * 40:
+                break
+        proto.resume_reading()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(handled) + len(shed) == 6:
+                break
+        assert handled[0] == b"BYE si", handled  # read last, served first
+        assert handled[1:] == [b"INVITE"] * 3 and shed == [b"INVITE"] * 2  # over the limit
+    finally:
+        await transports.close()

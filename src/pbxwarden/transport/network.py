@@ -2,7 +2,9 @@
 
 Deliberately thin: it frames streams, remembers connections so that responses go
 back the way requests came (RFC 3261 18.2.2), and hands every message to one
-callback. It knows nothing of SIP beyond framing. Which connection to admit, refuse
+callback (over UDP, new calls that waited too long to another, which sheds them:
+:mod:`pbxwarden.transport.ingress`). It knows nothing of SIP beyond framing and
+telling a new call from the rest. Which connection to admit, refuse
 or close is decided by :class:`~pbxwarden.transport.connections.ConnectionTable`;
 the server says which connection sent a valid request (:meth:`Transports.confirm`).
 """
@@ -16,6 +18,7 @@ import functools
 import socket
 import ssl
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -27,6 +30,7 @@ from pbxwarden.sip.errors import ParseError
 from pbxwarden.sip.message import StreamFramer, error_response_bytes
 from pbxwarden.sip.transaction import Address
 from pbxwarden.transport.connections import ConnectionLimits, ConnectionTable
+from pbxwarden.transport.ingress import Ingress, Lane
 
 log = structlog.get_logger("pbxwarden.transport")
 
@@ -41,22 +45,128 @@ FILE_RESERVE = 512  # descriptors for everything but connections (database, logs
 MIN_CONNECTIONS = 16
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, handler: MessageHandler) -> None:
-        self._handler = handler
-        self.transport: asyncio.DatagramTransport | None = None
+UDP_BATCH = 64  # datagrams read per readiness callback before timers get their turn
+UDP_SLICE = 0.005  # seconds of new calls served in one go, then the loop's other work
+SEND_QUEUE = 4096  # datagrams kept while the kernel's send buffer is full
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport does not subclass asyncio.DatagramTransport; same interface.
-        self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
-            return  # NAT keep-alive pings: nothing to answer over UDP
-        self._handler(data, Address("UDP", addr[0], addr[1]))
+class _Udp:
+    """One UDP socket, read and written directly (not an asyncio datagram transport):
+    it reads in batches and sorts what it reads (:mod:`pbxwarden.transport.ingress`),
+    calls in progress first, so that new calls wait, and are shed, instead of them."""
 
-    def error_received(self, exc: Exception) -> None:  # ICMP unreachable and the like
-        log.debug("udp error", error=str(exc))
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        handler: MessageHandler,
+        shed: MessageHandler,
+        ingress: Ingress,
+    ) -> None:
+        self.loop, self.sock = loop, sock
+        self._handler, self._shed, self.ingress = handler, shed, ingress
+        self._drain_handle: asyncio.Handle | None = None
+        self._pending: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self.closed = False
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def pause_reading(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+
+    def resume_reading(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _deliver(self, handler: MessageHandler, data: bytes, source: Address) -> None:
+        try:
+            handler(data, source)
+        except Exception:  # one bad datagram must not stop the socket being read
+            log.exception("handling a datagram failed", source=str(source))
+
+    def _readable(self) -> None:
+        now = self.loop.time()
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP unreachable reported on the socket, and the like
+                log.debug("udp error", error=str(exc))
+                continue
+            if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
+                continue  # NAT keep-alive pings: nothing to answer over UDP
+            source = Address("UDP", addr[0], addr[1])
+            lane = self.ingress.offer(data, source, now)
+            if lane is Lane.NOW:
+                self._deliver(self._handler, data, source)
+            elif lane is Lane.SHED:
+                self._deliver(self._shed, data, source)
+        if len(self.ingress) and self._drain_handle is None:
+            self._drain_handle = self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """New calls, oldest first, for one slice; the rest after the loop's other work
+        (timers, and reading again: what arrived meanwhile for calls in progress)."""
+        self._drain_handle = None
+        if self.closed:
+            return
+        begin = self.loop.time()
+        while True:
+            now = self.loop.time()
+            item = self.ingress.take(now)
+            if item is None:
+                return
+            data, source, shed = item
+            self._deliver(self._shed if shed else self._handler, data, source)
+            if self.loop.time() - begin > UDP_SLICE:
+                break
+        if len(self.ingress):
+            self._drain_handle = self.loop.call_soon(self._drain)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.closed:
+            return
+        if not self._pending:
+            try:
+                self.sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.sock.fileno(), self._writable)
+            except OSError as exc:
+                log.debug("udp send failed", error=str(exc), dest=f"{addr[0]}:{addr[1]}")
+                return
+        if len(self._pending) < SEND_QUEUE:
+            self._pending.append((data, addr))
+
+    def _writable(self) -> None:
+        while self._pending:
+            data, addr = self._pending[0]
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("udp send failed", error=str(exc), dest=f"{addr[0]}:{addr[1]}")
+            self._pending.popleft()
+        self.loop.remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._writable_flush()
+        self.closed = True
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+        self.loop.remove_reader(self.sock.fileno())
+        self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+
+    def _writable_flush(self) -> None:
+        """Last answers (BYE's 200s at shutdown) still queued: one try each."""
+        while self._pending:
+            data, addr = self._pending.popleft()
+            with contextlib.suppress(OSError):
+                self.sock.sendto(data, addr)
 
 
 class SourceKind(Enum):
@@ -303,8 +413,13 @@ class Transports:
         classify: Callable[[str], SourceKind] = _normal,
         over_limit: Callable[[str, int], None] = _ignore,
         reserved_files: int = FILE_RESERVE,
+        shed: MessageHandler | None = None,
+        ingress: Ingress | None = None,
     ) -> None:
         self.handler = handler
+        # UDP: a new call that waited too long goes to ``shed`` (the server's 503) instead
+        self.shed = shed or handler
+        self.ingress = ingress if ingress is not None else Ingress(wait=0)  # 0: in turn
         self.classify = classify
         self.over_limit = over_limit
         self.table: ConnectionTable[_Stream] = ConnectionTable(limits)
@@ -327,10 +442,8 @@ class Transports:
         loop = asyncio.get_running_loop()
         if sock is None:
             sock = bind_udp(host, port)
-        _, proto = await loop.create_datagram_endpoint(lambda: _Udp(self.handler), sock=sock)
-        self._udp = proto
-        assert proto.transport is not None
-        self.bound["UDP"] = proto.transport.get_extra_info("sockname")[:2]
+        self._udp = _Udp(loop, sock, self.handler, self.shed, self.ingress)
+        self.bound["UDP"] = sock.getsockname()[:2]
 
     async def listen_stream(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         name = "TLS" if tls is not None else "TCP"
@@ -459,10 +572,9 @@ class Transports:
         """Bytes waiting in the UDP socket's receive buffer (Linux SO_MEMINFO), or None
         where the kernel cannot tell. Work waiting here is invisible to the event loop:
         with a large buffer it is seconds of delay before the loop looks lagged at all."""
-        transport = self._udp.transport if self._udp is not None else None
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
+        if self._udp is None or self._udp.closed:
             return None
+        sock = self._udp.sock
         try:
             info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * 9)
         except (OSError, AttributeError, TypeError):
@@ -472,9 +584,9 @@ class Transports:
     def send(self, data: bytes, dest: Address) -> bool:
         """Send bytes to ``dest``; False when there is no way to (closed connection)."""
         if dest.transport == "UDP":
-            if self._udp is None or self._udp.transport is None:
+            if self._udp is None or self._udp.closed:
                 return False
-            self._udp.transport.sendto(data, (dest.host, dest.port))
+            self._udp.sendto(data, (dest.host, dest.port))
             return True
         conn = self.connections.get((dest.transport, dest.host, dest.port))
         if conn is None or conn.transport is None or conn.transport.is_closing():
@@ -486,8 +598,8 @@ class Transports:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
