@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
+    SCENARIOS,
     PbxProcess,
     finish_sipp_uas,
     run_sipp,
@@ -143,6 +144,39 @@ def test_a_callee_reliable_183_with_sdp_is_pracked_and_reaches_the_caller(
         assert not header(progress, "RSeq") and not header(progress, "Require"), progress
     [row] = wait_cdr(pbx)
     assert row["disposition"] == "answered", row
+
+
+def test_the_answer_waits_for_the_prack_of_early_media(pbx: PbxProcess, tmp_path: Path) -> None:
+    """RFC 3262 3: the callee answers while the caller has not PRACKed the 183 with SDP
+    yet: the caller's 200 goes only after its PRACK's 200 (the caller's scenario fails
+    on a 200 during its pause)."""
+    port = register_callee(pbx, tmp_path)
+    phone = start_sipp_uas("call_uas_100rel_answer.xml", port, tmp_path)
+    log = tmp_path / "caller-messages.log"
+    caller(pbx, "call_uac_100rel_slow_prack.xml", tmp_path, log)
+    callee = finish_sipp_uas(phone, tmp_path)
+    assert callee.successful == 1, callee.output
+    assert "answer waits for the caller's PRACK" in pbx.log()
+    [row] = wait_cdr(pbx)
+    assert row["disposition"] == "answered", row
+
+
+def test_no_prack_for_early_media_while_the_callee_answered_hangs_the_callee_up(
+    tmp_path: Path,
+) -> None:
+    """The callee answered, its answer waits for a PRACK that never comes: the caller's
+    INVITE fails with 500 and the callee, already in the call, gets a BYE."""
+    with running_pbx(tmp_path / "data", USERS, env={"PBXWARDEN_SIP__T1": "0.1"}) as pbx:
+        port = register_callee(pbx, tmp_path)
+        phone = start_sipp_uas("call_uas_100rel_answer.xml", port, tmp_path)  # ends on BYE
+        text = (SCENARIOS / "call_uac_100rel_no_prack.xml").read_text()
+        scenario = tmp_path / "no_prack_183.xml"
+        scenario.write_text(text.replace('<recv response="180">', '<recv response="183">'))
+        caller(pbx, str(scenario), tmp_path, tmp_path / "caller-messages.log")
+        callee = finish_sipp_uas(phone, tmp_path)
+        assert callee.successful == 1, callee.output
+        [row] = wait_cdr(pbx)
+        assert row["disposition"] == "failed" and row["sip_code"] == 500, row
 
 
 def test_a_prack_outside_any_invite_gets_481(pbx: PbxProcess) -> None:
