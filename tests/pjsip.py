@@ -218,11 +218,20 @@ class Phones:
         return f"sip:{number}@{self.pbx}"
 
     def add(
-        self, number: str, password: str, *, require_timer: bool = False, domain: str = ""
+        self,
+        number: str,
+        password: str,
+        *,
+        require_timer: bool = False,
+        require_100rel: bool = False,
+        domain: str = "",
     ) -> Phone:
         """A phone registered as ``number``; ``require_timer``: its calls require session
-        timers (RFC 4028), as some desk phones are set to; ``domain``: a tenant's realm
-        (its requests go to the PBX as their outbound proxy)."""
+        timers (RFC 4028), as some desk phones are set to; ``require_100rel``: reliable
+        provisional responses (RFC 3262, PJSUA_100REL_MANDATORY): its INVITEs say
+        ``Require: 100rel`` and it refuses (421) INVITEs that do not offer it, its 180s
+        go reliably; ``domain``: a tenant's realm (its requests go to the PBX as their
+        outbound proxy)."""
         tcfg = pj.TransportConfig()
         tcfg.boundAddress = "127.0.0.1"
         tcfg.port = 0
@@ -239,6 +248,8 @@ class Phones:
         if require_timer:
             acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_REQUIRED
             acfg.callConfig.timerSessExpiresSec = 90
+        if require_100rel:
+            acfg.callConfig.prackUse = pj.PJSUA_100REL_MANDATORY
         phone = Phone(self, number)
         phone.domain = domain
         phone.create(acfg)

@@ -89,7 +89,9 @@ from pbxwarden.transport.rtp import MediaRelay
 log = structlog.get_logger("pbxwarden.server")
 
 # what is implemented (MESSAGE: between extensions, out of a call)
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, REFER, MESSAGE, SUBSCRIBE"
+ALLOW = (
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, REFER, MESSAGE, SUBSCRIBE"
+)
 
 
 EVENT_CALL_FIELDS = (

@@ -7,7 +7,8 @@ relays provisional and final answers to the caller, anchors media, retransmits i
 until the ACK, and ends calls; what a failed leg means (follow a redirect, forward on
 busy, try the carrier's next server, answer a challenge) is the dialplan's decision
 (:meth:`B2bua.leg_failed`, implemented by :class:`pbxwarden.pbx.calls.CallManager`).
-Mid-call requests and keep-alives are :mod:`pbxwarden.pbx.mid_call`.
+Mid-call requests and keep-alives are :mod:`pbxwarden.pbx.mid_call`, reliable
+provisional responses (100rel, PRACK) on both legs :mod:`pbxwarden.pbx.prack`.
 
 Sans-I/O: timers use the scheduler of the :class:`CallPort`, messages leave through it.
 """
@@ -37,6 +38,7 @@ from pbxwarden.pbx.media import MediaAnchor, MediaError, SdpError, is_sdp
 from pbxwarden.pbx.mid_call import MidCall
 from pbxwarden.pbx.numbers import Destination
 from pbxwarden.pbx.policy import CallAuthorizer, Decision
+from pbxwarden.pbx.prack import Prack
 from pbxwarden.pbx.routing import Trunk
 from pbxwarden.pbx.sdp_origin import SdpOrigins
 from pbxwarden.sip.dialog import Dialog
@@ -87,6 +89,7 @@ class B2bua:
         self.attempts: dict[str, int] = {}  # call attempts by kind, for metrics
         self.mid = MidCall(self)
         self.forking = Forking(self)
+        self.prack = Prack(self)  # reliable provisional responses (RFC 3262)
         # requests a feature sent in a call's dialogs, and who takes their final answers
         self.awaiting: dict[TransactionKey, Callable[[Response | None], None]] = {}
         self.refs: dict[int, Call] = {}  # further guard references (group members' legs)
@@ -318,11 +321,12 @@ class B2bua:
         named = trunk is not None and not is_ip(trunk.host)
         to = NameAddr(URI("sip", user=to_user, host=target.host if named else host))
         # a joined call's B leg is placed without an offer: the answer brings one
+        body = b"" if call.joined is not None else call.offer if call.offer is not None else a.body
         for name in ("Allow",) if call.joined is not None else ("Content-Type", "Allow"):
             value = a.headers.get(name)
             if value is not None:
                 headers.add(name, value)
-        supported = options.offered(a.headers.get("Supported"))
+        supported = options.offered(a.headers.get("Supported"), prack=bool(body))
         if supported is not None:
             headers.add("Supported", supported)
         if call.diversion is not None:
@@ -336,11 +340,7 @@ class B2bua:
             call_id=generate_call_id(),
             cseq=CSeq(1, "INVITE"),
             headers=headers,
-            body=b""
-            if call.joined is not None
-            else call.offer
-            if call.offer is not None
-            else a.body,
+            body=body,
             max_forwards=max(0, (a.max_forwards if a.max_forwards is not None else 70) - 1),
             contacts=[self.contact(dest.transport)],
             method="INVITE",
@@ -381,6 +381,10 @@ class B2bua:
         if status < 200:
             if status > 100:
                 call.b_provisional = True
+                if not self.prack.from_callee(
+                    call, call.b_key, call.b_request, call.b_dest, response
+                ):
+                    return  # a retransmission of a reliable one
                 if not call.ended and call.b_dest is not None:
                     self.relay_to_a(call, response, call.b_dest.host)
             return
@@ -388,6 +392,7 @@ class B2bua:
             if call.b_dialog is None:
                 assert call.b_request is not None
                 call.b_dialog = Dialog.as_uac(call.b_request, response)
+                self.prack.confirmed(call.b_key, call.b_dialog)
                 self.dialogs[(call.b_request.call_id, call.b_dialog.local_tag)] = (call, "b")
             self.ack_b(call)
             if call.ended:  # answered after the caller gave up: hang up at once
@@ -414,9 +419,8 @@ class B2bua:
             body = b""
         if body:
             headers.append(("Content-Type", ctype or ""))
-        self.port.respond(
-            call.a_key,
-            call.a_request,
+        self.prack.to_caller(
+            call,
             make_response(
                 call.a_request,
                 response.status,
@@ -480,6 +484,8 @@ class B2bua:
         if call.joined is not None:  # the a leg is up already: the feature joins them
             call.joined.answered(call, response)
             return
+        if self.prack.hold_answer(call, lambda: self.answer_a(call, response)):
+            return  # RFC 3262 3: a provisional with SDP is not PRACKed yet
         ctype = response.headers.get("Content-Type")
         assert call.b_dest is not None
         try:
@@ -525,58 +531,9 @@ class B2bua:
             self.mid.arm_keepalive(call)
             if call.session_timer is not None:
                 call.session_refreshed = self.port.wall_time()
-                self._session_check(call, session_timer.expiry(call.session_timer.interval))
+                self.mid.session_check(call, session_timer.expiry(call.session_timer.interval))
                 if call.session_timer.refresher == "uas":
-                    self._session_refresh(call)
-
-    def _session_check(self, call: Call, delay: float) -> None:
-        """Hang up when the caller's session was not refreshed in time (RFC 4028 10)."""
-
-        def check() -> None:
-            timer = call.session_timer
-            if call.ended or timer is None or call.a_dialog is None:  # a_dialog: moved on
-                return
-            left = session_timer.expiry(timer.interval) - (
-                self.port.wall_time() - call.session_refreshed
-            )
-            if left > 0:
-                self._session_check(call, left)
-                return
-            log.warning("session expired", call_id=call.id, interval=timer.interval)
-            self.hang_up(call, "the caller's session expired: its phone stopped refreshing it")
-
-        call.timers.append(self.port.schedule(delay, check))
-
-    def _session_refresh(self, call: Call) -> None:
-        """The caller asked the PBX to refresh: an UPDATE without SDP at half the interval
-        (RFC 4028 10); a phone that no longer knows the call (481) or is gone ends it."""
-        timer = call.session_timer
-        assert timer is not None
-
-        def refresh() -> None:
-            dialog, dest = call.a_dialog, call.a_source
-            if call.ended or dialog is None or call.session_timer is not timer:
-                return
-            update = self.dialog_request(
-                dialog,
-                dest,
-                "UPDATE",
-                headers=[("Session-Expires", f"{timer.interval};refresher=uas")],
-            )
-            self.request(update, dest, answered)
-
-        def answered(response: Response | None) -> None:
-            if call.ended:
-                return
-            if response is not None and 200 <= response.status < 300:
-                call.session_refreshed = self.port.wall_time()
-                self._session_refresh(call)
-            elif response is None or response.status in (408, 481):
-                self.hang_up(call, "the caller's phone did not answer a session refresh")
-            else:  # refused (405...): the session expires unless the caller refreshes
-                log.info("session refresh refused", call_id=call.id, status=response.status)
-
-        call.timers.append(self.port.schedule(timer.interval / 2, refresh))
+                    self.mid.session_refresh(call)
 
     # -- keep-alive: does each phone still know the call? --------------------------------
 
@@ -662,6 +619,9 @@ class B2bua:
             self.fail(call, 480, "no answer", disposition="no-answer")
 
     def cancel_b(self, call: Call) -> None:
+        if self.prack.drop_held(call):  # the callee answered already: it gets a BYE
+            self.bye(call, "b")
+            return
         if call.forks and call.answered is None:
             for fork in call.forks:
                 self.forking.cancel(fork, None)
@@ -790,6 +750,7 @@ class B2bua:
         for fork_key in [k for k, (c, _) in forks.items() if c is call]:
             del forks[fork_key]
         self.mid.forget(call)
+        self.prack.forget(call)
 
     @property
     def active(self) -> list[Call]:

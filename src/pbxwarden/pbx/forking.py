@@ -80,6 +80,8 @@ class Forking:
             if status == 100:
                 return
             fork.provisional = True
+            if not self.core.prack.from_callee(call, fork.key, fork.request, fork.dest, response):
+                return  # a retransmission of a reliable one
             if fork.cancel_pending is not None:  # cancelled before it could be: now it can
                 reason, fork.cancel_pending = fork.cancel_pending, None
                 self.cancel(fork, reason or None)
@@ -124,6 +126,7 @@ class Forking:
     def answered(self, call: Call, fork: Fork, response: Response) -> None:
         if fork.dialog is None:
             fork.dialog = Dialog.as_uac(fork.request, response)
+            self.core.prack.confirmed(fork.key, fork.dialog)
         if call.b_key == fork.key:  # the winner's 2xx again: our ACK was lost
             self.core.ack_b(call)
             return

@@ -5,7 +5,11 @@ in its own dialog and the answer comes back the same way; a relayed re-INVITE's 
 resent until its ACK, which then goes on (it may carry SDP). BYE ends the call. And every
 answered call's phones get an in-dialog OPTIONS now and then (as Kamailio's dialog
 keep-alive does): a phone that crashed or lost its network sends no BYE, and the call
-would go on costing money until its maximum duration.
+would go on costing money until its maximum duration. A caller's session timer
+(:mod:`pbxwarden.pbx.session_timer`) is watched here too, and refreshed when the caller
+asked the PBX to.
+
+A PRACK (:mod:`pbxwarden.pbx.prack`) is not relayed: the PBX acknowledges itself.
 """
 
 from __future__ import annotations
@@ -94,6 +98,55 @@ class MidCall:
                 self.core.port.schedule(self.core.settings.keepalive, lambda: self._ping(call))
             )
 
+    def session_check(self, call: Call, delay: float) -> None:
+        """Hang up when the caller's session was not refreshed in time (RFC 4028 10)."""
+
+        def check() -> None:
+            timer = call.session_timer
+            if call.ended or timer is None or call.a_dialog is None:  # a_dialog: moved on
+                return
+            left = session_timer.expiry(timer.interval) - (
+                self.core.port.wall_time() - call.session_refreshed
+            )
+            if left > 0:
+                self.session_check(call, left)
+                return
+            log.warning("session expired", call_id=call.id, interval=timer.interval)
+            self.core.hang_up(call, "the caller's session expired: its phone stopped refreshing it")
+
+        call.timers.append(self.core.port.schedule(delay, check))
+
+    def session_refresh(self, call: Call) -> None:
+        """The caller asked the PBX to refresh: an UPDATE without SDP at half the interval
+        (RFC 4028 10); a phone that no longer knows the call (481) or is gone ends it."""
+        timer = call.session_timer
+        assert timer is not None
+
+        def refresh() -> None:
+            dialog, dest = call.a_dialog, call.a_source
+            if call.ended or dialog is None or call.session_timer is not timer:
+                return
+            update = self.core.dialog_request(
+                dialog,
+                dest,
+                "UPDATE",
+                headers=[("Session-Expires", f"{timer.interval};refresher=uas")],
+            )
+            self.core.request(update, dest, answered)
+
+        def answered(response: Response | None) -> None:
+            if call.ended:
+                return
+            if response is not None and 200 <= response.status < 300:
+                call.session_refreshed = self.core.port.wall_time()
+                self.session_refresh(call)
+            elif response is None or response.status in (408, 481):
+                self.core.hang_up(call, "the caller's phone did not answer a session refresh")
+            else:  # refused (405...): the session expires unless the caller refreshes
+                log.info("session refresh refused", call_id=call.id, status=response.status)
+
+        call.timers.append(self.core.port.schedule(timer.interval / 2, refresh))
+
     def _ping(self, call: Call) -> None:
         """An in-dialog OPTIONS to each phone (as Kamailio's dialog keep-alive does): a
         phone that crashed or lost its network sends no BYE, and the call would go on
@@ -122,6 +175,9 @@ class MidCall:
         self.core.hang_up(call, f"the {who}'s phone {why}")
 
     def in_dialog(self, request: Request, source: Address, key: TransactionKey | None) -> None:
+        if request.method == "PRACK":  # for the PBX's own reliable provisionals
+            self.core.prack.received(request, key)
+            return
         tag = request.to.tag
         assert tag is not None
         found = self.core.dialogs.get((request.call_id, tag))

@@ -3,20 +3,25 @@ legs may offer on a caller's behalf.
 
 The B2BUA is the UAS of the caller's INVITE and the UAC of every leg it places, so an
 extension the caller requires must be one the PBX performs itself. Session timers
-(RFC 4028, :mod:`pbxwarden.pbx.session_timer`) are, on the caller's leg, and so is
-``Replaces`` (RFC 3891: a busy lamp key's pickup, :mod:`pbxwarden.pbx.pickup`); reliable
-provisional responses (100rel, RFC 3262) are not built yet, so a ``Require`` naming
-them, or anything else unknown, is answered 420 with ``Unsupported``. Neither is
-offered to a callee: it would send reliable 180s that nobody PRACKs (the call would die
-after 32 s), or expect the PBX to refresh a session it does not refresh.
+(RFC 4028, :mod:`pbxwarden.pbx.session_timer`) are, on the caller's leg, and so are
+``Replaces`` (RFC 3891: a busy lamp key's pickup, :mod:`pbxwarden.pbx.pickup`) and
+reliable provisional responses (``100rel``, RFC 3262, :mod:`pbxwarden.pbx.prack`):
+a ``Require`` naming anything else is answered 420 with ``Unsupported``.
+
+On a B leg the PBX offers ``100rel`` itself (it PRACKs a callee's reliable provisionals)
+when its INVITE carries an offer, whatever the caller supports; it never passes on the
+caller's ``timer`` (the PBX does not refresh B legs: the keep-alive watches them). In a
+relayed mid-call request (a re-INVITE) neither goes on: the PBX does not PRACK
+provisionals to re-INVITEs.
 """
 
 from __future__ import annotations
 
 from pbxwarden.sip.message import Request
 
-SUPPORTED: frozenset[str] = frozenset({"timer", "replaces"})  # option tags the PBX performs itself
-NOT_OFFERED = frozenset({"100rel", "timer"})  # never passed on in a B leg's Supported
+# option tags the PBX performs itself
+SUPPORTED: frozenset[str] = frozenset({"timer", "replaces", "100rel"})
+NOT_OFFERED = frozenset({"100rel", "timer"})  # never passed on from the caller's Supported
 
 
 def _tags(values: list[str]) -> list[str]:
@@ -32,10 +37,11 @@ def unsupported(request: Request) -> list[str]:
     return seen[:16]
 
 
-def offered(supported: str | None) -> str | None:
+def offered(supported: str | None, *, prack: bool = False) -> str | None:
     """A caller's ``Supported`` as a B leg may carry it: without what the PBX cannot do
-    on that leg. None when nothing is left."""
-    if supported is None:
-        return None
-    kept = [t for t in _tags([supported]) if t.lower() not in NOT_OFFERED]
+    on that leg, with ``100rel`` when ``prack`` (an initial INVITE with an offer). None
+    when nothing is left."""
+    kept = [t for t in _tags([supported or ""]) if t.lower() not in NOT_OFFERED]
+    if prack:
+        kept.append("100rel")
     return ", ".join(kept) or None
