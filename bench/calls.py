@@ -870,6 +870,14 @@ def setup_pbxwarden(
         run_cli(
             [*cli, "did", "add", DID, "--extension", CALLEE], f"{name}: did add", budget, workdir
         )
+        # the callee SIPp registers from the carrier's address (all on loopback): allowed
+        # explicitly, as an admin would for phones behind an SBC at a trunk's address
+        run_cli(
+            [*cli, "extension", "trunk-access", CALLEE, "--allow"],
+            f"{name}: extension trunk-access",
+            budget,
+            workdir,
+        )
     port = free_udp_port(ports)
     # SIPp sends hundreds of requests a second from one address: allowlist it, or the
     # firewall's flood limit bans the load generator.

@@ -29,6 +29,7 @@ def test_only_invites_that_start_a_call_and_cancels_are_new_calls() -> None:
     assert new_call(invite(compact=True))
     assert not new_call(invite("b7"))  # a re-INVITE in a dialog
     assert not new_call(invite("b7", compact=True))
+    assert not new_call(invite(auth=True))  # answers our challenge: an admitted attempt
     assert new_call(b"CANCEL sip:1001@pbx SIP/2.0\r\nTo: <sip:1001@pbx>\r\n\r\n")
     for other in (
         b"ACK sip:x SIP/2.0\r\n\r\n",
@@ -60,12 +61,19 @@ def test_new_calls_wait_in_order_and_are_shed_once_late() -> None:
     assert lane.shed == 1
 
 
-def test_an_invite_answering_our_challenge_may_wait_twice_as_long() -> None:
+def test_an_invite_answering_our_challenge_is_served_at_once() -> None:
+    assert Ingress(wait=0.25).offer(invite(auth=True), SRC, 0.0) is Lane.NOW
+
+
+def test_while_calls_in_progress_wait_to_be_read_only_late_calls_leave_the_lane() -> None:
     lane = Ingress(wait=0.25)
-    lane.offer(invite(auth=True), SRC, 0.0)
-    lane.offer(invite(auth=True), SRC, 0.0)
-    assert lane.take(0.4)[2] is False  # type: ignore[index]
-    assert lane.take(0.6)[2] is True  # type: ignore[index]
+    first, second = invite(), invite()
+    lane.offer(first, SRC, 0.0)
+    lane.offer(second, SRC, 0.2)
+    assert lane.take(0.1, admit=False) is None  # not late: it waits for its turn
+    assert lane.take(0.3, admit=False) == (first, SRC, True)  # late: shed
+    assert lane.take(0.3, admit=False) is None
+    assert lane.take(0.3) == (second, SRC, False)
 
 
 def test_past_the_limit_a_new_invite_is_shed_on_arrival_but_a_cancel_waits() -> None:

@@ -5,14 +5,17 @@ INVITEs delay the ACKs, BYEs and answers of calls already admitted, which then t
 and retransmit: every call fails a little, and throughput collapses (measured at 60 %
 of the sustained rate at twice that rate). So datagrams are sorted as they are read:
 
-- the *now* lane: every response and every request that is not a new call (ACK, BYE,
-  re-INVITE, REGISTER, OPTIONS...), handled at once;
-- the *new-call* lane, first in first out: INVITEs without a To tag, and CANCELs (so
-  that a CANCEL never overtakes its INVITE). Served when the now lane is empty; an
-  INVITE that waited past ``wait`` is shed (503) instead, one answering our challenge
-  (it carries credentials: half of an attempt already admitted) only past twice that.
+- the *now* lane: every response, every request that is not a new call (ACK, BYE,
+  re-INVITE, REGISTER, OPTIONS...), and an INVITE that answers our challenge (it carries
+  credentials: the second half of an attempt already admitted), handled at once;
+- the *new-call* lane, first in first out: INVITEs without a To tag or credentials, and
+  CANCELs (so that a CANCEL never overtakes its INVITE). Served only when the socket
+  has nothing more to read (nothing of the calls in progress waits); an INVITE that
+  waited past ``wait`` is shed (503) instead.
 
-A CANCEL is never shed. Past ``limit`` queued, a new INVITE is shed as it arrives.
+A CANCEL is never shed. Past ``limit`` queued, a new INVITE is shed as it arrives. A
+forged ``Authorization`` buys no more than the firewall's per-source limits allow: it is
+answered like any request, and its failures count.
 Pure and clock-free (times come from the caller); the reader is in
 :mod:`pbxwarden.transport.network`, the 503 in the server, which still runs the
 firewall on what it sheds. The module is written by hand because it is a few lines of
@@ -39,14 +42,17 @@ class Lane(Enum):
 
 
 def new_call(data: bytes) -> bool:
-    """A CANCEL, or an INVITE that starts a call (no tag in To); bytes only, no parse."""
+    """A CANCEL, or an INVITE that starts a call (no tag in To) and answers no challenge;
+    bytes only, no parse."""
     if data.startswith(b"CANCEL "):
         return True
     if not data.startswith(b"INVITE "):
         return False
     head = data.split(b"\r\n\r\n", 1)[0]
     to = _TO.search(head)
-    return to is None or _TAG.search(to.group(1)) is None
+    if to is not None and _TAG.search(to.group(1)) is not None:
+        return False
+    return _CREDENTIALS.search(head) is None
 
 
 def has_credentials(data: bytes) -> bool:
@@ -75,15 +81,16 @@ class Ingress:
         self._lane.append((now, data, source))
         return Lane.QUEUED
 
-    def take(self, now: float) -> tuple[bytes, Address, bool] | None:
-        """The oldest waiting datagram and whether to shed it, or None when none waits."""
+    def take(self, now: float, admit: bool = True) -> tuple[bytes, Address, bool] | None:
+        """The oldest waiting datagram and whether to shed it, or None when none waits.
+        ``admit`` False (calls in progress still wait to be read): only one to shed."""
         if not self._lane:
             return None
-        arrived, data, source = self._lane.popleft()
-        age = now - arrived
-        shed = age > self.wait and data.startswith(b"INVITE ")
-        if shed and age <= 2 * self.wait and has_credentials(data):
-            shed = False
+        arrived, data, source = self._lane[0]
+        shed = now - arrived > self.wait and data.startswith(b"INVITE ")
+        if not shed and not admit:
+            return None
+        self._lane.popleft()
         if shed:
             self.shed += 1
         return data, source, shed

@@ -45,7 +45,7 @@ FILE_RESERVE = 512  # descriptors for everything but connections (database, logs
 MIN_CONNECTIONS = 16
 
 
-UDP_BATCH = 64  # datagrams read per readiness callback before timers get their turn
+UDP_BATCH = 256  # datagrams read per readiness callback before timers get their turn
 UDP_SLICE = 0.005  # seconds of new calls served in one go, then the loop's other work
 SEND_QUEUE = 4096  # datagrams kept while the kernel's send buffer is full
 
@@ -67,6 +67,7 @@ class _Udp:
         self._handler, self._shed, self.ingress = handler, shed, ingress
         self._drain_handle: asyncio.Handle | None = None
         self._pending: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._drained = True  # the last read emptied the socket: new calls may be served
         self.closed = False
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._readable)
@@ -84,11 +85,19 @@ class _Udp:
             log.exception("handling a datagram failed", source=str(source))
 
     def _readable(self) -> None:
+        self._read()
+        if len(self.ingress) and self._drain_handle is None:
+            self._drain_handle = self.loop.call_soon(self._drain)
+
+    def _read(self) -> None:
+        """One batch: what is not a new call handled as it is read, new calls queued."""
         now = self.loop.time()
+        self._drained = False
         for _ in range(UDP_BATCH):
             try:
                 data, addr = self.sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
+                self._drained = True
                 break
             except OSError as exc:  # ICMP unreachable reported on the socket, and the like
                 log.debug("udp error", error=str(exc))
@@ -101,21 +110,22 @@ class _Udp:
                 self._deliver(self._handler, data, source)
             elif lane is Lane.SHED:
                 self._deliver(self._shed, data, source)
-        if len(self.ingress) and self._drain_handle is None:
-            self._drain_handle = self.loop.call_soon(self._drain)
 
     def _drain(self) -> None:
-        """New calls, oldest first, for one slice; the rest after the loop's other work
-        (timers, and reading again: what arrived meanwhile for calls in progress)."""
+        """New calls, oldest first, for one slice, once the socket is empty; the rest
+        after the loop's other work (timers, and reading again: what arrived meanwhile
+        for calls in progress). While it is not, only those waiting too long (503)."""
         self._drain_handle = None
         if self.closed:
             return
+        if not self._drained:
+            self._read()  # the last batch was full: more may wait for calls in progress
         begin = self.loop.time()
         while True:
             now = self.loop.time()
-            item = self.ingress.take(now)
+            item = self.ingress.take(now, admit=self._drained)
             if item is None:
-                return
+                break
             data, source, shed = item
             self._deliver(self._shed if shed else self._handler, data, source)
             if self.loop.time() - begin > UDP_SLICE:
