@@ -20,9 +20,9 @@ import structlog
 
 try:
     import redis.asyncio as _redis_asyncio
+    from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
-    from redis.retry import Retry
 
     AVAILABLE = True  # the Python client is installed (the ``cluster`` extra)
 except ImportError:  # pragma: no cover - exercised where the extra is not installed

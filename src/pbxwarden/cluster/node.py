@@ -315,6 +315,7 @@ class ClusterNode:
             pubsub = self.link.pubsub()
             try:
                 await asyncio.wait_for(pubsub.subscribe(self.keys.channel), self.link.timeout)
+                self.link.mark_up()
                 self._resubscribe = False
                 self._wake.set()  # what was announced while we were not listening
                 while not self._resubscribe:
