@@ -188,8 +188,9 @@ def test_password_guessing_spread_over_both_nodes_locks_the_extension_on_both(
     for pbx in nodes:  # the phone registers with each node: its network is known there
         assert register(pbx, PHONE, PASSWORD) == 200
         assert wait_for(
-            lambda pbx=pbx: "127.0.0.0/24"
-            in cli(pbx.data_dir, "extension", "networks", "--json").stdout
+            lambda pbx=pbx: (
+                "127.0.0.0/24" in cli(pbx.data_dir, "extension", "networks", "--json").stdout
+            )
         )
     # Twelve guesses from twelve addresses, six at each node: no node sees the ten of
     # the lock rule (lock_failures), the cluster does.
