@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -134,6 +135,9 @@ class ClusterNode:
         self._unshared_lifts: dict[str, tuple[float, float]] = {}  # address -> (at, keep)
         self._wake = asyncio.Event()  # reconcile now
         self._resubscribe = False
+        # failures counted in Redis are told apart by this process's own id and a
+        # sequence number (two nodes given the same name must not overwrite each other's)
+        self._uid = f"{self.node}.{secrets.token_hex(4)}"
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self.shared = 0  # changes this node wrote to Redis
@@ -287,7 +291,7 @@ class ClusterNode:
             ext_id, who, address, at, unbannable, changed = await self._failures.get()
             if not self._reachable() or not who[1]:
                 continue  # counted here only: the local rule already ran
-            member = f"{self.node}:{next(self._seq)}|{int(unbannable)}|{address}"
+            member = f"{self._uid}:{next(self._seq)}|{int(unbannable)}|{address}"
             after = max(at - window, changed or 0.0)
             keys = [self.keys.failures(*who)]
             args: list[str | float] = [at, window, after, member, MAX_FAILURES_KEPT]
