@@ -8,19 +8,24 @@ addresses, each test its own.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
+from pbxwarden.control import ControlError, ask
 from pbxwarden.sip.message import Response, parse_message
-from tests.helpers import PbxProcess, SipClient, cli, options_request, status_of
+from tests.helpers import PbxProcess, SipClient, cli, free_port, options_request, status_of
 from tests.redis_server import RedisServer
 
-pytestmark = pytest.mark.redis
+# Two servers, Redis and many CLI runs each: minutes on a loaded host.
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 
 PASSWORD = "Lantern-Harbor-7731"
 PHONE = "127.0.0.5"  # the legitimate phone's network: 127.0.0.0/24
@@ -50,7 +55,15 @@ def node(root: Path, name: str, host: str, redis: RedisServer, **env: str) -> Pb
 @pytest.fixture
 def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[PbxProcess, PbxProcess]]:
     a = node(tmp_path, "a", "127.0.10.1", redis_server)
-    b = node(tmp_path, "b", "127.0.10.2", redis_server)
+    http = free_port()  # node B also serves the admin API
+    b = node(
+        tmp_path,
+        "b",
+        "127.0.10.2",
+        redis_server,
+        PBXWARDEN_HTTP__ENABLED="true",
+        PBXWARDEN_HTTP__LISTEN=f"127.0.0.1:{http}",
+    )
     try:
         yield a, b
     finally:
@@ -117,17 +130,40 @@ def register(pbx: PbxProcess, source: str, password: str, user: str = "1000") ->
 
 
 def stats(pbx: PbxProcess) -> dict[str, object]:
-    return dict(json.loads(cli(pbx.data_dir, "stats", "--json").stdout))
+    """The running node's counters, over its control socket (what ``stats`` asks)."""
+    try:
+        return ask(pbx.data_dir, {"cmd": "stats"}, timeout=5.0)
+    except ControlError:
+        return {}
+
+
+def query(pbx: PbxProcess, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """Read the node's own database (faster than a CLI process on a loaded host)."""
+    with contextlib.closing(sqlite3.connect(pbx.data_dir / "pbxwarden.db", timeout=10)) as db:
+        return db.execute(sql, args).fetchall()
 
 
 def locked(pbx: PbxProcess, number: str = "1000") -> bool:
-    rows = json.loads(cli(pbx.data_dir, "extension", "list", "--json").stdout)
-    return next(r for r in rows if r["number"] == number)["locked_until"] is not None
+    rows = query(
+        pbx,
+        "SELECT l.until FROM extension_locks l JOIN extensions e ON e.id = l.extension_id "
+        "WHERE e.number = ?",
+        number,
+    )
+    return any(float(str(until)) > time.time() for (until,) in rows)
 
 
 def bans(pbx: PbxProcess) -> set[str]:
-    out = cli(pbx.data_dir, "bans", "list", "--json").stdout
-    return set() if out.strip() == "no bans" else {b["address"] for b in json.loads(out)}
+    return {str(a) for (a,) in query(pbx, "SELECT address FROM bans WHERE until > ?", time.time())}
+
+
+def adopted_at(pbx: PbxProcess, address: str) -> float | None:
+    """When the node's log says it put another node's ban on ``address`` in force."""
+    for line in pbx.log().splitlines():
+        if "firewall ban shared" in line and f"address={address} " in line:
+            stamp = line.split()[0].rstrip("Z")
+            return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+    return None
 
 
 def test_a_ban_made_on_one_node_is_in_force_on_the_other_within_a_second(
@@ -152,6 +188,13 @@ def test_a_ban_made_on_one_node_is_in_force_on_the_other_within_a_second(
     )
     assert elapsed < PROPAGATION_BOUND, elapsed
     assert wait_for(lambda: source in bans(b))  # and stored in B's own database
+    # From the moment the CLI stored it in A's database to B's ban table, by the clock.
+    [(created,)] = query(a, "SELECT created_at FROM bans WHERE address = ?", source)
+    adopted = adopted_at(b, source)
+    assert adopted is not None
+    delay = adopted - float(str(created))
+    print(f"CLI ban stored in A's database, in force on B {delay:.3f} s later")
+    assert delay < PROPAGATION_BOUND, delay
     # The firewall's own ban: a flood from one source at A.
     flooder = "127.0.20.10"
     at_b = Prober(b, flooder)
@@ -169,7 +212,7 @@ def test_a_ban_made_on_one_node_is_in_force_on_the_other_within_a_second(
     print(f"flood ban on A in force on B after {elapsed:.3f} s")
     assert elapsed < PROPAGATION_BOUND, elapsed
     assert wait_for(lambda: flooder in bans(b))
-    assert "request flood" in cli(b.data_dir, "bans", "list").stdout
+    assert query(b, "SELECT reason FROM bans WHERE address = ?", flooder) == [("request flood",)]
     # Others are still served by both; a lift on B reaches A.
     assert Prober(a, "127.0.20.11").answered() and Prober(b, "127.0.20.11").answered()
     cli(b.data_dir, "bans", "remove", source)
@@ -179,6 +222,33 @@ def test_a_ban_made_on_one_node_is_in_force_on_the_other_within_a_second(
     finally:
         at_a.close()
     assert wait_for(lambda: source not in bans(a))
+    # A ban through the admin API of B: in force on A.
+    cli(
+        b.data_dir,
+        *("admin", "add", "ops", "--role", "operator", "--password", "-"),
+        input_text="quartz-violin-harbor-97\n",
+    )
+    token = cli(b.data_dir, "admin", "token", "ops", "--scope", "operator").stdout
+    token = token.strip().splitlines()[-1].strip()
+    target = "127.0.20.12"
+    at_a = Prober(a, target)
+    try:
+        assert at_a.answered()
+        base = "http://" + b.env["PBXWARDEN_HTTP__LISTEN"]
+        with httpx.Client(base_url=base, timeout=10) as api:
+            reply = api.post(
+                "/api/v1/bans",
+                json={"address": target, "reason": "api ban on b"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert reply.status_code == 201, reply.text
+            posted = time.monotonic()
+        elapsed = time_until_silent(at_a, posted)
+    finally:
+        at_a.close()
+    print(f"API ban on B in force on A {elapsed:.3f} s after the API answered")
+    assert elapsed < PROPAGATION_BOUND, elapsed
+    assert wait_for(lambda: target in bans(a))
 
 
 def test_password_guessing_spread_over_both_nodes_locks_the_extension_on_both(
