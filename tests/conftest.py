@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port, stop_tracked, tracked
+from tests.redis_server import RedisServer, redis_available
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +24,23 @@ def _no_peer_left_running() -> Iterator[None]:
     before = tracked()
     yield
     stop_tracked(before)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on 127.0.0.1 for one test (skipped where not installed)."""
+    if not redis_available():
+        pytest.skip("redis-server not installed (Debian package redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        pytest.skip("the redis Python client is not installed (pbxwarden[cluster])")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _pg_bin(name: str) -> str | None:

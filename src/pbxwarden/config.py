@@ -402,6 +402,59 @@ class FeaturesConfig(_Section):
         }
 
 
+def _hostname() -> str:
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64]
+    return name or "node"
+
+
+class ClusterConfig(_Section):
+    """Several nodes as one PBX (docs/cluster.md): live state shared through Redis."""
+
+    redis_url: str = Field(
+        "",
+        description="redis://[:password@]host:port/db of the Redis every node shares "
+        "(bans, brute-force counts); empty: a single node, nothing shared",
+    )
+    node: str = Field(
+        default_factory=_hostname,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="this node's name in the cluster (default: the host name)",
+    )
+    key_prefix: str = Field(
+        "pbxwarden:",
+        pattern=r"^[A-Za-z0-9._:{}-]{0,64}$",
+        description="prefix of every Redis key and channel: several PBXs on one Redis",
+    )
+    timeout: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="seconds one Redis command may take; past it the node carries on "
+        "alone (local state) until Redis answers again",
+    )
+    reconcile_interval: float = Field(
+        5.0,
+        ge=0.5,
+        le=3600,
+        description="seconds between full comparisons of this node's bans and locks with "
+        "the shared ones (messages missed, a node started later)",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = Field(False, alias="json")
@@ -419,6 +472,7 @@ class Config(_Section):
     guard: GuardConfig = GuardConfig()
     provider: ProviderCeiling = ProviderCeiling()
     alerts: AlertsConfig = AlertsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
@@ -695,6 +749,15 @@ min_severity = "warning"
 # password = "..."
 # [alerts.syslog]
 # address = "unix:/dev/log"      # or "udp:192.0.2.10:514", "tcp:192.0.2.10:6514"
+
+# Several nodes as one PBX (docs/cluster.md): bans and password-guessing counts shared
+# through Redis (pip install 'pbxwarden[cluster]'). Empty: a single node.
+[cluster]
+redis_url = ""                   # e.g. "redis://10.0.0.5:6379/0"
+# node = "pbx-a"                 # this node's name (default: the host name)
+key_prefix = "pbxwarden:"        # of every key and channel: several PBXs on one Redis
+timeout = 0.5                    # seconds a Redis command may take; then this node goes on alone
+reconcile_interval = 5           # seconds between full comparisons with the shared state
 
 [log]
 level = "info"

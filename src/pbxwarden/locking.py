@@ -83,6 +83,10 @@ class LockSync:
         self._repeat_memory = repeat_memory
         self._unsaved: list[ExtensionLock] = []
 
+    def keep(self, lock: ExtensionLock) -> None:
+        """Store a lock adopted from another node on the next round."""
+        self._unsaved.append(lock)
+
     async def sync(
         self,
         deliver: Callable[[GuardAlert], Awaitable[None]],

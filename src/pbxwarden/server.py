@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -85,6 +85,9 @@ from pbxwarden.transport.network import (
 )
 from pbxwarden.transport.resolver import TrunkResolver
 from pbxwarden.transport.rtp import MediaRelay
+
+if TYPE_CHECKING:
+    from pbxwarden.cluster import ClusterNode
 
 log = structlog.get_logger("pbxwarden.server")
 
@@ -257,6 +260,12 @@ class SipServer:
             self, self._now, sip.user_agent, locator=self.resolver
         )
         self.sync = StoreSync(self)  # the database, the guard's outbox, the firewall
+        # several nodes as one PBX (cluster.redis_url): bans and lock counts shared
+        self.cluster: ClusterNode | None = None
+        if config.cluster.enabled:
+            from pbxwarden.cluster import ClusterNode
+
+            self.cluster = ClusterNode(self)
         self.controls = ControlCommands(self)  # what the CLI asks over the control socket
 
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +305,8 @@ class SipServer:
         await self.sync.start_offload()
         await self.sync.sync_firewall()
         await self.lock_sync.sync(self.sync.deliver, self.events.publish)  # stored locks
+        if self.cluster is not None:
+            await self.cluster.start()  # at most a few timeouts when Redis is down
         self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
         self.sync.stored_policies = await asyncio.to_thread(self.store.policies)
         if self.sync.stored_policies:
@@ -418,6 +429,8 @@ class SipServer:
             log.exception("saving the guard's baselines failed")
         await self.cdrs.stop()
         await self.alert_channels.aclose()
+        if self.cluster is not None:
+            await self.cluster.stop()
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -69,6 +69,9 @@ class ControlCommands:
                     )
                     return {"removed": row}
             raise ValueError(f"extension {number} of tenant {tenant} has no registration {handle}")
+        if command == "firewall":  # the CLI or the API stored or lifted a ban
+            self.server.sync.firewall_due = True
+            return {"firewall": "adopting"}
         if command == "stats":
             return {
                 "stats": self.server.stats.__dict__,
@@ -81,6 +84,7 @@ class ControlCommands:
                 "trunk_registrations": self.server.trunk_registrations.status(),
                 "trunk_dns": self.server.resolver.describe(self.server.sync.stored_routing.trunks),
                 "sip_core": _core.mode(),
+                **(self.server.cluster.describe() if self.server.cluster is not None else {}),
                 **(self.server.workers.describe() if self.server.workers is not None else {}),
                 **(
                     {f"media_{k}": v for k, v in self.server.media.counters.__dict__.items()}

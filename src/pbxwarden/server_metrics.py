@@ -150,3 +150,9 @@ class SipCollector:
         )
         lag.add_metric([], 1.0 if s.overloaded else 0.0)
         yield lag
+        if s.cluster is not None:
+            yield GaugeMetricFamily(
+                "pbxwarden_cluster_redis_up",
+                "1 while this node shares state through Redis, 0 while it goes on alone",
+                value=1.0 if s.cluster.link.healthy else 0.0,
+            )

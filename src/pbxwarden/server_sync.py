@@ -52,6 +52,7 @@ class StoreSync:
         self.pending_overrides: dict[tuple[str, str], tuple[int, str | None]] = {}
         self._override_seq = 0
         self._override_lock = asyncio.Lock()
+        self.firewall_due = False  # the CLI or the API changed bans: adopt them at once
 
     async def write_back(self) -> None:
         interval = self.server.config.storage.flush_interval
@@ -63,6 +64,8 @@ class StoreSync:
                 now = time.time()
                 self.server.location.purge(now)
                 await self.flush()
+                if self.firewall_due and now < next_realm_check:
+                    await self.sync_firewall()
                 if now >= next_realm_check:  # tenants and extensions added from the CLI
                     self.server._add_realms(await asyncio.to_thread(self.server.store.known_realms))
                     await self.refresh_directory()
@@ -322,7 +325,9 @@ class StoreSync:
 
     async def sync_firewall(self) -> None:
         """Persist new bans, adopt the stored set (bans added or removed by the CLI), and
-        mirror the changes into the kernel when nftables offload is on."""
+        mirror the changes into the kernel when nftables offload is on; in a cluster, bans
+        stored or lifted here by the CLI or the API are shared."""
+        self.firewall_due = False
         now = time.time()
         events = self.server.firewall.drain_events()
         own = list(events)
@@ -330,17 +335,36 @@ class StoreSync:
             if event.kind == "ban" and event.address in self.server.firewall.bans:
                 self.unsaved_bans[event.address] = self.server.firewall.bans[event.address]
         if self.unsaved_bans:
-            rows = [
-                (b.address, b.until, b.reason, b.level, b.created_at)
-                for b in self.unsaved_bans.values()
-            ]
+            saving = dict(self.unsaved_bans)
+            rows = [(b.address, b.until, b.reason, b.level, b.created_at) for b in saving.values()]
             await asyncio.to_thread(self.server.store.save_bans, rows)
-            self.unsaved_bans.clear()
+            for address, ban in saving.items():  # others may have come meanwhile
+                if self.unsaved_bans.get(address) is ban:
+                    del self.unsaved_bans[address]
         since = now - self.server.firewall.settings.repeat_memory
         stored = await asyncio.to_thread(self.server.store.load_bans, now, since)
-        known = set(self.server.firewall.bans)
-        self.server.firewall.load([Ban(*row) for row in stored], now)
+        # Bans made while the database was read (a flood meanwhile, another node's) are
+        # not in what it returned: kept, and stored on the next round.
+        late = self.server.firewall.drain_events()
+        own += late
+        events += late
+        for event in late:
+            if event.kind == "ban" and event.address in self.server.firewall.bans:
+                self.unsaved_bans[event.address] = self.server.firewall.bans[event.address]
+        before = dict(self.server.firewall.bans)
+        known = set(before)
+        now = time.time()
+        self.server.firewall.load(
+            [Ban(*row) for row in stored] + list(self.unsaved_bans.values()), now
+        )
         events += self.server.firewall.drain_events()
+        cluster = self.server.cluster
+        if cluster is not None:
+            for address in set(self.server.firewall.bans) - known:  # the CLI's, the API's
+                cluster.ban_stored(self.server.firewall.bans[address])
+            for address, ban in before.items():  # lifted by the CLI or the API
+                if address not in self.server.firewall.bans and ban.until > now:
+                    cluster.ban_lifted(address, now, ban.until)
         # A banned source's TCP/TLS connections only hold slots: close them.
         for address in {e.address for e in own if e.kind == "ban"} | (
             set(self.server.firewall.bans) - known

@@ -200,3 +200,24 @@ def test_trusted_sources_are_capped_but_never_banned() -> None:
     assert set(verdicts[40:]) == {Verdict.DROP}
     assert not fw.bans  # dropped, not banned
     assert fw.check_source("198.51.100.7", T0 + 10) is Verdict.ALLOW
+
+
+def test_a_ban_from_another_node_is_adopted_without_an_event() -> None:
+    fw = Firewall(FirewallSettings(allow=("10.0.0.0/8",)))
+    made: list[Ban] = []
+    fw.on_ban = made.append
+    own = fw.ban("192.0.2.1", "flood", 100.0)
+    assert made == [own]
+    fw.drain_events()
+    other = Ban("192.0.2.2", 700.0, "flood on node b", 1, 100.0)
+    assert fw.adopt(other, 101.0)
+    assert fw.check_source("192.0.2.2", 102.0) is Verdict.DROP
+    assert not fw.adopt(other, 101.0)  # already in force
+    assert not fw.adopt(Ban("192.0.2.2", 650.0, "shorter", 1, 101.0), 102.0)
+    assert not fw.adopt(Ban("10.1.2.3", 700.0, "allow-listed", 1, 100.0), 101.0)
+    assert not fw.adopt(Ban("192.0.2.3", 100.0, "ended", 1, 50.0), 101.0)
+    assert fw.drain_events() == [] and made == [own]  # the making node announces it
+    # Adopted bans count for escalation like our own.
+    fw.unban("192.0.2.2")
+    again = fw.ban("192.0.2.2", "flood", 200.0)
+    assert again is not None and again.level == 2

@@ -172,3 +172,39 @@ def test_a_trunks_inbound_networks_are_trunk_addresses() -> None:
     assert locks.refusal(EXT, "203.0.114.1", 0.0) is None
     assert locks.refusal(EXT, "not-an-address", 0.0) is None
     assert locks.refusal(replace(EXT, trunk_access=True), "203.0.113.77", 0.0) is None
+
+
+def test_the_rule_decides_on_counts_made_elsewhere_and_hooks_see_every_step() -> None:
+    """A cluster node feeds the rule the whole cluster's counts (pbxwarden.cluster)."""
+    t = tracker(failures=10, sources=2)
+    failures: list[tuple[object, ...]] = []
+    changes: list[str] = []
+    t.on_failure = lambda *args: failures.append(args)
+    t.on_lock = lambda event: changes.append(event.kind)
+    assert guess(t, 4, sources=4) == []  # four here: nothing
+    assert [f[2] for f in failures] == [f"198.51.100.{i}" for i in range(1, 5)]
+    assert t.decide(7, WHO, 5.0, 9, ["a", "b"], False) is None  # nine in the cluster
+    assert t.decide(7, WHO, 5.0, 12, ["a"], False) is None  # one source: the firewall's
+    lock = t.decide(7, WHO, 5.0, 12, ["a", "b", "c"], False)
+    assert lock is not None and "12 failed authentications from 3 addresses" in lock.reason
+    assert t.decide(7, WHO, 6.0, 13, ["a", "b", "c"], False) is None  # locked already
+    assert changes == ["lock"]
+    t.load([replace(lock, until=7.0)], 8.0)  # lifted
+    assert changes == ["lock", "unlock"]
+
+
+def test_a_lock_or_a_lift_from_another_node_is_adopted_once() -> None:
+    t = tracker()
+    remote = ExtensionLock(7, 5000.0, 1, 100.0, "r", ("192.0.2.1",))
+    assert t.adopt(remote, WHO, 200.0)
+    assert not t.adopt(remote, WHO, 200.0)  # the same again: nothing
+    assert t.who(7) == WHO and t.active(7, 200.0) == remote
+    lifted = replace(remote, until=300.0)
+    assert t.adopt(lifted, WHO, 300.0)
+    assert t.active(7, 300.0) is None
+    [event] = t.drain_events()
+    assert event.kind == "unlock"
+    # The database read before the lift was stored still has the old lock: the lift stays.
+    t.load([remote], 301.0)
+    assert t.active(7, 301.0) is None
+    assert not t.adopt(replace(remote, created_at=50.0, until=9000.0), WHO, 302.0)  # older

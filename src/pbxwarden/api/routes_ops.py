@@ -7,6 +7,7 @@ thread-safe), never from a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import ipaddress
@@ -359,6 +360,7 @@ def add_ban(body: BanIn, request: Request, ctx: Ctx, principal: Operator) -> dic
     ctx.store.save_bans([(address, now + body.duration, body.reason, 1, now)])
     after = next(b for b in _bans(ctx) if b["address"] == address)
     audit(request, principal, "ban.add", f"ban/{address}", before, after)
+    _firewall_changed(ctx)
     return after
 
 
@@ -376,7 +378,15 @@ def remove_ban(
     if before is None or not ctx.store.remove_ban(address):
         raise HTTPException(404, f"{address} is not banned")
     audit(request, principal, "ban.remove", f"ban/{address}", before, None)
+    _firewall_changed(ctx)
     return before
+
+
+def _firewall_changed(ctx: ApiContext) -> None:
+    """The running server adopts (and in a cluster shares) the change at once."""
+    if ctx.control is not None:
+        with contextlib.suppress(ValueError, KeyError):
+            ctx.control({"cmd": "firewall"})
 
 
 # -- audit log -------------------------------------------------------------------------

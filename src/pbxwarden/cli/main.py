@@ -607,6 +607,7 @@ def bans_add(
         record(store, "ban.add", f"ban/{address}", before, _ban(store, address))
     finally:
         store.close()
+    _firewall_changed()
     out.print(f"banned {address} for {int(duration)} s")
 
 
@@ -629,7 +630,17 @@ def bans_remove(address: str) -> None:
         store.close()
     if not removed:
         raise fail(f"{address} is not banned")
+    _firewall_changed()
     out.print(f"unbanned {address}")
+
+
+def _firewall_changed() -> None:
+    """Tell a running server that bans were stored or lifted: it adopts them (and in a
+    cluster shares them) at once rather than on its next round."""
+    from pbxwarden.control import ControlError, ask
+
+    with contextlib.suppress(ControlError):
+        ask(state.data_dir, {"cmd": "firewall"}, timeout=2.0)
 
 
 def _ban(store: Store, address: str) -> dict[str, Any] | None:

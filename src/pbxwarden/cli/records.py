@@ -86,6 +86,9 @@ def stats_view(flat: Mapping[str, Any]) -> list[dict[str, Any]]:
             1 for t in trunks.values() if isinstance(t, dict) and t.get("state") == "registered"
         )
         rows.append(("trunks registered", f"{up} of {len(trunks)}"))
+    if flat.get("cluster_node"):
+        rows.append(("cluster node", flat["cluster_node"]))
+        rows.append(("shared state (Redis)", flat.get("redis")))
     if "media_packets" in flat:
         rows.append(("media packets relayed", flat["media_packets"]))
     rows.append(("SIP core", flat.get("sip_core")))

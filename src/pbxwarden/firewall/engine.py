@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -123,6 +123,9 @@ class Firewall:
         self._trusted_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._identities: dict[str, dict[str, float]] = {}
         self._proven: OrderedDict[str, float] = OrderedDict()  # address -> last good login
+        # Told of every ban made here as it is made (a cluster node shares it at once);
+        # must not block: it runs inside the per-datagram check.
+        self.on_ban: Callable[[Ban], None] | None = None
 
     # -- queries -------------------------------------------------------------------------
 
@@ -308,7 +311,27 @@ class Firewall:
         if len(self._history) > s.max_tracked:
             self._history.pop(next(iter(self._history)))
         self._events.append(FirewallEvent("ban", address, reason, until=ban.until))
+        if self.on_ban is not None:
+            self.on_ban(ban)
         return ban
+
+    def adopt(self, ban: Ban, now: float) -> bool:
+        """Put a ban made elsewhere (another node) in force; True if it changed anything.
+
+        No event: the node that made it announces it. Never for an allow-listed address,
+        and an earlier, longer ban here is kept."""
+        if ban.until <= now or self.is_allowlisted(ban.address):
+            return False
+        mine = self.bans.get(ban.address)
+        if mine is not None and mine.until >= ban.until:
+            return False
+        self.bans[ban.address] = ban
+        known = self._history.get(ban.address)
+        if known is None or known.created_at <= ban.created_at:
+            self._history[ban.address] = ban
+            if len(self._history) > self.settings.max_tracked:
+                self._history.pop(next(iter(self._history)))
+        return True
 
     def unban(self, address: str, reason: str = "removed by an administrator") -> bool:
         ban = self.bans.pop(address, None)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pbxwarden.firewall.netwatch import NetworkWatch, network_of
@@ -83,6 +83,13 @@ class LockTracker:
         self.locks: dict[int, ExtensionLock] = {}  # active, expired and lifted (escalation)
         self._who: dict[int, tuple[str, str]] = {}
         self._events: list[LockEvent] = []
+        # Hooks for a cluster node (pbxwarden.cluster), which must not block: each failure
+        # counted here (extension id, who, address, time, unbannable, password changed
+        # at), and each lock made or lifted here.
+        self.on_failure: (
+            Callable[[int, tuple[str, str], str, float, bool, float | None], None] | None
+        ) = None
+        self.on_lock: Callable[[LockEvent], None] | None = None
 
     def drain_events(self) -> list[LockEvent]:
         events, self._events = self._events, []
@@ -123,12 +130,39 @@ class LockTracker:
             cutoff = max(cutoff, password_changed_at)
         entries[:] = [e for e in entries[-MAX_FAILURES_KEPT + 1 :] if e[0] > cutoff]
         entries.append((now, address[:64], unbannable))
+        if self.on_failure is not None:
+            self.on_failure(extension_id, who, address[:64], now, unbannable, password_changed_at)
+        sources = list(dict.fromkeys(a for _, a, _ in entries))
+        return self.decide(
+            extension_id,
+            who,
+            now,
+            len(entries),
+            sources,
+            any(u for _, _, u in entries),
+            password_changed_at,
+        )
+
+    def decide(
+        self,
+        extension_id: int,
+        who: tuple[str, str],
+        now: float,
+        failures: int,
+        sources: Sequence[str],
+        unbannable: bool,
+        password_changed_at: float | None = None,
+    ) -> ExtensionLock | None:
+        """The lock rule on counts already made: ``failures`` within the window from the
+        distinct ``sources`` (``unbannable``: one of them is never banned). The counts are
+        this process's own (:meth:`failed`) or a whole cluster's (pbxwarden.cluster);
+        the new lock, or None."""
+        s = self.settings
         if self.active(extension_id, now, password_changed_at) is not None:
             return None  # counted: when the lock ends, a continuing attack relocks at once
-        if len(entries) < s.failures:
+        if failures < s.failures:
             return None
-        sources = list(dict.fromkeys(a for _, a, _ in entries))
-        if len(sources) < s.sources and not any(u for _, _, u in entries):
+        if len(sources) < s.sources and not unbannable:
             return None
         past = self.locks.get(extension_id)
         level = 1
@@ -136,7 +170,7 @@ class LockTracker:
             level = past.level + 1
         duration = s.steps[min(level, len(s.steps)) - 1]
         reason = (
-            f"{len(entries)} failed authentications from {len(sources)} "
+            f"{failures} failed authentications from {len(sources)} "
             f"address{'es' if len(sources) > 1 else ''} within {int(s.window)} s"
         )
         lock = ExtensionLock(
@@ -144,6 +178,8 @@ class LockTracker:
         )
         self._remember(lock, who)
         self._events.append(LockEvent("lock", lock, *who))
+        if self.on_lock is not None:
+            self.on_lock(LockEvent("lock", lock, *who))
         return lock
 
     def _remember(self, lock: ExtensionLock, who: tuple[str, str] | None) -> None:
@@ -164,8 +200,10 @@ class LockTracker:
         counted before a lift are forgotten with it."""
         for lock in stored:
             mine = self.locks.get(lock.extension_id)
-            if mine is not None and mine.created_at > lock.created_at:
-                continue  # ours is newer: not stored yet
+            if mine is not None and (mine.created_at, -mine.until) > (lock.created_at, -lock.until):
+                # Ours is newer, not stored yet; or the same lock lifted here and not
+                # stored yet (a lock never grows longer, only ends early).
+                continue
             self.locks[lock.extension_id] = lock
             if mine is not None and mine.active(now) and not lock.active(now):
                 entries = self._failures.get(lock.extension_id)
@@ -173,6 +211,22 @@ class LockTracker:
                     entries[:] = [e for e in entries if e[0] > lock.until]
                 who = self._who.get(lock.extension_id, ("", ""))
                 self._events.append(LockEvent("unlock", lock, *who))
+                if self.on_lock is not None:
+                    self.on_lock(LockEvent("unlock", lock, *who))
+
+    def who(self, extension_id: int) -> tuple[str, str] | None:
+        """(tenant, number) of an extension this tracker made or adopted a lock of."""
+        return self._who.get(extension_id)
+
+    def adopt(self, lock: ExtensionLock, who: tuple[str, str], now: float) -> bool:
+        """A lock made or lifted elsewhere (another node): :meth:`load` for one, keeping
+        who it is for; True if it changed anything here."""
+        mine = self.locks.get(lock.extension_id)
+        if mine is not None and (mine.created_at, -mine.until) >= (lock.created_at, -lock.until):
+            return False  # ours is newer, or the same
+        self._who[lock.extension_id] = who
+        self.load([lock], now)
+        return True
 
 
 class ExtensionLocks:

@@ -25,6 +25,9 @@ class Directory:
     def get(self, realm: str, number: str) -> ExtensionAuth | None:
         return self._entries.get((realm, number))
 
+    def entries(self) -> list[ExtensionAuth]:
+        return list(self._entries.values())
+
     def replace_all(
         self, entries: list[ExtensionAuth], version: tuple[int, float]
     ) -> list[ExtensionAuth]:

@@ -1,0 +1,131 @@
+"""The node's connection to the shared Redis: short timeouts, a health flag, no raising.
+
+A SIP server must answer while its Redis is restarting, unreachable or slow, so every
+command here is bounded by a short timeout (``cluster.timeout``), never retried in
+place, and a failure is an answer (None) that marks the connection down, not an
+exception for the caller. The change of health is logged once each way; a watcher
+pings and says when it is back (:attr:`RedisLink.on_recovered`), so that
+the node can reconcile what changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+try:
+    import redis.asyncio as _redis_asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+
+    AVAILABLE = True  # the Python client is installed (the ``cluster`` extra)
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    AVAILABLE = False
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+log = structlog.get_logger("pbxwarden.cluster")
+
+T = TypeVar("T")
+
+
+class RedisLink:
+    """One node's view of Redis: :meth:`run` a command, :attr:`healthy`, :meth:`watch`."""
+
+    def __init__(self, url: str, timeout: float, node: str) -> None:
+        if not AVAILABLE:
+            from pbxwarden.config import ConfigError
+
+            raise ConfigError(
+                "cluster.redis_url is set but the Redis client is not installed: "
+                "pip install 'pbxwarden[cluster]'"
+            )
+        self.url = url
+        self.timeout = timeout
+        self.node = node
+        self.client: Redis = _redis_asyncio.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # no retry in place: the caller moves on
+            decode_responses=True,
+            client_name=f"pbxwarden-{node}",
+        )
+        self.healthy = False
+        self.known = False  # whether any command has been tried yet
+        self.changed_at = time.time()
+        self.failures = 0  # commands that failed (a counter for stats)
+        # called when Redis answers again after being down (the node reconciles)
+        self.on_recovered: Callable[[], None] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "redis": "up" if self.healthy else "down",
+            "redis_since": self.changed_at,
+            "redis_failures": self.failures,
+        }
+
+    async def run(self, what: str, command: Callable[[Redis], Awaitable[T]]) -> T | None:
+        """``command(client)`` within the timeout; None (and down) if it failed."""
+        try:
+            result = await asyncio.wait_for(command(self.client), self.timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failures += 1
+            self.mark_down(what, exc)
+            return None
+        self.mark_up()
+        return result
+
+    def mark_down(self, what: str, exc: BaseException) -> None:
+        if self.healthy or not self.known:
+            log.warning(
+                "redis unreachable: this node goes on with its own state",
+                url=_safe(self.url),
+                command=what,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self.changed_at = time.time()
+        self.healthy = False
+        self.known = True
+
+    def mark_up(self) -> None:
+        if not self.healthy:
+            if self.known:
+                log.warning("redis reachable again: sharing state", url=_safe(self.url))
+                if self.on_recovered is not None:
+                    self.on_recovered()
+            else:
+                log.info("redis reachable: sharing state", url=_safe(self.url), node=self.node)
+            self.changed_at = time.time()
+        self.healthy = True
+        self.known = True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Ping now and then: a node that sends nothing learns of an outage and of the
+        return all the same."""
+        while True:
+            await self.run("PING", lambda c: c.ping())
+            await asyncio.sleep(interval)
+
+    def pubsub(self) -> PubSub:
+        return self.client.pubsub(ignore_subscribe_messages=True)
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.client.aclose(), self.timeout)
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for the log."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

@@ -1,0 +1,93 @@
+"""A real redis-server for the cluster's tests, on a free loopback port.
+
+No persistence (no RDB snapshot, no append-only file): each start is an empty Redis,
+as a restarted cache without persistence is. The process dies with pytest however
+pytest dies (``die_with_pytest``), and the fixture stops it after the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.helpers import die_with_pytest, free_port, track
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+        self.workdir = workdir
+        self.host = host
+        self.port = free_port(host)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start (again, on the same port) and wait until it answers PING."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "redis.log"
+        self.proc = track(
+            subprocess.Popen(
+                [
+                    "redis-server",
+                    "--bind",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                    "--logfile",
+                    str(log),
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=die_with_pytest,
+            )
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        text = log.read_text() if log.exists() else ""
+        self.stop()
+        raise AssertionError(f"redis-server did not start:\n{text[-2000:]}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(5)
+        self.proc = None
