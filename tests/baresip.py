@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tests.helpers import PbxProcess, die_with_pytest, free_port, track
 
 # Only what a headless phone needs: G.711, the aubridge null audio device (no ALSA or
 # PulseAudio), the menu (its commands: dial, hangup, accept, transfer) and ctrl_tcp to
-# drive it. baresip 1.0.0 also listens for TLS on sip_listen's port + 1.
+# drive it. baresip 1.0.0 also listens for TLS on sip_listen's port + 1. net_interface
+# takes an IP address too (its only address then: ::1 for a phone on IPv6 alone; baresip
+# 1.0 has no net_prefer_ipv6). ctrl_tcp stays on IPv4 loopback: it is the test's line.
 CONFIG = """\
 poll_method		epoll
-sip_listen		127.0.0.1:{sip_port}
-net_interface		127.0.0.1
+sip_listen		{sip_listen}
+net_interface		{host}
 call_local_timeout	30
 call_max_calls		2
 audio_player		aubridge,pbxwarden
@@ -38,19 +41,33 @@ ctrl_tcp_listen		127.0.0.1:{ctrl_port}
 # The address book and the presence module: a SUBSCRIBE (RFC 3856) for every contact
 # written with ;presence=p2p (and a PUBLISH of the phone's own status).
 PRESENCE = "module_app\t\tcontact.so\nmodule_app\t\tpresence.so\n"
-ACCOUNT = (
-    "<sip:{user}@127.0.0.1:{pbx_port};transport=udp>"
-    ";auth_pass={password};regint=600;answermode=auto\n"
-)
+ACCOUNT = "<sip:{user}@{pbx};transport=udp>;auth_pass={password};regint=600;answermode=auto\n"
 
 
-def _free_port_pair() -> int:
-    """A free port whose successor is free too (baresip's TLS listener)."""
+class Audio(NamedTuple):
+    """The current call's audio stream as baresip's ``audio_debug`` shows it: RTP
+    packets received from the peer (its RTCP session's member ``rcvd``) and sent
+    (``TX: packets``), and where it sends them (``remote``, as ``[::1]:port`` on IPv6);
+    zeros and "" with no call."""
+
+    received: int
+    sent: int
+    remote: str
+
+
+def hostport(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (RFC 5118)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _free_port_pair(host: str = "127.0.0.1") -> int:
+    """A free port on ``host`` whose successor is free too (baresip's TLS listener)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        port = free_port(host)
+        with socket.socket(family, socket.SOCK_STREAM) as tcp:
             try:
-                tcp.bind(("127.0.0.1", port + 1))
+                tcp.bind((host, port + 1))
             except OSError:
                 continue
             return port
@@ -61,7 +78,8 @@ class Baresip:
     """A baresip process with its own config dir, log file and ctrl_tcp connection.
 
     ``watch``: extensions to put in its address book with ``;presence=p2p`` (the
-    presence module is loaded then)."""
+    presence module is loaded then). The phone binds SIP and RTP to the PBX's address
+    (``pbx.host``: 127.0.0.1, or ::1 for calls over IPv6)."""
 
     def __init__(
         self,
@@ -75,7 +93,9 @@ class Baresip:
         self.dir = workdir / "baresip"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ctrl_port = free_port()
-        config = CONFIG.format(sip_port=_free_port_pair(), ctrl_port=self.ctrl_port)
+        host = pbx.host
+        sip_listen = hostport(host, _free_port_pair(host))
+        config = CONFIG.format(sip_listen=sip_listen, host=host, ctrl_port=self.ctrl_port)
         if tone:  # a microphone that says something: ausine's 440 Hz (48 kHz stereo only)
             config = config.replace(
                 "audio_source\t\taubridge,pbxwarden", "audio_source\t\tausine,440"
@@ -85,11 +105,12 @@ class Baresip:
             config += PRESENCE
         (self.dir / "config").write_text(config)
         (self.dir / "accounts").write_text(
-            ACCOUNT.format(user=user, pbx_port=pbx.port, password=password)
+            ACCOUNT.format(user=user, pbx=hostport(host, pbx.port), password=password)
         )
         (self.dir / "contacts").write_text(
             "".join(
-                f'"{number}" <sip:{number}@127.0.0.1:{pbx.port}>;presence=p2p\n' for number in watch
+                f'"{number}" <sip:{number}@{hostport(host, pbx.port)}>;presence=p2p\n'
+                for number in watch
             )
         )
         self.log_path = workdir / "baresip.log"
@@ -186,6 +207,16 @@ class Baresip:
                 return message
             self.events.append(message)
         raise AssertionError(f"no response to {command!r}{self.log()}")
+
+    def audio(self) -> Audio:
+        data = str(self.command("audio_debug").get("data", ""))
+        sent = re.search(r"TX: packets=(\d+)", data)
+        remote = re.search(r" remote: (\S+?)/", data)
+        return Audio(
+            sum(int(n) for n in re.findall(r"\brcvd=(\d+)", data)),
+            int(sent.group(1)) if sent else 0,
+            remote.group(1) if remote else "",
+        )
 
     def pump(self) -> None:
         """Keep the events that arrived meanwhile (without waiting for any)."""

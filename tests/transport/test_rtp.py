@@ -26,7 +26,7 @@ def _sdp(host: str, port: int, *, video: int | None = None) -> bytes:
 
 
 def _phone(host: str = "127.0.0.1") -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((host, 0))
     sock.setblocking(False)
     return sock
@@ -92,6 +92,40 @@ async def test_media_flows_both_ways_through_the_relay(relay: MediaRelay) -> Non
     assert stream["a_packets"] == 2 and stream["b_packets"] == 1
     assert stream["a_latched"] == f"127.0.0.1:{alice.getsockname()[1]}"
     assert relay.counters.packets == 3 and relay.counters.sessions == 1
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        _phone("::1").close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_media_flows_both_ways_through_a_relay_on_ipv6() -> None:
+    """A relay bound to ::1 writes IP6 SDP, relays both ways and shows where each phone
+    sends from as ``[::1]:port``, bracketed (RFC 5118): ``::1:4000`` would be ambiguous."""
+    low, high = _range()
+    relay = MediaRelay("::1", low, high)
+    alice, bob = _phone("::1"), _phone("::1")
+    try:
+        offer = _sdp("::1", alice.getsockname()[1]).replace(b"IP4", b"IP6")
+        answer = _sdp("::1", bob.getsockname()[1]).replace(b"IP4", b"IP6")
+        to_bob = relay.anchor(3, "a", offer, "::1")
+        to_alice = relay.anchor(3, "b", answer, "::1")
+        assert b"c=IN IP6 ::1\r\n" in to_bob and b"c=IN IP6 ::1\r\n" in to_alice
+        alice.sendto(b"rtp-from-alice", ("::1", _port_of(to_alice)))
+        assert (await _receive(bob))[0] == b"rtp-from-alice"
+        bob.sendto(b"rtp-from-bob", ("::1", _port_of(to_bob)))
+        assert (await _receive(alice))[0] == b"rtp-from-bob"
+        [stream] = relay.describe(3)
+        assert stream["a_latched"] == f"[::1]:{alice.getsockname()[1]}", stream
+        assert stream["b_latched"] == f"[::1]:{bob.getsockname()[1]}", stream
+    finally:
+        alice.close()
+        bob.close()
+        relay.close()
 
 
 async def test_phone_behind_nat_gets_media_where_it_sends_from(relay: MediaRelay) -> None:

@@ -258,4 +258,8 @@ class _Pipe:
 
 
 def _text(address: tuple[str, int] | None) -> str | None:
-    return None if address is None else f"{address[0]}:{address[1]}"
+    """``host:port``, an IPv6 host in brackets (``[::1]:4000``, RFC 5118)."""
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
