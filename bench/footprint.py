@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""One node's footprint with many registered phones: start-up, idle CPU, memory.
+
+What a hosted PBX pays for phones that are merely registered: the time a restart
+takes with N extensions, the CPU the process tree burns while nothing happens (with
+no contacts, then with N), and the memory each registered contact holds.
+
+    python3 bench/footprint.py                        # 50,000 extensions, 60 s windows
+    python3 bench/footprint.py -n 10000 --idle-seconds 20 --json /tmp/fp.json
+
+Steps, all on 127.0.0.1, every process started here stopped before it exits:
+
+1. ``pbxwarden init`` in a temporary data directory, then N extensions written straight
+   into its SQLite database (``extension import`` checks every password's strength,
+   minutes for 50,000; the rows are the same: digest HA1s, enabled).
+2. ``pbxwarden serve`` (with ``--workers`` registrar workers): start-up is the wall
+   and CPU time from the process start to its ``pbxwarden ready`` line, and to its first
+   answer to an OPTIONS.
+3. Idle with no contacts: CPU seconds of the process tree (from /proc) over
+   ``--idle-seconds``, as cores; memory: PSS of the tree (``/proc/PID/smaps_rollup``).
+4. N registrations with digest authentication from SIPp (``sipp/register_auth.xml``,
+   Expires 3600, one contact per extension, retransmissions on) at ``--rate``.
+5. The settling after the burst (completed transactions absorb retransmissions for 32 s,
+   then go): cores per 5 s over ``--settle-seconds``; then idle with N contacts over
+   ``--idle-seconds``, and PSS again. Memory per contact = PSS growth / contacts.
+6. Restart: stop (SIGTERM), count the bindings in the database, start again and
+   measure start-up with the N bindings stored (``--no-restart`` skips it).
+
+The process tree's CPU is read from /proc, not from wall time: on a shared host the
+ratio of the two idle figures of one run is what counts. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from benchlib import (
+    BenchError,
+    process_tree_cpu_seconds,
+    read_final_stats,
+    sip_options_ping,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+SCENARIO = BENCH_DIR / "sipp" / "register_auth.xml"
+LOOPBACK = "127.0.0.1"
+DOMAIN = LOOPBACK  # Request-URI, From and To; the digest realm is the tenant's own
+
+
+def log(message: str) -> None:
+    print(f"[footprint {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ process tree
+
+
+def tree_pids(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parents[int(entry)] = int(raw[raw.rindex(")") + 2 :].split()[1])
+    tree = [root]
+    seen = {root}
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in seen and pid not in seen:
+                seen.add(pid)
+                tree.append(pid)
+                changed = True
+    return tree
+
+
+def tree_pss_kb(root: int) -> int:
+    """Proportional set size of the tree, KB (shared pages split between sharers)."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+                break
+    return total
+
+
+def idle_cores(root: int, seconds: float) -> float:
+    before = process_tree_cpu_seconds(root)
+    start = time.monotonic()
+    time.sleep(seconds)
+    return (process_tree_cpu_seconds(root) - before) / (time.monotonic() - start)
+
+
+# ---------------------------------------------------------------------- set-up
+
+
+def free_port() -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((LOOPBACK, 0))
+            port = int(udp.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        return port
+    raise BenchError("no free port on 127.0.0.1")
+
+
+def make_users(count: int, first: int) -> list[tuple[str, str]]:
+    # letters and digits, starting with a letter (SIPp reads "0x..." as hex)
+    return [(str(first + i), "Pw" + secrets.token_hex(10)) for i in range(count)]
+
+
+def add_extensions(db: Path, users: list[tuple[str, str]]) -> None:
+    """The rows ``Store.add_extensions`` writes, without its password-strength checks."""
+    now = time.time()
+    conn = sqlite3.connect(db)
+    try:
+        tenant_id, realm = conn.execute(
+            "SELECT id, realm FROM tenants WHERE name = 'default'"
+        ).fetchone()
+        conn.executemany(
+            "INSERT INTO extensions (tenant_id, number, realm, ha1_md5, ha1_sha256, enabled,"
+            " created_at, updated_at, noanswer_after, trunk_access, withhold_caller_id)"
+            " VALUES (?, ?, ?, ?, ?, 1, ?, ?, 20, 0, 0)",
+            (
+                (
+                    tenant_id,
+                    number,
+                    realm,
+                    hashlib.md5(f"{number}:{realm}:{pw}".encode()).hexdigest(),
+                    hashlib.sha256(f"{number}:{realm}:{pw}".encode()).hexdigest(),
+                    now,
+                    now,
+                )
+                for number, pw in users
+            ),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def stored_bindings(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM registrations WHERE expires_at > ?", (time.time(),)
+            ).fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------- server
+
+
+@dataclass
+class Startup:
+    ready_s: float = 0.0  # wall: process start -> "pbxwarden ready"
+    options_s: float = 0.0  # wall: process start -> first OPTIONS answered
+    cpu_s: float = 0.0  # CPU of the tree until ready
+
+
+class Server:
+    def __init__(self, cmd: list[str], env: dict[str, str], workdir: Path, port: int) -> None:
+        self.cmd, self.env, self.workdir, self.port = cmd, env, workdir, port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, limit: float = 120.0) -> Startup:
+        self.starts += 1
+        logfile = self.workdir / f"serve-{self.starts}.log"
+        out = logfile.open("wb")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=self.workdir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+        result = Startup()
+        deadline = started + limit
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"pbxwarden exited ({self.proc.returncode}):\n{tail(logfile)}")
+            if b"pbxwarden ready" in logfile.read_bytes():
+                result.ready_s = time.monotonic() - started
+                result.cpu_s = process_tree_cpu_seconds(self.proc.pid)
+                break
+            time.sleep(0.01)
+        else:
+            raise BenchError(f"pbxwarden not ready within {limit:.0f}s:\n{tail(logfile)}")
+        while time.monotonic() < deadline:
+            if sip_options_ping(self.port, DOMAIN, timeout=0.2):
+                result.options_s = time.monotonic() - started
+                break
+        return result
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        for sig, grace in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):  # a worker left behind by its leader
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+def register_all(
+    sipp: str, port: int, users_csv: Path, count: int, rate: int, workdir: Path
+) -> tuple[int, int, float]:
+    """SIPp registers every extension once; (successful, failed, seconds)."""
+    stat = workdir / "sipp-register.csv"
+    bound = count / rate + 60
+    cmd = [
+        sipp,
+        f"{LOOPBACK}:{port}",
+        "-sf",
+        str(SCENARIO),
+        "-inf",
+        str(users_csv),
+        "-key",
+        "domain",
+        DOMAIN,
+        "-auth_uri",
+        DOMAIN,
+        "-i",
+        LOOPBACK,
+        "-p",
+        str(free_port()),
+        "-t",
+        "u1",
+        "-r",
+        str(rate),
+        "-m",
+        str(count),
+        "-l",
+        str(max(1000, rate * 10)),
+        "-buff_size",
+        str(4 << 20),
+        "-recv_timeout",
+        "20000",
+        "-timeout",
+        str(int(bound)),
+        "-nostdin",
+        "-trace_stat",
+        "-stf",
+        str(stat),
+        "-fd",
+        "1",
+    ]
+    log(f"registering {count} extensions at {rate}/s with SIPp")
+    started = time.monotonic()
+    subprocess.run(
+        cmd,
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=bound + 30,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    stats = read_final_stats(stat)
+    ok = int(stats.get("SuccessfulCall(C)", "0") or 0)
+    failed = int(stats.get("FailedCall(C)", "0") or 0)
+    return ok, failed, elapsed
+
+
+# ---------------------------------------------------------------------- report
+
+
+@dataclass
+class Result:
+    extensions: int
+    workers: int
+    sip_core: str
+    startup: Startup = field(default_factory=Startup)
+    restart: Startup | None = None
+    idle_empty: float = 0.0  # cores
+    idle_full: float = 0.0
+    settle: list[float] = field(default_factory=list)  # cores per 5 s after the burst
+    pss_empty_kb: int = 0
+    pss_registered_kb: int = 0  # right after the burst (transactions still held)
+    pss_full_kb: int = 0  # after settling and the idle window
+    registered: int = 0
+    failed: int = 0
+    register_seconds: float = 0.0
+    register_cpu_s: float = 0.0
+    stored_after_stop: int | None = None
+    restored: int | None = None
+
+    @property
+    def per_contact_kb(self) -> float:
+        return (self.pss_full_kb - self.pss_empty_kb) / max(1, self.registered)
+
+    def markdown(self) -> str:
+        s, r = self.startup, self.restart
+        rows = [
+            (
+                "extensions / registered contacts",
+                f"{self.extensions:,} / {self.registered:,}"
+                + (f" ({self.failed} failed)" if self.failed else ""),
+            ),
+            ("registrar workers; SIP core", f"{self.workers}; {self.sip_core}"),
+            (
+                "start-up, no bindings stored: to ready (wall) / CPU / to OPTIONS",
+                f"{s.ready_s:.2f} s / {s.cpu_s:.2f} s / {s.options_s:.2f} s",
+            ),
+        ]
+        if r is not None:
+            rows.append(
+                (
+                    f"restart with {self.stored_after_stop or 0:,} bindings stored: ready / CPU",
+                    f"{r.ready_s:.2f} s / {r.cpu_s:.2f} s ({self.restored} bindings back)",
+                )
+            )
+        rows += [
+            ("idle CPU, no contacts", f"{self.idle_empty:.3f} cores"),
+            (f"idle CPU, {self.registered:,} contacts", f"{self.idle_full:.3f} cores"),
+            ("difference (aim: at most 0.05)", f"{self.idle_full - self.idle_empty:+.3f} cores"),
+            ("after the burst, cores per 5 s", " ".join(f"{c:.2f}" for c in self.settle) or "n/a"),
+            (
+                "registration burst: seconds, CPU per registration",
+                f"{self.register_seconds:.1f} s, "
+                f"{1e6 * self.register_cpu_s / max(1, self.registered):.0f} µs",
+            ),
+            (
+                "PSS of the tree: no contacts / just registered / settled",
+                f"{self.pss_empty_kb / 1024:.0f} / {self.pss_registered_kb / 1024:.0f} / "
+                f"{self.pss_full_kb / 1024:.0f} MB",
+            ),
+            ("memory per contact (settled PSS growth / contacts)", f"{self.per_contact_kb:.2f} KB"),
+        ]
+        lines = ["| measure | pbxwarden |", "| --- | ---: |"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("-n", "--extensions", type=int, default=50_000)
+    p.add_argument("--idle-seconds", type=float, default=60.0)
+    p.add_argument("--settle-seconds", type=float, default=45.0)
+    p.add_argument("--rate", type=int, default=1000, help="REGISTERs per second from SIPp")
+    p.add_argument("--workers", type=int, default=2, help="sip.workers (0: one process)")
+    p.add_argument("--python", default=sys.executable, help="interpreter running pbxwarden")
+    p.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
+    p.add_argument("--no-restart", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--json", type=Path, help="also write the result here")
+    args = p.parse_args()
+    if not shutil.which(args.sipp):
+        raise BenchError("SIPp not found (Debian: apt-get install sip-tester)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="pbxw-footprint-"))
+    datadir = tmp / "data"
+    cli = [args.python, "-m", "pbxwarden.cli.main", "--data-dir", str(datadir)]
+    env = {
+        **os.environ,
+        "PBXWARDEN_FIREWALL__ALLOW": f'["{LOOPBACK}/32"]',
+        "PBXWARDEN_FIREWALL__TRUSTED_RATE_LIMIT": "100000000",
+        "PBXWARDEN_LOG__LEVEL": "warning",
+        "PBXWARDEN_SIP__WORKERS": str(args.workers),
+    }
+    server: Server | None = None
+    try:
+        subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
+        users = make_users(args.extensions, 100_000)
+        t = time.monotonic()
+        add_extensions(datadir / "pbxwarden.db", users)
+        log(f"{len(users):,} extensions written in {time.monotonic() - t:.1f}s")
+        users_csv = tmp / "users.csv"
+        users_csv.write_text(
+            "SEQUENTIAL\n"
+            + "".join(f"{n};[authentication username={n} password={pw}]\n" for n, pw in users)
+        )
+        core = (
+            subprocess.run(
+                [args.python, "-c", "from pbxwarden import _core; print(_core.mode())"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            or "unknown"
+        )
+        port = free_port()
+        server = Server([*cli, "serve", "--sip", f"{LOOPBACK}:{port}"], env, tmp, port)
+        result = Result(args.extensions, args.workers, core)
+        result.startup = server.start()
+        log(f"ready in {result.startup.ready_s:.2f}s (CPU {result.startup.cpu_s:.2f}s)")
+        time.sleep(5)  # past the start-up's own tail (first directory refreshes)
+        result.idle_empty = idle_cores(server.pid, args.idle_seconds)
+        result.pss_empty_kb = tree_pss_kb(server.pid)
+        log(f"idle, no contacts: {result.idle_empty:.3f} cores, PSS {result.pss_empty_kb} KB")
+
+        cpu = process_tree_cpu_seconds(server.pid)
+        ok, failed, seconds = register_all(args.sipp, port, users_csv, len(users), args.rate, tmp)
+        result.register_cpu_s = process_tree_cpu_seconds(server.pid) - cpu
+        result.registered, result.failed, result.register_seconds = ok, failed, seconds
+        result.pss_registered_kb = tree_pss_kb(server.pid)
+        log(f"{ok} registered, {failed} failed in {seconds:.1f}s")
+        end = time.monotonic() + args.settle_seconds
+        while time.monotonic() < end:
+            result.settle.append(idle_cores(server.pid, min(5.0, end - time.monotonic())))
+        log("after the burst: " + " ".join(f"{c:.2f}" for c in result.settle))
+        result.idle_full = idle_cores(server.pid, args.idle_seconds)
+        result.pss_full_kb = tree_pss_kb(server.pid)
+        log(f"idle, {ok} contacts: {result.idle_full:.3f} cores, PSS {result.pss_full_kb} KB")
+
+        if not args.no_restart:
+            server.stop()
+            result.stored_after_stop = stored_bindings(datadir / "pbxwarden.db")
+            result.restart = server.start()
+            log(f"restart: ready in {result.restart.ready_s:.2f}s")
+            result.restored = restored_count(datadir)
+        print(result.markdown())
+        if args.json:
+            data = asdict(result)
+            data["per_contact_kb"] = result.per_contact_kb
+            args.json.write_text(json.dumps(data, indent=1) + "\n")
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def control(datadir: Path, request: dict[str, object], timeout: float = 30.0) -> dict[str, object]:
+    """One question to the running server over its control socket (one JSON line each way)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(datadir / "control.sock"))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer = json.loads(data)
+    assert isinstance(answer, dict)
+    return answer
+
+
+def restored_count(datadir: Path) -> int | None:
+    """Bindings the restarted server holds (its ``stats``, over the control socket)."""
+    try:
+        return int(control(datadir, {"cmd": "stats"})["bindings"])  # type: ignore[call-overload]
+    except (OSError, ValueError, KeyError) as exc:
+        log(f"cannot ask the server for its bindings: {exc}")
+        return None
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        log(f"error: {exc}")
+        sys.exit(1)
