@@ -108,11 +108,27 @@ def tree_pss_kb(root: int) -> int:
     return total
 
 
-def idle_cores(root: int, seconds: float) -> float:
+def pid_cpu_seconds(pid: int) -> float:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cores(root: int, seconds: float, split: list[float] | None = None) -> float:
+    """Cores the tree used over ``seconds``; ``split`` gets [main process, the rest]."""
     before = process_tree_cpu_seconds(root)
+    main_before = pid_cpu_seconds(root)
     start = time.monotonic()
     time.sleep(seconds)
-    return (process_tree_cpu_seconds(root) - before) / (time.monotonic() - start)
+    elapsed = time.monotonic() - start
+    total = (process_tree_cpu_seconds(root) - before) / elapsed
+    if split is not None:
+        main = (pid_cpu_seconds(root) - main_before) / elapsed
+        split[:] = [main, total - main]
+    return total
 
 
 # ---------------------------------------------------------------------- set-up
@@ -331,6 +347,8 @@ class Result:
     restart: Startup | None = None
     idle_empty: float = 0.0  # cores
     idle_full: float = 0.0
+    idle_empty_split: list[float] = field(default_factory=list)  # [main, workers]
+    idle_full_split: list[float] = field(default_factory=list)
     settle: list[float] = field(default_factory=list)  # cores per 5 s after the burst
     pss_empty_kb: int = 0
     pss_registered_kb: int = 0  # right after the burst (transactions still held)
@@ -368,8 +386,14 @@ class Result:
                 )
             )
         rows += [
-            ("idle CPU, no contacts", f"{self.idle_empty:.3f} cores"),
-            (f"idle CPU, {self.registered:,} contacts", f"{self.idle_full:.3f} cores"),
+            (
+                "idle CPU, no contacts",
+                f"{self.idle_empty:.3f} cores{_split(self.idle_empty_split)}",
+            ),
+            (
+                f"idle CPU, {self.registered:,} contacts",
+                f"{self.idle_full:.3f} cores{_split(self.idle_full_split)}",
+            ),
             ("difference (aim: at most 0.05)", f"{self.idle_full - self.idle_empty:+.3f} cores"),
             ("after the burst, cores per 5 s", " ".join(f"{c:.2f}" for c in self.settle) or "n/a"),
             (
@@ -387,6 +411,10 @@ class Result:
         lines = ["| measure | pbxwarden |", "| --- | ---: |"]
         lines += [f"| {k} | {v} |" for k, v in rows]
         return "\n".join(lines)
+
+
+def _split(split: list[float]) -> str:
+    return f" (main {split[0]:.3f}, workers {split[1]:.3f})" if len(split) == 2 else ""
 
 
 def main() -> int:
@@ -443,7 +471,7 @@ def main() -> int:
         result.startup = server.start()
         log(f"ready in {result.startup.ready_s:.2f}s (CPU {result.startup.cpu_s:.2f}s)")
         time.sleep(5)  # past the start-up's own tail (first directory refreshes)
-        result.idle_empty = idle_cores(server.pid, args.idle_seconds)
+        result.idle_empty = idle_cores(server.pid, args.idle_seconds, result.idle_empty_split)
         result.pss_empty_kb = tree_pss_kb(server.pid)
         log(f"idle, no contacts: {result.idle_empty:.3f} cores, PSS {result.pss_empty_kb} KB")
 
@@ -457,7 +485,7 @@ def main() -> int:
         while time.monotonic() < end:
             result.settle.append(idle_cores(server.pid, min(5.0, end - time.monotonic())))
         log("after the burst: " + " ".join(f"{c:.2f}" for c in result.settle))
-        result.idle_full = idle_cores(server.pid, args.idle_seconds)
+        result.idle_full = idle_cores(server.pid, args.idle_seconds, result.idle_full_split)
         result.pss_full_kb = tree_pss_kb(server.pid)
         log(f"idle, {ok} contacts: {result.idle_full:.3f} cores, PSS {result.pss_full_kb} KB")
 

@@ -538,30 +538,37 @@ class Store:
     # -- registrations -------------------------------------------------------------------
 
     def load_bindings(self, now: float) -> list[tuple[str, BindingRow]]:
-        """Live bindings with their extension's realm, for the location service at start-up."""
+        """Live bindings with their extension's realm, for the location service at start-up.
+
+        Plain rows, no ORM objects: tens of thousands of them are read at every start."""
+        r = Registration
         stmt = (
-            select(Extension.realm, Extension.number, Registration)
-            .join(Extension, Extension.id == Registration.extension_id)
-            .where(Registration.expires_at > now)
+            select(
+                Extension.realm,
+                Extension.number,
+                r.extension_id,
+                r.contact,
+                r.expires_at,
+                r.q,
+                r.call_id,
+                r.cseq,
+                r.source,
+                r.user_agent,
+                func.coalesce(r.registered_at, r.updated_at),
+            )
+            .join(Extension, Extension.id == r.extension_id)
+            .where(r.expires_at > now)
+            .order_by(r.id)
         )
-        with Session(self.engine) as s:
-            return [
-                (
-                    f"{realm}/{number}",
-                    BindingRow(
-                        r.extension_id,
-                        r.contact,
-                        r.expires_at,
-                        r.q,
-                        r.call_id,
-                        r.cseq,
-                        r.source,
-                        r.user_agent,
-                        r.registered_at or r.updated_at,
-                    ),
-                )
-                for realm, number, r in s.execute(stmt)
-            ]
+        aors: dict[tuple[str, str], str] = {}
+        out = []
+        with self.engine.connect() as conn:
+            for realm, number, *fields in conn.execute(stmt):
+                aor = aors.get((realm, number))
+                if aor is None:
+                    aor = aors[(realm, number)] = f"{realm}/{number}"
+                out.append((aor, BindingRow(*fields)))
+        return out
 
     _UPSERT_COLUMNS = (
         "extension_id",
