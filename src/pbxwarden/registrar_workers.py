@@ -463,7 +463,7 @@ class RegistrarWorker:
         self.netwatch = NetworkWatch(
             fw.approve_new_networks, geo.country if geo is not None else None
         )
-        self._approved_networks = -1
+        self._approved_networks = -1.0  # the newest network change loaded
         # This worker locks the extensions it serves at once (a burst of guesses is
         # answered here); the main process, told of each failure, stores and announces.
         self.locks = ExtensionLocks(
@@ -576,13 +576,14 @@ class RegistrarWorker:
             await asyncio.sleep(1.0)
 
     async def _write_networks(self) -> None:
+        """The networks first seen since the last round, in one transaction (after a
+        burst: thousands, one per extension)."""
         writes, self._network_writes = self._network_writes, []
-        for i, args in enumerate(writes):
-            try:
-                await asyncio.to_thread(self.store.record_network, *args)
-            except Exception:
-                self._network_writes[:0] = writes[i:]  # the next round retries them
-                raise
+        try:
+            await asyncio.to_thread(self.store.record_networks, writes)
+        except Exception:
+            self._network_writes[:0] = writes  # the next round retries them
+            raise
 
     # -- the per-request path ------------------------------------------------------------
 
@@ -688,9 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     args = parser.parse_args(argv)
     config = Config.model_validate_json(sys.stdin.buffer.read())
-    from pbxwarden.cli.main import _install_fast_loop, _setup_logging, _tune_gc
+    from pbxwarden.runtime import install_fast_loop, setup_logging, tune_gc
 
-    _setup_logging(config)
+    setup_logging(config)
     udp = socket.socket(fileno=args.udp_fd)
     channel = socket.socket(fileno=args.channel_fd)
     channel.setblocking(False)
@@ -700,8 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         worker = RegistrarWorker(
             args.index, config, store, load_or_create_secret(args.data_dir), udp, channel
         )
-        _tune_gc()
-        _install_fast_loop()
+        tune_gc()
+        install_fast_loop()
         asyncio.run(worker.run())
     finally:
         store.close()
