@@ -25,6 +25,9 @@ Steps, all on 127.0.0.1, every process started here stopped before it exits:
    ``--idle-seconds``, and PSS again. Memory per contact = PSS growth / contacts.
 6. Restart: stop (SIGTERM), count the bindings in the database, start again and
    measure start-up with the N bindings stored (``--no-restart`` skips it).
+7. With ``--kamailio``: steps 3-5 again for Kamailio with ``bench/kamailio/kamailio.cfg``
+   (usrloc in memory, the same subscribers over db_text), started on its own afterwards;
+   its start-up is the time to its first answer to an OPTIONS.
 
 The process tree's CPU is read from /proc, not from wall time: on a shared host the
 ratio of the two idle figures of one run is what counts. Standard library only.
@@ -340,6 +343,7 @@ def register_all(
 
 @dataclass
 class Result:
+    name: str
     extensions: int
     workers: int
     sip_core: str
@@ -364,34 +368,33 @@ class Result:
     def per_contact_kb(self) -> float:
         return (self.pss_full_kb - self.pss_empty_kb) / max(1, self.registered)
 
-    def markdown(self) -> str:
+    def rows(self) -> list[tuple[str, str]]:
         s, r = self.startup, self.restart
-        rows = [
+        ready = f"{s.ready_s:.2f} s / " if s.ready_s else ""
+        out = [
             (
                 "extensions / registered contacts",
                 f"{self.extensions:,} / {self.registered:,}"
                 + (f" ({self.failed} failed)" if self.failed else ""),
             ),
-            ("registrar workers; SIP core", f"{self.workers}; {self.sip_core}"),
+            ("processes for REGISTER; SIP core", f"{self.workers}; {self.sip_core}"),
             (
-                "start-up, no bindings stored: to ready (wall) / CPU / to OPTIONS",
-                f"{s.ready_s:.2f} s / {s.cpu_s:.2f} s / {s.options_s:.2f} s",
+                "start-up, nothing registered: to ready (wall) / CPU / to OPTIONS",
+                f"{ready}{s.cpu_s:.2f} s CPU / {s.options_s:.2f} s",
             ),
-        ]
-        if r is not None:
-            rows.append(
-                (
-                    f"restart with {self.stored_after_stop or 0:,} bindings stored: ready / CPU",
-                    f"{r.ready_s:.2f} s / {r.cpu_s:.2f} s ({self.restored} bindings back)",
-                )
-            )
-        rows += [
+            (
+                "restart with the bindings stored: to ready / CPU",
+                "n/a"
+                if r is None
+                else f"{r.ready_s:.2f} s / {r.cpu_s:.2f} s CPU "
+                f"({self.stored_after_stop or 0:,} stored, {self.restored} back)",
+            ),
             (
                 "idle CPU, no contacts",
                 f"{self.idle_empty:.3f} cores{_split(self.idle_empty_split)}",
             ),
             (
-                f"idle CPU, {self.registered:,} contacts",
+                "idle CPU, all contacts registered",
                 f"{self.idle_full:.3f} cores{_split(self.idle_full_split)}",
             ),
             ("difference (aim: at most 0.05)", f"{self.idle_full - self.idle_empty:+.3f} cores"),
@@ -408,13 +411,96 @@ class Result:
             ),
             ("memory per contact (settled PSS growth / contacts)", f"{self.per_contact_kb:.2f} KB"),
         ]
-        lines = ["| measure | pbxwarden |", "| --- | ---: |"]
-        lines += [f"| {k} | {v} |" for k, v in rows]
-        return "\n".join(lines)
+        return out
+
+
+def markdown(results: list[Result]) -> str:
+    lines = ["| measure | " + " | ".join(r.name for r in results) + " |"]
+    lines.append("| --- |" + " ---: |" * len(results))
+    columns = [r.rows() for r in results]
+    for i, (key, _) in enumerate(columns[0]):
+        lines.append(f"| {key} | " + " | ".join(c[i][1] for c in columns) + " |")
+    return "\n".join(lines)
 
 
 def _split(split: list[float]) -> str:
     return f" (main {split[0]:.3f}, workers {split[1]:.3f})" if len(split) == 2 else ""
+
+
+class Kamailio:
+    """Kamailio with ``bench/kamailio/kamailio.cfg`` (the peer of ``bench/register.py``:
+    usrloc in memory, auth_db over db_text), ready when it answers an OPTIONS."""
+
+    def __init__(self, binary: str, workdir: Path, port: int, shm_mb: int) -> None:
+        self.binary, self.workdir, self.port, self.shm_mb = binary, workdir, port, shm_mb
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, limit: float = 60.0) -> Startup:
+        cfg = BENCH_DIR / "kamailio" / "kamailio.cfg"
+        cmd = [
+            self.binary,
+            *("-f", str(cfg), "-DD", "-E", "-l", f"udp:{LOOPBACK}:{self.port}"),
+            *("-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid")),
+            *("-w", str(self.workdir), "-m", str(self.shm_mb), "-M", "8"),
+            *("-A", f'DBURL="text://{self.workdir / "db"}"'),
+        ]
+        logfile = self.workdir / "kamailio.log"
+        with logfile.open("wb") as out:
+            started = time.monotonic()
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        while time.monotonic() < started + limit:
+            if self.proc.poll() is not None:
+                raise BenchError(f"kamailio exited ({self.proc.returncode}):\n{tail(logfile)}")
+            if sip_options_ping(self.port, DOMAIN, timeout=0.2):
+                return Startup(0.0, time.monotonic() - started, process_tree_cpu_seconds(self.pid))
+        raise BenchError(f"kamailio did not answer within {limit:.0f}s:\n{tail(logfile)}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        Server.stop(self)  # type: ignore[arg-type]
+
+
+def measure(
+    target: Server | Kamailio, result: Result, args: argparse.Namespace, users_csv: Path, tmp: Path
+) -> None:
+    """The same sequence for either target: idle and memory with no contacts, the burst,
+    its settling, idle and memory with every contact."""
+    time.sleep(5)  # past the start-up's own tail (first directory refreshes)
+    result.idle_empty = idle_cores(target.pid, args.idle_seconds, result.idle_empty_split)
+    result.pss_empty_kb = tree_pss_kb(target.pid)
+    log(
+        f"{result.name}: idle, no contacts: {result.idle_empty:.3f} cores, "
+        f"PSS {result.pss_empty_kb} KB"
+    )
+    cpu = process_tree_cpu_seconds(target.pid)
+    ok, failed, seconds = register_all(
+        args.sipp, target.port, users_csv, result.extensions, args.rate, tmp
+    )
+    result.register_cpu_s = process_tree_cpu_seconds(target.pid) - cpu
+    result.registered, result.failed, result.register_seconds = ok, failed, seconds
+    result.pss_registered_kb = tree_pss_kb(target.pid)
+    log(f"{result.name}: {ok} registered, {failed} failed in {seconds:.1f}s")
+    end = time.monotonic() + args.settle_seconds
+    while time.monotonic() < end:
+        result.settle.append(idle_cores(target.pid, min(5.0, end - time.monotonic())))
+    log(f"{result.name}: after the burst: " + " ".join(f"{c:.2f}" for c in result.settle))
+    result.idle_full = idle_cores(target.pid, args.idle_seconds, result.idle_full_split)
+    result.pss_full_kb = tree_pss_kb(target.pid)
+    log(
+        f"{result.name}: idle, {ok} contacts: {result.idle_full:.3f} cores, "
+        f"PSS {result.pss_full_kb} KB"
+    )
 
 
 def main() -> int:
@@ -426,12 +512,21 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="sip.workers (0: one process)")
     p.add_argument("--python", default=sys.executable, help="interpreter running pbxwarden")
     p.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
+    p.add_argument(
+        "--kamailio",
+        nargs="?",
+        const=shutil.which("kamailio") or "kamailio",
+        help="measure Kamailio too, the same way (its binary; Debian: apt-get install kamailio)",
+    )
+    p.add_argument("--kamailio-shm", type=int, default=256, help="Kamailio -m (MB)")
     p.add_argument("--no-restart", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args()
     if not shutil.which(args.sipp):
         raise BenchError("SIPp not found (Debian: apt-get install sip-tester)")
+    if args.kamailio and not shutil.which(args.kamailio):
+        raise BenchError(f"Kamailio {args.kamailio!r} not found")
 
     tmp = Path(tempfile.mkdtemp(prefix="pbxw-footprint-"))
     datadir = tmp / "data"
@@ -445,6 +540,8 @@ def main() -> int:
         "PYTHONPYCACHEPREFIX": str(tmp / "pycache"),  # not in the source tree
     }
     server: Server | None = None
+    kamailio: Kamailio | None = None
+    results: list[Result] = []
     try:
         subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
         warm = "import pbxwarden.cli.main, pbxwarden.server, pbxwarden.registrar_workers"
@@ -470,42 +567,44 @@ def main() -> int:
         )
         port = free_port()
         server = Server([*cli, "serve", "--sip", f"{LOOPBACK}:{port}"], env, tmp, port)
-        result = Result(args.extensions, args.workers, core)
+        result = Result("pbxwarden", args.extensions, 1 + args.workers, core)
+        results.append(result)
         result.startup = server.start()
         log(f"ready in {result.startup.ready_s:.2f}s (CPU {result.startup.cpu_s:.2f}s)")
-        time.sleep(5)  # past the start-up's own tail (first directory refreshes)
-        result.idle_empty = idle_cores(server.pid, args.idle_seconds, result.idle_empty_split)
-        result.pss_empty_kb = tree_pss_kb(server.pid)
-        log(f"idle, no contacts: {result.idle_empty:.3f} cores, PSS {result.pss_empty_kb} KB")
-
-        cpu = process_tree_cpu_seconds(server.pid)
-        ok, failed, seconds = register_all(args.sipp, port, users_csv, len(users), args.rate, tmp)
-        result.register_cpu_s = process_tree_cpu_seconds(server.pid) - cpu
-        result.registered, result.failed, result.register_seconds = ok, failed, seconds
-        result.pss_registered_kb = tree_pss_kb(server.pid)
-        log(f"{ok} registered, {failed} failed in {seconds:.1f}s")
-        end = time.monotonic() + args.settle_seconds
-        while time.monotonic() < end:
-            result.settle.append(idle_cores(server.pid, min(5.0, end - time.monotonic())))
-        log("after the burst: " + " ".join(f"{c:.2f}" for c in result.settle))
-        result.idle_full = idle_cores(server.pid, args.idle_seconds, result.idle_full_split)
-        result.pss_full_kb = tree_pss_kb(server.pid)
-        log(f"idle, {ok} contacts: {result.idle_full:.3f} cores, PSS {result.pss_full_kb} KB")
-
+        measure(server, result, args, users_csv, tmp)
         if not args.no_restart:
             server.stop()
             result.stored_after_stop = stored_bindings(datadir / "pbxwarden.db")
             result.restart = server.start()
             log(f"restart: ready in {result.restart.ready_s:.2f}s")
             result.restored = restored_count(datadir)
-        print(result.markdown())
+        server.stop()
+        server = None
+
+        if args.kamailio:
+            from register import write_kamailio_db  # the same subscriber table as there
+
+            rundir = tmp / "kamailio"
+            rundir.mkdir()
+            write_kamailio_db(rundir / "db", users, DOMAIN)
+            kamailio = Kamailio(args.kamailio, rundir, free_port(), args.kamailio_shm)
+            version = subprocess.run(
+                [args.kamailio, "-v"], capture_output=True, text=True, check=False
+            ).stdout.splitlines()
+            short = version[0].split()[2] if version and len(version[0].split()) > 2 else "?"
+            peer = Result(f"Kamailio {short}", args.extensions, 1 + 2, "C (children=2)")
+            results.append(peer)
+            peer.startup = kamailio.start()
+            log(f"kamailio answers in {peer.startup.options_s:.2f}s")
+            measure(kamailio, peer, args, users_csv, tmp)
+        print(markdown(results))
         if args.json:
-            data = asdict(result)
-            data["per_contact_kb"] = result.per_contact_kb
+            data = [{**asdict(r), "per_contact_kb": r.per_contact_kb} for r in results]
             args.json.write_text(json.dumps(data, indent=1) + "\n")
     finally:
-        if server is not None:
-            server.stop()
+        for target in (server, kamailio):
+            if target is not None:
+                target.stop()
         if args.keep:
             log(f"kept {tmp}")
         else:
