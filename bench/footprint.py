@@ -377,7 +377,7 @@ class Result:
                 f"{self.extensions:,} / {self.registered:,}"
                 + (f" ({self.failed} failed)" if self.failed else ""),
             ),
-            ("processes for REGISTER; SIP core", f"{self.workers}; {self.sip_core}"),
+            ("processes in the tree; SIP core", f"{self.workers}; {self.sip_core}"),
             (
                 "start-up, nothing registered: to ready (wall) / CPU / to OPTIONS",
                 f"{ready}{s.cpu_s:.2f} s CPU / {s.options_s:.2f} s",
@@ -488,6 +488,7 @@ def measure(
         args.sipp, target.port, users_csv, result.extensions, args.rate, tmp
     )
     result.register_cpu_s = process_tree_cpu_seconds(target.pid) - cpu
+    result.workers = len(tree_pids(target.pid))  # every process of the tree, as measured
     result.registered, result.failed, result.register_seconds = ok, failed, seconds
     result.pss_registered_kb = tree_pss_kb(target.pid)
     log(f"{result.name}: {ok} registered, {failed} failed in {seconds:.1f}s")
