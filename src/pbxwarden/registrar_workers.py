@@ -89,6 +89,7 @@ _TO_RE = re.compile(rb"\n(?:to|t)[ \t]*:[^\r\n]*?sips?:([^@>;\s]+)@([^>;:\s]+)",
 EVENTS_PER_PACKET = 64
 SYNC = b"SYNC\n"  # main -> worker: bindings; every other packet is "TRANSPORT host port\n" SIP
 MAX_EVENT_PACKET = 4 << 20
+SYNC_TIMEOUT = 10.0  # seconds a starting worker may take to read its bindings
 RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 60.0
 
@@ -265,26 +266,37 @@ class WorkerPool:
                 log.error("unreadable report from a registrar worker", worker=worker.index)
                 continue
             if events and events[0] == ["ready"]:
-                self._sync(worker, channel)  # before any REGISTER: the channel keeps order
-                worker.ready = True
-                log.info("registrar worker ready", worker=worker.index)
+                # before any REGISTER: the channel keeps order
+                if self._sync(worker, channel):
+                    worker.ready = True
+                    log.info("registrar worker ready", worker=worker.index)
                 events = events[1:]
             self._on_events(worker.index, events)
 
-    def _sync(self, worker: _Worker, channel: socket.socket) -> None:
-        """A (re)started worker read the bindings from the database, which lags the main
-        process by a write-back period, and misses what the main process registered
-        while the worker was down: give it the main process's copy of its share."""
+    def _sync(self, worker: _Worker, channel: socket.socket) -> bool:
+        """A (re)started worker gets the main process's copy of its share of the bindings
+        (the database lags it by a write-back period and misses what was registered while
+        the worker was down; and reading it in every worker would slow every start)."""
         rows = [
             binding_event(aor, b.contact, b)
             for aor, b in self._bindings()
             if worker_for(aor.rpartition("/")[2].encode(), self.count) == worker.index
         ]
+        # Tens of thousands of bindings are more than the socket buffer holds: wait for
+        # the worker to read them (it does so before anything else).
+        channel.settimeout(SYNC_TIMEOUT)
         try:
             for i in range(0, max(len(rows), 1), EVENTS_PER_PACKET):
                 channel.send(SYNC + marshal.dumps((i == 0, rows[i : i + EVENTS_PER_PACKET])))
-        except OSError as exc:  # it keeps what it read from the database
+        except OSError as exc:  # without its bindings it must not serve: start it again
             log.warning("cannot hand bindings to a registrar worker", error=str(exc))
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.terminate()
+            return False
+        finally:
+            channel.setblocking(False)
+        return True
 
     def dispatch(self, user: bytes, data: bytes, source: Address) -> bool:
         """Hand a REGISTER to its user's worker; False when the caller must handle it."""
@@ -354,7 +366,7 @@ def binding_from_event(event: Sequence[Any]) -> tuple[str, Binding]:
         str(call_id),
         int(cseq),
         str(source),
-        None if agent is None else str(agent),
+        None if agent is None else sys.intern(str(agent)),  # a few models: shared
         float(since),
     )
 
@@ -451,7 +463,7 @@ class RegistrarWorker:
         self.netwatch = NetworkWatch(
             fw.approve_new_networks, geo.country if geo is not None else None
         )
-        self._approved_networks = -1
+        self._approved_networks = -1.0  # the newest network change loaded
         # This worker locks the extensions it serves at once (a burst of guesses is
         # answered here); the main process, told of each failure, stores and announces.
         self.locks = ExtensionLocks(
@@ -500,8 +512,8 @@ class RegistrarWorker:
         self._loop = loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        rows = await asyncio.to_thread(self.store.load_bindings, time.time())
-        self.location.load(rows)  # loading does not report: the main process has them
+        # No bindings from the database: the main process hands over its copy of this
+        # worker's share when it hears "ready", before any REGISTER (_apply_sync).
         await self._refresh()
         loop.add_reader(self._channel.fileno(), self._readable)
         self.reporter.events.append(["ready"])
@@ -564,13 +576,14 @@ class RegistrarWorker:
             await asyncio.sleep(1.0)
 
     async def _write_networks(self) -> None:
+        """The networks first seen since the last round, in one transaction (after a
+        burst: thousands, one per extension)."""
         writes, self._network_writes = self._network_writes, []
-        for i, args in enumerate(writes):
-            try:
-                await asyncio.to_thread(self.store.record_network, *args)
-            except Exception:
-                self._network_writes[:0] = writes[i:]  # the next round retries them
-                raise
+        try:
+            await asyncio.to_thread(self.store.record_networks, writes)
+        except Exception:
+            self._network_writes[:0] = writes  # the next round retries them
+            raise
 
     # -- the per-request path ------------------------------------------------------------
 
@@ -676,9 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     args = parser.parse_args(argv)
     config = Config.model_validate_json(sys.stdin.buffer.read())
-    from pbxwarden.cli.main import _install_fast_loop, _setup_logging, _tune_gc
+    from pbxwarden.runtime import install_fast_loop, setup_logging, tune_gc
 
-    _setup_logging(config)
+    setup_logging(config)
     udp = socket.socket(fileno=args.udp_fd)
     channel = socket.socket(fileno=args.channel_fd)
     channel.setblocking(False)
@@ -688,8 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         worker = RegistrarWorker(
             args.index, config, store, load_or_create_secret(args.data_dir), udp, channel
         )
-        _tune_gc()
-        _install_fast_loop()
+        tune_gc()
+        install_fast_loop()
         asyncio.run(worker.run())
     finally:
         store.close()

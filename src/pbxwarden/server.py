@@ -296,23 +296,9 @@ class SipServer:
             log.warning("calls open at the last stop closed as interrupted", count=interrupted)
         self.cdrs.start()
         rows = await asyncio.to_thread(self.store.load_bindings, time.time())
-        self.location.load(rows)
-        await self.sync.refresh_directory()
-        await self.sync.refresh_routing()
-        with contextlib.suppress(TimeoutError):  # slow DNS: the background task goes on
-            await asyncio.wait_for(self.sync.resolve_once(), 3 * self.config.dns.timeout)
-        await self.sync.refresh_networks()
-        await self.sync.start_offload()
-        await self.sync.sync_firewall()
-        await self.lock_sync.sync(self.sync.deliver, self.events.publish)  # stored locks
-        if self.cluster is not None:
-            await self.cluster.start()  # at most a few timeouts when Redis is down
-        self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
-        self.sync.stored_policies = await asyncio.to_thread(self.store.policies)
-        if self.sync.stored_policies:
-            self.guard.reconfigure(with_stored(self.config.guard, self.sync.stored_policies))
+        self.location.load(rows)  # before any worker starts: each gets its share of these
         host, port = self.config.sip.listen_address
-        self.resolver.send_from(host)  # a trunk name's targets of this IP version only
+        udp = None
         if "udp" in self.config.sip.transports:
             try:
                 udp = bind_udp(host, port)
@@ -320,7 +306,8 @@ class SipServer:
                 raise ListenError(host, port, "UDP", exc) from None
             if self.config.sip.workers:
                 # Workers first: a REGISTER read before its worker is up would be challenged
-                # here and its answer refused as stale there (a needless round trip).
+                # here and its answer refused as stale there (a needless round trip). Started
+                # now, they load while this process does (on another core).
                 self.workers = WorkerPool(
                     self.config.sip.workers,
                     self.config,
@@ -330,8 +317,16 @@ class SipServer:
                     lambda: list(self.location.items()),
                 )
                 await self.workers.start()
-                if not await self.workers.wait_ready(15.0):
-                    log.warning("registrar workers slow to start; registering here meanwhile")
+        try:
+            await self._load_state()
+        except BaseException:
+            if udp is not None:
+                udp.close()  # not listening yet: nobody else closes it
+            raise
+        self.resolver.send_from(host)  # a trunk name's targets of this IP version only
+        if udp is not None:
+            if self.workers is not None and not await self.workers.wait_ready(15.0):
+                log.warning("registrar workers slow to start; registering here meanwhile")
             await self.transports.listen_udp(host, port, udp)
         if "tcp" in self.config.sip.transports:
             try:
@@ -362,6 +357,24 @@ class SipServer:
             bindings=len(self.location),
             sip_core=_core.mode(),
         )
+
+    async def _load_state(self) -> None:
+        """The directory, routing, networks, bans, locks and the guard's state, from the
+        database (while the registrar workers start)."""
+        await self.sync.refresh_directory()
+        await self.sync.refresh_routing()
+        with contextlib.suppress(TimeoutError):  # slow DNS: the background task goes on
+            await asyncio.wait_for(self.sync.resolve_once(), 3 * self.config.dns.timeout)
+        await self.sync.refresh_networks()
+        await self.sync.start_offload()
+        await self.sync.sync_firewall()
+        await self.lock_sync.sync(self.sync.deliver, self.events.publish)  # stored locks
+        if self.cluster is not None:
+            await self.cluster.start()  # at most a few timeouts when Redis is down
+        self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
+        self.sync.stored_policies = await asyncio.to_thread(self.store.policies)
+        if self.sync.stored_policies:
+            self.guard.reconfigure(with_stored(self.config.guard, self.sync.stored_policies))
 
     def ready(self) -> None:
         """Start-up is over (the caller's too: the admin API, ``gc.freeze``): from now on
@@ -709,7 +722,7 @@ class SipServer:
         self.respond(key, request, result.response)
 
     def _record_network(self, extension_id: int, network: str, wall: float, ok: bool) -> None:
-        self._background_write(self.store.record_network, extension_id, network, wall, ok)
+        self.sync.pending_networks.append((extension_id, network, wall, ok))  # next flush
 
     def _background_write(self, fn: Callable[..., object], *args: object) -> None:
         async def write() -> None:

@@ -45,7 +45,9 @@ class StoreSync:
     def __init__(self, server: SipServer) -> None:
         self.server = server
         self.unsaved_bans: dict[str, Ban] = {}
-        self.approved_networks = -1  # stored approved networks last loaded
+        # networks extensions registered from for the first time, written with the bindings
+        self.pending_networks: list[tuple[int, str, float, bool]] = []
+        self.approved_networks = -1.0  # the newest stored network change loaded
         self.stored_policies: dict[str, dict[str, Any]] = {}
         self.stored_routing = Routing()  # as the database has it; names not yet resolved
         # time condition overrides dialled on phones, not yet stored: (order, override)
@@ -432,6 +434,24 @@ class StoreSync:
                     log.error("nftables offload failed", error=str(exc))
 
     async def flush(self) -> None:
+        """Write back what changed: bindings, then newly seen networks (each retried on
+        the next round if its write fails)."""
+        try:
+            await self._flush_bindings()
+        finally:
+            await self._flush_networks()
+
+    async def _flush_networks(self) -> None:
+        if not self.pending_networks:
+            return
+        networks, self.pending_networks = self.pending_networks, []
+        try:
+            await asyncio.to_thread(self.server.store.record_networks, networks)
+        except Exception:
+            self.pending_networks[:0] = networks
+            raise
+
+    async def _flush_bindings(self) -> None:
         if not self.server.location.has_changes:
             return
         upserts, deletes = self.server.location.drain_changes()

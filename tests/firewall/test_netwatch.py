@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
 from pbxwarden.firewall.netwatch import NetworkWatch, network_of
+from pbxwarden.pbx.registration import NETWORK_MARGIN, refresh_networks
+from pbxwarden.store.db import Store
 
 
 def test_network_of() -> None:
@@ -54,3 +62,33 @@ def test_countries_are_watched_beside_networks() -> None:
     network, country = watch.check(1, "203.0.113.5")
     assert network.network == "203.0.113.0/24" and not network.first
     assert country.network == "country:LV" and not country.known and not country.first
+
+
+def test_refresh_reads_only_what_changed(tmp_path: Path) -> None:
+    """Each process adopts networks recorded or approved elsewhere: the first time all of
+    them, then only the rows changed since (never every extension's networks again)."""
+    store = Store(f"sqlite:///{tmp_path / 'pbx.db'}")
+    store.migrate()
+    store.ensure_tenant("default", "pbxwarden")
+    store.add_extensions([("1000", "Very-Secret-Pass1"), ("1001", "Very-Secret-Pass2")])
+    a, b = (store.extension_auth("pbxwarden", n) for n in ("1000", "1001"))
+    assert a is not None and b is not None
+    store.record_networks([(a.id, "192.0.2.0/24", time.time(), True)])
+    watch = NetworkWatch()
+    seen = asyncio.run(refresh_networks(store, watch, -1.0))
+    assert watch.knows(a.id, "192.0.2.0/24") and seen > 0
+    reads: list[float | None] = []
+    original = store.approved_networks
+
+    def counting(since: float | None = None) -> list[tuple[int, str]]:
+        reads.append(since)
+        return original(since)
+
+    store.approved_networks = counting  # type: ignore[method-assign]
+    assert asyncio.run(refresh_networks(store, watch, seen)) == seen
+    assert reads == []  # nothing changed: nothing read
+    store.record_networks([(b.id, "198.51.100.0/24", time.time(), True)])  # another process
+    newer = asyncio.run(refresh_networks(store, watch, seen))
+    assert newer > seen and watch.knows(b.id, "198.51.100.0/24")
+    assert reads == [pytest.approx(seen - NETWORK_MARGIN)]  # only the recent rows
+    store.close()

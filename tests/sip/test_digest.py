@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import math
 from typing import Any
 
 import pytest
@@ -531,6 +532,30 @@ def test_tracker_evicts_least_recently_used() -> None:
     assert tracker.accept("c", 1, issued_at=3.0)
     assert "a" in tracker and "b" not in tracker
     assert tracker.horizon == 2.0
+
+
+def test_tracker_forgets_nonces_too_old_to_be_accepted_anyway() -> None:
+    tracker = NonceCountTracker()
+    for i in range(5):
+        assert tracker.accept(f"n{i}", 1, issued_at=float(i))
+    assert tracker.accept("n5", 1, issued_at=5.0, stale_before=3.0)
+    assert len(tracker) == 3 and "n2" not in tracker and "n3" in tracker
+    assert tracker.horizon == -math.inf  # forgotten as stale, not evicted: no horizon
+    assert tracker.accept("x", 1, stale_before=1e9)  # of unknown age: kept, stops the sweep
+    assert tracker.accept("y", 1, issued_at=6.0, stale_before=1e9)
+    assert "x" in tracker and "y" in tracker
+
+
+def test_server_forgets_counts_of_expired_nonces() -> None:
+    tracker = NonceCountTracker()
+    server = _server(tracker=tracker)
+    old = _answer(server, Algorithm.SHA256, now=NOW)
+    assert server.verify("INVITE", old, _ha1(), NOW + 1).ok and len(tracker) == 1
+    later = NOW + 300 + 61 + 5
+    fresh = _answer(server, Algorithm.SHA256, now=later)
+    assert server.verify("INVITE", fresh, _ha1(), later + 1).ok
+    assert len(tracker) == 1  # the expired one's count is gone
+    assert server.verify("INVITE", old, _ha1(), later + 2).status is AuthStatus.STALE
 
 
 def test_server_returns_stale_for_evicted_nonce() -> None:

@@ -107,6 +107,29 @@ def test_bindings_round_trip_upsert_and_expiry(store: Store) -> None:
     assert store.load_bindings(now) == []
 
 
+def test_networks_are_recorded_in_one_batch_and_read_again_by_change(store: Store) -> None:
+    store.add_extensions([("1000", "Very-Secret-Pass1"), ("1001", "Very-Secret-Pass2")])
+    a = store.extension_auth("pbxwarden", "1000")
+    b = store.extension_auth("pbxwarden", "1001")
+    assert a is not None and b is not None
+    assert store.networks_version() == 0.0
+    now = time.time()
+    store.record_networks(
+        [(a.id, "192.0.2.0/24", now, True), (b.id, "198.51.100.0/24", now, False)]
+    )
+    store.record_networks([(a.id, "192.0.2.0/24", now + 9, True)])  # known: kept as it was
+    first = store.networks_version()
+    assert first == pytest.approx(time.time(), abs=5)  # the database's clock, Unix seconds
+    assert sorted(store.approved_networks()) == [(a.id, "192.0.2.0/24")]
+    assert store.approved_networks(since=first + 1) == []
+    time.sleep(0.01)
+    store.approve_network("default", "1001", "198.51.100.0/24")
+    assert store.networks_version() > first  # an approval is a change too
+    assert store.approved_networks(since=first + 0.001) == [(b.id, "198.51.100.0/24")]
+    rows = {(r["extension"], r["network"]): r for r in store.list_networks()}
+    assert rows[("1000", "192.0.2.0/24")]["first_seen"] == pytest.approx(now)
+
+
 def test_guard_baselines_upsert_and_skip_damaged_rows(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'b.db'}")
     store.migrate()

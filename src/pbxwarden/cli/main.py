@@ -31,6 +31,9 @@ from pbxwarden.cli.hours import hours_app
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import err, fail, out, print_rows, when
 from pbxwarden.cli.trunk_settings import trunk_transfers
+from pbxwarden.runtime import install_fast_loop as _install_fast_loop
+from pbxwarden.runtime import setup_logging as _setup_logging
+from pbxwarden.runtime import tune_gc as _tune_gc
 from pbxwarden.store.basics import (
     DEFAULT_TENANT,
     StoreError,
@@ -1046,28 +1049,6 @@ def cdr(
         print_rows(cdr_view(rows), False, "call records", CDR_COLUMNS, compact=True, keep=keep)
 
 
-def _setup_logging(config: Config) -> None:
-    import logging
-
-    import structlog
-
-    level = getattr(logging, config.log.level.upper())
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if config.log.json_format
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-
-
 @app.command()
 def serve(
     sip: Annotated[
@@ -1126,32 +1107,6 @@ def serve(
             store.close()
     finally:
         lock.release()
-
-
-def _install_fast_loop() -> None:
-    import asyncio
-
-    if os.environ.get("PBXWARDEN_NO_UVLOOP"):
-        return
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic collector off the per-packet path.
-
-    Tens of thousands of live transactions make every young-generation collection
-    walk a large heap; the SIP objects form no cycles that matter, so collect far
-    less often, and move everything loaded at start-up out of the collector's view.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 async def _serve(config: Config, store: Store) -> None:

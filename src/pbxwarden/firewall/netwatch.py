@@ -10,6 +10,7 @@ asks for it, are refused until approved.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,7 +41,9 @@ class NetworkWatch:
     ) -> None:
         self.require_approval = require_approval
         self._country_of = country_of
-        self._seen: dict[int, set[str]] = {}
+        # per extension, a tuple (most have one or two networks: a set costs 216 bytes,
+        # a tuple of one 48, in every process for every extension that ever registered)
+        self._seen: dict[int, tuple[str, ...]] = {}
         self._network_of: dict[str, str | None] = {}  # per source address: parsed once
 
     def load(self, rows: list[tuple[int, str]]) -> None:
@@ -51,7 +54,12 @@ class NetworkWatch:
         as its first ever (trusted on first use) and write it again.
         """
         for extension_id, network in rows:
-            self._seen.setdefault(extension_id, set()).add(network)
+            self._add(extension_id, sys.intern(network))  # an office's phones share one
+
+    def _add(self, extension_id: int, network: str) -> None:
+        known = self._seen.get(extension_id, ())
+        if network not in known:
+            self._seen[extension_id] = (*known, network)
 
     def check(self, extension_id: int, address: str) -> list[NetworkVerdict]:
         """Verdicts for the address's network and, when known, its country.
@@ -75,13 +83,13 @@ class NetworkWatch:
         known = self._seen.get(extension_id)
         kind = network.startswith("country:")
         if known is None or not any(n.startswith("country:") == kind for n in known):
-            self._seen.setdefault(extension_id, set()).add(network)
+            self._add(extension_id, network)
             return NetworkVerdict(network, known=False, first=True, allowed=True)
         if network in known:
             return NetworkVerdict(network, known=True, first=False, allowed=True)
         if self.require_approval:
             return NetworkVerdict(network, known=False, first=False, allowed=False)
-        known.add(network)
+        self._add(extension_id, network)
         return NetworkVerdict(network, known=False, first=False, allowed=True)
 
     def networks(self, extension_id: int) -> set[str]:

@@ -8,6 +8,7 @@ Call-ID and CSeq ordering, and answer with the full current set of bindings.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from email.utils import formatdate
 
@@ -132,7 +133,7 @@ class Registrar:
                         request.call_id,
                         request.cseq.number,
                         source,
-                        user_agent[:255] if user_agent else None,
+                        sys.intern(user_agent[:255]) if user_agent else None,
                         known.registered_at if known is not None else now,
                     ),
                 )

@@ -199,11 +199,20 @@ class RegistrationHandler:
         return allowed
 
 
-async def refresh_networks(store: Store, netwatch: NetworkWatch, known_count: int) -> int:
-    """Networks approved from the CLI or the API, read again only when their count moved
-    from ``known_count`` (every second, over every extension's networks, is too much
-    work); returns the count now loaded. The one part here that reads the database."""
-    count = await asyncio.to_thread(store.approved_network_count)
-    if count != known_count:
-        netwatch.load(await asyncio.to_thread(store.approved_networks))
-    return count
+# How far back a reader looks again, before the newest change it saw: rows written by
+# transactions that committed after that one but were stamped before it (stamped once
+# they hold the database's write lock, so by no more than a transaction's length).
+NETWORK_MARGIN = 5.0
+
+
+async def refresh_networks(store: Store, netwatch: NetworkWatch, known: float) -> float:
+    """Networks recorded or approved elsewhere (the CLI, the API, the other processes),
+    read only when the newest change moved from ``known`` (-1: never read), and then
+    only the rows changed since, not every extension's networks. Returns the newest
+    change now loaded. The one part here that reads the database."""
+    version = await asyncio.to_thread(store.networks_version)
+    if version == known:
+        return known
+    since = None if known < 0 else known - NETWORK_MARGIN
+    netwatch.load(await asyncio.to_thread(store.approved_networks, since))
+    return version

@@ -660,7 +660,11 @@ class NonceCountTracker:
     def horizon(self) -> float:
         return self._horizon
 
-    def accept(self, nonce: str, nc: int, issued_at: float | None = None) -> bool:
+    def accept(
+        self, nonce: str, nc: int, issued_at: float | None = None, stale_before: float = -math.inf
+    ) -> bool:
+        """``stale_before``: nonces issued before it are refused as stale before they
+        get here, so their counts need not be kept (the least recently used ones go)."""
         if not 1 <= nc <= _MAX_NC:
             return False
         entry = self._seen.get(nonce)
@@ -671,6 +675,7 @@ class NonceCountTracker:
             while len(self._seen) > self._max_entries:
                 _, (_, evicted_at) = self._seen.popitem(last=False)
                 self._horizon = max(self._horizon, evicted_at)
+            self._forget_stale(stale_before)
             return True
         last, at = entry
         if nc <= last:
@@ -678,6 +683,18 @@ class NonceCountTracker:
         self._seen[nonce] = (nc, at)
         self._seen.move_to_end(nonce)
         return True
+
+    def _forget_stale(self, stale_before: float) -> None:
+        # A phone uses a nonce once or twice, soon after it was issued: the least
+        # recently used entries are the oldest, and looking at them alone costs nothing
+        # per nonce kept. One of unknown age (-inf) stops the sweep: it might be live.
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            at = seen[oldest][1]
+            if at == -math.inf or at >= stale_before:
+                return
+            del seen[oldest]
 
 
 # --------------------------------------------------------------------------- server
@@ -866,6 +883,8 @@ class DigestServer:
             if forgotten and c.nonce not in self._tracker:
                 # Evicted from replay memory: a fresh nonce costs the client one round trip.
                 return AuthResult(AuthStatus.STALE, "nonce no longer tracked")
-            if not self._tracker.accept(c.nonce, nc, issued):
+            # refused as expired from then on (a minute's slack for a clock stepped back)
+            stale_before = now - self._nonces.lifetime - 60.0
+            if not self._tracker.accept(c.nonce, nc, issued, stale_before):
                 return _failed("nonce replayed")
         return AuthResult(AuthStatus.OK, "ok")

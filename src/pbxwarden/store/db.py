@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import Engine, create_engine, delete, event, func, literal_column, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -538,30 +538,37 @@ class Store:
     # -- registrations -------------------------------------------------------------------
 
     def load_bindings(self, now: float) -> list[tuple[str, BindingRow]]:
-        """Live bindings with their extension's realm, for the location service at start-up."""
+        """Live bindings with their extension's realm, for the location service at start-up.
+
+        Plain rows, no ORM objects: tens of thousands of them are read at every start."""
+        r = Registration
         stmt = (
-            select(Extension.realm, Extension.number, Registration)
-            .join(Extension, Extension.id == Registration.extension_id)
-            .where(Registration.expires_at > now)
+            select(
+                Extension.realm,
+                Extension.number,
+                r.extension_id,
+                r.contact,
+                r.expires_at,
+                r.q,
+                r.call_id,
+                r.cseq,
+                r.source,
+                r.user_agent,
+                func.coalesce(r.registered_at, r.updated_at),
+            )
+            .join(Extension, Extension.id == r.extension_id)
+            .where(r.expires_at > now)
+            .order_by(r.id)
         )
-        with Session(self.engine) as s:
-            return [
-                (
-                    f"{realm}/{number}",
-                    BindingRow(
-                        r.extension_id,
-                        r.contact,
-                        r.expires_at,
-                        r.q,
-                        r.call_id,
-                        r.cseq,
-                        r.source,
-                        r.user_agent,
-                        r.registered_at or r.updated_at,
-                    ),
-                )
-                for realm, number, r in s.execute(stmt)
-            ]
+        aors: dict[tuple[str, str], str] = {}
+        out = []
+        with self.engine.connect() as conn:
+            for realm, number, *fields in conn.execute(stmt):
+                aor = aors.get((realm, number))
+                if aor is None:
+                    aor = aors[(realm, number)] = f"{realm}/{number}"
+                out.append((aor, BindingRow(*fields)))
+        return out
 
     _UPSERT_COLUMNS = (
         "extension_id",
@@ -1351,16 +1358,35 @@ class Store:
     # -- registration watch --------------------------------------------------------------
 
     def record_network(self, extension_id: int, network: str, now: float, approved: bool) -> None:
-        with Session(self.engine) as s, s.begin():
-            if s.get(ExtensionNetwork, (extension_id, network)) is None:
-                s.add(
-                    ExtensionNetwork(
-                        extension_id=extension_id,
-                        network=network,
-                        first_seen=now,
-                        approved=approved,
-                    )
-                )
+        self.record_networks([(extension_id, network, now, approved)])
+
+    def record_networks(self, rows: Sequence[tuple[int, str, float, bool]]) -> None:
+        """(extension, network, first seen, approved) rows in one transaction; a network
+        already recorded keeps its row. A registration burst brings thousands at once."""
+        if not rows:
+            return
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            "INSERT INTO extension_networks (extension_id, network, first_seen, approved,"
+            f" changed_at) VALUES ({mark}, {mark}, {mark}, {mark}, {self._db_now()})"
+            " ON CONFLICT (extension_id, network) DO NOTHING"
+        )
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(sql, [(e, n, at, bool(ok)) for e, n, at, ok in rows])
+
+    def _db_now(self) -> str:
+        """SQL for the time of writing (Unix seconds), taken once the write holds its
+        lock: a reader's watermark then never passes a row still to be committed by more
+        than the transaction's own length (see :data:`NETWORK_MARGIN`)."""
+        if self.engine.dialect.name == "sqlite":
+            return "((julianday('now') - 2440587.5) * 86400.0)"
+        return "extract(epoch from clock_timestamp())"
+
+    def networks_version(self) -> float:
+        """The newest change to any extension's networks (an index lookup, not a count)."""
+        with self.engine.connect() as conn:
+            newest = conn.execute(select(func.max(ExtensionNetwork.changed_at))).scalar()
+        return float(newest or 0.0)
 
     def approved_network_count(self) -> int:
         """Changes whenever a network is recorded as approved or approved later (rows are
@@ -1373,10 +1399,13 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
-    def approved_networks(self) -> list[tuple[int, str]]:
+    def approved_networks(self, since: float | None = None) -> list[tuple[int, str]]:
+        """Approved networks; with ``since``, only those recorded or approved since then."""
         stmt = select(ExtensionNetwork.extension_id, ExtensionNetwork.network).where(
             ExtensionNetwork.approved.is_(True)
         )
+        if since is not None:
+            stmt = stmt.where(ExtensionNetwork.changed_at >= since)
         with self.engine.connect() as conn:
             return [(int(e), str(n)) for e, n in conn.execute(stmt)]
 
@@ -1406,3 +1435,4 @@ class Store:
             if row is None:
                 raise StoreError(f"extension {number} never registered from {network}")
             row.approved = True
+            row.changed_at = literal_column(self._db_now())

@@ -225,6 +225,8 @@ class ExtensionNetwork(Base):
     network: Mapped[str] = mapped_column(String(64), primary_key=True)
     first_seen: Mapped[float] = mapped_column(Float)
     approved: Mapped[bool] = mapped_column(Boolean)
+    # written when the row is recorded or approved: what servers read again
+    changed_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
 
 
 class AlertRow(Base):
