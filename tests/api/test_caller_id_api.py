@@ -38,8 +38,9 @@ async def test_only_a_tenants_own_did_is_presented(api: Api) -> None:
 
 
 async def test_a_trunks_transfer_switch_is_the_providers(api: Api) -> None:
-    """Whether a carrier's REFERs are performed: off by default, set by a global admin
-    only (a tenant admin gets 403, even for its own tenant's trunk), audited."""
+    """Whether a carrier's REFERs are performed (and whether it gets P-Asserted-Identity):
+    off by default, set by a global admin only (a tenant admin gets 403, even for its own
+    tenant's trunk), audited."""
     api.store.add_trunk("acme", "carrier", "192.0.2.7", 5060, "udp", ["+1"])
     url = "/api/v1/tenants/acme/trunks/carrier/transfers"
     listed = (await api.as_("admin").get("/api/v1/trunks")).json()
@@ -56,7 +57,17 @@ async def test_a_trunks_transfer_switch_is_the_providers(api: Api) -> None:
         "/api/v1/tenants/acme/trunks/nowhere/transfers", json={"accept": True}
     )
     assert missing.status_code == 404, missing.text
+    identity = "/api/v1/tenants/acme/trunks/carrier/identity"
+    assert (
+        await api.as_("acme-admin").put(identity, json={"assert_identity": False})
+    ).status_code == 403
+    plain = await api.as_("admin").put(identity, json={"assert_identity": False})
+    assert plain.status_code == 200 and plain.json()["assert_identity"] is False, plain.text
+    assert plain.json()["accept_transfers"] is True  # one switch leaves the other alone
     entries = (await api.as_("admin").get("/api/v1/audit")).json()["items"]
+    assert [e["after"] for e in entries if e["action"] == "trunk.identity"] == [
+        {"assert_identity": False}
+    ]
     [change] = [e for e in entries if e["action"] == "trunk.transfers"]
     assert (change["before"], change["after"]) == (
         {"accept_transfers": False},

@@ -5,6 +5,7 @@ is audited; the number must be one of the tenant's DIDs (400 otherwise)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,7 +18,7 @@ from pbxwarden.api.models import (
     TrunkTransfersIn,
 )
 from pbxwarden.api.routes_pbx import NumberPath, TenantPath, _extension
-from pbxwarden.api.security import API_PREFIX, Admin, Ctx, audit, require_global
+from pbxwarden.api.security import API_PREFIX, Admin, Ctx, Principal, audit, require_global
 from pbxwarden.store.caller_id import _UNSET, CallerIdStore
 from pbxwarden.store.db import StoreError
 from pbxwarden.store.trunk_settings import TrunkSettings
@@ -69,21 +70,33 @@ def set_trunk_identity(
     ctx: Ctx,
     principal: Admin,
 ) -> dict[str, Any]:
-    require_global(principal, "changing a trunk")  # trunks belong to the provider
-    before = CallerIdStore(ctx.store).set_trunk_identity(tenant, name, body.assert_identity)
-    audit(
+    return _switch(
         request,
+        ctx,
         principal,
-        "trunk.identity",
-        f"tenant/{tenant}/trunk/{name}",
-        {"assert_identity": before},
-        {"assert_identity": body.assert_identity},
         tenant,
+        name,
+        ("trunk.identity", "assert_identity", body.assert_identity),
+        lambda: CallerIdStore(ctx.store).set_trunk_identity(tenant, name, body.assert_identity),
     )
-    return _trunk(ctx, tenant, name)
 
 
-def _trunk(ctx: Ctx, tenant: str, name: str) -> dict[str, Any]:
+def _switch(
+    request: Request,
+    ctx: Ctx,
+    principal: Principal,
+    tenant: str,
+    name: str,
+    what: tuple[str, str, bool],
+    change: Callable[[], bool],
+) -> dict[str, Any]:
+    """A trunk's on/off setting: the provider's (global admins only), audited as
+    ``what`` = (action, field, new value); ``change`` stores it and returns the old."""
+    require_global(principal, "changing a trunk")  # trunks belong to the provider
+    action, field, value = what
+    before = change()
+    resource = f"tenant/{tenant}/trunk/{name}"
+    audit(request, principal, action, resource, {field: before}, {field: value}, tenant)
     for trunk in ctx.store.list_trunks():
         if trunk["tenant"] == tenant and trunk["name"] == name:
             return trunk
@@ -104,15 +117,12 @@ def set_trunk_transfers(
     ctx: Ctx,
     principal: Admin,
 ) -> dict[str, Any]:
-    require_global(principal, "changing a trunk")  # trunks belong to the provider
-    before = TrunkSettings(ctx.store).set_transfers(tenant, name, body.accept)
-    audit(
+    return _switch(
         request,
+        ctx,
         principal,
-        "trunk.transfers",
-        f"tenant/{tenant}/trunk/{name}",
-        {"accept_transfers": before},
-        {"accept_transfers": body.accept},
         tenant,
+        name,
+        ("trunk.transfers", "accept_transfers", body.accept),
+        lambda: TrunkSettings(ctx.store).set_transfers(tenant, name, body.accept),
     )
-    return _trunk(ctx, tenant, name)
