@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,15 +30,32 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
         self.closed = False
+        # several nodes (pbxwarden.cluster.events): every event of this node also goes
+        # to ``tap``, marked with ``node``; the other nodes' come in through deliver()
+        self.node: str | None = None
+        self.tap: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def listening(self) -> bool:
+        """Whether anyone hears an event published now (a subscriber, or other nodes)."""
+        return bool(self._subscribers) or self.tap is not None
+
     def publish(self, kind: str, data: dict[str, Any], at: float | None = None) -> None:
-        if not self._subscribers:
+        if not self._subscribers and self.tap is None:
             return
         event = {"type": kind, "at": time.time() if at is None else at, **data}
+        if self.node is not None:
+            event["node"] = self.node
+        if self.tap is not None:
+            self.tap(event)
+        self.deliver(event)
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """To this node's subscribers only (an event another node published)."""
         for sub in self._subscribers:
             try:
                 sub.queue.put_nowait(event)

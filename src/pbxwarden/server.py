@@ -762,7 +762,7 @@ class SipServer:
 
     def cdr_open(self, token: int, fields: dict[str, Any]) -> None:
         self.cdrs.open(token, fields)
-        if self.events.subscribers:
+        if self.events.listening:
             self._live_calls[token] = (fields["tenant"], fields["call_id"])
             self.events.publish(
                 "call.start", {k: fields.get(k) for k in EVENT_CALL_FIELDS}, fields["start_ts"]

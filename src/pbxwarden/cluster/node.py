@@ -40,6 +40,7 @@ import structlog
 
 from pbxwarden.cluster import scripts
 from pbxwarden.cluster.connection import RedisLink
+from pbxwarden.cluster.events import SharedEvents
 from pbxwarden.firewall.engine import Ban
 from pbxwarden.firewall.locks import MAX_FAILURES_KEPT, ExtensionLock, LockEvent
 from pbxwarden.firewall.nftables import NftablesError
@@ -75,6 +76,10 @@ class Keys:
     @property
     def channel(self) -> str:
         return f"{self.prefix}events"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.prefix}events:stream"
 
     def failures(self, tenant: str, number: str) -> str:
         return f"{self.prefix}authfail:{tenant}/{number}"
@@ -144,6 +149,7 @@ class ClusterNode:
         self.adopted = 0  # changes of other nodes applied here
         self.dropped = 0  # changes not queued (queue full): the reconcile round has them
         self.reconciled_at: float | None = None
+        self.events = SharedEvents(self.link, self.keys.stream, self.node, server.events)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -156,11 +162,13 @@ class ClusterNode:
         tracker.on_failure = self.failure_counted
         tracker.on_lock = self.lock_changed
         await self.reconcile()
+        self.events.start()
         for job in (self.link.watch(), self._subscribe(), self._push(), self._counting()):
             self._tasks.append(asyncio.create_task(job))
         self._tasks.append(asyncio.create_task(self._reconciling()))
 
     async def stop(self) -> None:
+        await self.events.stop()
         self.server.firewall.on_ban = None
         self.server.locks.tracker.on_failure = None
         self.server.locks.tracker.on_lock = None
@@ -178,6 +186,9 @@ class ClusterNode:
             "cluster_shared": self.shared,
             "cluster_adopted": self.adopted,
             "cluster_reconciled_at": self.reconciled_at,
+            "cluster_events_written": self.events.written,
+            "cluster_events_read": self.events.read,
+            "cluster_events_dropped": self.events.dropped,
         }
 
     def _recovered(self) -> None:
