@@ -441,6 +441,11 @@ class ClusterConfig(_Section):
         description="seconds between full comparisons of this node's bans and locks with "
         "the shared ones (messages missed, a node started later)",
     )
+    costly_when_down: Literal["refuse", "local"] = Field(
+        "refuse",
+        description="costly calls while Redis is unreachable: refused (the call limits "
+        "cannot be known for the whole PBX) or judged on this node's own counts",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -758,6 +763,7 @@ redis_url = ""                   # e.g. "redis://10.0.0.5:6379/0"
 key_prefix = "pbxwarden:"        # of every key and channel: several PBXs on one Redis
 timeout = 0.5                    # seconds a Redis command may take; then this node goes on alone
 reconcile_interval = 5           # seconds between full comparisons with the shared state
+costly_when_down = "refuse"      # costly calls while Redis is down: "refuse" or "local"
 
 [log]
 level = "info"

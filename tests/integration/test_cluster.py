@@ -32,12 +32,21 @@ PHONE = "127.0.0.5"  # the legitimate phone's network: 127.0.0.0/24
 PROPAGATION_BOUND = 1.0  # seconds: a ban on one node in force on every node
 
 
-def node(root: Path, name: str, host: str, redis: RedisServer, **env: str) -> PbxProcess:
+def node(
+    root: Path,
+    name: str,
+    host: str,
+    redis: RedisServer,
+    prepare: Callable[[Path], None] | None = None,
+    **env: str,
+) -> PbxProcess:
     data = root / name
     data.mkdir(parents=True)
     cli(data, "init")
     (data / "extensions.csv").write_text(f"1000,{PASSWORD}\n2000,Meadow-Cobalt-5590\n")
     cli(data, "extension", "import", str(data / "extensions.csv"))
+    if prepare is not None:
+        prepare(data)
     pbx = PbxProcess(
         data,
         host=host,
@@ -336,3 +345,74 @@ def test_a_node_starts_and_serves_with_its_redis_unreachable(tmp_path: Path) -> 
             probe.close()
     finally:
         a.stop()
+
+
+def test_an_extensions_call_limit_holds_for_both_nodes_together(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """20 INVITEs of one extension, 10 through each node at once, to a carrier that
+    holds the answered calls: exactly the extension's limit (2, the default) reaches the
+    carrier, where each node alone would have let 2 through (4 in all)."""
+    from tests.helpers import (
+        cdr_rows,
+        finish_sipp_uac,
+        finish_sipp_uas,
+        start_sipp_uac,
+        start_sipp_uas,
+    )
+
+    carrier_host = "127.0.10.9"
+    carrier_port = free_port(carrier_host)
+
+    def trunk(data: Path) -> None:
+        cli(data, "trunk", "add", "carrier", "--host", carrier_host, "--port", str(carrier_port))
+
+    a = node(tmp_path, "a", "127.0.10.1", redis_server, trunk)
+    b = node(tmp_path, "b", "127.0.10.2", redis_server, trunk)
+    messages = tmp_path / "carrier-messages.log"
+    carrier = start_sipp_uas(
+        "call_uas.xml",
+        carrier_port,
+        tmp_path,
+        local_ip=carrier_host,
+        calls=4,
+        timeout=30,
+        extra=["-trace_msg", "-message_file", str(messages)],
+    )
+    try:
+        callers = []
+        for pbx, source in ((a, "127.0.10.21"), (b, "127.0.10.22")):
+            work = tmp_path / f"caller-{source}"
+            work.mkdir()
+            callers.append(
+                (
+                    work,
+                    start_sipp_uac(
+                        "call_uac_hold_or_refused.xml",
+                        f"{pbx.host}:{pbx.port}",
+                        users={"1000": PASSWORD},
+                        calls=10,
+                        rate=200,
+                        local_ip=source,
+                        extra=["-s", "2025550143", "-d", "4000", "-l", "10"],
+                        workdir=work,
+                        timeout=40,
+                    ),
+                )
+            )
+        for work, proc in callers:
+            result = finish_sipp_uac(proc, work, timeout=60)
+            assert result.successful == 10, result.output + a.log()[-2000:] + b.log()[-2000:]
+    finally:
+        finish_sipp_uas(carrier, tmp_path, timeout=5)
+        a.stop()
+        b.stop()
+    log = messages.read_text(errors="replace") if messages.exists() else ""
+    assert log.count("INVITE sip:") == 2, log.count("INVITE sip:")
+    rows = cdr_rows(a) + cdr_rows(b)
+    answered = [r for r in rows if r["disposition"] == "answered"]
+    refused = [r for r in rows if r["disposition"] == "blocked"]
+    assert len(answered) == 2 and len(refused) == 18, [
+        (r["disposition"], r["reasons"]) for r in rows
+    ]
+    assert any("on the PBX's nodes together" in str(r["reasons"]) for r in refused), refused

@@ -73,10 +73,13 @@ class RedisLink:
             "redis_failures": self.failures,
         }
 
-    async def run(self, what: str, command: Callable[[Redis], Awaitable[T]]) -> T | None:
-        """``command(client)`` within the timeout; None (and down) if it failed."""
+    async def run(
+        self, what: str, command: Callable[[Redis], Awaitable[T]], waits: float = 0.0
+    ) -> T | None:
+        """``command(client)`` within the timeout (plus ``waits``: a blocking read's own
+        wait); None (and down) if it failed."""
         try:
-            result = await asyncio.wait_for(command(self.client), self.timeout)
+            result = await asyncio.wait_for(command(self.client), self.timeout + waits)
         except (RedisError, OSError, TimeoutError) as exc:
             self.failures += 1
             self.mark_down(what, exc)

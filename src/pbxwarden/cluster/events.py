@@ -96,8 +96,9 @@ class SharedEvents:
         return done
 
     async def _reading(self) -> None:
-        # block a little less than the command timeout, so that waiting is not failing
-        block = max(50, int(self.link.timeout * 800))
+        # a blocking read waits at most this long (ms) for news, well within the client's
+        # socket timeout; the command's own timeout allows for the wait
+        block = max(50, min(250, int(self.link.timeout * 500)))
         while True:
             if self._last_id is None:
                 newest = await self.link.run("XREVRANGE", lambda c: c.xrevrange(self.key, count=1))
@@ -107,7 +108,7 @@ class SharedEvents:
                 self._last_id = str(newest[0][0]) if newest else "0-0"
             streams = {self.key: self._last_id}
             answer = await self.link.run(
-                "XREAD", functools.partial(_xread, streams=streams, block=block)
+                "XREAD", functools.partial(_xread, streams=streams, block=block), block / 1000
             )
             if answer is None:  # down: resume after the last entry read once it is back
                 await asyncio.sleep(1.0)

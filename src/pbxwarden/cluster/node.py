@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pbxwarden.cluster import scripts
+from pbxwarden.cluster.calls import HOLD_INTERVAL, SharedCalls
 from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
 from pbxwarden.firewall.engine import Ban
@@ -150,6 +151,13 @@ class ClusterNode:
         self.dropped = 0  # changes not queued (queue full): the reconcile round has them
         self.reconciled_at: float | None = None
         self.events = SharedEvents(self.link, self.keys.stream, self.node, server.events)
+        self.calls = SharedCalls(
+            config.redis_url,
+            config.timeout,
+            config.key_prefix,
+            config.node,
+            fail_closed=config.costly_when_down == "refuse",
+        )
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -163,12 +171,15 @@ class ClusterNode:
         tracker.on_lock = self.lock_changed
         await self.reconcile()
         self.events.start()
+        self.server.guard.shared = self.calls  # call limits for the whole PBX
+        self._tasks.append(asyncio.create_task(self._holding()))
         for job in (self.link.watch(), self._subscribe(), self._push(), self._counting()):
             self._tasks.append(asyncio.create_task(job))
         self._tasks.append(asyncio.create_task(self._reconciling()))
 
     async def stop(self) -> None:
         await self.events.stop()
+        self.server.guard.shared = None
         self.server.firewall.on_ban = None
         self.server.locks.tracker.on_failure = None
         self.server.locks.tracker.on_lock = None
@@ -178,6 +189,14 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.link.close()
+        self.calls.close()
+
+    async def _holding(self) -> None:
+        """This node's calls in progress keep their reservations (a killed node's
+        lapse, and the survivors' limits free up)."""
+        while True:
+            await asyncio.sleep(HOLD_INTERVAL)
+            self.calls.hold_all(time.time())
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -189,6 +208,9 @@ class ClusterNode:
             "cluster_events_written": self.events.written,
             "cluster_events_read": self.events.read,
             "cluster_events_dropped": self.events.dropped,
+            "cluster_calls_reserved": self.calls.reserved,
+            "cluster_calls_refused": self.calls.refused,
+            "cluster_calls_redis": "down" if self.calls.down else "up",
         }
 
     def _recovered(self) -> None:

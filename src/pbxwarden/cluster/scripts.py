@@ -155,3 +155,45 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
+
+# KEYS: the extension's and the tenant's costly calls in progress (sorted sets: member a
+# reservation token, score when it lapses unless refreshed)
+# ARGV: token, now, lapses_at, per-extension limit, per-tenant limit
+# {1, count} reserved (the extension's count with it), or {0, "extension"|"tenant",
+# count}: the limit is reached on the PBX's nodes together. Lapsed reservations (a node
+# that died with calls up, a call that never started) are forgotten first.
+RESERVE_CALL = """
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local e = redis.call('ZCARD', KEYS[1])
+if e >= tonumber(ARGV[4]) then
+  return {0, 'extension', e}
+end
+local t = redis.call('ZCARD', KEYS[2])
+if t >= tonumber(ARGV[5]) then
+  return {0, 'tenant', t}
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 86400)
+redis.call('EXPIRE', KEYS[2], 86400)
+return {1, e + 1}
+"""
+
+# KEYS: as RESERVE_CALL; ARGV: lapses_at, token... (those still held: pushed forward;
+# a token no longer there is not brought back)
+HOLD_CALLS = """
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[i])
+end
+return #ARGV - 1
+"""
+
+# KEYS: as RESERVE_CALL; ARGV: token
+RELEASE_CALL = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""

@@ -35,7 +35,7 @@ import functools
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pbxwarden.guard import learn, rules
 from pbxwarden.guard.baseline import DAY, Baseline
@@ -124,6 +124,20 @@ class GuardAlert:
         return f"{key}/{self.kind}" if self.kind else key
 
 
+class SharedCounts(Protocol):
+    """Costly calls in progress counted on all the PBX's nodes (``pbxwarden.cluster``):
+    asked after every local rule allowed an attempt."""
+
+    def reserve(
+        self, tenant: str, extension: str, per_extension: int, per_tenant: int, now: float
+    ) -> str | None:
+        """None: a slot is held for the extension's next started call; else why not."""
+
+    def started(self, tenant: str, extension: str, ref: int, now: float) -> None: ...
+
+    def ended(self, ref: int) -> None: ...
+
+
 class Guard:
     def __init__(
         self,
@@ -156,6 +170,7 @@ class Guard:
         self._inbound: dict[int, Inbound] = {}
         self._cutoffs: list[tuple[int, str]] = []
         self._stored_suspensions: dict[tuple[str, str], str] = {}
+        self.shared: SharedCounts | None = None  # several nodes: limits for all of them
 
     def reconfigure(self, config: GuardConfig) -> None:
         """New policies (stored ones changed): counters and baselines are kept."""
@@ -345,6 +360,18 @@ class Guard:
                 self._signal(ext, now, rule, why[0] if why else "anomaly")
             text = f"refused as likely fraud (risk score {score}/100): " + "; ".join(why)
             return self._refuse(attempt, ext, policy, rule, (text, *reasons), learning, score)
+        if self.shared is not None and attempt.kind != "forward-change":
+            full = self.shared.reserve(
+                attempt.tenant,
+                attempt.extension,
+                policy.max_concurrent_per_extension,
+                policy.max_concurrent_calls,
+                now,
+            )
+            if full is not None:
+                refused = Decision(False, (full, *reasons), status=486, rule="limit")
+                self._alert(attempt, refused)
+                return refused
         if attempt.kind != "forward-change":
             learn.record(attempt, ext, dest, local, network)
         else:
@@ -702,6 +729,8 @@ class Guard:
         self._active[ref] = call
         ext.active.add(ref)
         tenant.active.add(ref)
+        if self.shared is not None:
+            self.shared.started(attempt.tenant, attempt.extension, ref, attempt.at)
 
     def on_call_answer(self, ref: int, at: float) -> None:
         call = self._active.get(ref)
@@ -729,6 +758,8 @@ class Guard:
         if call is None:
             return None
         self._release(ref, call)
+        if self.shared is not None:
+            self.shared.ended(ref)
         if call.answered is None:
             return 0.0
         talked = max(0.0, at - call.answered)
