@@ -11,7 +11,9 @@ of the sustained rate at twice that rate). So datagrams are sorted as they are r
 - the *new-call* lane, first in first out: INVITEs without a To tag or credentials, and
   CANCELs (so that a CANCEL never overtakes its INVITE). Served only when the socket
   has nothing more to read (nothing of the calls in progress waits); an INVITE that
-  waited past ``wait`` is shed (503) instead.
+  waited past ``wait`` is shed (503) instead. Its wait counts from its arrival in the
+  socket's buffer (the kernel stamps it, ``SO_TIMESTAMPNS``): after a stall, a backlog
+  of old INVITEs is refused, not served late.
 
 A CANCEL is never shed. Past ``limit`` queued, a new INVITE is shed as it arrives. A
 forged ``Authorization`` buys no more than the firewall's per-source limits allow: it is

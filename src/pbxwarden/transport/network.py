@@ -18,6 +18,7 @@ import functools
 import socket
 import ssl
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ MIN_CONNECTIONS = 16
 
 
 UDP_BATCH = 256  # datagrams read per readiness callback before timers get their turn
+# Linux <asm-generic/socket.h>: the kernel stamps each datagram with its arrival time, so
+# that time spent waiting in the socket's buffer (a stall, a burst) counts as waiting
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
 UDP_SLICE = 0.005  # seconds of new calls served in one go, then the loop's other work
 SEND_QUEUE = 4096  # datagrams kept while the kernel's send buffer is full
 
@@ -70,6 +75,11 @@ class _Udp:
         self._drained = True  # the last read emptied the socket: new calls may be served
         self.closed = False
         sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._stamped = True
+        except OSError:  # not Linux: a datagram's wait starts when it is read
+            self._stamped = False
         loop.add_reader(sock.fileno(), self._readable)
 
     def pause_reading(self) -> None:
@@ -92,10 +102,19 @@ class _Udp:
     def _read(self) -> None:
         """One batch: what is not a new call handled as it is read, new calls queued."""
         now = self.loop.time()
+        wall = time.time()
         self._drained = False
         for _ in range(UDP_BATCH):
+            arrived = now
             try:
-                data, addr = self.sock.recvfrom(65535)
+                if self._stamped:
+                    data, ancillary, _, addr = self.sock.recvmsg(65535, 64)
+                    for level, kind, value in ancillary:
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                            sec, nsec = _TIMESPEC.unpack_from(value)
+                            arrived = now - max(0.0, wall - (sec + nsec / 1e9))
+                else:
+                    data, addr = self.sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 self._drained = True
                 break
@@ -105,7 +124,7 @@ class _Udp:
             if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
                 continue  # NAT keep-alive pings: nothing to answer over UDP
             source = Address("UDP", addr[0], addr[1])
-            lane = self.ingress.offer(data, source, now)
+            lane = self.ingress.offer(data, source, arrived)
             if lane is Lane.NOW:
                 self._deliver(self._handler, data, source)
             elif lane is Lane.SHED:
