@@ -59,6 +59,45 @@ def parse_epoch(text: str) -> float:
     return float(text.split("\t")[-1])
 
 
+def free_port(host: str = LOOPBACK) -> int:
+    """A port free for both UDP and TCP on ``host`` (`serve --sip` binds both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise BenchError(f"no free port on {host}")
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every process descending from it (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parents[int(entry)] = int(raw[raw.rindex(")") + 2 :].split()[1])
+    tree = [root]
+    seen = {root}
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in seen and pid not in seen:
+                seen.add(pid)
+                tree.append(pid)
+                changed = True
+    return tree
+
+
 def process_tree_cpu_seconds(root_pid: int) -> float:
     """utime + stime of root_pid and all of its descendants (Linux /proc)."""
     parents: dict[int, int] = {}

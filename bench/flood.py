@@ -53,7 +53,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchlib import BenchError, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -80,30 +81,11 @@ TCP_AIM = 1.0  # seconds from connect to 200 OK
 ALL_SCENARIOS = ("baseline", "banned", "allowed", "nftables", *TCP_FLOODS)
 
 
-class BenchError(RuntimeError):
-    pass
-
-
 def log(message: str) -> None:
     print(f"[flood {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def free_port(host: str = LEGIT_IP) -> int:
-    """A port free for both UDP and TCP on ``host`` (`serve --sip` binds both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise BenchError("no free port")
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -182,7 +164,7 @@ class Server:
         users = workdir / "users.csv"
         users.write_text("".join(f"{n},{p}\n" for n, p in PASSWORDS.items()))
         self.cli("extension", "import", str(users))
-        self.port = free_port()
+        self.port = free_port(LEGIT_IP)
         self.logfile = workdir / "server.log"
         cmd = [*self.cmd, "--data-dir", str(self.data), "serve", "--sip", f"{LEGIT_IP}:{self.port}"]
         with self.logfile.open("wb") as out:
@@ -391,7 +373,7 @@ def one_run(args: argparse.Namespace, name: str, run: int, tmp: Path) -> Run:
         server.start(work)
         target = f"{LEGIT_IP}:{server.port}"
         # Callee 2000: register from a fixed port, then answer calls there.
-        callee_port = free_port()
+        callee_port = free_port(LEGIT_IP)
         reg_stat = work / "register.csv"
         reg = sipp_base(target, SCENARIOS / "register.xml", LEGIT_IP, callee_port, reg_stat)
         reg += ["-m", "1", "-inf", str(user_file(work / "callee.csv", "2000"))]
@@ -431,7 +413,9 @@ def one_run(args: argparse.Namespace, name: str, run: int, tmp: Path) -> Run:
             time.sleep(1.0)
 
         caller_stat = work / "caller.csv"
-        caller = sipp_base(target, SCENARIOS / "call_uac.xml", LEGIT_IP, free_port(), caller_stat)
+        caller = sipp_base(
+            target, SCENARIOS / "call_uac.xml", LEGIT_IP, free_port(LEGIT_IP), caller_stat
+        )
         caller += ["-s", "2000", "-inf", str(user_file(work / "caller-users.csv", "1000"))]
         caller += ["-r", str(args.rate), "-m", str(args.calls), "-l", str(args.calls)]
         caller += ["-recv_timeout", "5000", "-max_retrans", "5"]

@@ -57,9 +57,11 @@ from pathlib import Path
 
 from benchlib import (
     BenchError,
+    free_port,
     process_tree_cpu_seconds,
     read_final_stats,
     sip_options_ping,
+    tree_pids,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -75,29 +77,6 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------ process tree
-
-
-def tree_pids(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry)] = int(raw[raw.rindex(")") + 2 :].split()[1])
-    tree = [root]
-    seen = {root}
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in seen and pid not in seen:
-                seen.add(pid)
-                tree.append(pid)
-                changed = True
-    return tree
 
 
 def tree_pss_kb(root: int) -> int:
@@ -139,20 +118,6 @@ def idle_cores(root: int, seconds: float, split: list[float] | None = None) -> f
 
 
 # ---------------------------------------------------------------------- set-up
-
-
-def free_port() -> int:
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((LOOPBACK, 0))
-            port = int(udp.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            try:
-                tcp.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        return port
-    raise BenchError("no free port on 127.0.0.1")
 
 
 def make_users(count: int, first: int) -> list[tuple[str, str]]:
