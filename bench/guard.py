@@ -920,7 +920,13 @@ def render_markdown(
         "",
         f"`Guard.authorize()` per decision, µs: median of {args.runs} runs of "
         f"{len(probes):,} decisions, garbage collector enabled and tuned as in "
-        "`pbxwarden serve`:",
+        "`pbxwarden serve`"
+        + (
+            f"; costly calls in progress counted in Redis ({args.redis}) as on a cluster node"
+            if args.redis
+            else ""
+        )
+        + ":",
         "",
         "| Attempt | Share | Outcome | " + " | ".join(cols) + " |",
         "|---|---:|---|" + "---:|" * len(cols),
@@ -1108,6 +1114,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--police-repeats", type=int, default=3, help="police() calls per run")
     p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--profile", action="store_true", help="cProfile one pass, to stderr")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="count costly calls in progress in this Redis, as a cluster node does "
+        "(pbxwarden.cluster.calls): every allowed costly decision includes its round trip",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.decisions, args.weeks = 2, 5000, 2.0
@@ -1175,6 +1187,11 @@ def main(argv: list[str]) -> int:
     def restore() -> Guard:
         t0 = time.monotonic()
         fresh: Guard = pickle.loads(snapshot)
+        if args.redis:
+            from pbxwarden.cluster.calls import SharedCalls
+
+            shared = SharedCalls(args.redis, 0.5, f"bench{time.time_ns()}:", "bench")
+            fresh.shared = shared  # a fresh key prefix: no reservations left from before
         gc.collect()
         res.restore_s.append(time.monotonic() - t0)
         return fresh
