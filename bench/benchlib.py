@@ -74,34 +74,9 @@ def free_port(host: str = LOOPBACK) -> int:
     raise BenchError(f"no free port on {host}")
 
 
-def tree_pids(root: int) -> list[int]:
-    """``root`` and every process descending from it (Linux /proc)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry)] = int(raw[raw.rindex(")") + 2 :].split()[1])
-    tree = [root]
-    seen = {root}
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in seen and pid not in seen:
-                seen.add(pid)
-                tree.append(pid)
-                changed = True
-    return tree
-
-
-def process_tree_cpu_seconds(root_pid: int) -> float:
-    """utime + stime of root_pid and all of its descendants (Linux /proc)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, utime + stime in clock ticks) of every process (Linux /proc)."""
+    stats: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -111,19 +86,34 @@ def process_tree_cpu_seconds(root_pid: int) -> float:
             continue
         # comm may contain spaces: split after the closing parenthesis.
         fields = raw[raw.rindex(")") + 2 :].split()
-        pid = int(entry)
-        parents[pid] = int(fields[1])
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    tree = {root_pid}
+        stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return stats
+
+
+def _tree(root: int, stats: dict[int, tuple[int, int]]) -> list[int]:
+    tree = [root]
+    seen = {root}
     changed = True
     while changed:
         changed = False
-        for pid, ppid in parents.items():
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
+        for pid, (ppid, _) in stats.items():
+            if ppid in seen and pid not in seen:
+                seen.add(pid)
+                tree.append(pid)
                 changed = True
+    return tree
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every process descending from it."""
+    return _tree(root, _proc_stats())
+
+
+def process_tree_cpu_seconds(root_pid: int) -> float:
+    """utime + stime of root_pid and all of its descendants."""
+    stats = _proc_stats()
     hz = os.sysconf("SC_CLK_TCK")
-    return sum(ticks.get(pid, 0) for pid in tree) / hz
+    return sum(stats[pid][1] for pid in _tree(root_pid, stats) if pid in stats) / hz
 
 
 def read_final_stats(path: Path) -> dict[str, str]:
