@@ -240,3 +240,15 @@ def test_the_limits_are_configuration_keys_with_clear_errors(tmp_path: Path) -> 
     ):
         with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
             load_config(tmp_path, {key: value})
+
+
+def test_evicting_a_sources_own_connection_keeps_its_count_right() -> None:
+    """Found by the property test above: a full table evicts the oldest new connection,
+    which may be the admitting source's own; its count then stays what it holds."""
+    limits = ConnectionLimits(2, 3, 5, 4.0, 30.0, 1.0, 8.0)
+    table: ConnectionTable[int] = ConnectionTable(limits)
+    assert table.admit(1, "192.0.2.1", False, 0.0).accepted
+    assert table.admit(2, "192.0.2.2", False, 0.1).accepted
+    third = table.admit(3, "192.0.2.1", False, 0.2)  # full: the oldest new one goes, its own
+    assert third.accepted and third.evict == (1,)
+    assert table.source_count("192.0.2.1") == 1 and len(table) == 2

@@ -136,7 +136,8 @@ class ConnectionTable(Generic[K]):
             self.release(victim)
             evict = (victim,)
         self._new[key] = _Entry(source, now, now)
-        self._per_source[source] = count + 1
+        # (not count + 1: the victim just evicted may have been this source's own)
+        self._per_source[source] = self._per_source.get(source, 0) + 1
         self._members.setdefault(source, set()).add(key)
         return Admission(True, evict, source_count=count)
 
