@@ -339,6 +339,61 @@ def test_a_tenants_habit_of_calling_new_numbers_back_does_not_hide_a_drip_on_a_d
     assert g._ext[("acme", room)].baseline.talks_long()
 
 
+def guest_room(g: Guard, room: str, lasting: str | None = None) -> None:
+    """Two weeks of guests: each phones its own number at home on three evenings in a
+    row and is never heard of again; ``lasting``, if given, is called on the first and
+    the last of those days (a number the line keeps calling)."""
+    for k in range(4):
+        number = f"+63917555{k:04d}"
+        for night in range(3):
+            t = START + (3 * k + night) * DAY + HOUR
+            assert call(g, attempt(number, t, ext=room), 15).allow
+    if lasting is not None:
+        for day in (0, 12):
+            assert call(g, attempt(lasting, START + day * DAY + 2 * HOUR, ext=room), 3).allow
+
+
+def test_a_line_whose_numbers_each_last_a_few_days_is_a_guest_room() -> None:
+    """A guest room calls no number for long: every guest's home number is called over
+    the nights of a stay and then never again. For it, a new number called back the
+    next night is how it is used: the bar is the higher one, and a drip still ends."""
+    g = guard(allow_countries=["PH"])
+    guest_room(g, "3000")
+    guest = "+639175550202"
+    decisions = [call(g, attempt(guest, T + day * DAY, ext="3000"), 38) for day in range(4)]
+    assert [d.allow for d in decisions] == [True, True, True, False]
+    assert decisions[3].rule == "drip"
+    assert "refused from 50.00 USD" in decisions[3].reasons[0]
+    assert "as a guest room's guests do" in decisions[3].reasons[0]
+    base = g._ext[("acme", "3000")].baseline
+    assert Baseline.from_json(base.to_json()).runs == base.runs  # kept across restarts
+    # one number called over two weeks is a lasting correspondent: not a guest room, so
+    # the desk's bar holds and the second day is refused
+    h = guard(allow_countries=["PH"])
+    guest_room(h, "3000", lasting="+13125550188")
+    assert call(h, attempt(guest, T, ext="3000"), 38).allow
+    second = call(h, attempt(guest, T + DAY, ext="3000"), 38)
+    assert not second.allow and second.rule == "drip"
+    assert "refused from 10.00 USD" in second.reasons[0]
+    # nor is a line whose calls cover fewer than 10 days: too new, or too quiet, to show
+    # that none of its numbers lasts (a desk that called three contacts for a week)
+    young = Baseline(first_at=START)
+    for k in range(3):
+        for night in range(2):
+            young.learn_run(f"+63917556{k:04d}", 100 + 4 * k + night, 15.0)
+    assert young.ended_runs(112, "") == 0  # calls from day 100 to day 109
+    young.learn_run("+13125550188", 110, 3.0)
+    assert young.ended_runs(113, "") == 3
+    assert young.ended_runs(111, "") == 2  # the last guest's: 2 days ago, not yet over
+    # a busy desk's one-off numbers never crowd out the number that lasts
+    desk = Baseline(first_at=START)
+    desk.learn_run("+13125550188", 100, 3.0)
+    desk.learn_run("+13125550188", 110, 3.0)
+    for k in range(200):
+        desk.learn_run(f"+1312555{k:04d}", 111 + k // 20, 2.0)
+    assert "+13125550188" in desk.runs and len(desk.runs) <= 64
+
+
 def test_a_number_called_again_after_a_pause_is_a_follow_up_not_a_drip() -> None:
     g = guard(allow_countries=["PH"])
     office_history(g, days=9, numbers=(HOME, PH, "+13125550188"))

@@ -72,16 +72,20 @@ def test_the_holdout_set_is_apart_from_tuning() -> None:
         ]
         where = {getattr(n, "lineno", 0) for n in imports}
         if module is simulate:
-            assert len(where) == 1  # inside run_set, when asked for the hold-out set
+            assert len(where) == 2  # inside run_set, when asked for the hold-out or spent set
         else:
             assert not where, module
-    from pbxwarden.guard.holdout import HOLDOUT_MIX, HOLDOUT_SEEDS, SPENT_SEEDS
+    from pbxwarden.guard.holdout import HOLDOUT_MIX, HOLDOUT_SEEDS, SPENT_MIX, SPENT_SEEDS
 
     assert not set(HOLDOUT_SEEDS) & set(simulate.TUNING_SEEDS)
     assert not set(HOLDOUT_SEEDS) & set(SPENT_SEEDS)  # a seed looked at is never hold-out
     assert HOLDOUT_MIX != sim_world.TUNING_MIX
+    assert HOLDOUT_MIX.kinds != SPENT_MIX.kinds  # a mix looked at is never hold-out either
+    assert not set(HOLDOUT_MIX.diaspora) & set(SPENT_MIX.diaspora)
     reports = run_set("holdout", tenants=3, extensions=20, days=9, attacks=("direct-irsf",))
     assert [(r.set_name, r.seed) for r in reports] == [("holdout", s) for s in HOLDOUT_SEEDS]
+    spent = run_set("spent", tenants=3, extensions=20, days=9, attacks=("direct-irsf",))
+    assert [r.seed for r in spent] == list(SPENT_SEEDS)
 
 
 def test_cli_simulate(tmp_path: Path) -> None:

@@ -1358,8 +1358,9 @@ def simulate(
         str | None,
         typer.Option(
             "--set",
-            help="Run every seed of a fixed set instead: 'tuning' or 'holdout' (the hold-out "
-            "set's seeds and tenant mix are never used to tune the guard).",
+            help="Run every seed of a fixed set instead: 'tuning', 'holdout' (the hold-out "
+            "set's seeds and tenant mix are never used to tune the guard) or 'spent' (former "
+            "hold-out seeds and mix, tuning data now).",
         ),
     ] = None,
     sip: Annotated[
@@ -1405,8 +1406,8 @@ def simulate(
     if run_set is not None:
         from pbxwarden.guard.simulate import run_set as run_seeds
 
-        if run_set not in ("tuning", "holdout"):
-            raise fail(f"unknown set {run_set!r}: the sets are tuning and holdout")
+        if run_set not in ("tuning", "spent", "holdout"):
+            raise fail(f"unknown set {run_set!r}: the sets are tuning, spent and holdout")
         reports = run_seeds(run_set, tenants, extensions, days, chosen, config)
         if as_json:
             out.print_json(json.dumps([r.to_json() for r in reports]))

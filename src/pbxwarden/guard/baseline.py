@@ -31,6 +31,10 @@ MAX_LEDGER = 500  # numbers followed for the slow-drip pattern
 LEDGER_DAYS = 21
 LONG_HABIT = 8.0  # minutes an answered call lasts on average where long calls are usual
 LONG_HABIT_CALLS = 10
+MAX_RUNS = 64  # numbers followed for the guest-room pattern (short runs of long calls)
+RUN_SPAN = 6  # days: a run of calls to one number lasting at most this long...
+RUN_QUIET = 3  # ...then no call to it for at least this many days has ended
+RUN_HISTORY = 10  # days between a line's first and last calls before it can show that
 
 
 @dataclass(slots=True)
@@ -72,6 +76,9 @@ class Baseline:
     answered: int = 0  # answered calls on clean days
     talked: float = 0.0  # their minutes
     network_calls: int = 0  # calls learned with a network (sum of ``networks``)
+    # answered calls per number on clean days: e164 -> [first day, last day, days,
+    # answered, minutes] (the guest-room pattern: ``ended_runs``)
+    runs: dict[str, list[float]] = field(default_factory=dict)
     _peak_cache: tuple[list[float], list[float]] | None = field(
         default=None, repr=False, compare=False
     )
@@ -99,6 +106,40 @@ class Baseline:
             answered -= entry.answered
             talked -= entry.talked
         return answered >= LONG_HABIT_CALLS and talked >= LONG_HABIT * answered
+
+    def learn_run(self, e164: str, day: int, minutes: float) -> None:
+        """One answered call to ``e164`` on a clean day (for :meth:`ended_runs`)."""
+        run = self.runs.get(e164)
+        if run is None:
+            if len(self.runs) >= MAX_RUNS:  # forget a one-off first, then the stalest:
+                # a lasting number must not be crowded out by a busy desk's one-offs
+                runs = self.runs
+                del runs[min(runs, key=lambda k: (runs[k][2] > 1, runs[k][1]))]
+            run = self.runs[e164] = [float(day), float(day), 0.0, 0.0, 0.0]
+        if run[1] != day or run[2] == 0:
+            run[2] += 1
+        run[1] = float(day)
+        run[3] += 1
+        run[4] += minutes
+
+    def ended_runs(self, day: int, other_than: str) -> int:
+        """Numbers this extension called on two or more days within RUN_SPAN days and
+        then not for RUN_QUIET days, on a line that called over RUN_HISTORY days or more
+        with no lasting number at all: a guest room, whose guests each phone home for
+        the nights of a stay. 0 for a line with any number called over a longer span (a
+        desk's customers, a family abroad, a drip let through): there a new number
+        called back is no habit; 0 too for a line too new or too quiet to tell."""
+        ended = 0
+        first_day, last_day = float(day), 0.0
+        for e164, (first, last, days, _, _) in self.runs.items():
+            if e164 == other_than:  # the judged number cannot vouch for itself
+                continue
+            if last - first > RUN_SPAN:
+                return 0
+            first_day, last_day = min(first_day, first), max(last_day, last)
+            if days >= 2 and day - last >= RUN_QUIET:
+                ended += 1
+        return ended if last_day - first_day >= RUN_HISTORY else 0
 
     def range_days(self, prefix: str) -> int:
         seen = self.ranges.get(prefix)
@@ -200,6 +241,7 @@ class Baseline:
             "ranges": self.ranges,
             "answered": self.answered,
             "talked": self.talked,
+            "runs": self.runs,
             "ledger": {
                 k: [
                     v.first_at,
@@ -246,6 +288,7 @@ class Baseline:
         ranges = data.get("ranges")
         answered = data.get("answered")
         talked = data.get("talked")
+        runs = data.get("runs")
         return cls(
             first_at=float(first_at) if isinstance(first_at, int | float) else 0.0,
             calls_by_hour=floats("calls_by_hour", 168),
@@ -280,6 +323,15 @@ class Baseline:
             ),
             answered=int(answered) if isinstance(answered, int) else 0,
             talked=float(talked) if isinstance(talked, int | float) else 0.0,
+            runs=(
+                {
+                    str(k): [float(x) for x in v]
+                    for k, v in runs.items()
+                    if isinstance(v, list) and len(v) == 5
+                }
+                if isinstance(runs, dict)
+                else {}
+            ),
             ledger=(
                 {
                     str(k): NumberLedger(

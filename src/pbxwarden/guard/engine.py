@@ -775,6 +775,7 @@ class Guard:
             hour, day = ext.spend.totals(at)
             ext.baseline.learn_peak(call.day, hour, day)
             ext.baseline.learn_length(talked / 60.0)
+            ext.baseline.learn_run(call.e164, call.day, talked / 60.0)
         if call.dear_range and talked <= rules.TEST_CALL_SECONDS:
             state = tenant.ranges.get(call.dear_range)
             if state is not None and state.test is None:

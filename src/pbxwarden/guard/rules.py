@@ -77,6 +77,7 @@ DRIP_DAYS = 21
 DRIP_USUAL = 5  # times DRIP_SPEND where the extension's own history has such numbers
 DRIP_TENANT_REPEATS = 5  # the tenant's new numbers called back that make it "usual"
 DRIP_GAP = 3  # days: a call again after a longer pause is a follow-up (Friday -> Monday is 3)
+DRIP_RUNS = 2  # ended runs (``Baseline.ended_runs``) that make new numbers usual
 DRIP_HOLD = 2  # days a repeat must have held without an alert before it counts as usual
 RANGE_BLOCK = DAY  # a range found pumped stays refused this long
 
@@ -427,6 +428,12 @@ def drip(
     if base.drip_ok >= 2:
         threshold = DRIP_SPEND * DRIP_USUAL
         bar = "extension {n} called new numbers back for long calls before"
+    elif (runs := base.ended_runs(day, dest.e164)) >= DRIP_RUNS:
+        threshold = DRIP_SPEND * DRIP_USUAL
+        bar = (
+            f"extension {{n}} calls no number for long: {runs} other numbers were each "
+            "called over a few days and then no more, as a guest room's guests do"
+        )
     elif tenant.baseline.drip_ok >= DRIP_TENANT_REPEATS and base.talks_long(entry):
         threshold = DRIP_SPEND * DRIP_USUAL
         bar = (

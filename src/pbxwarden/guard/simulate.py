@@ -601,15 +601,20 @@ def run_set(
     attacks: tuple[str, ...] = ATTACKS,
     config: GuardConfig | None = None,
 ) -> list[Report]:
-    """Every seed of a set: ``tuning`` (here) or ``holdout`` (guard/holdout.py)."""
+    """Every seed of a set: ``tuning`` (here), ``holdout`` or ``spent`` (the former
+    hold-out seeds and mix, tuning data now; both in guard/holdout.py)."""
     if name == "holdout":
         from pbxwarden.guard.holdout import HOLDOUT_MIX, HOLDOUT_SEEDS
 
         seeds, mix = HOLDOUT_SEEDS, HOLDOUT_MIX
+    elif name == "spent":
+        from pbxwarden.guard.holdout import SPENT_MIX, SPENT_SEEDS
+
+        seeds, mix = SPENT_SEEDS, SPENT_MIX
     elif name == "tuning":
         seeds, mix = TUNING_SEEDS, TUNING_MIX
     else:
-        raise ValueError(f"unknown set {name!r}: tuning or holdout")
+        raise ValueError(f"unknown set {name!r}: tuning, spent or holdout")
     return [
         Simulation(tenants, extensions, days, seed, attacks, config, mix=mix).run(name)
         for seed in seeds
