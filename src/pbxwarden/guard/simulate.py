@@ -603,6 +603,7 @@ def run_set(
 ) -> list[Report]:
     """Every seed of a set: ``tuning`` (here), ``holdout`` or ``spent`` (the former
     hold-out seeds and mix, tuning data now; both in guard/holdout.py)."""
+    seeds: tuple[int, ...]
     if name == "holdout":
         from pbxwarden.guard.holdout import HOLDOUT_MIX, HOLDOUT_SEEDS
 
