@@ -32,7 +32,7 @@ from pbxwarden.latency import Latency
 from pbxwarden.lifecycle import ListenError
 from pbxwarden.locking import LockSync, lock_settings
 from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
-from pbxwarden.pbx.cdr import CdrWriter
+from pbxwarden.pbx.cdr import SPOOL_FILE, CdrWriter
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import FeatureCode
 from pbxwarden.pbx.location import LocationService
@@ -181,7 +181,7 @@ class SipServer:
         self._probe_late = False  # the previous probe fired late
         self._stopping = False
         self._farewells: list[tuple[TransactionKey, bool]] | None = None
-        self.cdrs = CdrWriter(store)
+        self.cdrs = CdrWriter(store, data_dir / SPOOL_FILE)  # spooled while the database is down
         self.guard = Guard(config.guard)
         self.events = EventBus()  # live events for the admin API's stream
         self._live_calls: dict[int, tuple[str, str]] = {}  # CDR token -> (tenant, Call-ID)
@@ -291,6 +291,9 @@ class SipServer:
         self._loop = asyncio.get_running_loop()
         if self.media is not None:
             self.media.attach(self._loop)
+        spooled = await asyncio.to_thread(self.cdrs.replay)  # left by a stop while it was down
+        if spooled:
+            log.warning("CDRs spooled while the database was down written", operations=spooled)
         interrupted = await asyncio.to_thread(self.store.cdr_interrupt_open, time.time())
         if interrupted:
             log.warning("calls open at the last stop closed as interrupted", count=interrupted)

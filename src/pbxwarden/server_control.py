@@ -84,6 +84,8 @@ class ControlCommands:
                 "trunk_registrations": self.server.trunk_registrations.status(),
                 "trunk_dns": self.server.resolver.describe(self.server.sync.stored_routing.trunks),
                 "sip_core": _core.mode(),
+                "database": "down" if self.server.cdrs.down_since is not None else "up",
+                "cdrs_spooled": self.server.cdrs.spooled,
                 **(self.server.cluster.describe() if self.server.cluster is not None else {}),
                 **(self.server.workers.describe() if self.server.workers is not None else {}),
                 **(

@@ -23,6 +23,7 @@ from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.alerts import Alert
 from pbxwarden.guard.engine import GuardAlert
 from pbxwarden.guard.policy import with_stored
+from pbxwarden.pbx.cdr import unreachable
 from pbxwarden.pbx.directory import refresh_directory
 from pbxwarden.pbx.registrar import aor_key
 from pbxwarden.pbx.registration import (
@@ -55,6 +56,7 @@ class StoreSync:
         self._override_seq = 0
         self._override_lock = asyncio.Lock()
         self.firewall_due = False  # the CLI or the API changed bans: adopt them at once
+        self.database_down: float | None = None  # when the database stopped answering
 
     async def write_back(self) -> None:
         interval = self.server.config.storage.flush_interval
@@ -62,13 +64,18 @@ class StoreSync:
         next_baseline_save = time.time() + BASELINE_SAVE_INTERVAL
         while True:
             await asyncio.sleep(interval)
+            now = time.time()
+            # what needs no database runs every round, whatever the database's state: a
+            # call the guard cuts off must end while PostgreSQL is down too
+            self.server.location.purge(now)
+            if now >= next_realm_check:
+                self.police(now)
             try:
-                now = time.time()
-                self.server.location.purge(now)
                 await self.flush()
                 if self.firewall_due and now < next_realm_check:
                     await self.sync_firewall()
                 if now >= next_realm_check:  # tenants and extensions added from the CLI
+                    next_realm_check = now + 1.0
                     self.server._add_realms(await asyncio.to_thread(self.server.store.known_realms))
                     await self.refresh_directory()
                     await self.refresh_routing()
@@ -79,9 +86,21 @@ class StoreSync:
                     if now >= next_baseline_save:  # learned behaviour survives a restart
                         await self.save_baselines()
                         next_baseline_save = now + BASELINE_SAVE_INTERVAL
-                    next_realm_check = now + 1.0
-            except Exception:  # the database may be briefly locked; retry next round
-                log.exception("registration write-back failed")
+            except Exception as exc:  # the database may be briefly locked; retry next round
+                if unreachable(exc):
+                    if self.database_down is None:  # once, without a traceback: it repeats
+                        self.database_down = now
+                        log.warning(
+                            "database unreachable: the node goes on with what it holds; "
+                            "changes made meanwhile wait, CDRs are spooled to disk",
+                            error=(str(exc).strip().splitlines() or [""])[0][:200],
+                        )
+                else:
+                    log.exception("registration write-back failed")
+                continue
+            if self.database_down is not None:
+                log.info("database reachable again", after=round(now - self.database_down, 1))
+                self.database_down = None
 
     async def save_baselines(self) -> None:
         rows = self.server.guard.export_baselines()
@@ -91,9 +110,6 @@ class StoreSync:
     async def guard_round(self, now: float) -> None:
         """Cut off what the guard says must end, adopt suspensions an admin changed, and
         deliver the guard's alerts (stored first, then sent)."""
-        self.server.calls.police(now)
-        self.end_silent_calls(now)
-        self.server.calls.presence.sweep()  # registrations that expired meanwhile
         policies = await asyncio.to_thread(self.server.store.policies)
         if policies != self.stored_policies:  # set through the API or the CLI
             self.server.guard.reconfigure(with_stored(self.server.config.guard, policies))
@@ -103,8 +119,17 @@ class StoreSync:
         self.server.guard.sync_suspensions(
             {(r["tenant"], r["extension"]): r["reason"] for r in stored}
         )
-        while self.server.guard.outbox:
-            await self.deliver(self.server.guard.outbox.popleft())
+        outbox = self.server.guard.outbox
+        while outbox:
+            alert = outbox[0]
+            await self.deliver(alert)  # stored first: kept for the next round if it fails
+            outbox.popleft()
+
+    def police(self, now: float) -> None:
+        """The guard's cut-offs, calls whose media stopped, expired presence: from memory."""
+        self.server.calls.police(now)
+        self.end_silent_calls(now)
+        self.server.calls.presence.sweep()  # registrations that expired meanwhile
 
     def end_silent_calls(self, now: float) -> None:
         """Hang up answered calls whose media stopped: a phone that crashed or lost its

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pbxwarden.cli.audit_trail import record
-from pbxwarden.cli.output import err, fail, out, print_rows, when
+from pbxwarden.cli.output import database_failure, err, fail, out, print_rows, when
 from pbxwarden.store.basics import StoreError, generate_password
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def _open(ctx: typer.Context) -> tuple[Config, Store, AdminStore]:
         store.migrate()
     except Exception as exc:
         store.close()
-        raise fail(f"cannot open the database: {exc}") from None
+        raise fail(database_failure(exc)) from None
     return config, store, AdminStore(store)
 
 

@@ -29,7 +29,7 @@ from pbxwarden.cli.caller_id import extension_caller_id, trunk_identity
 from pbxwarden.cli.groups import group_app
 from pbxwarden.cli.hours import hours_app
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
-from pbxwarden.cli.output import err, fail, out, print_rows, when
+from pbxwarden.cli.output import database_failure, err, fail, out, print_rows, when
 from pbxwarden.cli.trunk_settings import trunk_transfers
 from pbxwarden.runtime import install_fast_loop as _install_fast_loop
 from pbxwarden.runtime import setup_logging as _setup_logging
@@ -153,7 +153,7 @@ def _store(config: Config) -> Store:
     try:
         store.migrate()
     except Exception as exc:
-        raise fail(f"cannot open the database: {exc}") from None
+        raise fail(database_failure(exc)) from None
     return store
 
 
@@ -1424,7 +1424,15 @@ def simulate(
 
 def run() -> None:
     os.umask(0o077)  # the database holds digest hashes: owner-only files by default
-    app()
+    try:
+        app()
+    except Exception as exc:
+        # the database went away in the middle of a command: one line, not a traceback
+        message = database_failure(exc)
+        if not message.startswith("the database is unreachable"):
+            raise
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -25,6 +25,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def database_failure(exc: BaseException) -> str:
+    """One line for a database that cannot be opened: unreachable (SQLAlchemy's
+    OperationalError or InterfaceError, matched by name so that commands which never
+    touch the database need not import SQLAlchemy) or another failure."""
+    names = {c.__name__ for c in type(exc).__mro__ if c.__module__ == "sqlalchemy.exc"}
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or ["no answer"])[0][:200]
+    if names & {"OperationalError", "InterfaceError"}:
+        return (
+            f"the database is unreachable ({first}): nothing was changed; try again once it is back"
+        )
+    return f"cannot open the database: {first}"
+
+
 def when(ts: float | None, precise: bool = False, minutes: bool = False) -> str:
     """ISO 8601 in UTC, to the second (``precise``: the millisecond; ``minutes``: the
     minute, where a narrow table needs the room)."""

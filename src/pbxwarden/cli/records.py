@@ -89,6 +89,9 @@ def stats_view(flat: Mapping[str, Any]) -> list[dict[str, Any]]:
     if flat.get("cluster_node"):
         rows.append(("cluster node", flat["cluster_node"]))
         rows.append(("shared state (Redis)", flat.get("redis")))
+    if flat.get("database") == "down" or flat.get("cdrs_spooled"):
+        spooled = flat.get("cdrs_spooled")
+        rows.append(("database", f"{flat.get('database')}, {spooled} CDR operations spooled"))
     if "media_packets" in flat:
         rows.append(("media packets relayed", flat["media_packets"]))
     rows.append(("SIP core", flat.get("sip_core")))

@@ -715,6 +715,36 @@ class Store:
                 for key, value in fields.items():
                     setattr(row, key, value)
 
+    def cdr_replay(self, ops: list[dict[str, Any]]) -> dict[str, int]:
+        """Write a spool of CDR operations (``pbx/cdr.py``) in one transaction, in order:
+        ``open`` inserts the row unless one with its ``key`` exists (a replay cut short
+        by a crash is replayed whole, never twice), ``close`` updates the row named by
+        ``id`` or by ``key``. Answers each key's row id."""
+        ids: dict[str, int] = {}
+        with Session(self.engine) as s, s.begin():
+            for op in ops:
+                key = op.get("key")
+                fields = op.get("fields") or {}
+                if op.get("op") == "open" and isinstance(key, str):
+                    found = s.scalar(select(Cdr.id).where(Cdr.spool_key == key))
+                    if found is None:
+                        row = Cdr(disposition="in-progress", spool_key=key, **fields)
+                        s.add(row)
+                        s.flush()
+                        found = row.id
+                    ids[key] = found
+                elif op.get("op") == "close":
+                    cdr_id = op.get("id")
+                    if not isinstance(cdr_id, int) and isinstance(key, str):
+                        cdr_id = ids.get(key) or s.scalar(
+                            select(Cdr.id).where(Cdr.spool_key == key)
+                        )
+                    target = s.get(Cdr, cdr_id) if isinstance(cdr_id, int) else None
+                    if target is not None:
+                        for name, value in fields.items():
+                            setattr(target, name, value)
+        return ids
+
     def cdr_interrupt_open(self, now: float) -> int:
         """After a crash: calls still open cannot be in progress any more."""
         with Session(self.engine) as s, s.begin():

@@ -151,6 +151,10 @@ class Cdr(Base):
     score: Mapped[int | None] = mapped_column(Integer, nullable=True)  # guard anomaly score
     severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
     cost: Mapped[float | None] = mapped_column(Float, nullable=True)  # estimated, rate table
+    # set when written from the node's local spool (``pbx/cdr.py``): replays are idempotent
+    spool_key: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, unique=True, index=True
+    )
 
 
 class TrunkRow(Base):
