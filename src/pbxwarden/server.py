@@ -75,6 +75,7 @@ from pbxwarden.sip.transaction import State as TxState
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.transport.connections import ConnectionLimits
+from pbxwarden.transport.front import Fronts
 from pbxwarden.transport.ingress import Ingress
 from pbxwarden.transport.network import (
     FILE_RESERVE,
@@ -158,9 +159,11 @@ class SipServer:
                 reject_banned=fw.reject_banned,
                 identity_limit=fw.identity_limit,
                 identity_window=fw.identity_window,
-                allow=tuple(fw.allow),
+                # a front is never banned: its phones are judged each by its own source
+                allow=(*fw.allow, *config.cluster.fronts),
             )
         )
+        self.fronts = Fronts(config.cluster.fronts)
         self.geo = open_geo(fw.geoip_database)
         self.netwatch = NetworkWatch(
             fw.approve_new_networks, self.geo.country if self.geo is not None else None
@@ -468,6 +471,8 @@ class SipServer:
         """Entry point for every message from every transport."""
         self.stats.received += 1
         wall = time.time()
+        if self.fronts:  # relayed by a trusted SIP front: judged by the phone's source
+            source = self.fronts.relayed(data, source)
         verdict = self.firewall.check_source(source.host, wall)
         if verdict is not Verdict.ALLOW:
             self._refuse(verdict, data, source)
@@ -736,6 +741,8 @@ class SipServer:
 
     def send_request(self, request: Request, dest: Address) -> TransactionKey:
         self.calls.origins.outgoing(request)
+        if dest.front is not None and "Route" not in request.headers:
+            request.headers.add("Route", front_route(dest))
         key, actions = self.tx.send_request(request, dest, self._now())
         if self._farewells is not None:  # a BYE or CANCEL of the shutdown: wait for it
             self._farewells.append((key, True))
@@ -909,6 +916,18 @@ def overload_state(
         backlog_limit == 0 or backlog < backlog_limit / 4
     )
     return max(0, was - 1) if low else was
+
+
+def front_route(dest: Address) -> str:
+    """The Route that takes a request to a phone through the front that relayed its
+    REGISTER: the front's Path (RFC 3327) with ``received``, which its path module
+    (``use_received``) turns into the next hop. A phone reached over UDP: the hop's
+    transport is the node's link to the front, not the phone's."""
+    assert dest.front is not None
+    front, phone = dest.front, dest
+    host = f"[{front.host}]" if ":" in front.host else front.host
+    target = f"[{phone.host}]" if ":" in phone.host else phone.host
+    return f"<sip:{host}:{front.port};lr;received=sip:{target}:{phone.port}>"
 
 
 def _has_credentials(request: Request) -> bool:
