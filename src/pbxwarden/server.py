@@ -927,7 +927,8 @@ def front_route(dest: Address) -> str:
     front, phone = dest.front, dest
     host = f"[{front.host}]" if ":" in front.host else front.host
     target = f"[{phone.host}]" if ":" in phone.host else phone.host
-    return f"<sip:{host}:{front.port};lr;received=sip:{target}:{phone.port}>"
+    transport = "" if front.transport == "UDP" else f";transport={front.transport.lower()}"
+    return f"<sip:{host}:{front.port}{transport};lr;received=sip:{target}:{phone.port}>"
 
 
 def _has_credentials(request: Request) -> bool:

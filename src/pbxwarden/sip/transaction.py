@@ -64,9 +64,7 @@ class Address:
 
     __slots__ = ("front", "host", "port", "transport")
 
-    def __init__(
-        self, transport: str, host: str, port: int, front: Address | None = None
-    ) -> None:
+    def __init__(self, transport: str, host: str, port: int, front: Address | None = None) -> None:
         self.transport: Final = transport
         self.host: Final = host
         self.port: Final = port

@@ -71,11 +71,11 @@ class Fronts:
         if source.host not in self.addresses:
             return source
         end = data.find(b"\r\n\r\n")
-        found = None
-        for found in _HEADER.finditer(data, 0, end if end >= 0 else len(data)):
-            pass  # the front appends its own after removing the phone's: the last one
-        if found is None:
+        # the front appends its own after removing the phone's: the last one counts
+        matches = list(_HEADER.finditer(data, 0, end if end >= 0 else len(data)))
+        if not matches:
             return source
+        found = matches[-1]
         parsed = parse_value(found.group(1).decode("ascii", "replace"))
         if parsed is None:
             return source
