@@ -608,9 +608,11 @@ class SipServer:
         self._lag_probe = self._loop.call_at(due, self._probe_lag, due)
 
     def _refuse(self, verdict: Verdict, data: bytes, source: Address) -> None:
-        """Banned: silence by default; 403 if the operator prefers an answer."""
+        """Banned: silence by default; 403 if the operator prefers an answer, and always
+        to a front (it would take silence for a dead node and fail over, or stop sending
+        to this node at all: one banned phone would take the node away from every other)."""
         self.stats.refused += 1
-        if verdict is Verdict.REJECT:
+        if verdict is Verdict.REJECT or source.front is not None:
             reply = error_response_bytes(data, 403, "Forbidden")
             if reply is not None:
                 self.transports.send(reply, source)
@@ -751,6 +753,9 @@ class SipServer:
 
     def send_direct(self, message: Request | Response, dest: Address) -> None:
         self.calls.origins.outgoing(message)
+        relayed = isinstance(message, Request) and dest.front is not None
+        if relayed and "Route" not in message.headers:  # an ACK for a 2xx: as any request
+            message.headers.add("Route", front_route(dest))
         self.transports.send(message.to_bytes(), dest)
 
     def build_cancel(self, key: TransactionKey) -> Request:
