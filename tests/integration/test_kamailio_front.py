@@ -381,3 +381,13 @@ def test_a_killed_node_is_probed_down_and_its_phones_register_and_call_on_the_ot
     answered = finish_sipp_uas(uas, workdir, timeout=30)
     assert result.successful == 1, (result.output, front.b.log()[-4000:])
     assert answered.successful == 1, (answered, front.kamailio.log()[-3000:])
+
+
+def test_the_shipped_configuration_checks_clean(tmp_path: Path) -> None:
+    """``kamailio -c`` on the shipped file, only the nodes' list put where it exists."""
+    front = kam.Kamailio(tmp_path, FRONT, 5060, [(NODE_A, 5060), (NODE_B, 5060)])
+    checked = front.check()
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert "config file ok" in checked.stdout + checked.stderr
+    with pytest.raises(ValueError, match="not substituted"):
+        kam.render({"NO_SUCH_NAME": "1"})
