@@ -471,7 +471,7 @@ class SipServer:
         """Entry point for every message from every transport."""
         self.stats.received += 1
         wall = time.time()
-        if self.fronts:  # relayed by a trusted SIP front: judged by the phone's source
+        if self.fronts.addresses:  # relayed by a trusted SIP front: judged by the phone's source
             source = self.fronts.relayed(data, source)
         verdict = self.firewall.check_source(source.host, wall)
         if verdict is not Verdict.ALLOW:
