@@ -391,3 +391,41 @@ def test_the_shipped_configuration_checks_clean(tmp_path: Path) -> None:
     assert "config file ok" in checked.stdout + checked.stderr
     with pytest.raises(ValueError, match="not substituted"):
         kam.render({"NO_SUCH_NAME": "1"})
+
+
+def test_a_flood_through_the_front_bans_the_flooding_phone_only(front: Front) -> None:
+    """150 requests in a burst (rate_limit is 100 per 2 s): the source the node bans is
+    the phone's; the front and the phone's neighbours go on."""
+    from pbxwarden.sip.message import generate_branch
+
+    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flooder.bind(("127.0.52.77", 0))
+    port = flooder.getsockname()[1]
+    try:
+        for i in range(150):
+            flooder.sendto(
+                (
+                    f"OPTIONS sip:1000@{FRONT} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.52.77:{port};branch={generate_branch()};rport\r\n"
+                    f"From: <sip:1000@{FRONT}>;tag=f{i}\r\nTo: <sip:1000@{FRONT}>\r\n"
+                    f"Call-ID: flood-{i}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode(),
+                front.address,
+            )
+        assert wait_for(lambda: "127.0.52.77" in bans(front.a) | bans(front.b))
+    finally:
+        flooder.close()
+    assert FRONT not in bans(front.a) | bans(front.b)
+    reasons = [
+        str(r)
+        for pbx in front.nodes().values()
+        for (r,) in query(pbx, "SELECT reason FROM bans WHERE address = '127.0.52.77'")
+    ]
+    assert any("flood" in r for r in reasons), reasons
+    neighbour = Phone(front.address, "127.0.52.78")
+    try:
+        assert neighbour.register(NUMBERS[0]) == 200
+    finally:
+        neighbour.close()
+    assert "pbxwarden node down" not in front.kamailio.log()
