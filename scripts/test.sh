@@ -16,6 +16,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)  # the README tour's API step (t
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the web dashboard's browser tests
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)  # the cluster's tests
+command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need+=(kamailio)  # the SIP front (test_kamailio_front.py)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   $SUDO apt-get update -qq

@@ -446,6 +446,23 @@ class ClusterConfig(_Section):
         description="costly calls while Redis is unreachable: refused (the call limits "
         "cannot be known for the whole PBX) or judged on this node's own counts",
     )
+    fronts: list[str] = Field(
+        default_factory=list,
+        description="IP addresses of the SIP fronts (Kamailio) relaying to this node: "
+        "their X-PBX-Source header is the phone's real source, believed from them only, "
+        "and they are never banned; empty: nothing trusted",
+    )
+
+    @field_validator("fronts")
+    @classmethod
+    def _check_fronts(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_address(item.strip())))
+            except ValueError:
+                raise ValueError(f"a front must be an IP address, got {item!r}") from None
+        return out
 
     @field_validator("redis_url")
     @classmethod
@@ -764,6 +781,8 @@ key_prefix = "pbxwarden:"        # of every key and channel: several PBXs on one
 timeout = 0.5                    # seconds a Redis command may take; then this node goes on alone
 reconcile_interval = 5           # seconds between full comparisons with the shared state
 costly_when_down = "refuse"      # costly calls while Redis is down: "refuse" or "local"
+fronts = []                      # SIP fronts' addresses (Kamailio, deploy/kamailio): their
+                                 #   X-PBX-Source header is believed, from them only
 
 [log]
 level = "info"

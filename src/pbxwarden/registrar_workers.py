@@ -111,13 +111,21 @@ def worker_for(user: bytes, count: int) -> int:
 
 
 def _frame(data: bytes, source: Address) -> bytes:
-    return b"%s %s %d\n" % (source.transport.encode(), source.host.encode(), source.port) + data
+    head = b"%s %s %d" % (source.transport.encode(), source.host.encode(), source.port)
+    if source.front is not None:  # relayed by a trusted front: the hop too
+        front = source.front
+        head += b" %s %s %d" % (front.transport.encode(), front.host.encode(), front.port)
+    return head + b"\n" + data
 
 
 def _unframe(packet: bytes) -> tuple[bytes, Address]:
     head, _, data = packet.partition(b"\n")
-    transport, host, port = head.split(b" ")
-    return data, Address(transport.decode(), host.decode(), int(port))
+    fields = head.split(b" ")
+    front = None
+    if len(fields) == 6:
+        front = Address(fields[3].decode(), fields[4].decode(), int(fields[5]))
+    transport, host, port = fields[:3]
+    return data, Address(transport.decode(), host.decode(), int(port), front)
 
 
 # ------------------------------------------------------------------ the main process's side
@@ -643,6 +651,7 @@ class RegistrarWorker:
         self._run(self.tx.receive_request(message, source, self._loop.time()))
 
     def _send(self, data: bytes, dest: Address) -> None:
+        dest = dest.hop
         if dest.transport != "UDP":  # TCP and TLS connections live in the main process
             self.reporter.events.append(["o", dest.transport, dest.host, dest.port, data])
             return

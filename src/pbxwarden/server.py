@@ -75,6 +75,7 @@ from pbxwarden.sip.transaction import State as TxState
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.transport.connections import ConnectionLimits
+from pbxwarden.transport.front import Fronts
 from pbxwarden.transport.ingress import Ingress
 from pbxwarden.transport.network import (
     FILE_RESERVE,
@@ -158,9 +159,11 @@ class SipServer:
                 reject_banned=fw.reject_banned,
                 identity_limit=fw.identity_limit,
                 identity_window=fw.identity_window,
-                allow=tuple(fw.allow),
+                # a front is never banned: its phones are judged each by its own source
+                allow=(*fw.allow, *config.cluster.fronts),
             )
         )
+        self.fronts = Fronts(config.cluster.fronts)
         self.geo = open_geo(fw.geoip_database)
         self.netwatch = NetworkWatch(
             fw.approve_new_networks, self.geo.country if self.geo is not None else None
@@ -471,6 +474,8 @@ class SipServer:
         """Entry point for every message from every transport."""
         self.stats.received += 1
         wall = time.time()
+        if self.fronts.addresses:  # relayed by a trusted SIP front: judged by the phone's source
+            source = self.fronts.relayed(data, source)
         verdict = self.firewall.check_source(source.host, wall)
         if verdict is not Verdict.ALLOW:
             self._refuse(verdict, data, source)
@@ -606,9 +611,11 @@ class SipServer:
         self._lag_probe = self._loop.call_at(due, self._probe_lag, due)
 
     def _refuse(self, verdict: Verdict, data: bytes, source: Address) -> None:
-        """Banned: silence by default; 403 if the operator prefers an answer."""
+        """Banned: silence by default; 403 if the operator prefers an answer, and always
+        to a front (it would take silence for a dead node and fail over, or stop sending
+        to this node at all: one banned phone would take the node away from every other)."""
         self.stats.refused += 1
-        if verdict is Verdict.REJECT:
+        if verdict is Verdict.REJECT or source.front is not None:
             reply = error_response_bytes(data, 403, "Forbidden")
             if reply is not None:
                 self.transports.send(reply, source)
@@ -739,6 +746,8 @@ class SipServer:
 
     def send_request(self, request: Request, dest: Address) -> TransactionKey:
         self.calls.origins.outgoing(request)
+        if dest.front is not None and "Route" not in request.headers:
+            request.headers.add("Route", front_route(dest))
         key, actions = self.tx.send_request(request, dest, self._now())
         if self._farewells is not None:  # a BYE or CANCEL of the shutdown: wait for it
             self._farewells.append((key, True))
@@ -747,6 +756,9 @@ class SipServer:
 
     def send_direct(self, message: Request | Response, dest: Address) -> None:
         self.calls.origins.outgoing(message)
+        relayed = isinstance(message, Request) and dest.front is not None
+        if relayed and "Route" not in message.headers:  # an ACK for a 2xx: as any request
+            message.headers.add("Route", front_route(dest))
         self.transports.send(message.to_bytes(), dest)
 
     def build_cancel(self, key: TransactionKey) -> Request:
@@ -912,6 +924,19 @@ def overload_state(
         backlog_limit == 0 or backlog < backlog_limit / 4
     )
     return max(0, was - 1) if low else was
+
+
+def front_route(dest: Address) -> str:
+    """The Route that takes a request to a phone through the front that relayed its
+    REGISTER: the front's Path (RFC 3327) with ``received``, which its path module
+    (``use_received``) turns into the next hop. A phone reached over UDP: the hop's
+    transport is the node's link to the front, not the phone's."""
+    assert dest.front is not None
+    front, phone = dest.front, dest
+    host = f"[{front.host}]" if ":" in front.host else front.host
+    target = f"[{phone.host}]" if ":" in phone.host else phone.host
+    transport = "" if front.transport == "UDP" else f";transport={front.transport.lower()}"
+    return f"<sip:{host}:{front.port}{transport};lr;received=sip:{target}:{phone.port}>"
 
 
 def _has_credentials(request: Request) -> bool:

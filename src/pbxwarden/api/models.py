@@ -386,6 +386,7 @@ class RegistrationOut(BaseModel):
     source: str = Field(description="transport:address:port it registered from")
     address: str
     transport: str | None = None
+    front: str | None = Field(None, description="the SIP front it registered through")
     user_agent: str | None = None
     registered_at: float | None = None
     expires_at: float

@@ -293,10 +293,18 @@ def stale_challenge(response: Response) -> bool:
 
 
 def parse_source(source: str) -> Address | None:
-    """Bindings remember where a REGISTER came from as ``udp:host:port``."""
-    transport, _, rest = source.partition(":")
+    """Bindings remember where a REGISTER came from as ``udp:host:port``, and when a
+    trusted front relayed it, the front too: ``udp:host:port via udp:front:port``
+    (:meth:`Address.flow`)."""
+    own, _, hop = source.partition(" via ")
+    front = None
+    if hop:
+        front = parse_source(hop)
+        if front is None:
+            return None
+    transport, _, rest = own.partition(":")
     host, _, port = rest.rpartition(":")
     host = host.strip("[]")
     if not host or not (port.isascii() and port.isdigit()):
         return None
-    return Address(transport.upper(), host, int(port))
+    return Address(transport.upper(), host, int(port), front)

@@ -173,7 +173,7 @@ class RegistrationHandler:
         self.feedback.auth_succeeded(source.host)
         if not self._watch_network(outcome.extension, source, wall):
             return RegistrationResult(self.auth.forbidden(request), False, False)
-        response = self.registrar.register(request, outcome.extension, str(source), wall)
+        response = self.registrar.register(request, outcome.extension, source.flow(), wall)
         return RegistrationResult(response, response.status == 200, False)
 
     def _watch_network(self, ext: ExtensionAuth, source: Address, wall: float) -> bool:

@@ -54,14 +54,21 @@ class TransactionError(SipError):
 
 
 class Address:
-    """Where a message came from or goes to; ``transport`` is the Via spelling (UDP, TCP, TLS)."""
+    """Where a message came from or goes to; ``transport`` is the Via spelling (UDP, TCP, TLS).
 
-    __slots__ = ("host", "port", "transport")
+    ``front``: the hop a message really travels over when a trusted SIP front (Kamailio,
+    :mod:`pbxwarden.transport.front`) relays it. ``host`` and ``port`` are then the
+    phone's own source, which every judgement of the source sees, while Via, retransmission
+    and the sockets go by the hop (``transport`` is the hop's: it says whether the link to
+    the front is reliable)."""
 
-    def __init__(self, transport: str, host: str, port: int) -> None:
+    __slots__ = ("front", "host", "port", "transport")
+
+    def __init__(self, transport: str, host: str, port: int, front: Address | None = None) -> None:
         self.transport: Final = transport
         self.host: Final = host
         self.port: Final = port
+        self.front: Final = front
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -69,21 +76,36 @@ class Address:
             and self.port == other.port
             and self.host == other.host
             and self.transport == other.transport
+            and self.front == other.front
         )
 
     def __hash__(self) -> int:
-        return hash((self.transport, self.host, self.port))
+        return hash((self.transport, self.host, self.port, self.front))
 
     def __repr__(self) -> str:
+        if self.front is not None:
+            return f"Address({self.transport!r}, {self.host!r}, {self.port!r}, {self.front!r})"
         return f"Address({self.transport!r}, {self.host!r}, {self.port!r})"
 
     @property
     def reliable(self) -> bool:
         return self.transport.upper() in RELIABLE_TRANSPORTS
 
+    @property
+    def hop(self) -> Address:
+        """Where bytes for this address go: the front that relayed it, or itself."""
+        return self.front if self.front is not None else self
+
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.transport.lower()}:{host}:{self.port}"
+
+    def flow(self) -> str:
+        """What a binding records (``udp:192.0.2.7:5060``, relayed: ``... via udp:front``)
+        so that calls to the phone take the same way back (``pbx.call.parse_source``)."""
+        if self.front is None:
+            return str(self)
+        return f"{self} via {self.front}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +234,8 @@ def response_destination(via: Via, source: Address) -> Address:
     source address and port if the request asked for ``rport``, else ``received``
     (or the source host) and the sent-by port. Also usable for stateless responses.
     """
-    if source.reliable or "rport" in via.params:
-        return source
+    if source.reliable or "rport" in via.params or source.front is not None:
+        return source  # relayed by a front: back to it, which knows the phone
     host = via.params.get("received") or source.host
     return Address(source.transport, host, via.port or DEFAULT_SIP_PORT)
 
@@ -736,7 +758,9 @@ class TransactionLayer:
 
 
 def stamp_via(request: Request, source: Address) -> None:
-    """RFC 3261 18.2.1 and RFC 3581: record where the request really came from."""
+    """RFC 3261 18.2.1 and RFC 3581: record where the request really came from (the
+    hop: a front's Via is the top one of what it relays)."""
+    source = source.hop
     top = request.via[0]
     if top.host != source.host:
         top.params["received"] = source.host

@@ -137,13 +137,15 @@ def binding_id(extension_id: int, contact: str) -> str:
 
 def binding_view(tenant: str, number: str, b: BindingRow, now: float) -> dict[str, Any]:
     """One binding as the CLI, the API and the dashboard show it."""
-    transport, _, address = b.source.partition(":")
+    own, _, front = b.source.partition(" via ")  # relayed by a SIP front
+    transport, _, address = own.partition(":")
     return {
         "tenant": tenant,
         "number": number,
         "id": binding_id(b.extension_id, b.contact),
         "source": b.source,  # as the registrar wrote it: udp:192.0.2.7:5060
         "address": address or b.source,
+        "front": front or None,
         "transport": transport.upper() if address else None,
         "user_agent": b.user_agent,
         "registered_at": b.registered_at or None,

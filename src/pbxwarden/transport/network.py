@@ -575,6 +575,7 @@ class Transports:
 
     def confirm(self, source: Address) -> None:
         """``source`` sent a valid SIP request: its connection (if any) is established."""
+        source = source.hop
         if source.transport == "UDP":
             return
         stream = self.connections.get((source.transport, source.host, source.port))
@@ -611,7 +612,9 @@ class Transports:
         return int(struct.unpack_from("=I", info, 0)[0])  # SK_MEMINFO_RMEM_ALLOC
 
     def send(self, data: bytes, dest: Address) -> bool:
-        """Send bytes to ``dest``; False when there is no way to (closed connection)."""
+        """Send bytes to ``dest`` (through the front that relayed it, if one did); False
+        when there is no way to (closed connection)."""
+        dest = dest.hop
         if dest.transport == "UDP":
             if self._udp is None or self._udp.closed:
                 return False
