@@ -446,6 +446,20 @@ class ClusterConfig(_Section):
         description="costly calls while Redis is unreachable: refused (the call limits "
         "cannot be known for the whole PBX) or judged on this node's own counts",
     )
+    heartbeat_interval: float = Field(
+        2.0,
+        ge=0.05,
+        le=60,
+        description="seconds between this node's heartbeats in the node registry "
+        "(pbxwarden cluster status)",
+    )
+    lost_after: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="seconds without a heartbeat after which this node is shown as lost "
+        "(more than heartbeat_interval)",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -454,6 +468,12 @@ class ClusterConfig(_Section):
         if value and not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _check_lost_after(self) -> ClusterConfig:
+        if self.lost_after <= self.heartbeat_interval:
+            raise ValueError("cluster.lost_after must be more than cluster.heartbeat_interval")
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -764,6 +784,8 @@ key_prefix = "pbxwarden:"        # of every key and channel: several PBXs on one
 timeout = 0.5                    # seconds a Redis command may take; then this node goes on alone
 reconcile_interval = 5           # seconds between full comparisons with the shared state
 costly_when_down = "refuse"      # costly calls while Redis is down: "refuse" or "local"
+# heartbeat_interval = 2         # seconds between heartbeats (pbxwarden cluster status)
+# lost_after = 10                # seconds without a heartbeat before a node shows as lost
 
 [log]
 level = "info"
