@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 
 PASSWORD = "Lantern-Harbor-7731"
 HEARTBEAT = 0.25  # seconds (cluster.heartbeat_interval)
-LOST_AFTER = 2.0  # seconds (cluster.lost_after): quick, yet many heartbeats on a busy host
+LOST_AFTER = 3.0  # seconds (cluster.lost_after): quick, yet 12 heartbeats on a busy host
 
 
 def cluster_env(redis: RedisServer) -> dict[str, str]:

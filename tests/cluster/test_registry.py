@@ -226,6 +226,10 @@ def test_database_health_is_bounded_and_says_why(tmp_path: Path) -> None:
         engine.dispose()
 
 
+@pytest.mark.skipif(
+    not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"),
+    reason="no /proc/PID/task/TID/children (Linux with CONFIG_PROC_CHILDREN)",
+)
 def test_cpu_share_counts_the_process_tree() -> None:
     meter = CpuMeter()
     child = subprocess.Popen(

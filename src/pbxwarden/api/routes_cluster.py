@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import APIRouter
 
 from pbxwarden.api.security import API_PREFIX, Admin, Ctx, require_global
-from pbxwarden.cluster.registry import cluster_status
 
 router = APIRouter(prefix=API_PREFIX)
 
@@ -27,5 +26,7 @@ router = APIRouter(prefix=API_PREFIX)
 def get_cluster(ctx: Ctx, principal: Admin) -> dict[str, Any]:
     """``configured`` is false (and ``redis`` null) when this node has no
     ``cluster.redis_url``; ``redis.reachable`` false when Redis did not answer."""
+    from pbxwarden.cluster.registry import cluster_status  # the Redis client: when asked
+
     require_global(principal, "the cluster")
     return cluster_status(ctx.config, ctx.store.engine, max(1.0, ctx.config.cluster.timeout))

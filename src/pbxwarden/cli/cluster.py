@@ -11,6 +11,7 @@ every case.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -39,8 +40,10 @@ def cluster_status(
         typer.Option(min=0.1, max=60, help="Seconds each Redis command and the database may take."),
     ] = 2.0,
 ) -> None:
-    """Nodes (up, lost, stopped), their version, addresses and load; Redis and the
-    database: reachable, and how they are doing."""
+    """Nodes up, lost or stopped, with version, addresses and load; Redis, database health.
+
+    Read from Redis and the database directly (no server need run here). Exit status 1
+    when no cluster is configured, or Redis or the database does not answer."""
     from pbxwarden.cluster.registry import cluster_status as read_status
 
     config = _config(ctx)
@@ -86,7 +89,8 @@ def _engine(config: Config, ctx: typer.Context, timeout: float) -> Engine | None
     url = config.database_url(data_dir)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and not (data_dir / parsed.database).exists():
+        name = parsed.database or ""
+        if name and name != ":memory:" and not Path(name).exists():  # as SQLite reads it
             return None
         return make_engine(url)
     if parsed.get_backend_name() == "postgresql":
