@@ -165,7 +165,7 @@ class ClusterNode:
             config.key_prefix,
             config.node,
             server_load(server),
-            DatabaseProbe(server.store.engine, config.timeout).read,
+            DatabaseProbe(server.store.engine, max(2.0, config.timeout)).read,
             config.heartbeat_interval,
             config.lost_after,
         )
