@@ -1,9 +1,10 @@
 """``pbxwarden cluster status`` against a real redis-server and two real PBX nodes (on
 127.0.10.1 and 127.0.10.2, each its own data directory): both listed up with their
 version and addresses; a node killed with SIGKILL shows as lost after its
-``cluster.lost_after`` (short here); one stopped cleanly as stopped; Redis down or no
-cluster configured is one line on stderr and exit status 1, the database's health still
-printed. ``GET /api/v1/cluster`` answers the same, for global admins only.
+``cluster.lost_after`` (short here); one stopped cleanly as stopped; Redis stalled or
+down, no cluster configured, or a PostgreSQL that is not there is one line on stderr and
+exit status 1, with the health of what did answer still printed. ``GET /api/v1/cluster``
+answers the same, for global admins only.
 """
 
 from __future__ import annotations
@@ -210,6 +211,21 @@ def test_redis_down_or_no_cluster_is_one_line_and_exit_1(
     cli(data, "init")
     up = status_json(data, redis_server)  # Redis up, no node ever started
     assert up["nodes"] == [] and up["redis"]["reachable"] and up["database"]["reachable"]
+    # a PostgreSQL that is not there: Redis's health still, the database's error, exit 1
+    storage = f"postgresql+psycopg://pbx:hunter22secret@127.0.0.1:{free_port()}/pbx"
+    proc = cli(
+        data,
+        *("cluster", "status", "--json"),
+        check=False,
+        env={**cluster_env(redis_server), "PBXWARDEN_STORAGE__URL": storage},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: the database is unreachable: OperationalError"), line
+    answer = json.loads(proc.stdout)
+    assert answer["redis"]["reachable"] and answer["database"]["kind"] == "postgresql"
+    assert not answer["database"]["reachable"]
+    assert "hunter22secret" not in proc.stdout + proc.stderr  # the URL's password
     assert redis_server.proc is not None
     os.kill(redis_server.proc.pid, signal.SIGSTOP)  # alive, but answers nothing
     try:

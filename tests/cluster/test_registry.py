@@ -28,6 +28,7 @@ from pbxwarden.cluster.registry import (
     read_registry,
     tree_cpu_seconds,
 )
+from pbxwarden.config import ConfigError, load_config
 from pbxwarden.server_metrics import cluster_node_metrics
 from pbxwarden.store.db import make_engine
 from tests.helpers import free_port
@@ -250,3 +251,30 @@ def test_cpu_share_counts_the_process_tree() -> None:
     finally:
         child.kill()
         child.wait(5)
+
+
+def test_postgresql_health_and_a_postgresql_that_is_not_there(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    try:
+        health = check_database(engine, 5.0)
+        assert health["reachable"] and health["kind"] == "postgresql", health
+        assert health["version"] and health["latency_ms"] is not None
+    finally:
+        engine.dispose()
+    gone = postgres_url.rsplit("@", 1)[0] + f"@127.0.0.1:{free_port()}/postgres"
+    engine = make_engine(gone)
+    try:
+        started = time.monotonic()
+        health = check_database(engine, 5.0)
+        assert time.monotonic() - started < 5.5
+        assert not health["reachable"] and "OperationalError" in health["error"], health
+    finally:
+        engine.dispose()
+
+
+def test_lost_after_must_exceed_the_heartbeat_interval(tmp_path: Path) -> None:
+    env = {"PBXWARDEN_CLUSTER__HEARTBEAT_INTERVAL": "5", "PBXWARDEN_CLUSTER__LOST_AFTER": "5"}
+    with pytest.raises(ConfigError, match="lost_after must be more than"):
+        load_config(tmp_path, env)
+    env["PBXWARDEN_CLUSTER__LOST_AFTER"] = "5.5"
+    assert load_config(tmp_path, env).cluster.lost_after == 5.5
