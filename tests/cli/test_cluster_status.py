@@ -146,6 +146,7 @@ def test_cluster_status_lists_the_nodes_and_sees_one_die(
         assert pbx.proc is not None and record["pid"] == pbx.proc.pid
         assert f"udp:{pbx.host}:{pbx.port}" in record["addresses"], record
         assert record["calls"] == 0 and record["contacts"] == 0
+        assert isinstance(record["overloaded"], bool)  # may be true a moment on a busy host
         assert record["cpu"] >= 0 and record["redis"]["up"] is True
         assert record["database"]["reachable"] is True, record
         assert record["lost_after"] == LOST_AFTER

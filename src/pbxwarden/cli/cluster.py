@@ -197,6 +197,8 @@ def _print_nodes(nodes: list[dict[str, Any]]) -> None:
             bad.append("Redis down")
         if (node.get("database") or {}).get("reachable") is False:
             bad.append("its database down")
+        if node.get("overloaded"):
+            bad.append("itself overloaded or stopping (new calls get 503)")
         if bad:
             err.print(f"[yellow]warning:[/] node {node['node']} sees {', '.join(bad)}")
 

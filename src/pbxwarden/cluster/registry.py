@@ -360,6 +360,7 @@ def server_load(server: SipServer) -> Callable[[], dict[str, Any]]:
             "calls": len(server.calls.active),
             "contacts": len(server.location),
             "workers": server.workers.ready if server.workers is not None else 0,
+            "overloaded": server.overloaded,  # new calls get 503: lag, or stopping
         }
 
     return load
