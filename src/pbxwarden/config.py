@@ -452,6 +452,20 @@ class ClusterConfig(_Section):
         "their X-PBX-Source header is the phone's real source, believed from them only, "
         "and they are never banned; empty: nothing trusted",
     )
+    heartbeat_interval: float = Field(
+        2.0,
+        ge=0.05,
+        le=60,
+        description="seconds between this node's heartbeats in the node registry "
+        "(pbxwarden cluster status)",
+    )
+    lost_after: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="seconds without a heartbeat after which this node is shown as lost "
+        "(more than heartbeat_interval)",
+    )
 
     @field_validator("fronts")
     @classmethod
@@ -471,6 +485,12 @@ class ClusterConfig(_Section):
         if value and not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _check_lost_after(self) -> ClusterConfig:
+        if self.lost_after <= self.heartbeat_interval:
+            raise ValueError("cluster.lost_after must be more than cluster.heartbeat_interval")
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -783,6 +803,8 @@ reconcile_interval = 5           # seconds between full comparisons with the sha
 costly_when_down = "refuse"      # costly calls while Redis is down: "refuse" or "local"
 fronts = []                      # SIP fronts' addresses (Kamailio, deploy/kamailio): their
                                  #   X-PBX-Source header is believed, from them only
+# heartbeat_interval = 2         # seconds between heartbeats (pbxwarden cluster status)
+# lost_after = 10                # seconds without a heartbeat before a node shows as lost
 
 [log]
 level = "info"

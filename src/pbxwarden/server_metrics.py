@@ -8,7 +8,7 @@ serving metrics costs nothing per packet.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -156,3 +156,46 @@ class SipCollector:
                 "1 while this node shares state through Redis, 0 while it goes on alone",
                 value=1.0 if s.cluster.link.healthy else 0.0,
             )
+            yield from cluster_node_metrics(s.cluster.registry.view, s.cluster.registry.counts())
+
+
+def cluster_node_metrics(view: list[dict[str, Any]], counts: dict[str, int]) -> Iterable[Metric]:
+    """The node registry as this node last read it (its own heartbeat's answer): read at
+    scrape time from memory, no Redis round trip."""
+    nodes = GaugeMetricFamily(
+        "pbxwarden_cluster_nodes", "Nodes in the cluster's registry, by state", labels=["state"]
+    )
+    for state, count in sorted(counts.items()):
+        nodes.add_metric([state], count)
+    yield nodes
+    info = InfoMetricFamily(
+        "pbxwarden_cluster_node", "Each node's state and version", labels=["node"]
+    )
+    families = {
+        "calls": GaugeMetricFamily(
+            "pbxwarden_cluster_node_calls", "Calls in progress on each node", labels=["node"]
+        ),
+        "contacts": GaugeMetricFamily(
+            "pbxwarden_cluster_node_contacts", "Registered contacts on each node", labels=["node"]
+        ),
+        "cpu": GaugeMetricFamily(
+            "pbxwarden_cluster_node_cpu",
+            "Share of one core each node's process tree used between its last two heartbeats",
+            labels=["node"],
+        ),
+        "age": GaugeMetricFamily(
+            "pbxwarden_cluster_node_heartbeat_age_seconds",
+            "Seconds since each node's last heartbeat (by Redis's clock), at this node's own "
+            "last heartbeat",
+            labels=["node"],
+        ),
+    }
+    for node in view:
+        name = str(node["node"])
+        info.add_metric([name], {"state": str(node["state"]), "version": str(node.get("version"))})
+        for key, family in families.items():
+            value = node.get(key)
+            if isinstance(value, int | float):
+                family.add_metric([name], float(value))
+    yield info
+    yield from families.values()

@@ -28,6 +28,7 @@ from pbxwarden.api import (
     routes_audit,
     routes_auth,
     routes_caller_id,
+    routes_cluster,
     routes_events,
     routes_groups,
     routes_hours,
@@ -296,6 +297,7 @@ def create_app(
         routes_audit.router,
         routes_events.router,
         routes_policy.router,
+        routes_cluster.router,
     ):
         app.include_router(router, responses=ERROR_RESPONSES)
 

@@ -26,6 +26,7 @@ from pbxwarden.cli.admin import admin_app, audit_log
 from pbxwarden.cli.audit import audit
 from pbxwarden.cli.audit_trail import actor, record
 from pbxwarden.cli.caller_id import extension_caller_id, trunk_identity
+from pbxwarden.cli.cluster import cluster_app
 from pbxwarden.cli.groups import group_app
 from pbxwarden.cli.hours import hours_app
 from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
@@ -84,6 +85,7 @@ alerts_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(cluster_app, name="cluster")
 
 T = TypeVar("T")
 

@@ -42,6 +42,7 @@ from pbxwarden.cluster import scripts
 from pbxwarden.cluster.calls import HOLD_INTERVAL, SharedCalls
 from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
+from pbxwarden.cluster.registry import DatabaseProbe, NodeRegistry, server_load
 from pbxwarden.firewall.engine import Ban
 from pbxwarden.firewall.locks import MAX_FAILURES_KEPT, ExtensionLock, LockEvent
 from pbxwarden.firewall.nftables import NftablesError
@@ -158,6 +159,16 @@ class ClusterNode:
             config.node,
             fail_closed=config.costly_when_down == "refuse",
         )
+        # the heartbeat: pbxwarden cluster status, GET /api/v1/cluster (registry.py)
+        self.registry = NodeRegistry(
+            self.link,
+            config.key_prefix,
+            config.node,
+            server_load(server),
+            DatabaseProbe(server.store.engine, max(2.0, config.timeout)).read,
+            config.heartbeat_interval,
+            config.lost_after,
+        )
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -171,6 +182,7 @@ class ClusterNode:
         tracker.on_lock = self.lock_changed
         await self.reconcile()
         self.events.start()
+        self.registry.start()
         self.server.guard.shared = self.calls  # call limits for the whole PBX
         self._tasks.append(asyncio.create_task(self._holding()))
         for job in (self.link.watch(), self._subscribe(), self._push(), self._counting()):
@@ -178,6 +190,7 @@ class ClusterNode:
         self._tasks.append(asyncio.create_task(self._reconciling()))
 
     async def stop(self) -> None:
+        await self.registry.stop()  # marked stopped in the registry
         await self.events.stop()
         self.server.guard.shared = None
         self.server.firewall.on_ban = None
@@ -211,6 +224,7 @@ class ClusterNode:
             "cluster_calls_reserved": self.calls.reserved,
             "cluster_calls_refused": self.calls.refused,
             "cluster_calls_redis": "down" if self.calls.down else "up",
+            "cluster_heartbeats": self.registry.beats,
         }
 
     def _recovered(self) -> None:
