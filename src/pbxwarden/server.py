@@ -297,7 +297,9 @@ class SipServer:
         spooled = await asyncio.to_thread(self.cdrs.replay)  # left by a stop while it was down
         if spooled:
             log.warning("CDRs spooled while the database was down written", operations=spooled)
-        interrupted = await asyncio.to_thread(self.store.cdr_interrupt_open, time.time())
+        node = self.config.cluster.node if self.config.cluster.enabled else None
+        self.cdrs.node = node
+        interrupted = await asyncio.to_thread(self.store.cdr_interrupt_open, time.time(), node)
         if interrupted:
             log.warning("calls open at the last stop closed as interrupted", count=interrupted)
         self.cdrs.start()

@@ -43,6 +43,7 @@ from pbxwarden.cluster.calls import HOLD_INTERVAL, SharedCalls
 from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
 from pbxwarden.cluster.registry import DatabaseProbe, NodeRegistry, server_load
+from pbxwarden.cluster.takeover import Takeover
 from pbxwarden.firewall.engine import Ban
 from pbxwarden.firewall.locks import MAX_FAILURES_KEPT, ExtensionLock, LockEvent
 from pbxwarden.firewall.nftables import NftablesError
@@ -170,6 +171,16 @@ class ClusterNode:
             config.lost_after,
         )
 
+        # a lost node's open CDRs closed by one survivor (takeover.py)
+        self.takeover = Takeover(
+            self.link,
+            config.key_prefix,
+            config.node,
+            lambda: self.registry.view,
+            server.store.cdr_interrupt_node,
+            server.events.publish,
+        )
+
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -185,6 +196,7 @@ class ClusterNode:
         self.registry.start()
         self.server.guard.shared = self.calls  # call limits for the whole PBX
         self._tasks.append(asyncio.create_task(self._holding()))
+        self._tasks.append(asyncio.create_task(self._taking_over()))
         for job in (self.link.watch(), self._subscribe(), self._push(), self._counting()):
             self._tasks.append(asyncio.create_task(job))
         self._tasks.append(asyncio.create_task(self._reconciling()))
@@ -211,6 +223,15 @@ class ClusterNode:
             await asyncio.sleep(HOLD_INTERVAL)
             self.calls.hold_all(time.time())
 
+    async def _taking_over(self) -> None:
+        """After each heartbeat's view of the nodes: take over the lost ones."""
+        while True:
+            await asyncio.sleep(self.registry.interval)
+            try:
+                await self.takeover.round()
+            except Exception:
+                log.exception("taking over a lost node failed")
+
     def describe(self) -> dict[str, Any]:
         return {
             "cluster_node": self.node,
@@ -225,6 +246,7 @@ class ClusterNode:
             "cluster_calls_refused": self.calls.refused,
             "cluster_calls_redis": "down" if self.calls.down else "up",
             "cluster_heartbeats": self.registry.beats,
+            "cluster_takeover_closed": self.takeover.closed,
         }
 
     def _recovered(self) -> None:

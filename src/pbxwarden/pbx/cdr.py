@@ -56,10 +56,13 @@ class CdrWriter:
         self._spool = spool
         self._retry = retry
         self._prefix = secrets.token_hex(6)  # this process's spool keys
+        self.node: str | None = None  # the cluster node's name, written in each CDR
         self.spooled = 0  # operations waiting in the spool (stats)
         self.down_since: float | None = None  # loop time the database was found unreachable
 
     def open(self, token: int, fields: dict[str, Any]) -> None:
+        if self.node is not None:
+            fields = {**fields, "node": self.node}
         self._queue.put_nowait(("open", token, fields))
 
     def close(self, token: int, fields: dict[str, Any]) -> None:

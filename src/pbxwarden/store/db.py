@@ -747,10 +747,27 @@ class Store:
                             setattr(target, name, value)
         return ids
 
-    def cdr_interrupt_open(self, now: float) -> int:
-        """After a crash: calls still open cannot be in progress any more."""
+    def cdr_interrupt_open(self, now: float, node: str | None = None) -> int:
+        """After a crash: calls still open cannot be in progress any more. With several
+        nodes on one database, only ``node``'s own (and rows of no node): the others'
+        calls are theirs."""
+        stmt = select(Cdr).where(Cdr.disposition == "in-progress")
+        if node is not None:
+            stmt = stmt.where((Cdr.node == node) | Cdr.node.is_(None))
+        return self._interrupt(stmt, now)
+
+    def cdr_interrupt_node(self, node: str, before: float, now: float) -> int:
+        """A lost node's calls (``cluster/takeover.py``): those it started before it was
+        last seen, closed as interrupted at ``now``. If the node was only cut off and its
+        calls go on, its own close of each call writes the real end over this."""
+        stmt = select(Cdr).where(
+            Cdr.disposition == "in-progress", Cdr.node == node, Cdr.start_ts <= before
+        )
+        return self._interrupt(stmt, now)
+
+    def _interrupt(self, stmt: Any, now: float) -> int:
         with Session(self.engine) as s, s.begin():
-            rows = s.scalars(select(Cdr).where(Cdr.disposition == "in-progress")).all()
+            rows = s.scalars(stmt).all()
             for row in rows:
                 row.disposition = "interrupted"
                 row.end_ts = now

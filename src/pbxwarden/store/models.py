@@ -151,6 +151,8 @@ class Cdr(Base):
     score: Mapped[int | None] = mapped_column(Integer, nullable=True)  # guard anomaly score
     severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
     cost: Mapped[float | None] = mapped_column(Float, nullable=True)  # estimated, rate table
+    # the cluster node that handled the call (None: a single node)
+    node: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # set when written from the node's local spool (``pbx/cdr.py``): replays are idempotent
     spool_key: Mapped[str | None] = mapped_column(
         String(64), nullable=True, unique=True, index=True
