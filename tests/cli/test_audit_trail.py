@@ -78,6 +78,7 @@ READ_ONLY = {
     "calls",
     "cdr",
     "stats",
+    "cluster status",
     "admin list",
     "admin tokens",
     "audit-log",

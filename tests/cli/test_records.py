@@ -129,7 +129,7 @@ def test_stats_fit_and_name_what_they_count(pbx: PbxProcess, width: int) -> None
     assert re.search(r"registered contacts\s+1\b", text)
     assert re.search(r"calls in progress\s+0\b", text)
     assert re.search(r"overloaded\s+no\b", text)
-    assert re.search(rf"SIP messages received\s+{counters['received']}\b", text)
+    assert re.search(rf"SIP messages received\s+{counters['received']}\b", text), text
     assert counters["received"] > 0 and counters["bindings"] == 1
     everything = "\n".join(shown(pbx, width, "stats", "--all"))
     for key in ("transactions", "parse_errors", "registers_ok", "sip_core"):
