@@ -187,10 +187,14 @@ class SharedSpend:
 
     # -- the task's side ----------------------------------------------------------------
 
-    async def run(self, link: RedisLink) -> None:
-        """Push this node's changes and refresh the cached totals, for ever."""
+    def attach(self, link: RedisLink) -> None:
+        """Use ``link`` (the node's asynchronous connection) for :meth:`round`."""
         self._push_script = link.client.register_script(scripts.SPEND_PUSH)
         self._read_script = link.client.register_script(scripts.SPEND_READ)
+
+    async def run(self, link: RedisLink) -> None:
+        """Push this node's changes and refresh the cached totals, for ever."""
+        self.attach(link)
         self.looping = True
         try:
             while True:
