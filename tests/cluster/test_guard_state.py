@@ -355,3 +355,62 @@ async def test_a_suspension_on_one_node_is_adopted_by_the_other_and_a_lift_there
             assert await c.reconcile()
             assert server_c.guard.is_suspended("acme", "2000") == "stolen"
             assert server_c.guard.is_suspended("acme", "1000") is None
+
+
+class Told:
+    """A stand-in for the cluster: what the guard tells it."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str, str | None, float, str]] = []
+
+    def changed(self, tenant: str, extension: str, reason: str | None, at: float, by: str) -> None:
+        self.changes.append((tenant, extension, reason, at, by))
+
+
+def test_the_guard_tells_its_own_and_administrators_changes_but_not_adopted_ones() -> None:
+    g, told = guard(), Told()
+    g.shared_suspensions = told
+    key = ("acme", "1000")
+    g.sync_suspensions({key: "stolen"}, 100.0, {key: (90.0, "cli:alice")})  # the CLI's
+    g.sync_suspensions({}, 110.0)  # lifted from the CLI
+    assert told.changes == [
+        ("acme", "1000", "stolen", 90.0, "cli:alice"),
+        ("acme", "1000", None, 110.0, "admin"),
+    ]
+    assert g.adopt_suspension("acme", "2000", "on node b")  # another node's, then stored
+    assert not g.adopt_suspension("acme", "2000", "on node b")
+    g.sync_suspensions({("acme", "2000"): "on node b"}, 120.0)
+    assert g.adopt_suspension("acme", "2000", None)  # lifted there, then here in the store
+    g.sync_suspensions({}, 130.0)
+    assert len(told.changes) == 2  # nothing told back
+    # the guard's own suspension (corroborated fraud): told as the guard's, when it was made
+    premium = "19005550123"
+    when = time.time()
+    g.authorize(
+        CallAttempt(
+            "acme",
+            "1000",
+            "1000",
+            premium,
+            "forward-change",
+            "udp:x",
+            when,
+            classify(premium, "US"),
+        )
+    )
+    used = g.authorize(
+        CallAttempt(
+            "acme",
+            "1000",
+            "+12025550100",
+            premium,
+            "forwarded",
+            "udp:x",
+            when + 1,
+            classify(premium, "US"),
+        )
+    )
+    assert not used.allow and g.is_suspended("acme", "1000") is not None
+    tenant, number, reason, at, by = told.changes[-1]
+    assert (tenant, number, at, by) == ("acme", "1000", when + 1, "guard")
+    assert reason is not None and "premium-rate" in reason

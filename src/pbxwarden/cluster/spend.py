@@ -129,15 +129,18 @@ class SharedSpend:
 
     # -- the guard's side (synchronous, never waits while Redis is known to be down) ----
 
-    def others(self, tenant: str, extension: str, now: float) -> tuple[float, float, float] | None:
+    def others(
+        self, tenant: str, extension: str, now: float, read: bool = True
+    ) -> tuple[float, float, float] | None:
         """The other nodes' spend: the extension's in the last hour and 24 hours, the
-        tenant's in 24 hours; None while it cannot be known (Redis down)."""
+        tenant's in 24 hours; None while it cannot be known (Redis down, or not cached
+        and not to be ``read`` now: the next round reads it)."""
         ext_owner = f"{tenant}/{extension}"
         mono = time.monotonic()
         self._interest[ext_owner] = self._interest[tenant] = mono
         e, t = self._cache.get(ext_owner), self._cache.get(tenant)
         if e is None or t is None or mono - min(e[4], t[4]) > STALE:
-            if self.down and (self.looping or mono < self._down_until):
+            if not read or (self.down and (self.looping or mono < self._down_until)):
                 return None
             if not self._read_sync([ext_owner, tenant], now, mono):
                 return None

@@ -148,9 +148,12 @@ class SharedSpend(Protocol):
 
     fail_closed: bool  # other nodes' spend unknown (Redis down): refuse costly calls
 
-    def others(self, tenant: str, extension: str, now: float) -> tuple[float, float, float] | None:
+    def others(
+        self, tenant: str, extension: str, now: float, read: bool = True
+    ) -> tuple[float, float, float] | None:
         """The extension's spend in the last hour and 24 hours and the tenant's in 24
-        hours on the other nodes; None while it cannot be known."""
+        hours on the other nodes; None while it cannot be known (or, unless ``read``,
+        is not at hand without asking Redis now)."""
 
     def answered(self, tenant: str, extension: str, ref: int, rate: float, at: float) -> None: ...
 
@@ -892,7 +895,8 @@ class Guard:
             tenant_day = tenant.spend.totals(now)[1]
             together = tenant_together = ""
             if self.shared_spend is not None:  # the other nodes' calls of the extension
-                others = self.shared_spend.others(tenant_name, number, now)
+                # from the cache only: police runs every second on every call in progress
+                others = self.shared_spend.others(tenant_name, number, now, read=False)
                 if others is not None:  # unknown (Redis down): not cut for that
                     hour, day, tenant_day = (
                         hour + others[0],
