@@ -27,10 +27,12 @@ from tests.helpers import (
     finish_sipp_uac,
     finish_sipp_uas,
     free_port,
+    run_sipp,
     sipp_available,
     start_sipp_uac,
     start_sipp_uas,
 )
+from tests.integration.test_calls import refused_scenario
 from tests.redis_server import RedisServer
 
 # Two servers, Redis, SIPp and many CLI runs each: minutes on a loaded host.
@@ -41,6 +43,7 @@ pytestmark = [
 ]
 
 PASSWORD = "Lantern-Harbor-7731"
+CALLEE = ("2000", "Meadow-Cobalt-5590")
 DEAR = "2025550143"  # priced at 60 a minute by the rate table below: 1.00 a second
 CAP = 8.0  # the extension's hourly spend cap, set by the administrator
 CARRIER = "127.0.10.9"
@@ -58,7 +61,7 @@ def node(
     data = root / name
     data.mkdir(parents=True)
     cli(data, "init")
-    (data / "extensions.csv").write_text(f"1000,{PASSWORD}\n2000,Meadow-Cobalt-5590\n")
+    (data / "extensions.csv").write_text(f"1000,{PASSWORD}\n{CALLEE[0]},{CALLEE[1]}\n")
     cli(data, "extension", "import", str(data / "extensions.csv"))
     if prepare is not None:
         prepare(data)
@@ -139,29 +142,34 @@ def cdrs(pbx: PbxProcess) -> list[dict[str, object]]:
         return [dict(r) for r in rows]
 
 
-def logged_at(pbx: PbxProcess, text: str) -> float | None:
-    """When the node's log first says ``text`` about extension 1000."""
+def logged_at(pbx: PbxProcess, text: str, number: str = "1000") -> float | None:
+    """When the node's log first says ``text`` about the extension."""
     for line in pbx.log().splitlines():
-        if text in line and "extension=1000" in line:
+        if text in line and f"extension={number} " in line + " ":
             stamp = line.split()[0].rstrip("Z")
             return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
     return None
 
 
-def suspended(pbx: PbxProcess) -> object:
-    """Extension 1000's stored suspension on the node (None when not suspended)."""
+def suspended(pbx: PbxProcess, number: str = "1000") -> object:
+    """The extension's stored suspension on the node (None when not suspended)."""
     listed = json.loads(cli(pbx.data_dir, "extension", "list", "--json").stdout)
-    return {e["number"]: e["suspended"] for e in listed}["1000"]
+    return {e["number"]: e["suspended"] for e in listed}[number]
 
 
 def caller(
-    pbx: PbxProcess, work: Path, source: str, scenario: str, *extra: str
+    pbx: PbxProcess,
+    work: Path,
+    source: str,
+    scenario: str,
+    *extra: str,
+    user: tuple[str, str] = ("1000", PASSWORD),
 ) -> tuple[Path, subprocess.Popen[bytes]]:
     work.mkdir()
     proc = start_sipp_uac(
         scenario,
         f"{pbx.host}:{pbx.port}",
-        users={"1000": PASSWORD},
+        users={user[0]: user[1]},
         calls=1,
         local_ip=source,
         extra=["-s", DEAR, *extra],
@@ -171,10 +179,12 @@ def caller(
     return work, proc
 
 
-def call_once(pbx: PbxProcess, work: Path, source: str) -> int:
-    """One costly call of extension 1000 (held 0.5 s if answered); the successful
+def call_once(
+    pbx: PbxProcess, work: Path, source: str, user: tuple[str, str] = ("1000", PASSWORD)
+) -> int:
+    """One costly call of the extension (held 0.5 s if answered); the successful
     count: 1 whether answered or refused, as the scenario takes both."""
-    path, proc = caller(pbx, work, source, "call_uac_hold_or_refused.xml", "-d", "500")
+    path, proc = caller(pbx, work, source, "call_uac_hold_or_refused.xml", "-d", "500", user=user)
     return finish_sipp_uac(proc, path, timeout=60).successful
 
 
@@ -262,3 +272,59 @@ def test_a_suspension_on_one_node_refuses_on_the_other_within_a_second_and_a_lif
     assert wait_for(lambda: len(cdrs(a)) == 1)
     assert cdrs(a)[0]["disposition"] == "answered", cdrs(a)
     assert suspended(a) is None and suspended(b) is None
+
+
+def test_the_guards_own_suspension_on_one_node_refuses_on_the_other_within_a_second(
+    nodes: tuple[PbxProcess, PbxProcess], tmp_path: Path
+) -> None:
+    """The diversion attack on node A (a hijacked phone answers 1000's call with a 302
+    to a premium-rate number): A's guard refuses the diverted leg and suspends 2000 on
+    corroborated fraud; node B adopts it within a second and refuses 2000's costly calls."""
+    a, b = nodes
+    assert wait_for(lambda: both_up(a, b))
+    phone = "127.0.0.40"  # register.xml checks a 127.0.0.x contact
+    port = free_port(phone)
+    work = tmp_path / "phone"
+    work.mkdir()
+    reg = run_sipp(
+        "register.xml",
+        f"{a.host}:{a.port}",
+        users={CALLEE[0]: CALLEE[1]},
+        local_ip=phone,
+        local_port=port,
+        workdir=work,
+    )
+    assert reg.successful == 1, reg.output
+    hijacked = start_sipp_uas(
+        "call_uas_redirect.xml",
+        port,
+        work,
+        local_ip=phone,
+        extra=["-key", "target", "19005550123"],
+    )
+    try:
+        attacker = tmp_path / "attack"
+        attacker.mkdir()
+        result = run_sipp(
+            str(refused_scenario(attacker, 403)),
+            f"{a.host}:{a.port}",
+            users={"1000": PASSWORD},
+            local_ip="127.0.10.41",
+            extra=["-s", CALLEE[0]],
+            workdir=attacker,
+        )
+        assert result.successful == 1, result.output + a.log()[-3000:]
+    finally:
+        finish_sipp_uas(hijacked, work, timeout=10)
+    assert wait_for(lambda: logged_at(b, "extension suspension adopted", "2000") is not None)
+    in_force_a = logged_at(a, "extension suspension in force here, shared", "2000")
+    adopted_b = logged_at(b, "extension suspension adopted", "2000")
+    assert in_force_a is not None and adopted_b is not None
+    print(f"guard's suspension on A adopted by B {adopted_b - in_force_a:.3f} s later")
+    assert adopted_b - in_force_a < PROPAGATION_BOUND
+    assert call_once(b, tmp_path / "stolen-b", "127.0.10.42", user=CALLEE) == 1
+    assert wait_for(lambda: len(cdrs(b)) == 1)
+    [refused] = cdrs(b)
+    assert refused["disposition"] == "blocked", refused
+    assert "is suspended" in str(refused["reasons"]) and "premium" in str(refused["reasons"])
+    assert wait_for(lambda: "premium" in str(suspended(b, "2000")))  # stored on B too
