@@ -62,7 +62,7 @@ REFRESH_INTERVAL = 0.5  # seconds between push-and-refresh rounds
 HOLD_INTERVAL = 5.0  # how often this node refreshes its live entries
 LAPSE = 30.0  # a live entry not refreshed for this long is a dead node's call
 STALE = 2.0  # a cached total older than this is read again before it is used
-INTEREST = 600.0  # extensions and tenants judged here are followed this long after
+INTEREST = 120.0  # extensions and tenants judged here are followed this long after
 MAX_INTEREST = 50_000  # followed at most (the oldest asked are dropped first)
 BATCH = 200  # changes per SPEND_PUSH, owners per SPEND_READ
 PENDING_LIMIT = 100_000  # changes waiting; past it the replay after an outage has them
@@ -269,7 +269,7 @@ class SharedSpend:
         for owner in [o for o, at in self._interest.items() if at < horizon and o not in live]:
             del self._interest[owner]
             self._cache.pop(owner, None)
-        return sorted(self._interest.keys() | live)
+        return list(self._interest.keys() | live)
 
     def describe(self) -> dict[str, Any]:
         return {
