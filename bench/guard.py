@@ -922,7 +922,8 @@ def render_markdown(
         f"{len(probes):,} decisions, garbage collector enabled and tuned as in "
         "`pbxwarden serve`"
         + (
-            f"; costly calls in progress counted in Redis ({args.redis}) as on a cluster node"
+            f"; costly calls in progress and other nodes' spend read from Redis ({args.redis}) "
+            "as on a cluster node"
             if args.redis
             else ""
         )
@@ -1118,7 +1119,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--redis",
         metavar="URL",
         help="count costly calls in progress in this Redis, as a cluster node does "
-        "(pbxwarden.cluster.calls): every allowed costly decision includes its round trip",
+        "(pbxwarden.cluster.calls): every allowed costly decision includes its round trip; "
+        "the other nodes' spend is read from it too (pbxwarden.cluster.spend), "
+        "synchronously on each extension's first decision",
     )
     args = p.parse_args(argv)
     if args.quick:
@@ -1189,9 +1192,14 @@ def main(argv: list[str]) -> int:
         fresh: Guard = pickle.loads(snapshot)
         if args.redis:
             from pbxwarden.cluster.calls import SharedCalls
+            from pbxwarden.cluster.spend import SharedSpend
 
-            shared = SharedCalls(args.redis, 0.5, f"bench{time.time_ns()}:", "bench")
+            prefix = f"bench{time.time_ns()}:"
+            shared = SharedCalls(args.redis, 0.5, prefix, "bench")
             fresh.shared = shared  # a fresh key prefix: no reservations left from before
+            # the other nodes' spend: no refresh task here, so every extension's first
+            # costly decision reads it synchronously (a cache miss, the worst case)
+            fresh.shared_spend = SharedSpend(args.redis, 0.5, prefix, "bench")
         gc.collect()
         res.restore_s.append(time.monotonic() - t0)
         return fresh

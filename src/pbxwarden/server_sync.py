@@ -117,7 +117,9 @@ class StoreSync:
             log.info("guard policies updated", tenants=sorted(policies))
         stored = await asyncio.to_thread(self.server.store.suspended_extensions)
         self.server.guard.sync_suspensions(
-            {(r["tenant"], r["extension"]): r["reason"] for r in stored}
+            {(r["tenant"], r["extension"]): r["reason"] for r in stored},
+            time.time(),  # when a lift was seen (a cluster shares it as of then)
+            {(r["tenant"], r["extension"]): (r["at"] or now, r["by"] or "admin") for r in stored},
         )
         outbox = self.server.guard.outbox
         while outbox:

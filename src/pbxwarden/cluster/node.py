@@ -8,6 +8,9 @@ Shared in this slice (docs/cluster.md has the whole picture):
   them in its own database, so that they also survive a restart there. Lifts likewise,
   remembered in Redis for a while so that a node that missed one cannot push the ban
   back.
+* **suspensions** (:mod:`pbxwarden.cluster.suspensions`) and **spend**
+  (:mod:`pbxwarden.cluster.spend`), for the guard; call limits in
+  :mod:`pbxwarden.cluster.calls`.
 * **password guessing** (:mod:`pbxwarden.firewall.locks`): each failed authentication
   of an extension is also counted in Redis by a script that adds it, forgets the ones
   past the window and answers the count and the distinct sources; the lock rule stays
@@ -43,6 +46,8 @@ from pbxwarden.cluster.calls import HOLD_INTERVAL, SharedCalls
 from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
 from pbxwarden.cluster.registry import DatabaseProbe, NodeRegistry, server_load
+from pbxwarden.cluster.spend import SharedSpend
+from pbxwarden.cluster.suspensions import SharedSuspensions
 from pbxwarden.cluster.takeover import Takeover
 from pbxwarden.firewall.engine import Ban
 from pbxwarden.firewall.locks import MAX_FAILURES_KEPT, ExtensionLock, LockEvent
@@ -75,6 +80,10 @@ class Keys:
     @property
     def locks(self) -> str:
         return f"{self.prefix}locks"
+
+    @property
+    def suspensions(self) -> str:
+        return f"{self.prefix}suspensions"
 
     @property
     def channel(self) -> str:
@@ -180,6 +189,16 @@ class ClusterNode:
             server.store.cdr_interrupt_node,
             server.events.publish,
         )
+        self.spend = SharedSpend(
+            config.redis_url,
+            config.timeout,
+            config.key_prefix,
+            config.node,
+            fail_closed=config.costly_when_down == "refuse",
+        )
+        self.suspensions = SharedSuspensions(
+            server, self.link, self.keys.suspensions, self.keys.channel
+        )
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -195,8 +214,12 @@ class ClusterNode:
         self.events.start()
         self.registry.start()
         self.server.guard.shared = self.calls  # call limits for the whole PBX
+        self.server.guard.shared_spend = self.spend  # spend caps for the whole PBX
+        self.server.guard.shared_suspensions = self.suspensions
         self._tasks.append(asyncio.create_task(self._holding()))
         self._tasks.append(asyncio.create_task(self._taking_over()))
+        self._tasks.append(asyncio.create_task(self.spend.run(self.link)))
+        self._tasks.append(asyncio.create_task(self.suspensions.pushing()))
         for job in (self.link.watch(), self._subscribe(), self._push(), self._counting()):
             self._tasks.append(asyncio.create_task(job))
         self._tasks.append(asyncio.create_task(self._reconciling()))
@@ -205,6 +228,8 @@ class ClusterNode:
         await self.registry.stop()  # marked stopped in the registry
         await self.events.stop()
         self.server.guard.shared = None
+        self.server.guard.shared_spend = None
+        self.server.guard.shared_suspensions = None
         self.server.firewall.on_ban = None
         self.server.locks.tracker.on_failure = None
         self.server.locks.tracker.on_lock = None
@@ -215,6 +240,7 @@ class ClusterNode:
                 await task
         await self.link.close()
         self.calls.close()
+        self.spend.close()
 
     async def _holding(self) -> None:
         """This node's calls in progress keep their reservations (a killed node's
@@ -247,6 +273,9 @@ class ClusterNode:
             "cluster_calls_redis": "down" if self.calls.down else "up",
             "cluster_heartbeats": self.registry.beats,
             "cluster_takeover_closed": self.takeover.closed,
+            **self.spend.describe(),
+            "cluster_suspensions_shared": self.suspensions.shared,
+            "cluster_suspensions_adopted": self.suspensions.adopted,
         }
 
     def _recovered(self) -> None:
@@ -421,6 +450,8 @@ class ClusterNode:
             await self.lift_here(str(message["address"]), float(message["at"]), origin)
         elif kind == "lock":
             self.adopt_lock(str(message["tenant"]), str(message["number"]), message, origin)
+        elif kind == "suspension":
+            await self.suspensions.on_message(message)
 
     def adopt_ban(self, ban: Ban, origin: str) -> bool:
         """Another node's ban (or one of ours, announced back: then nothing changes)."""
@@ -579,6 +610,8 @@ class ClusterNode:
                 theirs = (float(record["created_at"]), -float(record["until"]))
                 if (lock.created_at, -lock.until) > theirs:
                     await self.share_lock(lock, ext.tenant, ext.number)
+        if not await self.suspensions.reconcile():
+            return False
         self.reconciled_at = now
         return True
 

@@ -197,3 +197,136 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
+
+# -- spend (pbxwarden.cluster.spend) ----------------------------------------------------
+# Each owner (an extension "tenant/number", or a tenant) has two keys: a sorted set of
+# its finished calls' costs (member "uid|call|cost", scored by the call's end) and a
+# hash of its answered calls in progress (field "uid|call" -> "rate answered
+# refreshed"). ``uid`` names the node process that wrote the entry, so that a node
+# reading the totals leaves out its own (its guard counts those itself, exactly).
+
+# KEYS: for each change 4 keys (extension's finished, extension's live, tenant's
+# finished, tenant's live)
+# ARGV: now, keep (seconds a finished entry is kept), then 4 per change: kind ("live" or
+# "end"), field, value (live: "rate answered refreshed"; end: the finished member, or ""
+# for no cost), score (end: when the call ended)
+# A live entry is (re)written; an ended call leaves the live hash and, if it cost
+# anything, enters the finished sets (ZADD of the same member again changes nothing:
+# replaying a batch after an outage is harmless).
+SPEND_PUSH = """
+local now, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
+local changes = (#ARGV - 2) / 4
+for i = 0, changes - 1 do
+  local kind, field, value = ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i]
+  local score = ARGV[6 + 4 * i]
+  local k = 4 * i
+  for j = 0, 1 do
+    local finished, live = KEYS[k + 1 + 2 * j], KEYS[k + 2 + 2 * j]
+    if kind == 'live' then
+      redis.call('HSET', live, field, value)
+    else
+      redis.call('HDEL', live, field)
+      if value ~= '' then
+        redis.call('ZADD', finished, score, value)
+      end
+    end
+    redis.call('ZREMRANGEBYSCORE', finished, '-inf', now - keep)
+    redis.call('EXPIRE', finished, math.ceil(keep) + 3600)
+    redis.call('EXPIRE', live, math.ceil(keep) + 3600)
+  end
+end
+return changes
+"""
+
+# KEYS: for each owner 2 keys (finished, live)
+# ARGV: now, uid (the reading node's: its entries are left out), lapse (a live entry not
+# refreshed for that long belongs to a node that died: it becomes a finished call, its
+# cost counted up to its last refresh), hour, day (the windows, seconds)
+# For each owner 4 strings: the other nodes' finished spend in the last hour, in the last
+# day, and their answered calls in progress as the sum of rates (per minute) and of rate
+# x answer time, so that the reader can price them at any later moment:
+# (now * rate - rate_at) / 60.
+SPEND_READ = """
+local now, uid, lapse = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local hour, day = tonumber(ARGV[4]), tonumber(ARGV[5])
+local out = {}
+local mine = uid .. '|'
+for i = 1, #KEYS, 2 do
+  local finished, live = KEYS[i], KEYS[i + 1]
+  local rate, rate_at = 0, 0
+  local entries = redis.call('HGETALL', live)
+  for j = 1, #entries, 2 do
+    local field, value = entries[j], entries[j + 1]
+    local r, answered, refreshed = string.match(value, '^(%S+) (%S+) (%S+)$')
+    r, answered, refreshed = tonumber(r), tonumber(answered), tonumber(refreshed)
+    if r == nil or answered == nil or refreshed == nil then
+      redis.call('HDEL', live, field)
+    elseif refreshed + lapse < now then
+      local cost = math.max(0, refreshed - answered) * r / 60
+      redis.call('HDEL', live, field)
+      if cost > 0 then
+        redis.call('ZADD', finished, refreshed, field .. '|' .. string.format('%.6f', cost))
+      end
+    elseif string.sub(field, 1, #mine) ~= mine then
+      rate = rate + r
+      rate_at = rate_at + r * answered
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', finished, '-inf', now - day)
+  local h, d = 0, 0
+  local ended = redis.call('ZRANGEBYSCORE', finished, now - day, '+inf', 'WITHSCORES')
+  for j = 1, #ended, 2 do
+    local member, at = ended[j], tonumber(ended[j + 1])
+    if string.sub(member, 1, #mine) ~= mine then
+      local cost = tonumber(string.match(member, '|([^|]*)$')) or 0
+      d = d + cost
+      if at > now - hour then
+        h = h + cost
+      end
+    end
+  end
+  out[#out + 1] = string.format('%.6f', h)
+  out[#out + 1] = string.format('%.6f', d)
+  out[#out + 1] = string.format('%.9g', rate)
+  out[#out + 1] = string.format('%.17g', rate_at)
+end
+return out
+"""
+
+# -- suspensions (pbxwarden.cluster.suspensions) ----------------------------------------
+
+# KEYS: suspensions (a hash "tenant/number" -> JSON {suspended, reason, at, by, node})
+# ARGV: field, at, suspended (1/0), record (JSON), channel, message
+# Keeps the newest change of each extension (a lift made at the same moment as a
+# suspension wins). 1 when changed (and announced).
+SET_SUSPENSION = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local c = cjson.decode(current)
+  local at, c_at = tonumber(ARGV[2]), tonumber(c['at'])
+  if c_at > at or (c_at == at and (not c['suspended'] or ARGV[3] == '1')) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+# KEYS: suspensions; ARGV: forget lifts made before this time
+# Every extension's last change, old lifts forgotten first (flat HGETALL).
+SUSPENSIONS = """
+local all = redis.call('HGETALL', KEYS[1])
+local before = tonumber(ARGV[1])
+local kept = {}
+for i = 1, #all, 2 do
+  local c = cjson.decode(all[i + 1])
+  if not c['suspended'] and tonumber(c['at']) < before then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    kept[#kept + 1] = all[i]
+    kept[#kept + 1] = all[i + 1]
+  end
+end
+return kept
+"""

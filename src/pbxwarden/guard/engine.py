@@ -85,6 +85,10 @@ SIGNALS = {
 }
 SIGNAL_WINDOW = DAY
 PROBING = 3
+SPEND_UNKNOWN = (
+    "the PBX's shared state (Redis) is unreachable: the spend of the other nodes' calls "
+    "cannot be known, costly calls are refused until it is back"
+)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -138,6 +142,31 @@ class SharedCounts(Protocol):
     def ended(self, ref: int) -> None: ...
 
 
+class SharedSpend(Protocol):
+    """What the PBX's other nodes' calls cost (``pbxwarden.cluster.spend``), added to
+    this node's own spend wherever a spend cap is checked."""
+
+    fail_closed: bool  # other nodes' spend unknown (Redis down): refuse costly calls
+
+    def others(
+        self, tenant: str, extension: str, now: float, read: bool = True
+    ) -> tuple[float, float, float] | None:
+        """The extension's spend in the last hour and 24 hours and the tenant's in 24
+        hours on the other nodes; None while it cannot be known (or, unless ``read``,
+        is not at hand without asking Redis now)."""
+
+    def answered(self, tenant: str, extension: str, ref: int, rate: float, at: float) -> None: ...
+
+    def ended(self, ref: int, at: float, cost: float) -> None: ...
+
+
+class SharedSuspensions(Protocol):
+    """Suspensions shared with the PBX's other nodes (``pbxwarden.cluster.suspensions``)."""
+
+    def changed(self, tenant: str, extension: str, reason: str | None, at: float, by: str) -> None:
+        """The extension was suspended (``reason``) or resumed (None) on this node."""
+
+
 class Guard:
     def __init__(
         self,
@@ -171,6 +200,8 @@ class Guard:
         self._cutoffs: list[tuple[int, str]] = []
         self._stored_suspensions: dict[tuple[str, str], str] = {}
         self.shared: SharedCounts | None = None  # several nodes: limits for all of them
+        self.shared_spend: SharedSpend | None = None  # several nodes: caps for all of them
+        self.shared_suspensions: SharedSuspensions | None = None
 
     def reconfigure(self, config: GuardConfig) -> None:
         """New policies (stored ones changed): counters and baselines are kept."""
@@ -205,18 +236,46 @@ class Guard:
             state.suspended = None
             state.signals.clear()
 
-    def sync_suspensions(self, stored: dict[tuple[str, str], str]) -> None:
+    def sync_suspensions(
+        self,
+        stored: dict[tuple[str, str], str],
+        now: float = 0.0,
+        made: dict[tuple[str, str], tuple[float, str]] | None = None,
+    ) -> None:
         """Apply what changed in the stored suspensions since the last sync.
 
         Only changes: a suspension the guard just made may not be stored yet, and must
-        not be undone by a snapshot taken before it was.
+        not be undone by a snapshot taken before it was. A change that alters the
+        guard's state (an administrator's, not one adopted from another node and stored
+        since) is told to :attr:`shared_suspensions`, a suspension with when and by whom
+        it was stored (``made``), a lift as of ``now``.
         """
+        share = self.shared_suspensions
         for key in self._stored_suspensions.keys() - stored.keys():
+            was = self.is_suspended(*key)
             self.resume(*key)
+            if share is not None and was is not None:
+                share.changed(key[0], key[1], None, now, "admin")
         for key in stored.keys() - self._stored_suspensions.keys():
             if self.is_suspended(*key) is None:
                 self.suspend(key[0], key[1], stored[key])
+                if share is not None:
+                    at, by = (made or {}).get(key, (now, "admin"))
+                    share.changed(key[0], key[1], stored[key], at, by)
         self._stored_suspensions = dict(stored)
+
+    def adopt_suspension(self, tenant: str, extension: str, reason: str | None) -> bool:
+        """Another node's suspension (``reason``) or lift (None), applied here and not
+        told back; True if it changed anything."""
+        if reason is None:
+            if self.is_suspended(tenant, extension) is None:
+                return False
+            self.resume(tenant, extension)
+            return True
+        if self.is_suspended(tenant, extension) is not None:
+            return False
+        self.suspend(tenant, extension, reason)
+        return True
 
     def is_suspended(self, tenant: str, extension: str) -> str | None:
         state = self._ext.get((tenant, extension))
@@ -316,8 +375,14 @@ class Guard:
         cur = self.rates.currency
         warnings: list[str] = []
         refusal = None
+        others, spend_unknown = None, False
         if attempt.kind != "forward-change":
-            refusal = rules.limits(policy, attempt, ext, tenant, dest, warnings, cur, rate)
+            if self.shared_spend is not None:
+                others = self.shared_spend.others(attempt.tenant, attempt.extension, now)
+                spend_unknown = others is None
+            refusal = rules.limits(
+                policy, attempt, ext, tenant, dest, warnings, cur, rate, others or rules.NONE
+            )
         risk = self._high_risk(dest)
         # Scored even when a limit refuses: an attacker hammering a limit at night is more
         # than a limit reached, and must be stopped (and its calls cut), not just slowed.
@@ -360,6 +425,10 @@ class Guard:
                 self._signal(ext, now, rule, why[0] if why else "anomaly")
             text = f"refused as likely fraud (risk score {score}/100): " + "; ".join(why)
             return self._refuse(attempt, ext, policy, rule, (text, *reasons), learning, score)
+        if spend_unknown and self.shared_spend is not None and self.shared_spend.fail_closed:
+            refused = Decision(False, (SPEND_UNKNOWN, *reasons), status=503, rule="spend-cap")
+            self._alert(attempt, refused)
+            return refused
         if self.shared is not None and attempt.kind != "forward-change":
             full = self.shared.reserve(
                 attempt.tenant,
@@ -647,6 +716,10 @@ class Guard:
             signs = sorted({s.kind for s in state.signals})
             reason = f"{decision.rule}: {decision.reasons[0]}"[:500]
             self.suspend(attempt.tenant, attempt.extension, reason)
+            if self.shared_suspensions is not None:
+                self.shared_suspensions.changed(
+                    attempt.tenant, attempt.extension, reason, attempt.at, "guard"
+                )
             summary += (
                 f"; extension {attempt.extension} is suspended until an admin resumes it "
                 f"(corroborated: {', '.join(signs)})"
@@ -691,6 +764,8 @@ class Guard:
         old = self._active.pop(ref, None)
         if old is not None:
             self._release(ref, old)
+            if self.shared_spend is not None:
+                self.shared_spend.ended(ref, attempt.at, 0.0)
         dest = attempt.destination
         policy = self.book.effective(attempt.tenant, attempt.extension, True)
         local = policy.local(attempt.at)
@@ -741,6 +816,8 @@ class Guard:
             if ext is not None and tenant is not None:
                 ext.spend.start(call.rate, at)
                 tenant.spend.start(call.rate, at)
+                if self.shared_spend is not None:
+                    self.shared_spend.answered(call.tenant, call.extension, ref, call.rate, at)
         inbound = self._inbound.get(ref)
         if inbound is not None and inbound.answered is None:
             inbound.answered = at
@@ -764,6 +841,8 @@ class Guard:
             return 0.0
         talked = max(0.0, at - call.answered)
         cost = talked / 60.0 * call.rate
+        if self.shared_spend is not None:
+            self.shared_spend.ended(ref, at, cost)
         ext = self._ext_state(call.tenant, call.extension, at)
         tenant = self._tenant_state(call.tenant, at)
         ext.spend.add(at, cost)
@@ -815,6 +894,18 @@ class Guard:
             hour, day = ext.spend.totals(now)
             tenant = self._tenants[tenant_name]
             tenant_day = tenant.spend.totals(now)[1]
+            together = tenant_together = ""
+            if self.shared_spend is not None:  # the other nodes' calls of the extension
+                # from the cache only: police runs every second on every call in progress
+                others = self.shared_spend.others(tenant_name, number, now, read=False)
+                if others is not None:  # unknown (Redis down): not cut for that
+                    hour, day, tenant_day = (
+                        hour + others[0],
+                        day + others[1],
+                        tenant_day + others[2],
+                    )
+                    together = rules.TOGETHER if others[0] or others[1] else ""
+                    tenant_together = rules.TOGETHER if others[2] else ""
             cur = self.rates.currency
             cap_hour, cap_day, how_hour, how_day = rules.spend_caps(
                 policy, ext.baseline, 60 * dearest
@@ -822,18 +913,18 @@ class Guard:
             breach = None
             if hour > cap_hour:
                 breach = (
-                    f"spent an estimated {rules.money(hour, cur)} in the last hour "
+                    f"spent an estimated {rules.money(hour, cur)} in the last hour{together} "
                     f"(cap {cap_hour:g}, {how_hour})"
                 )
             elif day > cap_day:
                 breach = (
-                    f"spent an estimated {rules.money(day, cur)} in 24 hours "
+                    f"spent an estimated {rules.money(day, cur)} in 24 hours{together} "
                     f"(cap {cap_day:g}, {how_day})"
                 )
             elif tenant_day > policy.tenant_spend_per_day:
                 breach = (
                     f"tenant {tenant_name} spent an estimated {rules.money(tenant_day, cur)} in "
-                    f"24 hours (cap {policy.tenant_spend_per_day:g})"
+                    f"24 hours{tenant_together} (cap {policy.tenant_spend_per_day:g})"
                 )
             if breach is None:
                 continue

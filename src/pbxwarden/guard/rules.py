@@ -39,6 +39,8 @@ W_SAME_PREFIX = 25
 W_OFF_HOURS = 20
 W_HIGH_RISK_ALLOWED = 10
 W_NIGHT_RISKY = 20  # per earlier call abroad to a risky or dear destination out of hours
+NONE = (0.0, 0.0, 0.0)  # no other node's spend
+TOGETHER = " on the PBX's nodes together"
 SPEND_FLOOR = 10.0  # a day's spend below this is never "unusual" (in the rate currency)
 SPEND_BUSY = 2.0  # times the third busiest clean day's spend: below it a day is not unusual
 RISKY_RATE = 0.20  # per minute: "dear" for W_NIGHT_RISKY
@@ -149,7 +151,10 @@ def limits(
     warnings: list[str],
     currency: str,
     rate: float,
+    others: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> Decision | None:
+    """The first limit the attempt is past, or None. ``others``: the spend of the PBX's
+    other nodes (extension's hour, its day, the tenant's day), added to this node's."""
     now = attempt.at
     number = attempt.extension
 
@@ -213,13 +218,15 @@ def limits(
             )
         )
     spend_hour, spend_day = ext.spend.totals(now)
+    spend_hour, spend_day = spend_hour + others[0], spend_day + others[1]
+    together = TOGETHER if others[0] or others[1] else ""
     cap_hour, cap_day, how_hour, how_day = spend_caps(policy, ext.baseline, 60 * rate)
     checks.append(
         (
             spend_hour,
             cap_hour,
             f"extension {number} spent an estimated {money(spend_hour, currency)} in the "
-            f"last hour (cap {how_hour})",
+            f"last hour{together} (cap {how_hour})",
             403,
             "spend-cap",
         )
@@ -229,17 +236,18 @@ def limits(
             spend_day,
             cap_day,
             f"extension {number} spent an estimated {money(spend_day, currency)} in 24 "
-            f"hours (cap {how_day})",
+            f"hours{together} (cap {how_day})",
             403,
             "spend-cap",
         )
     )
-    tenant_day = tenant.spend.totals(now)[1]
+    tenant_day = tenant.spend.totals(now)[1] + others[2]
     checks.append(
         (
             tenant_day,
             policy.tenant_spend_per_day,
-            f"tenant {attempt.tenant} spent an estimated {money(tenant_day, currency)} in 24 hours",
+            f"tenant {attempt.tenant} spent an estimated {money(tenant_day, currency)} in 24 "
+            f"hours{TOGETHER if others[2] else ''}",
             403,
             "spend-cap",
         )
