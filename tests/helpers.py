@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,16 @@ _given: set[tuple[str, int]] = set()
 def _worker() -> int:
     name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return int(name[2:]) % 4 if name[2:].isdigit() else 0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, step: float = 0.1) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

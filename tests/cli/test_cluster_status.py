@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from pbxwarden import __version__
+from tests.cluster_nodes import start_node
 from tests.helpers import PbxProcess, cli, free_port
 from tests.redis_server import RedisServer
 
@@ -47,26 +48,12 @@ def node(
     **env: str,
 ) -> PbxProcess:
     """A node as tests/integration/test_cluster.py makes them, beating fast."""
-    data = root / name
-    data.mkdir(parents=True)
-    cli(data, "init")
-    (data / "extensions.csv").write_text(f"1000,{PASSWORD}\n2000,Meadow-Cobalt-5590\n")
-    cli(data, "extension", "import", str(data / "extensions.csv"))
-    if prepare is not None:
-        prepare(data)
-    pbx = PbxProcess(
-        data,
-        host=host,
-        env={
-            **cluster_env(redis),
-            "PBXWARDEN_CLUSTER__NODE": name,
-            "PBXWARDEN_CLUSTER__HEARTBEAT_INTERVAL": str(HEARTBEAT),
-            "PBXWARDEN_CLUSTER__LOST_AFTER": str(LOST_AFTER),
-            **env,
-        },
-    )
-    pbx.start()
-    return pbx
+    users = {"1000": PASSWORD, "2000": "Meadow-Cobalt-5590"}
+    timers = {
+        "PBXWARDEN_CLUSTER__HEARTBEAT_INTERVAL": str(HEARTBEAT),
+        "PBXWARDEN_CLUSTER__LOST_AFTER": str(LOST_AFTER),
+    }
+    return start_node(root, name, host, redis, users, prepare, **{**timers, **env})
 
 
 @pytest.fixture

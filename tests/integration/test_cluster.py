@@ -21,7 +21,16 @@ import pytest
 
 from pbxwarden.control import ControlError, ask
 from pbxwarden.sip.message import Response, parse_message
-from tests.helpers import PbxProcess, SipClient, cli, free_port, options_request, status_of
+from tests.cluster_nodes import start_node
+from tests.helpers import (
+    PbxProcess,
+    SipClient,
+    cli,
+    free_port,
+    options_request,
+    status_of,
+    wait_for,
+)
 from tests.redis_server import RedisServer
 
 # Two servers, Redis and many CLI runs each: minutes on a loaded host.
@@ -40,25 +49,8 @@ def node(
     prepare: Callable[[Path], None] | None = None,
     **env: str,
 ) -> PbxProcess:
-    data = root / name
-    data.mkdir(parents=True)
-    cli(data, "init")
-    (data / "extensions.csv").write_text(f"1000,{PASSWORD}\n2000,Meadow-Cobalt-5590\n")
-    cli(data, "extension", "import", str(data / "extensions.csv"))
-    if prepare is not None:
-        prepare(data)
-    pbx = PbxProcess(
-        data,
-        host=host,
-        env={
-            "PBXWARDEN_CLUSTER__REDIS_URL": redis.url,
-            "PBXWARDEN_CLUSTER__NODE": name,
-            "PBXWARDEN_CLUSTER__KEY_PREFIX": "test:",
-            **env,
-        },
-    )
-    pbx.start()
-    return pbx
+    users = {"1000": PASSWORD, "2000": "Meadow-Cobalt-5590"}
+    return start_node(root, name, host, redis, users, prepare, **env)
 
 
 @pytest.fixture
@@ -78,15 +70,6 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[PbxProces
     finally:
         a.stop()
         b.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 class Prober:

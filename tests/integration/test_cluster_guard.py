@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from pbxwarden.control import ControlError, ask
+from tests.cluster_nodes import start_node
 from tests.helpers import (
     PbxProcess,
     cli,
@@ -31,6 +32,7 @@ from tests.helpers import (
     sipp_available,
     start_sipp_uac,
     start_sipp_uas,
+    wait_for,
 )
 from tests.integration.test_calls import refused_scenario
 from tests.redis_server import RedisServer
@@ -58,25 +60,8 @@ def node(
     prepare: Callable[[Path], None] | None = None,
     **env: str,
 ) -> PbxProcess:
-    data = root / name
-    data.mkdir(parents=True)
-    cli(data, "init")
-    (data / "extensions.csv").write_text(f"1000,{PASSWORD}\n{CALLEE[0]},{CALLEE[1]}\n")
-    cli(data, "extension", "import", str(data / "extensions.csv"))
-    if prepare is not None:
-        prepare(data)
-    pbx = PbxProcess(
-        data,
-        host=host,
-        env={
-            "PBXWARDEN_CLUSTER__REDIS_URL": redis.url,
-            "PBXWARDEN_CLUSTER__NODE": name,
-            "PBXWARDEN_CLUSTER__KEY_PREFIX": "test:",
-            **env,
-        },
-    )
-    pbx.start()
-    return pbx
+    users = {"1000": PASSWORD, CALLEE[0]: CALLEE[1]}
+    return start_node(root, name, host, redis, users, prepare, **env)
 
 
 @pytest.fixture
@@ -112,15 +97,6 @@ def nodes(
     finally:
         for pbx in started:
             pbx.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def stats(pbx: PbxProcess) -> dict[str, object]:

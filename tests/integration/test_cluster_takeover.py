@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from tests.helpers import (
     sipp_available,
     start_sipp_uac,
     start_sipp_uas,
+    wait_for,
 )
 from tests.postgres_server import PostgresServer, postgres_available
 from tests.redis_server import RedisServer
@@ -48,15 +49,6 @@ def pg() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.destroy()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def node(root: Path, name: str, host: str, pg: PostgresServer, redis: RedisServer) -> PbxProcess:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.helpers import (
     run_sipp,
     sipp_available,
     start_sipp_uas,
+    wait_for,
 )
 from tests.postgres_server import PostgresServer, postgres_available
 
@@ -47,15 +47,6 @@ def pg() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.destroy()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 class Office:

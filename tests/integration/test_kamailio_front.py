@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from tests.helpers import (
     run_sipp,
     sipp_available,
     start_sipp_uas,
+    wait_for,
 )
 from tests.redis_server import RedisServer
 
@@ -52,15 +53,6 @@ PASSWORDS = {
     n: f"{w}-Lantern-Quay-{i + 3}{i + 5}"
     for i, (n, w) in enumerate(zip(NUMBERS, _WORDS, strict=True))
 }
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def query(pbx: PbxProcess, sql: str, *args: object) -> list[tuple[object, ...]]:
