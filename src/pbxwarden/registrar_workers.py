@@ -661,7 +661,7 @@ class RegistrarWorker:
     def _run(self, actions: Sequence[Action]) -> None:
         for action in actions:
             if isinstance(action, SendMessage):
-                self._send(action.message.to_bytes(), action.dest)
+                self._send(action.data(), action.dest)
             elif isinstance(action, DeliverRequest):
                 if action.key is not None:
                     self.latency.start(action.key, "REGISTER", time.perf_counter())

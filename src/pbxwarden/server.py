@@ -645,7 +645,7 @@ class SipServer:
     def _run(self, actions: Sequence[Action]) -> None:
         for action in actions:
             if isinstance(action, SendMessage):
-                self.transports.send(action.message.to_bytes(), action.dest)
+                self.transports.send(action.data(), action.dest)
             elif isinstance(action, DeliverRequest):
                 self._dispatch(action.request, action.source, action.key)
             elif isinstance(action, DeliverResponse):
