@@ -265,6 +265,14 @@ class CallsConfig(_Section):
         "it gets 503 (twice that for one answering our challenge); 0: every datagram in "
         "arrival order",
     )
+    drain_timeout: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        description="on stop (SIGTERM), seconds the node refuses new calls with 503 (a SIP "
+        "front sends them to another node) while its calls in progress go on, before it "
+        "hangs up those left; 0: hang up at once",
+    )
     ring_timeout: float = Field(
         60.0, gt=0, le=600, description="seconds before a call is unanswered"
     )
@@ -711,6 +719,8 @@ overload_lag = 0.25              # when the server lags this much (s), new calls
 overload_queue = 2000000         # ... or this many bytes of SIP wait in the kernel's buffer
 admission_wait = 0.25            # calls in progress are served first; a new call waiting
                                  #   longer than this behind them gets 503 (0: arrival order)
+drain_timeout = 0                # on stop, new calls get 503 and calls in progress go on for
+                                 #   up to this long (a rolling restart behind a front)
 
 [media]
 relay = false                    # true: RTP flows through the PBX (phones behind NAT);

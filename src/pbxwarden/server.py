@@ -406,6 +406,13 @@ class SipServer:
         if self._lag_probe is not None:
             self._lag_probe.cancel()
             self._lag_probe = None
+        drain = self.config.calls.drain_timeout
+        if drain > 0 and self.calls.active and self._loop is not None:
+            # a rolling restart: the front sends new calls elsewhere, these end by themselves
+            log.warning("draining: new calls refused", calls=len(self.calls.active), wait=drain)
+            deadline = self._now() + drain
+            while self.calls.active and self._now() < deadline:
+                await asyncio.sleep(0.1)
         farewells: list[tuple[TransactionKey, bool]] = []  # (key, our client transaction)
         self._farewells = farewells  # send_request() adds each BYE and CANCEL
         try:
