@@ -21,15 +21,17 @@ In Redis (``cluster.key_prefix``, ``<p>`` below):
   that lost its data has another one, or none).
 
 Every change is one Lua script (``PUBLISH_BINDINGS``) that writes a batch and
-``PUBLISH``es it on ``<p>location`` in the same step, numbered with the new ``seq``.
-The main process's :class:`~pbxwarden.pbx.location.LocationService` tells each change
-(its ``observer``: the registrar in the main process and the registrar workers'
-reports both land there, as do administrators' removals); the observer only records
-it, and a task pushes the batch (one script call per 200 changes, within milliseconds).
+``PUBLISH``es it on ``<p>location`` in the same step, numbered with the new ``seq``
+and marked with the ``epoch``. The main process's
+:class:`~pbxwarden.pbx.location.LocationService` tells each change (its ``observer``:
+the registrar in the main process and the registrar workers' reports both land there,
+as do administrators' removals); the observer only records it, and a task pushes the
+batch (one script call per 200 changes, within milliseconds).
 Expiry is not announced: every replica drops an entry at its own expiry time.
 
-Each node applies the others' announcements to its replica. A gap in ``seq`` (a lost
-message, a new subscription), a different ``seq`` seen by the periodic check
+Each node applies the others' announcements to its replica (one older than the
+snapshot it read is skipped). A gap in ``seq`` (a lost message, a new subscription), a
+different ``epoch`` in a message, a different ``seq`` seen by the periodic check
 (``cluster.reconcile_interval``) or a Redis that answers again after an outage makes it
 read the whole set again (``LOCATION_SNAPSHOT``); a different or missing ``epoch`` (a
 Redis restarted empty) makes it write its own bindings again first (``reset``: the
@@ -95,7 +97,7 @@ end
 # ARGV: prefix (<p>loc:), node, now, channel, reset (1: the node's hash is replaced),
 #       epoch token (set if none), message (JSON), then field, expires_at, record
 #       triples (expires_at 0 and record "": removed)
-# Answers {seq, epoch}; publishes "<seq> <message>".
+# Answers {seq, epoch}; publishes "<seq> <epoch> <message>".
 PUBLISH_BINDINGS = (
     _TRIM
     + """
@@ -119,8 +121,9 @@ for i = 8, #ARGV, 3 do
   end
 end
 local seq = redis.call('INCR', KEYS[4])
-redis.call('PUBLISH', ARGV[4], seq .. ' ' .. ARGV[7])
-return {seq, redis.call('GET', KEYS[5])}
+local epoch = redis.call('GET', KEYS[5])
+redis.call('PUBLISH', ARGV[4], seq .. ' ' .. epoch .. ' ' .. ARGV[7])
+return {seq, epoch}
 """
 )
 
@@ -389,13 +392,20 @@ class SharedLocation:
         if answer is None:
             return False
         self.published += len(items)
-        self.epoch = str(answer[1])
+        epoch = str(answer[1])
+        if self.epoch is not None and epoch != self.epoch and not reset:
+            # another node wrote first into a Redis that lost the data set: ours is
+            # not all there, write everything
+            self._reset = True
+            self._wake.set()
+        self.epoch = epoch
         return True
 
     # -- made elsewhere --------------------------------------------------------------------
 
     def on_message(self, data: str) -> None:
-        number, _, text = data.partition(" ")
+        number, _, rest = data.partition(" ")
+        epoch, _, text = rest.partition(" ")
         try:
             seq = int(number)
             message = json.loads(text)
@@ -404,10 +414,15 @@ class SharedLocation:
         except (ValueError, KeyError, TypeError):
             log.warning("unreadable location message", data=data[:200])
             return
-        if seq != self.seq + 1:
-            self._resync.set()  # missed some: read everything (the check wakes it)
+        if epoch != self.epoch:
+            self._resync.set()  # a Redis that lost its data: read (and write) everything
             self._wake.set()
-        self.seq = max(self.seq, seq)
+        elif seq <= self.seq:
+            return  # in the snapshot already read
+        elif seq != self.seq + 1:
+            self._resync.set()  # missed some: read everything
+            self._wake.set()
+        self.seq = seq
         if node == self.node:
             return
         if message.get("reset"):
