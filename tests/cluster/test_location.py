@@ -39,7 +39,7 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.002)
 
 
 @pytest.fixture
@@ -69,7 +69,11 @@ async def test_a_binding_made_on_a_is_reached_on_b_and_its_removal_too(
 ) -> None:
     a, b = nodes
     now = time.time
+    await until(lambda: a.shared.synced_at is not None and b.shared.synced_at is not None)
+    began = time.monotonic()
     a.location.put(AOR, binding("sip:1000@127.0.51.1:5062"))
+    await until(lambda: len(b.shared.replica) == 1)
+    put = time.monotonic() - began
     a.location.put(AOR, binding("sip:1000@127.0.51.2:5062", source="udp:127.0.51.2:5062"))
     await until(lambda: len(b.shared.replica) == 2)
     reached = b.location.reach(AOR, now())
@@ -81,7 +85,11 @@ async def test_a_binding_made_on_a_is_reached_on_b_and_its_removal_too(
     began = time.monotonic()
     a.location.remove(AOR, "sip:1000@127.0.51.1:5062")
     await until(lambda: b.location.reach(AOR, now()) == [])
-    assert time.monotonic() - began < 1.0
+    removed = time.monotonic() - began
+    assert put < 1.0 and removed < 1.0, (put, removed)
+    print(
+        f"a's binding in b's replica after {put * 1000:.1f} ms, its removal {removed * 1000:.1f} ms"
+    )
 
 
 async def test_expired_bindings_vanish_from_the_replica_and_from_redis(

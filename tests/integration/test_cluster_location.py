@@ -11,6 +11,7 @@ and looking (:func:`tests.integration.test_kamailio_front.placement`), not assum
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,3 +237,38 @@ def test_a_phone_registered_through_a_is_called_from_b_with_media(
     finally:
         phone.close()
     print(f"B's replica: unregister seen after {unregistered:.2f} s, register {registered:.2f} s")
+
+
+def test_a_phone_of_a_killed_node_is_still_called_from_b_through_the_front(
+    front: Front, tmp_path: Path
+) -> None:
+    """The front holds the phone's flow and B has its binding: A is not needed."""
+    placed = placement(front, NUMBERS, subnet=SUBNET + 1)
+    on = {name: [n for n, (where, _) in placed.items() if where == name] for name in "ab"}
+    assert on["a"] and on["b"], placed
+    callee, caller = on["a"][0], on["b"][0]
+    host, port = placed[callee][1].host, placed[callee][1].port
+    for _, phone in placed.values():
+        phone.close()
+    assert wait_for(lambda: replica(front.b) >= len(on["a"]), timeout=10), stats(front.b)
+    assert front.a.proc is not None
+    front.a.proc.send_signal(signal.SIGKILL)
+    front.a.proc.wait(10)
+    killed = time.monotonic()
+    workdir = tmp_path / "call"
+    workdir.mkdir()
+    uas = start_sipp_uas("call_uas.xml", port, workdir, local_ip=host, timeout=40)
+    with _stopped(uas):
+        result = run_sipp(
+            "call_uac.xml",
+            front.target,
+            users={caller: PASSWORDS[caller]},
+            extra=["-s", callee],
+            local_ip=f"127.0.{SUBNET + 1}.50",
+            workdir=workdir,
+            timeout=30,
+        )
+        answered_after = time.monotonic() - killed
+        assert result.successful == 1, (result.output, front.b.log()[-4000:])
+        assert finish_sipp_uas(uas, workdir).successful == 1
+    print(f"node A killed: its phone answered a call from B {answered_after:.2f} s later")
