@@ -65,7 +65,11 @@ def relay(low: int) -> dict[str, str]:
 
 
 @pytest.fixture
-def front(tmp_path: Path, redis_server: RedisServer) -> Iterator[Front]:
+def front(
+    tmp_path: Path, redis_server: RedisServer, request: pytest.FixtureRequest
+) -> Iterator[Front]:
+    """Kamailio in front of nodes A and B; ``request.param``: registrar workers each."""
+    workers = str(getattr(request, "param", 0))
     started: list[PbxProcess] = []
     kamailio = None
     base = 20000 + (free_port() % 200) * 100  # two relay ranges of 100 ports
@@ -80,6 +84,7 @@ def front(tmp_path: Path, redis_server: RedisServer) -> Iterator[Front]:
                     PASSWORDS,
                     PBXWARDEN_CLUSTER__FRONTS=f'["{FRONT}"]',
                     PBXWARDEN_CLUSTER__RECONCILE_INTERVAL="1",
+                    PBXWARDEN_SIP__WORKERS=workers,
                     **relay(low),
                 )
             )
@@ -239,10 +244,12 @@ def test_a_phone_registered_through_a_is_called_from_b_with_media(
     print(f"B's replica: unregister seen after {unregistered:.2f} s, register {registered:.2f} s")
 
 
+@pytest.mark.parametrize("front", [1], indirect=True)
 def test_a_phone_of_a_killed_node_is_still_called_from_b_through_the_front(
     front: Front, tmp_path: Path
 ) -> None:
-    """The front holds the phone's flow and B has its binding: A is not needed."""
+    """The front holds the phone's flow and B has its binding: A is not needed. Each
+    node runs a registrar worker here: bindings made in a worker are shared too."""
     placed = placement(front, NUMBERS, subnet=SUBNET + 1)
     on = {name: [n for n, (where, _) in placed.items() if where == name] for name in "ab"}
     assert on["a"] and on["b"], placed
@@ -251,6 +258,7 @@ def test_a_phone_of_a_killed_node_is_still_called_from_b_through_the_front(
     for _, phone in placed.values():
         phone.close()
     assert wait_for(lambda: replica(front.b) >= len(on["a"]), timeout=10), stats(front.b)
+    assert stats(front.a)["worker_dispatched"] >= len(on["a"])  # registered in the worker
     assert front.a.proc is not None
     front.a.proc.send_signal(signal.SIGKILL)
     front.a.proc.wait(10)
