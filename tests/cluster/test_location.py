@@ -4,14 +4,16 @@ its SharedLocation (the scripts, the announcements, the replica, the reconcile).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from pbxwarden.cluster.connection import RedisLink
-from pbxwarden.cluster.location import SharedLocation
+from pbxwarden.cluster.location import SharedLocation, field_of, record_of
 from pbxwarden.pbx.location import LocationService
 from pbxwarden.store.db import BindingRow
 from tests.redis_server import RedisServer
@@ -149,3 +151,30 @@ async def test_redis_restarted_empty_keeps_the_replica_and_is_written_again(
         "pbx.local/1000\tsip:1000@127.0.51.1:5062",
         "pbx.local/1001\tsip:1001@127.0.51.3:5062",
     ]
+
+
+async def test_an_announcement_that_arrives_while_the_snapshot_is_read_is_kept(
+    nodes: tuple[Node, Node],
+) -> None:
+    """The snapshot and the announcements come over two connections: a change announced
+    after the snapshot was taken but heard before its answer is applied to it too."""
+    a, b = nodes  # a's announcement, as a listed node's (an unlisted one's is kept anyway)
+    await until(lambda: b.shared.synced_at is not None)
+    await until(lambda: a.shared.epoch is not None)
+    record = json.dumps(record_of(AOR, binding("sip:1000@127.0.51.9:5062"), "a"))
+    field = field_of(AOR, "sip:1000@127.0.51.9:5062")
+    run = b.link.run
+
+    async def heard_meanwhile(what: str, command: Any, waits: float = 0.0) -> Any:
+        answer = await run(what, command, waits)
+        if what == "location snapshot" and answer is not None:
+            message = {"node": "a", "reset": False, "changes": [[field, record]]}
+            b.shared.on_message(f"{int(answer[0]) + 1} {answer[1]} {json.dumps(message)}")
+        return answer
+
+    b.link.run = heard_meanwhile  # type: ignore[method-assign]
+    try:
+        assert await b.shared.sync()
+    finally:
+        b.link.run = run  # type: ignore[method-assign]
+    assert [x.contact for x in b.location.reach(AOR, time.time())] == ["sip:1000@127.0.51.9:5062"]

@@ -282,6 +282,8 @@ class SharedLocation:
         self.epoch: str | None = None
         self._token = secrets.token_hex(8)
         self._tasks: list[asyncio.Task[None]] = []
+        # announcements received while a snapshot is read: (seq, node, reset, changes)
+        self._during_sync: list[tuple[int, str, bool, list[Any]]] | None = None
         self.published = 0  # changes written
         self.applied = 0  # changes of other nodes applied here
         self.snapshots = 0
@@ -425,23 +427,32 @@ class SharedLocation:
         self.seq = seq
         if node == self.node:
             return
-        if message.get("reset"):
-            self.replica.forget_node(node)
-        for field, record in changes:
-            self.apply(node, str(field), record)
+        reset = bool(message.get("reset"))
+        if self._during_sync is not None:  # applied again to the snapshot being read
+            self._during_sync.append((seq, node, reset, changes))
+        self._apply(self.replica, node, reset, changes)
 
-    def apply(self, node: str, field: str, record: str | None) -> None:
+    def _apply(self, replica: Replica, node: str, reset: bool, changes: list[Any]) -> None:
+        if reset:
+            replica.forget_node(node)
+        for field, record in changes:
+            self.apply(node, str(field), record, replica)
+
+    def apply(
+        self, node: str, field: str, record: str | None, replica: Replica | None = None
+    ) -> None:
+        replica = self.replica if replica is None else replica
         if record is None:
-            self.replica.remove(node, field)
+            replica.remove(node, field)
         else:
             try:
                 aor, binding = binding_of(json.loads(record))
             except (ValueError, KeyError, TypeError):
                 return
             if binding.expires_at > time.time():
-                self.replica.put(node, aor, binding)
+                replica.put(node, aor, binding)
             else:
-                self.replica.remove(node, field)
+                replica.remove(node, field)
         self.applied += 1
 
     async def _subscribing(self) -> None:
@@ -489,9 +500,18 @@ class SharedLocation:
                 self._wake.set()
 
     async def sync(self) -> bool:
-        """Read every node's bindings; the replica becomes exactly the other nodes'."""
+        """Read every node's bindings; the replica becomes exactly the other nodes'.
+        Announcements that arrive while the snapshot is read are applied to it too (those
+        numbered after it), so none is lost between the two connections."""
         self._resync.clear()
         now = time.time()
+        self._during_sync = []
+        try:
+            return await self._sync(now, self._during_sync)
+        finally:
+            self._during_sync = None
+
+    async def _sync(self, now: float, during: list[tuple[int, str, bool, list[Any]]]) -> bool:
         answer = await self.link.run(
             "location snapshot",
             lambda c: self._snapshot(
@@ -507,7 +527,6 @@ class SharedLocation:
         if epoch is None or (self.epoch is not None and str(epoch) != self.epoch):
             self._reset = True  # a Redis without our bindings: write them (the pusher)
         self.epoch = None if epoch is None else str(epoch)
-        self.seq = seq
         fresh = Replica()
         rest = answer[2:]
         listed = set()
@@ -529,6 +548,10 @@ class SharedLocation:
                 for aor, binding in fields.values():
                     if binding.expires_at > now:
                         fresh.put(node, aor, binding)
+        for number, node, reset, changes in during:
+            if number > seq:
+                self._apply(fresh, node, reset, changes)
+        self.seq = max([seq, *(number for number, _, _, _ in during)])
         self.replica = fresh
         self.location.elsewhere = fresh.lookup
         self.snapshots += 1
