@@ -31,11 +31,13 @@ Expiry is not announced: every replica drops an entry at its own expiry time.
 
 Each node applies the others' announcements to its replica (one older than the
 snapshot it read is skipped). A gap in ``seq`` (a lost message, a new subscription), a
-different ``epoch`` in a message, a different ``seq`` seen by the periodic check
-(``cluster.reconcile_interval``) or a Redis that answers again after an outage makes it
-read the whole set again (``LOCATION_SNAPSHOT``); a different or missing ``epoch`` (a
-Redis restarted empty) makes it write its own bindings again first (``reset``: the
-node's hash replaced), so every node's replica is whole once the reconcile has run.
+different ``epoch`` in a message, a ``seq`` that the periodic check
+(``cluster.reconcile_interval``) saw and that was still not heard at the next check,
+or a Redis that answers again after an outage makes it read the whole set again
+(``LOCATION_SNAPSHOT``, parsed in slices so that the SIP loop goes on); a different or
+missing ``epoch`` (a Redis restarted empty) makes it write its own bindings again
+first (``reset``: the node's hash replaced), so every node's replica is whole once the
+reconcile has run.
 Redis down: each node goes on with its own bindings and the replica it had, whose
 entries expire at their own times.
 
@@ -279,6 +281,7 @@ class SharedLocation:
         self._resync = asyncio.Event()  # read everything (and maybe write everything) now
         self._reset = True  # write the whole own set (first start, a Redis that lost it)
         self.seq = 0  # the last change seen (announced or read)
+        self._checked: int | None = None  # Redis's seq at the last periodic check
         self.epoch: str | None = None
         self._token = secrets.token_hex(8)
         self._tasks: list[asyncio.Task[None]] = []
@@ -479,8 +482,9 @@ class SharedLocation:
             await asyncio.sleep(0.5)
 
     async def _checking(self) -> None:
-        """The periodic check: forget expired entries; read everything if ``seq`` moved
-        without us, write everything if Redis lost the data set."""
+        """The periodic check: forget expired entries; read everything if a change
+        counted at the last check was never heard, write everything if Redis lost the
+        data set."""
         while True:
             await asyncio.sleep(self.interval)
             self.replica.purge(time.time())
@@ -494,8 +498,11 @@ class SharedLocation:
             if epoch is None or (self.epoch is not None and str(epoch) != self.epoch):
                 self._reset = True
                 self._resync.set()
-            elif seq != self.seq:
+            elif self._checked is not None and self.seq < self._checked:
+                # a change counted an interval ago still not heard (one in flight now is
+                # not a reason: it arrives in milliseconds)
                 self._resync.set()
+            self._checked = seq
             if self._resync.is_set() or self._reset:
                 self._wake.set()
 
@@ -536,11 +543,13 @@ class SharedLocation:
             if node == self.node:
                 continue
             items = [str(x) for x in flat or ()]
-            for _field, text in zip(items[::2], items[1::2], strict=True):
+            for i, text in enumerate(items[1::2]):
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     aor, binding = binding_of(json.loads(text))
                     if binding.expires_at > now:
                         fresh.put(node, aor, binding)
+                if i % 1000 == 999:
+                    await asyncio.sleep(0)  # tens of thousands: the SIP loop goes on
         # A node not listed has not written since Redis lost its data (a restart without
         # persistence): keep what it had (expiring at its own times) until it writes again.
         for node, fields in self.replica.nodes.items():
