@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import json
 import secrets
 import time
@@ -196,13 +197,17 @@ class Replica:
         self.nodes: dict[str, dict[str, tuple[str, BindingRow]]] = {}
         self._by_aor: dict[str, dict[tuple[str, str], BindingRow]] = {}
         self._expiries: list[tuple[float, str, str]] = []
+        self._count = 0
 
     def __len__(self) -> int:
-        return sum(len(fields) for fields in self.nodes.values())
+        return self._count
 
     def put(self, node: str, aor: str, binding: BindingRow) -> None:
         field = field_of(aor, binding.contact)
-        self.nodes.setdefault(node, {})[field] = (aor, binding)
+        fields = self.nodes.setdefault(node, {})
+        if field not in fields:
+            self._count += 1
+        fields[field] = (aor, binding)
         self._by_aor.setdefault(aor, {})[(node, binding.contact)] = binding
         heapq.heappush(self._expiries, (binding.expires_at, node, field))
         if len(self._expiries) > 64 and len(self._expiries) > 3 * len(self):
@@ -220,6 +225,7 @@ class Replica:
         entry = fields.pop(field, None)
         if entry is None:
             return
+        self._count -= 1
         aor, binding = entry
         at = self._by_aor.get(aor)
         if at is not None:
@@ -349,7 +355,7 @@ class SharedLocation:
     async def push(self) -> bool:
         """Write the recorded changes (a failure leaves them for the full write)."""
         while self._pending:
-            items = list(self._pending.items())[:BATCH]
+            items = list(itertools.islice(self._pending.items(), BATCH))  # not all: O(n²)
             for key, _ in items:
                 del self._pending[key]
             if not await self._write(items, reset=False):
