@@ -45,6 +45,7 @@ from pbxwarden.cluster import scripts
 from pbxwarden.cluster.calls import HOLD_INTERVAL, SharedCalls
 from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
+from pbxwarden.cluster.location import SharedLocation
 from pbxwarden.cluster.registry import DatabaseProbe, NodeRegistry, server_load
 from pbxwarden.cluster.spend import SharedSpend
 from pbxwarden.cluster.suspensions import SharedSuspensions
@@ -199,6 +200,10 @@ class ClusterNode:
         self.suspensions = SharedSuspensions(
             server, self.link, self.keys.suspensions, self.keys.channel
         )
+        # bindings of every node: published here, a replica of the others' (location.py)
+        self.location = SharedLocation(
+            self.link, server.location, config.key_prefix, config.node, config.reconcile_interval
+        )
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -213,6 +218,7 @@ class ClusterNode:
         await self.reconcile()
         self.events.start()
         self.registry.start()
+        self.location.start()
         self.server.guard.shared = self.calls  # call limits for the whole PBX
         self.server.guard.shared_spend = self.spend  # spend caps for the whole PBX
         self.server.guard.shared_suspensions = self.suspensions
@@ -227,6 +233,7 @@ class ClusterNode:
     async def stop(self) -> None:
         await self.registry.stop()  # marked stopped in the registry
         await self.events.stop()
+        await self.location.stop()
         self.server.guard.shared = None
         self.server.guard.shared_spend = None
         self.server.guard.shared_suspensions = None
@@ -276,11 +283,13 @@ class ClusterNode:
             **self.spend.describe(),
             "cluster_suspensions_shared": self.suspensions.shared,
             "cluster_suspensions_adopted": self.suspensions.adopted,
+            **self.location.describe(),
         }
 
     def _recovered(self) -> None:
         self._resubscribe = True  # the subscription may have died with the connection
         self._wake.set()
+        self.location.recovered()
 
     # -- hooks: called synchronously from the SIP path, so they only queue ----------------
 

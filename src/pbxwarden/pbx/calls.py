@@ -599,7 +599,7 @@ class CallManager(B2bua):
         if callee.forward_always:
             self.divert(call, callee, callee.forward_always, "always", now)
             return
-        bindings = self.location.lookup(aor_key(callee.realm, callee.number), now)
+        bindings = self.location.reach(aor_key(callee.realm, callee.number), now)
         targets = [
             (binding.contact, dest)
             for binding in bindings

@@ -134,7 +134,7 @@ class Groups:
                     or (caller is not None and (caller.tenant, caller.number) == me)
                 ):
                     continue  # the caller itself, or a member already rung on this call
-                bindings = core.location.lookup(aor_key(ext.realm, ext.number), now)
+                bindings = core.location.reach(aor_key(ext.realm, ext.number), now)
                 for binding in bindings:
                     dest = parse_source(binding.source)
                     if dest is not None:

@@ -26,6 +26,9 @@ Binding = BindingRow
 ChangeListener = Callable[[str, str, "Binding | None"], None]
 """(AOR, contact, the new binding or None when removed)."""
 
+Elsewhere = Callable[[str, float], "list[Binding]"]
+"""(AOR, now) -> the live bindings other nodes hold (a cluster's replica)."""
+
 # (expires_at, AOR, contact) of every binding put, in expiry order. An entry whose
 # binding was refreshed or removed since is stale and dropped when it comes due.
 _Expiry = tuple[float, str, str]
@@ -71,6 +74,10 @@ class LocationService:
         self._expiries: list[_Expiry] = []
         self._dirty: dict[tuple[int, str], Binding | None] = {}
         self._listener = listener
+        # a cluster node's replica of the other nodes' bindings (cluster/location.py)
+        self.elsewhere: Elsewhere | None = None
+        # every change made here, also with a write-back listener (the cluster shares it)
+        self.observer: ChangeListener | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -118,6 +125,22 @@ class LocationService:
         live.sort(key=lambda b: -(b.q if b.q is not None else 1.0))
         return live
 
+    def reach(self, aor: str, now: float) -> list[Binding]:
+        """Where to call the AOR: this node's live bindings and, in a cluster, those
+        other nodes hold (a contact registered here wins), highest q first. The
+        registrar keeps using :meth:`lookup`: it answers for this node's bindings only."""
+        own = self.lookup(aor, now)
+        elsewhere = self.elsewhere
+        if elsewhere is None:
+            return own
+        theirs = elsewhere(aor, now)
+        if not theirs:
+            return own
+        seen = {b.contact for b in own}
+        merged = own + [b for b in theirs if b.contact not in seen]
+        merged.sort(key=lambda b: -(b.q if b.q is not None else 1.0))
+        return merged
+
     def get(self, aor: str, contact: str) -> Binding | None:
         bindings = self._bindings.get(aor)
         if bindings is None:
@@ -145,6 +168,8 @@ class LocationService:
             self._listener(aor, contact, binding)
         else:
             self._dirty[(binding.extension_id, contact)] = binding
+        if self.observer is not None:
+            self.observer(aor, contact, binding)
 
     def remove(self, aor: str, contact: str) -> None:
         binding = self._drop(aor, contact)
@@ -153,6 +178,8 @@ class LocationService:
                 self._listener(aor, contact, None)
             else:
                 self._dirty[(binding.extension_id, contact)] = None
+            if self.observer is not None:
+                self.observer(aor, contact, None)
 
     def _drop(self, aor: str, contact: str) -> Binding | None:
         known = self._bindings.get(aor)

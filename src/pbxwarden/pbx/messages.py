@@ -88,7 +88,7 @@ class Messages:
             answer(404, "no such extension")
             return
         now = core.port.wall_time()
-        bindings = core.location.lookup(aor_key(target.realm, target.number), now)
+        bindings = core.location.reach(aor_key(target.realm, target.number), now)
         targets = [
             (b.contact, dest) for b in bindings if (dest := parse_source(b.source)) is not None
         ][:MAX_FORKS]

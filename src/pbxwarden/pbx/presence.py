@@ -319,7 +319,7 @@ class Presence:
     def _registered(self, tenant: str, number: str) -> bool:
         core = self.core
         realm = core.routing.realms.get(tenant, core.auth.default_realm)
-        return bool(core.location.lookup(aor_key(realm, number), core.port.wall_time()))
+        return bool(core.location.reach(aor_key(realm, number), core.port.wall_time()))
 
     def _document(self, sub: Subscription, line: Line | None) -> str:
         if sub.event == "message-summary":
