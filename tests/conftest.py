@@ -49,3 +49,16 @@ def postgres_url() -> Iterator[str]:
         yield server.url
     finally:
         server.destroy()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of one test's own, which it may stop and start (an outage)."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL server binaries or psycopg not installed (Debian postgresql)")
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()

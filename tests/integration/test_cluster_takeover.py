@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,16 +38,6 @@ pytestmark = [
 USERS = {"1000": "Caller-Passw0rd-x", "2000": "Callee-Passw0rd-y"}
 HEARTBEAT = 0.25
 LOST_AFTER = 2.0
-
-
-@pytest.fixture
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
 
 
 def node(root: Path, name: str, host: str, pg: PostgresServer, redis: RedisServer) -> PbxProcess:
@@ -93,8 +82,9 @@ def answered_call(pbx: PbxProcess, work: Path) -> None:
 
 
 def test_a_survivor_closes_a_killed_nodes_calls(
-    tmp_path: Path, pg: PostgresServer, redis_server: RedisServer
+    tmp_path: Path, postgres_server: PostgresServer, redis_server: RedisServer
 ) -> None:
+    pg = postgres_server
     a = node(tmp_path, "a", "127.0.11.1", pg, redis_server)
     b = node(tmp_path, "b", "127.0.11.2", pg, redis_server)
     for number, password in USERS.items():  # one database: added once, on both nodes

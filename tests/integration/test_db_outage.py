@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -37,16 +37,6 @@ pytestmark = [
 ]
 
 USERS = {"1000": "Caller-Passw0rd-x", "2000": "Callee-Passw0rd-y"}
-
-
-@pytest.fixture
-def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
 
 
 class Office:
@@ -123,8 +113,9 @@ class Office:
 
 
 def test_cdrs_made_while_postgres_is_down_are_written_when_it_is_back(
-    pg: PostgresServer, tmp_path: Path
+    postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
+    pg = postgres_server
     office = Office(tmp_path, pg)
     office.start()
     try:

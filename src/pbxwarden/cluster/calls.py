@@ -26,6 +26,7 @@ from collections import deque
 import structlog
 
 from pbxwarden.cluster import scripts
+from pbxwarden.cluster.connection import blocking_client
 
 log = structlog.get_logger("pbxwarden.cluster")
 
@@ -42,19 +43,7 @@ class SharedCalls:
     def __init__(
         self, url: str, timeout: float, prefix: str, node: str, fail_closed: bool = True
     ) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-            client_name=f"pbxwarden-{node}-calls",
-        )
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.client, self._errors = blocking_client(url, timeout, f"pbxwarden-{node}-calls")
         self.prefix, self.node, self.fail_closed = prefix, node, fail_closed
         self._reserve = self.client.register_script(scripts.RESERVE_CALL)
         self._hold = self.client.register_script(scripts.HOLD_CALLS)

@@ -37,6 +37,27 @@ log = structlog.get_logger("pbxwarden.cluster")
 T = TypeVar("T")
 
 
+def blocking_client(
+    url: str, timeout: float, name: str
+) -> tuple[Any, tuple[type[BaseException], ...]]:
+    """A synchronous client for the guard's decisions (``calls.py``, ``spend.py``): every
+    command bounded by ``timeout``, never retried in place (a retry would double the wait
+    of a call set-up). Answers the client and the errors that mean Redis failed."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+        client_name=name,
+    )
+    return client, (redis.RedisError, OSError)
+
+
 class RedisLink:
     """One node's view of Redis: :meth:`run` a command, :attr:`healthy`, :meth:`watch`."""
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pbxwarden.cluster import scripts
+from pbxwarden.cluster.connection import blocking_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -87,19 +88,7 @@ class SharedSpend:
     def __init__(
         self, url: str, timeout: float, prefix: str, node: str, fail_closed: bool = True
     ) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-            client_name=f"pbxwarden-{node}-spend",
-        )
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.client, self._errors = blocking_client(url, timeout, f"pbxwarden-{node}-spend")
         self._read_now = self.client.register_script(scripts.SPEND_READ)
         self.prefix, self.fail_closed = prefix, fail_closed
         # this process's entries (another process of the same name, or this node before
