@@ -850,8 +850,6 @@ class DigestServer:
         opened = self._nonces.open(c.nonce, self._realm)
         issued = None if opened is None else opened[0]
         nonce_status = self._nonces.status(issued, now)
-        if nonce_status is NonceStatus.INVALID:
-            return _failed("invalid nonce")
 
         if ha1 is not None:
             key = ha1.lower()
@@ -871,8 +869,18 @@ class DigestServer:
         )
         matches = hmac.compare_digest(expected.encode("ascii"), _utf8(c.response.lower()))
         if not matches or ha1 is None:
-            return _failed(INVALID_CREDENTIALS)
+            # an unauthentic nonce is refused whatever the digest says, with the same
+            # answer as a wrong password (nothing tells a forged nonce from a guess)
+            invalid = nonce_status is NonceStatus.INVALID
+            return _failed("invalid nonce" if invalid else INVALID_CREDENTIALS)
 
+        if nonce_status is NonceStatus.INVALID:
+            # The digest is right but the nonce is not ours: another node's (each node
+            # signs with its own secret) or one from before the secret changed. The
+            # phone knows the password; a fresh nonce (stale=true) lets it go on without
+            # asking its user, where a 403 would stop a real phone registering after
+            # its front moved it to another node. Nothing is granted on such a nonce.
+            return AuthResult(AuthStatus.STALE, "nonce not issued by this node")
         if nonce_status is NonceStatus.STALE:
             return AuthResult(AuthStatus.STALE, "nonce expired")
         foreign = opened is not None and opened[1] != self._nonces.issuer
