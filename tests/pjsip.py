@@ -117,6 +117,7 @@ class Phone(pj.Account):  # type: ignore[misc]
         self.incoming: list[PhoneCall] = []
         self.calls: list[PhoneCall] = []
         self.registered = 0
+        self.reg_codes: list[int] = []  # every registration answer, in order
         self.received: list[tuple[str, str]] = []  # instant messages: (From URI, body)
         self.sent: list[tuple[int, str]] = []  # the answers to ours: (status, reason)
         self.buddies: list[Any] = []
@@ -153,6 +154,7 @@ class Phone(pj.Account):  # type: ignore[misc]
 
     def onRegState(self, prm: Any) -> None:
         self.registered = int(prm.code)
+        self.reg_codes.append(self.registered)
 
     def onIncomingCall(self, prm: Any) -> None:
         call = PhoneCall(self, prm.callId)

@@ -10,6 +10,7 @@ and looking (:func:`tests.integration.test_kamailio_front.placement`), not assum
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from pbxwarden.control import ControlError, ask
+from pbxwarden.sip.message import Response
 from tests import kamailio as kam
 from tests.cluster_nodes import start_node
 from tests.helpers import (
@@ -285,3 +287,59 @@ def test_a_phone_of_a_killed_node_is_still_called_from_b_through_the_front(
         assert result.successful == 1, (result.output, front.b.log()[-4000:])
         assert finish_sipp_uas(uas, workdir).successful == 1
     print(f"node A killed: its phone answered a call from B {answered_after:.2f} s later")
+
+
+def test_phones_whose_node_died_register_on_the_other_even_with_its_old_credentials(
+    front: Front,
+) -> None:
+    """A real PJSIP phone refreshes its registration through the front: on the other
+    node once its own died. A phone that sends the credentials it holds with each
+    refresh (as baresip's and linphone's stacks do) answers the other node with the
+    dead node's nonce, which that node did not sign: it must get a fresh challenge
+    (stale=true), not the 403 of a wrong password, which stops a real phone for good."""
+    from pbxwarden.sip.digest import build_authorization, choose_challenge, parse_challenge
+    from pbxwarden.sip.message import parse_message
+    from tests.pjsip import pjsip_phones
+
+    number = NUMBERS[0]
+    cached = Phone(front.address, f"127.0.{SUBNET + 2}.1")  # a second phone of the number
+    first = parse_message(cached.client.request(number))
+    assert isinstance(first, Response) and first.status == 401
+    challenge = choose_challenge(first.headers.get_all("WWW-Authenticate"))
+    uri = f"sip:{front.address[0]}:{front.address[1]}"
+
+    def credentials(nc: int) -> str:
+        return build_authorization(
+            challenge, "REGISTER", uri, number, PASSWORDS[number], cnonce="cafe01", nc=nc
+        )
+
+    answer = parse_message(cached.client.request(number, authorization=credentials(1)))
+    assert isinstance(answer, Response) and answer.status == 200
+    with contextlib.closing(cached.client), pjsip_phones(*front.address) as phones:
+        phone = phones.add(number, PASSWORDS[number])
+        homes: list[str] = []
+
+        def located() -> bool:
+            homes[:] = [n for n, pbx in front.nodes().items() if number in bindings(pbx)]
+            return bool(homes)
+
+        assert wait_for(located), front.kamailio.log()[-3000:]
+        home = homes[0]
+        dead, survivor = (front.a, front.b) if home == "a" else (front.b, front.a)
+        assert dead.proc is not None
+        dead.proc.send_signal(signal.SIGKILL)
+        dead.proc.wait(10)
+        killed = time.monotonic()
+        # the caching phone: its next refresh carries the dead node's nonce
+        reply = parse_message(cached.client.request(number, authorization=credentials(2)))
+        assert isinstance(reply, Response) and reply.status == 401, (reply, survivor.log()[-2000:])
+        fresh = parse_challenge(reply.headers.get_all("WWW-Authenticate")[0])
+        assert fresh.stale, reply
+        assert parse_message(cached.client.register(number, PASSWORDS[number])).status == 200
+        phone.reg_codes.clear()
+        phone.setRegistration(True)  # as the phone does at its refresh, or when unsure
+        phones.until(lambda: bool(phone.reg_codes), "an answer to the refresh", timeout=30)
+        again = time.monotonic() - killed
+        assert phone.reg_codes[0] == 200, (phone.reg_codes, survivor.log()[-3000:])
+        assert wait_for(lambda: number in bindings(survivor)), survivor.log()[-3000:]
+        print(f"PJSIP re-registered on the other node {again:.2f} s after its node died")
