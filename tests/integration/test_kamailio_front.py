@@ -352,7 +352,7 @@ def test_a_killed_node_is_probed_down_and_its_phones_register_and_call_on_the_ot
     direct = time.monotonic() - began
     print(
         f"failover: a REGISTER after SIGKILL succeeded on B {registered_after:.2f} s later; "
-        f"node A probed down {down_after:.2f} s after it; a REGISTER then took {direct:.3f} s"
+        f"node A marked down {down_after:.2f} s after it; a REGISTER then took {direct:.3f} s"
     )
     assert direct < 1.5  # straight to B, no time-out on A any more
 
