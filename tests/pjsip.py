@@ -227,22 +227,25 @@ class Phones:
         require_timer: bool = False,
         require_100rel: bool = False,
         domain: str = "",
+        tcp: bool = False,
     ) -> Phone:
         """A phone registered as ``number``; ``require_timer``: its calls require session
         timers (RFC 4028), as some desk phones are set to; ``require_100rel``: reliable
         provisional responses (RFC 3262, PJSUA_100REL_MANDATORY): its INVITEs say
         ``Require: 100rel`` and it refuses (421) INVITEs that do not offer it, its 180s
         go reliably; ``domain``: a tenant's realm (its requests go to the PBX as their
-        outbound proxy)."""
+        outbound proxy); ``tcp``: the phone registers over TCP and is called back over
+        its connection."""
         tcfg = pj.TransportConfig()
         tcfg.boundAddress = "127.0.0.1"
         tcfg.port = 0
-        transport = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        kind = pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP
+        transport = self.ep.transportCreate(kind, tcfg)
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{number}@{domain}" if domain else self.uri(number)
         if domain:
             acfg.sipConfig.proxies.append(f"sip:{self.pbx};lr")
-        acfg.regConfig.registrarUri = f"sip:{self.pbx}"
+        acfg.regConfig.registrarUri = f"sip:{self.pbx}" + (";transport=tcp" if tcp else "")
         acfg.sipConfig.transportId = transport
         acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", number, 0, password))
         acfg.natConfig.sipOutboundUse = 0

@@ -72,6 +72,7 @@ from pbxwarden.sip.transaction import (
     stamp_via,
 )
 from pbxwarden.sip.transaction import State as TxState
+from pbxwarden.sip.uri import URI
 from pbxwarden.store.credentials import trunk_credential_key
 from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.transport.connections import ConnectionLimits
@@ -756,7 +757,7 @@ class SipServer:
     def send_request(self, request: Request, dest: Address) -> TransactionKey:
         self.calls.origins.outgoing(request)
         if dest.front is not None and "Route" not in request.headers:
-            request.headers.add("Route", front_route(dest))
+            request.headers.add("Route", front_route(dest, request.uri))
         key, actions = self.tx.send_request(request, dest, self._now())
         if self._farewells is not None:  # a BYE or CANCEL of the shutdown: wait for it
             self._farewells.append((key, True))
@@ -767,7 +768,8 @@ class SipServer:
         self.calls.origins.outgoing(message)
         relayed = isinstance(message, Request) and dest.front is not None
         if relayed and "Route" not in message.headers:  # an ACK for a 2xx: as any request
-            message.headers.add("Route", front_route(dest))
+            assert isinstance(message, Request)
+            message.headers.add("Route", front_route(dest, message.uri))
         self.transports.send(message.to_bytes(), dest)
 
     def build_cancel(self, key: TransactionKey) -> Request:
@@ -935,17 +937,22 @@ def overload_state(
     return max(0, was - 1) if low else was
 
 
-def front_route(dest: Address) -> str:
+def front_route(dest: Address, uri: URI | None = None) -> str:
     """The Route that takes a request to a phone through the front that relayed its
     REGISTER: the front's Path (RFC 3327) with ``received``, which its path module
-    (``use_received``) turns into the next hop. A phone reached over UDP: the hop's
-    transport is the node's link to the front, not the phone's."""
+    (``use_received``) turns into the next hop. ``transport`` in the Route is the
+    node's link to the front; the phone's own link to the front is the one its Contact
+    (the request URI) asks for, ``transport=tcp`` or ``tls``, written into ``received``
+    escaped, as Kamailio's ``add_path_received`` does: the front then reuses the
+    phone's connection instead of sending UDP to the connection's address."""
     assert dest.front is not None
     front, phone = dest.front, dest
     host = f"[{front.host}]" if ":" in front.host else front.host
     target = f"[{phone.host}]" if ":" in phone.host else phone.host
     transport = "" if front.transport == "UDP" else f";transport={front.transport.lower()}"
-    return f"<sip:{host}:{front.port}{transport};lr;received=sip:{target}:{phone.port}>"
+    wanted = (uri.transport or "").lower() if uri is not None else ""
+    link = f"%3btransport%3d{wanted}" if wanted in ("tcp", "tls") else ""
+    return f"<sip:{host}:{front.port}{transport};lr;received=sip:{target}:{phone.port}{link}>"
 
 
 def _has_credentials(request: Request) -> bool:

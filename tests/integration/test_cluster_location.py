@@ -343,3 +343,36 @@ def test_phones_whose_node_died_register_on_the_other_even_with_its_old_credenti
         assert phone.reg_codes[0] == 200, (phone.reg_codes, survivor.log()[-3000:])
         assert wait_for(lambda: number in bindings(survivor)), survivor.log()[-3000:]
         print(f"PJSIP re-registered on the other node {again:.2f} s after its node died")
+
+
+def test_a_phone_on_tcp_to_the_front_is_called_from_the_other_node(front: Front) -> None:
+    """The front holds the phone's TCP connection: a call from a phone of the other node
+    must come back over that connection, not over UDP to the connection's address."""
+    from tests.pjsip import pj, pjsip_phones
+
+    with pjsip_phones(*front.address) as phones:
+        callee = phones.add(NUMBERS[0], PASSWORDS[NUMBERS[0]], tcp=True)
+        homes: list[str] = []
+
+        def located(number: str) -> bool:
+            homes[:] = [n for n, pbx in front.nodes().items() if number in bindings(pbx)]
+            return bool(homes)
+
+        assert wait_for(lambda: located(NUMBERS[0])), front.kamailio.log()[-3000:]
+        home = homes[0]
+        caller = None
+        for number in NUMBERS[1:]:  # a caller the front hashes onto the other node
+            phone = phones.add(number, PASSWORDS[number])
+            assert wait_for(lambda n=number: located(n))  # type: ignore[misc]
+            if homes[0] != home:
+                caller = phone
+                break
+        assert caller is not None
+        call = caller.call(NUMBERS[0])
+        phones.until(lambda: bool(callee.incoming), "the TCP phone rings", timeout=20)
+        callee.answer(callee.incoming[0])
+        phones.until(lambda: call.confirmed, "answered", timeout=20)
+        ringing = callee.incoming[0]
+        phones.until(lambda: ringing.confirmed, "the TCP phone's call confirmed", timeout=20)
+        call.hangup(pj.CallOpParam())  # the BYE reaches the TCP phone within the dialog
+        phones.until(lambda: ringing.disconnected, "the TCP phone hung up", timeout=20)

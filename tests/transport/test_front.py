@@ -10,6 +10,7 @@ from pbxwarden.pbx.call import parse_source
 from pbxwarden.server import front_route
 from pbxwarden.sip.message import Request, parse_message
 from pbxwarden.sip.transaction import Address, response_destination, stamp_via
+from pbxwarden.sip.uri import parse_uri
 from pbxwarden.transport.front import Fronts, parse_value
 
 FRONT = Address("UDP", "192.0.2.1", 5060)
@@ -88,6 +89,17 @@ def test_a_binding_records_the_way_back_through_the_front() -> None:
     assert parse_source("udp:198.51.100.7:1 via garbage") is None
     # What a request to it carries: the front's Path, its received naming the phone
     assert front_route(phone) == "<sip:192.0.2.1:5060;lr;received=sip:198.51.100.7:40123>"
+    # A phone on TCP or TLS to the front (its Contact says so): its link, escaped in
+    # received as Kamailio's path module writes it, so the front reuses its connection
+    over_tcp = parse_uri("sip:1000@198.51.100.7:40123;transport=TCP;ob")
+    assert front_route(phone, over_tcp) == (
+        "<sip:192.0.2.1:5060;lr;received=sip:198.51.100.7:40123%3btransport%3dtcp>"
+    )
+    over_udp = parse_uri("sip:1000@198.51.100.7:40123;transport=udp")
+    assert front_route(phone, over_udp) == front_route(phone)
+    assert front_route(phone, parse_uri("sip:1000@198.51.100.7:40123;transport=sctp")) == (
+        front_route(phone)
+    )
 
 
 def test_via_and_responses_go_by_the_hop() -> None:
