@@ -22,15 +22,21 @@ def redis_available() -> bool:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+    """``extra``: more redis-server arguments (``--replicaof host port`` for a replica)."""
+
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", extra: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.host = host
         self.port = free_port(host)
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return ["redis-server"]
 
     def start(self, timeout: float = 15.0) -> None:
         """Start (again, on the same port) and wait until it answers PING."""
@@ -39,7 +45,7 @@ class RedisServer:
         self.proc = track(
             subprocess.Popen(
                 [
-                    "redis-server",
+                    *self.command(),
                     "--bind",
                     self.host,
                     "--port",
@@ -54,6 +60,7 @@ class RedisServer:
                     str(log),
                     "--daemonize",
                     "no",
+                    *self.extra,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -91,3 +98,28 @@ class RedisServer:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(5)
         self.proc = None
+
+
+class SentinelServer(RedisServer):
+    """One Redis Sentinel watching ``master`` as service ``name`` (quorum 1: a test's
+    single sentinel decides alone; production runs three). It notices a dead master
+    after ``down_after_ms`` and promotes a replica."""
+
+    def __init__(
+        self, workdir: Path, master: RedisServer, name: str = "pbx", down_after_ms: int = 500
+    ) -> None:
+        super().__init__(workdir, master.host)
+        self.master, self.name, self.down_after_ms = master, name, down_after_ms
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://{self.host}:{self.port}/{self.name}/0"
+
+    def command(self) -> list[str]:
+        conf = self.workdir / "sentinel.conf"  # Sentinel rewrites its file: its own
+        conf.write_text(
+            f"sentinel monitor {self.name} {self.master.host} {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.name} 2000\n"
+        )
+        return ["redis-server", str(conf), "--sentinel"]

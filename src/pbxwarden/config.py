@@ -423,7 +423,9 @@ class ClusterConfig(_Section):
     redis_url: str = Field(
         "",
         description="redis://[:password@]host:port/db of the Redis every node shares "
-        "(bans, brute-force counts); empty: a single node, nothing shared",
+        "(bans, brute-force counts), or redis+sentinel://host:port,host:port/service/db "
+        "for the master Redis Sentinel names (failover); empty: a single node, nothing "
+        "shared",
     )
     node: str = Field(
         default_factory=_hostname,
@@ -490,8 +492,12 @@ class ClusterConfig(_Section):
     @classmethod
     def _check_url(cls, value: str) -> str:
         value = value.strip()
-        if value and not re.match(r"^(redis|rediss|unix)://", value):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if value and not re.match(r"^(redis|rediss|unix|redis\+sentinel)://", value):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        if value.startswith("redis+sentinel://"):
+            from pbxwarden.cluster.connection import parse_sentinel
+
+            parse_sentinel(value)  # its ValueError says what is wrong
         return value
 
     @model_validator(mode="after")
@@ -805,7 +811,7 @@ min_severity = "warning"
 # Several nodes as one PBX (docs/cluster.md): bans and password-guessing counts shared
 # through Redis (pip install 'pbxwarden[cluster]'). Empty: a single node.
 [cluster]
-redis_url = ""                   # e.g. "redis://10.0.0.5:6379/0"
+redis_url = ""                   # e.g. "redis://10.0.0.5:6379/0", or Sentinel: "redis+sentinel://10.0.0.5:26379,10.0.0.6:26379/pbx/0"
 # node = "pbx-a"                 # this node's name (default: the host name)
 key_prefix = "pbxwarden:"        # of every key and channel: several PBXs on one Redis
 timeout = 0.5                    # seconds a Redis command may take; then this node goes on alone

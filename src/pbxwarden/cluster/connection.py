@@ -14,14 +14,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote
 
 import structlog
 
 try:
     import redis.asyncio as _redis_asyncio
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
 
     AVAILABLE = True  # the Python client is installed (the ``cluster`` extra)
@@ -37,6 +37,113 @@ log = structlog.get_logger("pbxwarden.cluster")
 T = TypeVar("T")
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``: the
+    Redis that Sentinel names master of ``service``, found through any of the sentinels
+    and found again after a failover (the password is the Redis servers')."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel(url: str) -> SentinelTarget | None:
+    """The sentinels of a ``redis+sentinel://`` URL, None for any other URL; ValueError
+    with the reason for a malformed one."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return None
+    rest = url[len(SENTINEL_SCHEME) :]
+    username = password = None
+    if "@" in rest:
+        auth, rest = rest.rsplit("@", 1)
+        user, colon, secret = auth.partition(":")
+        username, password = (user or None), (unquote(secret) if colon else None)
+        if not colon:  # redis://secret@host: the password alone
+            username, password = None, unquote(user)
+    hosts, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise ValueError("a sentinel URL names the service: redis+sentinel://host:port/mymaster")
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"the database must be a number, got {parts[1]!r}")
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = port, "26379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a sentinel is host:port, got {item!r}")
+        sentinels.append((host, int(port)))
+    db = int(parts[1]) if len(parts) == 2 else 0
+    return SentinelTarget(tuple(sentinels), unquote(parts[0]), db, username, password)
+
+
+def _client_kwargs(timeout: float, name: str) -> dict[str, Any]:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),  # no retry in place: the caller moves on
+        "decode_responses": True,
+        "client_name": name,
+    }
+
+
+def sync_client(url: str, timeout: float, name: str) -> Any:
+    """A blocking client of the shared Redis (plain URL, or Sentinel's master)."""
+    import redis
+    from redis.sentinel import Sentinel
+
+    kwargs = _client_kwargs(timeout, name)
+    target = parse_sentinel(url)
+    if target is None:
+        return redis.Redis.from_url(url, **kwargs)
+    sentinel = Sentinel(
+        list(target.sentinels),
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    return sentinel.master_for(
+        target.service,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **kwargs,
+    )
+
+
+def async_client(url: str, timeout: float, name: str) -> Redis:
+    """The node's asyncio client of the shared Redis (plain URL, or Sentinel's master:
+    a failover is a few failed commands, then the new master, found through the
+    sentinels on the next connection)."""
+    from redis.asyncio.sentinel import Sentinel
+
+    kwargs = _client_kwargs(timeout, name)
+    target = parse_sentinel(url)
+    if target is None:
+        return _redis_asyncio.Redis.from_url(url, **kwargs)
+    sentinel = Sentinel(
+        list(target.sentinels),
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    client: Redis = sentinel.master_for(
+        target.service,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **kwargs,
+    )
+    return client
+
+
 def blocking_client(
     url: str, timeout: float, name: str
 ) -> tuple[Any, tuple[type[BaseException], ...]]:
@@ -44,18 +151,8 @@ def blocking_client(
     command bounded by ``timeout``, never retried in place (a retry would double the wait
     of a call set-up). Answers the client and the errors that mean Redis failed."""
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-        client_name=name,
-    )
-    return client, (redis.RedisError, OSError)
+    return sync_client(url, timeout, name), (redis.RedisError, OSError)
 
 
 class RedisLink:
@@ -72,14 +169,7 @@ class RedisLink:
         self.url = url
         self.timeout = timeout
         self.node = node
-        self.client: Redis = _redis_asyncio.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # no retry in place: the caller moves on
-            decode_responses=True,
-            client_name=f"pbxwarden-{node}",
-        )
+        self.client: Redis = async_client(url, timeout, f"pbxwarden-{node}")
         self.healthy = False
         self.known = False  # whether any command has been tried yet
         self.changed_at = time.time()
@@ -151,5 +241,5 @@ def _safe(url: str) -> str:
     """The URL without its password, for the log."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
+        rest = "***@" + rest.rsplit("@", 1)[1]
     return scheme + sep + rest

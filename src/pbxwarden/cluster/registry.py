@@ -446,21 +446,11 @@ def _redis_info(client: Any, prefix: str, timeout: float) -> dict[str, Any]:
 def read_registry(url: str, prefix: str, timeout: float) -> dict[str, Any]:
     """The whole cluster as Redis knows it, straight from Redis (blocking, each command
     within ``timeout``): ``redis`` (health) and ``nodes``. Never raises for Redis."""
-    import redis
-    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
-    from redis.retry import Retry
 
-    from pbxwarden.cluster.connection import _safe
+    from pbxwarden.cluster.connection import _safe, sync_client
 
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),  # one timeout, not one per retry
-        decode_responses=True,
-        client_name="pbxwarden-status",
-    )
+    client = sync_client(url, timeout, "pbxwarden-status")  # one timeout, no retry
     answer: dict[str, Any] = {"redis": {"url": _safe(url)}, "nodes": []}
     try:
         answer["redis"].update(_redis_info(client, prefix, timeout))
