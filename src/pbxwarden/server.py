@@ -90,6 +90,7 @@ from pbxwarden.transport.rtp import MediaRelay
 
 if TYPE_CHECKING:
     from pbxwarden.cluster import ClusterNode
+    from pbxwarden.cluster.relay import NodeRelay
 
 log = structlog.get_logger("pbxwarden.server")
 
@@ -266,10 +267,12 @@ class SipServer:
         self.sync = StoreSync(self)  # the database, the guard's outbox, the firewall
         # several nodes as one PBX (cluster.redis_url): bans and lock counts shared
         self.cluster: ClusterNode | None = None
+        self.relay: NodeRelay | None = None  # requests through another node signed
         if config.cluster.enabled:
             from pbxwarden.cluster import ClusterNode
 
             self.cluster = ClusterNode(self)
+            self.relay = self.cluster.relay
         self.controls = ControlCommands(self)  # what the CLI asks over the control socket
 
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -758,6 +761,8 @@ class SipServer:
         self.calls.origins.outgoing(request)
         if dest.front is not None and "Route" not in request.headers:
             request.headers.add("Route", front_route(dest, request.uri))
+            if self.relay is not None:  # through another node: signed (cluster/relay.py)
+                self.relay.sign(request, dest)
         key, actions = self.tx.send_request(request, dest, self._now())
         if self._farewells is not None:  # a BYE or CANCEL of the shutdown: wait for it
             self._farewells.append((key, True))

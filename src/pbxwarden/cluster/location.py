@@ -46,9 +46,8 @@ Which bindings another node can use: those made through a SIP front (``source``
 would, through the front that holds its flow, with ``Route: <sip:front;lr;
 received=sip:phone:port>`` (the node's existing front routing, ``server.py``), so a
 call from B does not need A at all, even when A is dead. A binding made on A directly
-(no front: the phone's NAT binding is A's own socket) is kept in the replica but not
-called from B: that needs node-to-node forwarding (B sends the INVITE to A, which
-trusts the nodes of the registry), not built yet (docs/cluster.md).
+(no front: the phone's NAT binding is A's own socket) is called through A while A is
+up: the same Route, with A in the front's place, and signed (``relay.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +59,8 @@ import itertools
 import json
 import secrets
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -194,6 +195,8 @@ class Replica:
     index by AOR for lookups and a heap of expiry times (nothing scanned while idle)."""
 
     def __init__(self) -> None:
+        # a node's SIP address for the bindings made on it directly (relay.py), or None
+        self.via_node: Callable[[str], str | None] | None = None
         self.nodes: dict[str, dict[str, tuple[str, BindingRow]]] = {}
         self._by_aor: dict[str, dict[tuple[str, str], BindingRow]] = {}
         self._expiries: list[tuple[float, str, str]] = []
@@ -252,14 +255,22 @@ class Replica:
 
     def lookup(self, aor: str, now: float) -> list[BindingRow]:
         """The live bindings other nodes hold that this node can call: made through a
-        front. One per contact (the latest registration) when two nodes hold it."""
+        front, or made on a node directly and called through that node (its address in
+        the source's ``via``, as a front's). One per contact (the latest registration)
+        when two nodes hold it."""
         at = self._by_aor.get(aor)
         if not at:
             return []
         best: dict[str, BindingRow] = {}
-        for binding in at.values():
-            if binding.expires_at <= now or " via " not in binding.source:
+        via_node = self.via_node
+        for (node, _), binding in at.items():
+            if binding.expires_at <= now:
                 continue
+            if " via " not in binding.source:
+                hop = via_node(node) if via_node is not None else None
+                if hop is None:
+                    continue
+                binding = replace(binding, source=f"{binding.source} via {hop}")
             known = best.get(binding.contact)
             if known is None or binding.expires_at > known.expires_at:
                 best[binding.contact] = binding
@@ -541,6 +552,7 @@ class SharedLocation:
             self._reset = True  # a Redis without our bindings: write them (the pusher)
         self.epoch = None if epoch is None else str(epoch)
         fresh = Replica()
+        fresh.via_node = self.replica.via_node
         rest = answer[2:]
         listed = set()
         for node, flat in zip(rest[::2], rest[1::2], strict=True):

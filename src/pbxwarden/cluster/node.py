@@ -47,6 +47,7 @@ from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
 from pbxwarden.cluster.location import SharedLocation
 from pbxwarden.cluster.registry import DatabaseProbe, NodeRegistry, server_load
+from pbxwarden.cluster.relay import NodeRelay
 from pbxwarden.cluster.spend import SharedSpend
 from pbxwarden.cluster.suspensions import SharedSuspensions
 from pbxwarden.cluster.takeover import Takeover
@@ -204,6 +205,11 @@ class ClusterNode:
         self.location = SharedLocation(
             self.link, server.location, config.key_prefix, config.node, config.reconcile_interval
         )
+        # calls to phones registered on another node directly go through it (relay.py)
+        self.relay = NodeRelay(
+            self.link, config.key_prefix, config.node, lambda: self.registry.view
+        )
+        self.location.replica.via_node = self.relay.address_of
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -222,6 +228,8 @@ class ClusterNode:
         self.server.guard.shared = self.calls  # call limits for the whole PBX
         self.server.guard.shared_spend = self.spend  # spend caps for the whole PBX
         self.server.guard.shared_suspensions = self.suspensions
+        self.server.calls.node_relay = self.relay
+        self._tasks.append(asyncio.create_task(self.relay.load()))
         self._tasks.append(asyncio.create_task(self._holding()))
         self._tasks.append(asyncio.create_task(self._taking_over()))
         self._tasks.append(asyncio.create_task(self.spend.run(self.link)))
@@ -237,6 +245,7 @@ class ClusterNode:
         self.server.guard.shared = None
         self.server.guard.shared_spend = None
         self.server.guard.shared_suspensions = None
+        self.server.calls.node_relay = None
         self.server.firewall.on_ban = None
         self.server.locks.tracker.on_failure = None
         self.server.locks.tracker.on_lock = None
@@ -284,6 +293,7 @@ class ClusterNode:
             "cluster_suspensions_shared": self.suspensions.shared,
             "cluster_suspensions_adopted": self.suspensions.adopted,
             **self.location.describe(),
+            **self.relay.describe(),
         }
 
     def _recovered(self) -> None:

@@ -42,6 +42,11 @@ class Authenticator:
         self.default_realm = default_realm
         self._server_header = server_header
 
+    @property
+    def realms(self) -> tuple[str, ...]:
+        """Every realm this node authenticates in (the default one and the tenants')."""
+        return tuple(self._servers)
+
     def realm_for(self, request: Request) -> str:
         """The tenant realm a request is addressed to: its domain if known, else the default."""
         host = request.to.uri.host if request.method == "REGISTER" else request.uri.host

@@ -17,7 +17,7 @@ from dataclasses import replace
 import structlog
 
 from pbxwarden.pbx import caller_id as cid
-from pbxwarden.pbx import emergency, options, session_timer
+from pbxwarden.pbx import emergency, node_relay, options, session_timer
 from pbxwarden.pbx.auth import Authenticator
 from pbxwarden.pbx.b2bua import B2bua
 from pbxwarden.pbx.call import (
@@ -110,6 +110,8 @@ class CallManager(B2bua):
         self.groups = Groups(self)
         self.pickup = Pickup(self)
         self.park = Park(self)
+        # several nodes: who signed a request that another node relays here (cluster)
+        self.node_relay: node_relay.RelayCheck | None = None
         self.features: dict[str, FeatureCode] = {
             "*72": FeatureCode("always", True),
             "*73": FeatureCode("always", False),
@@ -218,6 +220,11 @@ class CallManager(B2bua):
             self.port.respond(
                 key, request, make_response(request, 400, f"Bad Request ({safe_reason(str(exc))})")
             )
+            return
+        relay = self.node_relay
+        node = relay.verify(request, source) if relay is not None else None
+        if node is not None:  # another node's call for a phone registered here
+            node_relay.take(self, request, source, key, node, now)
             return
         trunk = self.routing.trunk_at(source.host)
         if trunk is not None and "Authorization" not in request.headers:
