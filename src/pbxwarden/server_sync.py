@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("pbxwarden.server")
 
-BASELINE_SAVE_INTERVAL = 60.0  # seconds between saves of the guard's learned baselines
+BASELINE_SAVE_INTERVAL = 60.0  # seconds between saves (and merges) of learned baselines
 
 
 class StoreSync:
@@ -103,9 +103,8 @@ class StoreSync:
                 self.database_down = None
 
     async def save_baselines(self) -> None:
-        rows = self.server.guard.export_baselines()
-        if rows:
-            await asyncio.to_thread(self.server.store.save_baselines, rows)
+        """Store the guard's learned baselines; on several nodes, merge the others'."""
+        await self.server.baselines.round()
 
     async def guard_round(self, now: float) -> None:
         """Cut off what the guard says must end, adopt suspensions an admin changed, and
