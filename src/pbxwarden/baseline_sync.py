@@ -69,6 +69,8 @@ class BaselineSync:
         if spooled:  # newer than the database's: they could not be written at the last stop
             self.guard.import_baselines(spooled)
             self.pending.update({(t, e): d for t, e, d in spooled})
+            await self.save()
+            log.info("guard baselines spooled at the last stop stored", rows=len(spooled))
         if self.merging:
             await self.refresh()
 
