@@ -112,6 +112,16 @@ class BaselineSync:
         self.guard.adopt_baselines(grouped)
         self.adopted += sum(len(v) for v in grouped.values())
 
+    def describe(self) -> dict[str, Any]:
+        """For ``pbxwarden stats --json``."""
+        return {
+            "guard_baselines_node": self.node if self.merging else None,
+            "guard_baselines_saved": self.saved,
+            "guard_baselines_pending": len(self.pending),
+            "guard_baselines_adopted": self.adopted,
+            "guard_baselines_claimed": self.claimed,
+        }
+
     async def stop(self) -> None:
         """The last save; if the database cannot take it, the rows go to the spool."""
         try:
