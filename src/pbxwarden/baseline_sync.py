@@ -104,12 +104,12 @@ class BaselineSync:
         if not changed:
             return
         rows = await asyncio.to_thread(self.store.other_baselines, changed, self.node)
-        grouped: dict[Key, list[dict[str, Any]]] = {key: [] for key in changed}
+        grouped: dict[Key, list[tuple[str, dict[str, Any]]]] = {key: [] for key in changed}
         for tenant, extension, node, at, data in rows:
-            grouped[(tenant, extension)].append(data)
+            grouped[(tenant, extension)].append((node, data))
             self.seen[(tenant, extension, node)] = at
         grouped = {k: v for k, v in grouped.items() if v}
-        self.guard.adopt_baselines(grouped)
+        self.guard.adopt_baselines(grouped, self.node)
         self.adopted += sum(len(v) for v in grouped.values())
 
     def describe(self) -> dict[str, Any]:

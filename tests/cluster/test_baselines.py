@@ -102,6 +102,25 @@ async def test_a_country_learned_on_node_a_is_usual_on_node_b(
         assert rows["a"][("acme", "1000")]["countries"]["DE"] == 14
         assert rows["b"][("acme", "1000")]["countries"]["DE"] == 1
         assert rows["b"][("acme", "")]["calls"] == bb.own.calls  # the tenant's share too
+        # both nodes learn a call on the same new day before either reads the other's row:
+        # the day is counted on both, then taken back by B (the later name) at its refresh
+        hour_days = list(ab.hour_days)
+        day6 = t + 6 * 86400.0  # 14:00, an hour only B called at before (three days)
+        for g, ref in ((a, 9_100), (b, 9_101)):
+            same_day = attempt("2025550143", at=day6)
+            assert g.authorize(same_day).allow
+            call(g, same_day, ref, minutes=3)
+            g.authorize(attempt("2025550143", at=day6 + 2 * HOUR))  # settles
+        await sync_b.round()
+        await sync_a.round()
+        await sync_b.round()  # B sees A's row: its own count of that day taken back...
+        await sync_b.round()  # ...and stored
+        await sync_a.round()
+        ab, bb = a.baseline("acme", "1000"), b.baseline("acme", "1000")
+        assert ab is not None and bb is not None
+        assert ab.to_json() == bb.to_json()
+        assert ab.hour_days[14] == hour_days[14] + 1  # 14:00 that day: once, on two nodes
+        assert bb.own is not None and bb.own.hour_days[14] == 3  # B's earlier three days
         # the API's view of the tenant: both shares
         tenant = store_b.load_baseline("acme", "")
         assert tenant is not None and tenant["calls"] == ab.calls

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from pbxwarden.guard import learn
 from pbxwarden.guard.baseline import MAX_RUNS, Baseline
-from pbxwarden.guard.baseline_merge import merge
+from pbxwarden.guard.baseline_merge import merge, untie
 from pbxwarden.guard.engine import Guard
 from pbxwarden.guard.state import Active, ExtState, TenantState
 from tests.guard.test_learning import START, T, attempt, call, guard, guest_room
@@ -173,12 +173,43 @@ def test_learning_split_over_two_nodes_merges_into_one_places(
     assert merged.talks_long() == single.talks_long()
 
 
-def exchange(source: Guard, target: Guard) -> None:
-    """What a refresh does, without the database: ``target`` merges ``source``'s rows."""
-    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def test_a_day_two_nodes_counted_before_they_met_is_counted_once() -> None:
+    """Both nodes learned a call at 09:00 to DE on day 5 before either read the other's
+    row: the later name takes its count back, once, and both views agree."""
+    one = Baseline(0.0)
+    shares = {n: Baseline(0.0) for n in "ab"}
+    for n in "ab":
+        view = merge(shares[n])
+        view.own = shares[n]
+        view.learn_call(9, "DE", "+493012345678", 5, 9)
+        view.learn_range("+493012", 5)
+        one.learn_call(9, "DE", "+493012345678", 5, 9)
+        one.learn_range("+493012", 5)
+    a, b = shares["a"], shares["b"]
+    assert merge(a, b).hour_days[9] == 2  # counted twice: each node's view was alone
+    assert not untie(a, [("b", merge(b))], "a")  # the earlier name keeps its count
+    assert untie(b, [("a", merge(a))], "b")
+    assert not untie(b, [("a", merge(a))], "b")  # once: the next refresh finds no tie
+    both = merge(a, b)
+    assert both.hour_days == one.hour_days and both.hour_last == one.hour_last
+    assert both.country_days == one.country_days == {"DE": [1, 5]}
+    assert both.ranges == one.ranges
+    assert both.calls == 2 and both.countries == {"DE": 2}  # calls are not days: both count
+    # the day after, b's share counts again as usual
+    view = merge(b, a)
+    view.own = b
+    view.learn_call(9, "DE", "+493012345678", 6, 9)
+    assert b.hour_days[9] == 1 and b.hour_last[9] == 6
+    assert merge(a, b).hour_days[9] == 2 and merge(a, b).country_days["DE"] == [2, 6]
+
+
+def exchange(source: Guard, target: Guard, names: tuple[str, str] = ("a", "b")) -> None:
+    """What a refresh does, without the database: ``target`` (node ``names[1]``) merges
+    the rows of ``source`` (node ``names[0]``)."""
+    rows: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
     for tenant, number, data in source.export_baselines(everything=True):
-        rows.setdefault((tenant, number), []).append(data)
-    target.adopt_baselines(rows)
+        rows.setdefault((tenant, number), []).append((names[0], data))
+    target.adopt_baselines(rows, names[1])
 
 
 def merging(**policy: object) -> Guard:

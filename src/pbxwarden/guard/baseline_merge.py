@@ -23,7 +23,7 @@ either.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from pbxwarden.guard.baseline import (
@@ -38,7 +38,7 @@ from pbxwarden.guard.baseline import (
     NumberLedger,
 )
 
-__all__ = ["merge"]
+__all__ = ["merge", "untie"]
 
 T = TypeVar("T")
 
@@ -68,6 +68,37 @@ def merge(*parts: Baseline) -> Baseline:
         talked=math.fsum(p.talked for p in parts),
         runs=_runs(parts),
     )
+
+
+def untie(own: Baseline, others: Sequence[tuple[str, Baseline]], node: str) -> bool:
+    """Days two nodes both counted, before either read the other's row: the node whose
+    name sorts later takes its count back. True if ``own`` changed (save it again).
+
+    In a node's own share a key's last day is a day that node counted (``_add_day``), so
+    the same last day in two shares is a day counted twice. Taken back, the last day
+    is stored as ``-2 - day`` (below any day, so the merged last day is still the
+    other's, and never again equal to it). Checked for the hours of the day, countries
+    and dear ranges: the counts a busy tenant's nodes learn the same day at once."""
+    rivals = [o for n, o in others if n < node]
+    if not rivals:
+        return False
+    changed = False
+    for hour, last in enumerate(own.hour_last):
+        if last >= 0 and any(o.hour_last[hour] == last for o in rivals):
+            own.hour_days[hour] -= 1
+            own.hour_last[hour] = -2 - last
+            changed = True
+    for mine, theirs in (
+        (own.country_days, [o.country_days for o in rivals]),
+        (own.ranges, [o.ranges for o in rivals]),
+    ):
+        for key, seen in mine.items():
+            last = seen[1]
+            if last >= 0 and any(key in t and t[key][1] == last for t in theirs):
+                seen[0] -= 1
+                seen[1] = -2 - last
+                changed = True
+    return changed
 
 
 def _sum_lists(lists: list[list[float]]) -> list[float]:

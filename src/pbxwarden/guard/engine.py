@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from pbxwarden.guard import learn, rules
 from pbxwarden.guard.baseline import DAY, Baseline
-from pbxwarden.guard.baseline_merge import merge
+from pbxwarden.guard.baseline_merge import merge, untie
 from pbxwarden.guard.destinations import RiskEntry, judge_destination, load_high_risk
 from pbxwarden.guard.policy import GuardConfig, PolicyBook, PolicyOverride, TenantPolicy
 from pbxwarden.guard.rates import RateTable
@@ -335,14 +335,17 @@ class Guard:
             else:
                 self._tenant_state(tenant, baseline.first_at).baseline = baseline
 
-    def adopt_baselines(self, others: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
-        """The other nodes' latest rows of these keys (tenant, extension or ""): each
-        baseline becomes the merge of this node's own learning and theirs."""
+    def adopt_baselines(
+        self, others: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]], node: str
+    ) -> None:
+        """The other nodes' latest rows of these keys (tenant, extension or ""), as
+        (node, data): each baseline becomes the merge of this node's (``node``) own
+        learning and theirs, days both counted taken back by one of them (``untie``)."""
         if not self.merging:
             raise RuntimeError("adopt_baselines needs merging (several nodes)")
         for (tenant, number), rows in others.items():
-            parts = [Baseline.from_json(data) for data in rows]
-            first = min((p.first_at for p in parts), default=float("inf"))
+            parts = [(n, Baseline.from_json(data)) for n, data in rows]
+            first = min((p.first_at for _, p in parts), default=float("inf"))
             if number:
                 state: ExtState | TenantState = self._ext_state(tenant, number, first)
             else:
@@ -350,7 +353,9 @@ class Guard:
             own = state.baseline.own
             if own is None:  # made before merging was turned on
                 own = state.baseline
-            view = merge(own, *parts)
+            if untie(own, parts, node):
+                state.dirty = True
+            view = merge(own, *(p for _, p in parts))
             if not number:  # the tenant's targets are not stored: this node's are kept
                 view.targets = set(state.baseline.targets)
             view.own = own
