@@ -476,6 +476,13 @@ class ClusterConfig(_Section):
         description="seconds without a heartbeat after which this node is shown as lost "
         "(more than heartbeat_interval)",
     )
+    baseline_interval: float = Field(
+        60.0,
+        ge=0.2,
+        le=3600,
+        description="seconds between merges of the guard's learned baselines: this node's "
+        "own stored, the other nodes' read from the shared database",
+    )
 
     @field_validator("fronts")
     @classmethod
@@ -821,6 +828,7 @@ fronts = []                      # SIP fronts' addresses (Kamailio, deploy/kamai
                                  #   X-PBX-Source header is believed, from them only
 # heartbeat_interval = 2         # seconds between heartbeats (pbxwarden cluster status)
 # lost_after = 10                # seconds without a heartbeat before a node shows as lost
+# baseline_interval = 60         # seconds between merges of the guard's learned baselines
 
 [log]
 level = "info"

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pbxwarden import _core
+from pbxwarden.baseline_sync import SPOOL_FILE as BASELINE_SPOOL
+from pbxwarden.baseline_sync import BaselineSync
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.events import EventBus
@@ -188,6 +190,15 @@ class SipServer:
         self._farewells: list[tuple[TransactionKey, bool]] | None = None
         self.cdrs = CdrWriter(store, data_dir / SPOOL_FILE)  # spooled while the database is down
         self.guard = Guard(config.guard)
+        # learned baselines stored every minute; on several nodes, each node's own merged
+        # with the others' (``baseline_sync``)
+        self.baselines = BaselineSync(
+            self.guard,
+            store,
+            config.cluster.node,
+            config.cluster.enabled,
+            data_dir / BASELINE_SPOOL,
+        )
         self.events = EventBus()  # live events for the admin API's stream
         self._live_calls: dict[int, tuple[str, str]] = {}  # CDR token -> (tenant, Call-ID)
         self.alert_channels = AlertDispatcher(config.alerts)
@@ -383,7 +394,7 @@ class SipServer:
         await self.lock_sync.sync(self.sync.deliver, self.events.publish)  # stored locks
         if self.cluster is not None:
             await self.cluster.start()  # at most a few timeouts when Redis is down
-        self.guard.import_baselines(await asyncio.to_thread(self.store.load_baselines))
+        await self.baselines.load()
         self.sync.stored_policies = await asyncio.to_thread(self.store.policies)
         if self.sync.stored_policies:
             self.guard.reconfigure(with_stored(self.config.guard, self.sync.stored_policies))
@@ -456,7 +467,7 @@ class SipServer:
         if self._tasks:  # forwarding changes and networks still being written
             await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await self.sync.save_baselines()
+            await self.baselines.stop()
         except Exception:
             log.exception("saving the guard's baselines failed")
         await self.cdrs.stop()

@@ -86,6 +86,7 @@ class ControlCommands:
                 "sip_core": _core.mode(),
                 "database": "down" if self.server.cdrs.down_since is not None else "up",
                 "cdrs_spooled": self.server.cdrs.spooled,
+                **self.server.baselines.describe(),
                 **(self.server.cluster.describe() if self.server.cluster is not None else {}),
                 **(self.server.workers.describe() if self.server.workers is not None else {}),
                 **(

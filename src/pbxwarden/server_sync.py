@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("pbxwarden.server")
 
-BASELINE_SAVE_INTERVAL = 60.0  # seconds between saves of the guard's learned baselines
+BASELINE_SAVE_INTERVAL = 60.0  # seconds between saves (and merges) of learned baselines
 
 
 class StoreSync:
@@ -61,7 +61,8 @@ class StoreSync:
     async def write_back(self) -> None:
         interval = self.server.config.storage.flush_interval
         next_realm_check = 0.0
-        next_baseline_save = time.time() + BASELINE_SAVE_INTERVAL
+        every = self.baseline_interval()
+        next_baseline_save = time.time() + every
         while True:
             await asyncio.sleep(interval)
             now = time.time()
@@ -85,7 +86,7 @@ class StoreSync:
                     await self.guard_round(now)
                     if now >= next_baseline_save:  # learned behaviour survives a restart
                         await self.save_baselines()
-                        next_baseline_save = now + BASELINE_SAVE_INTERVAL
+                        next_baseline_save = now + every
             except Exception as exc:  # the database may be briefly locked; retry next round
                 if unreachable(exc):
                     if self.database_down is None:  # once, without a traceback: it repeats
@@ -102,10 +103,14 @@ class StoreSync:
                 log.info("database reachable again", after=round(now - self.database_down, 1))
                 self.database_down = None
 
+    def baseline_interval(self) -> float:
+        """A single node saves every minute; a node of a cluster as configured."""
+        cluster = self.server.config.cluster
+        return cluster.baseline_interval if cluster.enabled else BASELINE_SAVE_INTERVAL
+
     async def save_baselines(self) -> None:
-        rows = self.server.guard.export_baselines()
-        if rows:
-            await asyncio.to_thread(self.server.store.save_baselines, rows)
+        """Store the guard's learned baselines; on several nodes, merge the others'."""
+        await self.server.baselines.round()
 
     async def guard_round(self, now: float) -> None:
         """Cut off what the guard says must end, adopt suspensions an admin changed, and

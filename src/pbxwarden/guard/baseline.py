@@ -15,6 +15,13 @@ single odd day cannot raise it.
 
 Buckets are per hour of the week (168), hour of the day (24) and day of the week (7);
 no library does that small piece of bookkeeping better than a list.
+
+Several nodes (``pbxwarden.baseline_sync``): each node stores only what it learned itself
+(:attr:`Baseline.own`), and judges with the merge of its own and the other nodes' rows
+(``pbxwarden.guard.baseline_merge``). Learning goes into that merged view, which decides
+(is this a new day for the hour? a number called back?), and the same effect goes into
+:attr:`Baseline.own`: a day another node already counted is not counted again. On one
+node ``own`` is None and nothing of this runs.
 """
 
 from __future__ import annotations
@@ -35,6 +42,16 @@ MAX_RUNS = 64  # numbers followed for the guest-room pattern (short runs of long
 RUN_SPAN = 6  # days: a run of calls to one number lasting at most this long...
 RUN_QUIET = 3  # ...then no call to it for at least this many days has ended
 RUN_HISTORY = 10  # days between a line's first and last calls before it can show that
+MAX_RANGES = 5000
+MAX_FORWARDS = 1000
+MAX_NETWORKS = 200
+
+
+def make_room(runs: dict[str, list[float]]) -> None:
+    """Forget a one-off first, then the stalest, before a new number is followed: a
+    lasting number must not be crowded out by a busy desk's one-offs."""
+    if len(runs) >= MAX_RUNS:
+        del runs[min(runs, key=lambda k: (runs[k][2] > 1, runs[k][1]))]
 
 
 @dataclass(slots=True)
@@ -82,13 +99,31 @@ class Baseline:
     _peak_cache: tuple[list[float], list[float]] | None = field(
         default=None, repr=False, compare=False
     )
+    # several nodes: what this node learned itself (stored in its own row); this baseline
+    # is then the merge of it and the other nodes' rows. None on one node.
+    own: Baseline | None = field(default=None, repr=False, compare=False)
 
     def learn_range(self, prefix: str, day: int) -> None:
         seen = self.ranges.get(prefix)
         if seen is None:
-            if len(self.ranges) < 5000:
+            if len(self.ranges) < MAX_RANGES:
                 self.ranges[prefix] = [1, day]
+                if self.own is not None:
+                    self.own._add_day(self.own.ranges, prefix, day, MAX_RANGES)
         elif seen[1] != day:
+            seen[0] += 1
+            seen[1] = day
+            if self.own is not None:
+                self.own._add_day(self.own.ranges, prefix, day, MAX_RANGES)
+
+    @staticmethod
+    def _add_day(days: dict[str, list[int]], key: str, day: int, cap: int = 0) -> None:
+        """A day the merged view counted, added to this node's own [days, last]."""
+        seen = days.get(key)
+        if seen is None:
+            if not cap or len(days) < cap:
+                days[key] = [1, day]
+        else:
             seen[0] += 1
             seen[1] = day
 
@@ -96,6 +131,8 @@ class Baseline:
         """One answered call on a clean day, and how long it lasted."""
         self.answered += 1
         self.talked += minutes
+        if self.own is not None:
+            self.own.learn_length(minutes)
 
     def talks_long(self, entry: NumberLedger | None = None) -> bool:
         """Long calls are this extension's habit: its answered calls last 8 minutes or more
@@ -111,16 +148,24 @@ class Baseline:
         """One answered call to ``e164`` on a clean day (for :meth:`ended_runs`)."""
         run = self.runs.get(e164)
         if run is None:
-            if len(self.runs) >= MAX_RUNS:  # forget a one-off first, then the stalest:
-                # a lasting number must not be crowded out by a busy desk's one-offs
-                runs = self.runs
-                del runs[min(runs, key=lambda k: (runs[k][2] > 1, runs[k][1]))]
+            make_room(self.runs)
             run = self.runs[e164] = [float(day), float(day), 0.0, 0.0, 0.0]
-        if run[1] != day or run[2] == 0:
+        counted = run[1] != day or run[2] == 0
+        if counted:
             run[2] += 1
         run[1] = float(day)
         run[3] += 1
         run[4] += minutes
+        if self.own is not None:  # the day counts in this node's row if the view counted it
+            mine = self.own.runs.get(e164)
+            if mine is None:
+                make_room(self.own.runs)
+                mine = self.own.runs[e164] = [float(day), float(day), 0.0, 0.0, 0.0]
+            if counted:
+                mine[2] += 1
+            mine[1] = float(day)
+            mine[3] += 1
+            mine[4] += minutes
 
     def ended_runs(self, day: int, other_than: str) -> int:
         """Numbers this extension called on two or more days within RUN_SPAN days and
@@ -160,24 +205,62 @@ class Baseline:
         self.countries[country] = self.countries.get(country, 0) + 1
         if len(self.targets) < MAX_TARGETS:
             self.targets.add(e164)
+        own = self.own
+        if own is not None:
+            own.calls += 1
+            own.calls_by_hour[hour_of_week] += 1.0
+            own.countries[country] = own.countries.get(country, 0) + 1
+            if len(own.targets) < MAX_TARGETS:
+                own.targets.add(e164)
         if day < 0:
             return
         if 0 <= hour < 24 and self.hour_last[hour] != day:
             self.hour_last[hour] = day
             self.hour_days[hour] += 1
+            if own is not None:
+                own.hour_last[hour] = day
+                own.hour_days[hour] += 1
         seen = self.country_days.get(country)
-        if seen is None:
-            self.country_days[country] = [1, day]
-        elif seen[1] != day:
-            seen[0] += 1
-            seen[1] = day
+        if seen is None or seen[1] != day:
+            if seen is None:
+                self.country_days[country] = [1, day]
+            else:
+                seen[0] += 1
+                seen[1] = day
+            if own is not None:
+                own._add_day(own.country_days, country, day)
+
+    def started(self, now: float) -> None:
+        """The first call starts the history (``learn.record``)."""
+        self.first_at = min(self.first_at, now)
+        if self.own is not None:
+            self.own.first_at = min(self.own.first_at, now)
+
+    def credit_drip(self) -> None:
+        """A new number called back counts as this line's habit (``learn.ledger``)."""
+        self.drip_ok += 1
+        if self.own is not None:
+            self.own.drip_ok += 1
+
+    def tried(self, e164: str, day: int) -> None:
+        """An attempt to a followed number on ``day`` (refused ones too: ``rules.drip``)."""
+        entry = self.ledger.get(e164)
+        if entry is not None:
+            entry.tried_day = day
+        mine = self.own.ledger.get(e164) if self.own is not None else None
+        if mine is not None:
+            mine.tried_day = day
 
     def learn_spend(self, weekday: int, cost: float) -> None:
         self.spend_by_day[weekday] += cost
+        if self.own is not None:
+            self.own.learn_spend(weekday, cost)
 
     def learn_peak(self, day: int, hour_peak: float, day_spend: float) -> None:
         """A clean day's highest hourly spend and its total (the last 14 kept)."""
         self._peak_cache = None
+        if self.own is not None:  # the node's own spend: its own peaks
+            self.own.learn_peak(day, hour_peak, day_spend)
         if self.peaks and self.peaks[-1][0] == day:
             _, h, d = self.peaks[-1]
             self.peaks[-1] = (day, max(h, hour_peak), max(d, day_spend))
@@ -199,13 +282,17 @@ class Baseline:
         return cached
 
     def learn_forward(self, e164: str) -> None:
-        if len(self.forward_targets) < 1000:
+        if len(self.forward_targets) < MAX_FORWARDS:
             self.forward_targets[e164] = self.forward_targets.get(e164, 0) + 1
+        if self.own is not None:
+            self.own.learn_forward(e164)
 
     def learn_network(self, network: str) -> None:
-        if network and (network in self.networks or len(self.networks) < 200):
+        if network and (network in self.networks or len(self.networks) < MAX_NETWORKS):
             self.networks[network] = self.networks.get(network, 0) + 1
             self.network_calls += 1
+        if self.own is not None:
+            self.own.learn_network(network)
 
     def usual_hour(self, hour: int) -> int:
         """Days this extension called at this hour of the day or the hours beside it."""

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from pbxwarden.guard import learn, rules
 from pbxwarden.guard.baseline import DAY, Baseline
+from pbxwarden.guard.baseline_merge import merge, untie
 from pbxwarden.guard.destinations import RiskEntry, judge_destination, load_high_risk
 from pbxwarden.guard.policy import GuardConfig, PolicyBook, PolicyOverride, TenantPolicy
 from pbxwarden.guard.rates import RateTable
@@ -202,6 +203,9 @@ class Guard:
         self.shared: SharedCounts | None = None  # several nodes: limits for all of them
         self.shared_spend: SharedSpend | None = None  # several nodes: caps for all of them
         self.shared_suspensions: SharedSuspensions | None = None
+        # several nodes sharing a database: each baseline is the merge of this node's
+        # own learning (``Baseline.own``, what it stores) and the other nodes' rows
+        self.merging = False
 
     def reconfigure(self, config: GuardConfig) -> None:
         """New policies (stored ones changed): counters and baselines are kept."""
@@ -213,15 +217,21 @@ class Guard:
     def _ext_state(self, tenant: str, extension: str, now: float) -> ExtState:
         state = self._ext.get((tenant, extension))
         if state is None:
-            state = self._ext[(tenant, extension)] = ExtState(Baseline(now))
+            state = self._ext[(tenant, extension)] = ExtState(self._fresh(now))
             self._tenant_state(tenant, now).extensions += 1
         return state
 
     def _tenant_state(self, tenant: str, now: float) -> TenantState:
         state = self._tenants.get(tenant)
         if state is None:
-            state = self._tenants[tenant] = TenantState(Baseline(now))
+            state = self._tenants[tenant] = TenantState(self._fresh(now))
         return state
+
+    def _fresh(self, now: float) -> Baseline:
+        base = Baseline(now)
+        if self.merging:
+            base.own = Baseline(now)
+        return base
 
     def suspend(self, tenant: str, extension: str, reason: str) -> None:
         """Refuse the extension's costly calls and cut off those in progress."""
@@ -296,27 +306,60 @@ class Guard:
 
     def export_baselines(self, everything: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
         """Baselines changed since the last export (or all): (tenant, extension, data);
-        a tenant's own baseline has the extension "". For the store, across restarts."""
+        a tenant's own baseline has the extension "". For the store, across restarts.
+        With :attr:`merging`, what this node learned itself (its own row)."""
         out: list[tuple[str, str, dict[str, Any]]] = []
         for (tenant, number), ext in self._ext.items():
-            if ext.dirty or (everything and ext.baseline.calls):
-                out.append((tenant, number, ext.baseline.to_json()))
+            base = ext.baseline.own or ext.baseline
+            if ext.dirty or (everything and base.calls):
+                out.append((tenant, number, base.to_json()))
                 ext.dirty = False
         for tenant, state in self._tenants.items():
-            if state.dirty or (everything and state.baseline.calls):
-                data = state.baseline.to_json()
+            base = state.baseline.own or state.baseline
+            if state.dirty or (everything and base.calls):
+                data = base.to_json()
                 data["targets"] = []  # only extensions' own targets are ever consulted
                 out.append((tenant, "", data))
                 state.dirty = False
         return out
 
     def import_baselines(self, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Stored baselines (this node's own rows, with :attr:`merging`)."""
         for tenant, number, data in rows:
             baseline = Baseline.from_json(data)
+            if self.merging:
+                own, baseline = baseline, merge(baseline)
+                baseline.own = own
             if number:
                 self._ext_state(tenant, number, baseline.first_at).baseline = baseline
             else:
                 self._tenant_state(tenant, baseline.first_at).baseline = baseline
+
+    def adopt_baselines(
+        self, others: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]], node: str
+    ) -> None:
+        """The other nodes' latest rows of these keys (tenant, extension or ""), as
+        (node, data): each baseline becomes the merge of this node's (``node``) own
+        learning and theirs, days both counted taken back by one of them (``untie``)."""
+        if not self.merging:
+            raise RuntimeError("adopt_baselines needs merging (several nodes)")
+        for (tenant, number), rows in others.items():
+            parts = [(n, Baseline.from_json(data)) for n, data in rows]
+            first = min((p.first_at for _, p in parts), default=float("inf"))
+            if number:
+                state: ExtState | TenantState = self._ext_state(tenant, number, first)
+            else:
+                state = self._tenant_state(tenant, first)
+            own = state.baseline.own
+            if own is None:  # made before merging was turned on
+                own = state.baseline
+            if untie(own, parts, node):
+                state.dirty = True
+            view = merge(own, *(p for _, p in parts))
+            if not number:  # the tenant's targets are not stored: this node's are kept
+                view.targets = set(state.baseline.targets)
+            view.own = own
+            state.baseline = view
 
     # -- the hook ------------------------------------------------------------------------
 

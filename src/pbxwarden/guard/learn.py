@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from pbxwarden.guard import rules
-from pbxwarden.guard.baseline import DAY, MAX_LEDGER, NumberLedger
+from pbxwarden.guard.baseline import DAY, MAX_LEDGER, Baseline, NumberLedger
 from pbxwarden.guard.state import HOUR, Active, ExtState, Inbound, TenantState
 from pbxwarden.pbx.numbers import Destination, classify
 from pbxwarden.pbx.policy import DIVERTED, CallAttempt
@@ -61,7 +61,7 @@ def record(
 ) -> None:
     now = attempt.at
     if ext.baseline.calls == 0:  # the first call starts the history (not a suspension)
-        ext.baseline.first_at = min(ext.baseline.first_at, now)
+        ext.baseline.started(now)
     hour_of_week = local.weekday() * 24 + local.hour
     ext.recent.append(
         (
@@ -81,27 +81,41 @@ def record(
             ext.prefixes.popleft()
 
 
-def ledger(
-    ext: ExtState, tenant: TenantState, call: Active, at: float, talked: float, cost: float
-) -> None:
-    base = ext.baseline
-    entry = base.ledger.get(call.e164)
+def _entry(base: Baseline, e164: str, at: float) -> NumberLedger | None:
+    """The ledger entry of ``e164``, made if there is room (None if there is none)."""
+    entry = base.ledger.get(e164)
     if entry is None:
         if len(base.ledger) >= MAX_LEDGER:
             horizon = at - rules.DRIP_DAYS * DAY
             base.ledger = {k: v for k, v in base.ledger.items() if v.first_at > horizon}
             if len(base.ledger) >= MAX_LEDGER:
-                return
-        entry = base.ledger[call.e164] = NumberLedger(at)
-    if entry.last_day != call.day:
-        entry.days += 1
-        entry.last_day = call.day
-    entry.spend += cost
-    if call.answered is not None:
-        entry.answered += 1
-        entry.talked += talked / 60.0
-    if talked >= rules.DRIP_LONG * 60:
-        entry.long_calls += 1
+                return None
+        entry = base.ledger[e164] = NumberLedger(at)
+    return entry
+
+
+def ledger(
+    ext: ExtState, tenant: TenantState, call: Active, at: float, talked: float, cost: float
+) -> None:
+    base = ext.baseline
+    entry = _entry(base, call.e164, at)
+    if entry is None:
+        return
+    # several nodes: the (merged) entry decides, this node's own entry records the same
+    mine = _entry(base.own, call.e164, at) if base.own is not None else None
+    new_day = entry.last_day != call.day
+    for e in (entry, mine):
+        if e is None:
+            continue
+        if new_day:
+            e.days += 1
+            e.last_day = call.day
+        e.spend += cost
+        if call.answered is not None:
+            e.answered += 1
+            e.talked += talked / 60.0
+        if talked >= rules.DRIP_LONG * 60:
+            e.long_calls += 1
     if entry.credited or entry.days < 2 or ext.alerted_at >= entry.first_at:
         return
     # a new number called again another day with no alert about the extension since it
@@ -111,11 +125,15 @@ def ledger(
     # before it is judged again)
     if not entry.tenant_credited:
         entry.tenant_credited = True
-        tenant.baseline.drip_ok += 1
+        if mine is not None:
+            mine.tenant_credited = True
+        tenant.baseline.credit_drip()
     if at - entry.first_at >= rules.DRIP_HOLD * DAY:
         entry.credited = True
+        if mine is not None:
+            mine.credited = True
         if entry.long_calls >= 2:
-            base.drip_ok += 1
+            base.credit_drip()
 
 
 def inbound_ended(

@@ -432,7 +432,7 @@ def drip(
     # country are no licence either: the drip's own calls are long calls to that country.
     base = ext.baseline
     gap = day - max(entry.last_day, entry.tried_day)  # refused attempts count: still daily
-    entry.tried_day = day
+    base.tried(dest.e164, day)
     if base.drip_ok >= 2:
         threshold = DRIP_SPEND * DRIP_USUAL
         bar = "extension {n} called new numbers back for long calls before"

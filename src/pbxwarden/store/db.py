@@ -26,6 +26,7 @@ from pbxwarden.pbx.locate import check_networks, trunk_target
 from pbxwarden.pbx.numbers import classify, emergency_number
 from pbxwarden.pbx.routing import Did, Routing, Trunk
 from pbxwarden.sip.digest import Algorithm, compute_ha1
+from pbxwarden.store import baselines
 from pbxwarden.store.basics import DEFAULT_TENANT as DEFAULT_TENANT
 from pbxwarden.store.basics import StoreError as StoreError
 from pbxwarden.store.basics import generate_password as generate_password
@@ -40,7 +41,6 @@ from pbxwarden.store.models import (
     ExtensionLockRow,
     ExtensionNetwork,
     ForwardingChange,
-    GuardBaselineRow,
     Registration,
     RingGroupRow,
     Tenant,
@@ -913,45 +913,35 @@ class Store:
 
     # -- guard baselines -----------------------------------------------------------------
 
-    def save_baselines(self, rows: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
-        """Upsert learned baselines: (tenant, extension or "" for the tenant, data)."""
-        if not rows:
-            return
-        now = time.time()
-        with Session(self.engine) as s, s.begin():
-            for tenant, extension, data in rows:
-                row = s.get(GuardBaselineRow, (tenant, extension))
-                text = json.dumps(data, separators=(",", ":"))
-                if row is None:
-                    s.add(
-                        GuardBaselineRow(
-                            tenant=tenant, extension=extension, data=text, updated_at=now
-                        )
-                    )
-                else:
-                    row.data, row.updated_at = text, now
+    def save_baselines(
+        self, rows: Sequence[tuple[str, str, dict[str, Any]]], node: str = ""
+    ) -> None:
+        """Upsert learned baselines: (tenant, extension or "" for the tenant, data), as
+        ``node`` learned them ("": a single node)."""
+        baselines.save(self.engine, rows, node)
 
     def load_baseline(self, tenant: str, extension: str = "") -> dict[str, Any] | None:
-        """One learned baseline (the tenant's own with extension ""), or None."""
-        with Session(self.engine) as s:
-            row = s.get(GuardBaselineRow, (tenant, extension))
-            try:
-                data = json.loads(row.data) if row is not None else None
-            except ValueError:
-                return None
-            return data if isinstance(data, dict) else None
+        """One learned baseline (the tenant's own with extension ""), every node's
+        learning merged, or None."""
+        return baselines.load_merged(self.engine, tenant, extension)
 
-    def load_baselines(self) -> list[tuple[str, str, dict[str, Any]]]:
-        with Session(self.engine) as s:
-            out = []
-            for row in s.scalars(select(GuardBaselineRow)):
-                try:
-                    data = json.loads(row.data)
-                except ValueError:
-                    continue  # a damaged row is relearned, not fatal
-                if isinstance(data, dict):
-                    out.append((row.tenant, row.extension, data))
-            return out
+    def load_baselines(self, node: str = "") -> list[tuple[str, str, dict[str, Any]]]:
+        """``node``'s rows ("": a single node's)."""
+        return baselines.load(self.engine, node)
+
+    def claim_baselines(self, node: str) -> int:
+        """Rows of node "" (a single node's, or from before 0024) become ``node``'s."""
+        return baselines.claim(self.engine, node)
+
+    def baseline_versions(self, node: str) -> dict[tuple[str, str, str], float]:
+        """(tenant, extension, other node) -> when that row was saved."""
+        return baselines.versions(self.engine, node)
+
+    def other_baselines(
+        self, keys: Iterable[tuple[str, str]], node: str
+    ) -> list[tuple[str, str, str, float, dict[str, Any]]]:
+        """The other nodes' rows of these (tenant, extension) keys."""
+        return baselines.others(self.engine, keys, node)
 
     # -- suspension ----------------------------------------------------------------------
 

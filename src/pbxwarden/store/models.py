@@ -259,12 +259,14 @@ class AlertRow(Base):
 
 
 class GuardBaselineRow(Base):
-    """One extension's (or, with extension "", one tenant's) learned guard baseline."""
+    """One extension's (or, with extension "", one tenant's) learned guard baseline, as
+    one node learned it (node "": a single node's, or rows from before 0024)."""
 
     __tablename__ = "guard_baselines"
 
     tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
     extension: Mapped[str] = mapped_column(String(32), primary_key=True)
+    node: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
     data: Mapped[str] = mapped_column(Text)  # JSON, pbxwarden.guard.baseline.Baseline
     updated_at: Mapped[float] = mapped_column(Float)
 
