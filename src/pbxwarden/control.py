@@ -12,14 +12,14 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 64 * 1024
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlError(Exception):
@@ -38,7 +38,7 @@ async def serve_control(data_dir: Path, handler: Handler) -> asyncio.AbstractSer
                 request = json.loads(line[:MAX_LINE])
                 if not isinstance(request, dict):
                     raise ValueError("request must be a JSON object")
-                answer = handler(request)
+                answer = await handler(request)
             except (ValueError, KeyError) as exc:
                 answer = {"error": str(exc)}
             writer.write(json.dumps(answer).encode() + b"\n")

@@ -290,6 +290,10 @@ class SipServer:
         """Answers the CLI over the control socket (:mod:`pbxwarden.server_control`)."""
         return self.controls.handle(request)
 
+    async def control_async(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The same, with the calls of every node of a cluster (listed, ended)."""
+        return await self.controls.handle_async(request)
+
     @property
     def overloaded(self) -> bool:
         return self._overload > 0
@@ -373,7 +377,7 @@ class SipServer:
         self._background.append(asyncio.create_task(self.sync.write_back()))
         self._background.append(asyncio.create_task(self.sync.resolve_trunks()))
         self._probe_lag(self._now())
-        self._control = await serve_control(self._data_dir, self.controls.handle)
+        self._control = await serve_control(self._data_dir, self.controls.handle_async)
         log.info(
             "sip listening",
             addresses={k: f"{h}:{p}" for k, (h, p) in self.transports.bound.items()},
@@ -804,14 +808,23 @@ class SipServer:
 
     def cdr_open(self, token: int, fields: dict[str, Any]) -> None:
         self.cdrs.open(token, fields)
+        if self.cluster is not None:
+            self.cluster.callreg.changed()
         if self.events.listening:
             self._live_calls[token] = (fields["tenant"], fields["call_id"])
             self.events.publish(
                 "call.start", {k: fields.get(k) for k in EVENT_CALL_FIELDS}, fields["start_ts"]
             )
 
+    def cdr_answer(self, token: int, at: float) -> None:
+        self.cdrs.answer(token, at)
+        if self.cluster is not None:
+            self.cluster.callreg.changed()
+
     def cdr_close(self, token: int, fields: dict[str, Any]) -> None:
         self.cdrs.close(token, fields)
+        if self.cluster is not None:
+            self.cluster.callreg.changed()
         opened = self._live_calls.pop(token, None)
         if opened is not None:
             tenant, call_id = opened

@@ -27,25 +27,7 @@ class ControlCommands:
         """Answers the CLI over the control socket (see :mod:`pbxwarden.control`)."""
         command = request.get("cmd")
         if command == "calls":
-            now = time.time()
-            return {
-                "calls": [
-                    {
-                        "call_id": c.id,
-                        "tenant": c.tenant,
-                        "caller": c.caller_id,
-                        "callee": c.callee,
-                        "state": "answered" if c.answered else "ringing",
-                        "seconds": int(now - (c.answered or c.started)),
-                        **(
-                            {"media": self.server.media.describe(c.token)}
-                            if self.server.media
-                            else {}
-                        ),
-                    }
-                    for c in self.server.calls.active
-                ]
-            }
+            return {"calls": self.local_calls(time.time())}
         if command == "end":
             call_id = str(request.get("call_id", ""))
             if not self.server.calls.end_call(call_id):
@@ -96,6 +78,44 @@ class ControlCommands:
                 ),
             }
         raise ValueError(f"unknown command {command!r}")
+
+    async def handle_async(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The control socket's and the API's entry: in a cluster, ``calls`` lists every
+        node's calls and ``end`` ends one wherever it is (``cluster/callreg.py``); an
+        error the HTTP API should not answer 404 to comes with its ``status``."""
+        cluster = self.server.cluster
+        command = request.get("cmd")
+        if cluster is None or command not in ("calls", "end"):
+            return self.handle(request)
+        from pbxwarden.cluster.callreg import EndError
+
+        if command == "calls":
+            return await cluster.callreg.listing(self.local_calls(time.time()))
+        call_id = str(request.get("call_id", ""))
+        node = request.get("node")
+        if node in (None, cluster.node) and self.server.calls.end_call(call_id):
+            return {"ended": call_id, "node": cluster.node}
+        if node == cluster.node:
+            raise ValueError(f"no call {call_id!r} in progress on node {cluster.node}")
+        try:
+            return await cluster.callreg.end(call_id, None if node is None else str(node))
+        except EndError as exc:
+            return {"error": str(exc), "status": exc.status}
+
+    def local_calls(self, now: float) -> list[dict[str, Any]]:
+        """This node's calls in progress, as ``pbxwarden calls`` lists them."""
+        return [
+            {
+                "call_id": c.id,
+                "tenant": c.tenant,
+                "caller": c.caller_id,
+                "callee": c.callee,
+                "state": "answered" if c.answered else "ringing",
+                "seconds": int(now - (c.answered or c.started)),
+                **({"media": self.server.media.describe(c.token)} if self.server.media else {}),
+            }
+            for c in self.server.calls.active
+        ]
 
     def live_bindings(self, now: float) -> list[dict[str, Any]]:
         tenants = {realm: tenant for tenant, realm in self.server.calls.routing.realms.items()}

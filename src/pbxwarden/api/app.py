@@ -47,6 +47,7 @@ from pbxwarden.api.security import (
     ApiContext,
     Control,
     IPNetwork,
+    LiveControl,
     Principal,
     Reader,
     address_allowed,
@@ -240,13 +241,16 @@ def create_app(
     clock: Callable[[], float] = time.time,
     secret: bytes | None = None,
     events: EventBus | None = None,
+    live: LiveControl | None = None,
 ) -> FastAPI:
     """The admin API over ``store``; ``control`` answers live-call questions (the running
     SIP server's :meth:`~pbxwarden.server.SipServer.control`), None when not running;
-    ``secret`` (the install secret) lets it fingerprint the SIP passwords it sets."""
+    ``secret`` (the install secret) lets it fingerprint the SIP passwords it sets;
+    ``live`` (the server's :meth:`~pbxwarden.server.SipServer.control_async`) lists and
+    ends calls on every node of a cluster."""
     registry, metrics = make_registry(store)
     admin = AdminStore(store)
-    ctx = ApiContext(store, admin, config, control, clock, Guard(config.guard), metrics)
+    ctx = ApiContext(store, admin, config, control, clock, Guard(config.guard), metrics, live)
     app = FastAPI(
         title="pbxwarden admin API",
         version="1",

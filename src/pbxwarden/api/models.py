@@ -377,6 +377,8 @@ class CallOut(BaseModel):
     callee: str | None = None
     state: str | None = None
     seconds: int | None = None
+    node: str | None = Field(None, description="the cluster node carrying it (a cluster)")
+    node_state: str | None = Field(None, description="that node's state: up, lost, stopped")
 
 
 class RegistrationOut(BaseModel):

@@ -176,15 +176,40 @@ def _ask(request: Request, command: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def _calls(request: Request, principal: Principal) -> list[dict[str, Any]]:
-    calls = _ask(request, {"cmd": "calls"}).get("calls", [])
-    return [c for c in calls if principal.tenant in (None, c.get("tenant"))]
+async def _ask_live(request: Request, command: dict[str, Any]) -> dict[str, Any]:
+    """Asked of the running server with the calls of every node of a cluster."""
+    live = get_ctx(request).live
+    if live is None:
+        return _ask(request, command)
+    try:
+        answer = await live(command)
+    except (ValueError, KeyError) as exc:
+        raise HTTPException(404, str(exc)) from None
+    if "error" in answer:
+        raise HTTPException(int(answer.get("status", 404)), str(answer["error"]))
+    return answer
+
+
+async def _calls(request: Request, principal: Principal) -> tuple[list[dict[str, Any]], Any]:
+    answer = await _ask_live(request, {"cmd": "calls"})
+    calls = [c for c in answer.get("calls", []) if principal.tenant in (None, c.get("tenant"))]
+    return calls, answer
 
 
 @router.get("/calls", response_model=list[CallOut], tags=["calls"])
-async def list_calls(request: Request, principal: Reader) -> list[dict[str, Any]]:
-    """Calls in progress (asked of the running server)."""
-    return _calls(request, principal)
+async def list_calls(
+    request: Request, response: Response, principal: Reader
+) -> list[dict[str, Any]]:
+    """Calls in progress (asked of the running server). In a cluster, every node's,
+    each with its ``node``; the header ``X-Calls-Scope`` says ``cluster``, or ``local``
+    when Redis is unreachable and only this node's are listed (``X-Calls-Note`` says
+    why)."""
+    calls, answer = await _calls(request, principal)
+    if "scope" in answer:
+        response.headers["X-Calls-Scope"] = str(answer["scope"])
+        if answer.get("note"):
+            response.headers["X-Calls-Note"] = str(answer["note"])
+    return calls
 
 
 @router.delete("/calls/{call_id:path}", response_model=CallOut, tags=["calls"])
@@ -193,11 +218,16 @@ async def end_call(
     request: Request,
     principal: Operator,
 ) -> dict[str, Any]:
-    """End a call in progress: both phones are hung up, or it stops ringing."""
-    call = next((c for c in _calls(request, principal) if c.get("call_id") == call_id), None)
+    """End a call in progress: both phones are hung up, or it stops ringing. In a
+    cluster the node that carries it ends it; 503 if it does not confirm in time."""
+    calls, _ = await _calls(request, principal)
+    call = next((c for c in calls if c.get("call_id") == call_id), None)
     if call is None:
         raise HTTPException(404, f"no call {call_id!r} in progress")
-    _ask(request, {"cmd": "end", "call_id": call_id})
+    command: dict[str, Any] = {"cmd": "end", "call_id": call_id}
+    if call.get("node") is not None:
+        command["node"] = call["node"]
+    await _ask_live(request, command)
     await audit_async(
         request, principal, "call.end", f"call/{call_id}", call, None, call.get("tenant")
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -31,6 +31,8 @@ PRINCIPAL_KEY = "pbxwarden.principal"
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 Control = Callable[[dict[str, Any]], dict[str, Any]]
+# live calls in a cluster: every node's, ended wherever they are (server_control.py)
+LiveControl = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass
@@ -44,6 +46,7 @@ class ApiContext:
     clock: Callable[[], float]
     guard: Guard
     metrics: HttpMetrics
+    live: LiveControl | None = None
 
     @property
     def cookie_name(self) -> str:

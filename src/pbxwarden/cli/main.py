@@ -989,10 +989,18 @@ def calls_list(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output for scripts.")] = False,
 ) -> None:
-    """List calls in progress (asks the running server)."""
+    """List calls in progress (asks the running server; in a cluster, every node's)."""
     if ctx.invoked_subcommand is not None:
         return
-    print_rows(_ask({"cmd": "calls"})["calls"], as_json, "calls in progress")
+    answer = _ask({"cmd": "calls"})
+    rows = answer["calls"]
+    columns = None
+    if "scope" in answer:  # a cluster: the node of each call
+        columns = ["call_id", "tenant", "caller", "callee", "state", "seconds", "node"]
+        columns += ["node_state"] if any(r.get("node_state") != "up" for r in rows) else []
+    print_rows(rows, as_json, "calls in progress", columns=columns)
+    if answer.get("note"):
+        err.print(f"note: {answer['note']}")
 
 
 @app.command()
@@ -1016,10 +1024,14 @@ def calls_end(call_id: str) -> None:
     """End a call in progress: both phones are hung up (BYE), or it stops ringing."""
     live = _ask({"cmd": "calls"}).get("calls", [])
     call = next((c for c in live if c.get("call_id") == call_id), None)
-    _ask({"cmd": "end", "call_id": call_id})
+    request: dict[str, Any] = {"cmd": "end", "call_id": call_id}
+    if call is not None and call.get("node") is not None:
+        request["node"] = call["node"]  # a cluster: the node carrying it ends it
+    answer = _ask(request)
     tenant = call.get("tenant") if call else None
     _in_store(lambda store: record(store, "call.end", f"call/{call_id}", call, None, tenant))
-    out.print(f"ended {call_id}")
+    node = answer.get("node")
+    out.print(f"ended {call_id}" + (f" on node {node}" if isinstance(node, str) else ""))
 
 
 @app.command()
@@ -1138,6 +1150,7 @@ async def _serve(config: Config, store: Store) -> None:
                 server.control,
                 secret=load_or_create_secret(state.data_dir),
                 events=server.events,
+                live=server.control_async,
             )
             api.state.registry.register(SipCollector(server))
             host, port = parse_hostport(config.http.listen, 8080)

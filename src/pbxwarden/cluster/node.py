@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pbxwarden.cluster import scripts
+from pbxwarden.cluster.callreg import CallRegistry, call_records
 from pbxwarden.cluster.calls import HOLD_INTERVAL, SharedCalls
 from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
@@ -201,6 +202,18 @@ class ClusterNode:
         self.suspensions = SharedSuspensions(
             server, self.link, self.keys.suspensions, self.keys.channel
         )
+        # every node's calls in progress, listed and ended from any node (callreg.py)
+        self.callreg = CallRegistry(
+            self.link,
+            config.key_prefix,
+            config.node,
+            lambda: call_records(server),
+            lambda call_id, by: server.calls.end_call(
+                call_id, f"ended by an administrator (on node {by})"
+            ),
+            config.heartbeat_interval,
+            config.lost_after,
+        )
         # bindings of every node: published here, a replica of the others' (location.py)
         self.location = SharedLocation(
             self.link, server.location, config.key_prefix, config.node, config.reconcile_interval
@@ -225,6 +238,7 @@ class ClusterNode:
         self.events.start()
         self.registry.start()
         self.location.start()
+        self.callreg.start()
         self.server.guard.shared = self.calls  # call limits for the whole PBX
         self.server.guard.shared_spend = self.spend  # spend caps for the whole PBX
         self.server.guard.shared_suspensions = self.suspensions
@@ -242,6 +256,7 @@ class ClusterNode:
         await self.registry.stop()  # marked stopped in the registry
         await self.events.stop()
         await self.location.stop()
+        await self.callreg.stop()
         self.server.guard.shared = None
         self.server.guard.shared_spend = None
         self.server.guard.shared_suspensions = None
@@ -294,6 +309,7 @@ class ClusterNode:
             "cluster_suspensions_adopted": self.suspensions.adopted,
             **self.location.describe(),
             **self.relay.describe(),
+            **self.callreg.describe(),
         }
 
     def _recovered(self) -> None:

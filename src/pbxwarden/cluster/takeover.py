@@ -6,8 +6,13 @@ progress" forever. Every node watches the node registry (``registry.py``); when 
 shows a node ``lost`` (no heartbeat for its ``lost_after``), exactly one survivor, the
 first to claim it with ``SET NX`` on ``<prefix>takeover:<node>:<last heartbeat>``, closes
 that node's CDRs still open and started before its last heartbeat as ``interrupted``,
-ending them at the time of the takeover. The claim names the heartbeat, so a node that
-comes back and is lost again is taken over again; it lasts a day.
+ending them at that last heartbeat; an answered one (its answer time is written when it
+is answered, ``pbx/cdr.py``) gets its duration up to it. The last heartbeat, not the
+takeover: it is the last time the node is known to have carried the call (off by at
+most one heartbeat interval), while the takeover comes ``lost_after`` later at best,
+and much later if no survivor could reach Redis meanwhile. The claim names the
+heartbeat, so a node that comes back and is lost again is taken over again; it lasts a
+day.
 
 If the node was only cut off from Redis and its calls go on, its own close of each call
 writes the real end over the survivor's: the CDR is right in the end either way. The

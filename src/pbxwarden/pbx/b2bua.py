@@ -496,7 +496,7 @@ class B2bua:
             self.fail(call, 502, f"the callee's media cannot be relayed: {exc}")
             return
         now = self.port.wall_time()
-        call.answered = now
+        self.mark_answered(call, now)
         self.policy.on_call_answer(call.token, now)
         headers = [("Contact", str(self.contact(call.a_source.transport)))]
         if ctype:
@@ -516,6 +516,11 @@ class B2bua:
         )
         self.arm_answered(call)
         log.info("call answered", caller=call.caller_id, callee=call.callee)
+
+    def mark_answered(self, call: Call, now: float) -> None:
+        """The call is up from ``now``; its CDR is told at once (``CallPort.cdr_answer``)."""
+        call.answered = now
+        self.port.cdr_answer(call.token, now)
 
     def arm_answered(self, call: Call) -> None:
         """An answered call's limits: its maximum duration, the keep-alive pings and the

@@ -8,7 +8,9 @@ When the database cannot be reached (PostgreSQL stopped, the network to it down,
 SQLite locked), calls go on: each CDR operation is appended to a spool on the node's
 own disk (``cdr-spool.jsonl`` in the data directory, one JSON line per operation,
 flushed and fsynced before the next), in order, and from then on every operation goes
-there until the spool is written to the database. The writer tries that every
+there until the spool is written to the database. The answer time is written when
+the call is answered (an ``update`` of the open row), so that a killed node's answered
+calls keep it. The writer tries that every
 ``retry`` seconds, the whole spool in one transaction; each spooled ``open`` carries a
 key unique to this process and call (``cdrs.spool_key``), so a replay cut short by a
 crash, or a spool left by a killed node and replayed at its next start, writes every
@@ -64,6 +66,12 @@ class CdrWriter:
         if self.node is not None:
             fields = {**fields, "node": self.node}
         self._queue.put_nowait(("open", token, fields))
+
+    def answer(self, token: int, at: float) -> None:
+        """The answer time, written when the call is answered (in order with the open
+        and the close, spooled like them): a node killed mid-call leaves an answered
+        call that the survivor's takeover can give a duration."""
+        self._queue.put_nowait(("answer", token, {"answer_ts": at}))
 
     def close(self, token: int, fields: dict[str, Any]) -> None:
         self._queue.put_nowait(("close", token, fields))
@@ -124,10 +132,13 @@ class CdrWriter:
             key = self._keys[token] = f"{self._prefix}-{token}"
             self._append({"op": "open", "key": key, "fields": fields})
             return
-        record: dict[str, Any] = {"op": "close", "fields": fields}
-        if (cdr_id := self._ids.pop(token, None)) is not None:
+        # an answer updates the row and leaves it open; a close forgets the call
+        update = op == "answer"
+        record: dict[str, Any] = {"op": "update" if update else "close", "fields": fields}
+        ids, keys = self._ids, self._keys
+        if (cdr_id := ids.get(token) if update else ids.pop(token, None)) is not None:
             record["id"] = cdr_id
-        elif key := self._keys.pop(token, ""):
+        elif key := keys.get(token, "") if update else keys.pop(token, ""):
             record["key"] = key
         else:
             return  # its open was dropped (refused by the database): nothing to close
@@ -153,7 +164,8 @@ class CdrWriter:
                     self._ids[token] = await asyncio.to_thread(self._store.cdr_open, fields)
                 elif (cdr_id := self._ids.get(token)) is not None:
                     await asyncio.to_thread(self._store.cdr_close, cdr_id, fields)
-                    del self._ids[token]
+                    if op == "close":
+                        del self._ids[token]
                 elif token in self._keys:  # opened in a spool not written yet
                     await asyncio.to_thread(self._spool_op, op, token, fields)
                     await self._try_replay()
@@ -167,7 +179,8 @@ class CdrWriter:
                         )
                     await asyncio.to_thread(self._spool_op, op, token, fields)
                 else:
-                    self._ids.pop(token, None)
+                    if op != "answer":  # a refused answer time: the close still comes
+                        self._ids.pop(token, None)
                     log.exception("writing a CDR failed", op=op)
             finally:
                 self._queue.task_done()

@@ -179,7 +179,7 @@ class Park:
         )
         parked = Parked(self, new, slot, by, call, now)
         new.joined, new.a_dialog, new.a_acked, new.a_extension = parked, dialog, True, moved_ext
-        new.answered = now
+        core.mark_answered(new, now)
         transfers.move(call, transferee, dialog, new, "a", note)
         self.slots[(by.tenant, slot)] = parked
         refer_notify(core, call, leg, 200, "OK", final=True)

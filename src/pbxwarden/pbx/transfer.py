@@ -127,7 +127,7 @@ class Transfer:
         """The target answered with its offer: C gets it in a re-INVITE."""
         core = self.feature.core
         now = core.port.wall_time()
-        call.answered = now
+        core.mark_answered(call, now)
         core.policy.on_call_answer(call.token, now)
         self._offer_to_transferee(call, response)
 
@@ -513,7 +513,7 @@ class Transfers:
         new.ringing = t_ext
         if t_leg == "b":
             new.b_trunk, new.trunk = o2.b_trunk, o2.trunk
-        new.answered = now
+        core.mark_answered(new, now)
         self.move(call, transferee, dialog, new, "a", note)
         self.move(o2, t_leg, t_dialog, new, "b", note)
         transfer.notify(100, "Trying", final=False)

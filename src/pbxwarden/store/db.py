@@ -720,8 +720,9 @@ class Store:
     def cdr_replay(self, ops: list[dict[str, Any]]) -> dict[str, int]:
         """Write a spool of CDR operations (``pbx/cdr.py``) in one transaction, in order:
         ``open`` inserts the row unless one with its ``key`` exists (a replay cut short
-        by a crash is replayed whole, never twice), ``close`` updates the row named by
-        ``id`` or by ``key``. Answers each key's row id."""
+        by a crash is replayed whole, never twice), ``update`` (the answer time) and
+        ``close`` set fields of the row named by ``id`` or by ``key`` (idempotent).
+        Answers each key's row id."""
         ids: dict[str, int] = {}
         with Session(self.engine) as s, s.begin():
             for op in ops:
@@ -735,7 +736,7 @@ class Store:
                         s.flush()
                         found = row.id
                     ids[key] = found
-                elif op.get("op") == "close":
+                elif op.get("op") in ("close", "update"):  # update: the answer time
                     cdr_id = op.get("id")
                     if not isinstance(cdr_id, int) and isinstance(key, str):
                         cdr_id = ids.get(key) or s.scalar(
@@ -758,21 +759,28 @@ class Store:
 
     def cdr_interrupt_node(self, node: str, before: float, now: float) -> int:
         """A lost node's calls (``cluster/takeover.py``): those it started before it was
-        last seen, closed as interrupted at ``now``. If the node was only cut off and its
-        calls go on, its own close of each call writes the real end over this."""
+        last seen (``before``, its last heartbeat), closed as interrupted. They end at
+        that heartbeat, and an answered one lasts from its answer time to it: the last
+        moment the node is known to have carried the call (it may have lived up to one
+        heartbeat interval longer, never the ``lost_after`` and the takeover's delay
+        that ending at ``now`` would bill). If the node was only cut off and its calls
+        go on, its own close of each call writes the real end over this."""
         stmt = select(Cdr).where(
             Cdr.disposition == "in-progress", Cdr.node == node, Cdr.start_ts <= before
         )
-        return self._interrupt(stmt, now)
+        note = f"node {node} lost: ended at its last heartbeat"
+        return self._interrupt(stmt, min(before, now), note)
 
-    def _interrupt(self, stmt: Any, now: float) -> int:
+    def _interrupt(self, stmt: Any, now: float, note: str = "") -> int:
         with Session(self.engine) as s, s.begin():
             rows = s.scalars(stmt).all()
             for row in rows:
                 row.disposition = "interrupted"
-                row.end_ts = now
+                row.end_ts = max(now, row.answer_ts or row.start_ts)
                 if row.answer_ts is not None:
-                    row.duration = max(0.0, now - row.answer_ts)
+                    row.duration = max(0.0, row.end_ts - row.answer_ts)
+                if note:
+                    row.reasons = f"{row.reasons}; {note}"[:2000] if row.reasons else note
             return len(rows)
 
     def list_cdrs(self, since: float = 0.0, limit: int = 1000) -> list[dict[str, Any]]:
