@@ -45,6 +45,7 @@ USERS = {
     "1001": "Caller-Passw0rd-z",
     "2000": "Callee-Passw0rd-y",
     "3000": "Callee-Passw0rd-w",
+    "4000": "Callee-Passw0rd-v",
 }
 HEARTBEAT = 0.25
 LOST_AFTER = 2.0
@@ -124,7 +125,9 @@ def test_calls_are_listed_and_ended_across_nodes_and_a_survivor_closes_a_killed_
     try:
         answered_call(a, tmp_path / "on-a", "1000", "2000")
         answered_call(a, tmp_path / "on-a-2", "1001", "3000")  # to be ended from B
-        answered_call(b, tmp_path / "on-b")
+        # a callee of its own: 2000, registered on A too, would ring there as well
+        # (through A: bindings made on a node directly are called through it)
+        answered_call(b, tmp_path / "on-b", "1000", "4000")
 
         def calls(pbx: PbxProcess) -> int:
             stats = cli(pbx.data_dir, "stats", "--json", env=pbx.env).stdout
