@@ -29,12 +29,11 @@ import asyncio
 import contextlib
 import ipaddress
 import marshal
-import re
 import signal
 import socket
+import struct
 import sys
 import time
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 import structlog
 
 from pbxwarden.config import Config, load_or_create_secret
-from pbxwarden.firewall.engine import Firewall, FirewallSettings
+from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings
 from pbxwarden.firewall.geo import open_geo
 from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
@@ -57,6 +56,13 @@ from pbxwarden.pbx.registration import (
     make_authenticator,
     make_registrar,
     refresh_networks,
+)
+from pbxwarden.registrar_gate import (
+    Gate,
+    Route,
+    firewall_settings,
+    registration_route,
+    worker_for,
 )
 from pbxwarden.sip.digest import DigestServer
 from pbxwarden.sip.errors import ParseError
@@ -74,40 +80,28 @@ from pbxwarden.sip.transaction import (
 )
 from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.store.locks import LockStore
+from pbxwarden.transport.front import Fronts
 from pbxwarden.transport.network import Alarm
 from pbxwarden.transport.resolver import TrunkResolver
 
 log = structlog.get_logger("pbxwarden.workers")
 
-# The To user of a REGISTER, read before parsing (the header's user@host part). Only the
-# choice of worker depends on it; the worker parses the message properly.
-_TO_RE = re.compile(rb"\n(?:to|t)[ \t]*:[^\r\n]*?sips?:([^@>;\s]+)@([^>;:\s]+)", re.IGNORECASE)
+__all__ = ["WorkerPool", "binding_from_event", "registration_route", "unframe", "worker_for"]
+
 # Reports are marshalled: lists of str, int, float and None between two processes of
 # ours over a socket pair nobody else holds (marshal is several times faster than JSON,
 # and that is the main process's per-registration cost). A report event stays below a
 # SIP message's 64 KB, so a packet of 64 stays below the 4 MB socket buffers.
 EVENTS_PER_PACKET = 64
 SYNC = b"SYNC\n"  # main -> worker: bindings; every other packet is "TRANSPORT host port\n" SIP
+BANS = b"BANS\n"  # main -> worker: bans made, changed or lifted (until 0)
+PEERS = b"PEERS\n"  # main -> worker: the workers ready for a hand-over
+GO = b"GO\n"  # main -> worker: synced; read the steered socket now
 MAX_EVENT_PACKET = 4 << 20
 SYNC_TIMEOUT = 10.0  # seconds a starting worker may take to read its bindings
 RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 60.0
-
-
-def registration_route(data: bytes) -> bytes | None:
-    """The To user of a REGISTER (``user@host`` required), or None for anything else."""
-    if not data.startswith(b"REGISTER "):
-        return None
-    head_end = data.find(b"\r\n\r\n")
-    m = _TO_RE.search(data, 0, head_end if head_end >= 0 else len(data))
-    return None if m is None else m.group(1)
-
-
-def worker_for(user: bytes, count: int) -> int:
-    """By the user part alone, so that phones of one extension writing its domain
-    differently (a name, an address) still meet in one worker. Stable across processes
-    and restarts (unlike ``hash()``, which is salted)."""
-    return zlib.crc32(user) % count
+SO_TIMESTAMPNS = 35  # Linux: the kernel's arrival stamp of a datagram
 
 
 def _frame(data: bytes, source: Address) -> bytes:
@@ -118,7 +112,7 @@ def _frame(data: bytes, source: Address) -> bytes:
     return head + b"\n" + data
 
 
-def _unframe(packet: bytes) -> tuple[bytes, Address]:
+def unframe(packet: bytes) -> tuple[bytes, Address]:
     head, _, data = packet.partition(b"\n")
     fields = head.split(b" ")
     front = None
@@ -154,10 +148,33 @@ class WorkerPool:
         udp_fd: int,
         on_events: EventHandler,
         bindings: Callable[[], Iterable[tuple[str, Binding]]] = tuple,
+        sockets: Sequence[socket.socket] = (),
+        read_socket: Callable[[int, bool], None] | None = None,
+        bans: Callable[[], list[list[Any]]] = list,
     ) -> None:
         """``bindings``: the main process's routing copy, each (AOR, binding); a worker
-        that reports ready is first given those of its extensions."""
+        that reports ready is first given those of its extensions.
+
+        ``sockets``: one per worker, of the steered group (transport/steering.py): the
+        worker reads REGISTERs from its own, hands those of other workers' users to
+        them over a socket pair of each two, and ``read_socket(index, True)`` asks the
+        main process to read a worker's socket while that worker is down. ``bans``:
+        every ban in force, as :meth:`broadcast_bans` rows, for a worker that starts."""
         self.count = count
+        self._sockets = list(sockets)
+        self._read_socket = read_socket
+        self._bans = bans
+        # Each two workers' pair, kept open here so that it outlives a restart of either.
+        self._mesh: dict[tuple[int, int], tuple[socket.socket, socket.socket]] = {}
+        if self._sockets:
+            for i in range(count):
+                for j in range(i + 1, count):
+                    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                    for sock in pair:
+                        with contextlib.suppress(OSError):
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                    self._mesh[(i, j)] = pair
         self._config_json = config.model_dump_json(by_alias=True).encode()
         self._data_dir = data_dir
         self._udp_fd = udp_fd
@@ -169,10 +186,55 @@ class WorkerPool:
         self._buffer = memoryview(bytearray(MAX_EVENT_PACKET))
         self.dispatched = 0
         self.dropped = 0  # the worker's queue was full: lost like a datagram
+        self.read = 0  # datagrams the workers read from their own sockets (steered)
+        self.handled = 0  # REGISTERs the workers handled, however they came
 
     @property
     def ready(self) -> int:
         return sum(w.ready for w in self._workers)
+
+    @property
+    def steered(self) -> bool:
+        """The workers read REGISTERs from sockets of their own."""
+        return bool(self._sockets)
+
+    def _peer_fds(self, index: int) -> list[str]:
+        """``--peer J:FD`` arguments: this worker's end of its pair with each other one."""
+        args = []
+        for (i, j), (a, b) in self._mesh.items():
+            if i == index:
+                args += ["--peer", f"{j}:{a.fileno()}"]
+            elif j == index:
+                args += ["--peer", f"{i}:{b.fileno()}"]
+        return args
+
+    def _set_ready(self, worker: _Worker, ready: bool) -> None:
+        if worker.ready == ready:
+            return
+        worker.ready = ready
+        if self._sockets:
+            if self._read_socket is not None:  # read here while the worker is down
+                self._read_socket(worker.index, not ready)
+            mask = bytes(w.ready for w in self._workers)
+            for other in self._workers:
+                if other.ready and other.channel is not None:
+                    with contextlib.suppress(OSError):
+                        other.channel.send(PEERS + mask)
+
+    def broadcast_bans(self, rows: list[list[Any]]) -> None:
+        """Bans (address, until, reason, level, created_at; until 0: lifted) to every
+        worker that reads a socket of its own, which must drop those sources at once."""
+        if not self._sockets or not rows:
+            return
+        for worker in self._workers:
+            if worker.ready and worker.channel is not None:
+                self._send_bans(worker.channel, rows)
+
+    @staticmethod
+    def _send_bans(channel: socket.socket, rows: list[list[Any]]) -> None:
+        for i in range(0, len(rows), 1024):
+            with contextlib.suppress(OSError):  # full: the next change resends nothing lost
+                channel.send(BANS + marshal.dumps(rows[i : i + 1024]))
 
     async def start(self) -> None:
         for worker in self._workers:
@@ -192,6 +254,13 @@ class WorkerPool:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        udp_fd = self._udp_fd
+        extra: list[str] = []
+        fds = []
+        if self._sockets:
+            udp_fd = self._sockets[worker.index].fileno()
+            extra = ["--reads-socket", *self._peer_fds(worker.index)]
+            fds = [int(a.rpartition(":")[2]) for a in extra if ":" in a]
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -202,11 +271,12 @@ class WorkerPool:
                 "--data-dir",
                 str(self._data_dir),
                 "--udp-fd",
-                str(self._udp_fd),
+                str(udp_fd),
                 "--channel-fd",
                 str(theirs.fileno()),
+                *extra,
                 stdin=asyncio.subprocess.PIPE,
-                pass_fds=(self._udp_fd, theirs.fileno()),
+                pass_fds=(udp_fd, theirs.fileno(), *fds),
             )
         finally:
             theirs.close()
@@ -245,7 +315,7 @@ class WorkerPool:
             delay = min(delay * 2, MAX_RESTART_DELAY)
 
     def _detach(self, worker: _Worker) -> None:
-        worker.ready = False
+        self._set_ready(worker, False)
         if worker.channel is not None:
             with contextlib.suppress(ValueError, RuntimeError):
                 asyncio.get_running_loop().remove_reader(worker.channel.fileno())
@@ -264,7 +334,7 @@ class WorkerPool:
                 size = 0
             packet = buffer[:size]
             if not size:  # the worker closed its end: it is going away
-                worker.ready = False
+                self._set_ready(worker, False)
                 with contextlib.suppress(ValueError, RuntimeError):
                     asyncio.get_running_loop().remove_reader(channel.fileno())
                 return
@@ -276,7 +346,7 @@ class WorkerPool:
             if events and events[0] == ["ready"]:
                 # before any REGISTER: the channel keeps order
                 if self._sync(worker, channel):
-                    worker.ready = True
+                    self._set_ready(worker, True)
                     log.info("registrar worker ready", worker=worker.index)
                 events = events[1:]
             self._on_events(worker.index, events)
@@ -296,6 +366,11 @@ class WorkerPool:
         try:
             for i in range(0, max(len(rows), 1), EVENTS_PER_PACKET):
                 channel.send(SYNC + marshal.dumps((i == 0, rows[i : i + EVENTS_PER_PACKET])))
+            if self._sockets:  # the bans in force, then it may read its socket
+                bans = self._bans()
+                for i in range(0, len(bans), 1024):
+                    channel.send(BANS + marshal.dumps(bans[i : i + 1024]))
+                channel.send(GO)
         except OSError as exc:  # without its bindings it must not serve: start it again
             log.warning("cannot hand bindings to a registrar worker", error=str(exc))
             if worker.process is not None and worker.process.returncode is None:
@@ -345,6 +420,10 @@ class WorkerPool:
                 await task
         for worker in self._workers:
             self._detach(worker)
+        for pair in self._mesh.values():
+            for sock in pair:
+                sock.close()
+        self._mesh.clear()
 
     def describe(self) -> dict[str, int]:
         return {
@@ -353,6 +432,8 @@ class WorkerPool:
             "worker_restarts": sum(w.restarts for w in self._workers),
             "worker_dispatched": self.dispatched,
             "worker_dropped": self.dropped,
+            "worker_read": self.read,
+            "worker_handled": self.handled,
         }
 
 
@@ -449,7 +530,12 @@ class RegistrarWorker:
         secret: bytes,
         udp: socket.socket,
         channel: socket.socket,
+        peers: dict[int, socket.socket] | None = None,
+        reads_socket: bool = False,
     ) -> None:
+        """``reads_socket``: ``udp`` is this worker's own socket of the steered group
+        (REGISTERs arrive on it directly); else it is the main process's, for answers
+        only. ``peers``: the socket pair to each other worker, for hand-overs."""
         self.index = index
         self.config = config
         self.store = store
@@ -462,8 +548,12 @@ class RegistrarWorker:
         self._add_realms(realms)
         self.auth = make_authenticator(self.digest, realms, sip)
         fw = config.firewall
-        self.firewall = Firewall(FirewallSettings(allow=tuple(fw.allow)))
+        self.firewall = Firewall(firewall_settings(config))
         self.reporter = _Reporter(channel)
+        self.peers = peers or {}
+        self._reads_socket = reads_socket
+        self.gate = Gate(index, sip.workers, self.firewall, Fronts(config.cluster.fronts))
+        self.firewall.on_ban = self._banned_here
         self.location = LocationService(listener=self.reporter.binding_changed)
         self.registrar = make_registrar(self.location, sip)
         self.directory = Directory()
@@ -524,6 +614,12 @@ class RegistrarWorker:
         # worker's share when it hears "ready", before any REGISTER (_apply_sync).
         await self._refresh()
         loop.add_reader(self._channel.fileno(), self._readable)
+        for peer in self.peers.values():
+            peer.setblocking(False)
+            loop.add_reader(peer.fileno(), self._peer_readable, peer)
+        if self._reads_socket:
+            with contextlib.suppress(OSError):  # the kernel's arrival stamp, as in main
+                self._udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.reporter.events.append(["ready"])
         self._flush()
         refresher = asyncio.create_task(self._refresh_loop())
@@ -534,6 +630,8 @@ class RegistrarWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         loop.remove_reader(self._channel.fileno())
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(self._udp.fileno())
         self._flush()
         await self._write_networks()
 
@@ -544,6 +642,7 @@ class RegistrarWorker:
             if counts:
                 self.reporter.events.append(["l", counts, sums])
                 self._flush()
+            self.firewall.drain_events()  # the main process announces, from the reports
             try:
                 self.location.purge(time.time())
                 await self._refresh()
@@ -608,7 +707,90 @@ class RegistrarWorker:
             if packet.startswith(SYNC):
                 self._apply_sync(packet)
                 continue
-            data, source = _unframe(packet)
+            if packet.startswith(BANS):
+                self._apply_bans(packet)
+                continue
+            if packet.startswith(PEERS):
+                mask = packet[len(PEERS) :]
+                self.gate.peers = frozenset(
+                    i for i, up in enumerate(mask) if up and i != self.index
+                )
+                continue
+            if packet == GO:
+                if self._reads_socket:
+                    assert self._loop is not None
+                    self._loop.add_reader(self._udp.fileno(), self._udp_readable)
+                continue
+            data, source = unframe(packet)
+            self.on_datagram(data, source)
+        self._flush()
+
+    def _apply_bans(self, packet: bytes) -> None:
+        """Bans made, changed or lifted anywhere (the main process relays them all)."""
+        now = time.time()
+        for address, until, reason, level, created in marshal.loads(packet[len(BANS) :]):
+            if until:
+                self.firewall.adopt(Ban(address, until, reason, level, created), now)
+            else:
+                self.firewall.unban(address, "lifted")
+
+    def _banned_here(self, ban: Ban) -> None:
+        """A flood or an enumeration seen here: the main process bans it as its own
+        (stored, escalated, shared with the other workers and nodes)."""
+        self.reporter.events.append(["ban", ban.address, ban.reason])
+
+    def _udp_readable(self) -> None:
+        """The steered socket: REGISTERs of every source it hashes to this worker."""
+        loop = self._loop
+        assert loop is not None
+        udp = self._udp
+        gate = self.gate
+        reporter = self.reporter
+        wall = time.time()
+        for _ in range(256):  # then let timers, hand-overs and the reporter run
+            try:
+                data, ancillary, _, addr = udp.recvmsg(65535, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ICMP unreachable reported on the socket, and the like
+                continue
+            if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
+                continue  # NAT keep-alive pings
+            reporter.count("received")
+            source = Address("UDP", addr[0], addr[1])
+            route, source, owner = gate.route(data, source, wall)
+            if route is Route.HANDLE:
+                self.on_datagram(data, source)
+            elif route is Route.PEER:
+                with contextlib.suppress(OSError):  # full: lost like a datagram
+                    self.peers[owner].send(_frame(data, source))
+            elif route is Route.MAIN:
+                age = 0.0
+                for level, kind, value in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                        sec, nsec = struct.unpack_from("@qq", value)
+                        age = max(0.0, wall - (sec + nsec / 1e9))
+                reporter.events.append(["d", _frame(data, source), age, owner >= 0])
+            else:
+                reporter.count("refused")
+                if route is Route.REFUSE:
+                    reply = error_response_bytes(data, 403, "Forbidden")
+                    if reply is not None:
+                        self._send(reply, source)
+        self._flush()
+
+    def _peer_readable(self, peer: socket.socket) -> None:
+        """REGISTERs of this worker's users that another worker read (and judged)."""
+        for _ in range(256):
+            try:
+                packet = peer.recv(70_000)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not packet:
+                assert self._loop is not None
+                self._loop.remove_reader(peer.fileno())
+                break
+            data, source = unframe(packet)
             self.on_datagram(data, source)
         self._flush()
 
@@ -631,6 +813,7 @@ class RegistrarWorker:
             self._loop.remove_writer(self._channel.fileno())
 
     def on_datagram(self, data: bytes, source: Address) -> None:
+        self.reporter.count("handled")
         try:
             message = parse_message(data)
         except ParseError as exc:
@@ -644,7 +827,7 @@ class RegistrarWorker:
             return  # the main process only sends REGISTERs
         marker = self.firewall.scanner_marker(message.headers.get("User-Agent"))
         if marker is not None and not self.firewall.is_allowlisted(source.host):
-            self.reporter.events.append(["ban", source.host, f"scanner fingerprint ({marker})"])
+            self.firewall.ban(source.host, f"scanner fingerprint ({marker})", time.time())
             return
         stamp_via(message, source)
         assert self._loop is not None
@@ -696,19 +879,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--udp-fd", type=int, required=True)
     parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--reads-socket", action="store_true")
+    parser.add_argument("--peer", action="append", default=[], help="INDEX:FD")
     args = parser.parse_args(argv)
     config = Config.model_validate_json(sys.stdin.buffer.read())
     from pbxwarden.runtime import install_fast_loop, setup_logging, tune_gc
 
     setup_logging(config)
     udp = socket.socket(fileno=args.udp_fd)
+    peers = {}
+    for peer in args.peer:
+        index, _, fd = peer.partition(":")
+        peers[int(index)] = socket.socket(fileno=int(fd))
     channel = socket.socket(fileno=args.channel_fd)
     channel.setblocking(False)
     udp.setblocking(False)
     store = Store(config.database_url(args.data_dir))
     try:
         worker = RegistrarWorker(
-            args.index, config, store, load_or_create_secret(args.data_dir), udp, channel
+            args.index,
+            config,
+            store,
+            load_or_create_secret(args.data_dir),
+            udp,
+            channel,
+            peers,
+            args.reads_socket,
         )
         tune_gc()
         install_fast_loop()
