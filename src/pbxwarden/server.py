@@ -46,7 +46,8 @@ from pbxwarden.pbx.registration import (
 )
 from pbxwarden.pbx.trunk_registration import TrunkRegistrations
 from pbxwarden.registrar_gate import firewall_settings, registration_route
-from pbxwarden.registrar_workers import WorkerPool, binding_from_event, unframe
+from pbxwarden.registrar_pool import WorkerPool
+from pbxwarden.registrar_protocol import binding_from_event, unframe
 from pbxwarden.server_control import ControlCommands
 from pbxwarden.server_sync import StoreSync
 from pbxwarden.sip.digest import DigestServer

@@ -432,7 +432,7 @@ def bind_udp(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    _grow_receive_buffer(sock)
+    grow_receive_buffer(sock)
     return sock
 
 
@@ -679,7 +679,7 @@ class Transports:
 RECEIVE_BUFFER = 8 * 1024 * 1024
 
 
-def _grow_receive_buffer(sock: Any) -> None:
+def grow_receive_buffer(sock: Any) -> None:
     """A REGISTER storm must queue in the kernel, not be dropped by it (as Kamailio does).
 
     SO_RCVBUFFORCE passes the system cap when we may (root); otherwise SO_RCVBUF gets

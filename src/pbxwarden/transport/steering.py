@@ -32,6 +32,8 @@ import ctypes
 import socket
 import struct
 
+from pbxwarden.transport.network import grow_receive_buffer
+
 SO_ATTACH_REUSEPORT_CBPF = 51  # Linux <asm-generic/socket.h>
 _SKF_NET_OFF = -0x100000  # classic BPF: offsets from the network header
 
@@ -118,4 +120,6 @@ def bind_group(host: str, port: int, workers: int) -> list[socket.socket] | None
         if not bound:  # the port is taken (or the address is not ours)
             raise
         return None  # no program: the kernel would spread by 4-tuple; not used
+    for sock in sockets:  # each takes a storm's share, as the one socket did
+        grow_receive_buffer(sock)
     return sockets
