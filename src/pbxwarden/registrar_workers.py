@@ -209,7 +209,8 @@ class RegistrarWorker:
         self.reporter = _Reporter(channel)
         self.peers = peers or {}
         self._reads_socket = reads_socket
-        self.gate = Gate(index, sip.workers, self.firewall, Fronts(config.cluster.fronts))
+        count = max(1, sip.workers)  # 0 in tests and bench/register_path.py: one worker
+        self.gate = Gate(index, count, self.firewall, Fronts(config.cluster.fronts))
         self.firewall.on_ban = self._banned_here
         self.location = LocationService(listener=self.reporter.binding_changed)
         self.registrar = make_registrar(self.location, sip)
