@@ -605,8 +605,8 @@ class SipServer:
                                 self.workers.handled += int(n)
                 elif kind == "d":  # read by a worker but ours (not a REGISTER, or its worker down)
                     data, source = unframe(bytes(event[1]))
+                    self.stats.received -= 1  # counted by the worker already
                     if event[3]:
-                        self.stats.received -= 1  # counted by the worker already
                         self.on_message(data, source, checked=True)
                     else:
                         self.transports.deliver_udp(data, source, float(event[2]))
