@@ -872,8 +872,9 @@ def render_markdown(
         lines.append(
             f"- pbxwarden: `sip.workers = {args.pbxwarden_workers}` "
             + (
-                "(registrar worker processes; the main process keeps the socket, firewall, "
-                "routing and write-back)."
+                "(registrar worker processes reading REGISTERs from sockets of their own, "
+                "steered by the kernel; the main process keeps everything else, the "
+                "firewall's state, routing and write-back)."
                 if args.pbxwarden_workers
                 else "(everything in one process)."
             )

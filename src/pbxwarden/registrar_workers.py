@@ -7,16 +7,26 @@ answer. One Python process uses one core. Calls stay in the main process, whose 
 UDP, TCP or TLS go to worker ``hash(user) % N``, so the bindings, nonce counts and
 retransmissions of one extension always meet the same process.
 
-The flow keeps its one direction: the main process owns the socket and the firewall's
-pre-check (bans, flood limit, extension enumeration) and hands the raw datagram with its
-source over a ``SOCK_SEQPACKET`` pair. The worker parses, runs its own transaction layer,
-authenticates against its own copy of the directory (refreshed from the database like
-the main one) and answers through its copy of the UDP socket (over TCP and TLS, whose
-connections the main process holds, it hands the answer back). It reports back in
-batches what the main process must know: authentication outcomes (brute-force counts
-and bans), scanner fingerprints, binding changes (call routing and the write-back to
-the database), latency and counters. A worker that is down (starting, crashed, restarting)
-costs nothing but speed: the main process handles those registrations itself.
+Over UDP each worker reads a socket of its own: the port is bound once per process with
+``SO_REUSEPORT`` and a BPF program steers REGISTERs to the workers' sockets by source
+address and everything else to the main process's (:mod:`pbxwarden.transport.steering`).
+A worker runs the main process's pre-check on what it reads (the front's header, bans,
+flood limit, enumeration: :mod:`pbxwarden.registrar_gate`), handles its own users'
+REGISTERs and hands the others' to their worker over a socket pair between the two;
+anything else it read goes to the main process. Bans made anywhere reach every worker
+within 50 ms (the main process pushes each change). Without the program (another OS,
+an old kernel), and over TCP and TLS, the main process reads, pre-checks and hands the
+raw datagram with its source over a ``SOCK_SEQPACKET`` pair, as before.
+
+The worker parses, runs its own transaction layer, authenticates against its own copy
+of the directory (refreshed from the database like the main one) and answers through
+its UDP socket (over TCP and TLS, whose connections the main process holds, it hands
+the answer back). It reports back in batches what the main process must know:
+authentication outcomes (brute-force counts and bans), its own bans (floods, scanners,
+enumeration), binding changes (call routing and the write-back to the database),
+latency and counters. A worker that is down (starting, crashed, restarting) costs
+nothing but speed: the main process reads its socket and handles those registrations
+itself.
 
 Written by hand because no library does this for SIP: the pieces (subprocess, socket
 pairs, marshal) are the standard library's.
@@ -29,20 +39,19 @@ import asyncio
 import contextlib
 import ipaddress
 import marshal
-import re
 import signal
 import socket
+import struct
 import sys
 import time
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from pbxwarden.config import Config, load_or_create_secret
-from pbxwarden.firewall.engine import Firewall, FirewallSettings
+from pbxwarden.firewall.engine import Ban, Firewall, FirewallSettings
 from pbxwarden.firewall.geo import open_geo
 from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
@@ -57,6 +66,25 @@ from pbxwarden.pbx.registration import (
     make_authenticator,
     make_registrar,
     refresh_networks,
+)
+from pbxwarden.registrar_gate import (
+    Gate,
+    Route,
+    firewall_settings,
+    registration_route,
+    worker_for,
+)
+from pbxwarden.registrar_pool import WorkerPool
+from pbxwarden.registrar_protocol import (
+    BANS,
+    EVENTS_PER_PACKET,
+    GO,
+    PEERS,
+    SYNC,
+    binding_event,
+    binding_from_event,
+    frame,
+    unframe,
 )
 from pbxwarden.sip.digest import DigestServer
 from pbxwarden.sip.errors import ParseError
@@ -74,312 +102,22 @@ from pbxwarden.sip.transaction import (
 )
 from pbxwarden.store.db import ExtensionAuth, Store
 from pbxwarden.store.locks import LockStore
+from pbxwarden.transport.front import Fronts
 from pbxwarden.transport.network import Alarm
 from pbxwarden.transport.resolver import TrunkResolver
 
 log = structlog.get_logger("pbxwarden.workers")
 
-# The To user of a REGISTER, read before parsing (the header's user@host part). Only the
-# choice of worker depends on it; the worker parses the message properly.
-_TO_RE = re.compile(rb"\n(?:to|t)[ \t]*:[^\r\n]*?sips?:([^@>;\s]+)@([^>;:\s]+)", re.IGNORECASE)
-# Reports are marshalled: lists of str, int, float and None between two processes of
-# ours over a socket pair nobody else holds (marshal is several times faster than JSON,
-# and that is the main process's per-registration cost). A report event stays below a
-# SIP message's 64 KB, so a packet of 64 stays below the 4 MB socket buffers.
-EVENTS_PER_PACKET = 64
-SYNC = b"SYNC\n"  # main -> worker: bindings; every other packet is "TRANSPORT host port\n" SIP
-MAX_EVENT_PACKET = 4 << 20
-SYNC_TIMEOUT = 10.0  # seconds a starting worker may take to read its bindings
-RESTART_DELAY = 1.0
-MAX_RESTART_DELAY = 60.0
+__all__ = [
+    "WorkerPool",
+    "binding_event",
+    "binding_from_event",
+    "registration_route",
+    "unframe",
+    "worker_for",
+]
 
-
-def registration_route(data: bytes) -> bytes | None:
-    """The To user of a REGISTER (``user@host`` required), or None for anything else."""
-    if not data.startswith(b"REGISTER "):
-        return None
-    head_end = data.find(b"\r\n\r\n")
-    m = _TO_RE.search(data, 0, head_end if head_end >= 0 else len(data))
-    return None if m is None else m.group(1)
-
-
-def worker_for(user: bytes, count: int) -> int:
-    """By the user part alone, so that phones of one extension writing its domain
-    differently (a name, an address) still meet in one worker. Stable across processes
-    and restarts (unlike ``hash()``, which is salted)."""
-    return zlib.crc32(user) % count
-
-
-def _frame(data: bytes, source: Address) -> bytes:
-    head = b"%s %s %d" % (source.transport.encode(), source.host.encode(), source.port)
-    if source.front is not None:  # relayed by a trusted front: the hop too
-        front = source.front
-        head += b" %s %s %d" % (front.transport.encode(), front.host.encode(), front.port)
-    return head + b"\n" + data
-
-
-def _unframe(packet: bytes) -> tuple[bytes, Address]:
-    head, _, data = packet.partition(b"\n")
-    fields = head.split(b" ")
-    front = None
-    if len(fields) == 6:
-        front = Address(fields[3].decode(), fields[4].decode(), int(fields[5]))
-    transport, host, port = fields[:3]
-    return data, Address(transport.decode(), host.decode(), int(port), front)
-
-
-# ------------------------------------------------------------------ the main process's side
-
-
-EventHandler = Callable[[int, list[list[Any]]], None]
-
-
-class _Worker:
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.channel: socket.socket | None = None
-        self.process: asyncio.subprocess.Process | None = None
-        self.ready = False
-        self.restarts = 0
-
-
-class WorkerPool:
-    """Starts, feeds, watches and restarts the registrar workers."""
-
-    def __init__(
-        self,
-        count: int,
-        config: Config,
-        data_dir: Path,
-        udp_fd: int,
-        on_events: EventHandler,
-        bindings: Callable[[], Iterable[tuple[str, Binding]]] = tuple,
-    ) -> None:
-        """``bindings``: the main process's routing copy, each (AOR, binding); a worker
-        that reports ready is first given those of its extensions."""
-        self.count = count
-        self._config_json = config.model_dump_json(by_alias=True).encode()
-        self._data_dir = data_dir
-        self._udp_fd = udp_fd
-        self._on_events = on_events
-        self._bindings = bindings
-        self._workers = [_Worker(i) for i in range(count)]
-        self._watchers: list[asyncio.Task[None]] = []
-        self._stopping = False
-        self._buffer = memoryview(bytearray(MAX_EVENT_PACKET))
-        self.dispatched = 0
-        self.dropped = 0  # the worker's queue was full: lost like a datagram
-
-    @property
-    def ready(self) -> int:
-        return sum(w.ready for w in self._workers)
-
-    async def start(self) -> None:
-        for worker in self._workers:
-            self._watchers.append(asyncio.create_task(self._keep_running(worker)))
-
-    async def wait_ready(self, timeout: float) -> bool:
-        """Until every worker reported ready (registrations are served meanwhile anyway)."""
-        deadline = time.monotonic() + timeout
-        while self.ready < self.count and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return self.ready == self.count
-
-    async def _spawn(self, worker: _Worker) -> asyncio.subprocess.Process:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        for sock in (ours, theirs):  # room for bursts: a few thousand REGISTERs
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "pbxwarden.registrar_workers",
-                "--index",
-                str(worker.index),
-                "--data-dir",
-                str(self._data_dir),
-                "--udp-fd",
-                str(self._udp_fd),
-                "--channel-fd",
-                str(theirs.fileno()),
-                stdin=asyncio.subprocess.PIPE,
-                pass_fds=(self._udp_fd, theirs.fileno()),
-            )
-        finally:
-            theirs.close()
-        assert process.stdin is not None
-        process.stdin.write(self._config_json)
-        await process.stdin.drain()
-        process.stdin.close()
-        worker.channel = ours
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable, worker)
-        return process
-
-    async def _keep_running(self, worker: _Worker) -> None:
-        delay = RESTART_DELAY
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                worker.process = await self._spawn(worker)
-            except OSError as exc:
-                log.error("cannot start a registrar worker", worker=worker.index, error=str(exc))
-            else:
-                code = await worker.process.wait()
-                self._detach(worker)
-                if self._stopping:
-                    return
-                worker.restarts += 1
-                log.error(
-                    "registrar worker exited; its registrations are handled here until it is back",
-                    worker=worker.index,
-                    code=code,
-                )
-            # One that keeps failing soon after start (a broken install) is retried ever
-            # less often; one that ran a while is restarted at once.
-            if time.monotonic() - started > MAX_RESTART_DELAY:
-                delay = RESTART_DELAY
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RESTART_DELAY)
-
-    def _detach(self, worker: _Worker) -> None:
-        worker.ready = False
-        if worker.channel is not None:
-            with contextlib.suppress(ValueError, RuntimeError):
-                asyncio.get_running_loop().remove_reader(worker.channel.fileno())
-            worker.channel.close()
-            worker.channel = None
-
-    def _readable(self, worker: _Worker) -> None:
-        channel = worker.channel
-        buffer = self._buffer
-        while channel is not None:
-            try:
-                size = channel.recv_into(buffer)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                size = 0
-            packet = buffer[:size]
-            if not size:  # the worker closed its end: it is going away
-                worker.ready = False
-                with contextlib.suppress(ValueError, RuntimeError):
-                    asyncio.get_running_loop().remove_reader(channel.fileno())
-                return
-            try:
-                events = marshal.loads(packet)  # our own child, over a private socket pair
-            except (ValueError, EOFError, TypeError):
-                log.error("unreadable report from a registrar worker", worker=worker.index)
-                continue
-            if events and events[0] == ["ready"]:
-                # before any REGISTER: the channel keeps order
-                if self._sync(worker, channel):
-                    worker.ready = True
-                    log.info("registrar worker ready", worker=worker.index)
-                events = events[1:]
-            self._on_events(worker.index, events)
-
-    def _sync(self, worker: _Worker, channel: socket.socket) -> bool:
-        """A (re)started worker gets the main process's copy of its share of the bindings
-        (the database lags it by a write-back period and misses what was registered while
-        the worker was down; and reading it in every worker would slow every start)."""
-        rows = [
-            binding_event(aor, b.contact, b)
-            for aor, b in self._bindings()
-            if worker_for(aor.rpartition("/")[2].encode(), self.count) == worker.index
-        ]
-        # Tens of thousands of bindings are more than the socket buffer holds: wait for
-        # the worker to read them (it does so before anything else).
-        channel.settimeout(SYNC_TIMEOUT)
-        try:
-            for i in range(0, max(len(rows), 1), EVENTS_PER_PACKET):
-                channel.send(SYNC + marshal.dumps((i == 0, rows[i : i + EVENTS_PER_PACKET])))
-        except OSError as exc:  # without its bindings it must not serve: start it again
-            log.warning("cannot hand bindings to a registrar worker", error=str(exc))
-            if worker.process is not None and worker.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.terminate()
-            return False
-        finally:
-            channel.setblocking(False)
-        return True
-
-    def dispatch(self, user: bytes, data: bytes, source: Address) -> bool:
-        """Hand a REGISTER to its user's worker; False when the caller must handle it."""
-        worker = self._workers[worker_for(user, self.count)]
-        channel = worker.channel
-        if not worker.ready or channel is None:
-            return False
-        try:
-            channel.send(_frame(data, source))
-        except (BlockingIOError, InterruptedError):
-            self.dropped += 1  # as if the datagram were lost: the phone retransmits
-            return True
-        except OSError as exc:
-            log.error("registrar worker unreachable", worker=worker.index, error=str(exc))
-            worker.ready = False
-            return False
-        self.dispatched += 1
-        return True
-
-    async def stop(self) -> None:
-        self._stopping = True
-        for worker in self._workers:
-            if worker.process is not None and worker.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.terminate()
-        for worker in self._workers:
-            if worker.process is None:
-                continue
-            try:
-                await asyncio.wait_for(worker.process.wait(), 5.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.kill()
-                await worker.process.wait()
-        for task in self._watchers:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for worker in self._workers:
-            self._detach(worker)
-
-    def describe(self) -> dict[str, int]:
-        return {
-            "workers": self.count,
-            "workers_ready": self.ready,
-            "worker_restarts": sum(w.restarts for w in self._workers),
-            "worker_dispatched": self.dispatched,
-            "worker_dropped": self.dropped,
-        }
-
-
-def binding_event(aor: str, contact: str, binding: Binding | None) -> list[Any]:
-    if binding is None:
-        return ["u", aor, contact]
-    b = binding
-    fields = (b.extension_id, contact, b.expires_at, b.q, b.call_id, b.cseq, b.source)
-    return ["b", aor, *fields, b.user_agent, b.registered_at]
-
-
-def binding_from_event(event: Sequence[Any]) -> tuple[str, Binding]:
-    _, aor, ext_id, contact, expires_at, q, call_id, cseq, source, agent, since = event
-    return str(aor), Binding(
-        int(ext_id),
-        str(contact),
-        float(expires_at),
-        None if q is None else float(q),
-        str(call_id),
-        int(cseq),
-        str(source),
-        None if agent is None else sys.intern(str(agent)),  # a few models: shared
-        float(since),
-    )
-
-
-# ------------------------------------------------------------------------ the worker's side
+SO_TIMESTAMPNS = 35  # Linux: the kernel's arrival stamp of a datagram
 
 
 class _Reporter:
@@ -449,7 +187,12 @@ class RegistrarWorker:
         secret: bytes,
         udp: socket.socket,
         channel: socket.socket,
+        peers: dict[int, socket.socket] | None = None,
+        reads_socket: bool = False,
     ) -> None:
+        """``reads_socket``: ``udp`` is this worker's own socket of the steered group
+        (REGISTERs arrive on it directly); else it is the main process's, for answers
+        only. ``peers``: the socket pair to each other worker, for hand-overs."""
         self.index = index
         self.config = config
         self.store = store
@@ -462,8 +205,13 @@ class RegistrarWorker:
         self._add_realms(realms)
         self.auth = make_authenticator(self.digest, realms, sip)
         fw = config.firewall
-        self.firewall = Firewall(FirewallSettings(allow=tuple(fw.allow)))
+        self.firewall = Firewall(firewall_settings(config))
         self.reporter = _Reporter(channel)
+        self.peers = peers or {}
+        self._reads_socket = reads_socket
+        count = max(1, sip.workers)  # 0 in tests and bench/register_path.py: one worker
+        self.gate = Gate(index, count, self.firewall, Fronts(config.cluster.fronts))
+        self.firewall.on_ban = self._banned_here
         self.location = LocationService(listener=self.reporter.binding_changed)
         self.registrar = make_registrar(self.location, sip)
         self.directory = Directory()
@@ -524,6 +272,12 @@ class RegistrarWorker:
         # worker's share when it hears "ready", before any REGISTER (_apply_sync).
         await self._refresh()
         loop.add_reader(self._channel.fileno(), self._readable)
+        for peer in self.peers.values():
+            peer.setblocking(False)
+            loop.add_reader(peer.fileno(), self._peer_readable, peer)
+        if self._reads_socket:
+            with contextlib.suppress(OSError):  # the kernel's arrival stamp, as in main
+                self._udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.reporter.events.append(["ready"])
         self._flush()
         refresher = asyncio.create_task(self._refresh_loop())
@@ -534,6 +288,8 @@ class RegistrarWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         loop.remove_reader(self._channel.fileno())
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(self._udp.fileno())
         self._flush()
         await self._write_networks()
 
@@ -544,6 +300,7 @@ class RegistrarWorker:
             if counts:
                 self.reporter.events.append(["l", counts, sums])
                 self._flush()
+            self.firewall.drain_events()  # the main process announces, from the reports
             try:
                 self.location.purge(time.time())
                 await self._refresh()
@@ -608,7 +365,90 @@ class RegistrarWorker:
             if packet.startswith(SYNC):
                 self._apply_sync(packet)
                 continue
-            data, source = _unframe(packet)
+            if packet.startswith(BANS):
+                self._apply_bans(packet)
+                continue
+            if packet.startswith(PEERS):
+                mask = packet[len(PEERS) :]
+                self.gate.peers = frozenset(
+                    i for i, up in enumerate(mask) if up and i != self.index
+                )
+                continue
+            if packet == GO:
+                if self._reads_socket:
+                    assert self._loop is not None
+                    self._loop.add_reader(self._udp.fileno(), self._udp_readable)
+                continue
+            data, source = unframe(packet)
+            self.on_datagram(data, source)
+        self._flush()
+
+    def _apply_bans(self, packet: bytes) -> None:
+        """Bans made, changed or lifted anywhere (the main process relays them all)."""
+        now = time.time()
+        for address, until, reason, level, created in marshal.loads(packet[len(BANS) :]):
+            if until:
+                self.firewall.adopt(Ban(address, until, reason, level, created), now)
+            else:
+                self.firewall.unban(address, "lifted")
+
+    def _banned_here(self, ban: Ban) -> None:
+        """A flood or an enumeration seen here: the main process bans it as its own
+        (stored, escalated, shared with the other workers and nodes)."""
+        self.reporter.events.append(["ban", ban.address, ban.reason])
+
+    def _udp_readable(self) -> None:
+        """The steered socket: REGISTERs of every source it hashes to this worker."""
+        loop = self._loop
+        assert loop is not None
+        udp = self._udp
+        gate = self.gate
+        reporter = self.reporter
+        wall = time.time()
+        for _ in range(256):  # then let timers, hand-overs and the reporter run
+            try:
+                data, ancillary, _, addr = udp.recvmsg(65535, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ICMP unreachable reported on the socket, and the like
+                continue
+            if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
+                continue  # NAT keep-alive pings
+            reporter.count("received")
+            source = Address("UDP", addr[0], addr[1])
+            route, source, owner = gate.route(data, source, wall)
+            if route is Route.HANDLE:
+                self.on_datagram(data, source)
+            elif route is Route.PEER:
+                with contextlib.suppress(OSError):  # full: lost like a datagram
+                    self.peers[owner].send(frame(data, source))
+            elif route is Route.MAIN:
+                age = 0.0
+                for level, kind, value in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                        sec, nsec = struct.unpack_from("@qq", value)
+                        age = max(0.0, wall - (sec + nsec / 1e9))
+                reporter.events.append(["d", frame(data, source), age, owner >= 0])
+            else:
+                reporter.count("refused")
+                if route is Route.REFUSE:
+                    reply = error_response_bytes(data, 403, "Forbidden")
+                    if reply is not None:
+                        self._send(reply, source)
+        self._flush()
+
+    def _peer_readable(self, peer: socket.socket) -> None:
+        """REGISTERs of this worker's users that another worker read (and judged)."""
+        for _ in range(256):
+            try:
+                packet = peer.recv(70_000)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not packet:
+                assert self._loop is not None
+                self._loop.remove_reader(peer.fileno())
+                break
+            data, source = unframe(packet)
             self.on_datagram(data, source)
         self._flush()
 
@@ -631,6 +471,7 @@ class RegistrarWorker:
             self._loop.remove_writer(self._channel.fileno())
 
     def on_datagram(self, data: bytes, source: Address) -> None:
+        self.reporter.count("handled")
         try:
             message = parse_message(data)
         except ParseError as exc:
@@ -644,7 +485,7 @@ class RegistrarWorker:
             return  # the main process only sends REGISTERs
         marker = self.firewall.scanner_marker(message.headers.get("User-Agent"))
         if marker is not None and not self.firewall.is_allowlisted(source.host):
-            self.reporter.events.append(["ban", source.host, f"scanner fingerprint ({marker})"])
+            self.firewall.ban(source.host, f"scanner fingerprint ({marker})", time.time())
             return
         stamp_via(message, source)
         assert self._loop is not None
@@ -696,19 +537,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--udp-fd", type=int, required=True)
     parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--reads-socket", action="store_true")
+    parser.add_argument("--peer", action="append", default=[], help="INDEX:FD")
     args = parser.parse_args(argv)
     config = Config.model_validate_json(sys.stdin.buffer.read())
     from pbxwarden.runtime import install_fast_loop, setup_logging, tune_gc
 
     setup_logging(config)
     udp = socket.socket(fileno=args.udp_fd)
+    peers = {}
+    for peer in args.peer:
+        index, _, fd = peer.partition(":")
+        peers[int(index)] = socket.socket(fileno=int(fd))
     channel = socket.socket(fileno=args.channel_fd)
     channel.setblocking(False)
     udp.setblocking(False)
     store = Store(config.database_url(args.data_dir))
     try:
         worker = RegistrarWorker(
-            args.index, config, store, load_or_create_secret(args.data_dir), udp, channel
+            args.index,
+            config,
+            store,
+            load_or_create_secret(args.data_dir),
+            udp,
+            channel,
+            peers,
+            args.reads_socket,
         )
         tune_gc()
         install_fast_loop()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from pbxwarden.baseline_sync import BaselineSync
 from pbxwarden.config import Config, load_or_create_secret
 from pbxwarden.control import serve_control
 from pbxwarden.events import EventBus
-from pbxwarden.firewall.engine import Firewall, FirewallSettings, Verdict
+from pbxwarden.firewall.engine import Firewall, Verdict
 from pbxwarden.firewall.geo import open_geo
 from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
@@ -46,7 +47,9 @@ from pbxwarden.pbx.registration import (
     make_registrar,
 )
 from pbxwarden.pbx.trunk_registration import TrunkRegistrations
-from pbxwarden.registrar_workers import WorkerPool, binding_from_event, registration_route
+from pbxwarden.registrar_gate import firewall_settings, registration_route
+from pbxwarden.registrar_pool import WorkerPool
+from pbxwarden.registrar_protocol import binding_from_event, unframe
 from pbxwarden.server_control import ControlCommands
 from pbxwarden.server_sync import StoreSync
 from pbxwarden.sip.digest import DigestServer
@@ -89,6 +92,7 @@ from pbxwarden.transport.network import (
 )
 from pbxwarden.transport.resolver import TrunkResolver
 from pbxwarden.transport.rtp import MediaRelay
+from pbxwarden.transport.steering import bind_group
 
 if TYPE_CHECKING:
     from pbxwarden.cluster import ClusterNode
@@ -123,6 +127,12 @@ EVENT_END_FIELDS = ("disposition", "sip_code", "duration", "cost", "reasons", "d
 SHUTDOWN_GRACE = 4.0
 
 
+# what a registrar worker's counters add to this process's statistics
+_WORKER_COUNTERS = frozenset(
+    ("registers_ok", "auth_failures", "parse_errors", "received", "refused")
+)
+
+
 @dataclass
 class Stats:
     received: int = 0
@@ -150,23 +160,7 @@ class SipServer:
         self.directory = Directory()
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
         fw = config.firewall
-        self.firewall = Firewall(
-            FirewallSettings(
-                rate_window=fw.rate_window,
-                rate_limit=fw.rate_limit,
-                trusted_rate_limit=fw.trusted_rate_limit,
-                proven_rate_limit=fw.proven_rate_limit,
-                auth_failure_limit=fw.auth_failure_limit,
-                auth_failure_window=fw.auth_failure_window,
-                distributed_sources=fw.distributed_sources,
-                ban_steps=tuple(fw.ban_steps),
-                reject_banned=fw.reject_banned,
-                identity_limit=fw.identity_limit,
-                identity_window=fw.identity_window,
-                # a front is never banned: its phones are judged each by its own source
-                allow=(*fw.allow, *config.cluster.fronts),
-            )
-        )
+        self.firewall = Firewall(firewall_settings(config))
         self.fronts = Fronts(config.cluster.fronts)
         self.geo = open_geo(fw.geoip_database)
         self.netwatch = NetworkWatch(
@@ -255,6 +249,10 @@ class SipServer:
             ingress=Ingress(wait=config.calls.admission_wait),
         )
         self.workers: WorkerPool | None = None  # registrar workers, started after binding
+        # their sockets of the steered group, and this process's readers of them
+        self._worker_sockets: list[socket.socket] = []
+        self._worker_readers: list[Any] = []
+        self._worker_reading: dict[int, bool] = {}
         self.stats = Stats()
         self.latency = Latency()
         self._timer: asyncio.TimerHandle | None = None
@@ -327,11 +325,17 @@ class SipServer:
         host, port = self.config.sip.listen_address
         udp = None
         if "udp" in self.config.sip.transports:
+            count = self.config.sip.workers
             try:
-                udp = bind_udp(host, port)
+                # With workers, one socket each too: the kernel steers REGISTERs to them
+                group = bind_group(host, port, count) if count else None
+                udp = group[0] if group else bind_udp(host, port)
             except OSError as exc:
                 raise ListenError(host, port, "UDP", exc) from None
-            if self.config.sip.workers:
+            if group:
+                self._worker_sockets = group[1:]
+                self.firewall.changed = set()  # every ban change goes to the workers
+            if count:
                 # Workers first: a REGISTER read before its worker is up would be challenged
                 # here and its answer refused as stale there (a needless round trip). Started
                 # now, they load while this process does (on another core).
@@ -342,6 +346,9 @@ class SipServer:
                     udp.fileno(),
                     self._worker_events,
                     lambda: list(self.location.items()),
+                    self._worker_sockets,
+                    self._read_worker_socket,
+                    self._ban_rows,
                 )
                 await self.workers.start()
         try:
@@ -355,6 +362,11 @@ class SipServer:
             if self.workers is not None and not await self.workers.wait_ready(15.0):
                 log.warning("registrar workers slow to start; registering here meanwhile")
             await self.transports.listen_udp(host, port, udp)
+            for index, sock in enumerate(self._worker_sockets):
+                reader = self.transports.read_udp(sock)
+                self._worker_readers.append(reader)
+                if not self._worker_reading.get(index, True):
+                    reader.pause_reading()
         if "tcp" in self.config.sip.transports:
             try:
                 await self.transports.listen_stream(host, port)
@@ -498,20 +510,24 @@ class SipServer:
         firewall checks as any message (an emergency call is never shed)."""
         self.on_message(data, source, shed=True)
 
-    def on_message(self, data: bytes, source: Address, shed: bool = False) -> None:
-        """Entry point for every message from every transport."""
+    def on_message(
+        self, data: bytes, source: Address, shed: bool = False, checked: bool = False
+    ) -> None:
+        """Entry point for every message from every transport. ``checked``: a REGISTER
+        a registrar worker read and judged (source, bans, floods, enumeration) already."""
         self.stats.received += 1
         wall = time.time()
-        if self.fronts.addresses:  # relayed by a trusted SIP front: judged by the phone's source
-            source = self.fronts.relayed(data, source)
-        verdict = self.firewall.check_source(source.host, wall)
-        if verdict is not Verdict.ALLOW:
-            self._refuse(verdict, data, source)
-            return
+        if not checked:
+            if self.fronts.addresses:  # relayed by a trusted front: judged by the phone's source
+                source = self.fronts.relayed(data, source)
+            verdict = self.firewall.check_source(source.host, wall)
+            if verdict is not Verdict.ALLOW:
+                self._refuse(verdict, data, source)
+                return
         if self.workers is not None:
             user = registration_route(data)
             if user is not None:
-                if not self.firewall.is_allowlisted(source.host):
+                if not checked and not self.firewall.is_allowlisted(source.host):
                     identity = user[:64].decode("utf-8", "replace")
                     verdict = self.firewall.observe_identity(source.host, identity, wall)
                     if verdict is not Verdict.ALLOW:
@@ -599,10 +615,46 @@ class SipServer:
                     self.latency.merge(event[1], event[2])
                 elif kind == "c":
                     for name, n in event[1].items():
-                        if name in ("registers_ok", "auth_failures", "parse_errors"):
+                        if name in _WORKER_COUNTERS:
                             setattr(self.stats, name, getattr(self.stats, name) + int(n))
+                        if self.workers is not None:
+                            if name == "received":
+                                self.workers.read += int(n)
+                            elif name == "handled":
+                                self.workers.handled += int(n)
+                elif kind == "d":  # read by a worker but ours (not a REGISTER, or its worker down)
+                    data, source = unframe(bytes(event[1]))
+                    self.stats.received -= 1  # counted by the worker already
+                    if event[3]:
+                        self.on_message(data, source, checked=True)
+                    else:
+                        self.transports.deliver_udp(data, source, float(event[2]))
             except (IndexError, TypeError, ValueError, AttributeError):
                 log.error("malformed report from a registrar worker", worker=worker)
+
+    def _read_worker_socket(self, index: int, read: bool) -> None:
+        """A worker went down (read its socket here) or came up (leave it to it)."""
+        self._worker_reading[index] = read
+        if index < len(self._worker_readers):
+            reader = self._worker_readers[index]
+            if reader.closed:
+                return
+            if read:
+                reader.resume_reading()
+            else:
+                reader.pause_reading()
+
+    def _ban_rows(self, addresses: Iterable[str] | None = None) -> list[list[Any]]:
+        """Bans as the workers take them: in force (until > 0) or lifted (until 0)."""
+        bans = self.firewall.bans
+        rows: list[list[Any]] = []
+        for address in bans if addresses is None else addresses:
+            ban = bans.get(address)
+            if ban is None:
+                rows.append([address, 0.0, "", 0, 0.0])
+            else:
+                rows.append([address, ban.until, ban.reason, ban.level, ban.created_at])
+        return rows
 
     _LAG_PERIOD = 0.05
 
@@ -611,6 +663,10 @@ class SipServer:
         waits unread in the kernel's receive buffer, and did any arrive meanwhile?"""
         now = self._now()
         calls = self.config.calls
+        changed = self.firewall.changed
+        if changed and self.workers is not None:  # within 50 ms in every worker
+            self.firewall.changed = set()
+            self.workers.broadcast_bans(self._ban_rows(changed))
         if self._probe_armed and not self._stopping:
             lag = now - scheduled
             backlog = self.transports.udp_backlog() or 0

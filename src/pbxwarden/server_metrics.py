@@ -138,12 +138,14 @@ class SipCollector:
             )
             handed = CounterMetricFamily(
                 "pbxwarden_registrar_worker_datagrams",
-                "REGISTER datagrams handed to workers, or dropped because a worker's queue "
-                "was full",
+                "REGISTER datagrams handed to workers, dropped because a worker's queue "
+                "was full, read by workers from their own sockets, handled by workers",
                 labels=["outcome"],
             )
             handed.add_metric(["dispatched"], w["worker_dispatched"])
             handed.add_metric(["dropped"], w["worker_dropped"])
+            handed.add_metric(["read"], w["worker_read"])  # from their own sockets
+            handed.add_metric(["handled"], w["worker_handled"])
             yield handed
         lag = GaugeMetricFamily(
             "pbxwarden_overloaded", "1 while new calls are shed for event-loop lag"

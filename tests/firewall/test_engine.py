@@ -221,3 +221,22 @@ def test_a_ban_from_another_node_is_adopted_without_an_event() -> None:
     fw.unban("192.0.2.2")
     again = fw.ban("192.0.2.2", "flood", 200.0)
     assert again is not None and again.level == 2
+
+
+def test_ban_changes_are_tracked_for_the_registrar_workers_only_when_asked() -> None:
+    fw = Firewall(FirewallSettings(allow=("10.0.0.0/8",)))
+    fw.ban("192.0.2.1", "manual", 100.0)
+    assert fw.changed is None  # one process: nothing kept
+    fw.changed = set()
+    fw.ban("192.0.2.2", "flood", 100.0)
+    fw.ban("10.0.0.1", "never", 100.0)  # allow-listed: no ban, no change
+    fw.adopt(Ban("192.0.2.3", 50_000.0, "another node's", 1, 100.0), 100.0)
+    fw.unban("192.0.2.1")
+    assert fw.changed == {"192.0.2.1", "192.0.2.2", "192.0.2.3"}
+    fw.changed = set()
+    fw.check_source("192.0.2.2", 10_000.0)  # expired on sight
+    assert fw.changed == {"192.0.2.2"}
+    fw.changed = set()
+    same = fw.bans["192.0.2.3"]
+    fw.load([same, Ban("192.0.2.4", 20_000.0, "the CLI's", 1, 10_000.0)], 10_000.0)
+    assert fw.changed == {"192.0.2.4"}  # the unchanged one is not sent again

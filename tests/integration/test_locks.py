@@ -168,6 +168,9 @@ def test_a_locked_extension_cannot_call_from_an_unknown_network(
     phone_registered(pbx)
     for i in range(12):  # REGISTER guesses (answered by a worker, with workers)
         assert register(pbx, f"127.0.5.{i % 3 + 1}", f"wrong-{i}") == 403
+    # Locked by the worker at once; the main process (which answers INVITEs) hears of
+    # it in the worker's next report, and stores it.
+    assert wait_for(lambda: extension(pbx)["locked_until"] is not None)
     # The right password in an INVITE from elsewhere: the wrong password's answer.
     assert call_answered_with(pbx, tmp_path, "127.0.6.1", 403)
     # From the phone's network the call goes on (2000 is not registered: 480).

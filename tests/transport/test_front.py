@@ -121,7 +121,8 @@ def test_config_fronts_are_addresses() -> None:
 
 
 def test_registrar_workers_get_the_phone_and_the_hop() -> None:
-    from pbxwarden.registrar_workers import _frame, _unframe
+    from pbxwarden.registrar_protocol import frame as _frame
+    from pbxwarden.registrar_protocol import unframe as _unframe
 
     phone = Address("UDP", "198.51.100.7", 40123, FRONT)
     assert _unframe(_frame(b"REGISTER ...", phone)) == (b"REGISTER ...", phone)

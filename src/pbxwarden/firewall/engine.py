@@ -126,6 +126,10 @@ class Firewall:
         # Told of every ban made here as it is made (a cluster node shares it at once);
         # must not block: it runs inside the per-datagram check.
         self.on_ban: Callable[[Ban], None] | None = None
+        # Addresses whose ban changed (made, adopted, lifted, expired, loaded) since the
+        # owner last took them: registrar workers that read the socket get each change.
+        # None (the default): not tracked.
+        self.changed: set[str] | None = None
 
     # -- queries -------------------------------------------------------------------------
 
@@ -307,6 +311,8 @@ class Firewall:
             duration = s.ban_steps[min(level, len(s.ban_steps)) - 1]
         ban = Ban(address, now + duration, reason, level, now)
         self.bans[address] = ban
+        if self.changed is not None:
+            self.changed.add(address)
         self._history[address] = ban
         if len(self._history) > s.max_tracked:
             self._history.pop(next(iter(self._history)))
@@ -326,6 +332,8 @@ class Firewall:
         if mine is not None and mine.until >= ban.until:
             return False
         self.bans[ban.address] = ban
+        if self.changed is not None:
+            self.changed.add(ban.address)
         known = self._history.get(ban.address)
         if known is None or known.created_at <= ban.created_at:
             self._history[ban.address] = ban
@@ -337,11 +345,15 @@ class Firewall:
         ban = self.bans.pop(address, None)
         if ban is None:
             return False
+        if self.changed is not None:
+            self.changed.add(address)
         self._events.append(FirewallEvent("unban", address, reason))
         return True
 
     def _expire(self, address: str, ban: Ban) -> None:
         del self.bans[address]
+        if self.changed is not None:
+            self.changed.add(address)
         self._events.append(FirewallEvent("unban", address, "ban expired"))
 
     def expire(self, now: float) -> None:
@@ -360,6 +372,11 @@ class Firewall:
             expired = self.bans[address].until <= now
             reason = "ban expired" if expired else "removed by an administrator"
             self._events.append(FirewallEvent("unban", address, reason))
+        if self.changed is not None:
+            old = self.bans
+            self.changed.update(
+                a for a in old.keys() | active.keys() if old.get(a) != active.get(a)
+            )
         self.bans = active
         for b in bans:
             known = self._history.get(b.address)

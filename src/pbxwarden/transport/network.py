@@ -130,6 +130,17 @@ class _Udp:
             elif lane is Lane.SHED:
                 self._deliver(self._shed, data, source)
 
+    def deliver(self, data: bytes, source: Address, arrived: float) -> None:
+        """A datagram another process read from its socket of the group: in through
+        the same lanes as one read here (``arrived``: on this loop's clock)."""
+        lane = self.ingress.offer(data, source, arrived)
+        if lane is Lane.NOW:
+            self._deliver(self._handler, data, source)
+        elif lane is Lane.SHED:
+            self._deliver(self._shed, data, source)
+        elif self._drain_handle is None:
+            self._drain_handle = self.loop.call_soon(self._drain)
+
     def _drain(self) -> None:
         """New calls, oldest first, for one slice, once the socket is empty; the rest
         after the loop's other work (timers, and reading again: what arrived meanwhile
@@ -421,7 +432,7 @@ def bind_udp(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    _grow_receive_buffer(sock)
+    grow_receive_buffer(sock)
     return sock
 
 
@@ -456,6 +467,7 @@ class Transports:
         self.connections: dict[tuple[str, str, int], _Stream] = {}
         self._reserved_files = reserved_files
         self._udp: _Udp | None = None
+        self._extra_udp: list[_Udp] = []  # registrar workers' sockets (transport/steering.py)
         self._listeners: list[_Listener] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -473,6 +485,24 @@ class Transports:
             sock = bind_udp(host, port)
         self._udp = _Udp(loop, sock, self.handler, self.shed, self.ingress)
         self.bound["UDP"] = sock.getsockname()[:2]
+
+    def read_udp(self, sock: socket.socket) -> _Udp:
+        """Read another socket of the steered group as if it were the main one (a
+        registrar worker's, while that worker is down): same handler, lanes of its own.
+        Answers leave through the main socket (same address and port)."""
+        loop = asyncio.get_running_loop()
+        ingress = Ingress(wait=self.ingress.wait, limit=self.ingress.limit)
+        reader = _Udp(loop, sock, self.handler, self.shed, ingress)
+        self._extra_udp.append(reader)
+        return reader
+
+    def deliver_udp(self, data: bytes, source: Address, age: float) -> None:
+        """A datagram a registrar worker read that is the main process's to handle;
+        ``age``: seconds since the kernel received it."""
+        if self._udp is None or self._udp.closed:
+            self.handler(data, source)
+            return
+        self._udp.deliver(data, source, self._udp.loop.time() - age)
 
     async def listen_stream(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         name = "TLS" if tls is not None else "TCP"
@@ -632,6 +662,9 @@ class Transports:
             self._sweeper.cancel()
         if self._udp is not None:
             self._udp.close()
+        for reader in self._extra_udp:
+            reader.close()
+        self._extra_udp.clear()
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
@@ -646,7 +679,7 @@ class Transports:
 RECEIVE_BUFFER = 8 * 1024 * 1024
 
 
-def _grow_receive_buffer(sock: Any) -> None:
+def grow_receive_buffer(sock: Any) -> None:
     """A REGISTER storm must queue in the kernel, not be dropped by it (as Kamailio does).
 
     SO_RCVBUFFORCE passes the system cap when we may (root); otherwise SO_RCVBUF gets
