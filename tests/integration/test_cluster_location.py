@@ -122,10 +122,14 @@ def replica(pbx: PbxProcess) -> int:
 
 
 def answered_call(pbx: PbxProcess) -> dict[str, Any] | None:
+    """An answered call this node carries (``calls`` lists every node's, with its node)."""
     out = cli(pbx.data_dir, "calls", "--json", check=False).stdout.strip()
     if not out.startswith("["):
         return None
-    calls = [c for c in json.loads(out) if c["state"] == "answered"]
+    node = pbx.env.get("PBXWARDEN_CLUSTER__NODE")
+    calls = [
+        c for c in json.loads(out) if c["state"] == "answered" and c.get("node") in (None, node)
+    ]
     return dict(calls[0]) if calls else None
 
 
