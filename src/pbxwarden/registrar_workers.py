@@ -70,6 +70,7 @@ from pbxwarden.sip.transaction import (
     TransactionError,
     TransactionKey,
     TransactionLayer,
+    absorbs,
     stamp_via,
 )
 from pbxwarden.store.db import ExtensionAuth, Store
@@ -684,7 +685,12 @@ class RegistrarWorker:
         self.latency.finish(key, time.perf_counter())
         assert self._loop is not None
         try:
-            actions = self.tx.send_response(key, result.response, self._loop.time())
+            actions = self.tx.send_response(
+                key,
+                result.response,
+                self._loop.time(),
+                absorb=absorbs(request, result.response),  # a challenge: none kept
+            )
         except TransactionError:
             return
         self._run(actions)
