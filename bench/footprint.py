@@ -591,7 +591,10 @@ def main() -> int:
             redis = start_redis(args.redis, args.redis_port, tmp)
             env["PBXWARDEN_CLUSTER__REDIS_URL"] = f"redis://{LOOPBACK}:{args.redis_port}/0"
         subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
-        warm = "import pbxwarden.cli.main, pbxwarden.server, pbxwarden.registrar_workers"
+        warm = (  # every module start-up imports, the admin API's too
+            "import pbxwarden.cli.main, pbxwarden.server, pbxwarden.registrar_workers,"
+            " pbxwarden.api"
+        )
         subprocess.run([args.python, "-c", warm], env=env, check=True)  # bytecode written
         users = make_users(args.extensions, 100_000)
         t = time.monotonic()

@@ -48,6 +48,7 @@ from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.latency import Latency
 from pbxwarden.locking import adopt_stored, lock_settings
+from pbxwarden.memtrim import BurstTrim
 from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.location import Binding, LocationService
 from pbxwarden.pbx.registrar import aor_key
@@ -494,6 +495,7 @@ class RegistrarWorker:
         )
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
         self.latency = Latency()  # handed to the main process every second
+        self._trim = BurstTrim()  # memory back to the system once a burst is over
         self._loop: asyncio.AbstractEventLoop | None = None
         self._alarm = Alarm(self._on_timer)  # the transaction layer's next timer
         self._network_writes: list[tuple[int, str, float, bool]] = []
@@ -547,6 +549,7 @@ class RegistrarWorker:
                 self._flush()
             try:
                 self.location.purge(time.time())
+                self._trim.observe(len(self.tx))
                 await self._refresh()
                 await self._write_networks()
             except Exception:  # the database may be briefly locked; retry next round
