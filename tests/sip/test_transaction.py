@@ -595,7 +595,6 @@ def test_non_invite_server_tcp_timer_j_zero() -> None:
     assert len(layer) == 0 and layer.next_deadline() is None
 
 
-
 def test_non_invite_server_challenge_without_absorbing() -> None:
     """A REGISTER's digest challenge ends its transaction at once over UDP (a stateless
     answer): a retransmission is a new request for the TU, challenged afresh."""
@@ -626,6 +625,7 @@ def test_absorbs_keeps_all_but_challenges_without_credentials() -> None:
         assert absorbs(signed, resp(signed, 401))
     invite = req("INVITE")
     assert absorbs(invite, resp(invite, 407))  # its ACK must meet the transaction
+
 
 # -- response destinations (RFC 3261 18.2.2, RFC 3581) --------------------------------
 
