@@ -7,6 +7,8 @@ no contacts, then with N), and the memory each registered contact holds.
 
     python3 bench/footprint.py                        # 50,000 extensions, 60 s windows
     python3 bench/footprint.py -n 10000 --idle-seconds 20 --json /tmp/fp.json
+    python3 bench/footprint.py --redis                # a cluster node: bindings in Redis too
+    python3 bench/footprint.py --startups 5 --only-startup   # start-up alone, median of 5
 
 Steps, all on 127.0.0.1, every process started here stopped before it exits:
 
@@ -25,7 +27,14 @@ Steps, all on 127.0.0.1, every process started here stopped before it exits:
    ``--idle-seconds``, and PSS again. Memory per contact = PSS growth / contacts.
 6. Restart: stop (SIGTERM), count the bindings in the database, start again and
    measure start-up with the N bindings stored (``--no-restart`` skips it).
-7. With ``--kamailio``: steps 3-5 again for Kamailio with ``bench/kamailio/kamailio.cfg``
+   With ``--startups K``, K start/stop cycles first (nothing registered): medians of
+   the wall time to ready and of the CPU of the tree, split into the main process and
+   the workers; ``--only-startup`` stops there.
+7. With ``--redis``: a ``redis-server`` (no persistence) on a free loopback port and
+   ``cluster.redis_url`` pointing at it, so the node keeps its bindings in Redis too
+   (``pbxwarden.cluster.location``); Redis's ``used_memory`` is read when the tree's
+   PSS is, and memory per contact is given for the node, for Redis, and for both.
+8. With ``--kamailio``: steps 3-5 again for Kamailio with ``bench/kamailio/kamailio.cfg``
    (usrloc in memory), started on its own afterwards; its start-up is the time to its
    first answer to an OPTIONS. It saves the REGISTERs without digest authentication
    (``NO_AUTH``: db_text finds a subscriber by a scan, far too slow for 50,000; Kamailio's
@@ -48,6 +57,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,6 +185,7 @@ class Startup:
     ready_s: float = 0.0  # wall: process start -> "pbxwarden ready"
     options_s: float = 0.0  # wall: process start -> first OPTIONS answered
     cpu_s: float = 0.0  # CPU of the tree until ready
+    main_cpu_s: float = 0.0  # of the main process alone
 
 
 class Server:
@@ -206,6 +217,7 @@ class Server:
             if b"pbxwarden ready" in logfile.read_bytes():
                 result.ready_s = time.monotonic() - started
                 result.cpu_s = process_tree_cpu_seconds(self.proc.pid)
+                result.main_cpu_s = pid_cpu_seconds(self.proc.pid)
                 break
             time.sleep(0.01)
         else:
@@ -339,9 +351,20 @@ class Result:
     stored_after_stop: int | None = None
     restored: int | None = None
 
+    redis_empty_kb: int | None = None  # Redis used_memory (--redis)
+    redis_full_kb: int | None = None
+    startups: list[Startup] = field(default_factory=list)  # --startups
+    startup_main_cpu: list[float] = field(default_factory=list)
+
     @property
     def per_contact_kb(self) -> float:
         return (self.pss_full_kb - self.pss_empty_kb) / max(1, self.registered)
+
+    @property
+    def redis_per_contact_kb(self) -> float | None:
+        if self.redis_empty_kb is None or self.redis_full_kb is None:
+            return None
+        return (self.redis_full_kb - self.redis_empty_kb) / max(1, self.registered)
 
     def rows(self) -> list[tuple[str, str]]:
         s, r = self.startup, self.restart
@@ -386,7 +409,33 @@ class Result:
             ),
             ("memory per contact (settled PSS growth / contacts)", f"{self.per_contact_kb:.2f} KB"),
         ]
+        redis = self.redis_per_contact_kb
+        if redis is not None:
+            out += [
+                (
+                    "Redis used_memory: no contacts / settled",
+                    f"{(self.redis_empty_kb or 0) / 1024:.1f} / "
+                    f"{(self.redis_full_kb or 0) / 1024:.1f} MB",
+                ),
+                ("memory per contact in Redis", f"{redis:.2f} KB"),
+                ("memory per contact, node and Redis", f"{self.per_contact_kb + redis:.2f} KB"),
+            ]
+        if self.startups:
+            walls = sorted(s.ready_s for s in self.startups)
+            cpus = sorted(s.cpu_s for s in self.startups)
+            mains = sorted(self.startup_main_cpu)
+            out.append(
+                (
+                    f"start-up, median of {len(walls)}: wall to ready / CPU of the tree (main)",
+                    f"{median(walls):.2f} s / {median(cpus):.2f} s ({median(mains):.2f} s) "
+                    f"[wall {walls[0]:.2f}-{walls[-1]:.2f}]",
+                )
+            )
         return out
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
 
 
 def markdown(results: list[Result]) -> str:
@@ -454,6 +503,8 @@ def measure(
     time.sleep(5)  # past the start-up's own tail (first directory refreshes)
     result.idle_empty = idle_cores(target.pid, args.idle_seconds, result.idle_empty_split)
     result.pss_empty_kb = tree_pss_kb(target.pid)
+    if args.redis_port:
+        result.redis_empty_kb = redis_used_memory_kb(args.redis_port)
     log(
         f"{result.name}: idle, no contacts: {result.idle_empty:.3f} cores, "
         f"PSS {result.pss_empty_kb} KB"
@@ -474,6 +525,8 @@ def measure(
     log(f"{result.name}: after the burst: " + " ".join(f"{c:.2f}" for c in result.settle))
     result.idle_full = idle_cores(target.pid, args.idle_seconds, result.idle_full_split)
     result.pss_full_kb = tree_pss_kb(target.pid)
+    if args.redis_port:
+        result.redis_full_kb = redis_used_memory_kb(args.redis_port)
     log(
         f"{result.name}: idle, {ok} contacts: {result.idle_full:.3f} cores, "
         f"PSS {result.pss_full_kb} KB"
@@ -498,6 +551,14 @@ def main() -> int:
     p.add_argument("--kamailio-shm", type=int, default=256, help="Kamailio -m (MB)")
     p.add_argument("--only-kamailio", action="store_true", help="skip pbxwarden")
     p.add_argument("--no-restart", action="store_true")
+    p.add_argument(
+        "--redis",
+        nargs="?",
+        const=shutil.which("redis-server") or "redis-server",
+        help="run the node with cluster.redis_url (its own redis-server) and measure Redis too",
+    )
+    p.add_argument("--startups", type=int, default=0, help="start/stop cycles measured first")
+    p.add_argument("--only-startup", action="store_true", help="stop after --startups")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args()
@@ -505,6 +566,9 @@ def main() -> int:
         raise BenchError("SIPp not found (Debian: apt-get install sip-tester)")
     if args.kamailio and not shutil.which(args.kamailio):
         raise BenchError(f"Kamailio {args.kamailio!r} not found")
+    if args.redis and not shutil.which(args.redis):
+        raise BenchError(f"redis-server {args.redis!r} not found")
+    args.redis_port = 0
 
     tmp = Path(tempfile.mkdtemp(prefix="pbxw-footprint-"))
     datadir = tmp / "data"
@@ -519,10 +583,18 @@ def main() -> int:
     }
     server: Server | None = None
     kamailio: Kamailio | None = None
+    redis: subprocess.Popen[bytes] | None = None
     results: list[Result] = []
     try:
+        if args.redis:
+            args.redis_port = free_port()
+            redis = start_redis(args.redis, args.redis_port, tmp)
+            env["PBXWARDEN_CLUSTER__REDIS_URL"] = f"redis://{LOOPBACK}:{args.redis_port}/0"
         subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
-        warm = "import pbxwarden.cli.main, pbxwarden.server, pbxwarden.registrar_workers"
+        warm = (  # every module start-up imports, the admin API's too
+            "import pbxwarden.cli.main, pbxwarden.server, pbxwarden.registrar_workers,"
+            " pbxwarden.api"
+        )
         subprocess.run([args.python, "-c", warm], env=env, check=True)  # bytecode written
         users = make_users(args.extensions, 100_000)
         t = time.monotonic()
@@ -548,10 +620,17 @@ def main() -> int:
             server = Server([*cli, "serve", "--sip", f"{LOOPBACK}:{port}"], env, tmp, port)
             result = Result("pbxwarden", args.extensions, 1 + args.workers, core)
             results.append(result)
+            for _ in range(args.startups):
+                once = server.start()
+                server.stop()
+                result.startups.append(once)
+                result.startup_main_cpu.append(once.main_cpu_s)
+                log(f"start-up: ready in {once.ready_s:.2f}s (CPU {once.cpu_s:.2f}s)")
             result.startup = server.start()
             log(f"ready in {result.startup.ready_s:.2f}s (CPU {result.startup.cpu_s:.2f}s)")
-            measure(server, result, args, users_csv, tmp)
-            if not args.no_restart:
+            if not args.only_startup:
+                measure(server, result, args, users_csv, tmp)
+            if not args.no_restart and not args.only_startup:
                 server.stop()
                 result.stored_after_stop = stored_bindings(datadir / "pbxwarden.db")
                 result.restart = server.start()
@@ -578,12 +657,26 @@ def main() -> int:
             measure(kamailio, peer, args, users_csv, tmp)
         print(markdown(results))
         if args.json:
-            data = [{**asdict(r), "per_contact_kb": r.per_contact_kb} for r in results]
+            data = [
+                {
+                    **asdict(r),
+                    "per_contact_kb": r.per_contact_kb,
+                    "redis_per_contact_kb": r.redis_per_contact_kb,
+                }
+                for r in results
+            ]
             args.json.write_text(json.dumps(data, indent=1) + "\n")
     finally:
         for target in (server, kamailio):
             if target is not None:
                 target.stop()
+        if redis is not None:
+            redis.terminate()
+            try:
+                redis.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                redis.kill()
+                redis.wait()
         if args.keep:
             log(f"kept {tmp}")
         else:
@@ -606,6 +699,58 @@ def control(datadir: Path, request: dict[str, object], timeout: float = 30.0) ->
     answer = json.loads(data)
     assert isinstance(answer, dict)
     return answer
+
+
+def start_redis(binary: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    """A redis-server without persistence on ``port``, answering PING."""
+    workdir = tmp / "redis"
+    workdir.mkdir()
+    proc = subprocess.Popen(
+        [
+            *(binary, "--bind", LOOPBACK, "--port", str(port), "--save", "", "--appendonly"),
+            *("no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if redis_command(port, "PING").startswith("+PONG"):
+                return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise BenchError(f"redis-server did not start:\n{tail(workdir / 'redis.log')}")
+
+
+def redis_command(port: int, command: str) -> str:
+    """One inline command, its whole answer as text (enough for PING and INFO)."""
+    with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+        sock.sendall(command.encode() + b"\r\n")
+        data = sock.recv(65536)
+        if data.startswith(b"$"):  # bulk string: read until its announced length
+            head, _, body = data.partition(b"\r\n")
+            size = int(head[1:])
+            while len(body) < size:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            return body.decode(errors="replace")
+        return data.decode(errors="replace")
+
+
+def redis_used_memory_kb(port: int) -> int:
+    info = redis_command(port, "INFO memory")
+    for line in info.splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":", 1)[1]) // 1024
+    raise BenchError("Redis INFO memory has no used_memory")
 
 
 def restored_count(datadir: Path) -> int | None:

@@ -57,6 +57,7 @@ from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.latency import Latency
 from pbxwarden.locking import adopt_stored, lock_settings
+from pbxwarden.memtrim import BurstTrim
 from pbxwarden.pbx.directory import Directory, refresh_directory
 from pbxwarden.pbx.location import Binding, LocationService
 from pbxwarden.pbx.registrar import aor_key
@@ -98,6 +99,7 @@ from pbxwarden.sip.transaction import (
     TransactionError,
     TransactionKey,
     TransactionLayer,
+    absorbs,
     stamp_via,
 )
 from pbxwarden.store.db import ExtensionAuth, Store
@@ -241,6 +243,7 @@ class RegistrarWorker:
         )
         self.tx = TransactionLayer(TimerConfig(sip.t1, sip.t2, sip.t4))
         self.latency = Latency()  # handed to the main process every second
+        self._trim = BurstTrim()  # memory back to the system once a burst is over
         self._loop: asyncio.AbstractEventLoop | None = None
         self._alarm = Alarm(self._on_timer)  # the transaction layer's next timer
         self._network_writes: list[tuple[int, str, float, bool]] = []
@@ -303,6 +306,7 @@ class RegistrarWorker:
             self.firewall.drain_events()  # the main process announces, from the reports
             try:
                 self.location.purge(time.time())
+                self._trim.observe(len(self.tx))
                 await self._refresh()
                 await self._write_networks()
             except Exception:  # the database may be briefly locked; retry next round
@@ -525,7 +529,12 @@ class RegistrarWorker:
         self.latency.finish(key, time.perf_counter())
         assert self._loop is not None
         try:
-            actions = self.tx.send_response(key, result.response, self._loop.time())
+            actions = self.tx.send_response(
+                key,
+                result.response,
+                self._loop.time(),
+                absorb=absorbs(request, result.response),  # a challenge: none kept
+            )
         except TransactionError:
             return
         self._run(actions)

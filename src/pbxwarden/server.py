@@ -73,6 +73,7 @@ from pbxwarden.sip.transaction import (
     TransactionKey,
     TransactionLayer,
     TransactionTimeout,
+    absorbs,
     server_key,
     stamp_via,
 )
@@ -761,7 +762,9 @@ class SipServer:
             self.latency.finish(key, time.perf_counter())
         self.calls.origins.outgoing(response)  # one SDP session per dialog (RFC 3264 8)
         try:
-            actions = self.tx.send_response(key, response, self._now())
+            actions = self.tx.send_response(
+                key, response, self._now(), absorb=absorbs(request, response)
+            )
         except TransactionError:
             log.debug("transaction ended before the answer", method=request.method)
             return

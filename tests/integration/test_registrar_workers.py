@@ -178,6 +178,30 @@ def test_retransmission_is_absorbed_by_the_worker(pbx: PbxProcess) -> None:
         "Via: SIP/2.0/UDP 127.0.0.1:5998;branch=z9hG4bKworkers1;rport\r\n"
         "From: <sip:1005@127.0.0.1>;tag=1\r\nTo: <sip:1005@127.0.0.1>\r\n"
         "Call-ID: retrans-workers\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+        "Contact: <sip:1005@127.0.0.1:5998>\r\n"
+        'Authorization: Digest username="1005", realm="x", nonce="0", uri="sip:x",'
+        ' response="00000000000000000000000000000000"\r\n'
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    before = number(pbx, "worker_handled")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(10)
+        sock.sendto(msg, (pbx.host, pbx.port))
+        first = sock.recv(65535)
+        sock.sendto(msg, (pbx.host, pbx.port))
+        second = sock.recv(65535)
+    assert status_of(first) in (401, 403)
+    assert first == second  # replayed by the worker's transaction, not a second attempt
+    assert wait_for(lambda: number(pbx, "worker_handled") == before + 2)
+
+
+def test_a_challenge_is_stateless_in_the_worker(pbx: PbxProcess) -> None:
+    msg = (
+        f"REGISTER sip:{pbx.host} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5998;branch=z9hG4bKworkers1c;rport\r\n"
+        "From: <sip:1005@127.0.0.1>;tag=1\r\nTo: <sip:1005@127.0.0.1>\r\n"
+        "Call-ID: retrans-workers-c\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
         "Contact: <sip:1005@127.0.0.1:5998>\r\nContent-Length: 0\r\n\r\n"
     ).encode()
     before = number(pbx, "worker_handled")
@@ -189,7 +213,8 @@ def test_retransmission_is_absorbed_by_the_worker(pbx: PbxProcess) -> None:
         sock.sendto(msg, (pbx.host, pbx.port))
         second = sock.recv(65535)
     assert status_of(first) == 401
-    assert first == second  # the same nonce: replayed by the worker's transaction
+    assert status_of(second) == 401
+    assert first != second  # a fresh nonce: a challenge keeps no transaction (absorbs)
     assert wait_for(lambda: number(pbx, "worker_handled") == before + 2)
 
 

@@ -18,6 +18,7 @@ from pbxwarden.sip.transaction import (
     TransactionLayer,
     TransactionTerminated,
     TransactionTimeout,
+    absorbs,
     client_key,
     response_destination,
     server_key,
@@ -592,6 +593,38 @@ def test_non_invite_server_tcp_timer_j_zero() -> None:
         TransactionTerminated(key),
     ]
     assert len(layer) == 0 and layer.next_deadline() is None
+
+
+def test_non_invite_server_challenge_without_absorbing() -> None:
+    """A REGISTER's digest challenge ends its transaction at once over UDP (a stateless
+    answer): a retransmission is a new request for the TU, challenged afresh."""
+    layer = TransactionLayer()
+    register = req("REGISTER")
+    key = server_key(register)
+    layer.receive_request(register, PEER_UDP, 0.0)
+    challenge = resp(register, 401)
+    assert not absorbs(register, challenge)
+    assert layer.send_response(key, challenge, 0.1, absorb=False) == [
+        SendMessage(challenge, PEER_UDP),
+        TransactionTerminated(key),
+    ]
+    assert len(layer) == 0 and layer.next_deadline() is None
+    again = req("REGISTER")
+    assert layer.receive_request(again, PEER_UDP, 0.6) == [DeliverRequest(again, PEER_UDP, key)]
+
+
+def test_absorbs_keeps_all_but_challenges_without_credentials() -> None:
+    register = req("REGISTER")
+    assert absorbs(register, resp(register, 200))
+    assert absorbs(register, resp(register, 403))
+    for status in (401, 407):
+        assert not absorbs(register, resp(register, status))
+    # wrong credentials: its retransmission must not count as a second failed attempt
+    for header in ("Authorization", "Proxy-Authorization"):
+        signed = req("REGISTER", extra=f'{header}: Digest username="alice", response="x"')
+        assert absorbs(signed, resp(signed, 401))
+    invite = req("INVITE")
+    assert absorbs(invite, resp(invite, 407))  # its ACK must meet the transaction
 
 
 # -- response destinations (RFC 3261 18.2.2, RFC 3581) --------------------------------

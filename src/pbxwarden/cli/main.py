@@ -33,6 +33,7 @@ from pbxwarden.cli.locks import extension_trunk_access, extension_unlock
 from pbxwarden.cli.output import database_failure, err, fail, out, print_rows, when
 from pbxwarden.cli.trunk_settings import trunk_transfers
 from pbxwarden.runtime import install_fast_loop as _install_fast_loop
+from pbxwarden.runtime import pause_gc as _pause_gc
 from pbxwarden.runtime import setup_logging as _setup_logging
 from pbxwarden.runtime import tune_gc as _tune_gc
 from pbxwarden.store.basics import (
@@ -1077,6 +1078,7 @@ def serve(
     """Run the PBX until SIGINT or SIGTERM (calls in progress are hung up first).
 
     One server per data directory: a second one exits at once, changing nothing."""
+    _pause_gc()  # until the start-up is over (_tune_gc, just before "ready")
     import asyncio
 
     from pbxwarden.config import ConfigError, parse_hostport

@@ -41,9 +41,10 @@ class NetworkWatch:
     ) -> None:
         self.require_approval = require_approval
         self._country_of = country_of
-        # per extension, a tuple (most have one or two networks: a set costs 216 bytes,
-        # a tuple of one 48, in every process for every extension that ever registered)
-        self._seen: dict[int, tuple[str, ...]] = {}
+        # per extension, its one network as is (most have one: a set costs 216 bytes,
+        # a tuple of one 48, in every process for every extension that ever registered),
+        # a tuple of them for more
+        self._seen: dict[int, str | tuple[str, ...]] = {}
         self._network_of: dict[str, str | None] = {}  # per source address: parsed once
 
     def load(self, rows: list[tuple[int, str]]) -> None:
@@ -56,9 +57,15 @@ class NetworkWatch:
         for extension_id, network in rows:
             self._add(extension_id, sys.intern(network))  # an office's phones share one
 
+    def _known(self, extension_id: int) -> tuple[str, ...] | None:
+        known = self._seen.get(extension_id)
+        return (known,) if isinstance(known, str) else known
+
     def _add(self, extension_id: int, network: str) -> None:
-        known = self._seen.get(extension_id, ())
-        if network not in known:
+        known = self._known(extension_id)
+        if known is None:
+            self._seen[extension_id] = network
+        elif network not in known:
             self._seen[extension_id] = (*known, network)
 
     def check(self, extension_id: int, address: str) -> list[NetworkVerdict]:
@@ -80,7 +87,7 @@ class NetworkWatch:
         return verdicts
 
     def _check(self, extension_id: int, network: str) -> NetworkVerdict:
-        known = self._seen.get(extension_id)
+        known = self._known(extension_id)
         kind = network.startswith("country:")
         if known is None or not any(n.startswith("country:") == kind for n in known):
             self._add(extension_id, network)
@@ -93,9 +100,9 @@ class NetworkWatch:
         return NetworkVerdict(network, known=False, first=False, allowed=True)
 
     def networks(self, extension_id: int) -> set[str]:
-        return set(self._seen.get(extension_id, ()))
+        return set(self._known(extension_id) or ())
 
     def knows(self, extension_id: int, network: str) -> bool:
         """Whether the extension registered successfully from ``network`` (or it was
         approved): what an extension lock still lets through."""
-        return network in self._seen.get(extension_id, ())
+        return network in (self._known(extension_id) or ())

@@ -7,7 +7,8 @@ per-request disk syncs while a restart still finds every binding.
 Nothing here is paid per binding while nothing happens: expiry goes by deadline (a
 heap of expiry times, looked at only when its earliest one is due), and the write-back
 takes only what changed. Memory is per binding too, tens of thousands of them: an AOR
-holds a tuple of its bindings (most have one), not a dictionary.
+holds its one binding as is (most have one: a tuple of one is 48 bytes more, in the
+main process and a worker), a tuple of them for more, never a dictionary.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ Elsewhere = Callable[[str, float], "list[Binding]"]
 # (expires_at, AOR, contact) of every binding put, in expiry order. An entry whose
 # binding was refreshed or removed since is stale and dropped when it comes due.
 _Expiry = tuple[float, str, str]
+
+
+def _all(held: Binding | tuple[Binding, ...]) -> tuple[Binding, ...]:
+    return (held,) if isinstance(held, Binding) else held
+
+
+def _held(bindings: tuple[Binding, ...]) -> Binding | tuple[Binding, ...]:
+    return bindings[0] if len(bindings) == 1 else bindings
 
 
 def _find(bindings: tuple[Binding, ...], contact: str) -> int:
@@ -69,7 +78,7 @@ class LocationService:
     def __init__(self, listener: ChangeListener | None = None) -> None:
         """With a ``listener``, changes go to it instead of the write-back queue (a
         registrar worker: the main process keeps the routing copy and writes)."""
-        self._bindings: dict[str, tuple[Binding, ...]] = {}
+        self._bindings: dict[str, Binding | tuple[Binding, ...]] = {}
         self._count = 0
         self._expiries: list[_Expiry] = []
         self._dirty: dict[tuple[int, str], Binding | None] = {}
@@ -89,25 +98,26 @@ class LocationService:
         expiries = self._expiries
         for aor, r in rows:
             r = compact(r)
-            known = bindings.get(aor)
-            if known is None:
-                bindings[aor] = (r,)
+            held = bindings.get(aor)
+            if held is None:
+                bindings[aor] = r
                 self._count += 1
             else:
+                known = _all(held)
                 i = _find(known, r.contact)
                 if i < 0:
                     bindings[aor] = (*known, r)
                     self._count += 1
                 else:
-                    bindings[aor] = (*known[:i], r, *known[i + 1 :])
+                    bindings[aor] = _held((*known[:i], r, *known[i + 1 :]))
             expiries.append((r.expires_at, aor, r.contact))
         heapq.heapify(expiries)
         self._maybe_compact()
 
     def items(self) -> Iterator[tuple[str, Binding]]:
         """Every binding with its AOR (expired ones included until purged)."""
-        for aor, bindings in self._bindings.items():
-            for binding in bindings:
+        for aor, held in self._bindings.items():
+            for binding in _all(held):
                 yield aor, binding
 
     def clear(self) -> None:
@@ -118,10 +128,12 @@ class LocationService:
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """Live bindings, highest q first (RFC 3261 16.6 target ordering)."""
-        bindings = self._bindings.get(aor)
-        if not bindings:
+        held = self._bindings.get(aor)
+        if held is None:
             return []
-        live = [b for b in bindings if b.expires_at > now]
+        if isinstance(held, Binding):
+            return [held] if held.expires_at > now else []
+        live = [b for b in held if b.expires_at > now]
         live.sort(key=lambda b: -(b.q if b.q is not None else 1.0))
         return live
 
@@ -142,26 +154,30 @@ class LocationService:
         return merged
 
     def get(self, aor: str, contact: str) -> Binding | None:
-        bindings = self._bindings.get(aor)
-        if bindings is None:
+        held = self._bindings.get(aor)
+        if held is None:
             return None
+        if isinstance(held, Binding):
+            return held if held.contact == contact else None
+        bindings = held
         i = _find(bindings, contact)
         return None if i < 0 else bindings[i]
 
     def put(self, aor: str, binding: Binding) -> None:
         binding = compact(binding)
         contact = binding.contact
-        known = self._bindings.get(aor)
-        if known is None:
-            self._bindings[aor] = (binding,)
+        held = self._bindings.get(aor)
+        if held is None:
+            self._bindings[aor] = binding
             self._count += 1
         else:
+            known = _all(held)
             i = _find(known, contact)
             if i < 0:
                 self._bindings[aor] = (*known, binding)
                 self._count += 1
             else:  # a refresh keeps its place (the order of equal-q targets)
-                self._bindings[aor] = (*known[:i], binding, *known[i + 1 :])
+                self._bindings[aor] = _held((*known[:i], binding, *known[i + 1 :]))
         heapq.heappush(self._expiries, (binding.expires_at, aor, contact))
         self._maybe_compact()
         if self._listener is not None:
@@ -182,9 +198,10 @@ class LocationService:
                 self.observer(aor, contact, None)
 
     def _drop(self, aor: str, contact: str) -> Binding | None:
-        known = self._bindings.get(aor)
-        if known is None:
+        held = self._bindings.get(aor)
+        if held is None:
             return None
+        known = _all(held)
         i = _find(known, contact)
         if i < 0:
             return None
@@ -192,7 +209,7 @@ class LocationService:
         if len(known) == 1:
             del self._bindings[aor]
         else:
-            self._bindings[aor] = (*known[:i], *known[i + 1 :])
+            self._bindings[aor] = _held((*known[:i], *known[i + 1 :]))
         self._count -= 1
         return binding  # its expiry entry goes stale: dropped when it comes due
 
@@ -221,8 +238,8 @@ class LocationService:
         if len(expiries) > 64 and len(expiries) > 2 * self._count:
             self._expiries = [
                 (b.expires_at, aor, b.contact)
-                for aor, bindings in self._bindings.items()
-                for b in bindings
+                for aor, held in self._bindings.items()
+                for b in _all(held)
             ]
             heapq.heapify(self._expiries)
 

@@ -215,6 +215,22 @@ def _legacy_key(request: Request, method: str, to_tag: str | None) -> Transactio
     )
 
 
+def absorbs(request: Request, response: Response) -> bool:
+    """Whether the server transaction should go on absorbing retransmissions of
+    ``request`` after its final ``response`` (:meth:`TransactionLayer.send_response`).
+
+    Not after a digest challenge (401, 407) to a non-INVITE request that carried no
+    credentials: a retransmission is challenged afresh, and nothing is counted twice
+    (a request with wrong credentials keeps its transaction: its retransmission must
+    not count as a second failed attempt)."""
+    if response.status not in (401, 407) or request.method == "INVITE":
+        return True
+    headers = request.headers
+    return headers.get("Authorization") is not None or (
+        headers.get("Proxy-Authorization") is not None
+    )
+
+
 def server_key(request: Request) -> TransactionKey:
     """The server transaction a received request belongs to (RFC 3261 17.2.3)."""
     if not request.via:
@@ -721,14 +737,23 @@ class TransactionLayer:
         key = server_key(cancel).with_method("INVITE")
         return key if key in self._txns else None
 
-    def send_response(self, key: TransactionKey, response: Response, now: float) -> list[Action]:
-        """The TU answers a request; responses the state does not allow are discarded."""
+    def send_response(
+        self, key: TransactionKey, response: Response, now: float, *, absorb: bool = True
+    ) -> list[Action]:
+        """The TU answers a request; responses the state does not allow are discarded.
+
+        ``absorb=False``: a final response to a non-INVITE request ends the transaction
+        at once, as over a reliable transport, instead of absorbing retransmissions of
+        the request for Timer J (32 s over UDP). For answers a retransmission may as
+        well get afresh, as a stateless UAS gives them (RFC 3261 8.2.7): a registrar's
+        digest challenge to a REGISTER without credentials, which is half of every
+        registration's transactions (Kamailio challenges statelessly too)."""
         txn = self._get(key)
         if not key.server:
             raise TransactionError("responses are sent through server transactions")
         if txn.invite:
             return self._invite_server_response(txn, response, now)
-        return self._non_invite_server_response(txn, response, now)
+        return self._non_invite_server_response(txn, response, now, absorb)
 
     def _invite_server_response(
         self, txn: _Transaction, response: Response, now: float
@@ -756,7 +781,7 @@ class TransactionLayer:
         return [send]
 
     def _non_invite_server_response(
-        self, txn: _Transaction, response: Response, now: float
+        self, txn: _Transaction, response: Response, now: float, absorb: bool = True
     ) -> list[Action]:
         if txn.state is State.COMPLETED:
             return []  # RFC 3261 17.2.2: later finals from the TU are discarded
@@ -766,7 +791,7 @@ class TransactionLayer:
             txn.state = State.PROCEEDING
             return [send]
         txn.state = State.COMPLETED
-        if txn.peer.reliable:
+        if txn.peer.reliable or not absorb:
             return [send, self._terminate(txn)]
         txn.request = None
         txn.wire = response.to_bytes()

