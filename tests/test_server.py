@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pbxwarden.server import overload_state
+from pbxwarden.overload import overload_state
 
 LAG, QUEUE = 0.25, 1_000_000
 

@@ -29,12 +29,13 @@ from pbxwarden.firewall.locks import ExtensionLocks, LockTracker
 from pbxwarden.firewall.netwatch import NetworkWatch
 from pbxwarden.firewall.nftables import NftablesError, NftablesOffload
 from pbxwarden.guard.alerts import AlertDispatcher
-from pbxwarden.guard.engine import Guard, GuardAlert
+from pbxwarden.guard.engine import Guard
 from pbxwarden.guard.policy import with_stored
 from pbxwarden.latency import Latency
 from pbxwarden.lifecycle import ListenError
 from pbxwarden.locking import LockSync, lock_settings
-from pbxwarden.pbx.calls import CallManager, CallSettings, Cancellable
+from pbxwarden.overload import overload_state
+from pbxwarden.pbx.calls import CallManager, CallSettings
 from pbxwarden.pbx.cdr import SPOOL_FILE, CdrWriter
 from pbxwarden.pbx.directory import Directory
 from pbxwarden.pbx.forwarding import FeatureCode
@@ -51,6 +52,7 @@ from pbxwarden.registrar_gate import firewall_settings, registration_route
 from pbxwarden.registrar_pool import WorkerPool
 from pbxwarden.registrar_protocol import binding_from_event, unframe
 from pbxwarden.server_control import ControlCommands
+from pbxwarden.server_port import CallPortMixin
 from pbxwarden.server_sync import StoreSync
 from pbxwarden.sip.digest import DigestServer
 from pbxwarden.sip.errors import ParseError
@@ -78,9 +80,8 @@ from pbxwarden.sip.transaction import (
     stamp_via,
 )
 from pbxwarden.sip.transaction import State as TxState
-from pbxwarden.sip.uri import URI
 from pbxwarden.store.credentials import trunk_credential_key
-from pbxwarden.store.db import ExtensionAuth, Store
+from pbxwarden.store.db import Store
 from pbxwarden.transport.connections import ConnectionLimits
 from pbxwarden.transport.front import Fronts
 from pbxwarden.transport.ingress import Ingress
@@ -107,22 +108,6 @@ ALLOW = (
 )
 
 
-EVENT_CALL_FIELDS = (
-    "call_id",
-    "tenant",
-    "extension",
-    "caller",
-    "callee",
-    "kind",
-    "decision",
-    "reasons",
-    "score",
-    "severity",
-    "callee_e164",
-    "dest_country",
-    "number_type",
-)
-EVENT_END_FIELDS = ("disposition", "sip_code", "duration", "cost", "reasons", "decision")
 # At shutdown, how long the phones of calls in progress have to answer our BYEs and
 # CANCELs (retransmitted over UDP meanwhile: 0.5, 1.5 and 3.5 s after the first).
 SHUTDOWN_GRACE = 4.0
@@ -144,7 +129,7 @@ class Stats:
     shed: int = 0  # new calls refused with 503 while overloaded
 
 
-class SipServer:
+class SipServer(CallPortMixin):
     def __init__(self, config: Config, store: Store, data_dir: Path) -> None:
         self._data_dir = data_dir
         self._control: asyncio.AbstractServer | None = None
@@ -830,217 +815,6 @@ class SipServer:
 
         self._tasks.add(task := asyncio.ensure_future(write()))
         task.add_done_callback(self._tasks.discard)
-
-    def send_request(self, request: Request, dest: Address) -> TransactionKey:
-        self.calls.origins.outgoing(request)
-        if dest.front is not None and "Route" not in request.headers:
-            request.headers.add("Route", front_route(dest, request.uri))
-            if self.relay is not None:  # through another node: signed (cluster/relay.py)
-                self.relay.sign(request, dest)
-        key, actions = self.tx.send_request(request, dest, self._now())
-        if self._farewells is not None:  # a BYE or CANCEL of the shutdown: wait for it
-            self._farewells.append((key, True))
-        self._run(actions)
-        return key
-
-    def send_direct(self, message: Request | Response, dest: Address) -> None:
-        self.calls.origins.outgoing(message)
-        relayed = isinstance(message, Request) and dest.front is not None
-        if relayed and "Route" not in message.headers:  # an ACK for a 2xx: as any request
-            assert isinstance(message, Request)
-            message.headers.add("Route", front_route(dest, message.uri))
-        self.transports.send(message.to_bytes(), dest)
-
-    def build_cancel(self, key: TransactionKey) -> Request:
-        return self.tx.build_cancel(key)
-
-    def local_address(self, transport: str) -> tuple[str, int]:
-        bound = self.transports.bound.get(transport) or self.transports.bound["UDP"]
-        return bound[0], bound[1]
-
-    def schedule(self, delay: float, callback: Callable[[], None]) -> Cancellable:
-        assert self._loop is not None
-        return self._loop.call_later(delay, callback)
-
-    def wall_time(self) -> float:
-        return time.time()
-
-    def cdr_open(self, token: int, fields: dict[str, Any]) -> None:
-        self.cdrs.open(token, fields)
-        if self.cluster is not None:
-            self.cluster.callreg.changed()
-        if self.events.listening:
-            self._live_calls[token] = (fields["tenant"], fields["call_id"])
-            self.events.publish(
-                "call.start", {k: fields.get(k) for k in EVENT_CALL_FIELDS}, fields["start_ts"]
-            )
-
-    def cdr_answer(self, token: int, at: float) -> None:
-        self.cdrs.answer(token, at)
-        if self.cluster is not None:
-            self.cluster.callreg.changed()
-
-    def cdr_close(self, token: int, fields: dict[str, Any]) -> None:
-        self.cdrs.close(token, fields)
-        if self.cluster is not None:
-            self.cluster.callreg.changed()
-        opened = self._live_calls.pop(token, None)
-        if opened is not None:
-            tenant, call_id = opened
-            self.events.publish(
-                "call.end",
-                {
-                    "tenant": tenant,
-                    "call_id": call_id,
-                    **{k: fields.get(k) for k in EVENT_END_FIELDS if k in fields},
-                },
-            )
-
-    def auth_failed(
-        self, source: Address, username: str, extension: ExtensionAuth | None = None
-    ) -> None:
-        now = time.time()
-        self.firewall.auth_failed(source.host, username, now)
-        if extension is not None:
-            self.locks.failed(extension, source.host, now)
-
-    def refuse_credentials(self, extension: ExtensionAuth, source: Address) -> bool:
-        """Right credentials that must get a wrong password's answer (a locked extension
-        from an unknown network, a trunk's address): counted like a wrong password."""
-        why = self.locks.refusal(extension, source.host, time.time())
-        if why is None:
-            return False
-        self.auth_failed(source, extension.number, extension)
-        log.info("request refused", source=str(source), user=extension.number, reason=why)
-        return True
-
-    def forwarding_refused(
-        self, tenant: str, number: str, kind: str, target: str, source: str, reason: str
-    ) -> None:
-        self._background_write(
-            self.store.record_forwarding_refused,
-            tenant,
-            number,
-            kind,
-            target,
-            "phone",
-            source,
-            reason,
-            time.time(),
-        )
-
-    def notify(
-        self,
-        tenant: str,
-        extension: str,
-        rule: str,
-        summary: str,
-        reasons: tuple[str, ...],
-        dedupe: str,
-    ) -> None:
-        alert = GuardAlert(
-            tenant, extension, "critical", rule, summary, reasons, time.time(), dedupe=dedupe
-        )
-
-        async def deliver() -> None:
-            try:
-                await self.sync.deliver(alert)
-            except Exception:
-                log.exception("delivering an alert failed", rule=rule, extension=extension)
-
-        self._tasks.add(task := asyncio.ensure_future(deliver()))
-        task.add_done_callback(self._tasks.discard)
-
-    def set_hours_override(
-        self, tenant: str, number: str, override: str | None, actor: str, source: str
-    ) -> None:
-        self.sync.hours_override(tenant, number, override, actor, source)
-
-    def set_forwarding(
-        self, tenant: str, number: str, kind: str, target: str | None, source: str
-    ) -> None:
-        async def write() -> None:
-            try:
-                old = await asyncio.to_thread(
-                    self.store.set_forwarding,
-                    tenant,
-                    number,
-                    kind,
-                    target,
-                    "phone",
-                    source,
-                    time.time(),
-                )
-            except Exception:
-                log.exception("saving a forwarding change failed", extension=number)
-                return
-            log.warning(
-                "call forwarding changed",
-                tenant=tenant,
-                extension=number,
-                kind=kind,
-                old=old,
-                new=target,
-                actor="phone",
-                source=source,
-            )
-            await self.sync.refresh_directory()
-
-        self._tasks.add(task := asyncio.ensure_future(write()))
-        task.add_done_callback(self._tasks.discard)
-
-
-def overload_state(
-    was: int,
-    lag: float,
-    lag_limit: float,
-    backlog: int,
-    backlog_limit: int,
-    *,
-    busy: bool = True,
-    late_before: bool = True,
-) -> int:
-    """How hard to shed new calls: 0 not at all, 1 those without credentials, 2 all.
-
-    2 when the loop lags past its limit or the receive queue is four times its limit;
-    1 when the queue is past its limit. Down again only below half the lag and a quarter
-    of the queue (hysteresis: no flapping at the threshold), and one level at a time.
-
-    A late timer is load only when it lasts (``late_before``: the previous probe was
-    late too) and SIP waits behind it: bytes still queued in the kernel (``backlog``),
-    or messages that arrived since the previous probe (``busy``: a loop kept busy over
-    TCP, whose queues are not measured). One stall (start-up, a garbage collection, the
-    machine paused) or lag with nothing waiting sheds nothing; a limit of 0 turns the
-    lag signal off (as 0 does the queue's).
-    """
-    queued = backlog_limit > 0 and backlog > backlog_limit
-    lagging = 0 < lag_limit < lag and late_before and (backlog > 0 or busy)
-    if lagging or (queued and backlog > 4 * backlog_limit):
-        return 2
-    if queued:
-        return 1
-    low = (lag_limit == 0 or lag < lag_limit / 2) and (
-        backlog_limit == 0 or backlog < backlog_limit / 4
-    )
-    return max(0, was - 1) if low else was
-
-
-def front_route(dest: Address, uri: URI | None = None) -> str:
-    """The Route that takes a request to a phone through the front that relayed its
-    REGISTER: the front's Path (RFC 3327) with ``received``, which its path module
-    (``use_received``) turns into the next hop. ``transport`` in the Route is the
-    node's link to the front; the phone's own link to the front is the one its Contact
-    (the request URI) asks for, ``transport=tcp`` or ``tls``, written into ``received``
-    escaped, as Kamailio's ``add_path_received`` does: the front then reuses the
-    phone's connection instead of sending UDP to the connection's address."""
-    assert dest.front is not None
-    front, phone = dest.front, dest
-    host = f"[{front.host}]" if ":" in front.host else front.host
-    target = f"[{phone.host}]" if ":" in phone.host else phone.host
-    transport = "" if front.transport == "UDP" else f";transport={front.transport.lower()}"
-    wanted = (uri.transport or "").lower() if uri is not None else ""
-    link = f"%3btransport%3d{wanted}" if wanted in ("tcp", "tls") else ""
-    return f"<sip:{host}:{front.port}{transport};lr;received=sip:{target}:{phone.port}{link}>"
 
 
 def _has_credentials(request: Request) -> bool:

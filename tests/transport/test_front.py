@@ -7,11 +7,10 @@ import pytest
 
 from pbxwarden.config import Config
 from pbxwarden.pbx.call import parse_source
-from pbxwarden.server import front_route
 from pbxwarden.sip.message import Request, parse_message
 from pbxwarden.sip.transaction import Address, response_destination, stamp_via
 from pbxwarden.sip.uri import parse_uri
-from pbxwarden.transport.front import Fronts, parse_value
+from pbxwarden.transport.front import Fronts, front_route, parse_value
 
 FRONT = Address("UDP", "192.0.2.1", 5060)
 

@@ -4,7 +4,7 @@ A phone registered on node A without a front (DNS SRV, or a phone pointed at A) 
 reachable only through A's socket: its NAT binding is A's, and a packet from node B
 would be dropped by the phone's router. So B sends such a call to A exactly as it sends
 a call for a phone behind the front to the front, with
-``Route: <sip:A;lr;received=sip:phone:port>`` (:func:`pbxwarden.server.front_route`),
+``Route: <sip:A;lr;received=sip:phone:port>`` (:func:`pbxwarden.transport.front.front_route`),
 and signs it (``X-PBX-Node``); A checks the signature and rings that one binding of its
 own as a B2BUA (:mod:`pbxwarden.pbx.node_relay`), never another node's, so nothing
 loops.

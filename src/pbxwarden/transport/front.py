@@ -34,6 +34,7 @@ import re
 from collections.abc import Iterable
 
 from pbxwarden.sip.transaction import Address
+from pbxwarden.sip.uri import URI
 
 HEADER = "X-PBX-Source"
 _HEADER = re.compile(rb"\r\nx-pbx-source[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -81,3 +82,21 @@ class Fronts:
             return source
         host, port = parsed
         return Address(source.transport, host, port, source)
+
+
+def front_route(dest: Address, uri: URI | None = None) -> str:
+    """The Route that takes a request to a phone through the front that relayed its
+    REGISTER: the front's Path (RFC 3327) with ``received``, which its path module
+    (``use_received``) turns into the next hop. ``transport`` in the Route is the
+    node's link to the front; the phone's own link to the front is the one its Contact
+    (the request URI) asks for, ``transport=tcp`` or ``tls``, written into ``received``
+    escaped, as Kamailio's ``add_path_received`` does: the front then reuses the
+    phone's connection instead of sending UDP to the connection's address."""
+    assert dest.front is not None
+    front, phone = dest.front, dest
+    host = f"[{front.host}]" if ":" in front.host else front.host
+    target = f"[{phone.host}]" if ":" in phone.host else phone.host
+    transport = "" if front.transport == "UDP" else f";transport={front.transport.lower()}"
+    wanted = (uri.transport or "").lower() if uri is not None else ""
+    link = f"%3btransport%3d{wanted}" if wanted in ("tcp", "tls") else ""
+    return f"<sip:{host}:{front.port}{transport};lr;received=sip:{target}:{phone.port}{link}>"
