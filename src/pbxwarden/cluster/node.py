@@ -42,10 +42,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pbxwarden.cluster import scripts
-from pbxwarden.cluster.calls import HOLD_INTERVAL, SharedCalls
+from pbxwarden.cluster.alerts import SharedAlerts
+from pbxwarden.cluster.calls import HOLD_INTERVAL
 from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
 from pbxwarden.cluster.location import SharedLocation
+from pbxwarden.cluster.rates import SharedAttempts
 from pbxwarden.cluster.registry import DatabaseProbe, NodeRegistry, server_load
 from pbxwarden.cluster.spend import SharedSpend
 from pbxwarden.cluster.suspensions import SharedSuspensions
@@ -163,13 +165,15 @@ class ClusterNode:
         self.dropped = 0  # changes not queued (queue full): the reconcile round has them
         self.reconciled_at: float | None = None
         self.events = SharedEvents(self.link, self.keys.stream, self.node, server.events)
-        self.calls = SharedCalls(
+        # call limits and attempt rates, one script per costly attempt (rates.py)
+        self.calls = self.attempts = SharedAttempts(
             config.redis_url,
             config.timeout,
             config.key_prefix,
             config.node,
             fail_closed=config.costly_when_down == "refuse",
         )
+        self.alerts = SharedAlerts(self.link, config.key_prefix)  # one notification for all
         # the heartbeat: pbxwarden cluster status, GET /api/v1/cluster (registry.py)
         self.registry = NodeRegistry(
             self.link,
@@ -220,6 +224,8 @@ class ClusterNode:
         self.registry.start()
         self.location.start()
         self.server.guard.shared = self.calls  # call limits for the whole PBX
+        self.server.guard.shared_attempts = self.attempts  # and rates (rates.py)
+        self.server.alert_channels.shared = self.alerts  # sent once (alerts.py)
         self.server.guard.shared_spend = self.spend  # spend caps for the whole PBX
         self.server.guard.shared_suspensions = self.suspensions
         self._tasks.append(asyncio.create_task(self._holding()))
@@ -235,6 +241,8 @@ class ClusterNode:
         await self.events.stop()
         await self.location.stop()
         self.server.guard.shared = None
+        self.server.guard.shared_attempts = None
+        self.server.alert_channels.shared = None
         self.server.guard.shared_spend = None
         self.server.guard.shared_suspensions = None
         self.server.firewall.on_ban = None
@@ -278,6 +286,8 @@ class ClusterNode:
             "cluster_calls_reserved": self.calls.reserved,
             "cluster_calls_refused": self.calls.refused,
             "cluster_calls_redis": "down" if self.calls.down else "up",
+            "cluster_rates_refused": self.attempts.rate_refused,
+            "cluster_alerts_sent_elsewhere": self.alerts.lost,
             "cluster_heartbeats": self.registry.beats,
             "cluster_takeover_closed": self.takeover.closed,
             **self.spend.describe(),

@@ -198,6 +198,80 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
+# -- rates (pbxwarden.cluster.rates) -----------------------------------------------------
+# KEYS: as RESERVE_CALL, then the extension's costly attempts of the last hour (a sorted
+# set: member the reservation token, scored by when), then, when the destination counts
+# for the same-prefix limit, the extension's attempts to that prefix in its window
+# ARGV: token, now, lapses_at, per-extension limit, per-tenant limit, calls per minute,
+# calls per hour, same-prefix calls, minute start, hour start, prefix window start
+# Concurrency as RESERVE_CALL, then the rates, then the same prefix; all checked before
+# anything is added, so a refused attempt counts nowhere (as on one node, where only an
+# allowed attempt is recorded). {1, calls, minute, hour, prefix} (counts with this one),
+# or {0, "extension"|"tenant"|"minute"|"hour"|"prefix", count}.
+RESERVE_ATTEMPT = """
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local e = redis.call('ZCARD', KEYS[1])
+if e >= tonumber(ARGV[4]) then
+  return {0, 'extension', e}
+end
+local t = redis.call('ZCARD', KEYS[2])
+if t >= tonumber(ARGV[5]) then
+  return {0, 'tenant', t}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[10])
+local m = redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[9], '+inf')
+if m >= tonumber(ARGV[6]) then
+  return {0, 'minute', m}
+end
+local h = redis.call('ZCARD', KEYS[3])
+if h >= tonumber(ARGV[7]) then
+  return {0, 'hour', h}
+end
+local p = 0
+if #KEYS > 3 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[11])
+  p = redis.call('ZCARD', KEYS[4])
+  if p >= tonumber(ARGV[8]) then
+    return {0, 'prefix', p}
+  end
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[4], math.ceil(now - tonumber(ARGV[11])) + 60)
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 86400)
+redis.call('EXPIRE', KEYS[2], 86400)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[3], math.ceil(now - tonumber(ARGV[10])) + 60)
+return {1, e + 1, m + 1, h + 1, p + 1}
+"""
+
+# -- alerts (pbxwarden.cluster.alerts) ------------------------------------------------------
+# KEYS: the alert's dedupe key; ARGV: severity rank (0 warning, 1 critical), window (ms)
+# 1 when this node is the one to notify (no node sent this alert, or only at a lower
+# severity: an escalation is told), else 0. SET NX in spirit, with the severity kept so
+# that a critical repeat of a warning is still sent once.
+CLAIM_ALERT = """
+local sent = redis.call('GET', KEYS[1])
+if sent and tonumber(sent) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: the alert's dedupe key; ARGV: the severity rank this node claimed
+# Nothing was delivered: another node's next occurrence may try again.
+UNCLAIM_ALERT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
 # -- spend (pbxwarden.cluster.spend) ----------------------------------------------------
 # Each owner (an extension "tenant/number", or a tenant) has two keys: a sorted set of
 # its finished calls' costs (member "uid|call|cost", scored by the call's end) and a

@@ -142,6 +142,28 @@ class SharedCounts(Protocol):
     def ended(self, ref: int) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """The limits an allowed costly attempt is checked against on all the PBX's nodes."""
+
+    per_extension: int  # costly calls in progress
+    per_tenant: int
+    per_minute: int  # costly attempts of the extension
+    per_hour: int
+    prefix: str  # the destination's prefix for the same-prefix limit ("" if not costly)
+    same_prefix: int  # attempts to that prefix in 10 minutes
+
+
+class SharedAttempts(Protocol):
+    """Call limits and attempt rates counted on all the PBX's nodes in one step
+    (``pbxwarden.cluster.rates``): asked after every local rule allowed an attempt,
+    in place of :meth:`SharedCounts.reserve`."""
+
+    def admit(self, tenant: str, extension: str, ask: Ask, now: float) -> tuple[str, int] | None:
+        """None: counted, and a slot held for the extension's next started call; else
+        (why not, SIP status)."""
+
+
 class SharedSpend(Protocol):
     """What the PBX's other nodes' calls cost (``pbxwarden.cluster.spend``), added to
     this node's own spend wherever a spend cap is checked."""
@@ -200,6 +222,7 @@ class Guard:
         self._cutoffs: list[tuple[int, str]] = []
         self._stored_suspensions: dict[tuple[str, str], str] = {}
         self.shared: SharedCounts | None = None  # several nodes: limits for all of them
+        self.shared_attempts: SharedAttempts | None = None  # and rates (with ``shared``)
         self.shared_spend: SharedSpend | None = None  # several nodes: caps for all of them
         self.shared_suspensions: SharedSuspensions | None = None
 
@@ -430,15 +453,28 @@ class Guard:
             self._alert(attempt, refused)
             return refused
         if self.shared is not None and attempt.kind != "forward-change":
-            full = self.shared.reserve(
-                attempt.tenant,
-                attempt.extension,
-                policy.max_concurrent_per_extension,
-                policy.max_concurrent_calls,
-                now,
-            )
+            if self.shared_attempts is not None:
+                ask = Ask(
+                    policy.max_concurrent_per_extension,
+                    policy.max_concurrent_calls,
+                    policy.calls_per_minute,
+                    policy.calls_per_hour,
+                    dest.e164[:6] if rules.costly(dest) else "",
+                    policy.same_prefix_calls,
+                )
+                answer = self.shared_attempts.admit(attempt.tenant, attempt.extension, ask, now)
+                full, status = answer if answer is not None else (None, 486)
+            else:
+                full = self.shared.reserve(
+                    attempt.tenant,
+                    attempt.extension,
+                    policy.max_concurrent_per_extension,
+                    policy.max_concurrent_calls,
+                    now,
+                )
+                status = 486
             if full is not None:
-                refused = Decision(False, (full, *reasons), status=486, rule="limit")
+                refused = Decision(False, (full, *reasons), status=status, rule="limit")
                 self._alert(attempt, refused)
                 return refused
         if attempt.kind != "forward-change":
