@@ -201,15 +201,33 @@ return 1
 # -- rates (pbxwarden.cluster.rates) -----------------------------------------------------
 # KEYS: as RESERVE_CALL, then the extension's costly attempts of the last hour (a sorted
 # set: member the reservation token, scored by when), then, when the destination counts
-# for the same-prefix limit, the extension's attempts to that prefix in its window
+# for the same-prefix limit, the extension's attempts to that prefix in its window, then,
+# when the destination's range is followed (dear), the tenant's attempts into the range
+# (member "token|extension|e164|odd", scored by when) and the range's marks (a hash:
+# "test" -> "at extension e164", "blocked" -> "until why")
 # ARGV: token, now, lapses_at, per-extension limit, per-tenant limit, calls per minute,
-# calls per hour, same-prefix calls, minute start, hour start, prefix window start
-# Concurrency as RESERVE_CALL, then the rates, then the same prefix; all checked before
-# anything is added, so a refused attempt counts nowhere (as on one node, where only an
-# allowed attempt is recorded). {1, calls, minute, hour, prefix} (counts with this one),
-# or {0, "extension"|"tenant"|"minute"|"hour"|"prefix", count}.
+# calls per hour, same-prefix calls, minute start, hour start, prefix window start, then
+# with a range: this process's token prefix, the member, the range window start, the
+# most entries kept per range
+# A range found pumped refuses first (as on one node, where a pattern comes before the
+# limits), then concurrency as RESERVE_CALL, the rates, the same prefix; all checked
+# before anything is added, so a refused attempt counts nowhere (as on one node, where
+# only an allowed attempt is recorded). Answers {1, calls, minute, hour, prefix, test,
+# {member, score}...: the other processes' attempts into the range} (counts with this
+# one), or {0, "extension"|"tenant"|"minute"|"hour"|"prefix", count}, or {0, "blocked",
+# until, why}.
 RESERVE_ATTEMPT = """
 local now = tonumber(ARGV[2])
+local ranged = #KEYS > 4
+if ranged then
+  local blocked = redis.call('HGET', KEYS[6], 'blocked')
+  if blocked then
+    local untilv, why = string.match(blocked, '^(%S+) (.*)$')
+    if untilv and tonumber(untilv) > now then
+      return {0, 'blocked', untilv, why}
+    end
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local e = redis.call('ZCARD', KEYS[1])
@@ -245,7 +263,58 @@ redis.call('EXPIRE', KEYS[1], 86400)
 redis.call('EXPIRE', KEYS[2], 86400)
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('EXPIRE', KEYS[3], math.ceil(now - tonumber(ARGV[10])) + 60)
-return {1, e + 1, m + 1, h + 1, p + 1}
+local out = {1, e + 1, m + 1, h + 1, p + 1}
+if ranged then
+  local mine, start = ARGV[12], ARGV[14]
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', start)
+  local seen = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. start, '+inf', 'WITHSCORES')
+  out[6] = redis.call('HGET', KEYS[6], 'test') or ''
+  for i = 1, #seen, 2 do
+    if string.sub(seen[i], 1, #mine) ~= mine then
+      out[#out + 1] = seen[i]
+      out[#out + 1] = seen[i + 1]
+    end
+  end
+  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[13])
+  local kept, max = redis.call('ZCARD', KEYS[5]), tonumber(ARGV[15])
+  if kept > max then
+    redis.call('ZREMRANGEBYRANK', KEYS[5], 0, kept - max - 1)
+  end
+  redis.call('EXPIRE', KEYS[5], math.ceil(now - tonumber(start)) + 60)
+end
+return out
+"""
+
+# KEYS: the reservation keys of one admitted attempt (as RESERVE_ATTEMPT's)
+# ARGV: token, the range member ("" without a range)
+# The attempt was refused after all: it counts nowhere.
+WITHDRAW_ATTEMPT = """
+for i = 1, math.min(#KEYS, 4) do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+if #KEYS > 4 and ARGV[2] ~= '' then
+  redis.call('ZREM', KEYS[5], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: a range's marks (hash); ARGV: test ("" or "at extension e164"), blocked until
+# (0: none), why, keep (seconds)
+# The first test call seen is kept (as on one node); a block is kept if it ends later.
+MARK_RANGE = """
+if ARGV[1] ~= '' then
+  redis.call('HSETNX', KEYS[1], 'test', ARGV[1])
+end
+local untilv = tonumber(ARGV[2])
+if untilv > 0 then
+  local current = redis.call('HGET', KEYS[1], 'blocked')
+  local c = current and tonumber(string.match(current, '^(%S+)')) or 0
+  if untilv > c then
+    redis.call('HSET', KEYS[1], 'blocked', ARGV[2] .. ' ' .. ARGV[3])
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
 """
 
 # -- alerts (pbxwarden.cluster.alerts) ------------------------------------------------------
