@@ -922,8 +922,8 @@ def render_markdown(
         f"{len(probes):,} decisions, garbage collector enabled and tuned as in "
         "`pbxwarden serve`"
         + (
-            f"; costly calls in progress and other nodes' spend read from Redis ({args.redis}) "
-            "as on a cluster node"
+            f"; costly calls in progress, attempt rates, dear ranges and other nodes' spend "
+            f"read from Redis ({args.redis}) as on a cluster node (`RESERVE_ATTEMPT`)"
             if args.redis
             else ""
         )
@@ -1191,12 +1191,13 @@ def main(argv: list[str]) -> int:
         t0 = time.monotonic()
         fresh: Guard = pickle.loads(snapshot)
         if args.redis:
-            from pbxwarden.cluster.calls import SharedCalls
+            from pbxwarden.cluster.rates import SharedAttempts
             from pbxwarden.cluster.spend import SharedSpend
 
             prefix = f"bench{time.time_ns()}:"
-            shared = SharedCalls(args.redis, 0.5, prefix, "bench")
+            shared = SharedAttempts(args.redis, 0.5, prefix, "bench")
             fresh.shared = shared  # a fresh key prefix: no reservations left from before
+            fresh.shared_attempts = shared  # rates and dear ranges in the same script call
             # the other nodes' spend: no refresh task here, so every extension's first
             # costly decision reads it synchronously (a cache miss, the worst case)
             fresh.shared_spend = SharedSpend(args.redis, 0.5, prefix, "bench")

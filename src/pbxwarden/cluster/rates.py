@@ -13,6 +13,14 @@ to the destination's prefix (the first 6 characters of the E.164 number, for cos
 destinations) in the last 10 minutes; all before adding anything, so a refused attempt
 counts nowhere, as on one node (where only allowed attempts are recorded).
 
+Dear ranges (the test-call-then-pump, burst and spread patterns of
+:func:`pbxwarden.guard.rules.dear_range`) in the same call: an attempt into a followed
+range is added to the tenant's range set, and the answer carries the other nodes'
+attempts into it and its test call, which the guard judges the patterns again with; a
+match refuses and :meth:`SharedAttempts.withdraw` takes the admission back (a second
+round trip, only then). A test call or a block found here is written to the range's
+marks (:meth:`SharedAttempts.range_marked`); a block refuses every node's next attempt.
+
 This node's own guard still counts its attempts and applies the same limits first
 (with its warnings "close to the limit"); Redis only adds what the other nodes saw.
 Redis down: as the call limits (refused with the reason, or judged on this node's
