@@ -757,20 +757,22 @@ class Guard:
     ) -> tuple[str, bool] | None:
         """The range patterns judged again with what the other nodes saw of the range
         (their attempts, a test call, a block): (why, spread) if one matches now."""
+        if seen.refused is not None and seen.rule != "range":
+            return None  # refused by a limit (or Redis down): that is the reason
         prefix = rules.range_of(dest.e164)
         state = tenant.ranges.get(prefix)
         if state is None:
             if len(tenant.ranges) >= 2_000:
                 return None
             state = tenant.ranges[prefix] = RangeState(attempt.at)
+        if seen.range_blocked is not None:  # found pumped on another node
+            if seen.range_blocked[0] > state.blocked:
+                state.blocked, state.why = seen.range_blocked
+            return (seen.refused or state.why, False)
         state.remote = seen.range_calls
         state.remote_odd = dict(seen.range_odd)
         if state.test is None and seen.range_test is not None:
             state.test = seen.range_test
-        if seen.range_blocked is not None and seen.range_blocked[0] > state.blocked:
-            state.blocked, state.why = seen.range_blocked
-        if seen.refused is not None:  # found pumped (on any node), or a limit's reason
-            return (seen.refused, False) if seen.rule == "range" else None
         is_dear = rules.dear(dest, rate, risk is not None)
         return rules.dear_range(attempt, tenant, dest, attempt.extension, is_dear, odd)
 
