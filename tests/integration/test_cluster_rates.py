@@ -9,7 +9,9 @@ node B on 127.0.10.2, the carrier on 127.0.10.9; the phones call from 127.0.10.3
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,8 +64,10 @@ def stats(pbx: PbxProcess) -> dict[str, object]:
 
 
 def stored_alerts(pbx: PbxProcess) -> list[dict[str, object]]:
-    out = cli(pbx.data_dir, "alerts", "list", "--json").stdout.strip()
-    return json.loads(out) if out.startswith("[") else []
+    """The node's stored alerts (its own database, faster than a CLI process)."""
+    with contextlib.closing(sqlite3.connect(pbx.data_dir / "pbxwarden.db", timeout=10)) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM alerts ORDER BY id")]
 
 
 def test_calls_per_minute_hold_for_both_nodes_and_the_alert_is_sent_once(
@@ -100,7 +104,9 @@ def test_calls_per_minute_hold_for_both_nodes_and_the_alert_is_sent_once(
         for name, host in (("a", "127.0.10.1"), ("b", "127.0.10.2")):
             started.append(start_node(tmp_path, name, host, redis_server, users, prepare, **env))
         a, b = started
-        assert wait_for(lambda: all(stats(p).get("redis") == "up" for p in (a, b)))
+        assert wait_for(lambda: all(stats(p).get("redis") == "up" for p in (a, b))), (
+            str(stats(a)) + a.log()[-2000:] + str(stats(b)) + b.log()[-2000:]
+        )
         carrier = start_sipp_uas(
             "call_uas.xml",
             carrier_port,
