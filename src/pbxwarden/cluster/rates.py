@@ -15,10 +15,11 @@ counts nowhere, as on one node (where only allowed attempts are recorded).
 
 Dear ranges (the test-call-then-pump, burst and spread patterns of
 :func:`pbxwarden.guard.rules.dear_range`) in the same call: an attempt into a followed
-range is added to the tenant's range set, and the answer carries the other nodes'
-attempts into it and its test call, which the guard judges the patterns again with; a
-match refuses and :meth:`SharedAttempts.withdraw` takes the admission back (a second
-round trip, only then). A test call or a block found here is written to the range's
+range is added to the tenant's range set (one entry per extension and number, scored
+by the latest), and the answer carries the newest entries and the range's test call,
+which the guard judges the patterns again with; a match refuses and
+:meth:`SharedAttempts.withdraw` takes the admission back (a second round trip, only
+then). A test call or a block found here is written to the range's
 marks (:meth:`SharedAttempts.range_marked`); a block refuses every node's next attempt.
 
 This node's own guard still counts its attempts and applies the same limits first
@@ -43,6 +44,7 @@ from pbxwarden.guard.rules import PREFIX_WINDOW, PUMP_WINDOW, SPREAD_WINDOW, TOG
 MINUTE = 60.0
 HOUR = 3600.0
 RANGE_KEPT = 200  # attempts kept per range (as a node's own RangeState.calls)
+RANGE_TOLD = 50  # range entries answered (distinct extension and number), newest first
 
 
 class SharedAttempts(SharedCalls):
@@ -93,10 +95,10 @@ class SharedAttempts(SharedCalls):
         ]
         member = ""
         if ask.range and ask.prefix:
-            member = f"{token}|{extension}|{ask.e164}|{int(ask.odd)}"
+            member = f"{extension}|{ask.e164}|{int(ask.odd)}"
             range_key = self._range_key(tenant, ask.range)
             keys += [range_key, f"{range_key}:marks"]
-            args += [self.uid, member, repr(now - SPREAD_WINDOW), RANGE_KEPT]
+            args += [member, repr(now - SPREAD_WINDOW), RANGE_KEPT, RANGE_TOLD]
         try:
             answer = self._admit(keys=keys, args=args)
         except self._errors as exc:
@@ -105,8 +107,13 @@ class SharedAttempts(SharedCalls):
         self._answered()
         if int(answer[0]) == 1:
             self._hold_token(tenant, extension, token)
-            self._last = (tenant, extension, token, keys, member)
-            return _seen(answer) if member else None
+            if not member:
+                self._last = (tenant, extension, token, keys, "")
+                return None
+            # a pair already there (an earlier attempt) stays if this one is withdrawn
+            new = int(answer[6]) == 1
+            self._last = (tenant, extension, token, keys, member if new else "")
+            return _seen(answer)
         self.refused += 1
         return self._refusal(tenant, extension, ask, answer)
 
@@ -180,17 +187,18 @@ class SharedAttempts(SharedCalls):
 
 
 def _seen(answer: list[Any]) -> Admission:
-    """The other nodes' attempts into the range and its test call, from the answer."""
+    """The range's attempts (this node's among them: the patterns count distinct
+    extensions and numbers, so they count once) and its test call, from the answer."""
     calls: list[tuple[float, str, str]] = []
     odd: list[tuple[str, float]] = []
-    for i in range(6, len(answer) - 1, 2):
+    for i in range(7, len(answer) - 1, 2):
         parts = str(answer[i]).split("|")
         at = _number(answer[i + 1])
-        if len(parts) != 4 or at is None:
+        if len(parts) != 3 or at is None:
             continue  # not written by this version: ignored, not a crash
-        calls.append((at, parts[1], parts[2]))
-        if parts[3] == "1":
-            odd.append((parts[1], at))
+        calls.append((at, parts[0], parts[1]))
+        if parts[2] == "1":
+            odd.append((parts[0], at))
     test = None
     found = str(answer[5]).split(" ")
     at = _number(found[0])

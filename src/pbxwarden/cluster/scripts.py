@@ -203,18 +203,20 @@ return 1
 # set: member the reservation token, scored by when), then, when the destination counts
 # for the same-prefix limit, the extension's attempts to that prefix in its window, then,
 # when the destination's range is followed (dear), the tenant's attempts into the range
-# (member "token|extension|e164|odd", scored by when) and the range's marks (a hash:
+# (member "extension|e164|odd", scored by the latest: repeats are one entry) and the
+# range's marks (a hash:
 # "test" -> "at extension e164", "blocked" -> "until why")
 # ARGV: token, now, lapses_at, per-extension limit, per-tenant limit, calls per minute,
 # calls per hour, same-prefix calls, minute start, hour start, prefix window start, then
-# with a range: this process's token prefix, the member, the range window start, the
-# most entries kept per range
+# with a range: the member, the range window start, the most entries kept per range,
+# the most answered (newest first: the patterns count distinct extensions and numbers)
 # A range found pumped refuses first (as on one node, where a pattern comes before the
 # limits), then concurrency as RESERVE_CALL, the rates, the same prefix; all checked
 # before anything is added, so a refused attempt counts nowhere (as on one node, where
 # only an allowed attempt is recorded). Answers {1, calls, minute, hour, prefix, test,
-# {member, score}...: the other processes' attempts into the range} (counts with this
-# one), or {0, "extension"|"tenant"|"minute"|"hour"|"prefix", count}, or {0, "blocked",
+# 1 if the range member is new, {member, score}...: the range's entries before this
+# one} (counts with this one), or {0, "extension"|"tenant"|"minute"|"hour"|"prefix",
+# count}, or {0, "blocked",
 # until, why}.
 RESERVE_ATTEMPT = """
 local now = tonumber(ARGV[2])
@@ -265,18 +267,17 @@ redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('EXPIRE', KEYS[3], math.ceil(now - tonumber(ARGV[10])) + 60)
 local out = {1, e + 1, m + 1, h + 1, p + 1}
 if ranged then
-  local mine, start = ARGV[12], ARGV[14]
+  local start = ARGV[13]
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', start)
-  local seen = redis.call('ZRANGEBYSCORE', KEYS[5], '(' .. start, '+inf', 'WITHSCORES')
+  local seen = redis.call(
+    'ZREVRANGEBYSCORE', KEYS[5], '+inf', '(' .. start, 'WITHSCORES', 'LIMIT', 0, ARGV[15]
+  )
   out[6] = redis.call('HGET', KEYS[6], 'test') or ''
-  for i = 1, #seen, 2 do
-    if string.sub(seen[i], 1, #mine) ~= mine then
-      out[#out + 1] = seen[i]
-      out[#out + 1] = seen[i + 1]
-    end
+  out[7] = redis.call('ZADD', KEYS[5], ARGV[2], ARGV[12])
+  for i = 1, #seen do
+    out[#out + 1] = seen[i]
   end
-  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[13])
-  local kept, max = redis.call('ZCARD', KEYS[5]), tonumber(ARGV[15])
+  local kept, max = redis.call('ZCARD', KEYS[5]), tonumber(ARGV[14])
   if kept > max then
     redis.call('ZREMRANGEBYRANK', KEYS[5], 0, kept - max - 1)
   end
@@ -286,7 +287,7 @@ return out
 """
 
 # KEYS: the reservation keys of one admitted attempt (as RESERVE_ATTEMPT's)
-# ARGV: token, the range member ("" without a range)
+# ARGV: token, the range member ("" without a range, or when it was there before)
 # The attempt was refused after all: it counts nowhere.
 WITHDRAW_ATTEMPT = """
 for i = 1, math.min(#KEYS, 4) do

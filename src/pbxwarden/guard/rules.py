@@ -339,7 +339,7 @@ def dear_range(
     if len(exts) >= enough and len(numbers) >= enough:
         return (
             f"{len(exts)} extensions of tenant {attempt.tenant} called {len(numbers)} numbers in "
-            f"the range {prefix} in the last hour{_together(state, calls)}, a range the tenant "
+            f"the range {prefix} in the last hour{_together(state, now)}, a range the tenant "
             "never used before "
             "(calls spread over extensions to stay under each one's limits)",
             True,
@@ -348,7 +348,7 @@ def dear_range(
     if len(mine) >= BURST_NUMBERS:
         return (
             f"extension {number} called {len(mine)} numbers in the range {prefix} in the "
-            f"last hour{_together(state, calls)}, a range the tenant never used before",
+            f"last hour{_together(state, now)}, a range the tenant never used before",
             False,
         )
     return None
@@ -384,7 +384,7 @@ def _spread_known(
         return (
             f"{len(exts)} extensions of tenant {attempt.tenant} called {len(numbers)} numbers "
             f"never called before in the range {prefix} in the last hour"
-            f"{_together(state, calls)} (calls spread over "
+            f"{_together(state, now)} (calls spread over "
             "extensions to stay under each one's limits)",
             True,
         )
@@ -402,9 +402,13 @@ def _range_calls(state: RangeState, now: float) -> deque[tuple[float, str, str]]
     return deque([*calls, *(c for c in state.remote if c[0] > now - SPREAD_WINDOW)])
 
 
-def _together(state: RangeState, calls: deque[tuple[float, str, str]]) -> str:
-    """TOGETHER when the other nodes' calls were counted."""
-    return TOGETHER if len(calls) > len(state.calls) else ""
+def _together(state: RangeState, now: float) -> str:
+    """TOGETHER when calls this node did not see (another node's) were counted."""
+    if not state.remote:
+        return ""
+    local = {(e, n) for _, e, n in state.calls}
+    horizon = now - SPREAD_WINDOW
+    return TOGETHER if any(t > horizon and (e, n) not in local for t, e, n in state.remote) else ""
 
 
 def _strange(state: RangeState, exts: set[str], now: float) -> set[str]:
