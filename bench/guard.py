@@ -922,8 +922,13 @@ def render_markdown(
         f"{len(probes):,} decisions, garbage collector enabled and tuned as in "
         "`pbxwarden serve`"
         + (
-            f"; costly calls in progress and other nodes' spend read from Redis ({args.redis}) "
-            "as on a cluster node"
+            (
+                f"; costly calls in progress and other nodes' spend read from Redis "
+                f"({args.redis}), concurrency alone (`RESERVE_CALL`, `--calls-only`)"
+                if args.calls_only
+                else f"; costly calls in progress, attempt rates, dear ranges and other nodes' "
+                f"spend read from Redis ({args.redis}) as on a cluster node (`RESERVE_ATTEMPT`)"
+            )
             if args.redis
             else ""
         )
@@ -1118,10 +1123,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--redis",
         metavar="URL",
-        help="count costly calls in progress in this Redis, as a cluster node does "
-        "(pbxwarden.cluster.calls): every allowed costly decision includes its round trip; "
-        "the other nodes' spend is read from it too (pbxwarden.cluster.spend), "
-        "synchronously on each extension's first decision",
+        help="count costly calls in progress, attempt rates and dear ranges in this Redis, "
+        "as a cluster node does (pbxwarden.cluster.rates, one RESERVE_ATTEMPT per allowed "
+        "costly decision); the other nodes' spend is read from it too "
+        "(pbxwarden.cluster.spend), synchronously on each extension's first decision",
+    )
+    p.add_argument(
+        "--calls-only",
+        action="store_true",
+        help="with --redis: the shared concurrency alone (RESERVE_CALL), the shape before "
+        "rates were shared: the peer of a --redis run",
     )
     args = p.parse_args(argv)
     if args.quick:
@@ -1191,12 +1202,14 @@ def main(argv: list[str]) -> int:
         t0 = time.monotonic()
         fresh: Guard = pickle.loads(snapshot)
         if args.redis:
-            from pbxwarden.cluster.calls import SharedCalls
+            from pbxwarden.cluster.rates import SharedAttempts
             from pbxwarden.cluster.spend import SharedSpend
 
             prefix = f"bench{time.time_ns()}:"
-            shared = SharedCalls(args.redis, 0.5, prefix, "bench")
+            shared = SharedAttempts(args.redis, 0.5, prefix, "bench")
             fresh.shared = shared  # a fresh key prefix: no reservations left from before
+            if not args.calls_only:  # rates and dear ranges in the same script call
+                fresh.shared_attempts = shared
             # the other nodes' spend: no refresh task here, so every extension's first
             # costly decision reads it synchronously (a cache miss, the worst case)
             fresh.shared_spend = SharedSpend(args.redis, 0.5, prefix, "bench")
@@ -1239,6 +1252,7 @@ def main(argv: list[str]) -> int:
         res.classify.append(percentiles(time_classify(peer_probes)))
 
     steps: list[Callable[[], None]] = [guard_pass, classify_pass]
+    redis_stats = _RedisStats(args.redis) if args.redis else None
     for run in range(1, args.runs + 1):
         for step in steps if run % 2 else reversed(steps):
             step()
@@ -1253,11 +1267,38 @@ def main(argv: list[str]) -> int:
     report = render_markdown(
         args, argv, probes, buckets, res, state, busy, overhead, time.monotonic() - began
     )
+    if redis_stats is not None:
+        report = report.rstrip("\n") + "\n" + redis_stats.note()
     print(report)
     if errors:
         log(f"ERROR: {len(errors)} authorize() calls raised; first: {errors[0]}")
         return 1
     return 0
+
+
+class _RedisStats:
+    """Redis' own time per script call over the timed passes (``INFO commandstats``):
+    what the shared counters cost inside Redis, apart from the round trip and the
+    host's scheduling (this bench's Redis must serve nothing else meanwhile)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.client.config_resetstat()
+
+    def note(self) -> str:
+        stats = self.client.info("commandstats")
+        self.client.close()
+        parts = [
+            f"{name.removeprefix('cmdstat_')} {v['calls']:,} calls, "
+            f"{v['usec_per_call']:.1f} µs each"
+            for name, v in sorted(stats.items())
+            if name in ("cmdstat_evalsha", "cmdstat_eval")
+        ]
+        note = "; ".join(parts) or "no script calls"
+        log(f"redis server side: {note}")
+        return f"- Redis, server side, over all passes (`INFO commandstats`): {note}.\n"
 
 
 if __name__ == "__main__":

@@ -65,12 +65,26 @@ class SharedCalls:
         self.down = True
         self._down_until = time.monotonic() + RETRY_AFTER_DOWN
 
+    def _waiting(self) -> bool:
+        """Redis failed less than ``RETRY_AFTER_DOWN`` ago: not asked (no wait)."""
+        return time.monotonic() < self._down_until
+
+    def _answered(self) -> None:
+        if self.down:
+            log.warning("redis reachable again for call limits")
+            self.down = False
+
+    def _hold_token(self, tenant: str, extension: str, token: str) -> None:
+        """A reservation made: it belongs to the extension's next started call."""
+        self._pending.setdefault((tenant, extension), deque()).append(token)
+        self.reserved += 1
+
     def reserve(
         self, tenant: str, extension: str, per_extension: int, per_tenant: int, now: float
     ) -> str | None:
         """Hold one of the extension's and the tenant's call slots on all nodes: None
         when held (for the extension's next started call), else why it is refused."""
-        if time.monotonic() < self._down_until:
+        if self._waiting():
             return DOWN if self.fail_closed else None
         token = next(self._tokens)
         try:
@@ -81,12 +95,9 @@ class SharedCalls:
         except self._errors as exc:
             self._failed("RESERVE_CALL", exc)
             return DOWN if self.fail_closed else None
-        if self.down:
-            log.warning("redis reachable again for call limits")
-            self.down = False
+        self._answered()
         if int(answer[0]) == 1:
-            self._pending.setdefault((tenant, extension), deque()).append(token)
-            self.reserved += 1
+            self._hold_token(tenant, extension, token)
             return None
         self.refused += 1
         if answer[1] == "tenant":

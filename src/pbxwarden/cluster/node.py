@@ -42,11 +42,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pbxwarden.cluster import scripts
+from pbxwarden.cluster.alerts import SharedAlerts
 from pbxwarden.cluster.callreg import CallRegistry, call_records
-from pbxwarden.cluster.calls import HOLD_INTERVAL, SharedCalls
+from pbxwarden.cluster.calls import HOLD_INTERVAL
 from pbxwarden.cluster.connection import RedisLink
 from pbxwarden.cluster.events import SharedEvents
 from pbxwarden.cluster.location import SharedLocation
+from pbxwarden.cluster.rates import SharedAttempts
 from pbxwarden.cluster.registry import DatabaseProbe, NodeRegistry, server_load
 from pbxwarden.cluster.relay import NodeRelay
 from pbxwarden.cluster.spend import SharedSpend
@@ -165,13 +167,15 @@ class ClusterNode:
         self.dropped = 0  # changes not queued (queue full): the reconcile round has them
         self.reconciled_at: float | None = None
         self.events = SharedEvents(self.link, self.keys.stream, self.node, server.events)
-        self.calls = SharedCalls(
+        # call limits and attempt rates, one script per costly attempt (rates.py)
+        self.calls = self.attempts = SharedAttempts(
             config.redis_url,
             config.timeout,
             config.key_prefix,
             config.node,
             fail_closed=config.costly_when_down == "refuse",
         )
+        self.alerts = SharedAlerts(self.link, config.key_prefix)  # one notification for all
         # the heartbeat: pbxwarden cluster status, GET /api/v1/cluster (registry.py)
         self.registry = NodeRegistry(
             self.link,
@@ -240,6 +244,8 @@ class ClusterNode:
         self.location.start()
         self.callreg.start()
         self.server.guard.shared = self.calls  # call limits for the whole PBX
+        self.server.guard.shared_attempts = self.attempts  # and rates (rates.py)
+        self.server.alert_channels.shared = self.alerts  # sent once (alerts.py)
         self.server.guard.shared_spend = self.spend  # spend caps for the whole PBX
         self.server.guard.shared_suspensions = self.suspensions
         self.server.calls.node_relay = self.relay
@@ -258,6 +264,8 @@ class ClusterNode:
         await self.location.stop()
         await self.callreg.stop()
         self.server.guard.shared = None
+        self.server.guard.shared_attempts = None
+        self.server.alert_channels.shared = None
         self.server.guard.shared_spend = None
         self.server.guard.shared_suspensions = None
         self.server.calls.node_relay = None
@@ -302,6 +310,8 @@ class ClusterNode:
             "cluster_calls_reserved": self.calls.reserved,
             "cluster_calls_refused": self.calls.refused,
             "cluster_calls_redis": "down" if self.calls.down else "up",
+            "cluster_rates_refused": self.attempts.rate_refused,
+            "cluster_alerts_sent_elsewhere": self.alerts.lost,
             "cluster_heartbeats": self.registry.beats,
             "cluster_takeover_closed": self.takeover.closed,
             **self.spend.describe(),

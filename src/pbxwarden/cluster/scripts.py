@@ -198,6 +198,150 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
+# -- rates (pbxwarden.cluster.rates) -----------------------------------------------------
+# KEYS: as RESERVE_CALL, then the extension's costly attempts of the last hour (a sorted
+# set: member the reservation token, scored by when), then, when the destination counts
+# for the same-prefix limit, the extension's attempts to that prefix in its window, then,
+# when the destination's range is followed (dear), the tenant's attempts into the range
+# (member "extension|e164|odd", scored by the latest: repeats are one entry) and the
+# range's marks (a hash:
+# "test" -> "at extension e164", "blocked" -> "until why")
+# ARGV: token, now, lapses_at, per-extension limit, per-tenant limit, calls per minute,
+# calls per hour, same-prefix calls, minute start, hour start, prefix window start, then
+# with a range: the member, the range window start, the most entries kept per range,
+# the most answered (newest first: the patterns count distinct extensions and numbers)
+# A range found pumped refuses first (as on one node, where a pattern comes before the
+# limits), then concurrency as RESERVE_CALL, the rates, the same prefix; all checked
+# before anything is added, so a refused attempt counts nowhere (as on one node, where
+# only an allowed attempt is recorded). Answers {1, calls, minute, hour, prefix, test,
+# 1 if the range member is new, {member, score}...: the range's entries before this
+# one} (counts with this one), or {0, "extension"|"tenant"|"minute"|"hour"|"prefix",
+# count}, or {0, "blocked",
+# until, why}.
+RESERVE_ATTEMPT = """
+local now = tonumber(ARGV[2])
+local ranged = #KEYS > 4
+if ranged then
+  local blocked = redis.call('HGET', KEYS[6], 'blocked')
+  if blocked then
+    local untilv, why = string.match(blocked, '^(%S+) (.*)$')
+    if untilv and tonumber(untilv) > now then
+      return {0, 'blocked', untilv, why}
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local e = redis.call('ZCARD', KEYS[1])
+if e >= tonumber(ARGV[4]) then
+  return {0, 'extension', e}
+end
+local t = redis.call('ZCARD', KEYS[2])
+if t >= tonumber(ARGV[5]) then
+  return {0, 'tenant', t}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[10])
+local m = redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[9], '+inf')
+if m >= tonumber(ARGV[6]) then
+  return {0, 'minute', m}
+end
+local h = redis.call('ZCARD', KEYS[3])
+if h >= tonumber(ARGV[7]) then
+  return {0, 'hour', h}
+end
+local p = 0
+if #KEYS > 3 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[11])
+  p = redis.call('ZCARD', KEYS[4])
+  if p >= tonumber(ARGV[8]) then
+    return {0, 'prefix', p}
+  end
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[4], math.ceil(now - tonumber(ARGV[11])) + 60)
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 86400)
+redis.call('EXPIRE', KEYS[2], 86400)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[3], math.ceil(now - tonumber(ARGV[10])) + 60)
+local out = {1, e + 1, m + 1, h + 1, p + 1}
+if ranged then
+  local start = ARGV[13]
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', start)
+  local seen = redis.call(
+    'ZREVRANGEBYSCORE', KEYS[5], '+inf', '(' .. start, 'WITHSCORES', 'LIMIT', 0, ARGV[15]
+  )
+  out[6] = redis.call('HGET', KEYS[6], 'test') or ''
+  out[7] = redis.call('ZADD', KEYS[5], ARGV[2], ARGV[12])
+  for i = 1, #seen do
+    out[#out + 1] = seen[i]
+  end
+  local kept, max = redis.call('ZCARD', KEYS[5]), tonumber(ARGV[14])
+  if kept > max then
+    redis.call('ZREMRANGEBYRANK', KEYS[5], 0, kept - max - 1)
+  end
+  redis.call('EXPIRE', KEYS[5], math.ceil(now - tonumber(start)) + 60)
+end
+return out
+"""
+
+# KEYS: the reservation keys of one admitted attempt (as RESERVE_ATTEMPT's)
+# ARGV: token, the range member ("" without a range, or when it was there before)
+# The attempt was refused after all: it counts nowhere.
+WITHDRAW_ATTEMPT = """
+for i = 1, math.min(#KEYS, 4) do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+if #KEYS > 4 and ARGV[2] ~= '' then
+  redis.call('ZREM', KEYS[5], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: a range's marks (hash); ARGV: test ("" or "at extension e164"), blocked until
+# (0: none), why, keep (seconds)
+# The first test call seen is kept (as on one node); a block is kept if it ends later.
+MARK_RANGE = """
+if ARGV[1] ~= '' then
+  redis.call('HSETNX', KEYS[1], 'test', ARGV[1])
+end
+local untilv = tonumber(ARGV[2])
+if untilv > 0 then
+  local current = redis.call('HGET', KEYS[1], 'blocked')
+  local c = current and tonumber(string.match(current, '^(%S+)')) or 0
+  if untilv > c then
+    redis.call('HSET', KEYS[1], 'blocked', ARGV[2] .. ' ' .. ARGV[3])
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# -- alerts (pbxwarden.cluster.alerts) ------------------------------------------------------
+# KEYS: the alert's dedupe key; ARGV: severity rank (0 warning, 1 critical), window (ms)
+# 1 when this node is the one to notify (no node sent this alert, or only at a lower
+# severity: an escalation is told), else 0. SET NX in spirit, with the severity kept so
+# that a critical repeat of a warning is still sent once.
+CLAIM_ALERT = """
+local sent = redis.call('GET', KEYS[1])
+if sent and tonumber(sent) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: the alert's dedupe key; ARGV: the severity rank this node claimed
+# Nothing was delivered: another node's next occurrence may try again.
+UNCLAIM_ALERT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
 # -- spend (pbxwarden.cluster.spend) ----------------------------------------------------
 # Each owner (an extension "tenant/number", or a tenant) has two keys: a sorted set of
 # its finished calls' costs (member "uid|call|cost", scored by the call's end) and a

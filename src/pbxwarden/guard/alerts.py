@@ -9,7 +9,8 @@ Delivery must never hurt the PBX or the other channels: each channel runs concur
 with its own timeout, a failure becomes a status string and a log line, never an
 exception. An attacker can make the guard raise many alerts, so repeats of the same
 problem are held back for ``repeat_after`` (unless it becomes critical) and each channel
-has a per-minute budget; what exceeds it is dropped and counted, not queued.
+has a per-minute budget; what exceeds it is dropped and counted, not queued. Several
+nodes of one PBX send a problem they both saw once (:attr:`AlertDispatcher.shared`).
 
 The webhook is signed (HMAC-SHA256 over ``"{timestamp}.{body}"``) so a receiver can tell
 pbxwarden's alerts from forged ones and refuse replays; :func:`verify_signature` is the
@@ -535,6 +536,18 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text if len(text) <= 300 else text[:299] + "…"
 
 
+class SharedDedupe(Protocol):
+    """The repeats already sent by the PBX's other nodes (``pbxwarden.cluster.alerts``):
+    the same problem seen by two nodes is sent once."""
+
+    async def claim(self, key: str, severity: str, window: float) -> bool:
+        """True: this node sends (no node sent it at this severity within ``window``,
+        or that cannot be known: an extra alert beats a lost one)."""
+
+    async def unclaim(self, key: str, severity: str) -> None:
+        """Nothing was delivered: another node's next occurrence may send it."""
+
+
 class AlertDispatcher:
     """Sends alerts to the configured channels, concurrently, deduplicated, rate limited."""
 
@@ -554,6 +567,8 @@ class AlertDispatcher:
         self._dropped: dict[str, int] = dict.fromkeys(self._channels, 0)
         self._dropping: set[str] = set()
         self._closed = False
+        self.shared: SharedDedupe | None = None  # several nodes: repeats sent once in all
+        self.elsewhere = 0  # alerts not sent because another node sent them
 
     @property
     def configured(self) -> list[str]:
@@ -601,7 +616,19 @@ class AlertDispatcher:
             window.append(now)
             admitted[name] = prev
             self._last[(name, key)] = mark
+        shared = self.shared if admitted and self.config.repeat_after > 0 else None
+        if shared is not None and not await shared.claim(
+            key, alert.severity, self.config.repeat_after
+        ):
+            self.elsewhere += 1
+            for name in admitted:  # sent by another node: a duplicate here too
+                with contextlib.suppress(ValueError):
+                    self._window[name].remove(now)
+                results[name] = "suppressed (sent by another node)"
+            return {name: results[name] for name in self._channels}
         outcomes = await asyncio.gather(*(self._deliver(name, alert) for name in admitted))
+        if shared is not None and "sent" not in outcomes:
+            await shared.unclaim(key, alert.severity)
         for (name, prev), outcome in zip(admitted.items(), outcomes, strict=True):
             results[name] = outcome
             if outcome != "sent" and self._last.get((name, key)) is mark:

@@ -143,6 +143,59 @@ class SharedCounts(Protocol):
     def ended(self, ref: int) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """The limits an allowed costly attempt is checked against on all the PBX's nodes."""
+
+    per_extension: int  # costly calls in progress
+    per_tenant: int
+    per_minute: int  # costly attempts of the extension
+    per_hour: int
+    prefix: str  # the destination's prefix for the same-prefix limit ("" if not costly)
+    same_prefix: int  # attempts to that prefix in 10 minutes
+    range: str = ""  # the dear range followed for the range patterns ("" if not watched)
+    e164: str = ""  # the destination (with ``range``)
+    odd: bool = False  # from a new network or to a new country (with ``range``)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the PBX's nodes together answered an attempt: refused (why, SIP status, rule),
+    or counted, with what the other nodes saw of the attempt's dear range."""
+
+    refused: str | None = None
+    status: int = 486
+    rule: str = "limit"
+    range_calls: tuple[tuple[float, str, str], ...] = ()  # at, extension, e164 (last hour)
+    range_odd: tuple[tuple[str, float], ...] = ()  # extension, at (new network or country)
+    range_test: tuple[float, str, str] | None = None  # a short call into it: at, ext, e164
+    range_blocked: tuple[float, str] | None = None  # found pumped: refused until, why
+
+
+class SharedAttempts(Protocol):
+    """Call limits, attempt rates and dear ranges counted on all the PBX's nodes in one
+    step (``pbxwarden.cluster.rates``): asked after every local rule allowed an attempt,
+    in place of :meth:`SharedCounts.reserve`."""
+
+    def admit(self, tenant: str, extension: str, ask: Ask, now: float) -> Admission | None:
+        """None (or an Admission not ``refused``): counted, and a slot held for the
+        extension's next started call."""
+
+    def withdraw(self) -> None:
+        """The last attempt admitted was refused after all (a range pattern found with
+        the other nodes' attempts): it counts nowhere."""
+
+    def range_marked(
+        self,
+        tenant: str,
+        prefix: str,
+        test: tuple[float, str, str] | None,
+        blocked: float,
+        why: str,
+    ) -> None:
+        """A test call into the range was seen here, or the range was found pumped."""
+
+
 class SharedSpend(Protocol):
     """What the PBX's other nodes' calls cost (``pbxwarden.cluster.spend``), added to
     this node's own spend wherever a spend cap is checked."""
@@ -201,6 +254,7 @@ class Guard:
         self._cutoffs: list[tuple[int, str]] = []
         self._stored_suspensions: dict[tuple[str, str], str] = {}
         self.shared: SharedCounts | None = None  # several nodes: limits for all of them
+        self.shared_attempts: SharedAttempts | None = None  # and rates (with ``shared``)
         self.shared_spend: SharedSpend | None = None  # several nodes: caps for all of them
         self.shared_suspensions: SharedSuspensions | None = None
         # several nodes sharing a database: each baseline is the merge of this node's
@@ -473,15 +527,46 @@ class Guard:
             self._alert(attempt, refused)
             return refused
         if self.shared is not None and attempt.kind != "forward-change":
-            full = self.shared.reserve(
-                attempt.tenant,
-                attempt.extension,
-                policy.max_concurrent_per_extension,
-                policy.max_concurrent_calls,
-                now,
-            )
+            if self.shared_attempts is not None:
+                watched = attempt.kind == "external" and rules.watched(dest, rate, risk is not None)
+                ask = Ask(
+                    policy.max_concurrent_per_extension,
+                    policy.max_concurrent_calls,
+                    policy.calls_per_minute,
+                    policy.calls_per_hour,
+                    dest.e164[:6] if rules.costly(dest) else "",
+                    policy.same_prefix_calls,
+                    rules.range_of(dest.e164) if watched else "",
+                    dest.e164,
+                    odd,
+                )
+                answer = self.shared_attempts.admit(attempt.tenant, attempt.extension, ask, now)
+                if answer is not None and ask.range:
+                    spread = self._range_together(attempt, tenant, dest, rate, risk, odd, answer)
+                    if spread is not None:
+                        reason, tenant_wide = spread
+                        if answer.refused is None and not policy.report_only_rule(
+                            "range", learning
+                        ):
+                            self.shared_attempts.withdraw()
+                        self._range_found(attempt, policy, ask.range, reason, tenant_wide)
+                        self._signal(ext, now, "range", reason)
+                        return self._refuse(
+                            attempt, ext, policy, "range", (reason, *why, *reasons), learning, score
+                        )
+                full = answer.refused if answer is not None else None
+                status = answer.status if answer is not None else 486
+            else:
+                full = self.shared.reserve(
+                    attempt.tenant,
+                    attempt.extension,
+                    policy.max_concurrent_per_extension,
+                    policy.max_concurrent_calls,
+                    now,
+                )
+                status = 486
             if full is not None:
-                refused = Decision(False, (full, *reasons), status=486, rule="limit")
+                refused = Decision(False, (full, *reasons), status=status, rule="limit")
                 self._alert(attempt, refused)
                 return refused
         if attempt.kind != "forward-change":
@@ -549,13 +634,7 @@ class Guard:
                     state.odd[attempt.extension] = attempt.at
             if spread is not None:
                 reason, tenant_wide = spread
-                prefix = rules.range_of(dest.e164)
-                if not policy.report_only_rule("range", self.learning(attempt.tenant, attempt.at)):
-                    self._cut_range(attempt.tenant, attempt.extension, prefix, tenant_wide)
-                    state = tenant.ranges[prefix]
-                    if state.blocked <= attempt.at:
-                        state.blocked = attempt.at + rules.RANGE_BLOCK
-                        state.why = reason[:160]
+                self._range_found(attempt, policy, rules.range_of(dest.e164), reason, tenant_wide)
                 return "range", reason, "range"
         found = rules.drip(attempt, ext, tenant, dest, local.toordinal(), self.rates.currency)
         if found is not None:
@@ -691,6 +770,54 @@ class Guard:
     def _corroborated(self, ext: ExtState, now: float) -> bool:
         kinds = {s.kind for s in ext.signals if s.at > now - SIGNAL_WINDOW}
         return len(kinds) >= 2
+
+    def _range_found(
+        self, attempt: CallAttempt, policy: TenantPolicy, prefix: str, reason: str, wide: bool
+    ) -> None:
+        """A range pattern matched: calls into the range are cut and refused for a day
+        (unless the rule is in report-only), on every node of a PBX of several."""
+        if policy.report_only_rule("range", self.learning(attempt.tenant, attempt.at)):
+            return
+        self._cut_range(attempt.tenant, attempt.extension, prefix, wide)
+        state = self._tenant_state(attempt.tenant, attempt.at).ranges.get(prefix)
+        if state is not None and state.blocked <= attempt.at:
+            state.blocked = attempt.at + rules.RANGE_BLOCK
+            state.why = reason[:160]
+            if self.shared_attempts is not None:
+                self.shared_attempts.range_marked(
+                    attempt.tenant, prefix, None, state.blocked, state.why
+                )
+
+    def _range_together(
+        self,
+        attempt: CallAttempt,
+        tenant: TenantState,
+        dest: Destination,
+        rate: float,
+        risk: RiskEntry | None,
+        odd: bool,
+        seen: Admission,
+    ) -> tuple[str, bool] | None:
+        """The range patterns judged again with what the other nodes saw of the range
+        (their attempts, a test call, a block): (why, spread) if one matches now."""
+        if seen.refused is not None and seen.rule != "range":
+            return None  # refused by a limit (or Redis down): that is the reason
+        prefix = rules.range_of(dest.e164)
+        state = tenant.ranges.get(prefix)
+        if state is None:
+            if len(tenant.ranges) >= 2_000:
+                return None
+            state = tenant.ranges[prefix] = RangeState(attempt.at)
+        if seen.range_blocked is not None:  # found pumped on another node
+            if seen.range_blocked[0] > state.blocked:
+                state.blocked, state.why = seen.range_blocked
+            return (seen.refused or state.why, False)
+        state.remote = seen.range_calls
+        state.remote_odd = dict(seen.range_odd)
+        if state.test is None and seen.range_test is not None:
+            state.test = seen.range_test
+        is_dear = rules.dear(dest, rate, risk is not None)
+        return rules.dear_range(attempt, tenant, dest, attempt.extension, is_dear, odd)
 
     def _cut_range(self, tenant: str, number: str, prefix: str, tenant_wide: bool) -> None:
         """Calls in progress into the range: this extension's, or the tenant's (spread)."""
@@ -902,6 +1029,10 @@ class Guard:
             state = tenant.ranges.get(call.dear_range)
             if state is not None and state.test is None:
                 state.test = (at, call.extension, call.e164)
+                if self.shared_attempts is not None:
+                    self.shared_attempts.range_marked(
+                        call.tenant, call.dear_range, state.test, 0, ""
+                    )
         if call.new_number:
             learn.ledger(ext, tenant, call, at, talked, cost)
         return round(cost, 4)

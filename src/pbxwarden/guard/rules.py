@@ -19,6 +19,7 @@ in order and turns what they return into a decision, an alert and maybe a suspen
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 
 from pbxwarden.guard.baseline import DAY, WEEKDAYS, Baseline
 from pbxwarden.guard.policy import TenantPolicy
@@ -320,9 +321,7 @@ def dear_range(
             "24 hours",
             False,
         )
-    calls = state.calls
-    while calls and calls[0][0] <= now - SPREAD_WINDOW:
-        calls.popleft()
+    calls = _range_calls(state, now)
     test = state.test
     if is_dear and test is not None and now - test[0] <= PUMP_WINDOW and test[2] != dest.e164:
         when = dt.timedelta(seconds=round(now - test[0]))
@@ -333,14 +332,15 @@ def dear_range(
         )
     exts = {e for _, e, _ in calls} | {number}
     numbers = {n for _, _, n in calls} | {dest.e164}
-    strange = {e for e, t in state.odd.items() if t > now - SPREAD_WINDOW and e in exts}
+    strange = _strange(state, exts, now)
     if odd:
         strange.add(number)
     enough = SPREAD_EXTENSIONS if len(strange) >= 2 else SPREAD_KNOWN
     if len(exts) >= enough and len(numbers) >= enough:
         return (
             f"{len(exts)} extensions of tenant {attempt.tenant} called {len(numbers)} numbers in "
-            f"the range {prefix} in the last hour, a range the tenant never used before "
+            f"the range {prefix} in the last hour{_together(state, now)}, a range the tenant "
+            "never used before "
             "(calls spread over extensions to stay under each one's limits)",
             True,
         )
@@ -348,7 +348,7 @@ def dear_range(
     if len(mine) >= BURST_NUMBERS:
         return (
             f"extension {number} called {len(mine)} numbers in the range {prefix} in the "
-            "last hour, a range the tenant never used before",
+            f"last hour{_together(state, now)}, a range the tenant never used before",
             False,
         )
     return None
@@ -369,27 +369,54 @@ def _spread_known(
     now = attempt.at
     if state.blocked > now:
         return (f"the range {prefix} was found pumped; its calls are refused for 24 hours", False)
-    calls = state.calls
-    while calls and calls[0][0] <= now - SPREAD_WINDOW:
-        calls.popleft()
+    calls = _range_calls(state, now)
     known = tenant.baseline.targets
     fresh = [(e, n) for _, e, n in calls if n not in known]
     if dest.e164 in known:
         return None
     exts = {e for e, _ in fresh} | {number}
     numbers = {n for _, n in fresh} | {dest.e164}
-    strange = {e for e, t in state.odd.items() if t > now - SPREAD_WINDOW and e in exts}
+    strange = _strange(state, exts, now)
     if odd:
         strange.add(number)
     enough = SPREAD_EXTENSIONS if len(strange) >= 2 else SPREAD_KNOWN
     if len(exts) >= enough and len(numbers) >= enough:
         return (
             f"{len(exts)} extensions of tenant {attempt.tenant} called {len(numbers)} numbers "
-            f"never called before in the range {prefix} in the last hour (calls spread over "
+            f"never called before in the range {prefix} in the last hour"
+            f"{_together(state, now)} (calls spread over "
             "extensions to stay under each one's limits)",
             True,
         )
     return None
+
+
+def _range_calls(state: RangeState, now: float) -> deque[tuple[float, str, str]]:
+    """The range's calls of the last hour: this node's, then the other nodes' (a PBX of
+    several nodes; they are empty on one)."""
+    calls = state.calls
+    while calls and calls[0][0] <= now - SPREAD_WINDOW:
+        calls.popleft()
+    if not state.remote:
+        return calls
+    return deque([*calls, *(c for c in state.remote if c[0] > now - SPREAD_WINDOW)])
+
+
+def _together(state: RangeState, now: float) -> str:
+    """TOGETHER when calls this node did not see (another node's) were counted."""
+    if not state.remote:
+        return ""
+    local = {(e, n) for _, e, n in state.calls}
+    horizon = now - SPREAD_WINDOW
+    return TOGETHER if any(t > horizon and (e, n) not in local for t, e, n in state.remote) else ""
+
+
+def _strange(state: RangeState, exts: set[str], now: float) -> set[str]:
+    """Of ``exts``, those that called the range from a new network or country lately."""
+    horizon = now - SPREAD_WINDOW
+    strange = {e for e, t in state.odd.items() if t > horizon and e in exts}
+    strange.update(e for e, t in state.remote_odd.items() if t > horizon and e in exts)
+    return strange
 
 
 def recon(attempt: CallAttempt, ext: ExtState) -> str | None:

@@ -147,6 +147,10 @@ class RangeState:
     # network or to a country it never called: compromised phones, not their users
     blocked: float = 0.0  # refused until then: the pattern was found
     why: str = ""
+    # the PBX's other nodes' attempts into the range in the last hour (at, ext, e164),
+    # and their extensions calling from a new network or country: as Redis last answered
+    remote: tuple[tuple[float, str, str], ...] = ()
+    remote_odd: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
