@@ -18,7 +18,7 @@ import time
 
 from pbxwarden.cluster.calls import SharedCalls
 from pbxwarden.cluster.rates import SharedAttempts
-from pbxwarden.guard.engine import Ask
+from pbxwarden.guard.shared import Ask
 
 PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999))
 

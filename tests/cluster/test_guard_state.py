@@ -20,8 +20,9 @@ from typing import Any, cast
 
 import pytest
 
-from pbxwarden.guard.engine import SPEND_UNKNOWN, Guard, GuardConfig, TenantPolicy
+from pbxwarden.guard.engine import Guard, GuardConfig, TenantPolicy
 from pbxwarden.guard.rates import RateTable
+from pbxwarden.guard.shared import SPEND_UNKNOWN
 from pbxwarden.pbx.numbers import classify
 from pbxwarden.pbx.policy import CallAttempt
 from tests.helpers import free_port

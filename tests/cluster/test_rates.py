@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from pbxwarden.cluster.calls import DOWN
-from pbxwarden.guard.engine import Admission, Ask, Guard, GuardConfig, TenantPolicy
+from pbxwarden.guard.engine import Guard, GuardConfig, TenantPolicy
 from pbxwarden.guard.rates import RateTable
+from pbxwarden.guard.shared import Admission, Ask
 from pbxwarden.pbx.numbers import classify
 from pbxwarden.pbx.policy import CallAttempt
 from tests.helpers import free_port

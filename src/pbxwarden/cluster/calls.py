@@ -38,7 +38,7 @@ DOWN = "the PBX's shared state (Redis) is unreachable: costly calls are refused 
 
 
 class SharedCalls:
-    """The guard's :class:`~pbxwarden.guard.engine.SharedCounts` for a cluster node."""
+    """The guard's :class:`~pbxwarden.guard.shared.SharedCounts` for a cluster node."""
 
     def __init__(
         self, url: str, timeout: float, prefix: str, node: str, fail_closed: bool = True

@@ -38,8 +38,8 @@ from typing import Any
 
 from pbxwarden.cluster import scripts
 from pbxwarden.cluster.calls import DOWN, UNSTARTED_TTL, SharedCalls
-from pbxwarden.guard.engine import Admission, Ask
 from pbxwarden.guard.rules import PREFIX_WINDOW, PUMP_WINDOW, SPREAD_WINDOW, TOGETHER
+from pbxwarden.guard.shared import Admission, Ask
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -48,7 +48,7 @@ RANGE_TOLD = 50  # range entries answered (distinct extension and number), newes
 
 
 class SharedAttempts(SharedCalls):
-    """The guard's :class:`~pbxwarden.guard.engine.SharedAttempts` for a cluster node:
+    """The guard's :class:`~pbxwarden.guard.shared.SharedAttempts` for a cluster node:
     the call limits of :class:`SharedCalls`, the rate limits and the dear ranges, in one
     script call."""
 

@@ -83,7 +83,7 @@ def _running(entry: list[float], now: float) -> float:
 
 
 class SharedSpend:
-    """The guard's :class:`~pbxwarden.guard.engine.SharedSpend` for a cluster node."""
+    """The guard's :class:`~pbxwarden.guard.shared.SharedSpend` for a cluster node."""
 
     def __init__(
         self, url: str, timeout: float, prefix: str, node: str, fail_closed: bool = True

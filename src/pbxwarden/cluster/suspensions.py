@@ -53,7 +53,7 @@ def newer(record: dict[str, Any], than: dict[str, Any] | None) -> bool:
 
 
 class SharedSuspensions:
-    """The guard's :class:`~pbxwarden.guard.engine.SharedSuspensions` for a cluster node."""
+    """The guard's :class:`~pbxwarden.guard.shared.SharedSuspensions` for a cluster node."""
 
     def __init__(self, server: SipServer, link: RedisLink, key: str, channel: str) -> None:
         self.server, self.link, self.key, self.channel = server, link, key, channel

@@ -35,14 +35,22 @@ import functools
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from pbxwarden.guard import learn, rules
-from pbxwarden.guard.baseline import DAY, Baseline
-from pbxwarden.guard.baseline_merge import merge, untie
+from pbxwarden.guard.baseline import DAY
 from pbxwarden.guard.destinations import RiskEntry, judge_destination, load_high_risk
+from pbxwarden.guard.memory import GuardMemory
 from pbxwarden.guard.policy import GuardConfig, PolicyBook, PolicyOverride, TenantPolicy
 from pbxwarden.guard.rates import RateTable
+from pbxwarden.guard.shared import (
+    SPEND_UNKNOWN,
+    Admission,
+    Ask,
+    SharedAttempts,
+    SharedCounts,
+    SharedSpend,
+    SharedSuspensions,
+)
 from pbxwarden.guard.state import (
     HOUR,
     Active,
@@ -86,10 +94,6 @@ SIGNALS = {
 }
 SIGNAL_WINDOW = DAY
 PROBING = 3
-SPEND_UNKNOWN = (
-    "the PBX's shared state (Redis) is unreachable: the spend of the other nodes' calls "
-    "cannot be known, costly calls are refused until it is back"
-)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -129,99 +133,7 @@ class GuardAlert:
         return f"{key}/{self.kind}" if self.kind else key
 
 
-class SharedCounts(Protocol):
-    """Costly calls in progress counted on all the PBX's nodes (``pbxwarden.cluster``):
-    asked after every local rule allowed an attempt."""
-
-    def reserve(
-        self, tenant: str, extension: str, per_extension: int, per_tenant: int, now: float
-    ) -> str | None:
-        """None: a slot is held for the extension's next started call; else why not."""
-
-    def started(self, tenant: str, extension: str, ref: int, now: float) -> None: ...
-
-    def ended(self, ref: int) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Ask:
-    """The limits an allowed costly attempt is checked against on all the PBX's nodes."""
-
-    per_extension: int  # costly calls in progress
-    per_tenant: int
-    per_minute: int  # costly attempts of the extension
-    per_hour: int
-    prefix: str  # the destination's prefix for the same-prefix limit ("" if not costly)
-    same_prefix: int  # attempts to that prefix in 10 minutes
-    range: str = ""  # the dear range followed for the range patterns ("" if not watched)
-    e164: str = ""  # the destination (with ``range``)
-    odd: bool = False  # from a new network or to a new country (with ``range``)
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What the PBX's nodes together answered an attempt: refused (why, SIP status, rule),
-    or counted, with what the other nodes saw of the attempt's dear range."""
-
-    refused: str | None = None
-    status: int = 486
-    rule: str = "limit"
-    range_calls: tuple[tuple[float, str, str], ...] = ()  # at, extension, e164 (last hour)
-    range_odd: tuple[tuple[str, float], ...] = ()  # extension, at (new network or country)
-    range_test: tuple[float, str, str] | None = None  # a short call into it: at, ext, e164
-    range_blocked: tuple[float, str] | None = None  # found pumped: refused until, why
-
-
-class SharedAttempts(Protocol):
-    """Call limits, attempt rates and dear ranges counted on all the PBX's nodes in one
-    step (``pbxwarden.cluster.rates``): asked after every local rule allowed an attempt,
-    in place of :meth:`SharedCounts.reserve`."""
-
-    def admit(self, tenant: str, extension: str, ask: Ask, now: float) -> Admission | None:
-        """None (or an Admission not ``refused``): counted, and a slot held for the
-        extension's next started call."""
-
-    def withdraw(self) -> None:
-        """The last attempt admitted was refused after all (a range pattern found with
-        the other nodes' attempts): it counts nowhere."""
-
-    def range_marked(
-        self,
-        tenant: str,
-        prefix: str,
-        test: tuple[float, str, str] | None,
-        blocked: float,
-        why: str,
-    ) -> None:
-        """A test call into the range was seen here, or the range was found pumped."""
-
-
-class SharedSpend(Protocol):
-    """What the PBX's other nodes' calls cost (``pbxwarden.cluster.spend``), added to
-    this node's own spend wherever a spend cap is checked."""
-
-    fail_closed: bool  # other nodes' spend unknown (Redis down): refuse costly calls
-
-    def others(
-        self, tenant: str, extension: str, now: float, read: bool = True
-    ) -> tuple[float, float, float] | None:
-        """The extension's spend in the last hour and 24 hours and the tenant's in 24
-        hours on the other nodes; None while it cannot be known (or, unless ``read``,
-        is not at hand without asking Redis now)."""
-
-    def answered(self, tenant: str, extension: str, ref: int, rate: float, at: float) -> None: ...
-
-    def ended(self, ref: int, at: float, cost: float) -> None: ...
-
-
-class SharedSuspensions(Protocol):
-    """Suspensions shared with the PBX's other nodes (``pbxwarden.cluster.suspensions``)."""
-
-    def changed(self, tenant: str, extension: str, reason: str | None, at: float, by: str) -> None:
-        """The extension was suspended (``reason``) or resumed (None) on this node."""
-
-
-class Guard:
+class Guard(GuardMemory):
     def __init__(
         self,
         config: GuardConfig | None = None,
@@ -265,155 +177,6 @@ class Guard:
         """New policies (stored ones changed): counters and baselines are kept."""
         self.config = config
         self.book = PolicyBook(config)
-
-    # -- state -----------------------------------------------------------------------------
-
-    def _ext_state(self, tenant: str, extension: str, now: float) -> ExtState:
-        state = self._ext.get((tenant, extension))
-        if state is None:
-            state = self._ext[(tenant, extension)] = ExtState(self._fresh(now))
-            self._tenant_state(tenant, now).extensions += 1
-        return state
-
-    def _tenant_state(self, tenant: str, now: float) -> TenantState:
-        state = self._tenants.get(tenant)
-        if state is None:
-            state = self._tenants[tenant] = TenantState(self._fresh(now))
-        return state
-
-    def _fresh(self, now: float) -> Baseline:
-        base = Baseline(now)
-        if self.merging:
-            base.own = Baseline(now)
-        return base
-
-    def suspend(self, tenant: str, extension: str, reason: str) -> None:
-        """Refuse the extension's costly calls and cut off those in progress."""
-        state = self._ext_state(tenant, extension, float("inf"))
-        state.suspended = reason
-        for ref in state.active:
-            self._cutoffs.append((ref, f"extension {extension} suspended: {reason}"))
-
-    def resume(self, tenant: str, extension: str) -> None:
-        state = self._ext.get((tenant, extension))
-        if state is not None:
-            state.suspended = None
-            state.signals.clear()
-
-    def sync_suspensions(
-        self,
-        stored: dict[tuple[str, str], str],
-        now: float = 0.0,
-        made: dict[tuple[str, str], tuple[float, str]] | None = None,
-    ) -> None:
-        """Apply what changed in the stored suspensions since the last sync.
-
-        Only changes: a suspension the guard just made may not be stored yet, and must
-        not be undone by a snapshot taken before it was. A change that alters the
-        guard's state (an administrator's, not one adopted from another node and stored
-        since) is told to :attr:`shared_suspensions`, a suspension with when and by whom
-        it was stored (``made``), a lift as of ``now``.
-        """
-        share = self.shared_suspensions
-        for key in self._stored_suspensions.keys() - stored.keys():
-            was = self.is_suspended(*key)
-            self.resume(*key)
-            if share is not None and was is not None:
-                share.changed(key[0], key[1], None, now, "admin")
-        for key in stored.keys() - self._stored_suspensions.keys():
-            if self.is_suspended(*key) is None:
-                self.suspend(key[0], key[1], stored[key])
-                if share is not None:
-                    at, by = (made or {}).get(key, (now, "admin"))
-                    share.changed(key[0], key[1], stored[key], at, by)
-        self._stored_suspensions = dict(stored)
-
-    def adopt_suspension(self, tenant: str, extension: str, reason: str | None) -> bool:
-        """Another node's suspension (``reason``) or lift (None), applied here and not
-        told back; True if it changed anything."""
-        if reason is None:
-            if self.is_suspended(tenant, extension) is None:
-                return False
-            self.resume(tenant, extension)
-            return True
-        if self.is_suspended(tenant, extension) is not None:
-            return False
-        self.suspend(tenant, extension, reason)
-        return True
-
-    def is_suspended(self, tenant: str, extension: str) -> str | None:
-        state = self._ext.get((tenant, extension))
-        return state.suspended if state is not None else None
-
-    def baseline(self, tenant: str, extension: str) -> Baseline | None:
-        state = self._ext.get((tenant, extension))
-        return state.baseline if state is not None else None
-
-    def set_baseline(self, tenant: str, extension: str, baseline: Baseline) -> None:
-        self._ext_state(tenant, extension, baseline.first_at).baseline = baseline
-
-    def learning(self, tenant: str, now: float) -> bool:
-        """Whether the tenant is still in its learning period (learned rules report)."""
-        state = self._tenants.get(tenant)
-        first = state.baseline.first_at if state is not None else now
-        return now - first < self.book.tenant(tenant).learning_days * DAY
-
-    def export_baselines(self, everything: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
-        """Baselines changed since the last export (or all): (tenant, extension, data);
-        a tenant's own baseline has the extension "". For the store, across restarts.
-        With :attr:`merging`, what this node learned itself (its own row)."""
-        out: list[tuple[str, str, dict[str, Any]]] = []
-        for (tenant, number), ext in self._ext.items():
-            base = ext.baseline.own or ext.baseline
-            if ext.dirty or (everything and base.calls):
-                out.append((tenant, number, base.to_json()))
-                ext.dirty = False
-        for tenant, state in self._tenants.items():
-            base = state.baseline.own or state.baseline
-            if state.dirty or (everything and base.calls):
-                data = base.to_json()
-                data["targets"] = []  # only extensions' own targets are ever consulted
-                out.append((tenant, "", data))
-                state.dirty = False
-        return out
-
-    def import_baselines(self, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
-        """Stored baselines (this node's own rows, with :attr:`merging`)."""
-        for tenant, number, data in rows:
-            baseline = Baseline.from_json(data)
-            if self.merging:
-                own, baseline = baseline, merge(baseline)
-                baseline.own = own
-            if number:
-                self._ext_state(tenant, number, baseline.first_at).baseline = baseline
-            else:
-                self._tenant_state(tenant, baseline.first_at).baseline = baseline
-
-    def adopt_baselines(
-        self, others: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]], node: str
-    ) -> None:
-        """The other nodes' latest rows of these keys (tenant, extension or ""), as
-        (node, data): each baseline becomes the merge of this node's (``node``) own
-        learning and theirs, days both counted taken back by one of them (``untie``)."""
-        if not self.merging:
-            raise RuntimeError("adopt_baselines needs merging (several nodes)")
-        for (tenant, number), rows in others.items():
-            parts = [(n, Baseline.from_json(data)) for n, data in rows]
-            first = min((p.first_at for _, p in parts), default=float("inf"))
-            if number:
-                state: ExtState | TenantState = self._ext_state(tenant, number, first)
-            else:
-                state = self._tenant_state(tenant, first)
-            own = state.baseline.own
-            if own is None:  # made before merging was turned on
-                own = state.baseline
-            if untie(own, parts, node):
-                state.dirty = True
-            view = merge(own, *(p for _, p in parts))
-            if not number:  # the tenant's targets are not stored: this node's are kept
-                view.targets = set(state.baseline.targets)
-            view.own = own
-            state.baseline = view
 
     # -- the hook ------------------------------------------------------------------------
 
