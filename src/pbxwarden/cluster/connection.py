@@ -85,29 +85,31 @@ def parse_sentinel(url: str) -> SentinelTarget | None:
     return SentinelTarget(tuple(sentinels), unquote(parts[0]), db, username, password)
 
 
-def _client_kwargs(timeout: float, name: str) -> dict[str, Any]:
+def _client_kwargs(timeout: float, name: str, asyncio_client: bool = False) -> dict[str, Any]:
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
+    if asyncio_client:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        retry: Any = AsyncRetry(NoBackoff(), 0)
+    else:
+        from redis.retry import Retry
+
+        retry = Retry(NoBackoff(), 0)
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),  # no retry in place: the caller moves on
+        "retry": retry,  # no retry in place: the caller moves on
         "decode_responses": True,
         "client_name": name,
     }
 
 
-def sync_client(url: str, timeout: float, name: str) -> Any:
-    """A blocking client of the shared Redis (plain URL, or Sentinel's master)."""
-    import redis
-    from redis.sentinel import Sentinel
-
-    kwargs = _client_kwargs(timeout, name)
-    target = parse_sentinel(url)
-    if target is None:
-        return redis.Redis.from_url(url, **kwargs)
-    sentinel = Sentinel(
+def _master(sentinel_class: Any, target: SentinelTarget, kwargs: dict[str, Any]) -> Any:
+    """The client of the master Sentinel names for ``target`` (found again after a
+    failover, on the next connection); the sentinels are asked within the timeout."""
+    timeout = kwargs["socket_timeout"]
+    sentinel = sentinel_class(
         list(target.sentinels),
         sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
     )
@@ -120,27 +122,29 @@ def sync_client(url: str, timeout: float, name: str) -> Any:
     )
 
 
+def sync_client(url: str, timeout: float, name: str) -> Any:
+    """A blocking client of the shared Redis (plain URL, or Sentinel's master)."""
+    import redis
+    from redis.sentinel import Sentinel
+
+    kwargs = _client_kwargs(timeout, name)
+    target = parse_sentinel(url)
+    if target is None:
+        return redis.Redis.from_url(url, **kwargs)
+    return _master(Sentinel, target, kwargs)
+
+
 def async_client(url: str, timeout: float, name: str) -> Redis:
     """The node's asyncio client of the shared Redis (plain URL, or Sentinel's master:
     a failover is a few failed commands, then the new master, found through the
     sentinels on the next connection)."""
     from redis.asyncio.sentinel import Sentinel
 
-    kwargs = _client_kwargs(timeout, name)
+    kwargs = _client_kwargs(timeout, name, asyncio_client=True)
     target = parse_sentinel(url)
     if target is None:
         return _redis_asyncio.Redis.from_url(url, **kwargs)
-    sentinel = Sentinel(
-        list(target.sentinels),
-        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
-    )
-    client: Redis = sentinel.master_for(
-        target.service,
-        db=target.db,
-        username=target.username,
-        password=target.password,
-        **kwargs,
-    )
+    client: Redis = _master(Sentinel, target, kwargs)
     return client
 
 
