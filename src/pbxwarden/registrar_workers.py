@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import ipaddress
 import marshal
+import os
 import signal
 import socket
 import struct
@@ -540,7 +541,23 @@ class RegistrarWorker:
         self._run(actions)
 
 
+def _die_with_parent() -> None:
+    """A worker never outlives its main process. It reads its own socket of the SIP port:
+    left behind by a main process killed with SIGKILL, it would go on answering
+    REGISTERs there, and hold its share of the port for a restarted server. Its channel's
+    end of file stops it when its loop runs; the kernel's death signal (Linux) stops it
+    also when it cannot (blocked, stopped)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the main process died before the line above
+        sys.exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
     parser = argparse.ArgumentParser(description="pbxwarden registrar worker (started by serve)")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)

@@ -410,3 +410,31 @@ def test_a_restarted_worker_learns_what_the_main_process_registered_meanwhile(
             "sip:1006@127.0.0.1:40001",
             "sip:1006@127.0.0.1:40002",
         ]
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (its parent may be gone: nobody reaps)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_never_outlive_their_main_process(pbx: PbxProcess) -> None:
+    """Main process killed with SIGKILL: its workers go too, even one that cannot run
+    at that moment (stopped here), which would otherwise keep its socket of the port."""
+    workers = worker_pids(pbx)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGSTOP)
+    assert pbx.proc is not None
+    pbx.proc.kill()
+    pbx.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in workers if _running(p)]
+    for pid in left:  # never leave one behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, left
