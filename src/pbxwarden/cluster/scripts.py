@@ -162,8 +162,9 @@ return 1
 # {1, count} reserved (the extension's count with it), or {0, "extension"|"tenant",
 # count}: the limit is reached on the PBX's nodes together. Lapsed reservations (a node
 # that died with calls up, a call that never started) are forgotten first.
-RESERVE_CALL = """
-local now = tonumber(ARGV[2])
+# The concurrency check both reservations make first (``now`` set; KEYS[1], KEYS[2] and
+# ARGV[4], ARGV[5] as below): lapsed reservations forgotten, then either limit reached.
+_CONCURRENCY_CHECK = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local e = redis.call('ZCARD', KEYS[1])
@@ -174,12 +175,19 @@ local t = redis.call('ZCARD', KEYS[2])
 if t >= tonumber(ARGV[5]) then
   return {0, 'tenant', t}
 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+"""
+
+RESERVE_CALL = (
+    """
+local now = tonumber(ARGV[2])"""
+    + _CONCURRENCY_CHECK
+    + """redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], 86400)
 redis.call('EXPIRE', KEYS[2], 86400)
 return {1, e + 1}
 """
+)
 
 # KEYS: as RESERVE_CALL; ARGV: lapses_at, token... (those still held: pushed forward;
 # a token no longer there is not brought back)
@@ -218,7 +226,8 @@ return 1
 # one} (counts with this one), or {0, "extension"|"tenant"|"minute"|"hour"|"prefix",
 # count}, or {0, "blocked",
 # until, why}.
-RESERVE_ATTEMPT = """
+RESERVE_ATTEMPT = (
+    """
 local now = tonumber(ARGV[2])
 local ranged = #KEYS > 4
 if ranged then
@@ -229,18 +238,9 @@ if ranged then
       return {0, 'blocked', untilv, why}
     end
   end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local e = redis.call('ZCARD', KEYS[1])
-if e >= tonumber(ARGV[4]) then
-  return {0, 'extension', e}
-end
-local t = redis.call('ZCARD', KEYS[2])
-if t >= tonumber(ARGV[5]) then
-  return {0, 'tenant', t}
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[10])
+end"""
+    + _CONCURRENCY_CHECK
+    + """redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[10])
 local m = redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[9], '+inf')
 if m >= tonumber(ARGV[6]) then
   return {0, 'minute', m}
@@ -285,6 +285,7 @@ if ranged then
 end
 return out
 """
+)
 
 # KEYS: the reservation keys of one admitted attempt (as RESERVE_ATTEMPT's)
 # ARGV: token, the range member ("" without a range, or when it was there before)
