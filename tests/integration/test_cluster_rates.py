@@ -157,9 +157,14 @@ def test_calls_per_minute_hold_for_both_nodes_and_the_alert_is_sent_once(
             ),
             timeout=15,
         )
-        sent = [json.loads(body) for _, body in receiver.posts]
-        limit = [s for s in sent if s["rule"] == "limit" and s["extension"] == "1000"]
-        assert len(limit) == 1, sent
+
+        # the winner claims before its webhook POST goes out: wait for the POST itself
+        def limit_posts() -> list[dict[str, object]]:
+            sent = [json.loads(body) for _, body in receiver.posts]
+            return [s for s in sent if s["rule"] == "limit" and s["extension"] == "1000"]
+
+        assert wait_for(lambda: bool(limit_posts()), timeout=15), receiver.posts
+        assert len(limit_posts()) == 1, receiver.posts
     finally:
         if carrier is not None:
             finish_sipp_uas(carrier, tmp_path, timeout=5)
